@@ -1,0 +1,915 @@
+//! A simulated Raft cluster: real `RawNode`s over in-memory disks, a faulty network and a
+//! virtual clock, all driven by one seed.
+
+use crate::checker::{hash_bytes, Checker, Violation};
+use bytes::Bytes;
+use raft::{
+    ConfChange, ConfState, Config, EntryKind, LogIndex, MemStorage, Message, NodeId,
+    ProposeError, RawNode, ReadMode, Role, SplitMix64, Term,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Virtual time, in microseconds.
+pub type Micros = u64;
+pub const MS: Micros = 1_000;
+pub const SECOND: Micros = 1_000_000;
+
+/// How the network misbehaves between connected nodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetFaults {
+    /// Probability that a message is lost.
+    pub drop_rate: f64,
+    /// Probability that a message is delivered twice.
+    pub dup_rate: f64,
+    /// Delivery delay is uniform in `[delay_min, delay_max]`; a wide range reorders.
+    pub delay_min: Micros,
+    pub delay_max: Micros,
+}
+
+impl NetFaults {
+    pub fn reliable() -> NetFaults {
+        NetFaults {
+            drop_rate: 0.0,
+            dup_rate: 0.0,
+            delay_min: 100,
+            delay_max: 2 * MS,
+        }
+    }
+
+    /// The MIT 6.5840 "unreliable" network: 10% loss and long, reordering delays.
+    pub fn unreliable() -> NetFaults {
+        NetFaults {
+            drop_rate: 0.1,
+            dup_rate: 0.02,
+            delay_min: 100,
+            delay_max: 27 * MS,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub seed: u64,
+    pub tick: Micros,
+    pub election_tick: u32,
+    pub heartbeat_tick: u32,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub net: NetFaults,
+    /// Time from "ready available" to "persisted"; a crash in between loses that Ready.
+    pub disk_delay_max: Micros,
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+    /// Max relative clock drift of a node's ticks (0.05 = ±5%).
+    pub clock_drift: f64,
+    /// Keep a human-readable trace of events (for `--verbose` replays).
+    pub record_trace: bool,
+    /// Learners to start with (node ids above `nodes` are not started; see `add_node`).
+    pub initial_voters: Option<Vec<u64>>,
+}
+
+impl ClusterOptions {
+    pub fn new(nodes: usize, seed: u64) -> ClusterOptions {
+        ClusterOptions {
+            nodes,
+            seed,
+            tick: 10 * MS,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            pre_vote: true,
+            check_quorum: true,
+            net: NetFaults::reliable(),
+            disk_delay_max: 500,
+            max_size_per_msg: 64 << 10,
+            max_inflight_msgs: 64,
+            clock_drift: 0.0,
+            record_trace: false,
+            initial_voters: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum EventKind {
+    Tick { node: usize, epoch: u64 },
+    Ready { node: usize, epoch: u64 },
+    Deliver(Message),
+}
+
+struct Scheduled {
+    at: Micros,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// One simulated peer and its disk.
+pub struct SimNode {
+    pub id: NodeId,
+    raw: Option<RawNode<MemStorage>>,
+    /// The disk while the node is down.
+    disk: Option<MemStorage>,
+    /// Bumped on every crash so that events of a previous life are ignored.
+    epoch: u64,
+    ready_scheduled: bool,
+    pub restarts: u64,
+    /// Applied entries of this life: (index, term, payload).
+    pub applied: Vec<(LogIndex, Term, Bytes)>,
+    /// Index applied by this life's state machine (snapshots included).
+    pub applied_index: LogIndex,
+    last_role: Role,
+    /// Clock rate of this node: tick interval multiplier.
+    clock_rate: f64,
+    /// Registers (key -> value) of this node's state machine, for reads.
+    pub kv: BTreeMap<u64, u64>,
+    /// Reads waiting for their ReadState, and ReadStates waiting for apply.
+    pending_reads: Vec<(Bytes, LogIndex)>,
+    /// Completed reads of this life: (context, value) in completion order.
+    pub completed_reads: Vec<(Bytes, Option<u64>)>,
+}
+
+impl SimNode {
+    pub fn is_up(&self) -> bool {
+        self.raw.is_some()
+    }
+    pub fn raw(&self) -> Option<&RawNode<MemStorage>> {
+        self.raw.as_ref()
+    }
+}
+
+/// The whole simulated cluster.
+pub struct Cluster {
+    pub opts: ClusterOptions,
+    pub now: Micros,
+    rng: SplitMix64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    pub nodes: Vec<SimNode>,
+    /// `links[from][to]`: whether messages from `from` reach `to` (partitions).
+    links: Vec<Vec<bool>>,
+    /// Per node: plugged into the network at all (MIT's connect/disconnect). A message
+    /// passes when both ends are connected and the link is up.
+    connected: Vec<bool>,
+    pub net: NetFaults,
+    pub checker: Checker,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub messages_delivered: u64,
+    /// Hash of every event processed, to prove determinism.
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+    pub violation: Option<Violation>,
+    /// Highest commit index known anywhere, and the term in which each index committed.
+    known_commit: LogIndex,
+    commit_terms: Vec<(Term, Term)>,
+    /// Snapshot data per node for the KV registers (serialized map).
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+}
+
+fn node_seed(seed: u64, node: usize, restarts: u64) -> u64 {
+    let mut r = SplitMix64::new(seed ^ ((node as u64) << 32) ^ restarts.wrapping_mul(0x1234_5678_9abc));
+    r.next_u64()
+}
+
+impl Cluster {
+    pub fn new(opts: ClusterOptions) -> Cluster {
+        let n = opts.nodes;
+        let mut rng = SplitMix64::new(opts.seed);
+        let voters: Vec<u64> = opts
+            .initial_voters
+            .clone()
+            .unwrap_or_else(|| (1..=n as u64).collect());
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let drift = if opts.clock_drift > 0.0 {
+                1.0 + opts.clock_drift * (2.0 * unit(&mut rng) - 1.0)
+            } else {
+                1.0
+            };
+            let cs = if voters.contains(&(i as u64 + 1)) {
+                ConfState::from_voters(voters.iter().copied())
+            } else {
+                // Not a member yet: it learns its configuration from the leader.
+                ConfState::default()
+            };
+            nodes.push(SimNode {
+                id: NodeId(i as u64 + 1),
+                raw: None,
+                disk: Some(MemStorage::with_conf_state(cs)),
+                epoch: 0,
+                ready_scheduled: false,
+                restarts: 0,
+                applied: Vec::new(),
+                applied_index: LogIndex::ZERO,
+                last_role: Role::Follower,
+                clock_rate: drift,
+                kv: BTreeMap::new(),
+                pending_reads: Vec::new(),
+                completed_reads: Vec::new(),
+            });
+        }
+        let net = opts.net;
+        let mut c = Cluster {
+            links: vec![vec![true; n]; n],
+            connected: vec![true; n],
+            opts,
+            now: 0,
+            rng,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            nodes,
+            net,
+            checker: Checker::new(),
+            messages_sent: 0,
+            bytes_sent: 0,
+            messages_delivered: 0,
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            trace: Vec::new(),
+            violation: None,
+            known_commit: LogIndex::ZERO,
+            commit_terms: Vec::new(),
+            snapshots_taken: 0,
+            snapshots_installed: 0,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c
+    }
+
+    pub fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn raft_config(&self, i: usize, applied: LogIndex) -> Config {
+        let mut cfg = Config::new(i as u64 + 1, 1);
+        cfg.election_tick = self.opts.election_tick;
+        cfg.heartbeat_tick = self.opts.heartbeat_tick;
+        cfg.pre_vote = self.opts.pre_vote;
+        cfg.check_quorum = self.opts.check_quorum;
+        cfg.max_size_per_msg = self.opts.max_size_per_msg;
+        cfg.max_inflight_msgs = self.opts.max_inflight_msgs;
+        cfg.snapshot_chunk_bytes = 4096;
+        cfg.applied = applied;
+        cfg.seed = node_seed(self.opts.seed, i, self.nodes[i].restarts);
+        cfg
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let disk = self.nodes[i].disk.take().expect("starting a node that is up");
+        // Restart = load the snapshot into the state machine, then replay the log tail.
+        let snap = raft::Storage::snapshot(&disk).expect("mem storage snapshot");
+        let applied = snap.metadata.index;
+        let cfg = self.raft_config(i, applied);
+        let raw = RawNode::new(&cfg, disk)
+            .unwrap_or_else(|e| panic!("node {} failed to start: {e}", i + 1));
+        let node = &mut self.nodes[i];
+        node.kv = decode_kv(&snap.data);
+        node.applied.clear();
+        node.applied_index = applied;
+        node.pending_reads.clear();
+        node.completed_reads.clear();
+        node.raw = Some(raw);
+        node.ready_scheduled = false;
+        node.last_role = Role::Follower;
+        let epoch = node.epoch;
+        let first_tick = self.jitter(self.opts.tick);
+        self.schedule(first_tick, EventKind::Tick { node: i, epoch });
+    }
+
+    fn jitter(&mut self, max: Micros) -> Micros {
+        1 + self.rng.below(max.max(1))
+    }
+
+    pub fn rng(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
+    }
+
+    fn schedule(&mut self, after: Micros, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + after,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn schedule_ready(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let Some(raw) = &node.raw else { return };
+        if node.ready_scheduled || !raw.has_ready() {
+            return;
+        }
+        let epoch = node.epoch;
+        self.nodes[i].ready_scheduled = true;
+        let d = self.rng.below(self.opts.disk_delay_max.max(1));
+        self.schedule(d, EventKind::Ready { node: i, epoch });
+    }
+
+    fn record(&mut self, what: impl FnOnce() -> String, code: u64) {
+        self.trace_hash ^= code.wrapping_add(self.now);
+        self.trace_hash = self.trace_hash.wrapping_mul(0x0100_0000_01b3);
+        if self.opts.record_trace {
+            let s = what();
+            self.trace.push(format!("{:>10.3}ms {}", self.now as f64 / 1000.0, s));
+        }
+    }
+
+    fn fail(&mut self, v: Violation) {
+        if self.violation.is_none() {
+            self.violation = Some(v);
+        }
+    }
+
+    /// Processes one event; false when the queue is empty.
+    pub fn step_event(&mut self) -> bool {
+        let Some(Reverse(ev)) = self.queue.pop() else {
+            return false;
+        };
+        assert!(ev.at >= self.now, "time went backwards");
+        self.now = ev.at;
+        match ev.kind {
+            EventKind::Tick { node, epoch } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].is_up() {
+                    return true;
+                }
+                self.record(|| format!("tick n{}", node + 1), 1 + node as u64);
+                self.nodes[node].raw.as_mut().expect("up").tick();
+                let next = (self.opts.tick as f64 * self.nodes[node].clock_rate) as Micros;
+                self.schedule(next.max(1), EventKind::Tick { node, epoch });
+                self.after_input(node);
+            }
+            EventKind::Ready { node, epoch } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].is_up() {
+                    return true;
+                }
+                self.nodes[node].ready_scheduled = false;
+                self.handle_ready(node, None);
+                self.after_input(node);
+            }
+            EventKind::Deliver(m) => {
+                let to = m.to.0 as usize - 1;
+                if !self.nodes[to].is_up() {
+                    return true;
+                }
+                self.messages_delivered += 1;
+                let code = 100 + m.from.0 * 7 + m.to.0 * 13 + m.term.0 * 31;
+                self.record(|| format!("deliver {} {}->{} t{}", m.kind_name(), m.from, m.to, m.term), code);
+                let raw = self.nodes[to].raw.as_mut().expect("up");
+                if let Err(e) = raw.step(m) {
+                    panic!("simulator routed a message wrongly: {e}");
+                }
+                self.after_input(to);
+            }
+        }
+        true
+    }
+
+    fn after_input(&mut self, i: usize) {
+        self.observe(i);
+        self.schedule_ready(i);
+    }
+
+    /// Runs the invariant checks that concern node `i` right now.
+    fn observe(&mut self, i: usize) {
+        let Some(raw) = &self.nodes[i].raw else { return };
+        let id = raw.id();
+        let role = raw.role();
+        let term = raw.term();
+        let commit = raw.commit_index();
+        let persisted_commit = raw.storage().hard_state().commit;
+        if role == Role::Leader {
+            if let Err(v) = self.checker.observe_leader(term, id) {
+                self.fail(v);
+            }
+            if self.nodes[i].last_role != Role::Leader {
+                let first = LogIndex(1);
+                let raw = self.nodes[i].raw.as_ref().expect("up");
+                // Leader Completeness: entries committed in earlier terms are in its log.
+                let mut missing = None;
+                for (idx, &(entry_term, commit_term)) in self.commit_terms.iter().enumerate() {
+                    let index = LogIndex(idx as u64 + 1);
+                    if commit_term >= term || index < first {
+                        continue;
+                    }
+                    if raw.status().first_index > index {
+                        continue; // compacted: covered by its snapshot
+                    }
+                    if raw.log_term(index) != Some(entry_term) {
+                        missing = Some((index, entry_term, raw.log_term(index)));
+                        break;
+                    }
+                }
+                if let Some((index, t, have)) = missing {
+                    self.fail(Violation {
+                        invariant: "Leader Completeness",
+                        detail: format!(
+                            "leader {id} of term {term} lacks entry {index} (term {t}) committed in an earlier term; it has {have:?}"
+                        ),
+                    });
+                }
+                let code = 1000 + id.0 + term.0 * 17;
+                self.record(|| format!("n{id} becomes leader of term {term}"), code);
+            }
+        }
+        self.nodes[i].last_role = role;
+        if commit > self.known_commit {
+            // The first node to learn of a commit is the leader that made it, so its term
+            // is the term in which these entries committed.
+            let raw = self.nodes[i].raw.as_ref().expect("up");
+            for idx in self.known_commit.0 + 1..=commit.0 {
+                let et = raw.log_term(LogIndex(idx)).unwrap_or(Term(0));
+                self.commit_terms.push((et, term));
+            }
+            self.known_commit = commit;
+        }
+        if let Err(v) = self.checker.observe_commit(id, commit, persisted_commit) {
+            self.fail(v);
+        }
+    }
+
+    /// Handles node `i`'s Ready. With `tear = Some(r)` the node crashes in the middle of
+    /// persisting it: only a prefix of the entries reaches the disk, nothing is sent.
+    fn handle_ready(&mut self, i: usize, tear: Option<u64>) {
+        let raw = self.nodes[i].raw.as_mut().expect("up");
+        let id = raw.id();
+        let mut rd = raw.ready();
+        // 1. Persist.
+        let storage = raw.storage_mut();
+        if let Some(s) = &rd.snapshot {
+            storage.apply_snapshot(s.clone());
+        }
+        let persist_n = match tear {
+            Some(r) if !rd.entries.is_empty() => (r % (rd.entries.len() as u64 + 1)) as usize,
+            _ => rd.entries.len(),
+        };
+        storage.append(&rd.entries[..persist_n]);
+        let mut checks = Vec::with_capacity(persist_n);
+        for e in &rd.entries[..persist_n] {
+            let prev = raft::Storage::term(&*storage, e.index.prev()).unwrap_or(Term(0));
+            checks.push((e.index, e.term, hash_bytes(&e.data), prev));
+        }
+        let all_persisted = persist_n == rd.entries.len();
+        if all_persisted {
+            if let Some(hs) = rd.hard_state {
+                storage.set_hard_state(hs);
+            }
+        }
+        for (index, term, h, prev) in checks {
+            if let Err(v) = self.checker.observe_persisted_entry(id, index, term, h, prev) {
+                self.fail(v);
+            }
+        }
+        if tear.is_some() {
+            return; // crashed: nothing is sent, applied or advanced
+        }
+        // 2. Send.
+        for m in std::mem::take(&mut rd.messages) {
+            self.send(m);
+        }
+        // 3. Apply.
+        if let Some(s) = &rd.snapshot {
+            let node = &mut self.nodes[i];
+            node.kv = decode_kv(&s.data);
+            node.applied_index = s.metadata.index;
+            self.snapshots_installed += 1;
+        }
+        for e in &rd.committed_entries {
+            let h = hash_bytes(&e.data);
+            if let Err(v) = self.checker.observe_applied(id, e.index, e.term, h) {
+                self.fail(v);
+            }
+            let node = &mut self.nodes[i];
+            assert!(
+                e.index == node.applied_index.next(),
+                "node {id} applies {} after {}",
+                e.index,
+                node.applied_index
+            );
+            node.applied_index = e.index;
+            node.applied.push((e.index, e.term, e.data.clone()));
+            match e.kind {
+                EntryKind::Normal => apply_kv(&mut node.kv, &e.data),
+                EntryKind::ConfChange => {
+                    let cc = ConfChange::decode(&e.data)
+                        .unwrap_or_else(|err| panic!("committed conf change does not decode: {err}"));
+                    let cs = node.raw.as_mut().expect("up").apply_conf_change(&cc);
+                    node.raw.as_mut().expect("up").storage_mut().set_conf_state(cs);
+                }
+            }
+        }
+        let node = &mut self.nodes[i];
+        for rs in std::mem::take(&mut rd.read_states) {
+            node.pending_reads.push((rs.context, rs.index));
+        }
+        let applied = node.applied_index;
+        let mut still = Vec::new();
+        for (ctx, idx) in std::mem::take(&mut node.pending_reads) {
+            if idx <= applied {
+                let key = read_key(&ctx);
+                let v = node.kv.get(&key).copied();
+                node.completed_reads.push((ctx, v));
+            } else {
+                still.push((ctx, idx));
+            }
+        }
+        node.pending_reads = still;
+        // 4. Advance.
+        node.raw.as_mut().expect("up").advance(rd);
+    }
+
+    fn send(&mut self, m: Message) {
+        self.messages_sent += 1;
+        self.bytes_sent += m.size_bytes();
+        let (f, t) = (m.from.0 as usize - 1, m.to.0 as usize - 1);
+        if t >= self.nodes.len() || !self.link(f, t) {
+            return;
+        }
+        let net = self.net;
+        if net.drop_rate > 0.0 && unit(&mut self.rng) < net.drop_rate {
+            return;
+        }
+        let span = net.delay_max.saturating_sub(net.delay_min) + 1;
+        let d = net.delay_min + self.rng.below(span);
+        if net.dup_rate > 0.0 && unit(&mut self.rng) < net.dup_rate {
+            let d2 = net.delay_min + self.rng.below(span);
+            self.schedule(d2, EventKind::Deliver(m.clone()));
+        }
+        self.schedule(d, EventKind::Deliver(m));
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    /// Runs until virtual time `now + duration` (or a violation).
+    pub fn run_for(&mut self, duration: Micros) {
+        let end = self.now + duration;
+        while self.violation.is_none() {
+            match self.queue.peek() {
+                Some(Reverse(ev)) if ev.at <= end => {
+                    self.step_event();
+                }
+                _ => break,
+            }
+        }
+        if self.violation.is_none() {
+            self.now = self.now.max(end);
+        }
+    }
+
+    /// Runs until `cond` holds (checked after every event) or `timeout` passes; returns
+    /// whether it held.
+    pub fn run_until(&mut self, timeout: Micros, mut cond: impl FnMut(&Cluster) -> bool) -> bool {
+        let end = self.now + timeout;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if self.violation.is_some() {
+                return false;
+            }
+            match self.queue.peek() {
+                Some(Reverse(ev)) if ev.at <= end => {
+                    self.step_event();
+                }
+                _ => {
+                    self.now = self.now.max(end);
+                    return cond(self);
+                }
+            }
+        }
+    }
+
+    /// Panics with the violation (and the seed) if one was found.
+    pub fn assert_ok(&self) {
+        if let Some(v) = &self.violation {
+            panic!(
+                "seed {}: {v}\nreplay: {}",
+                self.opts.seed,
+                crate::replay_command(self.opts.seed)
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    pub fn crash(&mut self, i: usize) {
+        self.crash_with(i, false);
+    }
+
+    /// Crashes node `i`; with `tear`, a Ready being persisted is only partly written.
+    pub fn crash_with(&mut self, i: usize, tear: bool) {
+        if !self.nodes[i].is_up() {
+            return;
+        }
+        self.record(|| format!("crash n{}", i + 1), 5000 + i as u64);
+        if tear && self.nodes[i].raw.as_ref().expect("up").has_ready() {
+            let r = self.rng.next_u64();
+            self.handle_ready(i, Some(r));
+        }
+        let node = &mut self.nodes[i];
+        let raw = node.raw.take().expect("up");
+        node.disk = Some(raw.into_storage());
+        node.epoch += 1;
+        node.ready_scheduled = false;
+        node.pending_reads.clear();
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        if self.nodes[i].is_up() {
+            return;
+        }
+        self.record(|| format!("restart n{}", i + 1), 6000 + i as u64);
+        self.nodes[i].restarts += 1;
+        let id = self.nodes[i].id;
+        self.checker.node_restarted(id);
+        self.start_node(i);
+    }
+
+    /// Unplugs node `i` from the network, both directions.
+    pub fn disconnect(&mut self, i: usize) {
+        self.connected[i] = false;
+    }
+
+    /// Plugs node `i` back in; it reaches the connected nodes its links allow.
+    pub fn connect(&mut self, i: usize) {
+        self.connected[i] = true;
+    }
+
+    pub fn set_link(&mut self, from: usize, to: usize, up: bool) {
+        self.links[from][to] = up;
+    }
+
+    /// Splits the cluster into groups that can talk only within themselves.
+    pub fn partition(&mut self, groups: &[Vec<usize>]) {
+        let n = self.n();
+        let mut group_of = vec![usize::MAX; n];
+        for (g, members) in groups.iter().enumerate() {
+            for &m in members {
+                group_of[m] = g;
+            }
+        }
+        for a in 0..n {
+            for b in 0..n {
+                self.links[a][b] = a == b || (group_of[a] == group_of[b] && group_of[a] != usize::MAX);
+            }
+        }
+    }
+
+    /// Removes every partition and plugs every node back in.
+    pub fn heal(&mut self) {
+        for row in &mut self.links {
+            row.iter_mut().for_each(|l| *l = true);
+        }
+        self.connected.iter_mut().for_each(|c| *c = true);
+    }
+
+    pub fn link(&self, from: usize, to: usize) -> bool {
+        self.connected[from] && self.connected[to] && self.links[from][to]
+    }
+
+    // ------------------------------------------------------------------ clients
+
+    /// Proposes on node `i`.
+    pub fn propose(&mut self, i: usize, data: Bytes) -> Result<LogIndex, ProposeError> {
+        let Some(raw) = self.nodes[i].raw.as_mut() else {
+            return Err(ProposeError::NotLeader { leader: None });
+        };
+        let r = raw.propose(data);
+        self.schedule_ready(i);
+        r
+    }
+
+    pub fn propose_conf_change(&mut self, i: usize, cc: &ConfChange) -> Result<LogIndex, ProposeError> {
+        let Some(raw) = self.nodes[i].raw.as_mut() else {
+            return Err(ProposeError::NotLeader { leader: None });
+        };
+        let r = raw.propose_conf_change(cc);
+        self.schedule_ready(i);
+        r
+    }
+
+    pub fn transfer_leader(&mut self, i: usize, to: NodeId) -> bool {
+        let Some(raw) = self.nodes[i].raw.as_mut() else {
+            return false;
+        };
+        let ok = raw.transfer_leader(to).is_ok();
+        self.schedule_ready(i);
+        ok
+    }
+
+    /// Starts a linearizable read of register `key` on node `i` with a unique context.
+    pub fn read(&mut self, i: usize, key: u64, ctx_id: u64, mode: ReadMode) -> bool {
+        let Some(raw) = self.nodes[i].raw.as_mut() else {
+            return false;
+        };
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&key.to_le_bytes());
+        ctx.extend_from_slice(&ctx_id.to_le_bytes());
+        let ok = raw.read_index(Bytes::from(ctx), mode).is_ok();
+        self.schedule_ready(i);
+        ok
+    }
+
+    /// The application snapshots node `i` at its applied index and compacts its log.
+    pub fn snapshot(&mut self, i: usize) -> bool {
+        let node = &mut self.nodes[i];
+        let Some(raw) = node.raw.as_mut() else {
+            return false;
+        };
+        let applied = node.applied_index;
+        let first = raw.status().first_index;
+        if applied < first {
+            return false;
+        }
+        let cs = raw.status().conf_state;
+        let data = encode_kv(&node.kv);
+        raw.storage_mut().create_snapshot(applied, cs, data);
+        self.snapshots_taken += 1;
+        true
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// The node ids that currently believe they lead, with their terms.
+    pub fn leaders(&self) -> Vec<(usize, Term)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let r = n.raw.as_ref()?;
+                (r.role() == Role::Leader).then_some((i, r.term()))
+            })
+            .collect()
+    }
+
+    /// The leader with the highest term among live nodes, if any.
+    pub fn leader(&self) -> Option<usize> {
+        self.leaders().into_iter().max_by_key(|(_, t)| *t).map(|(i, _)| i)
+    }
+
+    /// MIT's checkOneLeader: within `timeout`, exactly one leader in the newest term among
+    /// the nodes in `among`.
+    pub fn check_one_leader(&mut self, among: &[usize], timeout: Micros) -> Option<usize> {
+        let among = among.to_vec();
+        let mut found = None;
+        self.run_until(timeout, |c| {
+            let mut by_term: BTreeMap<Term, Vec<usize>> = BTreeMap::new();
+            for &i in &among {
+                if let Some(r) = c.nodes[i].raw.as_ref() {
+                    if r.role() == Role::Leader {
+                        by_term.entry(r.term()).or_default().push(i);
+                    }
+                }
+            }
+            if let Some((_, ls)) = by_term.iter().next_back() {
+                assert!(ls.len() == 1, "term has {} leaders: {ls:?}", ls.len());
+                found = Some(ls[0]);
+                return true;
+            }
+            false
+        });
+        found
+    }
+
+    pub fn term_of(&self, i: usize) -> Option<Term> {
+        self.nodes[i].raw.as_ref().map(|r| r.term())
+    }
+
+    /// How many nodes applied an entry at `index`, and its payload (MIT's nCommitted).
+    /// Panics if two nodes applied different payloads there.
+    pub fn n_applied(&self, index: LogIndex) -> (usize, Option<Bytes>) {
+        let mut count = 0;
+        let mut data: Option<Bytes> = None;
+        for n in &self.nodes {
+            if let Some((_, _, d)) = n.applied.iter().find(|(i, _, _)| *i == index) {
+                if let Some(prev) = &data {
+                    assert_eq!(prev, d, "nodes applied different data at {index}");
+                }
+                count += 1;
+                data = Some(d.clone());
+            }
+        }
+        (count, data)
+    }
+
+    /// MIT's `one()`: get `data` committed on at least `expected` nodes within 10 virtual
+    /// seconds, trying each leader; with `retry`, re-propose if a leader lost it.
+    pub fn one(&mut self, data: Bytes, expected: usize, retry: bool) -> Result<LogIndex, String> {
+        let deadline = self.now + 10 * SECOND;
+        while self.now < deadline {
+            let mut index = None;
+            for i in 0..self.n() {
+                if self.nodes[i].raw.as_ref().is_some_and(|r| r.role() == Role::Leader) {
+                    if let Ok(idx) = self.propose(i, data.clone()) {
+                        index = Some(idx);
+                        break;
+                    }
+                }
+            }
+            if let Some(idx) = index {
+                let d = data.clone();
+                let ok = self.run_until(2 * SECOND, |c| {
+                    let (n, got) = c.n_applied(idx);
+                    n >= expected && got.as_ref() == Some(&d)
+                });
+                if ok {
+                    return Ok(idx);
+                }
+                if !retry {
+                    return Err(format!("one({data:?}) failed to reach agreement at {idx}"));
+                }
+            } else {
+                self.run_for(50 * MS);
+            }
+            if self.violation.is_some() {
+                return Err(format!("violation: {:?}", self.violation));
+            }
+        }
+        Err(format!("one({data:?}) failed to reach agreement"))
+    }
+
+    /// Nodes that are up.
+    pub fn up_nodes(&self) -> Vec<usize> {
+        (0..self.n()).filter(|&i| self.nodes[i].is_up()).collect()
+    }
+}
+
+/// Uniform float in [0, 1).
+pub fn unit(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+// ---------------------------------------------------------------------- the test state machine
+
+/// Register writes in the simulated state machine: `W key value` as 1 + 8 + 8 bytes. Any
+/// other payload is opaque and ignored by the registers.
+pub fn encode_write(key: u64, value: u64) -> Bytes {
+    let mut v = Vec::with_capacity(17);
+    v.push(b'W');
+    v.extend_from_slice(&key.to_le_bytes());
+    v.extend_from_slice(&value.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn apply_kv(kv: &mut BTreeMap<u64, u64>, data: &[u8]) {
+    if data.len() == 17 && data[0] == b'W' {
+        let key = u64::from_le_bytes(data[1..9].try_into().expect("8 bytes"));
+        let value = u64::from_le_bytes(data[9..17].try_into().expect("8 bytes"));
+        kv.insert(key, value);
+    }
+}
+
+fn read_key(ctx: &[u8]) -> u64 {
+    u64::from_le_bytes(ctx[..8].try_into().expect("read context holds a key"))
+}
+
+/// The read id inside a read context.
+pub fn read_id(ctx: &[u8]) -> u64 {
+    u64::from_le_bytes(ctx[8..16].try_into().expect("read context holds an id"))
+}
+
+fn encode_kv(kv: &BTreeMap<u64, u64>) -> Bytes {
+    let mut v = Vec::with_capacity(kv.len() * 16 + 8);
+    v.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+    for (k, val) in kv {
+        v.extend_from_slice(&k.to_le_bytes());
+        v.extend_from_slice(&val.to_le_bytes());
+    }
+    // Pad so snapshots span several chunks and exercise chunked transfer.
+    v.resize(v.len() + 10_000, 0);
+    Bytes::from(v)
+}
+
+fn decode_kv(data: &[u8]) -> BTreeMap<u64, u64> {
+    let mut kv = BTreeMap::new();
+    if data.len() < 8 {
+        return kv;
+    }
+    let n = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
+    for i in 0..n {
+        let o = 8 + i * 16;
+        let k = u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"));
+        let v = u64::from_le_bytes(data[o + 8..o + 16].try_into().expect("8 bytes"));
+        kv.insert(k, v);
+    }
+    kv
+}

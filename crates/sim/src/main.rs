@@ -1,0 +1,105 @@
+//! `raftkv-sim`: run or replay simulation seeds.
+//!
+//! ```text
+//! raftkv-sim --seed 42 --verbose          # replay one seed, print its trace
+//! raftkv-sim --seeds 100000 --start 0     # soak: run many seeds
+//! ```
+
+use sim::{run_seed, SwarmOptions};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut seed: Option<u64> = None;
+    let mut seeds: u64 = 100;
+    let mut start: u64 = 0;
+    let mut verbose = false;
+    let mut sim_seconds = 20;
+    let mut i = 1;
+    let num = |v: Option<&String>, name: &str| -> u64 {
+        v.and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                eprintln!("{name} needs a number");
+                std::process::exit(2)
+            })
+    };
+    while i < args.len() {
+        match args[i].as_str() {
+            "--seed" => {
+                seed = Some(num(args.get(i + 1), "--seed"));
+                i += 1;
+            }
+            "--seeds" => {
+                seeds = num(args.get(i + 1), "--seeds");
+                i += 1;
+            }
+            "--start" => {
+                start = num(args.get(i + 1), "--start");
+                i += 1;
+            }
+            "--sim-seconds" => {
+                sim_seconds = num(args.get(i + 1), "--sim-seconds");
+                i += 1;
+            }
+            "--verbose" | "-v" => verbose = true,
+            "--help" | "-h" => {
+                println!("usage: raftkv-sim [--seed N [--verbose]] [--seeds COUNT --start FIRST] [--sim-seconds S]");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other}; see --help");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    let list: Vec<u64> = match seed {
+        Some(s) => vec![s],
+        None => (start..start + seeds).collect(),
+    };
+    let t0 = Instant::now();
+    let mut virtual_micros = 0u64;
+    let mut failed = 0;
+    for s in &list {
+        let mut o = SwarmOptions::new(*s);
+        o.record_trace = verbose;
+        o.sim_seconds = sim_seconds;
+        let r = std::panic::catch_unwind(|| run_seed(&o));
+        match r {
+            Ok(Ok(out)) => {
+                virtual_micros += out.virtual_micros;
+                if verbose {
+                    for line in &out.trace {
+                        println!("{line}");
+                    }
+                }
+                if verbose || list.len() == 1 {
+                    println!(
+                        "seed {} ok: {} [{}], {} msgs, {} committed, {} crashes, {} partitions, {} checks, trace hash {:x}",
+                        out.seed, out.nodes, out.fault_mix, out.messages, out.committed, out.crashes, out.partitions, out.checks, out.events_hash
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                eprintln!("FAIL {e}\nreplay: {}", sim::replay_command(*s));
+            }
+            Err(_) => {
+                failed += 1;
+                eprintln!("FAIL seed {s} panicked\nreplay: {}", sim::replay_command(*s));
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{} seeds, {} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
+        list.len(),
+        failed,
+        virtual_micros as f64 / 1e6,
+        secs,
+        virtual_micros as f64 / 1e6 / secs.max(1e-9)
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
