@@ -27,8 +27,11 @@ impl Cluster {
                 c.max_inflight_msgs = 1024;
                 c.max_snapshot_bytes = 1 << 30;
                 c.max_uncommitted_bytes = 1 << 30;
-                RawNode::new(&c, MemStorage::with_conf_state(ConfState::from_voters(voters.clone())))
-                    .unwrap()
+                RawNode::new(
+                    &c,
+                    MemStorage::with_conf_state(ConfState::from_voters(voters.clone())),
+                )
+                .unwrap()
             })
             .collect();
         let mut c = Cluster {
@@ -111,19 +114,23 @@ fn bench_commit(c: &mut Criterion) {
     let payload = Bytes::from(vec![0xAB; 128]);
     for batch in [1usize, 4096] {
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("entries_per_proposal", batch), &batch, |b, &batch| {
-            let mut cl = Cluster::new(3);
-            let datas: Vec<Bytes> = (0..batch).map(|_| payload.clone()).collect();
-            let mut rounds = 0u64;
-            b.iter(|| {
-                cl.commit(&datas);
-                rounds += 1;
-                // Keep memory flat: the in-memory log is compacted as a real store would.
-                if rounds % 64 == 0 {
-                    cl.compact_all();
-                }
-            });
-        });
+        g.bench_with_input(
+            BenchmarkId::new("entries_per_proposal", batch),
+            &batch,
+            |b, &batch| {
+                let mut cl = Cluster::new(3);
+                let datas: Vec<Bytes> = (0..batch).map(|_| payload.clone()).collect();
+                let mut rounds = 0u64;
+                b.iter(|| {
+                    cl.commit(&datas);
+                    rounds += 1;
+                    // Keep memory flat: the in-memory log is compacted as a real store would.
+                    if rounds.is_multiple_of(64) {
+                        cl.compact_all();
+                    }
+                });
+            },
+        );
     }
     g.finish();
 }
@@ -153,7 +160,7 @@ fn bench_reads(c: &mut Criterion) {
                     cl.nodes[0]
                         .read_index(Bytes::copy_from_slice(&ctx_id.to_le_bytes()), mode)
                         .unwrap();
-                    if mode == ReadMode::Safe && ctx_id % 64 == 0 {
+                    if mode == ReadMode::Safe && ctx_id.is_multiple_of(64) {
                         // Confirm in rounds, as a server batching its reads would.
                         cl.run();
                     }
@@ -185,7 +192,9 @@ fn bench_snapshot_install(c: &mut Criterion) {
                 }
                 let applied = cl.applied[0];
                 let cs = cl.nodes[0].status().conf_state;
-                cl.nodes[0].storage_mut().create_snapshot(applied, cs, data.clone());
+                cl.nodes[0]
+                    .storage_mut()
+                    .create_snapshot(applied, cs, data.clone());
                 cl.down = None;
                 (cl, applied)
             },

@@ -68,5 +68,8 @@ pub enum InitError {
     #[error(
         "persisted commit index {commit} is beyond the last log index {last_index}: the log lost entries"
     )]
-    CommitBeyondLog { commit: LogIndex, last_index: LogIndex },
+    CommitBeyondLog {
+        commit: LogIndex,
+        last_index: LogIndex,
+    },
 }

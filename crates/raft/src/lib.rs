@@ -73,5 +73,5 @@ pub use progress::ProgressState;
 pub use raft::{Config, ReadMode};
 pub use raw_node::{RawNode, Ready, Status};
 pub use rng::SplitMix64;
-pub use storage::{MemStorage, RaftState, Storage, StorageError};
+pub use storage::{MemStorage, RaftState, Storage, StorageError, INIT_LOG_INDEX, INIT_TERM};
 pub use types::*;

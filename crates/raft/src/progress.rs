@@ -24,7 +24,10 @@ pub struct Inflights {
 
 impl Inflights {
     pub fn new(capacity: usize) -> Inflights {
-        assert!(capacity > 0, "in-flight window must hold at least one message");
+        assert!(
+            capacity > 0,
+            "in-flight window must hold at least one message"
+        );
         Inflights {
             queue: VecDeque::with_capacity(capacity),
             capacity,

@@ -167,6 +167,10 @@ pub struct Raft<S: Storage> {
     pub(crate) pending_conf_index: LogIndex,
     uncommitted_bytes: u64,
     pub(crate) lead_transferee: NodeId,
+    /// A TimeoutNow was sent in this term: the target's vote requests bypass follower
+    /// leases, so this leader's lease is void for the rest of its term, even if the
+    /// transfer is aborted.
+    lease_forfeited: bool,
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before this leader committed an entry of its term.
     reads_awaiting_commit: Vec<(ReadContext, NodeId, ReadMode)>,
@@ -222,6 +226,7 @@ impl<S: Storage> Raft<S> {
             pending_conf_index: LogIndex::ZERO,
             uncommitted_bytes: 0,
             lead_transferee: NodeId::NONE,
+            lease_forfeited: false,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             pending_broadcast: false,
@@ -293,6 +298,7 @@ impl<S: Storage> Raft<S> {
         self.heartbeat_elapsed = 0;
         self.reset_randomized_election_timeout();
         self.lead_transferee = NodeId::NONE;
+        self.lease_forfeited = false;
         self.tracker.reset_votes();
         let last = self.log.last_index();
         let persisted = self.persisted_last_index();
@@ -321,7 +327,11 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_pre_candidate(&mut self) {
-        assert_ne!(self.role, Role::Leader, "a leader cannot become pre-candidate");
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "a leader cannot become pre-candidate"
+        );
         // PreVote changes neither term nor vote: a failed pre-campaign leaves no trace.
         self.tracker.reset_votes();
         self.leader = NodeId::NONE;
@@ -579,7 +589,11 @@ impl<S: Storage> Raft<S> {
                     || (pre && m.term > self.term);
                 if can_vote && self.log.is_up_to_date(last_index, last_term) {
                     if pre {
-                        self.send_term(m.from, m.term, MessageBody::PreVoteResponse { reject: false });
+                        self.send_term(
+                            m.from,
+                            m.term,
+                            MessageBody::PreVoteResponse { reject: false },
+                        );
                     } else {
                         self.election_elapsed = 0;
                         self.vote = m.from;
@@ -711,14 +725,9 @@ impl<S: Storage> Raft<S> {
             MessageBody::ReadIndexResponse { index, context } => {
                 self.read_states.push(ReadState { index, context });
             }
-            MessageBody::ReadIndex { context } => {
-                // A forwarded read reached a follower (the sender's view is stale); pass it
-                // on to whom we believe leads, if anyone.
-                if self.leader != NodeId::NONE && self.leader != m.from {
-                    let leader = self.leader;
-                    self.send(leader, MessageBody::ReadIndex { context });
-                }
-            }
+            // A forwarded read reached a follower (the sender's view of the leader is stale).
+            // Forwarding it again would route the answer to us, not to the reader, so drop it:
+            // the reader times out and retries with a fresh leader.
             _ => {}
         }
     }
@@ -745,7 +754,10 @@ impl<S: Storage> Raft<S> {
             );
             return;
         }
-        match self.log.maybe_append(prev_index, prev_term, commit, entries) {
+        match self
+            .log
+            .maybe_append(prev_index, prev_term, commit, entries)
+        {
             Some(last_new) => self.send(
                 from,
                 MessageBody::AppendResponse {
@@ -767,7 +779,12 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn handle_append_response(&mut self, from: NodeId, index: LogIndex, reject: Option<RejectHint>) {
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        index: LogIndex,
+        reject: Option<RejectHint>,
+    ) {
         if let Some(hint) = reject {
             let next_probe = if hint.term > Term(0) {
                 // Skip every entry of ours whose term is above the follower's term at the
@@ -776,7 +793,11 @@ impl<S: Storage> Raft<S> {
             } else {
                 hint.index
             };
-            let pr = self.tracker.progress.get_mut(&from).expect("checked by caller");
+            let pr = self
+                .tracker
+                .progress
+                .get_mut(&from)
+                .expect("checked by caller");
             if pr.maybe_decr_to(index, next_probe) {
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
@@ -785,7 +806,11 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
-        let pr = self.tracker.progress.get_mut(&from).expect("checked by caller");
+        let pr = self
+            .tracker
+            .progress
+            .get_mut(&from)
+            .expect("checked by caller");
         let old_paused = pr.is_paused();
         if !pr.maybe_update(index) {
             return;
@@ -809,7 +834,7 @@ impl<S: Storage> Raft<S> {
         if from == self.lead_transferee
             && self.tracker.progress[&from].matched == self.log.last_index()
         {
-            self.send(from, MessageBody::TimeoutNow);
+            self.send_timeout_now(from);
         }
     }
 
@@ -822,7 +847,11 @@ impl<S: Storage> Raft<S> {
         let ack = self.lease_acks.entry(from).or_insert(0);
         *ack = (*ack).max(lease_tick);
         let last = self.log.last_index();
-        let pr = self.tracker.progress.get_mut(&from).expect("checked by caller");
+        let pr = self
+            .tracker
+            .progress
+            .get_mut(&from)
+            .expect("checked by caller");
         pr.probe_sent = false;
         if pr.state == ProgressState::Replicate && pr.inflights.full() {
             // A lost append would otherwise stall the window until the follower is probed.
@@ -851,7 +880,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn on_commit_advanced(&mut self) {
-        if self.role == Role::Leader && !self.reads_awaiting_commit.is_empty() && self.committed_in_term() {
+        if self.role == Role::Leader
+            && !self.reads_awaiting_commit.is_empty()
+            && self.committed_in_term()
+        {
             for (ctx, from, mode) in std::mem::take(&mut self.reads_awaiting_commit) {
                 let _ = self.read_index_at_leader(ctx, from, mode);
             }
@@ -859,7 +891,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn committed_in_term(&self) -> bool {
-        self.log.term(self.log.committed).map(|t| t == self.term).unwrap_or(false)
+        self.log
+            .term(self.log.committed)
+            .map(|t| t == self.term)
+            .unwrap_or(false)
     }
 
     pub(crate) fn bcast_append(&mut self) {
@@ -999,7 +1034,8 @@ impl<S: Storage> Raft<S> {
         }
         // Always admit a batch into an empty pipeline so that one large entry cannot be
         // refused forever.
-        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + bytes > self.cfg.max_uncommitted_bytes
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + bytes > self.cfg.max_uncommitted_bytes
         {
             return Err(ProposeError::UncommittedLimit {
                 pending: self.uncommitted_bytes,
@@ -1027,7 +1063,11 @@ impl<S: Storage> Raft<S> {
         if self.role != Role::Leader {
             return;
         }
-        let n: u64 = ents.iter().filter(|e| !e.data.is_empty()).map(Entry::size_bytes).sum();
+        let n: u64 = ents
+            .iter()
+            .filter(|e| !e.data.is_empty())
+            .map(Entry::size_bytes)
+            .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(n);
     }
 
@@ -1085,16 +1125,13 @@ impl<S: Storage> Raft<S> {
                     .max_by_key(|(_, p)| p.matched)
                     .map(|(id, _)| *id);
                 if let Some(to) = best {
-                    self.send(to, MessageBody::TimeoutNow);
+                    self.send_timeout_now(to);
                 }
                 self.become_follower(self.term, NodeId::NONE);
             } else {
-                // New members need entries; the commit index may move with the new quorum.
-                if self.maybe_commit() {
-                    self.bcast_append();
-                } else {
-                    self.bcast_append();
-                }
+                // The commit index may move with the new quorum, and new members need entries.
+                self.maybe_commit();
+                self.bcast_append();
             }
         }
         next
@@ -1113,6 +1150,11 @@ impl<S: Storage> Raft<S> {
 
     // ---------------------------------------------------------------- leader transfer
 
+    fn send_timeout_now(&mut self, to: NodeId) {
+        self.lease_forfeited = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
         if self.role != Role::Leader {
             let leader = (self.leader != NodeId::NONE).then_some(self.leader);
@@ -1128,7 +1170,7 @@ impl<S: Storage> Raft<S> {
         // The transfer must finish within one election timeout.
         self.election_elapsed = 0;
         if self.tracker.progress[&to].matched == self.log.last_index() {
-            self.send(to, MessageBody::TimeoutNow);
+            self.send_timeout_now(to);
         } else {
             self.maybe_send_append(to, true);
         }
@@ -1215,7 +1257,9 @@ impl<S: Storage> Raft<S> {
     /// `election_tick - lease_drift_ticks` ticks ago: none of them will vote for another
     /// candidate before their election timeout passes.
     pub fn lease_valid(&self) -> bool {
-        if self.role != Role::Leader || self.lead_transferee != NodeId::NONE || !self.cfg.check_quorum
+        if self.role != Role::Leader
+            || self.lead_transferee != NodeId::NONE
+            || !self.cfg.check_quorum
         {
             return false;
         }
@@ -1224,7 +1268,13 @@ impl<S: Storage> Raft<S> {
             .conf
             .voters
             .iter()
-            .map(|v| if *v == self.id { self.ticks } else { self.lease_acks.get(v).copied().unwrap_or(0) })
+            .map(|v| {
+                if *v == self.id {
+                    self.ticks
+                } else {
+                    self.lease_acks.get(v).copied().unwrap_or(0)
+                }
+            })
             .collect();
         if acks.is_empty() {
             return false;
@@ -1237,7 +1287,13 @@ impl<S: Storage> Raft<S> {
                 .conf
                 .voters_outgoing
                 .iter()
-                .map(|v| if *v == self.id { self.ticks } else { self.lease_acks.get(v).copied().unwrap_or(0) })
+                .map(|v| {
+                    if *v == self.id {
+                        self.ticks
+                    } else {
+                        self.lease_acks.get(v).copied().unwrap_or(0)
+                    }
+                })
                 .collect();
             out.sort_unstable_by(|a, b| b.cmp(a));
             start = start.min(out[out.len() / 2]);
@@ -1263,8 +1319,13 @@ impl<S: Storage> Raft<S> {
         if let Some(pr) = self.tracker.progress.get_mut(&to) {
             pr.become_snapshot(index);
         }
-        self.outgoing_snapshots
-            .insert(to, OutgoingSnapshot { snapshot, offset: 0 });
+        self.outgoing_snapshots.insert(
+            to,
+            OutgoingSnapshot {
+                snapshot,
+                offset: 0,
+            },
+        );
         self.send_snapshot_chunk(to);
         true
     }
@@ -1357,7 +1418,10 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let same = self.incoming_snapshot.as_ref().is_some_and(|s| {
-            s.metadata == metadata && s.from == from && s.term == self.term && s.total_bytes == total_bytes
+            s.metadata == metadata
+                && s.from == from
+                && s.term == self.term
+                && s.total_bytes == total_bytes
         });
         if !same {
             if offset != 0 {

@@ -4,6 +4,12 @@
 use crate::types::{ConfState, Entry, HardState, LogIndex, Snapshot, SnapshotMetadata, Term};
 use thiserror::Error;
 
+/// Index of the bootstrap snapshot of a group's founding replicas (see
+/// [`MemStorage::new_bootstrap`]).
+pub const INIT_LOG_INDEX: LogIndex = LogIndex(5);
+/// Term of the bootstrap snapshot; founding replicas start in this term.
+pub const INIT_TERM: Term = Term(5);
+
 /// Errors a [`Storage`] may return for reads.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StorageError {
@@ -12,7 +18,10 @@ pub enum StorageError {
     Compacted { first_index: LogIndex },
     /// The requested index is past the last entry.
     #[error("log index {index} is unavailable (last index is {last_index})")]
-    Unavailable { index: LogIndex, last_index: LogIndex },
+    Unavailable {
+        index: LogIndex,
+        last_index: LogIndex,
+    },
     /// A snapshot is being built; ask again later.
     #[error("snapshot temporarily unavailable")]
     SnapshotTemporarilyUnavailable,
@@ -73,7 +82,28 @@ impl MemStorage {
         MemStorage::default()
     }
 
-    /// A storage for a brand-new group with the given initial membership.
+    /// A bootstrap member of a new group: its log starts with a snapshot at
+    /// [`INIT_LOG_INDEX`] / [`INIT_TERM`] holding the initial membership (the TiKV
+    /// convention). A replica added later starts empty (`MemStorage::new()`), so the leader
+    /// cannot reach it with entries below `INIT_LOG_INDEX` and sends a snapshot: the new
+    /// replica learns the membership from it instead of replaying changes it cannot apply.
+    pub fn new_bootstrap(conf_state: ConfState) -> MemStorage {
+        let mut s = MemStorage::default();
+        s.snapshot.metadata = SnapshotMetadata {
+            index: INIT_LOG_INDEX,
+            term: INIT_TERM,
+            conf_state,
+        };
+        s.hard_state = HardState {
+            term: INIT_TERM,
+            vote: crate::types::NodeId::NONE,
+            commit: INIT_LOG_INDEX,
+        };
+        s
+    }
+
+    /// A storage whose log starts at index 1 with the given membership (tests where every
+    /// replica is a founding member).
     pub fn with_conf_state(conf_state: ConfState) -> MemStorage {
         let mut s = MemStorage::default();
         s.snapshot.metadata.conf_state = conf_state;
@@ -88,6 +118,9 @@ impl MemStorage {
         self.hard_state = hs;
     }
 
+    /// Sets the configuration of the snapshot (at bootstrap: the initial membership). The
+    /// configuration returned by `initial_state` is the snapshot's, because a restarting
+    /// node re-applies the log after its snapshot, membership changes included.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.snapshot.metadata.conf_state = cs;
     }

@@ -24,12 +24,34 @@ fn take_msgs(n: &mut RawNode<MemStorage>) -> Vec<Message> {
 #[test]
 fn election_safety_one_vote_per_term() {
     let mut n = RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &[], 1)).unwrap();
-    n.step(msg(2, 1, 2, MessageBody::Vote { last_index: LogIndex(0), last_term: Term(0), leader_transfer: false }))
-        .unwrap();
-    n.step(msg(3, 1, 2, MessageBody::Vote { last_index: LogIndex(0), last_term: Term(0), leader_transfer: false }))
-        .unwrap();
+    n.step(msg(
+        2,
+        1,
+        2,
+        MessageBody::Vote {
+            last_index: LogIndex(0),
+            last_term: Term(0),
+            leader_transfer: false,
+        },
+    ))
+    .unwrap();
+    n.step(msg(
+        3,
+        1,
+        2,
+        MessageBody::Vote {
+            last_index: LogIndex(0),
+            last_term: Term(0),
+            leader_transfer: false,
+        },
+    ))
+    .unwrap();
     let rd = n.ready();
-    assert_eq!(rd.hard_state.unwrap().vote, NodeId(2), "the vote must be persisted with the grant");
+    assert_eq!(
+        rd.hard_state.unwrap().vote,
+        NodeId(2),
+        "the vote must be persisted with the grant"
+    );
     let grants: Vec<(u64, bool)> = rd
         .messages
         .iter()
@@ -46,14 +68,32 @@ fn election_safety_one_vote_per_term() {
 fn vote_refused_to_a_less_up_to_date_candidate() {
     // Our log: terms [1, 2]; the candidate's last entry is (index 5, term 1).
     let mut n = RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &[1, 2], 2)).unwrap();
-    n.step(msg(2, 1, 3, MessageBody::Vote { last_index: LogIndex(5), last_term: Term(1), leader_transfer: false }))
-        .unwrap();
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::Vote {
+            last_index: LogIndex(5),
+            last_term: Term(1),
+            leader_transfer: false,
+        },
+    ))
+    .unwrap();
     let msgs = take_msgs(&mut n);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].body, MessageBody::VoteResponse { reject: true });
     // Same last term, longer log: granted.
-    n.step(msg(3, 1, 3, MessageBody::Vote { last_index: LogIndex(2), last_term: Term(2), leader_transfer: false }))
-        .unwrap();
+    n.step(msg(
+        3,
+        1,
+        3,
+        MessageBody::Vote {
+            last_index: LogIndex(2),
+            last_term: Term(2),
+            leader_transfer: false,
+        },
+    ))
+    .unwrap();
     let msgs = take_msgs(&mut n);
     assert_eq!(msgs[0].body, MessageBody::VoteResponse { reject: false });
 }
@@ -64,19 +104,43 @@ fn leader_commits_only_entries_of_its_own_term_by_counting_replicas() {
     let mut n = RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &[1, 2], 2)).unwrap();
     n.campaign();
     let _ = take_msgs(&mut n); // PreVote requests
-    n.step(msg(2, 1, 3, MessageBody::PreVoteResponse { reject: false })).unwrap();
+    n.step(msg(2, 1, 3, MessageBody::PreVoteResponse { reject: false }))
+        .unwrap();
     let _ = take_msgs(&mut n); // Vote requests
-    n.step(msg(2, 1, 3, MessageBody::VoteResponse { reject: false })).unwrap();
+    n.step(msg(2, 1, 3, MessageBody::VoteResponse { reject: false }))
+        .unwrap();
     assert_eq!(n.role(), Role::Leader);
     let _ = take_msgs(&mut n); // appends with the noop (index 3, term 3), now persisted
     assert_eq!(n.log_term(LogIndex(3)), Some(Term(3)));
     // Follower 2 acknowledges index 2 (term 2) only: a majority holds index 2, but it is of
     // an older term, so it must not commit.
-    n.step(msg(2, 1, 3, MessageBody::AppendResponse { index: LogIndex(2), reject: None })).unwrap();
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendResponse {
+            index: LogIndex(2),
+            reject: None,
+        },
+    ))
+    .unwrap();
     let _ = take_msgs(&mut n);
-    assert_eq!(n.commit_index(), LogIndex(0), "committed an old-term entry by counting");
+    assert_eq!(
+        n.commit_index(),
+        LogIndex(0),
+        "committed an old-term entry by counting"
+    );
     // Once the current-term entry is on a majority, everything before it commits too.
-    n.step(msg(2, 1, 3, MessageBody::AppendResponse { index: LogIndex(3), reject: None })).unwrap();
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendResponse {
+            index: LogIndex(3),
+            reject: None,
+        },
+    ))
+    .unwrap();
     let _ = take_msgs(&mut n);
     assert_eq!(n.commit_index(), LogIndex(3));
 }
@@ -84,13 +148,22 @@ fn leader_commits_only_entries_of_its_own_term_by_counting_replicas() {
 #[test]
 fn follower_rejects_mismatched_append_with_conflict_hint() {
     // Follower log terms: [1, 1, 2, 2, 2]. Leader probes at (index 5, term 3).
-    let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1, 1, 2, 2, 2], 3)).unwrap();
-    n.step(msg(1, 2, 3, MessageBody::Append {
-        prev_index: LogIndex(5),
-        prev_term: Term(3),
-        entries: vec![],
-        commit: LogIndex(0),
-    }))
+    let mut n = RawNode::new(
+        &config(2),
+        storage_with_terms(&[1, 2, 3], &[1, 1, 2, 2, 2], 3),
+    )
+    .unwrap();
+    n.step(msg(
+        1,
+        2,
+        3,
+        MessageBody::Append {
+            prev_index: LogIndex(5),
+            prev_term: Term(3),
+            entries: vec![],
+            commit: LogIndex(0),
+        },
+    ))
     .unwrap();
     let msgs = take_msgs(&mut n);
     // The hint names the last index whose term is <= 3 (index 5, term 2): the leader can
@@ -99,23 +172,34 @@ fn follower_rejects_mismatched_append_with_conflict_hint() {
         msgs[0].body,
         MessageBody::AppendResponse {
             index: LogIndex(5),
-            reject: Some(RejectHint { index: LogIndex(5), term: Term(2) })
+            reject: Some(RejectHint {
+                index: LogIndex(5),
+                term: Term(2)
+            })
         }
     );
     // Probing beyond our log: the hint is our last index.
-    n.step(msg(1, 2, 3, MessageBody::Append {
-        prev_index: LogIndex(9),
-        prev_term: Term(3),
-        entries: vec![],
-        commit: LogIndex(0),
-    }))
+    n.step(msg(
+        1,
+        2,
+        3,
+        MessageBody::Append {
+            prev_index: LogIndex(9),
+            prev_term: Term(3),
+            entries: vec![],
+            commit: LogIndex(0),
+        },
+    ))
     .unwrap();
     let msgs = take_msgs(&mut n);
     assert_eq!(
         msgs[0].body,
         MessageBody::AppendResponse {
             index: LogIndex(9),
-            reject: Some(RejectHint { index: LogIndex(5), term: Term(2) })
+            reject: Some(RejectHint {
+                index: LogIndex(5),
+                term: Term(2)
+            })
         }
     );
 }
@@ -129,14 +213,36 @@ fn fast_backtracking_repairs_a_long_divergent_log_in_few_round_trips() {
     let mut follower_terms = vec![1u64; 100];
     follower_terms.extend(vec![2u64; 300]);
     let mut net = Net::new(&[1, 2, 3]);
-    net.nodes.insert(1, RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &leader_terms, 3)).unwrap());
-    net.nodes.insert(2, RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &follower_terms, 3)).unwrap());
-    net.nodes.insert(3, RawNode::new(&config(3), storage_with_terms(&[1, 2, 3], &leader_terms, 3)).unwrap());
+    net.nodes.insert(
+        1,
+        RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &leader_terms, 3)).unwrap(),
+    );
+    net.nodes.insert(
+        2,
+        RawNode::new(
+            &config(2),
+            storage_with_terms(&[1, 2, 3], &follower_terms, 3),
+        )
+        .unwrap(),
+    );
+    net.nodes.insert(
+        3,
+        RawNode::new(&config(3), storage_with_terms(&[1, 2, 3], &leader_terms, 3)).unwrap(),
+    );
     net.elect(1);
     let rejects = net
         .sent
         .iter()
-        .filter(|m| m.from == NodeId(2) && matches!(m.body, MessageBody::AppendResponse { reject: Some(_), .. }))
+        .filter(|m| {
+            m.from == NodeId(2)
+                && matches!(
+                    m.body,
+                    MessageBody::AppendResponse {
+                        reject: Some(_),
+                        ..
+                    }
+                )
+        })
         .count();
     assert!(rejects <= 3, "{rejects} rejections to find the match point");
     let l = net.node(1).last_index();
@@ -150,10 +256,15 @@ fn proposal_on_follower_names_the_leader() {
     net.elect(1);
     assert_eq!(
         net.node(2).propose(Bytes::from("x")),
-        Err(ProposeError::NotLeader { leader: Some(NodeId(1)) })
+        Err(ProposeError::NotLeader {
+            leader: Some(NodeId(1))
+        })
     );
     let mut lone = RawNode::new(&config(9), MemStorage::new()).unwrap();
-    assert_eq!(lone.propose(Bytes::from("x")), Err(ProposeError::NotLeader { leader: None }));
+    assert_eq!(
+        lone.propose(Bytes::from("x")),
+        Err(ProposeError::NotLeader { leader: None })
+    );
 }
 
 #[test]
@@ -167,7 +278,10 @@ fn oversized_entries_and_uncommitted_backlog_are_refused() {
     net.elect(1);
     assert_eq!(
         net.node(1).propose(Bytes::from(vec![0; 1001])),
-        Err(ProposeError::EntryTooLarge { size: 1001, max: 1000 })
+        Err(ProposeError::EntryTooLarge {
+            size: 1001,
+            max: 1000
+        })
     );
     // Followers unreachable: proposals pile up uncommitted until the limit.
     net.isolate(1);
@@ -179,7 +293,10 @@ fn oversized_entries_and_uncommitted_backlog_are_refused() {
         }
         assert!(accepted < 100, "limit never reached");
     };
-    assert!(matches!(err, ProposeError::UncommittedLimit { max: 10_000, .. }), "{err:?}");
+    assert!(
+        matches!(err, ProposeError::UncommittedLimit { max: 10_000, .. }),
+        "{err:?}"
+    );
     assert_eq!(accepted, 9);
     // The refused proposal changed nothing: after healing, exactly the accepted ones commit.
     net.recover();
@@ -213,7 +330,10 @@ fn appends_are_batched_within_byte_and_count_limits() {
         .collect();
     assert!(appends.iter().all(|n| *n <= 50), "{appends:?}");
     assert_eq!(appends.iter().sum::<usize>(), 200);
-    assert!(appends.len() <= 5, "200 entries should need 4 appends, took {appends:?}");
+    assert!(
+        appends.len() <= 5,
+        "200 entries should need 4 appends, took {appends:?}"
+    );
     assert_eq!(net.applied_data(2).len(), 200);
 }
 
@@ -235,20 +355,39 @@ fn pipelining_stops_at_the_inflight_window() {
     let appends = net
         .sent
         .iter()
-        .filter(|m| m.from == NodeId(1) && matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty()))
+        .filter(|m| {
+            m.from == NodeId(1)
+                && matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty())
+        })
         .count();
-    assert_eq!(appends, 4, "the in-flight window must bound unacknowledged appends");
+    assert_eq!(
+        appends, 4,
+        "the in-flight window must bound unacknowledged appends"
+    );
 }
 
 #[test]
 fn ready_carries_the_vote_with_the_grant_and_forbids_double_ready() {
     let mut n = RawNode::new(&config(1), storage_with_terms(&[1, 2, 3], &[], 1)).unwrap();
-    n.step(msg(2, 1, 5, MessageBody::Vote { last_index: LogIndex(0), last_term: Term(0), leader_transfer: false }))
-        .unwrap();
+    n.step(msg(
+        2,
+        1,
+        5,
+        MessageBody::Vote {
+            last_index: LogIndex(0),
+            last_term: Term(0),
+            leader_transfer: false,
+        },
+    ))
+    .unwrap();
     let rd = n.ready();
     assert_eq!(
         rd.hard_state,
-        Some(HardState { term: Term(5), vote: NodeId(2), commit: LogIndex(0) })
+        Some(HardState {
+            term: Term(5),
+            vote: NodeId(2),
+            commit: LogIndex(0)
+        })
     );
     assert_eq!(rd.messages.len(), 1);
     let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -267,7 +406,11 @@ fn prevote_does_not_change_terms() {
         net.node(3).tick();
         net.stabilize();
     }
-    assert_eq!(net.node(3).term(), term, "an isolated node must not inflate its term");
+    assert_eq!(
+        net.node(3).term(),
+        term,
+        "an isolated node must not inflate its term"
+    );
     assert_eq!(net.node(3).role(), Role::PreCandidate);
 }
 
@@ -278,12 +421,34 @@ fn check_quorum_followers_ignore_votes_while_the_leader_is_alive() {
     let term = net.node(2).term();
     // A vote request of a higher term arrives at 2 while it just heard from leader 1.
     net.node(2)
-        .step(msg(3, 2, term.0 + 5, MessageBody::Vote { last_index: LogIndex(99), last_term: Term(term.0 + 4), leader_transfer: false }))
+        .step(msg(
+            3,
+            2,
+            term.0 + 5,
+            MessageBody::Vote {
+                last_index: LogIndex(99),
+                last_term: Term(term.0 + 4),
+                leader_transfer: false,
+            },
+        ))
         .unwrap();
-    assert_eq!(net.node(2).term(), term, "in-lease follower must ignore the vote");
+    assert_eq!(
+        net.node(2).term(),
+        term,
+        "in-lease follower must ignore the vote"
+    );
     // The same request flagged as a leader transfer is honoured.
     net.node(2)
-        .step(msg(3, 2, term.0 + 5, MessageBody::Vote { last_index: LogIndex(99), last_term: Term(term.0 + 4), leader_transfer: true }))
+        .step(msg(
+            3,
+            2,
+            term.0 + 5,
+            MessageBody::Vote {
+                last_index: LogIndex(99),
+                last_term: Term(term.0 + 4),
+                leader_transfer: true,
+            },
+        ))
         .unwrap();
     assert_eq!(net.node(2).term(), Term(term.0 + 5));
 }
@@ -299,7 +464,11 @@ fn stale_leader_learns_the_new_term_from_a_rejection() {
         net.node(3).tick();
         net.stabilize();
     }
-    let new_leader = if net.node(2).role() == Role::Leader { 2 } else { 3 };
+    let new_leader = if net.node(2).role() == Role::Leader {
+        2
+    } else {
+        3
+    };
     assert_eq!(net.node(new_leader).role(), Role::Leader);
     net.recover();
     // Old leader 1 heartbeats with its old term; the response makes it step down.
@@ -347,5 +516,9 @@ fn same_seed_same_outputs() {
         net.sent.iter().map(|m| format!("{m:?}")).collect()
     }
     assert_eq!(run(1), run(1));
-    assert_ne!(run(1), run(2), "different seeds should give different elections");
+    assert_ne!(
+        run(1),
+        run(2),
+        "different seeds should give different elections"
+    );
 }

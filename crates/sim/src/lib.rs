@@ -19,7 +19,7 @@ pub mod cluster;
 pub mod swarm;
 
 pub use cluster::{Cluster, ClusterOptions, NetFaults};
-pub use swarm::{run_seed, SwarmOutcome, SwarmOptions};
+pub use swarm::{run_seed, SwarmOptions, SwarmOutcome};
 
 /// The command that replays one seed exactly; printed on every failure.
 pub fn replay_command(seed: u64) -> String {

@@ -17,11 +17,10 @@ fn main() {
     let mut sim_seconds = 20;
     let mut i = 1;
     let num = |v: Option<&String>, name: &str| -> u64 {
-        v.and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                eprintln!("{name} needs a number");
-                std::process::exit(2)
-            })
+        v.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            eprintln!("{name} needs a number");
+            std::process::exit(2)
+        })
     };
     while i < args.len() {
         match args[i].as_str() {
@@ -62,21 +61,18 @@ fn main() {
     let mut failed = 0;
     for s in &list {
         let mut o = SwarmOptions::new(*s);
-        o.record_trace = verbose;
+        o.print_trace = verbose;
         o.sim_seconds = sim_seconds;
         let r = std::panic::catch_unwind(|| run_seed(&o));
         match r {
             Ok(Ok(out)) => {
                 virtual_micros += out.virtual_micros;
-                if verbose {
-                    for line in &out.trace {
-                        println!("{line}");
-                    }
-                }
                 if verbose || list.len() == 1 {
                     println!(
-                        "seed {} ok: {} [{}], {} msgs, {} committed, {} crashes, {} partitions, {} checks, trace hash {:x}",
-                        out.seed, out.nodes, out.fault_mix, out.messages, out.committed, out.crashes, out.partitions, out.checks, out.events_hash
+                        "seed {} ok: {} nodes [{}]\n  {} msgs, {} committed, {} crashes, {} partitions, {} conf changes, {} transfers, {} snapshots ({} installed), {} reads, {} history ops, {} checks, trace hash {:x}",
+                        out.seed, out.nodes, out.fault_mix, out.messages, out.committed, out.crashes, out.partitions,
+                        out.conf_changes, out.transfers, out.snapshots, out.snapshots_installed, out.reads_completed,
+                        out.history_ops, out.checks, out.events_hash
                     );
                 }
             }
@@ -86,7 +82,10 @@ fn main() {
             }
             Err(_) => {
                 failed += 1;
-                eprintln!("FAIL seed {s} panicked\nreplay: {}", sim::replay_command(*s));
+                eprintln!(
+                    "FAIL seed {s} panicked\nreplay: {}",
+                    sim::replay_command(*s)
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::cluster::{unit, Cluster, ClusterOptions, Micros, NetFaults, MS, SECOND};
 use bytes::Bytes;
-use raft::{LogIndex, SplitMix64};
+use raft::{ConfChange, ConfChangeItem, ConfChangeKind, LogIndex, NodeId, ReadMode, SplitMix64};
 
 #[derive(Clone, Debug)]
 pub struct SwarmOptions {
@@ -15,6 +15,7 @@ pub struct SwarmOptions {
     /// commit on every node.
     pub liveness_bound: Micros,
     pub record_trace: bool,
+    pub print_trace: bool,
 }
 
 impl SwarmOptions {
@@ -24,6 +25,7 @@ impl SwarmOptions {
             sim_seconds: 20,
             liveness_bound: 10 * SECOND,
             record_trace: false,
+            print_trace: false,
         }
     }
 }
@@ -40,6 +42,12 @@ pub struct SwarmOutcome {
     pub committed: u64,
     pub crashes: u64,
     pub partitions: u64,
+    pub conf_changes: u64,
+    pub transfers: u64,
+    pub snapshots: u64,
+    pub snapshots_installed: u64,
+    pub reads_completed: u64,
+    pub history_ops: usize,
     pub checks: u64,
     pub fault_mix: String,
     pub trace: Vec<String>,
@@ -120,13 +128,20 @@ fn apply_shape(c: &mut Cluster, shape: Shape, rng: &mut SplitMix64) {
 /// or a description of the failure (the caller prints the seed and the replay command).
 pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     let mut rng = SplitMix64::new(opts.seed ^ 0x5157_4152_4d00);
-    let nodes = if rng.below(3) == 0 { 5 } else { 3 };
+    let voters = if rng.below(3) == 0 { 5 } else { 3 };
+    // Two spare nodes that membership changes can add (as learners, then voters).
+    let nodes = voters + 2;
     let mut co = ClusterOptions::new(nodes, opts.seed);
+    co.initial_voters = Some((1..=voters as u64).collect());
     // Swarm: each seed enables a random subset of faults with random intensities.
     let lossy = rng.below(2) == 0;
     let net = NetFaults {
         drop_rate: if lossy { unit(&mut rng) * 0.3 } else { 0.0 },
-        dup_rate: if rng.below(2) == 0 { unit(&mut rng) * 0.1 } else { 0.0 },
+        dup_rate: if rng.below(2) == 0 {
+            unit(&mut rng) * 0.1
+        } else {
+            0.0
+        },
         delay_min: 100,
         delay_max: (1 + rng.below(30)) * MS,
     };
@@ -134,12 +149,17 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     co.clock_drift = if rng.below(2) == 0 { 0.05 } else { 0.0 };
     co.pre_vote = rng.below(8) != 0;
     co.check_quorum = rng.below(8) != 0;
-    co.record_trace = opts.record_trace;
+    co.record_trace = opts.record_trace || opts.print_trace;
+    co.print_trace = opts.print_trace;
     let crashes_on = rng.below(3) != 0;
     let partitions_on = rng.below(4) != 0;
     let tear_on = rng.below(2) == 0;
+    let membership_on = rng.below(3) != 0;
+    let transfers_on = rng.below(2) == 0;
+    let snapshots_on = rng.below(3) != 0;
+    let lease_reads = rng.below(2) == 0;
     let fault_mix = format!(
-        "nodes={nodes} drop={:.2} dup={:.2} delay<={}ms drift={} prevote={} checkquorum={} crashes={crashes_on} tear={tear_on} partitions={partitions_on}",
+        "voters={voters} spares=2 membership={membership_on} transfers={transfers_on} snapshots={snapshots_on} lease_reads={lease_reads} drop={:.2} dup={:.2} delay<={}ms drift={} prevote={} checkquorum={} crashes={crashes_on} tear={tear_on} partitions={partitions_on}",
         net.drop_rate, net.dup_rate, net.delay_max / MS, co.clock_drift, co.pre_vote, co.check_quorum
     );
     let mut c = Cluster::new(co);
@@ -161,6 +181,8 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     let end = opts.sim_seconds * SECOND;
     let mut next_fault = 200 * MS;
     let mut payload_id = 0u64;
+    let mut read_id = 0u64;
+    const KEYS: u64 = 16;
     while c.now < end {
         // Clients: propose to whoever leads now, every few milliseconds.
         let step = (1 + rng.below(10)) * MS;
@@ -171,9 +193,44 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
         if let Some(l) = c.leader() {
             for _ in 0..1 + rng.below(4) {
                 payload_id += 1;
-                let data = crate::cluster::encode_write(rng.below(8), payload_id);
-                if c.propose(l, data).is_ok() {
+                let client = rng.below(8);
+                if c.client_write(l, client, rng.below(KEYS), payload_id) {
                     out.proposals_accepted += 1;
+                }
+            }
+        }
+        // Readers: linearizable reads on any node (followers forward to the leader).
+        for _ in 0..rng.below(3) {
+            let i = rng.below(c.n() as u64) as usize;
+            read_id += 1;
+            let mode = if lease_reads && rng.below(2) == 0 {
+                ReadMode::Lease
+            } else {
+                ReadMode::Safe
+            };
+            let client = 100 + rng.below(8);
+            c.client_read(i, client, rng.below(KEYS), read_id, mode);
+        }
+        if snapshots_on && rng.below(100) < 3 {
+            let i = rng.below(c.n() as u64) as usize;
+            if c.snapshot(i) {
+                out.snapshots += 1;
+            }
+        }
+        if transfers_on && rng.below(1000) < 8 {
+            if let (Some(l), Some(cs)) = (c.leader(), c.leader_conf()) {
+                let to = cs.voters[rng.below(cs.voters.len() as u64) as usize];
+                if c.transfer_leader(l, to) {
+                    out.transfers += 1;
+                }
+            }
+        }
+        if membership_on && rng.below(1000) < 15 {
+            if let Some(cc) = random_conf_change(&c, &mut rng) {
+                if let Some(l) = c.leader() {
+                    if c.propose_conf_change(l, &cc).is_ok() {
+                        out.conf_changes += 1;
+                    }
                 }
             }
         }
@@ -224,7 +281,10 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     let bound = opts.liveness_bound;
     let all: Vec<usize> = (0..c.n()).collect();
     if c.check_one_leader(&all, bound).is_none() {
-        return Err(fail(&c, format!("no leader within {}ms of healing", bound / MS)));
+        return Err(fail(
+            &c,
+            format!("no leader within {}ms of healing", bound / MS),
+        ));
     }
     payload_id += 1;
     let marker = crate::cluster::encode_write(99, payload_id);
@@ -237,24 +297,52 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
             }
             return Err(fail(
                 &c,
-                format!("no proposal committed on all nodes within {}ms of healing", bound / MS),
+                format!(
+                    "no proposal committed on all nodes within {}ms of healing",
+                    bound / MS
+                ),
             ));
         }
     };
-    // Every node reaches the same applied state.
+    // Every member reaches the same applied state.
+    let members: Vec<usize> = match c.leader_conf() {
+        Some(cs) => cs.all_nodes().iter().map(|id| id.0 as usize - 1).collect(),
+        None => return Err(fail(&c, "leader lost after the marker committed".into())),
+    };
     let converged = c.run_until(bound, |c| {
-        c.nodes
-            .iter()
-            .all(|n| n.applied_index >= idx && n.raw().is_some())
+        members.iter().all(|&m| c.nodes[m].applied_index >= idx)
     });
     if !converged {
-        return Err(fail(&c, format!("nodes did not all apply index {idx}")));
+        return Err(fail(
+            &c,
+            format!("members {members:?} did not all apply index {idx}"),
+        ));
     }
-    let kv0 = c.nodes[0].kv.clone();
-    for n in &c.nodes {
-        if n.applied_index == c.nodes[0].applied_index && n.kv != kv0 {
-            return Err(fail(&c, format!("node {} state differs at the same applied index", n.id)));
+    // Quiesce, then compare state machines at equal applied indexes.
+    c.run_for(200 * MS);
+    let top = members
+        .iter()
+        .map(|&m| c.nodes[m].applied_index)
+        .max()
+        .unwrap_or_default();
+    if let Some(&r) = members.iter().find(|&&m| c.nodes[m].applied_index == top) {
+        for &m in &members {
+            if c.nodes[m].applied_index == top && c.nodes[m].kv != c.nodes[r].kv {
+                return Err(fail(
+                    &c,
+                    format!(
+                        "node {} state differs from node {} at applied index {top}",
+                        m + 1,
+                        r + 1
+                    ),
+                ));
+            }
         }
+    }
+    // Every read and write the clients saw is linearizable (per key).
+    match c.check_linearizable() {
+        Ok(n) => out.history_ops = n,
+        Err(e) => return Err(fail(&c, e)),
     }
     if let Some(v) = &c.violation {
         return Err(fail(&c, v.to_string()));
@@ -264,6 +352,8 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     out.messages = c.messages_sent;
     out.committed = c.checker.applied_len().0;
     out.checks = c.checker.checks;
+    out.snapshots_installed = c.snapshots_installed;
+    out.reads_completed = c.nodes.iter().map(|n| n.completed_reads.len() as u64).sum();
     out.trace = std::mem::take(&mut c.trace);
     Ok(out)
 }
@@ -276,11 +366,17 @@ fn one_within(c: &mut Cluster, data: Bytes, timeout: Micros) -> Option<LogIndex>
         if let Some(l) = c.leader() {
             if let Ok(idx) = c.propose(l, data.clone()) {
                 let d = data.clone();
-                let n = c.n();
                 let wait = (deadline - c.now).min(2 * SECOND);
                 if c.run_until(wait, |c| {
-                    let (k, got) = c.n_applied(idx);
-                    k >= n && got.as_ref() == Some(&d)
+                    let Some(cs) = c.leader_conf() else {
+                        return false;
+                    };
+                    let members = cs.all_nodes();
+                    let (_, got) = c.n_applied(idx);
+                    got.as_ref() == Some(&d)
+                        && members
+                            .iter()
+                            .all(|m| c.nodes[m.0 as usize - 1].applied_index >= idx)
                 }) {
                     return Some(idx);
                 }
@@ -290,4 +386,58 @@ fn one_within(c: &mut Cluster, data: Bytes, timeout: Micros) -> Option<LogIndex>
         c.run_for(20 * MS);
     }
     None
+}
+
+/// A random membership change that is valid for the leader's current configuration.
+fn random_conf_change(c: &Cluster, rng: &mut SplitMix64) -> Option<ConfChange> {
+    let cs = c.leader_conf()?;
+    if cs.is_joint() {
+        return None;
+    }
+    let all: Vec<NodeId> = (1..=c.n() as u64).map(NodeId).collect();
+    let outsiders: Vec<NodeId> = all
+        .iter()
+        .copied()
+        .filter(|n| !cs.all_nodes().contains(n))
+        .collect();
+    let pick = |v: &[NodeId], rng: &mut SplitMix64| v[rng.below(v.len() as u64) as usize];
+    let item = |kind, node| ConfChangeItem { kind, node };
+    match rng.below(5) {
+        0 if !outsiders.is_empty() => Some(ConfChange {
+            changes: vec![item(ConfChangeKind::AddLearner, pick(&outsiders, rng))],
+            joint: false,
+        }),
+        1 if !cs.learners.is_empty() => Some(ConfChange {
+            changes: vec![item(ConfChangeKind::AddVoter, pick(&cs.learners, rng))],
+            joint: false,
+        }),
+        2 if cs.voters.len() > 3 => Some(ConfChange {
+            changes: vec![item(ConfChangeKind::RemoveNode, pick(&cs.voters, rng))],
+            joint: false,
+        }),
+        3 if cs.voters.len() > 3 => Some(ConfChange {
+            changes: vec![item(ConfChangeKind::AddLearner, pick(&cs.voters, rng))],
+            joint: false,
+        }),
+        4 if !cs.learners.is_empty() => {
+            // Replace a voter by a learner in one joint change.
+            let add = pick(&cs.learners, rng);
+            let remove = pick(&cs.voters, rng);
+            Some(ConfChange {
+                changes: vec![
+                    item(ConfChangeKind::AddVoter, add),
+                    item(
+                        if rng.below(2) == 0 {
+                            ConfChangeKind::RemoveNode
+                        } else {
+                            ConfChangeKind::AddLearner
+                        },
+                        remove,
+                    ),
+                ],
+                joint: true,
+            })
+        }
+        _ => None,
+    }
 }

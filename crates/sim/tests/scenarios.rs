@@ -48,7 +48,10 @@ fn initial_election_elects_one_leader_and_keeps_it() {
     let mut c = cluster(3, 1);
     leader(&mut c);
     let terms: Vec<_> = (0..3).map(|i| c.term_of(i).unwrap()).collect();
-    assert!(terms.iter().all(|t| *t == terms[0]), "terms disagree: {terms:?}");
+    assert!(
+        terms.iter().all(|t| *t == terms[0]),
+        "terms disagree: {terms:?}"
+    );
     let t1 = terms[0];
     c.run_for(2 * SECOND);
     assert_eq!(c.term_of(0).unwrap(), t1, "term changed with no failures");
@@ -141,7 +144,7 @@ fn follower_failure_progress_with_majority_and_none_without() {
     let l = leader(&mut c);
     c.disconnect((l + 1) % 3);
     one(&mut c, cmd(102), 2);
-    c.run_for(1 * SECOND);
+    c.run_for(SECOND);
     one(&mut c, cmd(103), 2);
     // Disconnect the remaining follower and the leader: nothing can commit.
     let l2 = leader(&mut c);
@@ -162,7 +165,7 @@ fn leader_failure_new_leader_commits_then_none_without_majority() {
     let l1 = leader(&mut c);
     c.disconnect(l1);
     one(&mut c, cmd(102), 2);
-    c.run_for(1 * SECOND);
+    c.run_for(SECOND);
     one(&mut c, cmd(103), 2);
     let l2 = leader_among(&mut c, &connected_except(3, &[l1]));
     c.disconnect(l2);
@@ -174,7 +177,11 @@ fn leader_failure_new_leader_commits_then_none_without_majority() {
     }
     c.run_for(2 * SECOND);
     for idx in idxs {
-        assert_eq!(c.n_applied(idx).0, 0, "cmd 104 committed without a majority");
+        assert_eq!(
+            c.n_applied(idx).0,
+            0,
+            "cmd 104 committed without a majority"
+        );
     }
     c.assert_ok();
 }
@@ -253,13 +260,19 @@ fn fast_backup_over_long_divergent_logs() {
     one(&mut c, cmd(1), 5);
     let l = leader(&mut c);
     // Leader and one follower partitioned: they get 50 entries that never commit.
-    c.partition(&[vec![l, (l + 1) % 5], vec![(l + 2) % 5, (l + 3) % 5, (l + 4) % 5]]);
+    c.partition(&[
+        vec![l, (l + 1) % 5],
+        vec![(l + 2) % 5, (l + 3) % 5, (l + 4) % 5],
+    ]);
     for i in 0..50 {
         let _ = c.propose(l, cmd(1000 + i));
     }
     c.run_for(500 * MS);
     // The other three commit 50 entries of their own.
-    c.partition(&[vec![(l + 2) % 5, (l + 3) % 5, (l + 4) % 5], vec![l, (l + 1) % 5]]);
+    c.partition(&[
+        vec![(l + 2) % 5, (l + 3) % 5, (l + 4) % 5],
+        vec![l, (l + 1) % 5],
+    ]);
     for i in 0..50 {
         one(&mut c, cmd(2000 + i), 3);
     }
@@ -296,7 +309,10 @@ fn message_count_is_bounded() {
     let mut c = cluster(3, 13);
     leader(&mut c);
     let election_msgs = c.messages_sent;
-    assert!(election_msgs < 60, "{election_msgs} messages to elect a leader");
+    assert!(
+        election_msgs < 60,
+        "{election_msgs} messages to elect a leader"
+    );
     let l = leader(&mut c);
     let before = c.messages_sent;
     let term = c.term_of(l).unwrap();
@@ -310,7 +326,7 @@ fn message_count_is_bounded() {
     let used = c.messages_sent - before;
     // Heartbeats included: about (1 + 10) * 2 appends + responses, plus heartbeats.
     assert!(used < 200, "{used} messages for 10 agreements");
-    c.run_for(1 * SECOND);
+    c.run_for(SECOND);
     let idle = c.messages_sent - before - used;
     // Idle: 2 followers * (heartbeat + response) every 20ms = ~200/s.
     assert!(idle < 300, "{idle} messages in one idle second");
@@ -361,7 +377,7 @@ fn persistence_with_repeated_partial_crashes() {
         c.crash((l + 4) % 5);
         c.restart((l + 1) % 5);
         c.restart((l + 2) % 5);
-        c.run_for(1 * SECOND);
+        c.run_for(SECOND);
         c.restart((l + 3) % 5);
         one(&mut c, cmd(x), 3);
         x += 1;
@@ -404,7 +420,11 @@ fn figure8(c: &mut Cluster, iterations: u64, unreliable: bool) {
             }
         }
         let r = c.rng().below(1000);
-        let pause = if r < 100 { c.rng().below(500) } else { c.rng().below(13) };
+        let pause = if r < 100 {
+            c.rng().below(500)
+        } else {
+            c.rng().below(13)
+        };
         c.run_for(pause * MS);
         c.assert_ok();
         if let Some(l) = l {
@@ -511,7 +531,11 @@ fn churn(c: &mut Cluster, unreliable: bool) {
             c.restart(i);
         }
         if unreliable {
-            c.net = if c.rng().below(2) == 0 { NetFaults::unreliable() } else { NetFaults::reliable() };
+            c.net = if c.rng().below(2) == 0 {
+                NetFaults::unreliable()
+            } else {
+                NetFaults::reliable()
+            };
         }
         c.assert_ok();
     }
@@ -521,7 +545,9 @@ fn churn(c: &mut Cluster, unreliable: bool) {
         c.connect(i);
     }
     let last = one(c, cmd(999_999), n);
-    c.run_until(5 * SECOND, |c| c.nodes.iter().all(|nd| nd.applied_index >= last));
+    c.run_until(5 * SECOND, |c| {
+        c.nodes.iter().all(|nd| nd.applied_index >= last)
+    });
     assert!(!acked.is_empty(), "churn acknowledged nothing");
     for (idx, d) in &acked {
         let (count, got) = c.n_applied(*idx);
@@ -551,10 +577,18 @@ fn prevote_partitioned_node_rejoining_does_not_depose_stable_leader() {
     c.disconnect(f);
     // Long enough for many election timeouts on the isolated node.
     c.run_for(5 * SECOND);
-    assert_eq!(c.term_of(f).unwrap(), term, "PreVote should keep the isolated node's term");
+    assert_eq!(
+        c.term_of(f).unwrap(),
+        term,
+        "PreVote should keep the isolated node's term"
+    );
     c.connect(f);
     c.run_for(2 * SECOND);
-    assert_eq!(c.leader(), Some(l), "leader changed after the partitioned node rejoined");
+    assert_eq!(
+        c.leader(),
+        Some(l),
+        "leader changed after the partitioned node rejoined"
+    );
     assert_eq!(c.term_of(l).unwrap(), term, "term changed after rejoin");
     one(&mut c, cmd(1), 3);
 }
@@ -585,7 +619,9 @@ fn check_quorum_leader_cut_off_from_quorum_steps_down() {
     let l = leader(&mut c);
     c.disconnect(l);
     // Within two election timeouts (max 2 * 10 ticks of 10ms), it must step down.
-    let stepped = c.run_until(500 * MS, |c| c.nodes[l].raw().unwrap().role() != Role::Leader);
+    let stepped = c.run_until(500 * MS, |c| {
+        c.nodes[l].raw().unwrap().role() != Role::Leader
+    });
     assert!(stepped, "isolated leader kept leading");
     // It keeps its term (it only stepped down), and proposals there now fail.
     assert!(c.propose(l, cmd(1)).is_err());

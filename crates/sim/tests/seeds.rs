@@ -24,7 +24,10 @@ fn random_seeds_keep_safety_and_liveness() {
         let opts = SwarmOptions::new(seed);
         match std::panic::catch_unwind(|| run_seed(&opts)) {
             Ok(Ok(out)) => {
-                assert!(out.committed > 0, "seed {seed} committed nothing: the run proves nothing");
+                assert!(
+                    out.committed > 0,
+                    "seed {seed} committed nothing: the run proves nothing"
+                );
                 virtual_micros += out.virtual_micros;
             }
             Ok(Err(e)) => failures.push(format!("{e}\n  replay: {}", replay_command(seed))),
@@ -40,7 +43,12 @@ fn random_seeds_keep_safety_and_liveness() {
         virtual_micros as f64 / 1e6,
         virtual_micros as f64 / 1e6 / real.max(1e-9)
     );
-    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -64,15 +72,25 @@ fn checker_catches_violations() {
     assert!(c.observe_leader(Term(3), NodeId(1)).is_ok());
     let v = c.observe_leader(Term(3), NodeId(2)).unwrap_err();
     assert_eq!(v.invariant, "Election Safety");
-    assert!(c.observe_applied(NodeId(1), LogIndex(1), Term(1), 7).is_ok());
-    let v = c.observe_applied(NodeId(2), LogIndex(1), Term(1), 8).unwrap_err();
+    assert!(c
+        .observe_applied(NodeId(1), LogIndex(1), Term(1), 7)
+        .is_ok());
+    let v = c
+        .observe_applied(NodeId(2), LogIndex(1), Term(1), 8)
+        .unwrap_err();
     assert_eq!(v.invariant, "State Machine Safety");
-    assert!(c.observe_persisted_entry(NodeId(1), LogIndex(4), Term(2), 1, Term(2)).is_ok());
+    assert!(c
+        .observe_persisted_entry(NodeId(1), LogIndex(4), Term(2), 1, Term(2))
+        .is_ok());
     let v = c
         .observe_persisted_entry(NodeId(2), LogIndex(4), Term(2), 1, Term(1))
         .unwrap_err();
     assert_eq!(v.invariant, "Log Matching");
-    assert!(c.observe_commit(NodeId(1), LogIndex(5), LogIndex(3)).is_ok());
-    let v = c.observe_commit(NodeId(1), LogIndex(4), LogIndex(3)).unwrap_err();
+    assert!(c
+        .observe_commit(NodeId(1), LogIndex(5), LogIndex(3))
+        .is_ok());
+    let v = c
+        .observe_commit(NodeId(1), LogIndex(4), LogIndex(3))
+        .unwrap_err();
     assert_eq!(v.invariant, "Monotonic Commit");
 }

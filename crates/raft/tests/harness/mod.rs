@@ -71,8 +71,7 @@ impl Net {
         for e in &rd.committed_entries {
             if e.kind == EntryKind::ConfChange {
                 let cc = ConfChange::decode(&e.data).unwrap();
-                let cs = node.apply_conf_change(&cc);
-                node.storage_mut().set_conf_state(cs);
+                node.apply_conf_change(&cc);
             }
         }
         self.applied
@@ -113,7 +112,11 @@ impl Net {
     pub fn elect(&mut self, id: u64) {
         self.node(id).campaign();
         self.stabilize();
-        assert_eq!(self.node(id).role(), Role::Leader, "node {id} failed to win");
+        assert_eq!(
+            self.node(id).role(),
+            Role::Leader,
+            "node {id} failed to win"
+        );
     }
 
     pub fn isolate(&mut self, id: u64) {
@@ -133,7 +136,12 @@ impl Net {
     pub fn applied_data(&self, id: u64) -> Vec<Bytes> {
         self.applied
             .get(&id)
-            .map(|v| v.iter().filter(|e| !e.data.is_empty()).map(|e| e.data.clone()).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|e| !e.data.is_empty())
+                    .map(|e| e.data.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -154,7 +162,13 @@ pub fn storage_with_terms(voters: &[u64], terms: &[u64], term: u64) -> MemStorag
     let ents: Vec<Entry> = terms
         .iter()
         .enumerate()
-        .map(|(i, t)| Entry::new(Term(*t), LogIndex(i as u64 + 1), Bytes::from(format!("e{}", i + 1))))
+        .map(|(i, t)| {
+            Entry::new(
+                Term(*t),
+                LogIndex(i as u64 + 1),
+                Bytes::from(format!("e{}", i + 1)),
+            )
+        })
         .collect();
     s.append(&ents);
     s.set_hard_state(HardState {
