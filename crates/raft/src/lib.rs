@@ -10,6 +10,8 @@
 //!   membership, snapshots and messages.
 //! - [`storage`]: the [`Storage`] trait the core reads the persisted log through, and
 //!   [`MemStorage`].
+//! - [`storage_suite`]: a conformance suite every [`Storage`] implementation runs
+//!   ([`storage_suite::run_all`]).
 //! - `log`: the core's view of the log (persisted prefix + unstable suffix, commit/apply).
 //! - `progress`: per-follower replication state, the in-flight window, quorum arithmetic
 //!   (including joint configurations).
@@ -65,6 +67,7 @@ mod raft;
 mod raw_node;
 mod rng;
 pub mod storage;
+pub mod storage_suite;
 pub mod types;
 
 pub use conf_change::{ConfChange, ConfChangeItem, ConfChangeKind};

@@ -552,11 +552,12 @@ impl<S: Storage> Raft<S> {
             }
         } else if m.term < self.term {
             match &m.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                     // A stale leader (e.g. after a partition) learns our term from this and
-                    // steps down; without it, PreVote could leave it stuck forever.
+                    // steps down. Always answer, even without PreVote and CheckQuorum: a
+                    // member whose stale configuration does not include this leader would
+                    // otherwise never send it a vote request, and neither would ever move
+                    // (seed 3913).
                     self.send(
                         m.from,
                         MessageBody::AppendResponse {
@@ -812,15 +813,29 @@ impl<S: Storage> Raft<S> {
             .get_mut(&from)
             .expect("checked by caller");
         let old_paused = pr.is_paused();
-        if !pr.maybe_update(index) {
+        let updated = pr.maybe_update(index);
+        // A follower in Snapshot state that reports a match at or past the snapshot is done
+        // with it, whether or not this report is news: the acknowledgement that was news may
+        // have been lost, and the follower may have caught up past an old snapshot.
+        let snapshot_done =
+            pr.state == ProgressState::Snapshot && pr.matched >= pr.pending_snapshot;
+        if snapshot_done {
+            pr.become_probe();
+            self.outgoing_snapshots.remove(&from);
+        }
+        if !updated {
+            if snapshot_done {
+                self.maybe_send_append(from, true);
+            }
             return;
         }
+        let pr = self
+            .tracker
+            .progress
+            .get_mut(&from)
+            .expect("checked by caller");
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
-            ProgressState::Snapshot if pr.matched >= pr.pending_snapshot => {
-                pr.become_probe();
-                self.outgoing_snapshots.remove(&from);
-            }
             ProgressState::Replicate => pr.inflights.free_to(index),
             ProgressState::Snapshot => {}
         }

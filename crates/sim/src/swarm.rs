@@ -170,8 +170,20 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
         ..Default::default()
     };
     let fail = |c: &Cluster, what: String| -> String {
+        let mut state = String::new();
+        for n in &c.nodes {
+            if let Some(r) = n.raw() {
+                let st = r.status();
+                state.push_str(&format!(
+                    "\n  n{}: {:?} term {} leader {} commit {} applied {} log [{}, {}] conf {:?}/{:?} learners {:?}",
+                    n.id, st.soft_state.role, st.hard_state.term, st.soft_state.leader, st.hard_state.commit,
+                    st.applied, st.first_index, st.last_index, st.conf_state.voters, st.conf_state.voters_outgoing,
+                    st.conf_state.learners
+                ));
+            }
+        }
         format!(
-            "seed {} failed at {:.3}s [{fault_mix}]: {what}",
+            "seed {} failed at {:.3}s [{fault_mix}]: {what}{state}",
             opts.seed,
             c.now as f64 / 1e6
         )

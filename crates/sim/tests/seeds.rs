@@ -94,3 +94,17 @@ fn checker_catches_violations() {
         .unwrap_err();
     assert_eq!(v.invariant, "Monotonic Commit");
 }
+
+/// Seeds that once failed, kept as regression tests (see docs/TESTING.md for the bugs):
+/// 3 and 15 (membership learned by newcomers; configuration persisted ahead of the
+/// snapshot), 277 (checker budget, now the write-order check), 223/525/743/1018/1947 (a
+/// follower stuck in Snapshot state when its acknowledgement was lost), 3913 (a stale member never
+/// answered a lower-term leader without PreVote and CheckQuorum).
+#[test]
+fn regression_seeds() {
+    for seed in [3u64, 15, 223, 277, 525, 743, 1018, 1947, 3913] {
+        if let Err(e) = run_seed(&SwarmOptions::new(seed)) {
+            panic!("{e}\n  replay: {}", replay_command(seed));
+        }
+    }
+}

@@ -1,0 +1,1137 @@
+//! `LogEngine`: recovery, group commit, reads, purge.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::batch::{LogBatch, Op};
+use crate::error::{Error, Result};
+use crate::format::{self, AfterDamage, BadRecord, Parsed};
+use crate::fs::{FileSystem, LockGuard, WritableFile};
+use crate::memtable::{Bounds, MemTable};
+use crate::{GroupId, LogEntry};
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+/// Suffix of segment file names (`{seq:016x}.rlog`).
+pub const SEGMENT_SUFFIX: &str = ".rlog";
+/// One group commit writes at most this many bytes (but always at least one batch), so a
+/// burst of writers cannot make one leader's write, and its followers' latency, unbounded.
+pub const MAX_GROUP_COMMIT_BYTES: usize = 4 << 20;
+/// A leader writes at most this many consecutive groups before handing leadership on: staying
+/// leader saves a thread switch per group commit, handing on bounds its own caller's wait.
+pub const MAX_LEADER_ROUNDS: u32 = 4;
+/// `purge` copies a group's live entries forward in records of at most about this size.
+pub const REWRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// How recovery treats damaged files (compare tikv/raft-engine's `RecoveryMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// In the last segment, only a *short* tail (a record cut off by the end of the file, or
+    /// a zero-filled tail) with no valid record after it is truncated as a torn write;
+    /// anything else, including a complete last record with a bad checksum, refuses to open.
+    AbsoluteConsistency,
+    /// Default. In the last segment, any bad record (short, bad checksum, bad header) that
+    /// no valid record follows is taken for a torn write (disks may persist the sectors of
+    /// one write out of order) and truncated. A bad record followed by a valid one, and any
+    /// damage in an earlier segment, refuses to open.
+    #[default]
+    TolerateTailCorruption,
+    /// Salvage: at a damaged record, report it, skip the rest of that segment and go on with
+    /// the next one. A group whose entries no longer connect keeps only the newer ones.
+    /// Acknowledged writes may be lost; use it only to rescue a store that has no replicas.
+    TolerateAnyCorruption,
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A new segment file is started when the active one would grow past this size.
+    pub segment_size_bytes: u64,
+    /// How recovery treats damaged files.
+    pub recovery_mode: RecoveryMode,
+    /// `purge` copies forward the live data of groups pinning old segments when more segment
+    /// files than this exist.
+    pub purge_rewrite_threshold_segments: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            segment_size_bytes: 64 << 20,
+            recovery_mode: RecoveryMode::default(),
+            purge_rewrite_threshold_segments: 8,
+        }
+    }
+}
+
+/// A torn tail that recovery cut off the last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The last segment.
+    pub file: PathBuf,
+    /// Offset the file was truncated to (start of the bad record).
+    pub offset: u64,
+    /// How many bytes were dropped.
+    pub bytes_discarded: u64,
+    /// What was wrong with them.
+    pub reason: String,
+}
+
+/// Damage skipped under `RecoveryMode::TolerateAnyCorruption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedCorruption {
+    /// The damaged file.
+    pub file: PathBuf,
+    /// Where the damage starts.
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What recovery found when the engine was opened.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Segment files read.
+    pub segments_read: usize,
+    /// Records (batches) replayed.
+    pub records_read: u64,
+    /// Bytes of segment files read.
+    pub bytes_read: u64,
+    /// Set when the last segment ended in a torn write that was truncated.
+    pub torn_tail: Option<TornTail>,
+    /// Damage skipped (only with `RecoveryMode::TolerateAnyCorruption`).
+    pub skipped_corruption: Vec<SkippedCorruption>,
+    /// How long opening took.
+    pub duration: Duration,
+}
+
+/// What one `purge` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Groups whose live data was copied forward.
+    pub groups_rewritten: usize,
+    /// Bytes written by those copies.
+    pub bytes_rewritten: u64,
+    /// Segment files deleted.
+    pub segments_deleted: usize,
+}
+
+/// Counters describing the engine now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Segment files on disk.
+    pub segment_count: usize,
+    /// Sequence number of the oldest segment.
+    pub first_segment_seq: u64,
+    /// Sequence number of the segment being appended to.
+    pub active_segment_seq: u64,
+    /// Bytes in the active segment.
+    pub active_segment_bytes: u64,
+    /// Groups with live entries or states.
+    pub group_count: usize,
+    /// Live entries over all groups.
+    pub live_entry_count: u64,
+    /// Payload bytes of those entries (what the in-memory cache holds).
+    pub live_entry_bytes: u64,
+    /// Group commits (one write syscall each) since open.
+    pub group_commits: u64,
+    /// Batches written by those group commits.
+    pub batches_written: u64,
+    /// fdatasync calls on segments since open (group commits, rollovers, purges, `sync`).
+    pub syncs: u64,
+}
+
+/// Where one waiting writer is told its result, or that it is now the leader.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Result<u64>>,
+    lead: bool,
+}
+
+impl Slot {
+    fn update(&self, change: impl FnOnce(&mut SlotState)) {
+        change(&mut lock(&self.state));
+        self.changed.notify_one();
+    }
+}
+
+struct Request {
+    slot: Arc<Slot>,
+    ops: Vec<Op>,
+    record: Vec<u8>,
+    sync: bool,
+}
+
+/// The group-commit queue (the leader/follower scheme of raft-engine's write barrier): at
+/// most one leader at a time writes a group taken from the front; when it is done it makes
+/// the oldest waiting writer the next leader, then wakes the writers of its group one by one
+/// (not all waiters at once: with 64 writers a broadcast costs more CPU than the write).
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Request>,
+    leader_active: bool,
+}
+
+struct Writer {
+    first_seq: u64,
+    active_seq: u64,
+    active_file: Box<dyn WritableFile>,
+    active_len: u64,
+    /// Reused for every group commit: one contiguous buffer, one write syscall.
+    buf: Vec<u8>,
+    /// Set after a failed write or sync: what is on disk is unknown, refuse to go on.
+    poisoned: Option<String>,
+    group_commits: u64,
+    batches_written: u64,
+    syncs: u64,
+}
+
+/// The shared log of one store. `Send + Sync`: share it with an `Arc`.
+///
+/// Every accessor reads the in-memory index only. Writes go through a group-commit queue:
+/// concurrent `write` calls are written with one `write` and (if any asked for it) one
+/// `fdatasync`.
+pub struct LogEngine {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    config: Config,
+    queue: Mutex<Queue>,
+    writer: Mutex<Writer>,
+    memtable: RwLock<MemTable>,
+    report: RecoveryReport,
+    _lock: Box<dyn LockGuard>,
+}
+
+impl std::fmt::Debug for LogEngine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("LogEngine")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks is a broken invariant that already crashed a
+    // thread; the data behind the lock is still consistent at the points we unlock, so
+    // continuing (and letting that panic surface) is better than cascading panics.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Path of segment `seq` in `dir`.
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}{SEGMENT_SUFFIX}"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if stem.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok()
+}
+
+impl LogEngine {
+    /// Opens (or creates) the log in `dir`, taking its lock and rebuilding the index from the
+    /// segment files (see [`RecoveryMode`] for how damage is handled).
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<LogEngine> {
+        let started = Instant::now();
+        let dir = dir.as_ref().to_path_buf();
+        if config.segment_size_bytes
+            < (format::SEGMENT_HEADER_BYTES + format::RECORD_HEADER_BYTES) as u64
+        {
+            return Err(Error::InvalidArgument(format!(
+                "segment_size_bytes {} is too small to hold a record",
+                config.segment_size_bytes
+            )));
+        }
+        fs.create_dir_all(&dir)
+            .map_err(|error| Error::io("create directory", &dir, error))?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock_guard = fs.lock_exclusive(&lock_path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                Error::DirectoryLocked {
+                    path: lock_path.clone(),
+                }
+            } else {
+                Error::io("lock", &lock_path, error)
+            }
+        })?;
+
+        let names = fs
+            .list_dir(&dir)
+            .map_err(|error| Error::io("list directory", &dir, error))?;
+        let mut seqs: Vec<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_name(name))
+            .collect();
+        seqs.sort_unstable();
+        for pair in seqs.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                // Segments are only ever deleted oldest first, so a hole means lost files.
+                return Err(Error::corruption(
+                    &segment_path(&dir, pair[0] + 1),
+                    0,
+                    format!(
+                        "segment file is missing between {} and {}",
+                        segment_path(&dir, pair[0]).display(),
+                        segment_path(&dir, pair[1]).display()
+                    ),
+                ));
+            }
+        }
+
+        let mut report = RecoveryReport::default();
+        let mut memtable = MemTable::default();
+        let mut active_len = 0u64;
+        let mut read_buf = Vec::new();
+        for (position, seq) in seqs.iter().enumerate() {
+            let is_last = position + 1 == seqs.len();
+            let source = SegmentSource {
+                fs: fs.as_ref(),
+                dir: &dir,
+                mode: config.recovery_mode,
+            };
+            let valid_len = recover_segment(
+                source,
+                *seq,
+                is_last,
+                &mut memtable,
+                &mut report,
+                &mut read_buf,
+            )?;
+            if is_last {
+                active_len = valid_len;
+            }
+        }
+
+        let (first_seq, active_seq, active_file) = match (seqs.first(), seqs.last()) {
+            (Some(first), Some(last)) => {
+                let path = segment_path(&dir, *last);
+                let mut file = fs
+                    .open_append(&path)
+                    .map_err(|error| Error::io("open", &path, error))?;
+                let file_len = fs
+                    .file_len(&path)
+                    .map_err(|error| Error::io("stat", &path, error))?;
+                if file_len != active_len {
+                    // Cut the torn tail (or a bad header) durably before appending after it,
+                    // or new records would follow garbage.
+                    file.truncate(active_len)
+                        .map_err(|error| Error::io("truncate", &path, error))?;
+                    if active_len == 0 {
+                        file.write_all(&format::segment_header(*last))
+                            .map_err(|error| Error::io("write", &path, error))?;
+                        active_len = format::SEGMENT_HEADER_BYTES as u64;
+                    }
+                    file.sync_data()
+                        .map_err(|error| Error::io("fdatasync", &path, error))?;
+                }
+                (*first, *last, file)
+            }
+            _ => {
+                let (file, len) = create_segment(fs.as_ref(), &dir, 1)?;
+                active_len = len;
+                (1, 1, file)
+            }
+        };
+
+        report.duration = started.elapsed();
+        if let Some(torn) = &report.torn_tail {
+            tracing::warn!(
+                file = %torn.file.display(),
+                offset = torn.offset,
+                bytes_discarded = torn.bytes_discarded,
+                reason = %torn.reason,
+                "raft-log recovery truncated a torn tail (a write interrupted by a crash; it was never acknowledged as durable)"
+            );
+        }
+        for skipped in &report.skipped_corruption {
+            tracing::warn!(
+                file = %skipped.file.display(),
+                offset = skipped.offset,
+                reason = %skipped.reason,
+                "raft-log recovery skipped corrupt data (TolerateAnyCorruption)"
+            );
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            segments = report.segments_read,
+            records = report.records_read,
+            bytes = report.bytes_read,
+            duration_ms = report.duration.as_millis() as u64,
+            "raft-log opened"
+        );
+
+        Ok(LogEngine {
+            dir,
+            fs,
+            config,
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Writer {
+                first_seq,
+                active_seq,
+                active_file,
+                active_len,
+                buf: Vec::with_capacity(MAX_GROUP_COMMIT_BYTES),
+                poisoned: None,
+                group_commits: 0,
+                batches_written: 0,
+                syncs: 0,
+            }),
+            memtable: RwLock::new(memtable),
+            report,
+            _lock: lock_guard,
+        })
+    }
+
+    /// What recovery found when this engine was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `batch` atomically and returns the bytes written. With `sync`, returns only
+    /// once the batch (and everything written before it) is durable; without, once it is
+    /// written to the OS (lost by a machine crash, not by a process crash).
+    ///
+    /// Concurrent callers are group-committed: one of them writes the batches of all waiting
+    /// callers (up to [`MAX_GROUP_COMMIT_BYTES`]) with one write and one fdatasync, the others
+    /// wait for it. On success `batch` is left empty. A batch that is too large or written to
+    /// a poisoned engine is refused before it is taken and left as it was; once queued, a
+    /// batch is consumed even if the write then fails.
+    pub fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let size = batch.encoded_len();
+        if size - format::RECORD_HEADER_BYTES > format::MAX_RECORD_PAYLOAD_BYTES as usize {
+            return Err(Error::BatchTooLarge {
+                size_bytes: size as u64,
+                limit_bytes: u64::from(format::MAX_RECORD_PAYLOAD_BYTES),
+            });
+        }
+        // Encode on the caller's thread, so that encoding runs in parallel and the leader
+        // only concatenates.
+        let mut record = Vec::with_capacity(size);
+        batch.encode_record(&mut record);
+        let ops = std::mem::take(&mut batch.ops);
+        *batch = LogBatch::new();
+
+        let slot = Arc::new(Slot::default());
+        let mut queue = lock(&self.queue);
+        queue.pending.push_back(Request {
+            slot: Arc::clone(&slot),
+            ops,
+            record,
+            sync,
+        });
+        let mut leading = !queue.leader_active;
+        let mut rounds = 0u32;
+        queue.leader_active = true;
+        drop(queue);
+        loop {
+            if !leading {
+                let mut state = lock(&slot.state);
+                loop {
+                    if let Some(result) = state.result.take() {
+                        return result;
+                    }
+                    if state.lead {
+                        state.lead = false;
+                        leading = true;
+                        rounds = 0;
+                        break;
+                    }
+                    state = slot
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            }
+            // Leader: write the oldest waiting batches, up to the group-commit bound.
+            let group = {
+                let mut queue = lock(&self.queue);
+                let mut group = Vec::new();
+                let mut group_bytes = 0usize;
+                while let Some(request) = queue.pending.front() {
+                    if !group.is_empty()
+                        && group_bytes + request.record.len() > MAX_GROUP_COMMIT_BYTES
+                    {
+                        break;
+                    }
+                    group_bytes += request.record.len();
+                    if let Some(request) = queue.pending.pop_front() {
+                        group.push(request);
+                    }
+                }
+                group
+            };
+            assert!(
+                !group.is_empty(),
+                "a group-commit leader found an empty queue"
+            );
+            let results = self.commit_group(group);
+            for (waiter, result) in results {
+                waiter.update(|state| state.result = Some(result));
+            }
+            rounds += 1;
+            let next_leader = {
+                let mut queue = lock(&self.queue);
+                if queue.pending.is_empty() {
+                    queue.leader_active = false;
+                    None
+                } else if rounds < MAX_LEADER_ROUNDS {
+                    continue;
+                } else {
+                    queue
+                        .pending
+                        .front()
+                        .map(|request| Arc::clone(&request.slot))
+                }
+            };
+            if let Some(next) = next_leader {
+                next.update(|state| state.lead = true);
+            }
+            leading = false;
+        }
+    }
+
+    /// Writes and (if any asked) syncs one group of requests; applies them to the memtable.
+    fn commit_group(&self, group: Vec<Request>) -> Vec<(Arc<Slot>, Result<u64>)> {
+        let mut writer = lock(&self.writer);
+        let mut results = Vec::with_capacity(group.len());
+        if let Some(cause) = &writer.poisoned {
+            for request in group {
+                results.push((
+                    request.slot,
+                    Err(Error::Poisoned {
+                        cause: cause.clone(),
+                    }),
+                ));
+            }
+            return results;
+        }
+
+        // Validate every batch against the log as the batches before it leave it.
+        let mut accepted = Vec::with_capacity(group.len());
+        {
+            let memtable = read(&self.memtable);
+            let mut bounds: HashMap<GroupId, Bounds> = HashMap::new();
+            for request in group {
+                let mut trial: HashMap<GroupId, Bounds> = HashMap::new();
+                let mut verdict = Ok(());
+                for op in &request.ops {
+                    let group_id = op.group();
+                    let entry = trial.entry(group_id).or_insert_with(|| {
+                        bounds
+                            .get(&group_id)
+                            .copied()
+                            .unwrap_or_else(|| Bounds::of(memtable.group(group_id)))
+                    });
+                    if let Err(message) = entry.check_and_apply(op) {
+                        verdict = Err(message);
+                        break;
+                    }
+                }
+                match verdict {
+                    Ok(()) => {
+                        bounds.extend(trial);
+                        accepted.push(request);
+                    }
+                    Err(message) => {
+                        results.push((request.slot, Err(Error::InvalidArgument(message))))
+                    }
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return results;
+        }
+
+        let mut buf = std::mem::take(&mut writer.buf);
+        buf.clear();
+        let mut need_sync = false;
+        for request in &accepted {
+            buf.extend_from_slice(&request.record);
+            need_sync |= request.sync;
+        }
+        writer.group_commits += 1;
+        writer.batches_written += accepted.len() as u64;
+        let outcome = self.append_to_active(&mut writer, &buf, need_sync);
+        let written = buf.len();
+        writer.buf = buf;
+        match outcome {
+            Ok(seq) => {
+                let mut memtable = write(&self.memtable);
+                for request in accepted {
+                    let bytes = request.record.len() as u64;
+                    for op in request.ops {
+                        if let Err(message) = memtable.apply(op, seq) {
+                            // Validation above accepted it: the index and the log disagree.
+                            panic!("validated batch failed to apply to the index: {message}");
+                        }
+                    }
+                    results.push((request.slot, Ok(bytes)));
+                }
+                tracing::trace!(bytes = written, sync = need_sync, "group commit");
+            }
+            Err(error) => {
+                for request in accepted {
+                    results.push((request.slot, Err(error.duplicate())));
+                }
+            }
+        }
+        results
+    }
+
+    /// Appends `bytes` (whole records) to the active segment, rolling over first if needed.
+    /// Returns the segment's sequence number. Any failure poisons the engine.
+    fn append_to_active(&self, writer: &mut Writer, bytes: &[u8], sync: bool) -> Result<u64> {
+        let result = self.try_append_to_active(writer, bytes, sync);
+        if let Err(error) = &result {
+            tracing::error!(%error, "raft-log write failed; the engine refuses further writes until reopened");
+            writer.poisoned = Some(error.to_string());
+        }
+        result
+    }
+
+    fn try_append_to_active(&self, writer: &mut Writer, bytes: &[u8], sync: bool) -> Result<u64> {
+        if writer.active_len > format::SEGMENT_HEADER_BYTES as u64
+            && writer.active_len + bytes.len() as u64 > self.config.segment_size_bytes
+        {
+            self.rollover(writer)?;
+        }
+        let path = segment_path(&self.dir, writer.active_seq);
+        writer
+            .active_file
+            .write_all(bytes)
+            .map_err(|error| Error::io("write", &path, error))?;
+        writer.active_len += bytes.len() as u64;
+        if sync {
+            writer.syncs += 1;
+            writer
+                .active_file
+                .sync_data()
+                .map_err(|error| Error::io("fdatasync", &path, error))?;
+        }
+        Ok(writer.active_seq)
+    }
+
+    fn rollover(&self, writer: &mut Writer) -> Result<()> {
+        // Make the old segment complete on disk first: recovery accepts a torn tail only in
+        // the last segment, so no earlier segment may ever end in unsynced bytes.
+        let old_path = segment_path(&self.dir, writer.active_seq);
+        writer
+            .active_file
+            .sync_data()
+            .map_err(|error| Error::io("fdatasync", &old_path, error))?;
+        let seq = writer.active_seq + 1;
+        let (file, len) = create_segment(self.fs.as_ref(), &self.dir, seq)?;
+        writer.active_file = file;
+        writer.active_seq = seq;
+        writer.active_len = len;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        if let Some(cause) = &writer.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let path = segment_path(&self.dir, writer.active_seq);
+        if let Err(error) = writer.active_file.sync_data() {
+            let error = Error::io("fdatasync", &path, error);
+            writer.poisoned = Some(error.to_string());
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Index of the first live entry of `group`.
+    pub fn first_index(&self, group: GroupId) -> Option<u64> {
+        read(&self.memtable).group(group)?.first()
+    }
+
+    /// Index of the last entry of `group`.
+    pub fn last_index(&self, group: GroupId) -> Option<u64> {
+        read(&self.memtable).group(group)?.last()
+    }
+
+    /// Term of entry `index` of `group`, if it is live.
+    pub fn term(&self, group: GroupId, index: u64) -> Option<u64> {
+        read(&self.memtable)
+            .group(group)?
+            .entry(index)
+            .map(|entry| entry.term)
+    }
+
+    /// Entries `[low, high)` of `group`, stopping before the total payload would exceed
+    /// `max_bytes` (but always at least one entry when `low < high`).
+    pub fn entries(
+        &self,
+        group: GroupId,
+        low: u64,
+        high: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>> {
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let memtable = read(&self.memtable);
+        let state = memtable.group(group);
+        let first = state.and_then(|state| state.first());
+        let last = state.and_then(|state| state.last());
+        let (Some(state), Some(first_index), Some(last_index)) = (state, first, last) else {
+            let compacted = state.is_some_and(|state| low < state.compacted_to);
+            return Err(if compacted {
+                Error::Compacted {
+                    group,
+                    index: low,
+                    first_index: None,
+                }
+            } else {
+                Error::Unavailable {
+                    group,
+                    index: high - 1,
+                    last_index: None,
+                }
+            });
+        };
+        if low < first_index {
+            return Err(Error::Compacted {
+                group,
+                index: low,
+                first_index: Some(first_index),
+            });
+        }
+        if high > last_index + 1 {
+            return Err(Error::Unavailable {
+                group,
+                index: high - 1,
+                last_index: Some(last_index),
+            });
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for index in low..high {
+            let Some(entry) = state.entry(index) else {
+                break;
+            };
+            if !out.is_empty() && total + entry.data.len() > max_bytes {
+                break;
+            }
+            total += entry.data.len();
+            out.push(LogEntry {
+                index,
+                term: entry.term,
+                data: entry.data.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The value of state `key` of `group`.
+    pub fn get_state(&self, group: GroupId, key: &[u8]) -> Option<Bytes> {
+        read(&self.memtable)
+            .group(group)?
+            .states
+            .get(key)
+            .map(|state| state.value.clone())
+    }
+
+    /// Every group with live entries or states, sorted.
+    pub fn groups(&self) -> Vec<GroupId> {
+        let memtable = read(&self.memtable);
+        let mut groups: Vec<GroupId> = memtable
+            .groups
+            .iter()
+            .filter(|(_, state)| !state.is_empty())
+            .map(|(group, _)| *group)
+            .collect();
+        groups.sort_unstable();
+        groups
+    }
+
+    /// Counters describing the engine now.
+    pub fn stats(&self) -> Stats {
+        let writer = lock(&self.writer);
+        let memtable = read(&self.memtable);
+        Stats {
+            segment_count: (writer.active_seq - writer.first_seq + 1) as usize,
+            first_segment_seq: writer.first_seq,
+            active_segment_seq: writer.active_seq,
+            active_segment_bytes: writer.active_len,
+            group_count: memtable
+                .groups
+                .values()
+                .filter(|state| !state.is_empty())
+                .count(),
+            live_entry_count: memtable
+                .groups
+                .values()
+                .map(|state| state.entries.len() as u64)
+                .sum(),
+            live_entry_bytes: memtable
+                .groups
+                .values()
+                .map(|state| state.entry_bytes as u64)
+                .sum(),
+            group_commits: writer.group_commits,
+            batches_written: writer.batches_written,
+            syncs: writer.syncs,
+        }
+    }
+
+    /// Reclaims disk space: when more than `purge_rewrite_threshold_segments` segments exist,
+    /// copies the live data (entries and states) of the groups that pin the older half
+    /// forward into the active segment and syncs it; then deletes, oldest first, every
+    /// segment before the oldest one still holding live data (after syncing the active
+    /// segment, so purge makes everything written before it durable whenever it rewrites or
+    /// deletes anything). Safe to call at any time
+    /// (writers wait while it runs); call it periodically.
+    pub fn purge(&self) -> Result<PurgeReport> {
+        let mut writer = lock(&self.writer);
+        if let Some(cause) = &writer.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let mut report = PurgeReport::default();
+        let segment_count = writer.active_seq - writer.first_seq + 1;
+        if segment_count > self.config.purge_rewrite_threshold_segments as u64 {
+            let keep = (self.config.purge_rewrite_threshold_segments as u64 / 2).max(1);
+            let cutoff = writer.active_seq.saturating_sub(keep - 1);
+            let batches = self.rewrite_batches(cutoff, &mut report);
+            if !batches.is_empty() {
+                // Writers are excluded (we hold the writer lock), so the copies are exactly
+                // the live data and nothing can change it before they are applied.
+                let mut applied = Vec::with_capacity(batches.len());
+                for batch in batches {
+                    let mut record = Vec::with_capacity(batch.encoded_len());
+                    batch.encode_record(&mut record);
+                    let seq = self.append_to_active(&mut writer, &record, false)?;
+                    report.bytes_rewritten += record.len() as u64;
+                    applied.push((batch, seq));
+                }
+                // The copies must be durable before the originals are deleted.
+                let path = segment_path(&self.dir, writer.active_seq);
+                if let Err(error) = writer.active_file.sync_data() {
+                    let error = Error::io("fdatasync", &path, error);
+                    writer.poisoned = Some(error.to_string());
+                    return Err(error);
+                }
+                let mut memtable = write(&self.memtable);
+                for (batch, seq) in applied {
+                    for op in batch.ops {
+                        if let Err(message) = memtable.apply(op, seq) {
+                            panic!("rewrite of live data failed to apply to the index: {message}");
+                        }
+                    }
+                }
+            }
+        }
+
+        let min_live_seq = {
+            let memtable = read(&self.memtable);
+            memtable
+                .groups
+                .values()
+                .filter_map(|state| state.min_seq())
+                .min()
+                .unwrap_or(writer.active_seq)
+                .min(writer.active_seq)
+        };
+        if min_live_seq > writer.first_seq {
+            // What makes an old segment dead may be a newer write that is not durable yet (an
+            // append that truncated, a compaction, a clean): it must be durable before the
+            // segment goes, or a crash would bring back neither.
+            let path = segment_path(&self.dir, writer.active_seq);
+            if let Err(error) = writer.active_file.sync_data() {
+                let error = Error::io("fdatasync", &path, error);
+                writer.poisoned = Some(error.to_string());
+                return Err(error);
+            }
+            for seq in writer.first_seq..min_live_seq {
+                let path = segment_path(&self.dir, seq);
+                // Oldest first: a crash in the middle leaves a contiguous run of segments.
+                self.fs
+                    .remove(&path)
+                    .map_err(|error| Error::io("remove", &path, error))?;
+                writer.first_seq = seq + 1;
+                report.segments_deleted += 1;
+            }
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|error| Error::io("sync directory", &self.dir, error))?;
+        }
+        if report.segments_deleted > 0 || report.groups_rewritten > 0 {
+            tracing::debug!(?report, "raft-log purge");
+        }
+        Ok(report)
+    }
+
+    /// Batches copying forward every group whose live data starts in a segment `< cutoff`.
+    fn rewrite_batches(&self, cutoff: u64, report: &mut PurgeReport) -> Vec<LogBatch> {
+        let memtable = read(&self.memtable);
+        let mut groups: Vec<GroupId> = memtable
+            .groups
+            .iter()
+            .filter(|(_, state)| state.min_seq().is_some_and(|seq| seq < cutoff))
+            .map(|(group, _)| *group)
+            .collect();
+        groups.sort_unstable();
+        let mut batches = Vec::new();
+        for group in groups {
+            let Some(state) = memtable.group(group) else {
+                continue;
+            };
+            report.groups_rewritten += 1;
+            let mut batch = LogBatch::new();
+            for (key, stored) in &state.states {
+                batch.push_state_bytes(group, key.clone(), stored.value.clone());
+            }
+            if let Some(first) = state.first() {
+                // Not strictly needed (entries below `first` are gone), but it lets recovery
+                // drop stale older copies even if older segments survive a crash mid-purge.
+                batch.compact_to(group, first);
+                let mut chunk = Vec::new();
+                let mut chunk_bytes = 0usize;
+                for (offset, entry) in state.entries.iter().enumerate() {
+                    chunk_bytes += entry.data.len() + format::ENTRY_HEADER_BYTES;
+                    chunk.push(LogEntry {
+                        index: first + offset as u64,
+                        term: entry.term,
+                        data: entry.data.clone(),
+                    });
+                    if chunk_bytes >= REWRITE_CHUNK_BYTES {
+                        batch.push_rewrite(group, std::mem::take(&mut chunk));
+                        batches.push(std::mem::take(&mut batch));
+                        chunk_bytes = 0;
+                    }
+                }
+                if !chunk.is_empty() {
+                    batch.push_rewrite(group, chunk);
+                }
+            }
+            if !batch.is_empty() {
+                batches.push(batch);
+            }
+        }
+        batches
+    }
+}
+
+/// Creates segment `seq` with its header, durably (file and directory entry).
+fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    seq: u64,
+) -> Result<(Box<dyn WritableFile>, u64)> {
+    let path = segment_path(dir, seq);
+    let mut file = fs
+        .create(&path)
+        .map_err(|error| Error::io("create", &path, error))?;
+    file.write_all(&format::segment_header(seq))
+        .map_err(|error| Error::io("write", &path, error))?;
+    file.sync_data()
+        .map_err(|error| Error::io("fdatasync", &path, error))?;
+    fs.sync_dir(dir)
+        .map_err(|error| Error::io("sync directory", dir, error))?;
+    Ok((file, format::SEGMENT_HEADER_BYTES as u64))
+}
+
+/// Where recovery reads segments from, and how strictly.
+#[derive(Clone, Copy)]
+struct SegmentSource<'a> {
+    fs: &'a dyn FileSystem,
+    dir: &'a Path,
+    mode: RecoveryMode,
+}
+
+/// Replays one segment into `memtable`; returns the length of its valid prefix. `buf` is
+/// reused across segments.
+fn recover_segment(
+    source: SegmentSource<'_>,
+    seq: u64,
+    is_last: bool,
+    memtable: &mut MemTable,
+    report: &mut RecoveryReport,
+    buf: &mut Vec<u8>,
+) -> Result<u64> {
+    let SegmentSource { fs, dir, mode } = source;
+    let path = segment_path(dir, seq);
+    // One buffer reused for every segment: a fresh 64 MiB allocation per segment costs more
+    // in page faults than reading the file.
+    let len = fs
+        .file_len(&path)
+        .map_err(|error| Error::io("stat", &path, error))?;
+    let len = usize::try_from(len).map_err(|_| {
+        Error::corruption(
+            &path,
+            0,
+            format!("segment of {len} bytes does not fit in memory"),
+        )
+    })?;
+    buf.clear();
+    buf.resize(len, 0);
+    fs.read_at(&path, 0, buf)
+        .map_err(|error| Error::io("read", &path, error))?;
+    let data: &[u8] = buf;
+    report.segments_read += 1;
+    report.bytes_read += data.len() as u64;
+
+    if let Err(reason) = format::check_segment_header(data, seq) {
+        let short = data.len() < format::SEGMENT_HEADER_BYTES
+            && format::SEGMENT_MAGIC.starts_with(&data[..data.len().min(8)]);
+        if is_last && (short || data.iter().all(|byte| *byte == 0)) {
+            // Crash while creating the segment: nothing was ever written after the header.
+            report.torn_tail = Some(TornTail {
+                file: path,
+                offset: 0,
+                bytes_discarded: data.len() as u64,
+                reason,
+            });
+            return Ok(0);
+        }
+        if mode == RecoveryMode::TolerateAnyCorruption {
+            report.skipped_corruption.push(SkippedCorruption {
+                file: path,
+                offset: 0,
+                reason,
+            });
+            return Ok(0);
+        }
+        return Err(Error::corruption(&path, 0, reason));
+    }
+
+    let mut offset = format::SEGMENT_HEADER_BYTES;
+    loop {
+        match format::parse_record(data, offset) {
+            Parsed::End => return Ok(offset as u64),
+            Parsed::Record { payload, next } => {
+                let applied = format::decode_payload(payload).and_then(|ops| {
+                    for op in ops {
+                        apply_recovered(memtable, op, seq, mode)?;
+                    }
+                    Ok(())
+                });
+                if let Err(reason) = applied {
+                    if mode == RecoveryMode::TolerateAnyCorruption {
+                        report.skipped_corruption.push(SkippedCorruption {
+                            file: path,
+                            offset: offset as u64,
+                            reason,
+                        });
+                        return Ok(offset as u64);
+                    }
+                    return Err(Error::corruption(&path, offset as u64, reason));
+                }
+                report.records_read += 1;
+                offset = next;
+            }
+            Parsed::Bad { kind, mut reason } => {
+                // In the last segment a bad record with nothing valid after it is what a crash
+                // in the middle of the last write leaves. Which kinds of damage may be such a
+                // torn write depends on the mode (a complete record with a bad checksum or
+                // header can also be sectors written out of order).
+                let tail_candidate = is_last
+                    && match kind {
+                        BadRecord::Truncated | BadRecord::ZeroTail => true,
+                        BadRecord::Checksum | BadRecord::Malformed => {
+                            mode != RecoveryMode::AbsoluteConsistency
+                        }
+                    };
+                if tail_candidate {
+                    match format::find_valid_record_after(data, offset + 1) {
+                        AfterDamage::NothingValid => {
+                            report.torn_tail = Some(TornTail {
+                                file: path,
+                                offset: offset as u64,
+                                bytes_discarded: (data.len() - offset) as u64,
+                                reason,
+                            });
+                            return Ok(offset as u64);
+                        }
+                        AfterDamage::ValidRecordAt(valid) => {
+                            reason = format!(
+                                "{reason}; a valid record follows at offset {valid}, so this is damage, not a torn write"
+                            );
+                        }
+                        AfterDamage::Undecided => {
+                            reason = format!(
+                                "{reason}; the rest of the file is full of record-like garbage, so this is not taken for a torn write"
+                            );
+                        }
+                    }
+                }
+                if mode == RecoveryMode::TolerateAnyCorruption {
+                    report.skipped_corruption.push(SkippedCorruption {
+                        file: path,
+                        offset: offset as u64,
+                        reason,
+                    });
+                    return Ok(offset as u64);
+                }
+                return Err(Error::corruption(&path, offset as u64, reason));
+            }
+        }
+    }
+}
+
+fn apply_recovered(
+    memtable: &mut MemTable,
+    op: Op,
+    seq: u64,
+    mode: RecoveryMode,
+) -> Result<(), String> {
+    if mode != RecoveryMode::TolerateAnyCorruption {
+        return memtable.apply(op, seq);
+    }
+    // Salvage: when entries no longer connect (skipped damage), keep the newer ones.
+    let retry = op.clone();
+    match memtable.apply(op, seq) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            let group = retry.group();
+            if let Some(state) = memtable.groups.get_mut(&group) {
+                state.entries.clear();
+                state.entry_bytes = 0;
+            }
+            memtable.apply(retry, seq)
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! `FaultyFileSystem`: an in-memory, deterministic file system that models what a crash does
+//! to a real disk, for tests and the cluster simulator.
+//!
+//! # Crash model
+//! * Each file has its *durable* contents (as of its last `sync_data`) and its current
+//!   contents. Writes only append, so the unsynced part is a suffix of the file.
+//! * [`FaultyFileSystem::crash`] keeps only the durable contents. [`crash_tearing`] keeps a
+//!   prefix of the unsynced bytes of one file (a torn write: the disk wrote some sectors),
+//!   [`crash_random`] keeps a seeded random prefix of every file's unsynced bytes.
+//! * Directory entries (create, rename, remove) are durable only after `sync_dir` of their
+//!   parent directory; a crash reverts every later change: a created but unsynced file
+//!   disappears (even if its data was fsynced), a removed one comes back with its durable
+//!   contents, a rename is undone. This is stricter than ext4 with its ordered journal, on
+//!   purpose.
+//! * A crash drops all locks (the process died) and makes every open handle stale: using it
+//!   returns an error, as the "old process" must not write after its death.
+//! * [`FaultyFileSystem::flip_bit`] damages durable and current contents alike (bit rot).
+//! * [`FaultyFileSystem::fail_next`] makes the next operation of a kind fail (once).
+//!
+//! [`crash_tearing`]: FaultyFileSystem::crash_tearing
+//! [`crash_random`]: FaultyFileSystem::crash_random
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::fs::{parent_dir, FileSystem, LockGuard, WritableFile};
+
+/// Kinds of operation for which a failure can be injected with
+/// [`FaultyFileSystem::fail_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// `WritableFile::write_all` (nothing is written).
+    Write,
+    /// `WritableFile::sync_data` (nothing becomes durable).
+    Sync,
+    /// `FileSystem::sync_dir`.
+    SyncDir,
+    /// `FileSystem::create`.
+    Create,
+    /// `FileSystem::rename`.
+    Rename,
+    /// `FileSystem::remove`.
+    Remove,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    /// `data[..synced_len]` is durable, unless `shadow` holds the durable contents (after a
+    /// truncation below `synced_len` that was not yet synced).
+    synced_len: usize,
+    shadow: Option<Vec<u8>>,
+}
+
+impl Inode {
+    fn durable(&self) -> &[u8] {
+        match &self.shadow {
+            Some(shadow) => shadow,
+            None => &self.data[..self.synced_len],
+        }
+    }
+
+    fn unsynced_suffix(&self) -> &[u8] {
+        match &self.shadow {
+            // After an unsynced truncation the current contents are not an extension of the
+            // durable ones; a crash keeps the durable ones only.
+            Some(_) => &[],
+            None => &self.data[self.synced_len..],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    /// Incremented by every crash; handles of an older generation are dead.
+    generation: u64,
+    next_inode: u64,
+    inodes: HashMap<u64, Inode>,
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    locks: BTreeMap<PathBuf, u64>,
+    rng: u64,
+    failures: Vec<FaultOp>,
+    sync_count: u64,
+    write_count: u64,
+}
+
+impl State {
+    fn take_failure(&mut self, op: FaultOp) -> io::Result<()> {
+        if let Some(position) = self.failures.iter().position(|failure| *failure == op) {
+            self.failures.remove(position);
+            return Err(io::Error::other(format!("injected {op:?} failure")));
+        }
+        Ok(())
+    }
+
+    fn inode_of(&self, path: &Path) -> io::Result<u64> {
+        self.names.get(path).copied().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            )
+        })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // splitmix64: tiny, deterministic, good enough for choosing crash points.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn crash(&mut self, mut keep_unsynced: impl FnMut(&Path, usize, &mut State) -> usize) {
+        self.generation += 1;
+        self.locks.clear();
+        self.names = self.durable_names.clone();
+        let live: Vec<(PathBuf, u64)> = self
+            .names
+            .iter()
+            .map(|(path, inode)| (path.clone(), *inode))
+            .collect();
+        let mut survivors = HashMap::new();
+        for (path, id) in live {
+            if survivors.contains_key(&id) {
+                continue;
+            }
+            let Some(inode) = self.inodes.get(&id) else {
+                continue;
+            };
+            let unsynced_len = inode.unsynced_suffix().len();
+            let keep = keep_unsynced(&path, unsynced_len, self).min(unsynced_len);
+            let Some(inode) = self.inodes.get(&id) else {
+                continue;
+            };
+            let mut data = inode.durable().to_vec();
+            data.extend_from_slice(&inode.unsynced_suffix()[..keep]);
+            let synced_len = data.len();
+            survivors.insert(
+                id,
+                Inode {
+                    data,
+                    synced_len,
+                    shadow: None,
+                },
+            );
+        }
+        self.inodes = survivors;
+    }
+}
+
+/// The in-memory fault-injecting file system (see the module docs for its crash model).
+/// Cloning it gives another handle on the same disk.
+#[derive(Clone)]
+pub struct FaultyFileSystem {
+    state: Arc<Mutex<State>>,
+    sync_delay: Arc<Mutex<Duration>>,
+}
+
+impl fmt::Debug for FaultyFileSystem {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("FaultyFileSystem")
+    }
+}
+
+impl FaultyFileSystem {
+    /// An empty disk; `seed` drives every random choice ([`FaultyFileSystem::crash_random`]).
+    pub fn new(seed: u64) -> FaultyFileSystem {
+        FaultyFileSystem {
+            state: Arc::new(Mutex::new(State {
+                generation: 0,
+                next_inode: 1,
+                inodes: HashMap::new(),
+                names: BTreeMap::new(),
+                durable_names: BTreeMap::new(),
+                locks: BTreeMap::new(),
+                rng: seed,
+                failures: Vec::new(),
+                sync_count: 0,
+                write_count: 0,
+            })),
+            sync_delay: Arc::new(Mutex::new(Duration::ZERO)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock can only come from a bug in this file; the state is
+        // still usable for the remaining assertions of the test that panicked.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes every `sync_data` sleep this long (outside any lock), to emulate a real disk's
+    /// latency, e.g. to observe group commit.
+    pub fn set_sync_delay(&self, delay: Duration) {
+        *self.sync_delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
+    /// An independent copy of this disk as it is now (durable and unsynced contents, directory
+    /// state); locks are not copied. Lets a test try many crash points from one state.
+    pub fn fork(&self) -> FaultyFileSystem {
+        let mut state = self.lock().clone();
+        state.locks.clear();
+        let delay = *self.sync_delay.lock().unwrap_or_else(|p| p.into_inner());
+        FaultyFileSystem {
+            state: Arc::new(Mutex::new(state)),
+            sync_delay: Arc::new(Mutex::new(delay)),
+        }
+    }
+
+    /// Simulates power loss: every unsynced byte and directory change is lost.
+    pub fn crash(&self) {
+        self.lock().crash(|_, _, _| 0);
+    }
+
+    /// Simulates power loss during a write to `path`: the first `keep_unsynced_bytes` of its
+    /// unsynced bytes reach the disk (a torn write); everything else unsynced is lost.
+    pub fn crash_tearing(&self, path: &Path, keep_unsynced_bytes: usize) {
+        let target = path.to_path_buf();
+        self.lock().crash(|file, _, _| {
+            if file == target {
+                keep_unsynced_bytes
+            } else {
+                0
+            }
+        });
+    }
+
+    /// Simulates power loss keeping a random prefix (from the seeded generator) of every
+    /// file's unsynced bytes.
+    pub fn crash_random(&self) {
+        self.lock().crash(|_, unsynced_len, state| {
+            if unsynced_len == 0 {
+                return 0;
+            }
+            (state.next_random() % (unsynced_len as u64 + 1)) as usize
+        });
+    }
+
+    /// Flips bit `bit` (0..8) of the byte at `offset` of `path`, in its durable and current
+    /// contents.
+    pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> io::Result<()> {
+        let mut state = self.lock();
+        let id = state.inode_of(path)?;
+        let inode = state
+            .inodes
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other("dangling inode"))?;
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        if offset >= inode.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "offset {offset} is past the end ({}) of {}",
+                    inode.data.len(),
+                    path.display()
+                ),
+            ));
+        }
+        let mask = 1u8 << (bit % 8);
+        inode.data[offset] ^= mask;
+        if let Some(shadow) = &mut inode.shadow {
+            if offset < shadow.len() {
+                shadow[offset] ^= mask;
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites bytes at `offset` (durable and current), e.g. to plant a forged length.
+    pub fn overwrite(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.lock();
+        let id = state.inode_of(path)?;
+        let inode = state
+            .inodes
+            .get_mut(&id)
+            .ok_or_else(|| io::Error::other("dangling inode"))?;
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start + bytes.len();
+        if end > inode.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "overwrite past end of file",
+            ));
+        }
+        inode.data[start..end].copy_from_slice(bytes);
+        if let Some(shadow) = &mut inode.shadow {
+            if end <= shadow.len() {
+                shadow[start..end].copy_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the next operation of kind `op` fail once.
+    pub fn fail_next(&self, op: FaultOp) {
+        self.lock().failures.push(op);
+    }
+
+    /// Number of `sync_data` calls so far.
+    pub fn sync_count(&self) -> u64 {
+        self.lock().sync_count
+    }
+
+    /// Number of `write_all` calls so far.
+    pub fn write_count(&self) -> u64 {
+        self.lock().write_count
+    }
+
+    /// Bytes of `path` that a crash now would lose (0 if missing).
+    pub fn unsynced_len(&self, path: &Path) -> usize {
+        let state = self.lock();
+        state
+            .names
+            .get(path)
+            .and_then(|id| state.inodes.get(id))
+            .map_or(0, |inode| inode.unsynced_suffix().len())
+    }
+
+    /// Every file path that currently exists.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.lock().names.keys().cloned().collect()
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    fs: FaultyFileSystem,
+    inode: u64,
+    generation: u64,
+    path: PathBuf,
+}
+
+impl FaultyFile {
+    fn with_inode<T>(
+        &self,
+        op: FaultOp,
+        action: impl FnOnce(&mut Inode) -> T,
+    ) -> io::Result<(T, MutexGuard<'_, State>)> {
+        let mut state = self.fs.lock();
+        if state.generation != self.generation {
+            return Err(io::Error::other(format!(
+                "stale handle on {}: the disk crashed since it was opened",
+                self.path.display()
+            )));
+        }
+        state.take_failure(op)?;
+        let inode = state
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| io::Error::other("handle on a deleted inode"))?;
+        let result = action(inode);
+        Ok((result, state))
+    }
+}
+
+impl WritableFile for FaultyFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let ((), mut state) = self.with_inode(FaultOp::Write, |inode| {
+            inode.data.extend_from_slice(buf);
+        })?;
+        state.write_count += 1;
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let delay = *self.fs.sync_delay.lock().unwrap_or_else(|p| p.into_inner());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let ((), mut state) = self.with_inode(FaultOp::Sync, |inode| {
+            inode.shadow = None;
+            inode.synced_len = inode.data.len();
+        })?;
+        state.sync_count += 1;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let ((), _state) = self.with_inode(FaultOp::Write, |inode| {
+            if len >= inode.data.len() {
+                inode.data.resize(len, 0);
+                return;
+            }
+            if inode.shadow.is_none() && len < inode.synced_len {
+                inode.shadow = Some(inode.data[..inode.synced_len].to_vec());
+            }
+            inode.data.truncate(len);
+        })?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct FaultyLock {
+    fs: FaultyFileSystem,
+    path: PathBuf,
+    generation: u64,
+}
+
+impl LockGuard for FaultyLock {}
+
+impl Drop for FaultyLock {
+    fn drop(&mut self) {
+        let mut state = self.fs.lock();
+        if state.locks.get(&self.path) == Some(&self.generation) {
+            state.locks.remove(&self.path);
+        }
+    }
+}
+
+impl FileSystem for FaultyFileSystem {
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        // Directories are implicit: a file's parent is its directory.
+        Ok(())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let mut state = self.lock();
+        state.take_failure(FaultOp::Create)?;
+        let id = state.next_inode;
+        state.next_inode += 1;
+        state.inodes.insert(id, Inode::default());
+        state.names.insert(path.to_path_buf(), id);
+        Ok(Box::new(FaultyFile {
+            fs: self.clone(),
+            inode: id,
+            generation: state.generation,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let state = self.lock();
+        let id = state.inode_of(path)?;
+        Ok(Box::new(FaultyFile {
+            fs: self.clone(),
+            inode: id,
+            generation: state.generation,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let state = self.lock();
+        let id = state.inode_of(path)?;
+        Ok(state
+            .inodes
+            .get(&id)
+            .map(|inode| inode.data.clone())
+            .unwrap_or_default())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let state = self.lock();
+        let id = state.inode_of(path)?;
+        let data = state
+            .inodes
+            .get(&id)
+            .map(|inode| inode.data.as_slice())
+            .unwrap_or_default();
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start.saturating_add(buf.len());
+        if end > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end of file",
+            ));
+        }
+        buf.copy_from_slice(&data[start..end]);
+        Ok(())
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let state = self.lock();
+        let id = state.inode_of(path)?;
+        Ok(state
+            .inodes
+            .get(&id)
+            .map_or(0, |inode| inode.data.len() as u64))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        let state = self.lock();
+        // A directory exists while it holds a file.
+        state.names.contains_key(path) || state.names.keys().any(|name| name.starts_with(path))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.take_failure(FaultOp::Rename)?;
+        let id = state.inode_of(from)?;
+        state.names.remove(from);
+        state.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.take_failure(FaultOp::Remove)?;
+        state.inode_of(path)?;
+        state.names.remove(path);
+        // The inode stays while the durable namespace may still name it (a crash brings it
+        // back); it is dropped by the next crash otherwise.
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.lock();
+        Ok(state
+            .names
+            .keys()
+            .filter(|path| parent_dir(path) == dir)
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_string))
+            .collect())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.lock();
+        state.take_failure(FaultOp::SyncDir)?;
+        let State {
+            names,
+            durable_names,
+            ..
+        } = &mut *state;
+        durable_names.retain(|path, _| parent_dir(path) != dir);
+        for (path, id) in names.iter() {
+            if parent_dir(path) == dir {
+                durable_names.insert(path.clone(), *id);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
+        let mut state = self.lock();
+        if state.locks.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked", path.display()),
+            ));
+        }
+        let generation = state.generation;
+        state.locks.insert(path.to_path_buf(), generation);
+        Ok(Box::new(FaultyLock {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            generation,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from("/d").join(name)
+    }
+
+    #[test]
+    fn crash_keeps_only_synced_bytes_and_synced_directory_entries() {
+        let fs = FaultyFileSystem::new(1);
+        let mut file = fs.create(&path("a")).expect("create");
+        file.write_all(b"durable").expect("write");
+        file.sync_data().expect("sync");
+        // Not yet in a synced directory: a crash would lose the file.
+        assert_eq!(fs.unsynced_len(&path("a")), 0);
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        file.write_all(b"+lost").expect("write");
+        let mut unsynced_dir_entry = fs.create(&path("b")).expect("create");
+        unsynced_dir_entry.write_all(b"x").expect("write");
+        unsynced_dir_entry.sync_data().expect("sync");
+        fs.crash();
+        assert_eq!(fs.read_all(&path("a")).expect("read"), b"durable");
+        assert!(
+            !fs.exists(&path("b")),
+            "file whose directory entry was never synced survived"
+        );
+        // Old handles are dead after the crash.
+        assert!(file.write_all(b"zombie").is_err());
+    }
+
+    #[test]
+    fn torn_crash_keeps_a_prefix_and_removes_are_undone_unless_synced() {
+        let fs = FaultyFileSystem::new(2);
+        let mut file = fs.create(&path("a")).expect("create");
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        file.write_all(b"0123456789").expect("write");
+        let disk = fs.fork();
+        disk.crash_tearing(&path("a"), 4);
+        assert_eq!(disk.read_all(&path("a")).expect("read"), b"0123");
+        fs.remove(&path("a")).expect("remove");
+        fs.crash();
+        assert!(
+            fs.exists(&path("a")),
+            "unsynced remove must be undone by a crash"
+        );
+        fs.remove(&path("a")).expect("remove");
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        fs.crash();
+        assert!(!fs.exists(&path("a")));
+    }
+
+    #[test]
+    fn unsynced_truncation_is_undone_by_a_crash() {
+        let fs = FaultyFileSystem::new(3);
+        let mut file = fs.create(&path("a")).expect("create");
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        file.write_all(b"abcdef").expect("write");
+        file.sync_data().expect("sync");
+        file.truncate(2).expect("truncate");
+        fs.crash();
+        assert_eq!(fs.read_all(&path("a")).expect("read"), b"abcdef");
+    }
+
+    #[test]
+    fn random_crashes_are_deterministic_per_seed() {
+        let run = |seed| {
+            let fs = FaultyFileSystem::new(seed);
+            let mut file = fs.create(&path("a")).expect("create");
+            fs.sync_dir(Path::new("/d")).expect("sync dir");
+            file.write_all(&[7u8; 1000]).expect("write");
+            fs.crash_random();
+            fs.read_all(&path("a")).expect("read").len()
+        };
+        assert_eq!(run(5), run(5));
+        assert!(
+            (0..20)
+                .map(run)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 1
+        );
+    }
+
+    #[test]
+    fn injected_failures_fire_once_and_locks_exclude() {
+        let fs = FaultyFileSystem::new(4);
+        let mut file = fs.create(&path("a")).expect("create");
+        fs.fail_next(FaultOp::Sync);
+        assert!(file.sync_data().is_err());
+        assert!(file.sync_data().is_ok());
+        let guard = fs.lock_exclusive(&path("LOCK")).expect("lock");
+        let error = fs.lock_exclusive(&path("LOCK")).expect_err("held");
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        drop(guard);
+        fs.lock_exclusive(&path("LOCK")).expect("released");
+    }
+
+    #[test]
+    fn flip_bit_changes_durable_contents() {
+        let fs = FaultyFileSystem::new(5);
+        let mut file = fs.create(&path("a")).expect("create");
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        file.write_all(&[0u8; 4]).expect("write");
+        file.sync_data().expect("sync");
+        fs.flip_bit(&path("a"), 2, 3).expect("flip");
+        fs.crash();
+        assert_eq!(fs.read_all(&path("a")).expect("read"), vec![0, 0, 8, 0]);
+        assert!(fs.flip_bit(&path("a"), 4, 0).is_err());
+    }
+}

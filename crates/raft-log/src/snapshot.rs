@@ -1,0 +1,212 @@
+//! Snapshot files: one checksummed file per group, replaced atomically.
+//!
+//! ```text
+//! file name: snap-{group:016x}-{index:016x}-{term:016x}.snap
+//! header (48 B) = magic "RKVSNAP1" (8) | group u64 | index u64 | term u64 | data_len u64
+//!                 | crc32c of data u32 | crc32c of the previous 44 header bytes u32
+//! then data_len bytes of data
+//! ```
+//! Writing: temp file, fdatasync, rename, sync the directory, then delete older snapshots of
+//! the group. A crash leaves either the old or the new snapshot (or both), never a partial
+//! one under a final name. Reading verifies both checksums and returns an error, never data,
+//! when they fail.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::{read_u32, read_u64};
+use crate::fs::FileSystem;
+use crate::GroupId;
+
+const SNAPSHOT_MAGIC: [u8; 8] = *b"RKVSNAP1";
+const SNAPSHOT_HEADER_BYTES: usize = 48;
+const SNAPSHOT_SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// A snapshot read back from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// Index of the last entry it covers.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// The state machine's serialized data.
+    pub data: Bytes,
+}
+
+fn snapshot_name(group: GroupId, index: u64, term: u64) -> String {
+    format!(
+        "snap-{:016x}-{index:016x}-{term:016x}{SNAPSHOT_SUFFIX}",
+        group.0
+    )
+}
+
+fn parse_snapshot_name(name: &str) -> Option<(GroupId, u64, u64)> {
+    let stem = name.strip_prefix("snap-")?.strip_suffix(SNAPSHOT_SUFFIX)?;
+    let mut parts = stem.split('-');
+    let group = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let index = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let term = u64::from_str_radix(parts.next()?, 16).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((GroupId(group), index, term))
+}
+
+/// Durably writes the snapshot of `group` at (`index`, `term`) into `dir` and removes the
+/// group's older snapshots. Returns the file's path.
+pub fn write_snapshot(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    group: GroupId,
+    index: u64,
+    term: u64,
+    data: &[u8],
+) -> Result<PathBuf> {
+    fs.create_dir_all(dir)
+        .map_err(|error| Error::io("create directory", dir, error))?;
+    let name = snapshot_name(group, index, term);
+    let final_path = dir.join(&name);
+    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..16].copy_from_slice(&group.0.to_le_bytes());
+    header[16..24].copy_from_slice(&index.to_le_bytes());
+    header[24..32].copy_from_slice(&term.to_le_bytes());
+    header[32..40].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    header[40..44].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    let header_crc = crc32c::crc32c(&header[..44]);
+    header[44..48].copy_from_slice(&header_crc.to_le_bytes());
+
+    let mut file = fs
+        .create(&temp_path)
+        .map_err(|error| Error::io("create", &temp_path, error))?;
+    file.write_all(&header)
+        .and_then(|()| file.write_all(data))
+        .map_err(|error| Error::io("write", &temp_path, error))?;
+    file.sync_data()
+        .map_err(|error| Error::io("fdatasync", &temp_path, error))?;
+    drop(file);
+    fs.rename(&temp_path, &final_path)
+        .map_err(|error| Error::io("rename", &temp_path, error))?;
+    fs.sync_dir(dir)
+        .map_err(|error| Error::io("sync directory", dir, error))?;
+
+    // Only now that the new one is durable may the old ones go.
+    let mut removed = false;
+    for other in fs
+        .list_dir(dir)
+        .map_err(|error| Error::io("list directory", dir, error))?
+    {
+        let stale_temp = other.ends_with(TEMP_SUFFIX)
+            && other
+                .strip_suffix(TEMP_SUFFIX)
+                .and_then(parse_snapshot_name)
+                .is_some_and(|(other_group, ..)| other_group == group);
+        let older = parse_snapshot_name(&other)
+            .is_some_and(|(other_group, ..)| other_group == group && other != name);
+        if stale_temp || older {
+            let path = dir.join(&other);
+            fs.remove(&path)
+                .map_err(|error| Error::io("remove", &path, error))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fs.sync_dir(dir)
+            .map_err(|error| Error::io("sync directory", dir, error))?;
+    }
+    Ok(final_path)
+}
+
+/// Reads the latest snapshot of `group` in `dir`, if any. A damaged file is an
+/// `Error::Corruption` naming it: the caller must fetch a new snapshot from a peer.
+pub fn read_snapshot(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    group: GroupId,
+) -> Result<Option<SnapshotFile>> {
+    let names = match fs.list_dir(dir) {
+        Ok(names) => names,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io("list directory", dir, error)),
+    };
+    let latest = names
+        .into_iter()
+        .filter_map(|name| {
+            let (other_group, index, term) = parse_snapshot_name(&name)?;
+            (other_group == group).then_some((index, term, name))
+        })
+        .max();
+    let Some((index, term, name)) = latest else {
+        return Ok(None);
+    };
+    let path = dir.join(name);
+    let bytes = fs
+        .read_all(&path)
+        .map_err(|error| Error::io("read", &path, error))?;
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!(
+                "snapshot header needs {SNAPSHOT_HEADER_BYTES} bytes, file has {}",
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "not a snapshot file (bad magic)",
+        ));
+    }
+    if crc32c::crc32c(&bytes[..44]) != read_u32(&bytes, 44) {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "snapshot header checksum mismatch",
+        ));
+    }
+    let header_group = read_u64(&bytes, 8);
+    let header_index = read_u64(&bytes, 16);
+    let header_term = read_u64(&bytes, 24);
+    if (GroupId(header_group), header_index, header_term) != (group, index, term) {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!(
+                "snapshot header says group {header_group} index {header_index} term {header_term}, the file name disagrees"
+            ),
+        ));
+    }
+    let data_len = read_u64(&bytes, 32);
+    let available = (bytes.len() - SNAPSHOT_HEADER_BYTES) as u64;
+    if data_len != available {
+        return Err(Error::corruption(
+            &path,
+            32,
+            format!("snapshot header claims {data_len} data bytes, the file has {available}"),
+        ));
+    }
+    let data = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if crc32c::crc32c(data) != read_u32(&bytes, 40) {
+        return Err(Error::corruption(
+            &path,
+            SNAPSHOT_HEADER_BYTES as u64,
+            "snapshot data checksum mismatch",
+        ));
+    }
+    Ok(Some(SnapshotFile {
+        group,
+        index,
+        term,
+        data: Bytes::from(bytes).slice(SNAPSHOT_HEADER_BYTES..),
+    }))
+}

@@ -1,0 +1,190 @@
+//! The `raft::Storage` conformance suite against `GroupStorage` on the shared log engine:
+//! on a real directory, and on `FaultyFileSystem` where every reopen is also a crash (so
+//! whatever a write did not sync is lost, as the contract allows only for unsynced data).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft::storage_suite::{run_all, StorageUnderTest};
+use raft::{
+    ConfState, Entry, HardState, LogIndex, RaftState, Snapshot, Storage, StorageError, Term,
+};
+use raft_log::raft_storage::GroupStorage;
+use raft_log::{Config, FaultyFileSystem, FileSystem, GroupId, LogEngine, StdFileSystem};
+
+/// A `GroupStorage` with what it takes to reopen it from its files.
+struct Disk {
+    storage: GroupStorage,
+    fs: Arc<dyn FileSystem>,
+    /// Set for `FaultyFileSystem`: reopen crashes the disk first.
+    faulty: Option<FaultyFileSystem>,
+    dir: PathBuf,
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+const GROUP: GroupId = GroupId(7);
+
+fn open(fs: &Arc<dyn FileSystem>, dir: &std::path::Path) -> GroupStorage {
+    let engine = LogEngine::open(dir.join("log"), Config::default(), fs.clone()).expect("open");
+    // Another group on the same engine, so that GroupStorage must keep to its own.
+    let mut batch = raft_log::LogBatch::new();
+    batch
+        .append(
+            GroupId(8),
+            vec![raft_log::LogEntry {
+                index: engine.last_index(GroupId(8)).map_or(1, |last| last + 1),
+                term: 9,
+                data: Bytes::from_static(b"\x00neighbour"),
+            }],
+        )
+        .expect("batch");
+    batch.put_state(GroupId(8), b"raft/hard_state", &[9, 0, 0]);
+    engine.write(&mut batch, true).expect("write neighbour");
+    GroupStorage::open(Arc::new(engine), GROUP, dir.join("snap"), fs.clone())
+        .expect("open group storage")
+}
+
+impl Disk {
+    fn real() -> Disk {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().to_path_buf();
+        let fs: Arc<dyn FileSystem> = Arc::new(StdFileSystem);
+        Disk {
+            storage: open(&fs, &dir),
+            fs,
+            faulty: None,
+            dir,
+            _temp: Some(Arc::new(temp)),
+        }
+    }
+
+    fn faulty() -> Disk {
+        let faulty = FaultyFileSystem::new(11);
+        let fs: Arc<dyn FileSystem> = Arc::new(faulty.clone());
+        let dir = PathBuf::from("/store");
+        Disk {
+            storage: open(&fs, &dir),
+            fs,
+            faulty: Some(faulty),
+            dir,
+            _temp: None,
+        }
+    }
+}
+
+impl Storage for Disk {
+    fn initial_state(&self) -> Result<RaftState, StorageError> {
+        self.storage.initial_state()
+    }
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.storage.entries(low, high, max_bytes)
+    }
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.storage.term(index)
+    }
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        self.storage.first_index()
+    }
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        self.storage.last_index()
+    }
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.storage.snapshot()
+    }
+}
+
+impl StorageUnderTest for Disk {
+    fn append(&mut self, entries: &[Entry]) {
+        self.storage.append(entries).expect("append");
+    }
+    fn set_hard_state(&mut self, hs: HardState) {
+        self.storage.set_hard_state(hs).expect("set_hard_state");
+    }
+    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        self.storage
+            .apply_snapshot(snapshot)
+            .expect("apply_snapshot");
+    }
+    fn create_snapshot(&mut self, index: LogIndex, conf_state: ConfState, data: Bytes) {
+        self.storage
+            .create_snapshot(index, conf_state, data)
+            .expect("create_snapshot");
+    }
+    fn reopen(self) -> Disk {
+        let Disk {
+            storage,
+            fs,
+            faulty,
+            dir,
+            _temp,
+        } = self;
+        // Drop the engine (and its directory lock) before reopening.
+        drop(storage);
+        if let Some(faulty) = &faulty {
+            faulty.crash();
+        }
+        Disk {
+            storage: open(&fs, &dir),
+            fs,
+            faulty,
+            dir,
+            _temp,
+        }
+    }
+}
+
+#[test]
+fn group_storage_on_a_real_directory_passes_the_conformance_suite() {
+    run_all(Disk::real);
+}
+
+#[test]
+fn group_storage_on_faulty_file_system_passes_the_conformance_suite() {
+    run_all(Disk::faulty);
+}
+
+#[test]
+fn a_crash_between_snapshot_file_and_metadata_is_completed_on_open() {
+    // The engine and the snapshot files on two disks, so that a fault hits only the engine.
+    let log_disk = FaultyFileSystem::new(3);
+    let snap_disk = FaultyFileSystem::new(4);
+    let log_fs: Arc<dyn FileSystem> = Arc::new(log_disk.clone());
+    let snap_fs: Arc<dyn FileSystem> = Arc::new(snap_disk.clone());
+    let reopen = || {
+        let engine = LogEngine::open("/log", Config::default(), log_fs.clone()).expect("open");
+        GroupStorage::open(Arc::new(engine), GROUP, "/snap", snap_fs.clone()).expect("open")
+    };
+    let mut storage = reopen();
+    storage
+        .append(&raft::storage_suite::entries(1, 6, 2))
+        .expect("append");
+    let conf_state = ConfState::from_voters([1, 2, 3]);
+    // The snapshot file is written, the metadata batch fails.
+    log_disk.fail_next(raft_log::FaultOp::Write);
+    let result = storage.create_snapshot(LogIndex(4), conf_state.clone(), Bytes::from("s4"));
+    assert!(result.is_err(), "the injected failure must surface");
+    drop(storage);
+    log_disk.crash();
+    snap_disk.crash();
+    let storage = reopen();
+    let snapshot = storage.snapshot().expect("snapshot");
+    assert_eq!(snapshot.metadata.index, LogIndex(4));
+    assert_eq!(snapshot.metadata.term, Term(2));
+    assert_eq!(snapshot.metadata.conf_state, conf_state);
+    assert_eq!(snapshot.data, Bytes::from("s4"));
+    assert_eq!(storage.first_index(), Ok(LogIndex(5)));
+    assert_eq!(storage.last_index(), Ok(LogIndex(6)));
+    assert_eq!(storage.term(LogIndex(4)), Ok(Term(2)));
+    assert_eq!(
+        storage.initial_state().expect("state").conf_state,
+        conf_state
+    );
+    // A snapshot only covers committed entries, so completing it raises the commit index.
+    assert_eq!(storage.hard_state().commit, LogIndex(4));
+}
