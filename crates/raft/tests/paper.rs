@@ -522,3 +522,126 @@ fn same_seed_same_outputs() {
         "different seeds should give different elections"
     );
 }
+
+fn snapshot_chunk(
+    from: u64,
+    term: u64,
+    index: u64,
+    offset: u64,
+    total: u64,
+    data: &[u8],
+    done: bool,
+) -> Message {
+    msg(
+        from,
+        2,
+        term,
+        MessageBody::Snapshot {
+            metadata: SnapshotMetadata {
+                index: LogIndex(index),
+                term: Term(term),
+                conf_state: ConfState::from_voters([1, 2, 3]),
+            },
+            offset,
+            total_bytes: total,
+            data: Bytes::copy_from_slice(data),
+            done,
+        },
+    )
+}
+
+fn snapshot_responses(msgs: &[Message]) -> Vec<(u64, u64, bool)> {
+    msgs.iter()
+        .filter_map(|m| match m.body {
+            MessageBody::SnapshotResponse {
+                index,
+                next_offset,
+                reject,
+            } => Some((index.0, next_offset, reject)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_chunk_of_an_unknown_transfer_is_rejected_so_the_leader_restarts() {
+    let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
+    // A middle chunk arrives without its start (the follower restarted, or the first chunk
+    // was lost): reject, so the leader restarts the transfer from offset 0.
+    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+        .unwrap();
+    let msgs = take_msgs(&mut n);
+    assert_eq!(snapshot_responses(&msgs), vec![(50, 0, true)]);
+    // The transfer from the start completes and installs.
+    n.step(snapshot_chunk(1, 2, 50, 0, 8, b"abcd", false))
+        .unwrap();
+    assert_eq!(snapshot_responses(&take_msgs(&mut n)), vec![(50, 4, false)]);
+    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+        .unwrap();
+    let rd = n.ready();
+    let snap = rd.snapshot.clone().expect("snapshot installed");
+    assert_eq!(snap.data.as_ref(), b"abcdefgh");
+    assert_eq!(snap.metadata.index, LogIndex(50));
+    n.storage_mut().apply_snapshot(snap);
+    n.advance(rd);
+    assert_eq!(n.commit_index(), LogIndex(50));
+}
+
+#[test]
+fn a_newer_transfer_replaces_an_interrupted_one() {
+    let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 0, 8, b"abcd", false))
+        .unwrap();
+    let _ = take_msgs(&mut n);
+    // The leader compacted again and starts over with a newer snapshot.
+    n.step(snapshot_chunk(1, 2, 60, 0, 4, b"wxyz", true))
+        .unwrap();
+    let rd = n.ready();
+    let snap = rd.snapshot.clone().expect("newer snapshot installed");
+    assert_eq!(
+        (snap.metadata.index, snap.data.as_ref()),
+        (LogIndex(60), &b"wxyz"[..])
+    );
+    n.storage_mut().apply_snapshot(snap);
+    n.advance(rd);
+    // A late chunk of the abandoned transfer is refused and changes nothing.
+    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+        .unwrap();
+    let msgs = take_msgs(&mut n);
+    assert!(
+        msgs.iter()
+            .all(|m| !matches!(m.body, MessageBody::SnapshotResponse { reject: true, .. }))
+            || snapshot_responses(&msgs).iter().all(|r| r.0 == 50)
+    );
+    assert_eq!(n.commit_index(), LogIndex(60));
+    assert_eq!(n.storage().snapshot().unwrap().metadata.index, LogIndex(60));
+}
+
+#[test]
+fn stale_snapshot_below_the_commit_index_is_ignored() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    for i in 0..5 {
+        net.node(1).propose(Bytes::from(format!("x{i}"))).unwrap();
+    }
+    net.stabilize();
+    let committed = net.node(2).commit_index();
+    assert!(committed >= LogIndex(5));
+    let last = net.node(2).last_index();
+    let term = net.node(2).term().0;
+    net.node(2)
+        .step(snapshot_chunk(1, term, 3, 0, 4, b"old!", true))
+        .unwrap();
+    let msgs = take_msgs(net.node(2));
+    assert!(msgs.iter().any(|m| m.body
+        == MessageBody::AppendResponse {
+            index: committed,
+            reject: None
+        }));
+    assert_eq!(
+        net.node(2).last_index(),
+        last,
+        "a stale snapshot changed the log"
+    );
+    assert!(net.node(2).storage().snapshot().unwrap().is_empty());
+}

@@ -1104,9 +1104,13 @@ impl Cluster {
     /// read ended.
     fn check_with_write_order(&self, ops: &[Operation<KvInput, KvOutput>]) -> Result<(), String> {
         const NEVER: u64 = u64::MAX;
-        // (log index, call, return) per written value, per key.
-        let mut writes: BTreeMap<(Vec<u8>, Vec<u8>), (LogIndex, u64, u64)> = BTreeMap::new();
-        let mut reads: Vec<(&[u8], Option<&Vec<u8>>, u64, u64)> = Vec::new();
+        // (log index, call, return) per (key, written value).
+        type WriteKey = (Vec<u8>, Vec<u8>);
+        type WriteSpan = (LogIndex, u64, u64);
+        // (key, value read, call, return).
+        type ReadSpan<'a> = (&'a [u8], Option<&'a Vec<u8>>, u64, u64);
+        let mut writes: BTreeMap<WriteKey, WriteSpan> = BTreeMap::new();
+        let mut reads: Vec<ReadSpan> = Vec::new();
         let index_of = |value: &[u8], key: &[u8]| -> Option<LogIndex> {
             let k = u64::from_le_bytes(key.try_into().ok()?);
             let v = u64::from_le_bytes(value.try_into().ok()?);

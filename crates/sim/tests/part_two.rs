@@ -172,18 +172,18 @@ fn snapshot_all_crash_restarts_from_snapshot_and_applied_never_goes_back() {
         for n in 0..3 {
             c.crash(n);
         }
-        for n in 0..3 {
+        for (n, snap_index) in snap.iter().enumerate() {
             c.restart(n);
             // Restart = snapshot + log tail: the state machine starts at the snapshot.
-            assert_eq!(c.nodes[n].applied_index, snap[n]);
+            assert_eq!(c.nodes[n].applied_index, *snap_index);
         }
         let idx = one(&mut c, w(50, round), 3);
         c.run_until(2 * SECOND, |c| {
             c.nodes.iter().all(|n| n.applied_index >= idx)
         });
-        for n in 0..3 {
+        for (node, earlier) in c.nodes.iter().zip(&before) {
             assert!(
-                c.nodes[n].applied_index >= before[n],
+                node.applied_index >= *earlier,
                 "applied index went backwards"
             );
         }
@@ -504,4 +504,54 @@ fn isolated_leader_loses_its_lease_and_serves_no_reads() {
             "stale read served by an isolated leader ({mode:?})"
         );
     }
+}
+
+#[test]
+fn new_leader_finishes_a_joint_change_its_predecessor_started() {
+    let mut c = cluster_with_spares(3, 1, 207);
+    one(&mut c, w(1, 1), 3);
+    change(&mut c, ConfChange::add_learner(4));
+    one(&mut c, w(1, 2), 4);
+    c.run_for(50 * MS);
+    let l = leader(&mut c);
+    let out = (0..3u64).find(|&i| i as usize != l).unwrap() + 1;
+    let cc = ConfChange {
+        changes: vec![
+            ConfChangeItem {
+                kind: ConfChangeKind::AddVoter,
+                node: NodeId(4),
+            },
+            ConfChangeItem {
+                kind: ConfChangeKind::AddLearner,
+                node: NodeId(out),
+            },
+        ],
+        joint: true,
+    };
+    c.propose_conf_change(l, &cc).unwrap();
+    // Crash the leader as soon as any follower applied the joint configuration: the leave
+    // entry may or may not exist yet.
+    let joint = c.run_until(2 * SECOND, |c| {
+        (0..4).filter(|&i| i != l).any(|i| {
+            c.nodes[i]
+                .raw()
+                .is_some_and(|r| r.status().conf_state.is_joint())
+        })
+    });
+    assert!(joint, "the joint configuration was never applied");
+    c.crash(l);
+    let settled = c.run_until(5 * SECOND, |c| {
+        c.leader().is_some_and(|nl| nl != l)
+            && c.leader_conf()
+                .is_some_and(|cs| !cs.is_joint() && cs.voters.contains(&NodeId(4)))
+    });
+    c.assert_ok();
+    assert!(settled, "the new leader did not finish the joint change");
+    let cs = c.leader_conf().unwrap();
+    assert!(
+        cs.learners.contains(&NodeId(out)),
+        "demoted voter should end as a learner: {cs:?}"
+    );
+    c.restart(l);
+    one(&mut c, w(2, 2), 4);
 }
