@@ -187,6 +187,34 @@ impl GroupStorage {
         Ok(())
     }
 
+    /// Adds an append of `entries` to `batch` instead of writing it, so that a store can
+    /// persist many groups' entries with one write and one sync (group commit across
+    /// regions). Validated like [`GroupStorage::append`]; the caller must write `batch`
+    /// with `sync = true` before relying on it, and treat a failed write as fatal.
+    pub fn stage_append(&self, batch: &mut LogBatch, entries: &[Entry]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.snapshot_index() || first.index > self.last().next() {
+            return Err(Error::InvalidArgument(format!(
+                "append at {} to group {} must be in [{}, {}]",
+                first.index,
+                self.group,
+                self.snapshot_index().next(),
+                self.last().next()
+            )));
+        }
+        batch.append(self.group, entries.iter().map(encode_entry).collect())
+    }
+
+    /// Adds the hard state to `batch` (see [`GroupStorage::stage_append`]). The cached hard
+    /// state changes at once: if the batch then fails to write, the engine is poisoned and
+    /// the store must stop, so the cache is never read in a state the disk disagrees with.
+    pub fn stage_hard_state(&mut self, batch: &mut LogBatch, hs: HardState) {
+        batch.put_state(self.group, HARD_STATE_KEY, &encode_hard_state(&hs));
+        self.hard_state = hs;
+    }
+
     /// Persists the hard state durably.
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<()> {
         let mut batch = LogBatch::new();

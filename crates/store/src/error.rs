@@ -1,0 +1,35 @@
+//! Errors a store returns for requests. Each names what was wrong and what to do.
+
+use crate::region::{PeerMeta, Region, RegionId};
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("region {0} is not on this store; refresh the routing table")]
+    RegionNotFound(RegionId),
+    #[error("region epoch changed; re-route with the current region {current:?}")]
+    EpochNotMatch { current: Box<Region> },
+    #[error("key is outside region {region}; re-route")]
+    KeyNotInRegion { region: RegionId },
+    #[error("this replica of region {region} is not the leader{}", match .leader { Some(l) => format!(" (try store {})", l.store), None => String::new() })]
+    NotLeader {
+        region: RegionId,
+        leader: Option<PeerMeta>,
+    },
+    #[error("proposal dropped by a leadership change before it committed; retry (sessions make the retry safe)")]
+    Dropped,
+    #[error("proposal refused: {0}")]
+    Proposal(String),
+    #[error("too many requests in flight on region {region} (limit {limit}); retry later")]
+    Busy { region: RegionId, limit: usize },
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+impl From<raft_log::Error> for StoreError {
+    fn from(e: raft_log::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,36 @@
+//! # store — one RaftKV store: many region replicas over one shared log
+//!
+//! A store hosts a replica ("peer") of many regions. Each region is its own Raft group with
+//! its own state machine; all of the store's groups persist through one
+//! [`raft_log::LogEngine`], and every round of Readies is written with **one write and one
+//! fdatasync for all regions** (group commit across regions).
+//!
+//! The store is sans-IO towards the network and the clock, like the Raft core: the caller
+//! feeds it ticks and messages and collects messages to send, so the same code runs under a
+//! tokio shell and under the deterministic simulator.
+//!
+//! ## Module map
+//! - [`region`]: `StoreId`, `RegionId`, `RegionEpoch`, `Region` (key range, epoch, peers)
+//!   and its persistent encoding.
+//! - [`state_machine`]: the `StateMachine` trait a region applies committed entries to.
+//! - [`store`]: `Store` — bootstrap/open, routing messages by region, proposals and reads
+//!   with epoch checks, the Ready round with cross-region group commit, applying,
+//!   snapshotting when a log grows past a threshold, installing received snapshots.
+//! - [`error`]: what a request can be refused with (`EpochNotMatch` carries the current
+//!   region so that a client re-routes).
+//!
+//! ## Durability
+//! A write is acknowledged (its completion returned) only after its entry was applied, which
+//! happens only after it was committed, which the leader counts only after its own copy was
+//! persisted with sync; followers acknowledge only after their sync. So an acknowledged
+//! write is on the disks of a majority.
+
+pub mod error;
+pub mod region;
+pub mod state_machine;
+pub mod store;
+
+pub use error::StoreError;
+pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
+pub use state_machine::StateMachine;
+pub use store::{Completion, Store, StoreConfig, Ticket};

@@ -1,0 +1,211 @@
+//! Regions: contiguous key ranges, each replicated by one Raft group, and the ids around
+//! them. Every request carries the epoch it was routed with; a mismatch is refused.
+
+use std::fmt;
+
+/// A store (one server process, one data directory).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StoreId(pub u64);
+
+impl fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+impl fmt::Display for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A region is a Raft group: its id is the group id carried by every Raft message.
+pub type RegionId = raft::GroupId;
+
+/// Versions a region's shape. `conf_version` grows with each membership change, `version`
+/// with each split or merge (key range change). A request routed with an older epoch may
+/// target the wrong replicas or key range, so it is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RegionEpoch {
+    pub conf_version: u64,
+    pub version: u64,
+}
+
+/// A replica of a region: its Raft node id and the store hosting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerMeta {
+    pub id: raft::NodeId,
+    pub store: StoreId,
+}
+
+/// A region's descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Region {
+    pub id: RegionId,
+    /// Inclusive start key.
+    pub start_key: Vec<u8>,
+    /// Exclusive end key; `None` means the end of the key space.
+    pub end_key: Option<Vec<u8>>,
+    pub epoch: RegionEpoch,
+    pub peers: Vec<PeerMeta>,
+}
+
+impl Region {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start_key.as_slice() && self.end_key.as_ref().is_none_or(|e| key < e.as_slice())
+    }
+
+    pub fn peer_on(&self, store: StoreId) -> Option<PeerMeta> {
+        self.peers.iter().copied().find(|p| p.store == store)
+    }
+
+    pub fn peer(&self, id: raft::NodeId) -> Option<PeerMeta> {
+        self.peers.iter().copied().find(|p| p.id == id)
+    }
+
+    /// Splits the key space at the given keys into consecutive regions with ids from
+    /// `first_id`, each replicated on `stores` (peer id = region id * 1000 + store id, so ids
+    /// stay unique across the cluster without a placement service).
+    pub fn presplit(split_keys: &[Vec<u8>], first_id: u64, stores: &[StoreId]) -> Vec<Region> {
+        let mut bounds: Vec<Option<Vec<u8>>> = vec![None];
+        bounds.extend(split_keys.iter().cloned().map(Some));
+        let mut out = Vec::with_capacity(bounds.len());
+        for (i, start) in bounds.iter().enumerate() {
+            let id = first_id + i as u64;
+            out.push(Region {
+                id: raft::GroupId(id),
+                start_key: start.clone().unwrap_or_default(),
+                end_key: split_keys.get(i).cloned(),
+                epoch: RegionEpoch {
+                    conf_version: 1,
+                    version: 1,
+                },
+                peers: stores
+                    .iter()
+                    .map(|s| PeerMeta {
+                        id: raft::NodeId(id * 1000 + s.0),
+                        store: *s,
+                    })
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    /// Compact binary encoding (stored in the log engine with each group).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.start_key.len());
+        b.push(1); // version
+        put_u64(&mut b, self.id.0);
+        put_bytes(&mut b, &self.start_key);
+        match &self.end_key {
+            Some(e) => {
+                b.push(1);
+                put_bytes(&mut b, e);
+            }
+            None => b.push(0),
+        }
+        put_u64(&mut b, self.epoch.conf_version);
+        put_u64(&mut b, self.epoch.version);
+        put_u64(&mut b, self.peers.len() as u64);
+        for p in &self.peers {
+            put_u64(&mut b, p.id.0);
+            put_u64(&mut b, p.store.0);
+        }
+        b
+    }
+
+    pub fn decode(mut data: &[u8]) -> Result<Region, String> {
+        let d = &mut data;
+        if take(d, 1)?[0] != 1 {
+            return Err("unknown region encoding version".into());
+        }
+        let id = raft::GroupId(get_u64(d)?);
+        let start_key = get_bytes(d)?;
+        let end_key = match take(d, 1)?[0] {
+            0 => None,
+            1 => Some(get_bytes(d)?),
+            x => return Err(format!("bad end-key flag {x}")),
+        };
+        let epoch = RegionEpoch {
+            conf_version: get_u64(d)?,
+            version: get_u64(d)?,
+        };
+        let n = get_u64(d)?;
+        if n > 64 {
+            return Err(format!("region claims {n} peers"));
+        }
+        let mut peers = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            peers.push(PeerMeta {
+                id: raft::NodeId(get_u64(d)?),
+                store: StoreId(get_u64(d)?),
+            });
+        }
+        if !d.is_empty() {
+            return Err(format!("{} trailing bytes after region", d.len()));
+        }
+        Ok(Region {
+            id,
+            start_key,
+            end_key,
+            epoch,
+            peers,
+        })
+    }
+}
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u64(b, v.len() as u64);
+    b.extend_from_slice(v);
+}
+
+fn take<'a>(d: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if d.len() < n {
+        return Err(format!("truncated: need {n} bytes, have {}", d.len()));
+    }
+    let (a, rest) = d.split_at(n);
+    *d = rest;
+    Ok(a)
+}
+
+fn get_u64(d: &mut &[u8]) -> Result<u64, String> {
+    let b = take(d, 8)?;
+    Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn get_bytes(d: &mut &[u8]) -> Result<Vec<u8>, String> {
+    let n = get_u64(d)?;
+    if n > d.len() as u64 {
+        return Err(format!("length {n} exceeds the {} bytes left", d.len()));
+    }
+    Ok(take(d, n as usize)?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presplit_covers_the_key_space_and_round_trips() {
+        let stores = [StoreId(1), StoreId(2), StoreId(3)];
+        let rs = Region::presplit(&[b"g".to_vec(), b"p".to_vec()], 10, &stores);
+        assert_eq!(rs.len(), 3);
+        assert!(rs[0].contains(b"") && rs[0].contains(b"f") && !rs[0].contains(b"g"));
+        assert!(rs[1].contains(b"g") && !rs[1].contains(b"p"));
+        assert!(rs[2].contains(b"zzz"));
+        for r in &rs {
+            assert_eq!(Region::decode(&r.encode()).unwrap(), *r);
+            let enc = r.encode();
+            for cut in 0..enc.len() {
+                assert!(
+                    Region::decode(&enc[..cut]).is_err(),
+                    "truncation at {cut} accepted"
+                );
+            }
+        }
+    }
+}

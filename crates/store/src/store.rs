@@ -1,0 +1,573 @@
+//! `Store`: the replicas of many regions on one store, persisted through one shared log.
+
+use crate::error::StoreError;
+use crate::region::{Region, RegionEpoch, RegionId, StoreId};
+use crate::state_machine::StateMachine;
+use bytes::Bytes;
+use raft::{
+    ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, RawNode, ReadMode, Role,
+    Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
+};
+use raft_log::raft_storage::GroupStorage;
+use raft_log::{FileSystem, LogBatch, LogEngine};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Engine state key under which each group keeps its region descriptor.
+pub const REGION_KEY: &[u8] = b"store/region";
+
+/// Tunables of a store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub store_id: StoreId,
+    pub election_tick: u32,
+    pub heartbeat_tick: u32,
+    /// Snapshot a region (and compact its log) once this many applied entries sit in its log.
+    pub snapshot_threshold_entries: u64,
+    /// Proposals plus reads waiting in one region before new ones are refused with `Busy`.
+    pub max_pending_per_region: usize,
+    /// How linearizable reads are confirmed.
+    pub read_mode: ReadMode,
+    /// Engine configuration (segment size, recovery mode).
+    pub engine: raft_log::Config,
+}
+
+impl StoreConfig {
+    pub fn new(store_id: u64) -> StoreConfig {
+        StoreConfig {
+            store_id: StoreId(store_id),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_threshold_entries: 10_000,
+            max_pending_per_region: 10_000,
+            read_mode: ReadMode::Safe,
+            engine: raft_log::Config::default(),
+        }
+    }
+}
+
+/// Identifies a request handed to the store; its result comes back as a [`Completion`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// The outcome of a proposal or read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub ticket: Ticket,
+    pub result: Result<Bytes, StoreError>,
+}
+
+struct PendingRead {
+    ticket: Ticket,
+    query: Bytes,
+    /// Set once the ReadIndex round answered: serve when applied reaches it.
+    index: Option<LogIndex>,
+}
+
+/// One region replica.
+struct Peer<M> {
+    region: Region,
+    raw: RawNode<GroupStorage>,
+    sm: M,
+    applied: LogIndex,
+    /// Proposals in log order: (index, term, ticket).
+    proposals: VecDeque<(LogIndex, Term, Ticket)>,
+    reads: Vec<PendingRead>,
+}
+
+/// Counters for status pages and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Ready rounds that wrote something, and the engine writes they used (one each).
+    pub write_rounds: u64,
+    /// Groups whose entries or hard state were in those rounds, summed.
+    pub groups_written: u64,
+    pub entries_applied: u64,
+    pub snapshots_created: u64,
+    pub snapshots_installed: u64,
+    /// Messages for unknown regions or peers, dropped.
+    pub messages_dropped: u64,
+}
+
+/// Status of one region replica, for `raftkv status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStatus {
+    pub region: Region,
+    pub role: Role,
+    pub leader: Option<StoreId>,
+    pub term: Term,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+    pub first_index: LogIndex,
+    pub last_index: LogIndex,
+}
+
+pub struct Store<M: StateMachine> {
+    cfg: StoreConfig,
+    engine: Arc<LogEngine>,
+    fs: Arc<dyn FileSystem>,
+    snap_dir: PathBuf,
+    peers: BTreeMap<RegionId, Peer<M>>,
+    next_ticket: u64,
+    completions: Vec<Completion>,
+    outbox: Vec<(StoreId, Message)>,
+    pub stats: StoreStats,
+}
+
+fn engine_group(id: RegionId) -> raft_log::GroupId {
+    raft_log::GroupId(id.0)
+}
+
+impl<M: StateMachine> Store<M> {
+    /// Opens the store in `dir`. On the first start (no groups in the log) it bootstraps the
+    /// replicas of `initial_regions` that have a peer on this store; afterwards
+    /// `initial_regions` is ignored and the regions come from the log.
+    pub fn open(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        cfg: StoreConfig,
+        initial_regions: &[Region],
+    ) -> Result<Store<M>, StoreError> {
+        if cfg.election_tick <= cfg.heartbeat_tick {
+            return Err(StoreError::Config(format!(
+                "election_tick ({}) must exceed heartbeat_tick ({})",
+                cfg.election_tick, cfg.heartbeat_tick
+            )));
+        }
+        let engine = Arc::new(LogEngine::open(
+            dir.join("log"),
+            cfg.engine.clone(),
+            fs.clone(),
+        )?);
+        let mut store = Store {
+            snap_dir: dir.join("snap"),
+            cfg,
+            engine,
+            fs,
+            peers: BTreeMap::new(),
+            next_ticket: 1,
+            completions: Vec::new(),
+            outbox: Vec::new(),
+            stats: StoreStats::default(),
+        };
+        let groups = store.engine.groups();
+        if groups.is_empty() {
+            for r in initial_regions {
+                if r.peer_on(store.cfg.store_id).is_some() {
+                    store.bootstrap_region(r)?;
+                }
+            }
+        }
+        for g in store.engine.groups() {
+            let Some(raw) = store.engine.get_state(g, REGION_KEY) else {
+                continue; // a group without a descriptor is not a region of ours
+            };
+            let region = Region::decode(&raw).map_err(|e| {
+                StoreError::Storage(format!("region descriptor of group {}: {e}", g.0))
+            })?;
+            store.open_peer(region)?;
+        }
+        Ok(store)
+    }
+
+    fn bootstrap_region(&mut self, r: &Region) -> Result<(), StoreError> {
+        let mut storage = GroupStorage::open(
+            self.engine.clone(),
+            engine_group(r.id),
+            &self.snap_dir,
+            self.fs.clone(),
+        )?;
+        // Founding replicas start from a snapshot at INIT_LOG_INDEX holding the membership
+        // (see raft::MemStorage::new_bootstrap).
+        storage.apply_snapshot(Snapshot {
+            metadata: SnapshotMetadata {
+                index: INIT_LOG_INDEX,
+                term: INIT_TERM,
+                conf_state: ConfState {
+                    voters: r.peers.iter().map(|p| p.id).collect(),
+                    ..Default::default()
+                },
+            },
+            data: M::empty(r).snapshot(),
+        })?;
+        storage.set_hard_state(HardState {
+            term: INIT_TERM,
+            vote: NodeId::NONE,
+            commit: INIT_LOG_INDEX,
+        })?;
+        self.write_region(r)?;
+        Ok(())
+    }
+
+    fn write_region(&self, r: &Region) -> Result<(), StoreError> {
+        let mut b = LogBatch::new();
+        b.put_state(engine_group(r.id), REGION_KEY, &r.encode());
+        self.engine.write(&mut b, true)?;
+        Ok(())
+    }
+
+    fn open_peer(&mut self, region: Region) -> Result<(), StoreError> {
+        let me = region.peer_on(self.cfg.store_id).ok_or_else(|| {
+            StoreError::Storage(format!(
+                "region {} has no peer on store {}",
+                region.id, self.cfg.store_id
+            ))
+        })?;
+        let storage = GroupStorage::open(
+            self.engine.clone(),
+            engine_group(region.id),
+            &self.snap_dir,
+            self.fs.clone(),
+        )?;
+        let snap =
+            raft::Storage::snapshot(&storage).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let sm = if snap.data.is_empty() {
+            M::empty(&region)
+        } else {
+            M::restore(&snap.data).map_err(|e| {
+                StoreError::Storage(format!("snapshot of region {}: {e}", region.id))
+            })?
+        };
+        let mut rc = Config::new(me.id.0, region.id.0);
+        rc.election_tick = self.cfg.election_tick;
+        rc.heartbeat_tick = self.cfg.heartbeat_tick;
+        rc.applied = snap.metadata.index;
+        // Different stores must not time out in lockstep.
+        rc.seed = me.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
+        let raw = RawNode::new(&rc, storage).map_err(|e| StoreError::Storage(e.to_string()))?;
+        self.peers.insert(
+            region.id,
+            Peer {
+                applied: snap.metadata.index,
+                region,
+                raw,
+                sm,
+                proposals: VecDeque::new(),
+                reads: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn id(&self) -> StoreId {
+        self.cfg.store_id
+    }
+
+    pub fn regions(&self) -> Vec<Region> {
+        self.peers.values().map(|p| p.region.clone()).collect()
+    }
+
+    /// The region of this store containing `key`, if any.
+    pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
+        self.peers
+            .values()
+            .find(|p| p.region.contains(key))
+            .map(|p| p.region.clone())
+    }
+
+    pub fn status(&self) -> Vec<RegionStatus> {
+        self.peers
+            .values()
+            .map(|p| {
+                let st = p.raw.status();
+                let leader = p.region.peer(st.soft_state.leader).map(|l| l.store);
+                RegionStatus {
+                    region: p.region.clone(),
+                    role: st.soft_state.role,
+                    leader,
+                    term: st.hard_state.term,
+                    commit: st.hard_state.commit,
+                    applied: p.applied,
+                    first_index: st.first_index,
+                    last_index: st.last_index,
+                }
+            })
+            .collect()
+    }
+
+    /// Makes the replica of `region` campaign now (bootstrap, tests, leader placement).
+    pub fn campaign(&mut self, region: RegionId) {
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.raw.campaign();
+        }
+    }
+
+    /// Asks this store's replica of `region` (if it leads) to hand leadership to the
+    /// replica on store `to`.
+    pub fn transfer_leader(&mut self, region: RegionId, to: StoreId) -> Result<(), StoreError> {
+        let p = self
+            .peers
+            .get_mut(&region)
+            .ok_or(StoreError::RegionNotFound(region))?;
+        let target = p
+            .region
+            .peer_on(to)
+            .ok_or(StoreError::RegionNotFound(region))?;
+        p.raw.transfer_leader(target.id).map_err(|e| match e {
+            raft::TransferError::NotLeader { leader } => StoreError::NotLeader {
+                region,
+                leader: leader.and_then(|l| p.region.peer(l)),
+            },
+            other => StoreError::Proposal(other.to_string()),
+        })
+    }
+
+    pub fn tick(&mut self) {
+        for p in self.peers.values_mut() {
+            p.raw.tick();
+        }
+    }
+
+    /// Routes a message from another store to the replica of its region.
+    pub fn step(&mut self, m: Message) -> Result<(), StoreError> {
+        let Some(p) = self.peers.get_mut(&m.group) else {
+            self.stats.messages_dropped += 1;
+            return Err(StoreError::RegionNotFound(m.group));
+        };
+        if let Err(e) = p.raw.step(m) {
+            self.stats.messages_dropped += 1;
+            return Err(StoreError::Proposal(e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn check_request(
+        &self,
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        let p = self
+            .peers
+            .get(&region)
+            .ok_or(StoreError::RegionNotFound(region))?;
+        if p.region.epoch != epoch {
+            return Err(StoreError::EpochNotMatch {
+                current: Box::new(p.region.clone()),
+            });
+        }
+        if !p.region.contains(key) {
+            return Err(StoreError::KeyNotInRegion { region });
+        }
+        if p.proposals.len() + p.reads.len() >= self.cfg.max_pending_per_region {
+            return Err(StoreError::Busy {
+                region,
+                limit: self.cfg.max_pending_per_region,
+            });
+        }
+        Ok(())
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        let t = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        t
+    }
+
+    /// Proposes `data` (a state machine command for `key`) on the leader replica of
+    /// `region`, routed with `epoch`. The result arrives as a completion once applied.
+    pub fn propose(
+        &mut self,
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: &[u8],
+        data: Bytes,
+    ) -> Result<Ticket, StoreError> {
+        self.check_request(region, epoch, key)?;
+        let ticket = self.ticket();
+        let p = self.peers.get_mut(&region).expect("checked");
+        match p.raw.propose(data) {
+            Ok(index) => {
+                let term = p.raw.term();
+                p.proposals.push_back((index, term, ticket));
+                Ok(ticket)
+            }
+            Err(raft::ProposeError::NotLeader { leader }) => Err(StoreError::NotLeader {
+                region,
+                leader: leader.and_then(|l| p.region.peer(l)),
+            }),
+            Err(e) => Err(StoreError::Proposal(e.to_string())),
+        }
+    }
+
+    /// Starts a linearizable read of `query` (about `key`) on this replica of `region`:
+    /// ReadIndex (or a lease, per the config) confirms it, then the state machine answers
+    /// once it has applied up to the read index. Followers can serve reads too.
+    pub fn read(
+        &mut self,
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: &[u8],
+        query: Bytes,
+    ) -> Result<Ticket, StoreError> {
+        self.check_request(region, epoch, key)?;
+        let ticket = self.ticket();
+        let mode = self.cfg.read_mode;
+        let p = self.peers.get_mut(&region).expect("checked");
+        let ctx = Bytes::copy_from_slice(&ticket.0.to_le_bytes());
+        match p.raw.read_index(ctx, mode) {
+            Ok(()) => {
+                p.reads.push(PendingRead {
+                    ticket,
+                    query,
+                    index: None,
+                });
+                Ok(ticket)
+            }
+            Err(raft::ReadError::NoLeader) => Err(StoreError::NotLeader {
+                region,
+                leader: None,
+            }),
+            Err(e) => Err(StoreError::Proposal(e.to_string())),
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.peers.values().any(|p| p.raw.has_ready())
+    }
+
+    /// Handles every replica's Ready: all regions' entries and hard states go to the log in
+    /// one write with one sync, then messages go to the outbox, committed entries are applied
+    /// and completions produced. A storage error is fatal for the store (the caller must stop
+    /// it): the disk may no longer hold what was acknowledged.
+    pub fn process_ready(&mut self) -> Result<(), StoreError> {
+        let mut batch = LogBatch::new();
+        let mut readies = Vec::new();
+        let mut groups = 0;
+        for (id, p) in self.peers.iter_mut() {
+            if !p.raw.has_ready() {
+                continue;
+            }
+            let rd = p.raw.ready();
+            if let Some(snap) = &rd.snapshot {
+                // Rare and large: written on its own (file + metadata, synced) before the rest.
+                p.raw.storage_mut().apply_snapshot(snap.clone())?;
+                p.sm = M::restore(&snap.data).map_err(|e| {
+                    StoreError::Storage(format!("received snapshot of region {id}: {e}"))
+                })?;
+                p.applied = snap.metadata.index;
+                self.stats.snapshots_installed += 1;
+                // Installing a snapshot may clean the group's state keys: restore ours.
+                batch.put_state(engine_group(*id), REGION_KEY, &p.region.encode());
+            }
+            let staged = !rd.entries.is_empty() || rd.hard_state.is_some();
+            p.raw.storage().stage_append(&mut batch, &rd.entries)?;
+            if let Some(hs) = rd.hard_state {
+                p.raw.storage_mut().stage_hard_state(&mut batch, hs);
+            }
+            if staged {
+                groups += 1;
+            }
+            readies.push((*id, rd));
+        }
+        if !batch.is_empty() {
+            self.engine.write(&mut batch, true)?;
+            self.stats.write_rounds += 1;
+            self.stats.groups_written += groups;
+        }
+        for (id, mut rd) in readies {
+            let p = self.peers.get_mut(&id).expect("collected above");
+            for m in std::mem::take(&mut rd.messages) {
+                match p.region.peer(m.to) {
+                    Some(peer) => self.outbox.push((peer.store, m)),
+                    None => self.stats.messages_dropped += 1,
+                }
+            }
+            if let Some(ss) = rd.soft_state {
+                if ss.role != Role::Leader {
+                    // Reads waiting for this replica's leadership confirmation are gone.
+                    for r in p.reads.iter().filter(|r| r.index.is_none()) {
+                        self.completions.push(Completion {
+                            ticket: r.ticket,
+                            result: Err(StoreError::NotLeader {
+                                region: id,
+                                leader: p.region.peer(ss.leader),
+                            }),
+                        });
+                    }
+                    p.reads.retain(|r| r.index.is_some());
+                }
+            }
+            for e in &rd.committed_entries {
+                let result = match e.kind {
+                    EntryKind::Normal if e.data.is_empty() => None,
+                    EntryKind::Normal => Some(p.sm.apply(e.index.0, &e.data)),
+                    EntryKind::ConfChange => {
+                        // Membership is static in this version; a committed change still
+                        // updates Raft's view.
+                        if let Ok(cc) = raft::ConfChange::decode(&e.data) {
+                            p.raw.apply_conf_change(&cc);
+                        }
+                        None
+                    }
+                };
+                p.applied = e.index;
+                self.stats.entries_applied += 1;
+                while let Some(&(index, term, ticket)) = p.proposals.front() {
+                    if index > e.index {
+                        break;
+                    }
+                    p.proposals.pop_front();
+                    let ok = index == e.index && term == e.term;
+                    self.completions.push(Completion {
+                        ticket,
+                        result: match (&result, ok) {
+                            (Some(r), true) => Ok(r.clone()),
+                            (None, true) => Ok(Bytes::new()),
+                            _ => Err(StoreError::Dropped),
+                        },
+                    });
+                }
+            }
+            for rs in std::mem::take(&mut rd.read_states) {
+                let t = u64::from_le_bytes(rs.context[..8].try_into().unwrap_or([0; 8]));
+                if let Some(r) = p.reads.iter_mut().find(|r| r.ticket.0 == t) {
+                    r.index = Some(rs.index);
+                }
+            }
+            let applied = p.applied;
+            let sm = &p.sm;
+            let completions = &mut self.completions;
+            p.reads.retain(|r| match r.index {
+                Some(i) if i <= applied => {
+                    completions.push(Completion {
+                        ticket: r.ticket,
+                        result: Ok(sm.read(&r.query)),
+                    });
+                    false
+                }
+                _ => true,
+            });
+            p.raw.advance(rd);
+            // Snapshot when the log grows past the threshold.
+            let first = p.raw.status().first_index;
+            if p.applied.0 >= first.0
+                && p.applied.0 - first.0 + 1 >= self.cfg.snapshot_threshold_entries
+            {
+                let data = p.sm.snapshot();
+                let cs = p.raw.status().conf_state;
+                p.raw.storage_mut().create_snapshot(p.applied, cs, data)?;
+                self.stats.snapshots_created += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn take_outbox(&mut self) -> Vec<(StoreId, Message)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// The state machine of a region (tests, status).
+    pub fn state_machine(&self, region: RegionId) -> Option<&M> {
+        self.peers.get(&region).map(|p| &p.sm)
+    }
+
+    pub fn engine(&self) -> &Arc<LogEngine> {
+        &self.engine
+    }
+}

@@ -1,0 +1,325 @@
+//! Three stores in one process, wired by an in-memory router, on real log engines in temp
+//! directories: replication across many regions, epochs, group commit, restart, catch-up by
+//! snapshot.
+
+use bytes::Bytes;
+use raft_log::StdFileSystem;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use store::{Completion, Region, StateMachine, Store, StoreConfig, StoreError, StoreId, Ticket};
+
+/// A map state machine: `P <u32 key len> key value` puts; a read query is a key.
+#[derive(Default, Debug, PartialEq)]
+struct MapSm(BTreeMap<Vec<u8>, Vec<u8>>);
+
+fn put(key: &[u8], value: &[u8]) -> Bytes {
+    let mut v = vec![b'P'];
+    v.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    Bytes::from(v)
+}
+
+impl StateMachine for MapSm {
+    fn empty(_: &Region) -> Self {
+        MapSm::default()
+    }
+    fn apply(&mut self, _index: u64, d: &[u8]) -> Bytes {
+        if d.len() < 5 || d[0] != b'P' {
+            return Bytes::from_static(b"ERR");
+        }
+        let n = u32::from_le_bytes(d[1..5].try_into().unwrap()) as usize;
+        if d.len() < 5 + n {
+            return Bytes::from_static(b"ERR");
+        }
+        self.0.insert(d[5..5 + n].to_vec(), d[5 + n..].to_vec());
+        Bytes::from_static(b"OK")
+    }
+    fn read(&self, q: &[u8]) -> Bytes {
+        Bytes::from(self.0.get(q).cloned().unwrap_or_default())
+    }
+    fn snapshot(&self) -> Bytes {
+        let mut v = Vec::new();
+        for (k, val) in &self.0 {
+            v.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            v.extend_from_slice(k);
+            v.extend_from_slice(&(val.len() as u32).to_le_bytes());
+            v.extend_from_slice(val);
+        }
+        Bytes::from(v)
+    }
+    fn restore(mut d: &[u8]) -> Result<Self, String> {
+        let mut m = BTreeMap::new();
+        let take = |d: &mut &[u8]| -> Result<Vec<u8>, String> {
+            if d.len() < 4 {
+                return Err("truncated".into());
+            }
+            let n = u32::from_le_bytes(d[..4].try_into().unwrap()) as usize;
+            if d.len() < 4 + n {
+                return Err("truncated".into());
+            }
+            let v = d[4..4 + n].to_vec();
+            *d = &d[4 + n..];
+            Ok(v)
+        };
+        while !d.is_empty() {
+            let k = take(&mut d)?;
+            let v = take(&mut d)?;
+            m.insert(k, v);
+        }
+        Ok(MapSm(m))
+    }
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    stores: Vec<Option<Store<MapSm>>>,
+    regions: Vec<Region>,
+    cfg: StoreConfig,
+    done: BTreeMap<Ticket, Result<Bytes, StoreError>>,
+}
+
+impl Cluster {
+    fn new(snapshot_threshold: u64) -> Cluster {
+        let ids = [StoreId(1), StoreId(2), StoreId(3)];
+        let regions = Region::presplit(&[b"g".to_vec(), b"p".to_vec()], 1, &ids);
+        let mut cfg = StoreConfig::new(0);
+        cfg.snapshot_threshold_entries = snapshot_threshold;
+        let mut c = Cluster {
+            dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
+            stores: vec![None, None, None],
+            regions,
+            cfg,
+            done: BTreeMap::new(),
+        };
+        for i in 0..3 {
+            c.start(i);
+        }
+        // Region i+1 is led by store i+1.
+        for i in 0..3 {
+            let r = c.regions[i].id;
+            c.stores[i].as_mut().unwrap().campaign(r);
+            c.pump();
+        }
+        c
+    }
+
+    fn start(&mut self, i: usize) {
+        let mut cfg = self.cfg.clone();
+        cfg.store_id = StoreId(i as u64 + 1);
+        let s = Store::open(
+            self.dirs[i].path(),
+            Arc::new(StdFileSystem),
+            cfg,
+            &self.regions,
+        )
+        .unwrap();
+        self.stores[i] = Some(s);
+    }
+
+    fn stop(&mut self, i: usize) {
+        self.stores[i] = None;
+    }
+
+    fn store(&mut self, i: usize) -> &mut Store<MapSm> {
+        self.stores[i].as_mut().expect("store is up")
+    }
+
+    /// Processes Readies and delivers messages until quiet (bounded).
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let mut mail = Vec::new();
+            for s in self.stores.iter_mut().flatten() {
+                if s.has_ready() {
+                    s.process_ready().unwrap();
+                    moved = true;
+                }
+                mail.extend(s.take_outbox());
+                for Completion { ticket, result } in s.take_completions() {
+                    self.done.insert(ticket, result);
+                }
+            }
+            for (to, m) in mail {
+                moved = true;
+                if let Some(s) = self.stores[to.0 as usize - 1].as_mut() {
+                    let _ = s.step(m);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("cluster did not quiesce");
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for s in self.stores.iter_mut().flatten() {
+                s.tick();
+            }
+            self.pump();
+        }
+    }
+
+    fn write(
+        &mut self,
+        store: usize,
+        region: usize,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Bytes, StoreError> {
+        let r = self.regions[region].clone();
+        let t = self
+            .store(store)
+            .propose(r.id, r.epoch, key, put(key, value))?;
+        self.pump();
+        self.done.remove(&t).expect("write completed")
+    }
+
+    fn read(&mut self, store: usize, region: usize, key: &[u8]) -> Result<Bytes, StoreError> {
+        let r = self.regions[region].clone();
+        let t = self
+            .store(store)
+            .read(r.id, r.epoch, key, Bytes::copy_from_slice(key))?;
+        self.pump();
+        self.done.remove(&t).expect("read completed")
+    }
+}
+
+#[test]
+fn many_regions_replicate_and_serve_linearizable_reads_on_every_store() {
+    let mut c = Cluster::new(10_000);
+    for (region, key) in [(0, &b"apple"[..]), (1, b"kiwi"), (2, b"zebra")] {
+        assert_eq!(c.write(region, region, key, b"v1").unwrap().as_ref(), b"OK");
+        for s in 0..3 {
+            assert_eq!(
+                c.read(s, region, key).unwrap().as_ref(),
+                b"v1",
+                "store {s} region {region}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stale_epoch_wrong_key_and_follower_proposals_are_refused_with_routing_help() {
+    let mut c = Cluster::new(10_000);
+    let r = c.regions[0].clone();
+    let mut stale = r.epoch;
+    stale.version -= 1;
+    match c.store(0).propose(r.id, stale, b"a", put(b"a", b"x")) {
+        Err(StoreError::EpochNotMatch { current }) => assert_eq!(*current, r),
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
+    assert!(matches!(
+        c.store(0).propose(r.id, r.epoch, b"zzz", put(b"zzz", b"x")),
+        Err(StoreError::KeyNotInRegion { .. })
+    ));
+    match c.store(1).propose(r.id, r.epoch, b"a", put(b"a", b"x")) {
+        Err(StoreError::NotLeader {
+            leader: Some(l), ..
+        }) => assert_eq!(l.store, StoreId(1)),
+        other => panic!("expected NotLeader with a hint, got {other:?}"),
+    }
+    assert!(matches!(
+        c.store(0)
+            .propose(raft::GroupId(99), r.epoch, b"a", put(b"a", b"x")),
+        Err(StoreError::RegionNotFound(_))
+    ));
+    // None of the refusals changed anything.
+    assert_eq!(c.read(0, 0, b"a").unwrap().as_ref(), b"");
+}
+
+#[test]
+fn one_write_and_one_sync_per_round_for_many_regions() {
+    let mut c = Cluster::new(10_000);
+    // Move all three leaders to store 1 so one store writes for every region.
+    for region in 1..3 {
+        let id = c.regions[region].id;
+        c.store(region).transfer_leader(id, StoreId(1)).unwrap();
+        c.tick(5);
+    }
+    c.pump();
+    let before = c.store(0).stats;
+    let mut tickets = Vec::new();
+    for (region, key) in [(0, &b"a"[..]), (1, b"h"), (2, b"q")] {
+        let r = c.regions[region].clone();
+        tickets.push(
+            c.store(0)
+                .propose(r.id, r.epoch, key, put(key, b"1"))
+                .unwrap(),
+        );
+    }
+    c.store(0).process_ready().unwrap();
+    let after = c.store(0).stats;
+    assert_eq!(
+        after.write_rounds - before.write_rounds,
+        1,
+        "one engine write for the round"
+    );
+    assert_eq!(
+        after.groups_written - before.groups_written,
+        3,
+        "all three regions in it"
+    );
+    c.pump();
+    for t in tickets {
+        assert_eq!(c.done.remove(&t).unwrap().unwrap().as_ref(), b"OK");
+    }
+}
+
+#[test]
+fn restarted_store_recovers_everything_from_its_log() {
+    let mut c = Cluster::new(10_000);
+    for i in 0..20u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
+    }
+    c.stop(1);
+    c.start(1);
+    c.tick(5);
+    let r0 = c.regions[0].id;
+    let sm = c.store(1).state_machine(r0).unwrap();
+    assert_eq!(sm.0.len(), 20, "replayed state after restart");
+    // All stores restart: the cluster serves again with all data.
+    for i in 0..3 {
+        c.stop(i);
+    }
+    for i in 0..3 {
+        c.start(i);
+    }
+    c.tick(60);
+    let leader = (0..3)
+        .find(|&i| c.write(i, 0, b"a99", b"after").is_ok())
+        .expect("a leader after full restart");
+    assert_eq!(c.read(leader, 0, b"a05").unwrap().as_ref(), b"v");
+}
+
+#[test]
+fn store_down_long_enough_catches_up_by_snapshot() {
+    let mut c = Cluster::new(20);
+    c.stop(2);
+    for i in 0..100u32 {
+        c.write(
+            0,
+            0,
+            format!("a{i:03}").as_bytes(),
+            format!("{i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    assert!(
+        c.store(0).stats.snapshots_created > 0,
+        "leader never snapshotted"
+    );
+    c.start(2);
+    c.tick(20);
+    assert!(
+        c.store(2).stats.snapshots_installed > 0,
+        "no snapshot installed"
+    );
+    let r0 = c.regions[0].id;
+    let sm = c.store(2).state_machine(r0).unwrap();
+    assert_eq!(sm.0.len(), 100);
+    assert_eq!(c.read(2, 0, b"a042").unwrap().as_ref(), b"42");
+}
