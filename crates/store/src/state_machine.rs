@@ -6,14 +6,24 @@ use bytes::Bytes;
 /// A deterministic state machine: the same entries in the same order give the same state and
 /// the same results on every replica. It owns no IO and reads no clock.
 pub trait StateMachine: Sized {
+    /// What applying one entry returns to its proposer.
+    type Output: Clone + std::fmt::Debug + PartialEq;
+    /// A read-only query, served after ReadIndex.
+    type Query: std::fmt::Debug;
+    /// What a query returns.
+    type ReadOutput: Clone + std::fmt::Debug + PartialEq;
+
     /// The state of a brand-new region.
     fn empty(region: &Region) -> Self;
-    /// Applies the payload of the committed entry at `index` and returns the result for the
-    /// proposer. A payload it cannot decode must be answered with an error result, never a
-    /// panic: a replica must not crash on what a client managed to get into the log.
-    fn apply(&mut self, index: u64, data: &[u8]) -> Bytes;
-    /// Answers a read-only query against the current state (after ReadIndex).
-    fn read(&self, query: &[u8]) -> Bytes;
+    /// Applies the payload of the committed entry at `index`. A payload it cannot decode must
+    /// be answered with an error result, never a panic: a replica must not crash on what a
+    /// client managed to get into the log.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Self::Output;
+    /// An entry without a payload for the state machine (a leader's empty entry, a
+    /// membership change) was committed at `index`.
+    fn apply_noop(&mut self, _index: u64) {}
+    /// Answers a read-only query against the current state.
+    fn read(&self, query: &Self::Query) -> Self::ReadOutput;
     /// Serializes the whole state (for snapshots).
     fn snapshot(&self) -> Bytes;
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.

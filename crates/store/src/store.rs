@@ -51,29 +51,41 @@ impl StoreConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(pub u64);
 
-/// The outcome of a proposal or read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub ticket: Ticket,
-    pub result: Result<Bytes, StoreError>,
+/// What a completed request produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply<M: StateMachine> {
+    /// A proposal was applied.
+    Applied(M::Output),
+    /// A proposal was committed as an entry the state machine does not see (never for
+    /// client proposals; kept total).
+    Empty,
+    /// A read was served.
+    Read(M::ReadOutput),
 }
 
-struct PendingRead {
+/// The outcome of a proposal or read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion<M: StateMachine> {
+    pub ticket: Ticket,
+    pub result: Result<Reply<M>, StoreError>,
+}
+
+struct PendingRead<Q> {
     ticket: Ticket,
-    query: Bytes,
+    query: Q,
     /// Set once the ReadIndex round answered: serve when applied reaches it.
     index: Option<LogIndex>,
 }
 
 /// One region replica.
-struct Peer<M> {
+struct Peer<M: StateMachine> {
     region: Region,
     raw: RawNode<GroupStorage>,
     sm: M,
     applied: LogIndex,
     /// Proposals in log order: (index, term, ticket).
     proposals: VecDeque<(LogIndex, Term, Ticket)>,
-    reads: Vec<PendingRead>,
+    reads: Vec<PendingRead<M::Query>>,
 }
 
 /// Counters for status pages and tests.
@@ -110,7 +122,7 @@ pub struct Store<M: StateMachine> {
     snap_dir: PathBuf,
     peers: BTreeMap<RegionId, Peer<M>>,
     next_ticket: u64,
-    completions: Vec<Completion>,
+    completions: Vec<Completion<M>>,
     outbox: Vec<(StoreId, Message)>,
     pub stats: StoreStats,
 }
@@ -399,7 +411,7 @@ impl<M: StateMachine> Store<M> {
         region: RegionId,
         epoch: RegionEpoch,
         key: &[u8],
-        query: Bytes,
+        query: M::Query,
     ) -> Result<Ticket, StoreError> {
         self.check_request(region, epoch, key)?;
         let ticket = self.ticket();
@@ -491,7 +503,10 @@ impl<M: StateMachine> Store<M> {
             }
             for e in &rd.committed_entries {
                 let result = match e.kind {
-                    EntryKind::Normal if e.data.is_empty() => None,
+                    EntryKind::Normal if e.data.is_empty() => {
+                        p.sm.apply_noop(e.index.0);
+                        None
+                    }
                     EntryKind::Normal => Some(p.sm.apply(e.index.0, &e.data)),
                     EntryKind::ConfChange => {
                         // Membership is static in this version; a committed change still
@@ -499,6 +514,7 @@ impl<M: StateMachine> Store<M> {
                         if let Ok(cc) = raft::ConfChange::decode(&e.data) {
                             p.raw.apply_conf_change(&cc);
                         }
+                        p.sm.apply_noop(e.index.0);
                         None
                     }
                 };
@@ -513,8 +529,8 @@ impl<M: StateMachine> Store<M> {
                     self.completions.push(Completion {
                         ticket,
                         result: match (&result, ok) {
-                            (Some(r), true) => Ok(r.clone()),
-                            (None, true) => Ok(Bytes::new()),
+                            (Some(r), true) => Ok(Reply::Applied(r.clone())),
+                            (None, true) => Ok(Reply::Empty),
                             _ => Err(StoreError::Dropped),
                         },
                     });
@@ -533,7 +549,7 @@ impl<M: StateMachine> Store<M> {
                 Some(i) if i <= applied => {
                     completions.push(Completion {
                         ticket: r.ticket,
-                        result: Ok(sm.read(&r.query)),
+                        result: Ok(Reply::Read(sm.read(&r.query))),
                     });
                     false
                 }
@@ -558,8 +574,32 @@ impl<M: StateMachine> Store<M> {
         std::mem::take(&mut self.outbox)
     }
 
-    pub fn take_completions(&mut self) -> Vec<Completion> {
+    pub fn take_completions(&mut self) -> Vec<Completion<M>> {
         std::mem::take(&mut self.completions)
+    }
+
+    /// Serves a stale read from this replica's state machine without any Raft round (the
+    /// explicit opt-in follower/stale read): it may lag the leader.
+    pub fn stale_read(
+        &self,
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: &[u8],
+        query: &M::Query,
+    ) -> Result<M::ReadOutput, StoreError> {
+        let p = self
+            .peers
+            .get(&region)
+            .ok_or(StoreError::RegionNotFound(region))?;
+        if p.region.epoch != epoch {
+            return Err(StoreError::EpochNotMatch {
+                current: Box::new(p.region.clone()),
+            });
+        }
+        if !p.region.contains(key) {
+            return Err(StoreError::KeyNotInRegion { region });
+        }
+        Ok(p.sm.read(query))
     }
 
     /// The state machine of a region (tests, status).

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use raft_log::StdFileSystem;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use store::{Completion, Region, StateMachine, Store, StoreConfig, StoreError, StoreId, Ticket};
+use store::{
+    Completion, Region, Reply, StateMachine, Store, StoreConfig, StoreError, StoreId, Ticket,
+};
 
 /// A map state machine: `P <u32 key len> key value` puts; a read query is a key.
 #[derive(Default, Debug, PartialEq)]
@@ -21,6 +23,10 @@ fn put(key: &[u8], value: &[u8]) -> Bytes {
 }
 
 impl StateMachine for MapSm {
+    type Output = Bytes;
+    type Query = Vec<u8>;
+    type ReadOutput = Bytes;
+
     fn empty(_: &Region) -> Self {
         MapSm::default()
     }
@@ -35,7 +41,7 @@ impl StateMachine for MapSm {
         self.0.insert(d[5..5 + n].to_vec(), d[5 + n..].to_vec());
         Bytes::from_static(b"OK")
     }
-    fn read(&self, q: &[u8]) -> Bytes {
+    fn read(&self, q: &Vec<u8>) -> Bytes {
         Bytes::from(self.0.get(q).cloned().unwrap_or_default())
     }
     fn snapshot(&self) -> Bytes {
@@ -76,7 +82,7 @@ struct Cluster {
     stores: Vec<Option<Store<MapSm>>>,
     regions: Vec<Region>,
     cfg: StoreConfig,
-    done: BTreeMap<Ticket, Result<Bytes, StoreError>>,
+    done: BTreeMap<Ticket, Result<Reply<MapSm>, StoreError>>,
 }
 
 impl Cluster {
@@ -174,16 +180,20 @@ impl Cluster {
             .store(store)
             .propose(r.id, r.epoch, key, put(key, value))?;
         self.pump();
-        self.done.remove(&t).expect("write completed")
+        match self.done.remove(&t).expect("write completed")? {
+            Reply::Applied(b) => Ok(b),
+            other => panic!("unexpected reply {other:?}"),
+        }
     }
 
     fn read(&mut self, store: usize, region: usize, key: &[u8]) -> Result<Bytes, StoreError> {
         let r = self.regions[region].clone();
-        let t = self
-            .store(store)
-            .read(r.id, r.epoch, key, Bytes::copy_from_slice(key))?;
+        let t = self.store(store).read(r.id, r.epoch, key, key.to_vec())?;
         self.pump();
-        self.done.remove(&t).expect("read completed")
+        match self.done.remove(&t).expect("read completed")? {
+            Reply::Read(b) => Ok(b),
+            other => panic!("unexpected reply {other:?}"),
+        }
     }
 }
 
@@ -265,7 +275,10 @@ fn one_write_and_one_sync_per_round_for_many_regions() {
     );
     c.pump();
     for t in tickets {
-        assert_eq!(c.done.remove(&t).unwrap().unwrap().as_ref(), b"OK");
+        assert_eq!(
+            c.done.remove(&t).unwrap().unwrap(),
+            Reply::Applied(Bytes::from_static(b"OK"))
+        );
     }
 }
 

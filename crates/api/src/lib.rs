@@ -1,0 +1,12 @@
+//! # api — RaftKV's gRPC API
+//!
+//! Generated from `proto/raftkv.proto` (protoc is vendored; cargo alone builds it):
+//! - [`pb::kv_server`] / [`pb::kv_client`]: the client-facing `Kv` service (`Execute` runs
+//!   one command; `Status` describes a store).
+//! - [`pb::raft_server`] / [`pb::raft_client`]: the store-to-store `Raft` service, one
+//!   stream per pair of stores carrying batched Raft messages of all regions.
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("raftkv");
+}
