@@ -6,6 +6,9 @@
 //! cargo bench -p raft-log --bench engine -- --smoke      # a couple of seconds, for CI
 //! RAFTLOG_BENCH_SECONDS=10 RAFTLOG_BENCH_RECOVERY_MIB=1024 cargo bench -p raft-log --bench engine
 //! ```
+//! Phases, in interleaved rounds: raw write+fdatasync, one writer, `RAFTLOG_BENCH_THREADS`
+//! OS-thread writers (`write`), and as many async writers (`write_async`, tokio tasks on 2
+//! worker threads).
 //! Environment: `RAFTLOG_BENCH_DIR` (default: the system temp dir), `RAFTLOG_BENCH_SMOKE=1`,
 //! `RAFTLOG_BENCH_SECONDS` (per measured phase, default 4), `RAFTLOG_BENCH_RECOVERY_MIB`
 //! (default 256), `RAFTLOG_BENCH_THREADS` (default 64), `RAFTLOG_BENCH_DROP_CACHES=1` (drop
@@ -182,6 +185,65 @@ fn many_writers_round(
         .expect("add");
 }
 
+/// Worker threads of the runtime the async writers run on (the server's tokio runtime on a
+/// 2 vCPU machine).
+const ASYNC_WORKER_THREADS: usize = 2;
+
+/// `tasks` async writers (tokio tasks), each on its own group, each append awaiting
+/// durability through `write_async`.
+fn async_writers_round(
+    runtime: &tokio::runtime::Runtime,
+    engine: &Arc<LogEngine>,
+    tasks: u64,
+    duration: Duration,
+    latencies: &mut Histogram<u64>,
+) {
+    let payload = Bytes::from(vec![0x4Bu8; PAYLOAD_BYTES]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let (engine, stop, payload) = (Arc::clone(engine), Arc::clone(&stop), payload.clone());
+            runtime.spawn(async move {
+                let mut local = histogram();
+                let group = GroupId(ASYNC_GROUP_BASE + task);
+                let mut index = engine.last_index(group).unwrap_or(0);
+                while !stop.load(Ordering::Relaxed) {
+                    index += 1;
+                    let begin = Instant::now();
+                    let mut batch = LogBatch::new();
+                    batch
+                        .append(
+                            group,
+                            vec![LogEntry {
+                                index,
+                                term: 1,
+                                data: payload.clone(),
+                            }],
+                        )
+                        .expect("append");
+                    engine.write_async(batch, true).await.expect("write_async");
+                    local
+                        .record(begin.elapsed().as_nanos() as u64)
+                        .expect("record");
+                }
+                local
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        for handle in handles {
+            latencies
+                .add(handle.await.expect("async writer"))
+                .expect("add");
+        }
+    });
+}
+
+/// First group of the async writers (the thread writers use 100..).
+const ASYNC_GROUP_BASE: u64 = 100_000;
+
 fn recovery(dir: &Path, mib: u64, drop_caches: bool) -> (Duration, Duration, u64, u64, usize) {
     let engine = open_engine(dir);
     let target_bytes = mib << 20;
@@ -259,11 +321,19 @@ fn main() {
         .open(raw_dir.path().join("raw-baseline"))
         .expect("create baseline file");
     let engine_dir = fresh_dir(&settings.base, "engine");
-    let engine = open_engine(engine_dir.path());
-    let (mut raw_latencies, mut single_latencies, mut many_latencies) =
-        (histogram(), histogram(), histogram());
-    let (mut raw_time, mut single_time, mut many_time) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let engine = Arc::new(open_engine(engine_dir.path()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ASYNC_WORKER_THREADS)
+        .build()
+        .expect("tokio runtime");
+    let (mut raw_latencies, mut single_latencies, mut many_latencies, mut async_latencies) =
+        (histogram(), histogram(), histogram(), histogram());
+    let (mut raw_time, mut single_time, mut many_time, mut async_time) = (
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
     let round = settings.phase / ROUNDS;
     let mut single_index = 0u64;
     for _ in 0..ROUNDS {
@@ -276,7 +346,17 @@ fn main() {
         let started = Instant::now();
         many_writers_round(&engine, settings.threads, round, &mut many_latencies);
         many_time += started.elapsed();
+        let started = Instant::now();
+        async_writers_round(
+            &runtime,
+            &engine,
+            settings.threads,
+            round,
+            &mut async_latencies,
+        );
+        async_time += started.elapsed();
     }
+    drop(runtime);
     // Every acknowledged append must be there: a benchmark that loses writes measures nothing.
     let present: u64 = (0..settings.threads)
         .map(|thread| engine.last_index(GroupId(100 + thread)).unwrap_or(0))
@@ -285,6 +365,18 @@ fn main() {
         present,
         many_latencies.len(),
         "acknowledged appends missing from the engine"
+    );
+    let present_async: u64 = (0..settings.threads)
+        .map(|task| {
+            engine
+                .last_index(GroupId(ASYNC_GROUP_BASE + task))
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        present_async,
+        async_latencies.len(),
+        "acknowledged async appends missing from the engine"
     );
     assert_eq!(
         engine.last_index(GroupId(1)).unwrap_or(0),
@@ -298,12 +390,13 @@ fn main() {
         stats.batches_written as f64 / stats.group_commits.max(1) as f64,
         stats.syncs
     );
-    drop(engine);
+    drop(Arc::into_inner(engine).expect("writers are done"));
     drop(engine_dir);
     drop(raw_file);
     let raw = summarize(&raw_latencies, raw_time);
     let single = summarize(&single_latencies, single_time);
     let many = summarize(&many_latencies, many_time);
+    let many_async = summarize(&async_latencies, async_time);
     let recovery_dir = fresh_dir(&settings.base, "recovery");
     let (fill, open_time, bytes, entries, segments) = recovery(
         recovery_dir.path(),
@@ -313,8 +406,8 @@ fn main() {
     drop(recovery_dir);
     drop(raw_dir);
     println!(
-        "# {ROUNDS} interleaved rounds of raw / one writer / {} writers",
-        settings.threads
+        "# {ROUNDS} interleaved rounds of raw / one writer / {} writer threads / {} async writers",
+        settings.threads, settings.threads
     );
 
     println!();
@@ -341,6 +434,16 @@ fn main() {
         many.per_second,
         many.count,
         many.per_second / raw.per_second
+    );
+    println!(
+        "| {} async writers (tokio tasks, {ASYNC_WORKER_THREADS} worker threads) on {} groups, {PAYLOAD_BYTES} B append, each awaiting durability | {:.1} | {:.1} | {:.0} | {} | {:.1}x raw syncs/s | >= 20x |",
+        settings.threads,
+        settings.threads,
+        many_async.p50_us,
+        many_async.p99_us,
+        many_async.per_second,
+        many_async.count,
+        many_async.per_second / raw.per_second
     );
     println!();
     println!(

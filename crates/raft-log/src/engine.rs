@@ -1,8 +1,12 @@
 //! `LogEngine`: recovery, group commit, reads, purge.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +28,15 @@ pub const MAX_GROUP_COMMIT_BYTES: usize = 4 << 20;
 /// A leader writes at most this many consecutive groups before handing leadership on: staying
 /// leader saves a thread switch per group commit, handing on bounds its own caller's wait.
 pub const MAX_LEADER_ROUNDS: u32 = 4;
+/// At most this many requests (batches) wait in the write queue; further submitters wait for
+/// room (`write` blocks, a `write_async` future stays pending holding its own batch), so a
+/// burst of asynchronous submitters cannot grow the queue without bound. Far more than the
+/// batches one group commit of small appends takes, so it only bites on overload.
+pub const MAX_QUEUED_WRITES: usize = 1024;
+/// After a group commit of `n > 1` requests, the writer thread waits at most this long for
+/// `n` requests to be queued before starting the next one (see `Core::gather`): much less
+/// than one fdatasync, enough for a runtime's tasks to resubmit.
+pub const GROUP_COMMIT_GATHER_WAIT: Duration = Duration::from_micros(50);
 /// `purge` copies a group's live entries forward in records of at most about this size.
 pub const REWRITE_CHUNK_BYTES: usize = 1 << 20;
 
@@ -165,21 +178,146 @@ impl Slot {
     }
 }
 
-struct Request {
-    slot: Arc<Slot>,
+/// Where the result of one [`LogEngine::write_async`] is delivered: a one-shot cell plus the
+/// waker of the task awaiting it. While the submission queue is full it also holds the
+/// encoded batch (the submitter's memory, not the queue's) until the batch is admitted.
+#[derive(Default)]
+struct TaskSlot {
+    state: Mutex<TaskState>,
+}
+
+#[derive(Default)]
+struct TaskState {
+    result: Option<Result<u64>>,
+    waker: Option<Waker>,
+    parked: Option<Parked>,
+}
+
+/// An encoded batch waiting for room in the submission queue.
+struct Parked {
     ops: Vec<Op>,
     record: Vec<u8>,
     sync: bool,
 }
 
-/// The group-commit queue (the leader/follower scheme of raft-engine's write barrier): at
-/// most one leader at a time writes a group taken from the front; when it is done it makes
-/// the oldest waiting writer the next leader, then wakes the writers of its group one by one
-/// (not all waiters at once: with 64 writers a broadcast costs more CPU than the write).
+impl TaskSlot {
+    fn complete(&self, result: Result<u64>) {
+        let waker = {
+            let mut state = lock(&self.state);
+            state.result = Some(result);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// How the submitter of a request is told its result.
+enum Completion {
+    /// A thread blocked in [`LogEngine::write`] (it may also be made the leader).
+    Thread(Arc<Slot>),
+    /// A [`WriteFuture`]; its batches are led by the engine's writer thread.
+    Task(Arc<TaskSlot>),
+}
+
+impl Completion {
+    fn complete(self, result: Result<u64>) {
+        match self {
+            Completion::Thread(slot) => slot.update(|state| state.result = Some(result)),
+            Completion::Task(slot) => slot.complete(result),
+        }
+    }
+}
+
+struct Request {
+    completion: Completion,
+    ops: Vec<Op>,
+    record: Vec<u8>,
+    sync: bool,
+}
+
+/// A submitter that found the queue full, in call order.
+enum Waiting {
+    /// A blocked `write` caller's request (bounded by the number of threads).
+    Thread(Request),
+    /// A `WriteFuture`: its batch stays in its [`TaskSlot`] until admitted (or dropped).
+    Task(Arc<TaskSlot>),
+}
+
+/// The group-commit queue (the leader/follower scheme of raft-engine's write barrier), the
+/// single ordering point of every write, sync or async: requests are written in the order
+/// they entered `pending`, at most one leader at a time writes a group taken from the front.
+/// A leader is either a `write` caller (which, after at most [`MAX_LEADER_ROUNDS`] groups,
+/// hands leadership to the oldest waiting request's submitter, then wakes the writers of its
+/// group one by one: with 64 writers a broadcast costs more CPU than the write) or the
+/// engine's writer thread, which leads whenever the oldest request is asynchronous and stays
+/// leader until the queue is empty.
+///
+/// `pending` holds at most [`MAX_QUEUED_WRITES`] requests; later submitters wait in
+/// `waiting`, in call order, and a leader moves them into `pending` as it takes groups out.
+/// Invariants (under the lock): `pending` non-empty implies `leader_active`; after a leader
+/// takes a group, `pending` empty implies `waiting` empty.
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Request>,
+    waiting: VecDeque<Waiting>,
     leader_active: bool,
+    /// Leadership was handed to the writer thread (it will lead once it wakes up).
+    worker_leads: bool,
+    /// Set by `LogEngine`'s drop: the writer thread drains the queue and exits.
+    shutdown: bool,
+    /// Non-zero while the writer thread gathers: submitters wake it once `pending` holds
+    /// this many requests.
+    gather_target: usize,
+}
+
+impl Queue {
+    fn has_room(&self) -> bool {
+        self.waiting.is_empty() && self.pending.len() < MAX_QUEUED_WRITES
+    }
+
+    /// Whether the writer thread, gathering, should be woken now.
+    fn gathered(&self) -> bool {
+        self.gather_target != 0 && self.pending.len() >= self.gather_target
+    }
+
+    /// Takes the oldest requests, up to the group-commit bound, and admits waiting
+    /// submitters into the room that frees.
+    fn take_group(&mut self) -> Vec<Request> {
+        let mut group = Vec::new();
+        let mut group_bytes = 0usize;
+        while let Some(request) = self.pending.front() {
+            if !group.is_empty() && group_bytes + request.record.len() > MAX_GROUP_COMMIT_BYTES {
+                break;
+            }
+            group_bytes += request.record.len();
+            if let Some(request) = self.pending.pop_front() {
+                group.push(request);
+            }
+        }
+        while self.pending.len() < MAX_QUEUED_WRITES {
+            let Some(waiting) = self.waiting.pop_front() else {
+                break;
+            };
+            match waiting {
+                Waiting::Thread(request) => self.pending.push_back(request),
+                Waiting::Task(slot) => {
+                    // `None`: the future was dropped before admission, the write is cancelled.
+                    let parked = lock(&slot.state).parked.take();
+                    if let Some(Parked { ops, record, sync }) = parked {
+                        self.pending.push_back(Request {
+                            completion: Completion::Task(slot),
+                            ops,
+                            record,
+                            sync,
+                        });
+                    }
+                }
+            }
+        }
+        group
+    }
 }
 
 struct Writer {
@@ -196,18 +334,27 @@ struct Writer {
     syncs: u64,
 }
 
-/// The shared log of one store. `Send + Sync`: share it with an `Arc`.
-///
-/// Every accessor reads the in-memory index only. Writes go through a group-commit queue:
-/// concurrent `write` calls are written with one `write` and (if any asked for it) one
-/// `fdatasync`.
-pub struct LogEngine {
+/// What the engine shares with its writer thread.
+struct Core {
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
     config: Config,
     queue: Mutex<Queue>,
+    /// The writer thread sleeps here until it is handed leadership or shut down.
+    worker_wake: Condvar,
     writer: Mutex<Writer>,
     memtable: RwLock<MemTable>,
+}
+
+/// The shared log of one store. `Send + Sync`: share it with an `Arc`.
+///
+/// Every accessor reads the in-memory index only. Writes go through a group-commit queue:
+/// concurrent `write` and `write_async` calls are written with one `write` and (if any asked
+/// for it) one `fdatasync`. The engine owns one writer thread (started at `open`, joined on
+/// drop) that leads group commits for asynchronous submissions.
+pub struct LogEngine {
+    core: Arc<Core>,
+    worker: Option<JoinHandle<()>>,
     report: RecoveryReport,
     _lock: Box<dyn LockGuard>,
 }
@@ -216,8 +363,8 @@ impl std::fmt::Debug for LogEngine {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("LogEngine")
-            .field("dir", &self.dir)
-            .field("config", &self.config)
+            .field("dir", &self.core.dir)
+            .field("config", &self.core.config)
             .finish_non_exhaustive()
     }
 }
@@ -389,11 +536,12 @@ impl LogEngine {
             "raft-log opened"
         );
 
-        Ok(LogEngine {
+        let core = Arc::new(Core {
             dir,
             fs,
             config,
             queue: Mutex::new(Queue::default()),
+            worker_wake: Condvar::new(),
             writer: Mutex::new(Writer {
                 first_seq,
                 active_seq,
@@ -406,6 +554,15 @@ impl LogEngine {
                 syncs: 0,
             }),
             memtable: RwLock::new(memtable),
+        });
+        let worker_core = Arc::clone(&core);
+        let worker = std::thread::Builder::new()
+            .name("raft-log-writer".to_string())
+            .spawn(move || worker_core.run_writer_thread())
+            .map_err(|error| Error::io("start the writer thread for", &core.dir, error))?;
+        Ok(LogEngine {
+            core,
+            worker: Some(worker),
             report,
             _lock: lock_guard,
         })
@@ -418,7 +575,7 @@ impl LogEngine {
 
     /// The data directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.core.dir
     }
 
     /// Writes `batch` atomically and returns the bytes written. With `sync`, returns only
@@ -427,13 +584,199 @@ impl LogEngine {
     ///
     /// Concurrent callers are group-committed: one of them writes the batches of all waiting
     /// callers (up to [`MAX_GROUP_COMMIT_BYTES`]) with one write and one fdatasync, the others
-    /// wait for it. On success `batch` is left empty. A batch that is too large or written to
+    /// wait for it. Blocks the calling thread; async code should use
+    /// [`write_async`](LogEngine::write_async), whose batches share the same queue and order.
+    /// On success `batch` is left empty. A batch that is too large or written to
     /// a poisoned engine is refused before it is taken and left as it was; once queued, a
     /// batch is consumed even if the write then fails.
     pub fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<u64> {
+        self.core.write(batch, sync)
+    }
+    /// The asynchronous [`write`](LogEngine::write): submits `batch` now and returns a future
+    /// that resolves to the bytes written once the batch is written (and, with `sync`,
+    /// durable together with everything written before it). It never blocks the calling
+    /// thread, so it suits async runtimes: the engine's writer thread leads the group commit
+    /// (one write and one fdatasync for every batch queued, sync or async, up to
+    /// [`MAX_GROUP_COMMIT_BYTES`]) and wakes each future's task.
+    ///
+    /// Ordering: the batch takes its place in the engine's single write queue when
+    /// `write_async` is called (not when the future is first polled), so batches submitted
+    /// one after another, by either method, are applied in that order even if their futures
+    /// are awaited later or in another order.
+    ///
+    /// Backpressure: when [`MAX_QUEUED_WRITES`] requests are queued, the batch waits (it
+    /// stays in the future, in call order) and is admitted as the writer makes room; the
+    /// future stays pending meanwhile. Dropping the future before admission cancels the write;
+    /// after admission the write happens whether or not the future is polled.
+    ///
+    /// Errors as for `write`: an empty batch resolves to `Ok(0)`, a too-large one to
+    /// [`Error::BatchTooLarge`] (nothing written), a failed write or fdatasync poisons the
+    /// engine and fails every queued request. Dropping the engine writes out every queued
+    /// request before its writer thread exits, so no future is left pending.
+    pub fn write_async(&self, batch: LogBatch, sync: bool) -> WriteFuture {
+        let mut batch = batch;
         if batch.is_empty() {
-            return Ok(0);
+            return WriteFuture::ready(Ok(0));
         }
+        match Core::prepare(&mut batch) {
+            Ok((ops, record)) => WriteFuture {
+                state: FutureState::Waiting(self.core.submit_async(ops, record, sync)),
+            },
+            Err(error) => WriteFuture::ready(Err(error)),
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.core.sync()
+    }
+
+    /// Index of the first live entry of `group`.
+    pub fn first_index(&self, group: GroupId) -> Option<u64> {
+        self.core.first_index(group)
+    }
+
+    /// Index of the last entry of `group`.
+    pub fn last_index(&self, group: GroupId) -> Option<u64> {
+        self.core.last_index(group)
+    }
+
+    /// Term of entry `index` of `group`, if it is live.
+    pub fn term(&self, group: GroupId, index: u64) -> Option<u64> {
+        self.core.term(group, index)
+    }
+
+    /// Entries `[low, high)` of `group`, stopping before the total payload would exceed
+    /// `max_bytes` (but always at least one entry when `low < high`).
+    pub fn entries(
+        &self,
+        group: GroupId,
+        low: u64,
+        high: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>> {
+        self.core.entries(group, low, high, max_bytes)
+    }
+
+    /// The value of state `key` of `group`.
+    pub fn get_state(&self, group: GroupId, key: &[u8]) -> Option<Bytes> {
+        self.core.get_state(group, key)
+    }
+
+    /// Every group with live entries or states, sorted.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.core.groups()
+    }
+
+    /// Counters describing the engine now.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Reclaims disk space: when more than `purge_rewrite_threshold_segments` segments exist,
+    /// copies the live data (entries and states) of the groups that pin the older half
+    /// forward into the active segment and syncs it; then deletes, oldest first, every
+    /// segment before the oldest one still holding live data (after syncing the active
+    /// segment, so purge makes everything written before it durable whenever it rewrites or
+    /// deletes anything). Safe to call at any time
+    /// (writers wait while it runs); call it periodically.
+    pub fn purge(&self) -> Result<PurgeReport> {
+        self.core.purge()
+    }
+}
+
+impl Drop for LogEngine {
+    /// Stops the writer thread after it has written out every queued request.
+    fn drop(&mut self) {
+        lock(&self.core.queue).shutdown = true;
+        self.core.worker_wake.notify_all();
+        if let Some(worker) = self.worker.take() {
+            if worker.join().is_err() {
+                tracing::error!("raft-log writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The result of [`LogEngine::write_async`]: resolves to the bytes written once the batch is
+/// written (and durable, if `sync` was asked). `Send`, `Unpin`, independent of the engine's
+/// lifetime.
+#[must_use = "the write is queued either way; the future tells when it is durable"]
+pub struct WriteFuture {
+    state: FutureState,
+}
+
+enum FutureState {
+    Ready(Option<Result<u64>>),
+    Waiting(Arc<TaskSlot>),
+}
+
+impl WriteFuture {
+    fn ready(result: Result<u64>) -> WriteFuture {
+        WriteFuture {
+            state: FutureState::Ready(Some(result)),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteFuture {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let done = match &self.state {
+            FutureState::Ready(_) => true,
+            FutureState::Waiting(slot) => lock(&slot.state).result.is_some(),
+        };
+        formatter
+            .debug_struct("WriteFuture")
+            .field("done", &done)
+            .finish()
+    }
+}
+
+impl Future for WriteFuture {
+    type Output = Result<u64>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Result<u64>> {
+        let this = self.get_mut();
+        let result = match &mut this.state {
+            FutureState::Ready(result) => result.take(),
+            FutureState::Waiting(slot) => {
+                let mut state = lock(&slot.state);
+                match state.result.take() {
+                    Some(result) => Some(result),
+                    None => {
+                        if !state
+                            .waker
+                            .as_ref()
+                            .is_some_and(|waker| waker.will_wake(context.waker()))
+                        {
+                            state.waker = Some(context.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+        };
+        this.state = FutureState::Ready(None);
+        Poll::Ready(result.expect("WriteFuture polled after it completed"))
+    }
+}
+
+impl Drop for WriteFuture {
+    fn drop(&mut self) {
+        if let FutureState::Waiting(slot) = &self.state {
+            // Not yet admitted to the queue: cancel (frees the batch now).
+            let mut state = lock(&slot.state);
+            state.parked = None;
+            state.waker = None;
+        }
+    }
+}
+
+impl Core {
+    /// Checks and encodes `batch` on the caller's thread (so that encoding runs in parallel
+    /// and a leader only concatenates), leaving `batch` empty. A batch that is too large is
+    /// refused and left as it was.
+    fn prepare(batch: &mut LogBatch) -> Result<(Vec<Op>, Vec<u8>)> {
         let size = batch.encoded_len();
         if size - format::RECORD_HEADER_BYTES > format::MAX_RECORD_PAYLOAD_BYTES as usize {
             return Err(Error::BatchTooLarge {
@@ -441,25 +784,42 @@ impl LogEngine {
                 limit_bytes: u64::from(format::MAX_RECORD_PAYLOAD_BYTES),
             });
         }
-        // Encode on the caller's thread, so that encoding runs in parallel and the leader
-        // only concatenates.
         let mut record = Vec::with_capacity(size);
         batch.encode_record(&mut record);
         let ops = std::mem::take(&mut batch.ops);
         *batch = LogBatch::new();
+        Ok((ops, record))
+    }
+
+    fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let (ops, record) = Core::prepare(batch)?;
 
         let slot = Arc::new(Slot::default());
-        let mut queue = lock(&self.queue);
-        queue.pending.push_back(Request {
-            slot: Arc::clone(&slot),
+        let request = Request {
+            completion: Completion::Thread(Arc::clone(&slot)),
             ops,
             record,
             sync,
-        });
-        let mut leading = !queue.leader_active;
-        let mut rounds = 0u32;
-        queue.leader_active = true;
+        };
+        let mut queue = lock(&self.queue);
+        let mut leading = false;
+        if queue.has_room() {
+            queue.pending.push_back(request);
+            if queue.gathered() {
+                self.worker_wake.notify_one();
+            }
+            leading = !queue.leader_active;
+            queue.leader_active = true;
+        } else {
+            // Backpressure: wait (blocked below) until a leader admits the request; a leader
+            // is active, since the queue is not empty.
+            queue.waiting.push_back(Waiting::Thread(request));
+        }
         drop(queue);
+        let mut rounds = 0u32;
         loop {
             if !leading {
                 let mut state = lock(&slot.state);
@@ -480,31 +840,12 @@ impl LogEngine {
                 }
             }
             // Leader: write the oldest waiting batches, up to the group-commit bound.
-            let group = {
-                let mut queue = lock(&self.queue);
-                let mut group = Vec::new();
-                let mut group_bytes = 0usize;
-                while let Some(request) = queue.pending.front() {
-                    if !group.is_empty()
-                        && group_bytes + request.record.len() > MAX_GROUP_COMMIT_BYTES
-                    {
-                        break;
-                    }
-                    group_bytes += request.record.len();
-                    if let Some(request) = queue.pending.pop_front() {
-                        group.push(request);
-                    }
-                }
-                group
-            };
+            let group = lock(&self.queue).take_group();
             assert!(
                 !group.is_empty(),
                 "a group-commit leader found an empty queue"
             );
-            let results = self.commit_group(group);
-            for (waiter, result) in results {
-                waiter.update(|state| state.result = Some(result));
-            }
+            self.commit_and_complete(group);
             rounds += 1;
             let next_leader = {
                 let mut queue = lock(&self.queue);
@@ -514,10 +855,16 @@ impl LogEngine {
                 } else if rounds < MAX_LEADER_ROUNDS {
                     continue;
                 } else {
-                    queue
-                        .pending
-                        .front()
-                        .map(|request| Arc::clone(&request.slot))
+                    match queue.pending.front().map(|request| &request.completion) {
+                        Some(Completion::Thread(slot)) => Some(Arc::clone(slot)),
+                        Some(Completion::Task(_)) => {
+                            // An asynchronous submitter cannot lead: the writer thread does.
+                            queue.worker_leads = true;
+                            self.worker_wake.notify_one();
+                            None
+                        }
+                        None => None,
+                    }
                 }
             };
             if let Some(next) = next_leader {
@@ -527,14 +874,111 @@ impl LogEngine {
         }
     }
 
+    /// Submits an encoded batch for the writer thread; see [`LogEngine::write_async`].
+    fn submit_async(&self, ops: Vec<Op>, record: Vec<u8>, sync: bool) -> Arc<TaskSlot> {
+        let slot = Arc::new(TaskSlot::default());
+        let mut queue = lock(&self.queue);
+        if queue.has_room() {
+            queue.pending.push_back(Request {
+                completion: Completion::Task(Arc::clone(&slot)),
+                ops,
+                record,
+                sync,
+            });
+            if !queue.leader_active {
+                queue.leader_active = true;
+                queue.worker_leads = true;
+                self.worker_wake.notify_one();
+            } else if queue.gathered() {
+                self.worker_wake.notify_one();
+            }
+        } else {
+            // Backpressure: the batch stays with the future (in its slot) and is admitted, in
+            // call order, when a leader makes room; until then the future is pending.
+            lock(&slot.state).parked = Some(Parked { ops, record, sync });
+            queue.waiting.push_back(Waiting::Task(Arc::clone(&slot)));
+        }
+        slot
+    }
+
+    /// The engine's writer thread: leads group commits whenever leadership is handed to it
+    /// (the oldest request is asynchronous), until the queue is empty; exits on shutdown
+    /// once nothing is queued.
+    fn run_writer_thread(&self) {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.worker_leads {
+                queue.worker_leads = false;
+                loop {
+                    let group = queue.take_group();
+                    drop(queue);
+                    let submitters = group.len();
+                    if !group.is_empty() {
+                        self.commit_and_complete(group);
+                    }
+                    queue = lock(&self.queue);
+                    if submitters > 1 && queue.pending.len() < submitters && !queue.shutdown {
+                        queue = self.gather(queue, submitters);
+                    }
+                    if queue.pending.is_empty() {
+                        queue.leader_active = false;
+                        break;
+                    }
+                }
+                continue;
+            }
+            if queue.shutdown && queue.pending.is_empty() && queue.waiting.is_empty() {
+                return;
+            }
+            queue = self
+                .worker_wake
+                .wait(queue)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Waits (at most [`GROUP_COMMIT_GATHER_WAIT`]) until `target` requests are queued: the
+    /// writers just woken usually submit again within microseconds, and without this the
+    /// writer thread would start the next fdatasync with the first one or two of them,
+    /// making the rest wait a whole extra sync (groups alternating large and tiny).
+    fn gather<'a>(
+        &'a self,
+        mut queue: MutexGuard<'a, Queue>,
+        target: usize,
+    ) -> MutexGuard<'a, Queue> {
+        let target = target.min(MAX_QUEUED_WRITES);
+        let deadline = Instant::now() + GROUP_COMMIT_GATHER_WAIT;
+        queue.gather_target = target;
+        while queue.pending.len() < target && !queue.shutdown {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            queue = self
+                .worker_wake
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        queue.gather_target = 0;
+        queue
+    }
+
+    /// Commits one group and delivers each request's result.
+    fn commit_and_complete(&self, group: Vec<Request>) {
+        for (completion, result) in self.commit_group(group) {
+            completion.complete(result);
+        }
+    }
+
     /// Writes and (if any asked) syncs one group of requests; applies them to the memtable.
-    fn commit_group(&self, group: Vec<Request>) -> Vec<(Arc<Slot>, Result<u64>)> {
+    fn commit_group(&self, group: Vec<Request>) -> Vec<(Completion, Result<u64>)> {
         let mut writer = lock(&self.writer);
         let mut results = Vec::with_capacity(group.len());
         if let Some(cause) = &writer.poisoned {
             for request in group {
                 results.push((
-                    request.slot,
+                    request.completion,
                     Err(Error::Poisoned {
                         cause: cause.clone(),
                     }),
@@ -570,7 +1014,7 @@ impl LogEngine {
                         accepted.push(request);
                     }
                     Err(message) => {
-                        results.push((request.slot, Err(Error::InvalidArgument(message))))
+                        results.push((request.completion, Err(Error::InvalidArgument(message))))
                     }
                 }
             }
@@ -602,13 +1046,13 @@ impl LogEngine {
                             panic!("validated batch failed to apply to the index: {message}");
                         }
                     }
-                    results.push((request.slot, Ok(bytes)));
+                    results.push((request.completion, Ok(bytes)));
                 }
                 tracing::trace!(bytes = written, sync = need_sync, "group commit");
             }
             Err(error) => {
                 for request in accepted {
-                    results.push((request.slot, Err(error.duplicate())));
+                    results.push((request.completion, Err(error.duplicate())));
                 }
             }
         }
@@ -664,8 +1108,7 @@ impl LogEngine {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
-    pub fn sync(&self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         let mut writer = lock(&self.writer);
         if let Some(cause) = &writer.poisoned {
             return Err(Error::Poisoned {
@@ -681,27 +1124,22 @@ impl LogEngine {
         Ok(())
     }
 
-    /// Index of the first live entry of `group`.
-    pub fn first_index(&self, group: GroupId) -> Option<u64> {
+    fn first_index(&self, group: GroupId) -> Option<u64> {
         read(&self.memtable).group(group)?.first()
     }
 
-    /// Index of the last entry of `group`.
-    pub fn last_index(&self, group: GroupId) -> Option<u64> {
+    fn last_index(&self, group: GroupId) -> Option<u64> {
         read(&self.memtable).group(group)?.last()
     }
 
-    /// Term of entry `index` of `group`, if it is live.
-    pub fn term(&self, group: GroupId, index: u64) -> Option<u64> {
+    fn term(&self, group: GroupId, index: u64) -> Option<u64> {
         read(&self.memtable)
             .group(group)?
             .entry(index)
             .map(|entry| entry.term)
     }
 
-    /// Entries `[low, high)` of `group`, stopping before the total payload would exceed
-    /// `max_bytes` (but always at least one entry when `low < high`).
-    pub fn entries(
+    fn entries(
         &self,
         group: GroupId,
         low: u64,
@@ -764,8 +1202,7 @@ impl LogEngine {
         Ok(out)
     }
 
-    /// The value of state `key` of `group`.
-    pub fn get_state(&self, group: GroupId, key: &[u8]) -> Option<Bytes> {
+    fn get_state(&self, group: GroupId, key: &[u8]) -> Option<Bytes> {
         read(&self.memtable)
             .group(group)?
             .states
@@ -773,8 +1210,7 @@ impl LogEngine {
             .map(|state| state.value.clone())
     }
 
-    /// Every group with live entries or states, sorted.
-    pub fn groups(&self) -> Vec<GroupId> {
+    fn groups(&self) -> Vec<GroupId> {
         let memtable = read(&self.memtable);
         let mut groups: Vec<GroupId> = memtable
             .groups
@@ -786,8 +1222,7 @@ impl LogEngine {
         groups
     }
 
-    /// Counters describing the engine now.
-    pub fn stats(&self) -> Stats {
+    fn stats(&self) -> Stats {
         let writer = lock(&self.writer);
         let memtable = read(&self.memtable);
         Stats {
@@ -816,14 +1251,7 @@ impl LogEngine {
         }
     }
 
-    /// Reclaims disk space: when more than `purge_rewrite_threshold_segments` segments exist,
-    /// copies the live data (entries and states) of the groups that pin the older half
-    /// forward into the active segment and syncs it; then deletes, oldest first, every
-    /// segment before the oldest one still holding live data (after syncing the active
-    /// segment, so purge makes everything written before it durable whenever it rewrites or
-    /// deletes anything). Safe to call at any time
-    /// (writers wait while it runs); call it periodically.
-    pub fn purge(&self) -> Result<PurgeReport> {
+    fn purge(&self) -> Result<PurgeReport> {
         let mut writer = lock(&self.writer);
         if let Some(cause) = &writer.poisoned {
             return Err(Error::Poisoned {

@@ -5,7 +5,7 @@
 //! # Map
 //! | module | what |
 //! |---|---|
-//! | [`engine`] | [`LogEngine`]: `open` (recovery), `write` (group commit), reads, `purge` |
+//! | [`engine`] | [`LogEngine`]: `open` (recovery), `write` / `write_async` (group commit), reads, `purge` |
 //! | [`batch`] | [`LogBatch`]: append / put_state / delete_state / compact_to / clean_group, written atomically |
 //! | [`format`](mod@format) | segment and record layout, bounds-checked decoding |
 //! | `memtable` | per-group in-memory index; entry payloads are **kept in memory** (bounded by live data) |
@@ -23,6 +23,10 @@
 //!    [`Error::Corruption`] naming file and offset (see [`RecoveryMode`]).
 //! 2. `write(&mut batch, true)` returns `Ok` only when the batch and everything written before
 //!    it are durable. Concurrent writers share one `fdatasync` (group commit).
+//!    `write_async(batch, true)` is the same for async code: it queues the batch at once (in
+//!    the same queue, so sync and async writes keep their order) and returns a
+//!    [`WriteFuture`] that resolves once the batch is durable; the engine's writer thread
+//!    leads those group commits, so no thread blocks per writer.
 //! 3. After a crash, the log holds a prefix of the written batches, each batch whole or absent,
 //!    containing at least every batch whose `write(.., true)` returned `Ok`.
 //! 4. Reads (`first_index`, `last_index`, `term`, `entries`, `get_state`, `groups`) see every
@@ -64,8 +68,8 @@ use bytes::Bytes;
 pub use batch::LogBatch;
 pub use engine::{
     segment_path, Config, LogEngine, PurgeReport, RecoveryMode, RecoveryReport, SkippedCorruption,
-    Stats, TornTail, LOCK_FILE_NAME, MAX_GROUP_COMMIT_BYTES, MAX_LEADER_ROUNDS,
-    REWRITE_CHUNK_BYTES,
+    Stats, TornTail, WriteFuture, GROUP_COMMIT_GATHER_WAIT, LOCK_FILE_NAME, MAX_GROUP_COMMIT_BYTES,
+    MAX_LEADER_ROUNDS, MAX_QUEUED_WRITES, REWRITE_CHUNK_BYTES,
 };
 pub use error::{Error, Result};
 pub use faulty::{FaultOp, FaultyFileSystem};
@@ -99,4 +103,6 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<LogEngine>();
     assert_send_sync::<FaultyFileSystem>();
+    const fn assert_send_unpin<T: Send + Unpin>() {}
+    assert_send_unpin::<WriteFuture>();
 };

@@ -1,0 +1,351 @@
+//! # client — the RaftKV Rust client
+//!
+//! - **Routing cache**: on connect (and whenever a server says the routing changed) the client
+//!   asks the servers for their regions and leaders, and sends each request straight to the
+//!   leader of its key's region; any server would also accept it and forward it.
+//! - **Leader redirects**: a `NOT_LEADER` answer with a hint updates the cache.
+//! - **Retries with backoff**: unavailable servers, timeouts, busy or re-routing answers are
+//!   retried with exponential backoff (bounded) until the operation deadline.
+//! - **Exactly-once sessions**: a write carries this client's id and a sequence number; a
+//!   retry reuses the sequence, so a write whose answer was lost is applied once and the
+//!   retry gets the original answer. One client runs one operation at a time (`&mut self`).
+
+use api::pb;
+use api::pb::error::Code;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("no server answered within the deadline; the outcome is unknown: {0}")]
+    Timeout(String),
+    #[error("key too large: {0}")]
+    KeyTooLarge(String),
+    #[error("value too large: {0}")]
+    ValueTooLarge(String),
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    #[error("server error {code:?}: {message}")]
+    Server { code: i32, message: String },
+    #[error("bad endpoint {0}: use host:port")]
+    BadEndpoint(String),
+}
+
+/// Client tunables.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// How long one operation may take across all its retries.
+    pub op_timeout: Duration,
+    /// Per-attempt RPC deadline.
+    pub attempt_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            op_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(6),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct RegionRoute {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+    leader_store: u64,
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Vec<pb::kv_client::KvClient<Channel>>,
+    /// store id -> endpoint index, learned from Status.
+    store_endpoint: HashMap<u64, usize>,
+    routes: Vec<RegionRoute>,
+    next_endpoint: usize,
+    client_id: u64,
+    sequence: u64,
+    cfg: ClientConfig,
+}
+
+fn random_client_id() -> u64 {
+    // Unique enough across processes: time in nanoseconds mixed with the process id.
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = t ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) | 1
+}
+
+impl Client {
+    /// Connects lazily to `endpoints` (client addresses, `host:port`).
+    pub async fn connect(endpoints: Vec<String>) -> Result<Client, ClientError> {
+        Self::with_config(endpoints, ClientConfig::default()).await
+    }
+
+    pub async fn with_config(
+        endpoints: Vec<String>,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::BadEndpoint("no endpoints given".into()));
+        }
+        let mut channels = Vec::new();
+        for e in &endpoints {
+            let url = if e.starts_with("http") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
+            let ep = Endpoint::from_shared(url)
+                .map_err(|_| ClientError::BadEndpoint(e.clone()))?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(cfg.attempt_timeout);
+            channels.push(pb::kv_client::KvClient::new(ep.connect_lazy()));
+        }
+        let mut c = Client {
+            endpoints,
+            channels,
+            store_endpoint: HashMap::new(),
+            routes: Vec::new(),
+            next_endpoint: 0,
+            client_id: random_client_id(),
+            sequence: 0,
+            cfg,
+        };
+        c.refresh_routes().await;
+        Ok(c)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Asks every endpoint for its status: which store it is and which regions it leads.
+    pub async fn refresh_routes(&mut self) {
+        let mut routes: HashMap<u64, RegionRoute> = HashMap::new();
+        for i in 0..self.channels.len() {
+            let mut ch = self.channels[i].clone();
+            let r =
+                tokio::time::timeout(Duration::from_secs(1), ch.status(pb::StatusRequest {})).await;
+            let Ok(Ok(st)) = r else { continue };
+            let st = st.into_inner();
+            self.store_endpoint.insert(st.store_id, i);
+            for rs in st.regions {
+                let Some(region) = rs.region else { continue };
+                let e = routes.entry(region.id).or_insert(RegionRoute {
+                    start: region.start_key.clone(),
+                    end: region.has_end.then(|| region.end_key.clone()),
+                    leader_store: 0,
+                });
+                if rs.leader_store_id != 0 {
+                    e.leader_store = rs.leader_store_id;
+                }
+            }
+        }
+        if !routes.is_empty() {
+            self.routes = routes.into_values().collect();
+        }
+    }
+
+    fn endpoint_for(&mut self, key: &[u8]) -> usize {
+        let leader = self
+            .routes
+            .iter()
+            .find(|r| {
+                key >= r.start.as_slice() && r.end.as_ref().is_none_or(|e| key < e.as_slice())
+            })
+            .map(|r| r.leader_store);
+        if let Some(i) = leader.and_then(|l| self.store_endpoint.get(&l)) {
+            return *i;
+        }
+        let i = self.next_endpoint % self.channels.len();
+        self.next_endpoint += 1;
+        i
+    }
+
+    fn note_leader(&mut self, key: &[u8], store: u64) {
+        for r in &mut self.routes {
+            if key >= r.start.as_slice() && r.end.as_ref().is_none_or(|e| key < e.as_slice()) {
+                r.leader_store = store;
+            }
+        }
+    }
+
+    /// Runs one command with retries; writes get the next sequence number of the session.
+    pub async fn execute(
+        &mut self,
+        command: pb::Command,
+        write: bool,
+        stale: bool,
+    ) -> Result<pb::KvResponse, ClientError> {
+        let (client_id, sequence) = if write {
+            self.sequence += 1;
+            (self.client_id, self.sequence)
+        } else {
+            (0, 0)
+        };
+        let key = command.key.clone();
+        let deadline = Instant::now() + self.cfg.op_timeout;
+        let mut backoff = self.cfg.backoff_min;
+        let mut last = String::from("no attempt");
+        // Bounded by the deadline; the attempt count bound is a second guard.
+        for _attempt in 0..10_000 {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let i = self.endpoint_for(&key);
+            let req = pb::KvRequest {
+                header: Some(pb::RequestHeader {
+                    client_id,
+                    sequence,
+                    stale_read: stale,
+                    ..Default::default()
+                }),
+                command: Some(command.clone()),
+            };
+            let mut ch = self.channels[i].clone();
+            match ch.execute(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let Some(e) = resp.error.clone().filter(|e| e.code != Code::Ok as i32) else {
+                        return Ok(resp);
+                    };
+                    last = e.message.clone();
+                    match Code::try_from(e.code).unwrap_or(Code::Internal) {
+                        Code::KeyTooLarge => return Err(ClientError::KeyTooLarge(e.message)),
+                        Code::ValueTooLarge => return Err(ClientError::ValueTooLarge(e.message)),
+                        Code::InvalidArgument => {
+                            return Err(ClientError::InvalidArgument(e.message))
+                        }
+                        Code::SessionStale | Code::Internal => {
+                            return Err(ClientError::Server {
+                                code: e.code,
+                                message: e.message,
+                            })
+                        }
+                        Code::NotLeader if e.leader_store_id != 0 => {
+                            self.note_leader(&key, e.leader_store_id);
+                        }
+                        Code::EpochNotMatch | Code::RegionNotFound => self.refresh_routes().await,
+                        _ => {
+                            // Leader unknown, timeout, busy: rotate and back off.
+                            self.note_leader(&key, 0);
+                        }
+                    }
+                }
+                Err(status) => {
+                    last = status.message().to_string();
+                    self.note_leader(&key, 0);
+                    self.next_endpoint = i + 1;
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(self.cfg.backoff_max);
+        }
+        Err(ClientError::Timeout(last))
+    }
+
+    fn cmd(kind: pb::command::Kind, key: &[u8]) -> pb::Command {
+        pb::Command {
+            kind: kind as i32,
+            key: key.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Linearizable read.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let r = self
+            .execute(Self::cmd(pb::command::Kind::Get, key), false, false)
+            .await?;
+        Ok(r.found.then_some(r.value))
+    }
+
+    /// Stale (follower) read: served by whichever replica answers, without ReadIndex.
+    pub async fn get_stale(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let r = self
+            .execute(Self::cmd(pb::command::Kind::Get, key), false, true)
+            .await?;
+        Ok(r.found.then_some(r.value))
+    }
+
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        let mut c = Self::cmd(pb::command::Kind::Put, key);
+        c.value = value.to_vec();
+        self.execute(c, true, false).await.map(|_| ())
+    }
+
+    /// Returns whether the key existed.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+        let r = self
+            .execute(Self::cmd(pb::command::Kind::Delete, key), true, false)
+            .await?;
+        Ok(r.existed)
+    }
+
+    /// Returns the new length.
+    pub async fn append(&mut self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        let mut c = Self::cmd(pb::command::Kind::Append, key);
+        c.value = value.to_vec();
+        Ok(self.execute(c, true, false).await?.length)
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if absent); returns whether it did.
+    pub async fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ClientError> {
+        let mut c = Self::cmd(pb::command::Kind::Cas, key);
+        c.value = new.to_vec();
+        match expected {
+            Some(e) => c.expected = e.to_vec(),
+            None => c.expect_absent = true,
+        }
+        Ok(self.execute(c, true, false).await?.swapped)
+    }
+
+    /// Up to `limit` pairs from `start` (within its region) to `end`.
+    pub async fn scan(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let mut c = Self::cmd(pb::command::Kind::Scan, start);
+        c.end_key = end.map(|e| e.to_vec()).unwrap_or_default();
+        c.limit = limit;
+        let r = self.execute(c, false, false).await?;
+        Ok(r.pairs.into_iter().map(|p| (p.key, p.value)).collect())
+    }
+
+    /// Fetches the status of every endpoint that answers.
+    pub async fn status(&mut self) -> Vec<pb::StatusResponse> {
+        let mut out = Vec::new();
+        for ch in &self.channels {
+            let mut ch = ch.clone();
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_secs(2), ch.status(pb::StatusRequest {})).await
+            {
+                out.push(r.into_inner());
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,120 @@
+//! The exactly-once session table: client id → last applied sequence, its cached reply and
+//! when the client was last seen (in log time). Expiry and eviction rules are documented on
+//! [`crate::SessionPolicy`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::command::{ClientId, Sequence};
+use crate::response::{CommandError, Response};
+
+/// One client's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The highest sequence applied for this client.
+    pub last_sequence: Sequence,
+    /// The reply to `last_sequence`, returned again if it is retried.
+    pub result: Result<Response, CommandError>,
+    /// Log time (`proposed_at_ms`) of the last request from this client, retries included.
+    pub last_seen_ms: u64,
+}
+
+/// Sessions keyed by client, plus an index by age so that expiry and eviction cost
+/// O(log n) per removed session instead of a scan of the whole table on every entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SessionTable {
+    by_client: BTreeMap<ClientId, Session>,
+    /// `(last_seen_ms, client)`, ordered oldest first; the client id breaks ties so the
+    /// eviction order is the same on every replica.
+    by_age: BTreeSet<(u64, ClientId)>,
+}
+
+impl SessionTable {
+    pub(crate) fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    pub(crate) fn get(&self, client: ClientId) -> Option<&Session> {
+        self.by_client.get(&client)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ClientId, &Session)> {
+        self.by_client.iter()
+    }
+
+    /// Drops every session with `last_seen_ms + ttl_ms < now_ms`.
+    pub(crate) fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
+        while let Some(&(last_seen_ms, client)) = self.by_age.first() {
+            if last_seen_ms.saturating_add(ttl_ms) >= now_ms {
+                break;
+            }
+            self.remove(client);
+        }
+    }
+
+    /// Records that `client` was seen at `now_ms` (a retry keeps the session alive).
+    pub(crate) fn touch(&mut self, client: ClientId, now_ms: u64) {
+        if let Some(session) = self.by_client.get_mut(&client) {
+            let removed = self.by_age.remove(&(session.last_seen_ms, client));
+            debug_assert!(removed, "session age index out of sync for {client:?}");
+            session.last_seen_ms = now_ms;
+            self.by_age.insert((now_ms, client));
+        }
+    }
+
+    /// Stores the reply to `sequence`, evicting the oldest session first if `client` is new
+    /// and the table is full.
+    pub(crate) fn record(
+        &mut self,
+        client: ClientId,
+        sequence: Sequence,
+        result: Result<Response, CommandError>,
+        now_ms: u64,
+        max_sessions: usize,
+    ) {
+        if !self.by_client.contains_key(&client) {
+            while self.by_client.len() >= max_sessions.max(1) {
+                let Some(&(_, oldest)) = self.by_age.first() else {
+                    break;
+                };
+                self.remove(oldest);
+            }
+        }
+        self.insert(
+            client,
+            Session {
+                last_sequence: sequence,
+                result,
+                last_seen_ms: now_ms,
+            },
+        );
+    }
+
+    /// Inserts or replaces a session (also used by snapshot restore).
+    pub(crate) fn insert(&mut self, client: ClientId, session: Session) {
+        self.remove(client);
+        self.by_age.insert((session.last_seen_ms, client));
+        self.by_client.insert(client, session);
+    }
+
+    /// Panics unless the age index mirrors the table exactly.
+    pub(crate) fn assert_consistent(&self) {
+        assert_eq!(
+            self.by_client.len(),
+            self.by_age.len(),
+            "session age index size differs from the table"
+        );
+        for (client, session) in &self.by_client {
+            assert_ne!(*client, ClientId::NONE, "client 0 must never own a session");
+            assert!(
+                self.by_age.contains(&(session.last_seen_ms, *client)),
+                "session of {client:?} missing from the age index"
+            );
+        }
+    }
+
+    fn remove(&mut self, client: ClientId) {
+        if let Some(old) = self.by_client.remove(&client) {
+            self.by_age.remove(&(old.last_seen_ms, client));
+        }
+    }
+}

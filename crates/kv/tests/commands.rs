@@ -1,0 +1,560 @@
+//! Semantics and errors of every command, one test per rule.
+
+mod common;
+
+use bytes::Bytes;
+use common::{b, exec, get, put};
+use kv::{
+    ApplyError, Command, CommandError, KvStateMachine, Limits, PutOptions, RegionRange, Response,
+    SessionPolicy,
+};
+
+fn machine() -> KvStateMachine {
+    KvStateMachine::with_region(RegionRange::full())
+}
+
+fn small_limits_machine() -> KvStateMachine {
+    let limits = Limits {
+        max_key_bytes: 4,
+        max_value_bytes: 8,
+        max_batch_keys: 2,
+        max_scan_limit: 3,
+    };
+    KvStateMachine::new(RegionRange::full(), limits, SessionPolicy::default())
+}
+
+fn value(text: &str) -> Response {
+    Response::Value(Some(b(text)))
+}
+
+/// Applies a command that must fail and checks that no key changed.
+fn assert_refused(machine: &mut KvStateMachine, command: Command, expected: CommandError) {
+    let before = machine.data_hash();
+    let snapshot_before: Vec<_> = machine
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(exec(machine, command), Err(ApplyError::Command(expected)));
+    assert_eq!(
+        machine.data_hash(),
+        before,
+        "a refused command changed data"
+    );
+    let after: Vec<_> = machine
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(after, snapshot_before);
+}
+
+#[test]
+fn get_put_delete() {
+    let mut m = machine();
+    assert_eq!(exec(&mut m, get("a")), Ok(Response::Value(None)));
+    assert_eq!(
+        exec(&mut m, put("a", "1")),
+        Ok(Response::Put {
+            written: true,
+            previous: None
+        })
+    );
+    assert_eq!(exec(&mut m, get("a")), Ok(value("1")));
+    assert_eq!(
+        exec(&mut m, Command::Delete { key: b("a") }),
+        Ok(Response::Deleted(true))
+    );
+    assert_eq!(
+        exec(&mut m, Command::Delete { key: b("a") }),
+        Ok(Response::Deleted(false))
+    );
+    assert!(m.is_empty());
+}
+
+#[test]
+fn put_options_nx_xx_get() {
+    let mut m = machine();
+    let nx_get = PutOptions {
+        if_absent: true,
+        return_previous: true,
+        ..Default::default()
+    };
+    let xx = PutOptions {
+        if_present: true,
+        ..Default::default()
+    };
+    let with = |key: &str, v: &str, options| Command::Put {
+        key: b(key),
+        value: b(v),
+        options,
+    };
+    // XX on an absent key: not written.
+    assert_eq!(
+        exec(&mut m, with("k", "x", xx)),
+        Ok(Response::Put {
+            written: false,
+            previous: None
+        })
+    );
+    assert_eq!(m.get(b"k"), None);
+    // NX GET on absent: written, previous nil.
+    assert_eq!(
+        exec(&mut m, with("k", "1", nx_get)),
+        Ok(Response::Put {
+            written: true,
+            previous: None
+        })
+    );
+    // NX GET on present: not written, previous returned.
+    assert_eq!(
+        exec(&mut m, with("k", "2", nx_get)),
+        Ok(Response::Put {
+            written: false,
+            previous: Some(b("1"))
+        })
+    );
+    assert_eq!(m.get(b"k"), Some(&b("1")));
+    // XX on present: written; without GET no previous is returned.
+    assert_eq!(
+        exec(&mut m, with("k", "3", xx)),
+        Ok(Response::Put {
+            written: true,
+            previous: None
+        })
+    );
+    assert_eq!(m.get(b"k"), Some(&b("3")));
+    let both = PutOptions {
+        if_absent: true,
+        if_present: true,
+        return_previous: false,
+    };
+    assert_refused(
+        &mut m,
+        with("k", "4", both),
+        CommandError::ConflictingOptions,
+    );
+}
+
+#[test]
+fn append_creates_and_extends() {
+    let mut m = machine();
+    let append = |v: &str| Command::Append {
+        key: b("k"),
+        value: b(v),
+    };
+    assert_eq!(exec(&mut m, append("ab")), Ok(Response::Length(2)));
+    assert_eq!(exec(&mut m, append("cd")), Ok(Response::Length(4)));
+    assert_eq!(m.get(b"k"), Some(&b("abcd")));
+}
+
+#[test]
+fn append_beyond_value_limit_is_refused() {
+    let mut m = small_limits_machine();
+    exec(&mut m, put("k", "12345")).unwrap();
+    assert_refused(
+        &mut m,
+        Command::Append {
+            key: b("k"),
+            value: b("6789"),
+        },
+        CommandError::ValueTooLarge { size: 9, max: 8 },
+    );
+}
+
+#[test]
+fn compare_and_swap() {
+    let mut m = machine();
+    let cas = |expected: Option<&str>, new: &str| Command::CompareAndSwap {
+        key: b("k"),
+        expected: expected.map(b),
+        new: b(new),
+    };
+    // Expect absent: succeeds on an absent key.
+    assert_eq!(
+        exec(&mut m, cas(None, "1")),
+        Ok(Response::Cas {
+            swapped: true,
+            previous: None
+        })
+    );
+    // Expect absent on a present key: fails and reports the current value.
+    assert_eq!(
+        exec(&mut m, cas(None, "2")),
+        Ok(Response::Cas {
+            swapped: false,
+            previous: Some(b("1"))
+        })
+    );
+    assert_eq!(
+        exec(&mut m, cas(Some("0"), "2")),
+        Ok(Response::Cas {
+            swapped: false,
+            previous: Some(b("1"))
+        })
+    );
+    assert_eq!(
+        exec(&mut m, cas(Some("1"), "2")),
+        Ok(Response::Cas {
+            swapped: true,
+            previous: Some(b("1"))
+        })
+    );
+    assert_eq!(m.get(b"k"), Some(&b("2")));
+}
+
+#[test]
+fn scan_respects_bounds_limit_and_region() {
+    let mut m = KvStateMachine::with_region(RegionRange::new(b("b"), Some(b("e"))));
+    for key in ["b", "c", "ca", "d"] {
+        exec(&mut m, put(key, key)).unwrap();
+    }
+    let scan = |start: &str, end: Option<&str>, limit| Command::Scan {
+        start: b(start),
+        end: end.map(b),
+        limit,
+    };
+    let pairs =
+        |keys: &[&str]| -> Vec<(Bytes, Bytes)> { keys.iter().map(|k| (b(k), b(k))).collect() };
+    assert_eq!(
+        exec(&mut m, scan("b", None, 10)),
+        Ok(Response::Scan {
+            pairs: pairs(&["b", "c", "ca", "d"]),
+            more: false
+        })
+    );
+    // End is exclusive.
+    assert_eq!(
+        exec(&mut m, scan("b", Some("ca"), 10)),
+        Ok(Response::Scan {
+            pairs: pairs(&["b", "c"]),
+            more: false
+        })
+    );
+    // Limit stops the scan and says there is more.
+    assert_eq!(
+        exec(&mut m, scan("c", None, 2)),
+        Ok(Response::Scan {
+            pairs: pairs(&["c", "ca"]),
+            more: true
+        })
+    );
+    // Exactly `limit` remaining: no more.
+    assert_eq!(
+        exec(&mut m, scan("ca", Some("zz"), 2)),
+        Ok(Response::Scan {
+            pairs: pairs(&["ca", "d"]),
+            more: false
+        })
+    );
+    // Inverted range is empty, not a panic.
+    assert_eq!(
+        exec(&mut m, scan("d", Some("c"), 2)),
+        Ok(Response::Scan {
+            pairs: vec![],
+            more: false
+        })
+    );
+    // Start outside the region.
+    assert_refused(
+        &mut m,
+        scan("a", None, 1),
+        CommandError::OutOfRange { key: b("a") },
+    );
+    assert_refused(
+        &mut m,
+        scan("e", None, 1),
+        CommandError::OutOfRange { key: b("e") },
+    );
+}
+
+#[test]
+fn scan_limit_is_bounded() {
+    let mut m = small_limits_machine();
+    assert_refused(
+        &mut m,
+        Command::Scan {
+            start: b(""),
+            end: None,
+            limit: 4,
+        },
+        CommandError::ScanLimitTooLarge { limit: 4, max: 3 },
+    );
+}
+
+#[test]
+fn batch_get_and_put() {
+    let mut m = machine();
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::BatchPut {
+                pairs: vec![(b("a"), b("1")), (b("b"), b("2")), (b("a"), b("3"))]
+            }
+        ),
+        Ok(Response::Done)
+    );
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::BatchGet {
+                keys: vec![b("b"), b("x"), b("a")]
+            }
+        ),
+        Ok(Response::Values(vec![Some(b("2")), None, Some(b("3"))]))
+    );
+}
+
+#[test]
+fn batch_put_is_all_or_nothing_on_limits() {
+    let mut m = small_limits_machine();
+    // Second pair's value is too large: the first must not be written either.
+    assert_refused(
+        &mut m,
+        Command::BatchPut {
+            pairs: vec![(b("a"), b("1")), (b("b"), b("123456789"))],
+        },
+        CommandError::ValueTooLarge { size: 9, max: 8 },
+    );
+    assert_refused(
+        &mut m,
+        Command::BatchPut {
+            pairs: vec![(b("a"), b("1")), (b("b"), b("2")), (b("c"), b("3"))],
+        },
+        CommandError::BatchTooLarge { size: 3, max: 2 },
+    );
+    assert_refused(
+        &mut m,
+        Command::BatchGet {
+            keys: vec![b("a"), b("b"), b("c")],
+        },
+        CommandError::BatchTooLarge { size: 3, max: 2 },
+    );
+}
+
+#[test]
+fn key_and_value_limits() {
+    let mut m = small_limits_machine();
+    assert_refused(
+        &mut m,
+        put("12345", "v"),
+        CommandError::KeyTooLarge { size: 5, max: 4 },
+    );
+    assert_refused(
+        &mut m,
+        put("k", "123456789"),
+        CommandError::ValueTooLarge { size: 9, max: 8 },
+    );
+    assert_refused(
+        &mut m,
+        get("12345"),
+        CommandError::KeyTooLarge { size: 5, max: 4 },
+    );
+    // Exactly at the limits is fine.
+    assert!(exec(&mut m, put("1234", "12345678")).is_ok());
+}
+
+#[test]
+fn default_limits_are_8k_keys_and_8m_values() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_key_bytes, 8 * 1024);
+    assert_eq!(limits.max_value_bytes, 8 * 1024 * 1024);
+    let mut m = machine();
+    let big_key = Bytes::from(vec![b'k'; 8 * 1024 + 1]);
+    assert_refused(
+        &mut m,
+        Command::Get { key: big_key },
+        CommandError::KeyTooLarge {
+            size: 8 * 1024 + 1,
+            max: 8 * 1024,
+        },
+    );
+}
+
+#[test]
+fn incr_follows_redis() {
+    let mut m = machine();
+    let incr = |delta| Command::Incr { key: b("n"), delta };
+    assert_eq!(exec(&mut m, incr(5)), Ok(Response::Integer(5)));
+    assert_eq!(exec(&mut m, incr(-7)), Ok(Response::Integer(-2)));
+    assert_eq!(m.get(b"n"), Some(&b("-2")));
+    exec(&mut m, put("n", "9223372036854775807")).unwrap();
+    assert_refused(&mut m, incr(1), CommandError::Overflow);
+    exec(&mut m, put("n", "-9223372036854775808")).unwrap();
+    assert_refused(&mut m, incr(-1), CommandError::Overflow);
+    for bad in ["abc", " 1", "01", "1.5", ""] {
+        exec(&mut m, put("n", bad)).unwrap();
+        assert_refused(&mut m, incr(1), CommandError::NotAnInteger);
+    }
+}
+
+#[test]
+fn incr_by_float() {
+    let mut m = machine();
+    let incr = |delta: f64| Command::IncrByFloat {
+        key: b("f"),
+        delta_bits: delta.to_bits(),
+    };
+    assert_eq!(exec(&mut m, incr(10.5)), Ok(value("10.5")));
+    assert_eq!(exec(&mut m, incr(0.5)), Ok(value("11")));
+    assert_eq!(exec(&mut m, incr(-1.25)), Ok(value("9.75")));
+    assert_refused(&mut m, incr(f64::INFINITY), CommandError::NotFinite);
+    assert_refused(&mut m, incr(f64::NAN), CommandError::NotFinite);
+    exec(&mut m, put("f", "1.7976931348623157e308")).unwrap();
+    assert_refused(
+        &mut m,
+        incr(1.7976931348623157e308),
+        CommandError::NotFinite,
+    );
+    exec(&mut m, put("f", "pi")).unwrap();
+    assert_refused(&mut m, incr(1.0), CommandError::NotAFloat);
+}
+
+#[test]
+fn set_range_pads_with_zeros() {
+    let mut m = machine();
+    let set_range = |offset, v: &str| Command::SetRange {
+        key: b("k"),
+        offset,
+        value: b(v),
+    };
+    // Empty value on an absent key: length 0 and no key created (Redis).
+    assert_eq!(exec(&mut m, set_range(5, "")), Ok(Response::Length(0)));
+    assert_eq!(m.get(b"k"), None);
+    assert_eq!(exec(&mut m, set_range(2, "ab")), Ok(Response::Length(4)));
+    assert_eq!(m.get(b"k"), Some(&Bytes::from_static(b"\0\0ab")));
+    assert_eq!(exec(&mut m, set_range(0, "X")), Ok(Response::Length(4)));
+    assert_eq!(m.get(b"k"), Some(&Bytes::from_static(b"X\0ab")));
+    assert_eq!(exec(&mut m, set_range(1, "")), Ok(Response::Length(4)));
+}
+
+#[test]
+fn set_range_beyond_limits_is_refused() {
+    let mut m = small_limits_machine();
+    assert_refused(
+        &mut m,
+        Command::SetRange {
+            key: b("k"),
+            offset: 8,
+            value: b("x"),
+        },
+        CommandError::ValueTooLarge { size: 9, max: 8 },
+    );
+    assert_refused(
+        &mut m,
+        Command::SetRange {
+            key: b("k"),
+            offset: u64::MAX,
+            value: b("x"),
+        },
+        CommandError::ValueTooLarge {
+            size: u64::MAX,
+            max: 8,
+        },
+    );
+}
+
+#[test]
+fn get_set_get_del_set_nx() {
+    let mut m = machine();
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::GetSet {
+                key: b("k"),
+                value: b("1")
+            }
+        ),
+        Ok(Response::Value(None))
+    );
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::GetSet {
+                key: b("k"),
+                value: b("2")
+            }
+        ),
+        Ok(value("1"))
+    );
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::SetNx {
+                key: b("k"),
+                value: b("3")
+            }
+        ),
+        Ok(Response::Written(false))
+    );
+    assert_eq!(
+        exec(&mut m, Command::GetDel { key: b("k") }),
+        Ok(value("2"))
+    );
+    assert_eq!(
+        exec(&mut m, Command::GetDel { key: b("k") }),
+        Ok(Response::Value(None))
+    );
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::SetNx {
+                key: b("k"),
+                value: b("3")
+            }
+        ),
+        Ok(Response::Written(true))
+    );
+    assert_eq!(m.get(b"k"), Some(&b("3")));
+}
+
+#[test]
+fn mset_nx_is_all_or_nothing() {
+    let mut m = machine();
+    exec(&mut m, put("b", "old")).unwrap();
+    let before = m.data_hash();
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::MSetNx {
+                pairs: vec![(b("a"), b("1")), (b("b"), b("2"))]
+            }
+        ),
+        Ok(Response::Written(false))
+    );
+    assert_eq!(m.data_hash(), before);
+    assert_eq!(
+        exec(
+            &mut m,
+            Command::MSetNx {
+                pairs: vec![(b("a"), b("1")), (b("c"), b("3"))]
+            }
+        ),
+        Ok(Response::Written(true))
+    );
+    assert_eq!(m.get(b"a"), Some(&b("1")));
+    assert_eq!(m.get(b"c"), Some(&b("3")));
+}
+
+#[test]
+fn read_serves_reads_without_changing_state() {
+    let mut m = machine();
+    exec(&mut m, put("a", "1")).unwrap();
+    let before = m.state_hash();
+    assert_eq!(m.read(&get("a")), Ok(value("1")));
+    assert_eq!(
+        m.read(&Command::BatchGet {
+            keys: vec![b("a"), b("z")]
+        }),
+        Ok(Response::Values(vec![Some(b("1")), None]))
+    );
+    assert_eq!(m.read(&put("a", "2")), Err(CommandError::NotReadOnly));
+    assert_eq!(m.state_hash(), before);
+}
+
+#[test]
+fn read_checks_the_region() {
+    let m = KvStateMachine::with_region(RegionRange::new(b("m"), None));
+    assert_eq!(
+        m.read(&get("a")),
+        Err(CommandError::OutOfRange { key: b("a") })
+    );
+}

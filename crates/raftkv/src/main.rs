@@ -1,0 +1,470 @@
+//! `raftkv`: one binary for a RaftKV store server, a local playground cluster, a CLI client
+//! and cluster status. Run `raftkv --help`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "RaftKV: a replicated, strongly consistent key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one store (one process, one data directory).
+    Server(ServerArgs),
+    /// Run a local 3-store cluster as child processes on 127.0.0.1 until Ctrl-C.
+    Playground(PlaygroundArgs),
+    /// Read a key (linearizable unless --stale).
+    Get {
+        key: String,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Append to a key's value.
+    Append {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Compare-and-swap: set KEY to NEW if it holds --expected (or is absent with --expect-absent).
+    Cas {
+        key: String,
+        new: String,
+        #[arg(long, conflicts_with = "expect_absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        expect_absent: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List keys from START (within its region).
+    Scan {
+        start: String,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show stores, regions, leaders and applied indexes.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Args)]
+struct Conn {
+    /// Client addresses of the servers (host:port,...). Default: $RAFTKV_ENDPOINTS, else the
+    /// playground's default ports.
+    #[arg(
+        long,
+        env = "RAFTKV_ENDPOINTS",
+        default_value = "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"
+    )]
+    endpoints: String,
+}
+
+#[derive(clap::Args, Default)]
+struct ServerArgs {
+    /// TOML file with any of the options below (flags win over the file).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This store's id, 1..=999.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for other stores (Raft traffic and forwarded requests).
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// Address for clients (gRPC Kv service).
+    #[arg(long)]
+    client_addr: Option<String>,
+    /// Address for the Prometheus /metrics endpoint.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Every store's peer address, etcd style: 1=127.0.0.1:17001,2=127.0.0.1:17002,...
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Keys at which to pre-split the key space into regions at bootstrap: g,p
+    #[arg(long)]
+    split_keys: Option<String>,
+    /// Milliseconds per Raft tick (election timeout = 20 ticks).
+    #[arg(long)]
+    tick_ms: Option<u64>,
+    /// Applied entries kept in a region's log before it is snapshotted and compacted.
+    #[arg(long)]
+    snapshot_threshold_entries: Option<u64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    peer_addr: Option<String>,
+    client_addr: Option<String>,
+    metrics_addr: Option<String>,
+    initial_cluster: Option<String>,
+    split_keys: Option<Vec<String>>,
+    tick_ms: Option<u64>,
+    snapshot_threshold_entries: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct PlaygroundArgs {
+    /// Where the stores keep their data (default: a new temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Ports: peer = base+1..3, client = base+101..103, metrics = base+201..203.
+    #[arg(long, default_value_t = 17000)]
+    base_port: u16,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Server(a) => run_server(a).await,
+            Cmd::Playground(a) => playground(a).await,
+            other => run_client(other).await,
+        }
+    })
+}
+
+async fn run_server(a: ServerArgs) -> Result<()> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let id = a.id.or(file.id).context("--id is required")?;
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .context("--data-dir is required")?;
+    let peer_addr = a
+        .peer_addr
+        .or(file.peer_addr)
+        .context("--peer-addr is required")?;
+    let client_addr = a
+        .client_addr
+        .or(file.client_addr)
+        .context("--client-addr is required")?;
+    let metrics_addr = a.metrics_addr.or(file.metrics_addr);
+    let cluster = a
+        .initial_cluster
+        .or(file.initial_cluster)
+        .context("--initial-cluster is required (1=host:port,2=host:port,...)")?;
+    let initial_cluster = server::parse_initial_cluster(&cluster).map_err(anyhow::Error::msg)?;
+    let mut cfg = server::ServerConfig::new(id, data_dir, initial_cluster);
+    cfg.split_keys = match a.split_keys {
+        Some(s) => s
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_vec())
+            .collect(),
+        None => file
+            .split_keys
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.into_bytes())
+            .collect(),
+    };
+    if let Some(t) = a.tick_ms.or(file.tick_ms) {
+        cfg.tick_ms = t;
+    }
+    if let Some(t) = a
+        .snapshot_threshold_entries
+        .or(file.snapshot_threshold_entries)
+    {
+        cfg.snapshot_threshold_entries = t;
+    }
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let peer = tokio::net::TcpListener::bind(&peer_addr)
+        .await
+        .with_context(|| format!("binding --peer-addr {peer_addr}"))?;
+    let client = tokio::net::TcpListener::bind(&client_addr)
+        .await
+        .with_context(|| format!("binding --client-addr {client_addr}"))?;
+    let metrics = match &metrics_addr {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding --metrics-addr {m}"))?,
+        ),
+        None => None,
+    };
+    let handle = server::Server::start(cfg, peer, client, metrics)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(id, %peer_addr, %client_addr, ?metrics_addr, "raftkv server started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = check.tick() => {
+                if !handle.store_running() {
+                    handle.shutdown().await;
+                    bail!("the store stopped on a storage error (see the log); not serving");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn playground(a: PlaygroundArgs) -> Result<()> {
+    let (dir, _tmp) = match a.data_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = std::env::temp_dir().join(format!("raftkv-playground-{}", std::process::id()));
+            (t.clone(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe().context("finding the raftkv binary")?;
+    let b = a.base_port;
+    let cluster: Vec<String> = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", b + i))
+        .collect();
+    let cluster = cluster.join(",");
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 1..=3u16 {
+        let client = format!("127.0.0.1:{}", b + 100 + i);
+        let metrics = format!("127.0.0.1:{}", b + 200 + i);
+        let child = tokio::process::Command::new(&exe)
+            .arg("server")
+            .args(["--id", &i.to_string()])
+            .arg("--data-dir")
+            .arg(dir.join(format!("store{i}")))
+            .args(["--peer-addr", &format!("127.0.0.1:{}", b + i)])
+            .args(["--client-addr", &client])
+            .args(["--metrics-addr", &metrics])
+            .args(["--initial-cluster", &cluster])
+            .args(["--split-keys", "g,p"])
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting store {i}"))?;
+        children.push(child);
+        endpoints.push(serde_json_like(
+            i,
+            &client,
+            &metrics,
+            &format!("127.0.0.1:{}", b + i),
+        ));
+    }
+    let json = format!("{{\n  \"stores\": [\n{}\n  ]\n}}\n", endpoints.join(",\n"));
+    std::fs::write(dir.join("endpoints.json"), &json).context("writing endpoints.json")?;
+    let clients: Vec<String> = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", b + 100 + i))
+        .collect();
+    println!("RaftKV playground: 3 stores, data in {}", dir.display());
+    println!("  client endpoints: {}", clients.join(","));
+    println!(
+        "  metrics: http://127.0.0.1:{}/metrics (and +1, +2)",
+        b + 201
+    );
+    println!(
+        "  endpoints written to {}",
+        dir.join("endpoints.json").display()
+    );
+    println!("  try: raftkv put hello world && raftkv get hello && raftkv status");
+    println!("Ctrl-C stops the cluster.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("stopping...");
+    for c in &children {
+        if let Some(pid) = c.id() {
+            // SAFETY: sending a signal to our own child process by pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    for mut c in children {
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+    }
+    if let Some(t) = _tmp {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    Ok(())
+}
+
+fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str) -> String {
+    format!("    {{\"id\": {id}, \"client\": \"{client}\", \"peer\": \"{peer}\", \"metrics\": \"{metrics}\"}}")
+}
+
+fn show(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+async fn run_client(cmd: Cmd) -> Result<()> {
+    let conn = match &cmd {
+        Cmd::Get { conn, .. }
+        | Cmd::Put { conn, .. }
+        | Cmd::Del { conn, .. }
+        | Cmd::Append { conn, .. }
+        | Cmd::Cas { conn, .. }
+        | Cmd::Scan { conn, .. }
+        | Cmd::Status { conn } => conn,
+        _ => unreachable!("server commands handled above"),
+    };
+    let endpoints: Vec<String> = conn
+        .endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut c = client::Client::connect(endpoints).await?;
+    match cmd {
+        Cmd::Get { key, stale, .. } => {
+            let v = if stale {
+                c.get_stale(key.as_bytes()).await?
+            } else {
+                c.get(key.as_bytes()).await?
+            };
+            match v {
+                Some(v) => println!("{}", show(&v)),
+                None => {
+                    eprintln!("(not found)");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Cmd::Put { key, value, .. } => {
+            c.put(key.as_bytes(), value.as_bytes()).await?;
+            println!("OK");
+        }
+        Cmd::Del { key, .. } => println!(
+            "{}",
+            if c.delete(key.as_bytes()).await? {
+                "deleted"
+            } else {
+                "(not found)"
+            }
+        ),
+        Cmd::Append { key, value, .. } => {
+            println!("{}", c.append(key.as_bytes(), value.as_bytes()).await?)
+        }
+        Cmd::Cas {
+            key,
+            new,
+            expected,
+            expect_absent,
+            ..
+        } => {
+            if expected.is_none() && !expect_absent {
+                bail!("give --expected VALUE or --expect-absent");
+            }
+            let ok = c
+                .cas(
+                    key.as_bytes(),
+                    expected.as_deref().map(str::as_bytes),
+                    new.as_bytes(),
+                )
+                .await?;
+            println!("{}", if ok { "swapped" } else { "not swapped" });
+            if !ok {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Scan {
+            start, end, limit, ..
+        } => {
+            for (k, v) in c
+                .scan(start.as_bytes(), end.as_deref().map(str::as_bytes), limit)
+                .await?
+            {
+                println!("{}\t{}", show(&k), show(&v));
+            }
+        }
+        Cmd::Status { .. } => {
+            let sts = c.status().await;
+            if sts.is_empty() {
+                bail!("no server answered at {}", c.endpoints().join(","));
+            }
+            println!(
+                "{:<6} {:<8} {:<16} {:<10} {:<7} {:<6} {:>8} {:>8}",
+                "store", "region", "range", "role", "leader", "term", "commit", "applied"
+            );
+            for st in sts {
+                for r in st.regions {
+                    let reg = r.region.unwrap_or_default();
+                    let range = format!(
+                        "[{}, {})",
+                        show(&reg.start_key),
+                        if reg.has_end {
+                            show(&reg.end_key)
+                        } else {
+                            "+inf".into()
+                        }
+                    );
+                    println!(
+                        "{:<6} {:<8} {:<16} {:<10} {:<7} {:<6} {:>8} {:>8}",
+                        st.store_id,
+                        reg.id,
+                        range,
+                        r.role,
+                        r.leader_store_id,
+                        r.term,
+                        r.commit,
+                        r.applied
+                    );
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Server configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything one `raftkv server` needs. Built from flags or a TOML file by the binary.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This store's id (1-based), unique in the cluster.
+    pub store_id: u64,
+    pub data_dir: PathBuf,
+    /// store id -> peer address (host:port) of every store, this one included.
+    pub initial_cluster: Vec<(u64, String)>,
+    /// Keys at which the key space is pre-split into regions at bootstrap (sorted).
+    pub split_keys: Vec<Vec<u8>>,
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    pub election_tick: u32,
+    pub heartbeat_tick: u32,
+    /// A request not answered within this time gets a Timeout error (its outcome unknown).
+    pub request_timeout: Duration,
+    /// Applied entries kept in a region's log before it is snapshotted and compacted.
+    pub snapshot_threshold_entries: u64,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn new(store_id: u64, data_dir: PathBuf, initial_cluster: Vec<(u64, String)>) -> Self {
+        ServerConfig {
+            store_id,
+            data_dir,
+            initial_cluster,
+            split_keys: Vec::new(),
+            tick_ms: 50,
+            election_tick: 20,
+            heartbeat_tick: 2,
+            request_timeout: Duration::from_secs(5),
+            snapshot_threshold_entries: 10_000,
+            max_key_bytes: 8 << 10,
+            max_value_bytes: 8 << 20,
+        }
+    }
+
+    /// Checks the configuration; the error says what is wrong and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store_id == 0 {
+            return Err("--id must be at least 1".into());
+        }
+        if !self
+            .initial_cluster
+            .iter()
+            .any(|(id, _)| *id == self.store_id)
+        {
+            return Err(format!(
+                "--initial-cluster does not name this store ({}); list every store as id=host:port",
+                self.store_id
+            ));
+        }
+        let mut ids: Vec<u64> = self.initial_cluster.iter().map(|(i, _)| *i).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != self.initial_cluster.len() {
+            return Err("--initial-cluster names a store id twice".into());
+        }
+        if self
+            .initial_cluster
+            .iter()
+            .any(|(id, _)| *id == 0 || *id >= 1000)
+        {
+            return Err("store ids must be in 1..=999".into());
+        }
+        let mut sorted = self.split_keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted != self.split_keys || self.split_keys.iter().any(|k| k.is_empty()) {
+            return Err("split keys must be non-empty, distinct and sorted".into());
+        }
+        if self.tick_ms == 0 || self.election_tick <= self.heartbeat_tick {
+            return Err("tick_ms must be > 0 and election_tick > heartbeat_tick".into());
+        }
+        Ok(())
+    }
+
+    pub fn peer_addr_of(&self, store: u64) -> Option<&str> {
+        self.initial_cluster
+            .iter()
+            .find(|(id, _)| *id == store)
+            .map(|(_, a)| a.as_str())
+    }
+}
+
+/// Parses etcd-style `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(u64, String)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{id}' in '{part}' is not a store id"))?;
+        let addr = addr.trim();
+        addr.parse::<SocketAddr>()
+            .map_err(|_| format!("'{addr}' in '{part}' is not host:port (use an IP address)"))?;
+        out.push((id, addr.to_string()));
+    }
+    if out.is_empty() {
+        return Err("the initial cluster is empty".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let c = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(
+            c,
+            vec![(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())]
+        );
+        assert!(parse_initial_cluster("1:127.0.0.1:7001").is_err());
+        assert!(parse_initial_cluster("x=127.0.0.1:7001").is_err());
+        assert!(parse_initial_cluster("1=localhost").is_err());
+        assert!(parse_initial_cluster("").is_err());
+        let mut cfg = ServerConfig::new(3, "/tmp/x".into(), c);
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .contains("does not name this store"));
+        cfg.store_id = 1;
+        cfg.split_keys = vec![b"b".to_vec(), b"a".to_vec()];
+        assert!(cfg.validate().is_err());
+        cfg.split_keys = vec![b"a".to_vec(), b"b".to_vec()];
+        assert!(cfg.validate().is_ok());
+    }
+}

@@ -1,0 +1,28 @@
+//! # server — the tokio shell around one store
+//!
+//! A [`Server`] runs one [`store::Store`] of [`kv::KvStateMachine`] regions:
+//! - the store runs on its own thread (`store_loop`), which owns it, ticks it, feeds it
+//!   messages and requests from a bounded channel, runs its Ready rounds (one log write and
+//!   one fsync for all regions per round) and hands completions back to waiting requests;
+//! - the `Kv` gRPC service ([`service`]) turns client requests into state-machine commands,
+//!   proposes writes on the region leader (forwarding once to the leader's store when this
+//!   store does not lead) and serves linearizable reads on any replica with ReadIndex;
+//! - the `transport` crate carries Raft messages between stores, one stream per pair.
+//!
+//! ## Module map
+//! - [`config`]: `ServerConfig` and the `1=host:port,...` initial-cluster syntax.
+//! - [`adapter`]: `KvSm`, the `store::StateMachine` implementation over `kv`.
+//! - `store_loop`: the store thread and its command channel.
+//! - [`service`]: the `Kv` gRPC service, request validation, forwarding, error mapping.
+//! - [`metrics`]: counters and latency histograms in Prometheus text format.
+//! - [`run`]: starting and stopping a server on passed-in listeners.
+
+pub mod adapter;
+pub mod config;
+pub mod metrics;
+pub mod run;
+pub mod service;
+mod store_loop;
+
+pub use config::{parse_initial_cluster, ServerConfig};
+pub use run::{Server, ServerHandle};

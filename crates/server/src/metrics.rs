@@ -1,0 +1,126 @@
+//! Counters and histograms, exported in the Prometheus text format on `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket upper bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    overflow: AtomicU64,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        match BUCKETS.iter().position(|b| s <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        let sep = if labels.is_empty() { "" } else { "," };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let brace = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{brace} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{brace} {total}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub proposals: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub entries_applied: AtomicU64,
+    pub write_rounds: AtomicU64,
+    pub snapshots_created: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    pub fsync: Histogram,
+    /// Request latency by command name.
+    pub requests: Mutex<std::collections::BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
+}
+
+impl Metrics {
+    pub fn observe_fsync(&self, d: Duration) {
+        self.fsync.observe(d);
+    }
+
+    pub fn set_store_stats(&self, s: &store::StoreStats) {
+        self.entries_applied
+            .store(s.entries_applied, Ordering::Relaxed);
+        self.write_rounds.store(s.write_rounds, Ordering::Relaxed);
+        self.snapshots_created
+            .store(s.snapshots_created, Ordering::Relaxed);
+        self.snapshots_installed
+            .store(s.snapshots_installed, Ordering::Relaxed);
+    }
+
+    pub fn observe_request(&self, command: &'static str, d: Duration) {
+        let h = {
+            let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(command).or_default().clone()
+        };
+        h.observe(d);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters = [
+            ("raftkv_proposals_total", &self.proposals),
+            ("raftkv_leader_changes_total", &self.leader_changes),
+            ("raftkv_entries_applied_total", &self.entries_applied),
+            ("raftkv_log_write_rounds_total", &self.write_rounds),
+            ("raftkv_snapshots_created_total", &self.snapshots_created),
+            (
+                "raftkv_snapshots_installed_total",
+                &self.snapshots_installed,
+            ),
+        ];
+        for (name, v) in counters {
+            let _ = writeln!(
+                out,
+                "# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE raftkv_fsync_seconds histogram");
+        self.fsync.render(&mut out, "raftkv_fsync_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_request_seconds histogram");
+        let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        for (cmd, h) in m.iter() {
+            h.render(
+                &mut out,
+                "raftkv_request_seconds",
+                &format!("command=\"{cmd}\""),
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,173 @@
+//! Starting and stopping a server on passed-in listeners (tests bind port 0).
+
+use crate::adapter::KvSm;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::service::{KvGrpc, KvService};
+use crate::store_loop::{self, Cmd, StoreHandle, COMMAND_QUEUE_CAPACITY};
+use api::pb::kv_server::KvServer;
+use raft_log::StdFileSystem;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Region, Store, StoreConfig, StoreId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Bytes of an HTTP request to `/metrics` read before answering (the request is ignored).
+const METRICS_REQUEST_MAX_BYTES: usize = 4096;
+
+pub struct Server;
+
+/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    shutdown_tx: watch::Sender<bool>,
+    store: StoreHandle,
+    store_thread: Option<std::thread::JoinHandle<Result<(), store::StoreError>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Opens the store in `cfg.data_dir` (bootstrapping it on first start) and serves the
+    /// Raft and Kv services on `peer`, the Kv service on `client`, and `/metrics` on
+    /// `metrics`. Must run inside a tokio runtime.
+    pub async fn start(
+        cfg: ServerConfig,
+        peer: TcpListener,
+        client: TcpListener,
+        metrics_listener: Option<TcpListener>,
+    ) -> Result<ServerHandle, String> {
+        cfg.validate()?;
+        let cfg = Arc::new(cfg);
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        let stores: Vec<StoreId> = cfg
+            .initial_cluster
+            .iter()
+            .map(|(id, _)| StoreId(*id))
+            .collect();
+        let initial = Region::presplit(&cfg.split_keys, 1, &stores);
+        let mut scfg = StoreConfig::new(cfg.store_id);
+        scfg.election_tick = cfg.election_tick;
+        scfg.heartbeat_tick = cfg.heartbeat_tick;
+        scfg.snapshot_threshold_entries = cfg.snapshot_threshold_entries;
+        let store: Store<KvSm> =
+            Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial)
+                .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
+        let regions = store.regions();
+        let metrics = Arc::new(Metrics::default());
+
+        let transport =
+            transport::Transport::new(cfg.store_id, transport::TransportConfig::default());
+        for (id, addr) in &cfg.initial_cluster {
+            if *id != cfg.store_id {
+                transport.set_peer_address(*id, format!("http://{addr}"));
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
+        let handle = StoreHandle::new(tx, regions);
+        let tick = Duration::from_millis(cfg.tick_ms);
+        let loop_metrics = metrics.clone();
+        let loop_transport = transport.clone();
+        let store_thread = std::thread::Builder::new()
+            .name(format!("store-{}", cfg.store_id))
+            .spawn(move || {
+                let r = store_loop::run(store, rx, tick, loop_transport, loop_metrics);
+                if let Err(e) = &r {
+                    tracing::error!("store stopped on a storage error: {e}");
+                }
+                r
+            })
+            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        // Raft messages from other stores into the store thread.
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<raft::Message>(4096);
+        let h = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = in_rx.recv().await {
+                // A full store queue drops the message: Raft retransmits.
+                let _ = h.send(Cmd::Raft(m));
+            }
+        }));
+        let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone());
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let peer_server = tonic::transport::Server::builder()
+            .add_service(transport::raft_service(in_tx))
+            .add_service(KvServer::new(KvGrpc(svc.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(peer), wait(shutdown_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = peer_server.await {
+                tracing::error!("peer server failed: {e}");
+            }
+        }));
+        let client_server = tonic::transport::Server::builder()
+            .add_service(KvServer::new(KvGrpc(svc)))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(client),
+                wait(shutdown_rx.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = client_server.await {
+                tracing::error!("client server failed: {e}");
+            }
+        }));
+        if let Some(l) = metrics_listener {
+            let m = metrics.clone();
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|v| *v) => return,
+                        accepted = l.accept() => {
+                            let Ok((mut sock, _)) = accepted else { continue };
+                            let body = m.render();
+                            tokio::spawn(async move {
+                                let mut buf = vec![0u8; METRICS_REQUEST_MAX_BYTES];
+                                let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                );
+                                let _ = sock.write_all(head.as_bytes()).await;
+                                let _ = sock.write_all(body.as_bytes()).await;
+                            });
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(ServerHandle {
+            shutdown_tx,
+            store: handle,
+            store_thread: Some(store_thread),
+            tasks,
+            metrics,
+        })
+    }
+}
+
+impl ServerHandle {
+    /// Stops serving, then stops the store thread after its current round (every write it
+    /// acknowledged is already durable).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.store.send(Cmd::Shutdown);
+        if let Some(t) = self.store_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Whether the store thread is still running (it stops on a fatal storage error).
+    pub fn store_running(&self) -> bool {
+        self.store_thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}

@@ -1,0 +1,537 @@
+//! The client-facing `Kv` gRPC service.
+
+use crate::adapter::KvSm;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::store_loop::{Cmd, StoreHandle};
+use api::pb;
+use api::pb::error::Code;
+use bytes::Bytes;
+use kv::{ApplyError, ClientId, Command, CommandError, PutOptions, Request, Response, Sequence};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use store::{Region, RegionEpoch, Reply, StoreError};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest scan page a client may ask for.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Largest batch (keys of BatchGet / pairs of BatchPut).
+pub const MAX_BATCH_KEYS: usize = 10_000;
+
+#[derive(Clone)]
+pub struct KvService {
+    pub(crate) handle: StoreHandle,
+    pub(crate) cfg: Arc<ServerConfig>,
+    pub(crate) metrics: Arc<Metrics>,
+    forward: Arc<Mutex<HashMap<u64, pb::kv_client::KvClient<Channel>>>>,
+}
+
+fn err(code: Code, message: impl Into<String>) -> pb::KvResponse {
+    pb::KvResponse {
+        error: Some(pb::Error {
+            code: code as i32,
+            message: message.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn region_to_pb(r: &Region) -> pb::Region {
+    pb::Region {
+        id: r.id.0,
+        start_key: r.start_key.clone(),
+        end_key: r.end_key.clone().unwrap_or_default(),
+        has_end: r.end_key.is_some(),
+        epoch: Some(pb::RegionEpoch {
+            conf_version: r.epoch.conf_version,
+            version: r.epoch.version,
+        }),
+        peers: r
+            .peers
+            .iter()
+            .map(|p| pb::Peer {
+                id: p.id.0,
+                store_id: p.store.0,
+            })
+            .collect(),
+    }
+}
+
+fn store_error(e: StoreError) -> pb::KvResponse {
+    match e {
+        StoreError::NotLeader { leader, .. } => {
+            let mut r = err(Code::NotLeader, e.to_string());
+            if let Some(error) = r.error.as_mut() {
+                error.leader_store_id = leader.map_or(0, |l| l.store.0);
+            }
+            r
+        }
+        StoreError::EpochNotMatch { ref current } => {
+            let mut r = err(Code::EpochNotMatch, e.to_string());
+            if let Some(error) = r.error.as_mut() {
+                error.current_regions = vec![region_to_pb(current)];
+            }
+            r
+        }
+        StoreError::RegionNotFound(_) => err(Code::RegionNotFound, e.to_string()),
+        StoreError::KeyNotInRegion { .. } => err(Code::EpochNotMatch, e.to_string()),
+        StoreError::Busy { .. } => err(Code::Busy, e.to_string()),
+        StoreError::Dropped => err(Code::Timeout, e.to_string()),
+        _ => err(Code::Internal, e.to_string()),
+    }
+}
+
+fn command_error(e: &CommandError) -> pb::KvResponse {
+    let code = match e {
+        CommandError::KeyTooLarge { .. } => Code::KeyTooLarge,
+        CommandError::ValueTooLarge { .. } => Code::ValueTooLarge,
+        CommandError::OutOfRange { .. } => Code::EpochNotMatch,
+        _ => Code::InvalidArgument,
+    };
+    err(code, e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn command_name(kind: i32) -> &'static str {
+    match pb::command::Kind::try_from(kind) {
+        Ok(pb::command::Kind::Get) => "get",
+        Ok(pb::command::Kind::Put) => "put",
+        Ok(pb::command::Kind::Delete) => "delete",
+        Ok(pb::command::Kind::Append) => "append",
+        Ok(pb::command::Kind::Cas) => "cas",
+        Ok(pb::command::Kind::Scan) => "scan",
+        Ok(pb::command::Kind::BatchGet) => "batch_get",
+        Ok(pb::command::Kind::BatchPut) => "batch_put",
+        Err(_) => "unknown",
+    }
+}
+
+impl KvService {
+    pub fn new(handle: StoreHandle, cfg: Arc<ServerConfig>, metrics: Arc<Metrics>) -> Self {
+        KvService {
+            handle,
+            cfg,
+            metrics,
+            forward: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), pb::KvResponse> {
+        if key.len() > self.cfg.max_key_bytes {
+            return Err(err(
+                Code::KeyTooLarge,
+                format!(
+                    "key of {} bytes exceeds the limit of {} bytes",
+                    key.len(),
+                    self.cfg.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, v: &[u8]) -> Result<(), pb::KvResponse> {
+        if v.len() > self.cfg.max_value_bytes {
+            return Err(err(
+                Code::ValueTooLarge,
+                format!(
+                    "value of {} bytes exceeds the limit of {} bytes",
+                    v.len(),
+                    self.cfg.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates and converts a wire command; returns it with the key used for routing.
+    fn convert(&self, c: &pb::Command) -> Result<(Command, Vec<u8>), pb::KvResponse> {
+        use pb::command::Kind;
+        let kind = Kind::try_from(c.kind).map_err(|_| {
+            err(
+                Code::InvalidArgument,
+                format!("unknown command kind {}", c.kind),
+            )
+        })?;
+        let key = c.key.clone();
+        let b = |v: &Vec<u8>| Bytes::copy_from_slice(v);
+        match kind {
+            Kind::Get | Kind::Delete | Kind::Put | Kind::Append | Kind::Cas | Kind::Scan => {
+                self.check_key(&key)?
+            }
+            _ => {}
+        }
+        let cmd = match kind {
+            Kind::Get => Command::Get { key: b(&key) },
+            Kind::Put => {
+                self.check_value(&c.value)?;
+                Command::Put {
+                    key: b(&key),
+                    value: b(&c.value),
+                    options: PutOptions::default(),
+                }
+            }
+            Kind::Delete => Command::Delete { key: b(&key) },
+            Kind::Append => {
+                self.check_value(&c.value)?;
+                Command::Append {
+                    key: b(&key),
+                    value: b(&c.value),
+                }
+            }
+            Kind::Cas => {
+                self.check_value(&c.value)?;
+                Command::CompareAndSwap {
+                    key: b(&key),
+                    expected: (!c.expect_absent).then(|| b(&c.expected)),
+                    new: b(&c.value),
+                }
+            }
+            Kind::Scan => {
+                if c.limit == 0 || c.limit > MAX_SCAN_LIMIT {
+                    return Err(err(
+                        Code::InvalidArgument,
+                        format!("scan limit must be in 1..={MAX_SCAN_LIMIT}"),
+                    ));
+                }
+                Command::Scan {
+                    start: b(&key),
+                    end: (!c.end_key.is_empty()).then(|| b(&c.end_key)),
+                    limit: c.limit,
+                }
+            }
+            Kind::BatchGet => {
+                if c.keys.is_empty() || c.keys.len() > MAX_BATCH_KEYS {
+                    return Err(err(
+                        Code::InvalidArgument,
+                        format!("a batch holds 1..={MAX_BATCH_KEYS} keys"),
+                    ));
+                }
+                for k in &c.keys {
+                    self.check_key(k)?;
+                }
+                Command::BatchGet {
+                    keys: c.keys.iter().map(b).collect(),
+                }
+            }
+            Kind::BatchPut => {
+                if c.pairs.is_empty() || c.pairs.len() > MAX_BATCH_KEYS {
+                    return Err(err(
+                        Code::InvalidArgument,
+                        format!("a batch holds 1..={MAX_BATCH_KEYS} pairs"),
+                    ));
+                }
+                for p in &c.pairs {
+                    self.check_key(&p.key)?;
+                    self.check_value(&p.value)?;
+                }
+                Command::BatchPut {
+                    pairs: c.pairs.iter().map(|p| (b(&p.key), b(&p.value))).collect(),
+                }
+            }
+        };
+        let route_key = match kind {
+            Kind::BatchGet => c.keys[0].clone(),
+            Kind::BatchPut => c.pairs[0].key.clone(),
+            _ => key,
+        };
+        // Multi-key commands must stay within one region: refuse rather than half-apply.
+        let keys: Vec<&[u8]> = match kind {
+            Kind::BatchGet => c.keys.iter().map(|k| k.as_slice()).collect(),
+            Kind::BatchPut => c.pairs.iter().map(|p| p.key.as_slice()).collect(),
+            _ => vec![],
+        };
+        if let Some(region) = self.handle.region_for_key(&route_key) {
+            if keys.iter().any(|k| !region.contains(k)) {
+                return Err(err(
+                    Code::InvalidArgument,
+                    "the keys of a batch span more than one region; split the batch by region",
+                ));
+            }
+        }
+        Ok((cmd, route_key))
+    }
+
+    pub async fn execute(&self, req: pb::KvRequest) -> pb::KvResponse {
+        let t0 = Instant::now();
+        let name = req
+            .command
+            .as_ref()
+            .map_or("unknown", |c| command_name(c.kind));
+        let resp = self.execute_inner(req).await;
+        self.metrics.observe_request(name, t0.elapsed());
+        resp
+    }
+
+    async fn execute_inner(&self, req: pb::KvRequest) -> pb::KvResponse {
+        let header = req.header.clone().unwrap_or_default();
+        let Some(c) = req.command.as_ref() else {
+            return err(Code::InvalidArgument, "request has no command");
+        };
+        let (command, key) = match self.convert(c) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        let region = if header.region_id != 0 {
+            match self
+                .handle
+                .regions
+                .iter()
+                .find(|r| r.id.0 == header.region_id)
+            {
+                Some(r) => {
+                    let mut r = r.clone();
+                    // The client's epoch is checked by the store.
+                    if let Some(e) = &header.epoch {
+                        r.epoch = RegionEpoch {
+                            conf_version: e.conf_version,
+                            version: e.version,
+                        };
+                    }
+                    r
+                }
+                None => {
+                    return err(
+                        Code::RegionNotFound,
+                        format!("region {} is not on this store", header.region_id),
+                    )
+                }
+            }
+        } else {
+            match self.handle.region_for_key(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    return err(
+                        Code::RegionNotFound,
+                        "no region on this store holds the key",
+                    )
+                }
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let read_only = command.is_read_only();
+        let cmd = if read_only && header.stale_read {
+            Cmd::StaleRead {
+                region: region.id,
+                epoch: region.epoch,
+                key: key.clone(),
+                command: command.clone(),
+                reply: tx,
+            }
+        } else if read_only {
+            Cmd::Read {
+                region: region.id,
+                epoch: region.epoch,
+                key: key.clone(),
+                command: command.clone(),
+                reply: tx,
+            }
+        } else {
+            if header.client_id == 0 || header.sequence == 0 {
+                return err(
+                    Code::InvalidArgument,
+                    "writes need a session: set header.client_id and header.sequence (from 1)",
+                );
+            }
+            Cmd::Propose {
+                region: region.id,
+                epoch: region.epoch,
+                key: key.clone(),
+                request: Request {
+                    client_id: ClientId(header.client_id),
+                    sequence: Sequence(header.sequence),
+                    command: command.clone(),
+                    proposed_at_ms: now_ms(),
+                },
+                reply: tx,
+            }
+        };
+        if let Err(e) = self.handle.send(cmd) {
+            return store_error(e);
+        }
+        let result = match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return err(Code::Internal, "the store stopped"),
+            Err(_) => {
+                return err(
+                    Code::Timeout,
+                    "no answer in time; the outcome is unknown, retry with the same sequence",
+                )
+            }
+        };
+        let mut resp = match result {
+            Ok(Reply::Applied(outcome)) => match outcome.result {
+                Ok(r) => response(&command, r),
+                Err(ApplyError::Command(ce)) => command_error(&ce),
+                Err(e @ ApplyError::SessionStale { .. }) => err(Code::SessionStale, e.to_string()),
+                Err(e) => err(Code::InvalidArgument, e.to_string()),
+            },
+            Ok(Reply::Read(Ok(r))) => response(&command, r),
+            Ok(Reply::Read(Err(ce))) => command_error(&ce),
+            Ok(Reply::Empty) => err(Code::Internal, "proposal committed without a result"),
+            Err(StoreError::NotLeader {
+                leader: Some(l), ..
+            }) if !header.forwarded && l.store.0 != self.cfg.store_id => {
+                return self.forward(l.store.0, req).await;
+            }
+            Err(e) => store_error(e),
+        };
+        resp.region_id = region.id.0;
+        resp
+    }
+
+    /// Forwards a request once to the leader's store (any server accepts any request).
+    async fn forward(&self, store: u64, mut req: pb::KvRequest) -> pb::KvResponse {
+        let Some(addr) = self.cfg.peer_addr_of(store) else {
+            return err(
+                Code::NotLeader,
+                format!("leader store {store} has no known address"),
+            );
+        };
+        let client = {
+            let mut m = self.forward.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(&store) {
+                Some(c) => c.clone(),
+                None => {
+                    let ep = match Endpoint::from_shared(format!("http://{addr}")) {
+                        Ok(ep) => ep.connect_timeout(std::time::Duration::from_secs(1)),
+                        Err(e) => return err(Code::Internal, e.to_string()),
+                    };
+                    let c = pb::kv_client::KvClient::new(ep.connect_lazy());
+                    m.insert(store, c.clone());
+                    c
+                }
+            }
+        };
+        let mut header = req.header.take().unwrap_or_default();
+        header.forwarded = true;
+        req.header = Some(header);
+        let mut client = client;
+        match tokio::time::timeout(self.cfg.request_timeout, client.execute(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                let mut r = err(
+                    Code::NotLeader,
+                    format!("forwarding to store {store} failed: {}", status.message()),
+                );
+                if let Some(e) = r.error.as_mut() {
+                    e.leader_store_id = store;
+                }
+                r
+            }
+            Err(_) => err(
+                Code::Timeout,
+                format!("store {store} did not answer a forwarded request in time"),
+            ),
+        }
+    }
+
+    pub async fn status(&self) -> pb::StatusResponse {
+        let (tx, rx) = oneshot::channel();
+        let regions = match self.handle.send(Cmd::Status(tx)) {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        pb::StatusResponse {
+            store_id: self.cfg.store_id,
+            client_addr: String::new(),
+            regions: regions
+                .into_iter()
+                .map(|s| pb::RegionStatus {
+                    region: Some(region_to_pb(&s.region)),
+                    role: format!("{:?}", s.role),
+                    leader_store_id: s.leader.map_or(0, |l| l.0),
+                    term: s.term.0,
+                    commit: s.commit.0,
+                    applied: s.applied.0,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn response(command: &Command, r: Response) -> pb::KvResponse {
+    let mut out = pb::KvResponse::default();
+    match r {
+        Response::Done => {}
+        Response::Value(v) => {
+            out.found = v.is_some();
+            out.value = v.map(|b| b.to_vec()).unwrap_or_default();
+        }
+        Response::Values(vs) => {
+            if let Command::BatchGet { keys } = command {
+                out.pairs = keys
+                    .iter()
+                    .zip(vs)
+                    .filter_map(|(k, v)| {
+                        v.map(|v| pb::KeyValue {
+                            key: k.to_vec(),
+                            value: v.to_vec(),
+                        })
+                    })
+                    .collect();
+            }
+        }
+        Response::Scan { pairs, more } => {
+            out.pairs = pairs
+                .into_iter()
+                .map(|(k, v)| pb::KeyValue {
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                })
+                .collect();
+            out.more = more;
+        }
+        Response::Deleted(b) => out.existed = b,
+        Response::Length(n) => out.length = n,
+        Response::Integer(i) => out.value = i.to_string().into_bytes(),
+        Response::Cas { swapped, previous } => {
+            out.swapped = swapped;
+            out.found = previous.is_some();
+            out.value = previous.map(|b| b.to_vec()).unwrap_or_default();
+        }
+        Response::Put { written, previous } => {
+            out.swapped = written;
+            out.found = previous.is_some();
+            out.value = previous.map(|b| b.to_vec()).unwrap_or_default();
+        }
+        Response::Written(b) => out.swapped = b,
+    }
+    out
+}
+
+/// The tonic service wrapper.
+pub struct KvGrpc(pub KvService);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvGrpc {
+    async fn execute(
+        &self,
+        request: tonic::Request<pb::KvRequest>,
+    ) -> Result<tonic::Response<pb::KvResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            self.0.execute(request.into_inner()).await,
+        ))
+    }
+
+    async fn status(
+        &self,
+        _request: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.status().await))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(s: KvSm) -> impl Send {
+    s.0
+}

@@ -1,0 +1,212 @@
+//! The store thread: owns the `Store`, drives it with ticks, messages and requests, runs its
+//! Ready rounds and answers waiting requests. All access to the store goes through its
+//! bounded command channel, so the store itself needs no locks.
+
+use crate::adapter::KvSm;
+use crate::metrics::Metrics;
+use kv::{Command, Request};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Region, RegionEpoch, RegionId, RegionStatus, Reply, Store, StoreError, Ticket};
+use tokio::sync::oneshot;
+
+/// Commands waiting in the channel before senders are refused (`Busy`).
+pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
+/// Commands handled between two Ready rounds, so a flood cannot starve ticks.
+const MAX_COMMANDS_PER_ROUND: usize = 4_096;
+
+pub type ReplyTx = oneshot::Sender<Result<Reply<KvSm>, StoreError>>;
+
+pub enum Cmd {
+    Raft(raft::Message),
+    Propose {
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: Vec<u8>,
+        request: Request,
+        reply: ReplyTx,
+    },
+    Read {
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: Vec<u8>,
+        command: Command,
+        reply: ReplyTx,
+    },
+    StaleRead {
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: Vec<u8>,
+        command: Command,
+        reply: ReplyTx,
+    },
+    Status(oneshot::Sender<Vec<RegionStatus>>),
+    Shutdown,
+}
+
+/// The sending side, shared by gRPC handlers and the transport ingress.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: SyncSender<Cmd>,
+    pub regions: Arc<Vec<Region>>,
+}
+
+impl StoreHandle {
+    pub fn new(tx: SyncSender<Cmd>, regions: Vec<Region>) -> Self {
+        StoreHandle {
+            tx,
+            regions: Arc::new(regions),
+        }
+    }
+
+    /// Sends without blocking; a full queue is reported as `Busy`.
+    pub fn send(&self, cmd: Cmd) -> Result<(), StoreError> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StoreError::Busy {
+                region: raft::GroupId(0),
+                limit: COMMAND_QUEUE_CAPACITY,
+            }),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(StoreError::Storage("the store has stopped".into()))
+            }
+        }
+    }
+
+    pub fn region_for_key(&self, key: &[u8]) -> Option<&Region> {
+        self.regions.iter().find(|r| r.contains(key))
+    }
+}
+
+/// Runs the store until `Shutdown` or until every sender is gone. A storage error is fatal:
+/// the store stops, because the disk may no longer hold what was acknowledged.
+pub fn run(
+    mut store: Store<KvSm>,
+    rx: Receiver<Cmd>,
+    tick: Duration,
+    transport: transport::Transport,
+    metrics: Arc<Metrics>,
+) -> Result<(), StoreError> {
+    let mut waiting: HashMap<Ticket, ReplyTx> = HashMap::new();
+    let mut next_tick = Instant::now() + tick;
+    let mut leaders_seen: HashMap<RegionId, Option<store::StoreId>> = HashMap::new();
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(timeout) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut handled = 0;
+        let mut next = first;
+        while let Some(cmd) = next.take() {
+            if !handle(&mut store, cmd, &mut waiting, &metrics) {
+                return Ok(());
+            }
+            handled += 1;
+            if handled >= MAX_COMMANDS_PER_ROUND {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if Instant::now() >= next_tick {
+            store.tick();
+            next_tick += tick;
+            if next_tick < Instant::now() {
+                // We fell behind (a long fsync): do not burst ticks to catch up.
+                next_tick = Instant::now() + tick;
+            }
+        }
+        while store.has_ready() {
+            let t0 = Instant::now();
+            let before = store.stats.write_rounds;
+            store.process_ready()?;
+            if store.stats.write_rounds > before {
+                metrics.observe_fsync(t0.elapsed());
+            }
+            for (to, m) in store.take_outbox() {
+                transport.send(to.0, m);
+            }
+            for c in store.take_completions() {
+                if let Some(tx) = waiting.remove(&c.ticket) {
+                    let _ = tx.send(c.result);
+                }
+            }
+        }
+        metrics.set_store_stats(&store.stats);
+        for st in store.status() {
+            let prev = leaders_seen.insert(st.region.id, st.leader);
+            if prev.is_some() && prev != Some(st.leader) {
+                metrics
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Returns false on shutdown.
+fn handle(
+    store: &mut Store<KvSm>,
+    cmd: Cmd,
+    waiting: &mut HashMap<Ticket, ReplyTx>,
+    metrics: &Metrics,
+) -> bool {
+    match cmd {
+        Cmd::Raft(m) => {
+            let _ = store.step(m);
+        }
+        Cmd::Propose {
+            region,
+            epoch,
+            key,
+            request,
+            reply,
+        } => {
+            metrics
+                .proposals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match store.propose(region, epoch, &key, request.encode()) {
+                Ok(t) => {
+                    waiting.insert(t, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        Cmd::Read {
+            region,
+            epoch,
+            key,
+            command,
+            reply,
+        } => match store.read(region, epoch, &key, command) {
+            Ok(t) => {
+                waiting.insert(t, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
+        Cmd::StaleRead {
+            region,
+            epoch,
+            key,
+            command,
+            reply,
+        } => {
+            let r = store
+                .stale_read(region, epoch, &key, &command)
+                .map(Reply::Read);
+            let _ = reply.send(r);
+        }
+        Cmd::Status(tx) => {
+            let _ = tx.send(store.status());
+        }
+        Cmd::Shutdown => return false,
+    }
+    true
+}
