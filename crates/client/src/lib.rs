@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
+/// Largest gRPC message sent or received (the server's value limit plus framing).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ClientError {
     #[error("no server answered within the deadline; the outcome is unknown: {0}")]
@@ -110,7 +113,11 @@ impl Client {
                 .map_err(|_| ClientError::BadEndpoint(e.clone()))?
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(cfg.attempt_timeout);
-            channels.push(pb::kv_client::KvClient::new(ep.connect_lazy()));
+            channels.push(
+                pb::kv_client::KvClient::new(ep.connect_lazy())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
         }
         let mut c = Client {
             endpoints,

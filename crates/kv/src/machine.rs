@@ -45,6 +45,12 @@ pub enum SplitError {
 ///    the right region. Any other result, success or error, is recorded as `last(c)`.
 ///
 /// A refused command (any error) changes no key.
+///
+/// Only the *last* reply per client is kept (Raft thesis §6.3), so a client must have at most
+/// one request in flight per session: if it pipelined sequences 5 and 6 and 5's retry arrives
+/// after 6 was applied, the retry gets `SessionStale`. That is safe (nothing is applied
+/// twice) but the reply is lost; a client that pipelines should use one session per
+/// in-flight request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvStateMachine {
     pub(crate) region: RegionRange,

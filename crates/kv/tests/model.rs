@@ -472,7 +472,7 @@ fn apply_all(machine: &mut KvStateMachine, requests: &[Request]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
 
     /// Every reply and the final data match the model.
     #[test]
@@ -508,6 +508,8 @@ proptest! {
         steps in steps(),
         policy in session_policy(),
         cut in any::<prop::sample::Index>(),
+        truncate_at in any::<prop::sample::Index>(),
+        flip_bit in any::<prop::sample::Index>(),
     ) {
         let requests = requests(&steps);
         let cut = cut.index(requests.len() + 1);
@@ -516,8 +518,15 @@ proptest! {
 
         let mut first_half = machine_with(policy);
         apply_all(&mut first_half, &requests[..cut]);
-        let mut resumed = KvStateMachine::restore(&first_half.snapshot())
+        let snapshot = first_half.snapshot();
+        let mut resumed = KvStateMachine::restore(&snapshot)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // Whatever the state, a truncated or bit-flipped copy of its snapshot is rejected.
+        prop_assert!(KvStateMachine::restore(&snapshot[..truncate_at.index(snapshot.len())]).is_err());
+        let mut flipped = snapshot.to_vec();
+        let bit = flip_bit.index(snapshot.len() * 8);
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(KvStateMachine::restore(&flipped).is_err());
         prop_assert_eq!(resumed.state_hash(), first_half.state_hash());
         resumed.assert_invariants();
         apply_all(&mut resumed, &requests[cut..]);

@@ -77,6 +77,23 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A short load run: N clients writing or reading for a while; prints throughput and
+    /// latency percentiles (the full benchmark tool is `raftkv bench` of the benchmarks issue).
+    Bench {
+        /// write or read
+        #[arg(long, default_value = "write")]
+        workload: String,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(clap::Args)]
@@ -357,7 +374,8 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         | Cmd::Append { conn, .. }
         | Cmd::Cas { conn, .. }
         | Cmd::Scan { conn, .. }
-        | Cmd::Status { conn } => conn,
+        | Cmd::Status { conn }
+        | Cmd::Bench { conn, .. } => conn,
         _ => unreachable!("server commands handled above"),
     };
     let endpoints: Vec<String> = conn
@@ -366,6 +384,25 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    if let Cmd::Bench {
+        workload,
+        clients,
+        duration_secs,
+        value_size,
+        keys,
+        ..
+    } = cmd
+    {
+        return bench(
+            endpoints,
+            &workload,
+            clients,
+            duration_secs,
+            value_size,
+            keys,
+        )
+        .await;
+    }
     let mut c = client::Client::connect(endpoints).await?;
     match cmd {
         Cmd::Get { key, stale, .. } => {
@@ -465,6 +502,82 @@ async fn run_client(cmd: Cmd) -> Result<()> {
             }
         }
         _ => unreachable!(),
+    }
+    Ok(())
+}
+
+async fn bench(
+    endpoints: Vec<String>,
+    workload: &str,
+    clients: usize,
+    duration_secs: u64,
+    value_size: usize,
+    keys: u64,
+) -> Result<()> {
+    let write = match workload {
+        "write" => true,
+        "read" => false,
+        other => bail!("unknown workload {other}; use write or read"),
+    };
+    if clients == 0 || keys == 0 || duration_secs == 0 {
+        bail!("--clients, --keys and --duration-secs must be at least 1");
+    }
+    let value = vec![b'x'; value_size];
+    if !write {
+        // Preload the keys so reads find values.
+        let mut c = client::Client::connect(endpoints.clone()).await?;
+        for k in 0..keys.min(10_000) {
+            c.put(format!("bench-{k}").as_bytes(), &value).await?;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(duration_secs);
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let endpoints = endpoints.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("histogram bounds");
+            let mut errors = 0u64;
+            let Ok(mut c) = client::Client::connect(endpoints).await else {
+                return (hist, 1);
+            };
+            let mut i = t as u64;
+            while std::time::Instant::now() < deadline {
+                let key = format!("bench-{}", (i * 2_654_435_761) % keys);
+                i += clients as u64;
+                let t0 = std::time::Instant::now();
+                let ok = if write {
+                    c.put(key.as_bytes(), &value).await.is_ok()
+                } else {
+                    c.get(key.as_bytes()).await.is_ok()
+                };
+                if ok {
+                    let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        all.add(&h)?;
+        errors += e;
+    }
+    let ops = all.len();
+    println!(
+        "{workload}: {clients} clients, {duration_secs} s, {value_size} B values: {:.0} ops/s, p50 {} us, p99 {} us, max {} us, {errors} errors",
+        ops as f64 / duration_secs as f64,
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.99),
+        all.max()
+    );
+    if ops == 0 {
+        bail!("no operation succeeded");
     }
     Ok(())
 }

@@ -18,6 +18,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// Bytes of an HTTP request to `/metrics` read before answering (the request is ignored).
 const METRICS_REQUEST_MAX_BYTES: usize = 4096;
 
+/// Largest gRPC message a client may send or receive: the value limit plus room for the key
+/// and framing. Larger messages are refused by gRPC itself with a clear status.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 << 20;
+
+fn kv_server(svc: KvService) -> KvServer<KvGrpc> {
+    KvServer::new(KvGrpc(svc))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
 pub struct Server;
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -99,7 +109,7 @@ impl Server {
         };
         let peer_server = tonic::transport::Server::builder()
             .add_service(transport::raft_service(in_tx))
-            .add_service(KvServer::new(KvGrpc(svc.clone())))
+            .add_service(kv_server(svc.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(peer), wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
@@ -107,7 +117,7 @@ impl Server {
             }
         }));
         let client_server = tonic::transport::Server::builder()
-            .add_service(KvServer::new(KvGrpc(svc)))
+            .add_service(kv_server(svc))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(client),
                 wait(shutdown_rx.clone()),

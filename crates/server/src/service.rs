@@ -60,6 +60,13 @@ pub fn region_to_pb(r: &Region) -> pb::Region {
     }
 }
 
+/// A refused request: the response to send (boxed, it is large).
+type Refusal = Box<pb::KvResponse>;
+
+fn refuse(code: Code, message: impl Into<String>) -> Refusal {
+    Box::new(err(code, message))
+}
+
 fn store_error(e: StoreError) -> pb::KvResponse {
     match e {
         StoreError::NotLeader { leader, .. } => {
@@ -125,9 +132,9 @@ impl KvService {
         }
     }
 
-    fn check_key(&self, key: &[u8]) -> Result<(), pb::KvResponse> {
+    fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
         if key.len() > self.cfg.max_key_bytes {
-            return Err(err(
+            return Err(refuse(
                 Code::KeyTooLarge,
                 format!(
                     "key of {} bytes exceeds the limit of {} bytes",
@@ -139,9 +146,9 @@ impl KvService {
         Ok(())
     }
 
-    fn check_value(&self, v: &[u8]) -> Result<(), pb::KvResponse> {
+    fn check_value(&self, v: &[u8]) -> Result<(), Refusal> {
         if v.len() > self.cfg.max_value_bytes {
-            return Err(err(
+            return Err(refuse(
                 Code::ValueTooLarge,
                 format!(
                     "value of {} bytes exceeds the limit of {} bytes",
@@ -154,7 +161,7 @@ impl KvService {
     }
 
     /// Validates and converts a wire command; returns it with the key used for routing.
-    fn convert(&self, c: &pb::Command) -> Result<(Command, Vec<u8>), pb::KvResponse> {
+    fn convert(&self, c: &pb::Command) -> Result<(Command, Vec<u8>), Refusal> {
         use pb::command::Kind;
         let kind = Kind::try_from(c.kind).map_err(|_| {
             err(
@@ -198,7 +205,7 @@ impl KvService {
             }
             Kind::Scan => {
                 if c.limit == 0 || c.limit > MAX_SCAN_LIMIT {
-                    return Err(err(
+                    return Err(refuse(
                         Code::InvalidArgument,
                         format!("scan limit must be in 1..={MAX_SCAN_LIMIT}"),
                     ));
@@ -211,7 +218,7 @@ impl KvService {
             }
             Kind::BatchGet => {
                 if c.keys.is_empty() || c.keys.len() > MAX_BATCH_KEYS {
-                    return Err(err(
+                    return Err(refuse(
                         Code::InvalidArgument,
                         format!("a batch holds 1..={MAX_BATCH_KEYS} keys"),
                     ));
@@ -225,7 +232,7 @@ impl KvService {
             }
             Kind::BatchPut => {
                 if c.pairs.is_empty() || c.pairs.len() > MAX_BATCH_KEYS {
-                    return Err(err(
+                    return Err(refuse(
                         Code::InvalidArgument,
                         format!("a batch holds 1..={MAX_BATCH_KEYS} pairs"),
                     ));
@@ -252,7 +259,7 @@ impl KvService {
         };
         if let Some(region) = self.handle.region_for_key(&route_key) {
             if keys.iter().any(|k| !region.contains(k)) {
-                return Err(err(
+                return Err(refuse(
                     Code::InvalidArgument,
                     "the keys of a batch span more than one region; split the batch by region",
                 ));
@@ -273,13 +280,13 @@ impl KvService {
     }
 
     async fn execute_inner(&self, req: pb::KvRequest) -> pb::KvResponse {
-        let header = req.header.clone().unwrap_or_default();
+        let header = req.header.unwrap_or_default();
         let Some(c) = req.command.as_ref() else {
             return err(Code::InvalidArgument, "request has no command");
         };
         let (command, key) = match self.convert(c) {
             Ok(x) => x,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         let region = if header.region_id != 0 {
             match self
@@ -406,7 +413,9 @@ impl KvService {
                         Ok(ep) => ep.connect_timeout(std::time::Duration::from_secs(1)),
                         Err(e) => return err(Code::Internal, e.to_string()),
                     };
-                    let c = pb::kv_client::KvClient::new(ep.connect_lazy());
+                    let c = pb::kv_client::KvClient::new(ep.connect_lazy())
+                        .max_decoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES)
+                        .max_encoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES);
                     m.insert(store, c.clone());
                     c
                 }

@@ -1,0 +1,390 @@
+//! RaftKV with real processes on 127.0.0.1: leader SIGKILL during concurrent writes, full
+//! restart, catch-up by snapshot, a linearizability check of concurrent clients under
+//! kills and restarts, bad input, graceful SIGTERM.
+
+mod common;
+
+use api::pb;
+use common::TestCluster;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(30);
+
+async fn client(c: &TestCluster) -> client::Client {
+    let cfg = client::ClientConfig {
+        op_timeout: Duration::from_secs(15),
+        attempt_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    client::Client::with_config(c.endpoints(), cfg)
+        .await
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_during_concurrent_writes_loses_no_acknowledged_write() {
+    let mut c = TestCluster::start(&[]);
+    assert!(c.wait_ready(READY).await, "cluster did not elect leaders");
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut cl = client(&c).await;
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = format!("a-{w}-{i}");
+                let v = format!("v{i}");
+                if cl.put(k.as_bytes(), v.as_bytes()).await.is_ok() {
+                    acked.lock().unwrap().push((k, v));
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leader = c.leader_of(b"a").await.expect("a leader for region [, g)");
+    c.kill(leader);
+    let killed_at = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > killed_at,
+        "no write succeeded after the leader was killed"
+    );
+    let mut cl = client(&c).await;
+    for (k, v) in &acked {
+        let got = cl.get(k.as_bytes()).await.expect("read");
+        assert_eq!(
+            got.as_deref(),
+            Some(v.as_bytes()),
+            "acknowledged write {k} lost"
+        );
+    }
+    // The killed store comes back and catches up.
+    c.spawn(leader);
+    assert!(c.wait_ready(READY).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_store_keeps_all_data() {
+    let mut c = TestCluster::start(&[]);
+    assert!(c.wait_ready(READY).await);
+    let mut cl = client(&c).await;
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("{}{i}", ["a", "h", "q"][i % 3]))
+        .collect();
+    for k in &keys {
+        cl.put(k.as_bytes(), k.as_bytes()).await.expect("put");
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    assert!(c.wait_ready(READY).await, "no leaders after a full restart");
+    let mut cl = client(&c).await;
+    for k in &keys {
+        assert_eq!(
+            cl.get(k.as_bytes()).await.unwrap().as_deref(),
+            Some(k.as_bytes())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_long_enough_catches_up_by_snapshot() {
+    let mut c = TestCluster::start(&["--snapshot-threshold-entries", "50"]);
+    assert!(c.wait_ready(READY).await);
+    c.kill(2);
+    let mut cl = client(&c).await;
+    for i in 0..300 {
+        cl.put(format!("a{i:03}").as_bytes(), b"x")
+            .await
+            .expect("put");
+    }
+    c.spawn(2);
+    assert!(c.wait_ready(READY).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut installed = 0;
+    while Instant::now() < deadline {
+        installed = c.metric(2, "raftkv_snapshots_installed_total").unwrap_or(0);
+        if installed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(installed > 0, "store 3 never installed a snapshot");
+    // A stale read on store 3 alone sees the data it got from the snapshot.
+    let mut only3 = client::Client::connect(vec![c.endpoint(2)]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if only3.get_stale(b"a299").await.ok().flatten().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store 3 did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_stay_linearizable_while_stores_are_killed_and_restarted() {
+    use lincheck::kv::{KvInput, KvModel, KvOutput};
+    let mut c = TestCluster::start(&[]);
+    assert!(c.wait_ready(READY).await);
+    let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let mut cl = client(&c).await;
+        let h = history.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("k{}", (n * 7 + w) % 4).into_bytes();
+                let val = format!("{w}.{n};").into_bytes();
+                match n % 4 {
+                    0 => {
+                        let id = h.invoke(w, KvInput::Get { key: key.clone() });
+                        match cl.get(&key).await {
+                            Ok(v) => h.complete(id, KvOutput::Get(v)),
+                            Err(_) => h.fail_definite(id), // a read has no effect
+                        }
+                    }
+                    1 => {
+                        let id = h.invoke(
+                            w,
+                            KvInput::Put {
+                                key: key.clone(),
+                                value: val.clone(),
+                            },
+                        );
+                        match cl.put(&key, &val).await {
+                            Ok(()) => h.complete(id, KvOutput::Put),
+                            Err(_) => h.fail_unknown(id),
+                        }
+                    }
+                    2 => {
+                        let id = h.invoke(
+                            w,
+                            KvInput::Append {
+                                key: key.clone(),
+                                value: val.clone(),
+                            },
+                        );
+                        match cl.append(&key, &val).await {
+                            Ok(_) => h.complete(id, KvOutput::Append),
+                            Err(_) => h.fail_unknown(id),
+                        }
+                    }
+                    _ => {
+                        // CAS from the value just read.
+                        let cur = cl.get(&key).await.ok().flatten();
+                        let id = h.invoke(
+                            w,
+                            KvInput::Cas {
+                                key: key.clone(),
+                                expected: cur.clone(),
+                                new: val.clone(),
+                            },
+                        );
+                        match cl.cas(&key, cur.as_deref(), &val).await {
+                            Ok(s) => h.complete(id, KvOutput::Cas(s)),
+                            Err(_) => h.fail_unknown(id),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Nemesis: kill a random store, restart it a little later, twice.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = round % 3;
+        c.kill(victim);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        c.spawn(victim);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("client finished")
+            .unwrap();
+    }
+    let ops = history.operations();
+    let completed = ops.iter().filter(|o| o.output.is_some()).count();
+    assert!(completed > 100, "only {completed} operations completed");
+    let r = lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default())
+        .expect("well-formed history");
+    assert!(
+        r.is_ok(),
+        "history of {} ops is not linearizable: {r}",
+        ops.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    use pb::command::Kind;
+    use pb::error::Code;
+    let c = TestCluster::start(&[]);
+    assert!(c.wait_ready(READY).await);
+    let mut raw = pb::kv_client::KvClient::connect(format!("http://{}", c.endpoint(0)))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let header = |client_id, sequence| pb::RequestHeader {
+        client_id,
+        sequence,
+        ..Default::default()
+    };
+    let run = |h: pb::RequestHeader, cmd: Option<pb::Command>| pb::KvRequest {
+        header: Some(h),
+        command: cmd,
+    };
+    let put = |k: Vec<u8>, v: Vec<u8>| pb::Command {
+        kind: Kind::Put as i32,
+        key: k,
+        value: v,
+        ..Default::default()
+    };
+    let code = |r: pb::KvResponse| r.error.map_or(Code::Ok as i32, |e| e.code);
+    let cases: Vec<(pb::KvRequest, Code)> = vec![
+        (
+            run(header(7, 1), Some(put(vec![b'a'; 9 * 1024], b"v".to_vec()))),
+            Code::KeyTooLarge,
+        ),
+        (
+            run(header(7, 1), Some(put(b"a1".to_vec(), vec![0; 9 << 20]))),
+            Code::ValueTooLarge,
+        ),
+        (
+            run(
+                header(7, 1),
+                Some(pb::Command {
+                    kind: 99,
+                    key: b"a1".to_vec(),
+                    ..Default::default()
+                }),
+            ),
+            Code::InvalidArgument,
+        ),
+        (run(header(7, 1), None), Code::InvalidArgument),
+        (
+            run(header(0, 0), Some(put(b"a1".to_vec(), b"v".to_vec()))),
+            Code::InvalidArgument,
+        ),
+        (
+            run(
+                pb::RequestHeader {
+                    client_id: 7,
+                    sequence: 1,
+                    region_id: 42,
+                    ..Default::default()
+                },
+                Some(put(b"a1".to_vec(), b"v".to_vec())),
+            ),
+            Code::RegionNotFound,
+        ),
+        (
+            run(
+                pb::RequestHeader {
+                    client_id: 7,
+                    sequence: 1,
+                    region_id: 1,
+                    epoch: Some(pb::RegionEpoch {
+                        conf_version: 0,
+                        version: 0,
+                    }),
+                    ..Default::default()
+                },
+                Some(put(b"a1".to_vec(), b"v".to_vec())),
+            ),
+            Code::EpochNotMatch,
+        ),
+        (
+            run(
+                header(7, 1),
+                Some(pb::Command {
+                    kind: Kind::BatchPut as i32,
+                    pairs: vec![
+                        pb::KeyValue {
+                            key: b"a1".to_vec(),
+                            value: b"1".to_vec(),
+                        },
+                        pb::KeyValue {
+                            key: b"z1".to_vec(),
+                            value: b"1".to_vec(),
+                        },
+                    ],
+                    ..Default::default()
+                }),
+            ),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (i, (req, want)) in cases.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(10), raw.execute(req))
+            .await
+            .expect("answered in time")
+            .expect("rpc ok")
+            .into_inner();
+        let e = got.error.clone().unwrap_or_default();
+        assert_eq!(code(got), want as i32, "case {i}: {}", e.message);
+        assert!(!e.message.is_empty(), "case {i}: error without a message");
+    }
+    // Beyond the gRPC message limit, gRPC itself refuses with a clear status.
+    let huge = run(header(7, 1), Some(put(b"a1".to_vec(), vec![0; 20 << 20])));
+    let status = raw
+        .execute(huge)
+        .await
+        .expect_err("a 20 MiB message must be refused");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    // Nothing was written.
+    let mut cl = client(&c).await;
+    assert_eq!(cl.get(b"a1").await.unwrap(), None);
+    assert_eq!(cl.get(b"z1").await.unwrap(), None);
+    // The server is still healthy.
+    cl.put(b"a1", b"ok").await.unwrap();
+    assert_eq!(cl.get(b"a1").await.unwrap().as_deref(), Some(&b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_data_survives() {
+    let mut c = TestCluster::start(&[]);
+    assert!(c.wait_ready(READY).await);
+    let mut cl = client(&c).await;
+    cl.put(b"hkey", b"kept").await.unwrap();
+    for i in 0..3 {
+        assert!(
+            c.terminate(i),
+            "store {} did not exit cleanly on SIGTERM",
+            i + 1
+        );
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    assert!(c.wait_ready(READY).await);
+    let mut cl = client(&c).await;
+    assert_eq!(
+        cl.get(b"hkey").await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+}

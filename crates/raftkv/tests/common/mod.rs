@@ -1,0 +1,190 @@
+//! A real 3-store cluster of `raftkv server` processes on 127.0.0.1, in a temp dir; killed
+//! on drop. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    /// (peer, client, metrics) port per store.
+    pub ports: Vec<(u16, u16, u16)>,
+    procs: Vec<Option<Child>>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl TestCluster {
+    pub fn start(extra: &[&str]) -> TestCluster {
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = (free_port(), free_port(), free_port());
+            if p.0 != p.1 && p.1 != p.2 && p.0 != p.2 {
+                ports.push(p);
+            }
+        }
+        let mut c = TestCluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            ports,
+            procs: vec![None, None, None],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("store{}", i + 1))
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("{}=127.0.0.1:{}", j + 1, p.0))
+            .collect();
+        let (peer, client, metrics) = self.ports[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("store{}.log", i + 1)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .arg("server")
+            .args(["--id", &(i + 1).to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
+            .args(["--client-addr", &format!("127.0.0.1:{client}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--split-keys", "g,p", "--tick-ms", "20"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkv server");
+        self.procs[i] = Some(child);
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self, i: usize) -> bool {
+        let Some(mut c) = self.procs[i].take() else {
+            return false;
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc_kill(c.id() as i32, 15);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.1))
+            .collect()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i].1)
+    }
+
+    /// Waits until every region has a leader known to every live store.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = client::Client::connect(self.endpoints())
+            .await
+            .expect("client");
+        while Instant::now() < deadline {
+            let st = c.status().await;
+            let live = (0..3).filter(|&i| self.is_up(i)).count();
+            if st.len() == live
+                && st.iter().all(|s| {
+                    s.regions.len() == 3 && s.regions.iter().all(|r| r.leader_store_id != 0)
+                })
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The store leading the region that holds `key`, per store `from`'s status.
+    pub async fn leader_of(&self, key: &[u8]) -> Option<usize> {
+        let mut c = client::Client::connect(self.endpoints()).await.ok()?;
+        for st in c.status().await {
+            for r in st.regions {
+                let reg = r.region.unwrap_or_default();
+                let inside = key >= reg.start_key.as_slice()
+                    && (!reg.has_end || key < reg.end_key.as_slice());
+                if inside && r.leader_store_id != 0 {
+                    return Some(r.leader_store_id as usize - 1);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn metrics(&self, i: usize) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.ports[i].2)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    pub fn metric(&self, i: usize, name: &str) -> Option<u64> {
+        self.metrics(i)
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
