@@ -112,6 +112,7 @@ impl Client {
             let ep = Endpoint::from_shared(url)
                 .map_err(|_| ClientError::BadEndpoint(e.clone()))?
                 .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
                 .timeout(cfg.attempt_timeout);
             channels.push(
                 pb::kv_client::KvClient::new(ep.connect_lazy())

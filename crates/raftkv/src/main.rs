@@ -91,6 +91,9 @@ enum Cmd {
         value_size: usize,
         #[arg(long, default_value_t = 1000)]
         keys: u64,
+        /// Reads: serve from whichever replica answers, without ReadIndex.
+        #[arg(long)]
+        stale: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -390,6 +393,7 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         duration_secs,
         value_size,
         keys,
+        stale,
         ..
     } = cmd
     {
@@ -400,6 +404,7 @@ async fn run_client(cmd: Cmd) -> Result<()> {
             duration_secs,
             value_size,
             keys,
+            stale,
         )
         .await;
     }
@@ -513,6 +518,7 @@ async fn bench(
     duration_secs: u64,
     value_size: usize,
     keys: u64,
+    stale: bool,
 ) -> Result<()> {
     let write = match workload {
         "write" => true,
@@ -549,6 +555,8 @@ async fn bench(
                 let t0 = std::time::Instant::now();
                 let ok = if write {
                     c.put(key.as_bytes(), &value).await.is_ok()
+                } else if stale {
+                    c.get_stale(key.as_bytes()).await.is_ok()
                 } else {
                     c.get(key.as_bytes()).await.is_ok()
                 };

@@ -363,6 +363,20 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     // The server is still healthy.
     cl.put(b"a1", b"ok").await.unwrap();
     assert_eq!(cl.get(b"a1").await.unwrap().as_deref(), Some(&b"ok"[..]));
+    // And its metrics show it: proposals, applied indexes, fsync and request latencies.
+    let leader = c.leader_of(b"a1").await.expect("leader");
+    let m = c.metrics(leader);
+    for needle in [
+        "raftkv_proposals_total",
+        "raftkv_region_applied_index{region=\"1\"}",
+        "raftkv_region_commit_index{region=\"1\"}",
+        "raftkv_leader_changes_total",
+        "raftkv_fsync_seconds_count",
+        "raftkv_request_seconds_count{command=\"put\"}",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+    assert!(c.metric(leader, "raftkv_proposals_total").unwrap_or(0) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub snapshots_created: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub fsync: Histogram,
+    /// Per region: (commit index, applied index, term, is leader).
+    pub regions: Mutex<std::collections::BTreeMap<u64, (u64, u64, u64, bool)>>,
     /// Request latency by command name.
     pub requests: Mutex<std::collections::BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
 }
@@ -80,6 +82,21 @@ impl Metrics {
             .store(s.snapshots_created, Ordering::Relaxed);
         self.snapshots_installed
             .store(s.snapshots_installed, Ordering::Relaxed);
+    }
+
+    pub fn set_regions(&self, status: &[store::RegionStatus]) {
+        let mut m = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        for st in status {
+            m.insert(
+                st.region.id.0,
+                (
+                    st.commit.0,
+                    st.applied.0,
+                    st.term.0,
+                    st.role == raft::Role::Leader,
+                ),
+            );
+        }
     }
 
     pub fn observe_request(&self, command: &'static str, d: Duration) {
@@ -109,6 +126,26 @@ impl Metrics {
                 "# TYPE {name} counter\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
+        }
+        {
+            let m = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, pick) in [
+                ("raftkv_region_commit_index", 0usize),
+                ("raftkv_region_applied_index", 1),
+                ("raftkv_region_term", 2),
+                ("raftkv_region_is_leader", 3),
+            ] {
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                for (region, v) in m.iter() {
+                    let value = match pick {
+                        0 => v.0,
+                        1 => v.1,
+                        2 => v.2,
+                        _ => v.3 as u64,
+                    };
+                    let _ = writeln!(out, "{name}{{region=\"{region}\"}} {value}");
+                }
+            }
         }
         let _ = writeln!(out, "# TYPE raftkv_fsync_seconds histogram");
         self.fsync.render(&mut out, "raftkv_fsync_seconds", "");

@@ -28,6 +28,21 @@ fn kv_server(svc: KvService) -> KvServer<KvGrpc> {
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
 }
 
+/// Accepted connections with Nagle's algorithm off: gRPC writes a response as several small
+/// frames, and Nagle holding the later ones until the peer's delayed ACK added ~40 ms to
+/// every small request (measured: single-client reads at 44 ms p50 before this).
+fn nodelay(
+    l: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(l).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
+}
+
 pub struct Server;
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -110,7 +125,7 @@ impl Server {
         let peer_server = tonic::transport::Server::builder()
             .add_service(transport::raft_service(in_tx))
             .add_service(kv_server(svc.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(peer), wait(shutdown_rx.clone()));
+            .serve_with_incoming_shutdown(nodelay(peer), wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
                 tracing::error!("peer server failed: {e}");

@@ -410,7 +410,9 @@ impl KvService {
                 Some(c) => c.clone(),
                 None => {
                     let ep = match Endpoint::from_shared(format!("http://{addr}")) {
-                        Ok(ep) => ep.connect_timeout(std::time::Duration::from_secs(1)),
+                        Ok(ep) => ep
+                            .connect_timeout(std::time::Duration::from_secs(1))
+                            .tcp_nodelay(true),
                         Err(e) => return err(Code::Internal, e.to_string()),
                     };
                     let c = pb::kv_client::KvClient::new(ep.connect_lazy())

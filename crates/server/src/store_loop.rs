@@ -136,7 +136,9 @@ pub fn run(
             }
         }
         metrics.set_store_stats(&store.stats);
-        for st in store.status() {
+        let status = store.status();
+        metrics.set_regions(&status);
+        for st in status {
             let prev = leaders_seen.insert(st.region.id, st.leader);
             if prev.is_some() && prev != Some(st.leader) {
                 metrics
