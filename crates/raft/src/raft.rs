@@ -1274,14 +1274,29 @@ impl<S: Storage> Raft<S> {
     pub fn lease_valid(&self) -> bool {
         if self.role != Role::Leader
             || self.lead_transferee != NodeId::NONE
+            || self.lease_forfeited
             || !self.cfg.check_quorum
         {
             return false;
         }
-        let mut acks: Vec<u64> = self
-            .tracker
-            .conf
-            .voters
+        let conf = &self.tracker.conf;
+        let Some(mut start) = self.quorum_ack_tick(&conf.voters) else {
+            return false;
+        };
+        if let Some(out) = self.quorum_ack_tick(&conf.voters_outgoing) {
+            start = start.min(out);
+        }
+        // A tick value of 0 means "never acknowledged".
+        start > 0
+            && self.ticks < start + (self.cfg.election_tick - self.cfg.lease_drift_ticks) as u64
+    }
+
+    /// The newest heartbeat tick a majority of `voters` acknowledged (we count as now).
+    fn quorum_ack_tick(&self, voters: &[NodeId]) -> Option<u64> {
+        if voters.is_empty() {
+            return None;
+        }
+        let mut acks: Vec<u64> = voters
             .iter()
             .map(|v| {
                 if *v == self.id {
@@ -1291,31 +1306,8 @@ impl<S: Storage> Raft<S> {
                 }
             })
             .collect();
-        if acks.is_empty() {
-            return false;
-        }
         acks.sort_unstable_by(|a, b| b.cmp(a));
-        let mut start = acks[acks.len() / 2];
-        if !self.tracker.conf.voters_outgoing.is_empty() {
-            let mut out: Vec<u64> = self
-                .tracker
-                .conf
-                .voters_outgoing
-                .iter()
-                .map(|v| {
-                    if *v == self.id {
-                        self.ticks
-                    } else {
-                        self.lease_acks.get(v).copied().unwrap_or(0)
-                    }
-                })
-                .collect();
-            out.sort_unstable_by(|a, b| b.cmp(a));
-            start = start.min(out[out.len() / 2]);
-        }
-        // A tick value of 0 means "never acknowledged".
-        start > 0
-            && self.ticks < start + (self.cfg.election_tick - self.cfg.lease_drift_ticks) as u64
+        Some(acks[voters.len() / 2])
     }
 
     // ---------------------------------------------------------------- snapshots

@@ -645,3 +645,39 @@ fn stale_snapshot_below_the_commit_index_is_ignored() {
     );
     assert!(net.node(2).storage().snapshot().unwrap().is_empty());
 }
+
+#[test]
+fn a_leader_that_sent_timeout_now_never_trusts_its_lease_again_in_that_term() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    for _ in 0..2 {
+        net.node(1).tick();
+    }
+    net.stabilize();
+    assert!(
+        net.node(1).lease_valid(),
+        "lease should hold after a heartbeat round"
+    );
+    // The target is up to date, so TimeoutNow goes out at once; it is lost, so the transfer
+    // eventually aborts while node 1 stays leader.
+    net.cut.insert((1, 2));
+    net.node(1).transfer_leader(NodeId(2)).unwrap();
+    net.stabilize();
+    assert!(!net.node(1).lease_valid());
+    for _ in 0..25 {
+        net.node(1).tick();
+        net.stabilize();
+    }
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(
+        net.node(1).status().lead_transferee,
+        NodeId::NONE,
+        "transfer should have aborted"
+    );
+    // Node 2 may still act on a delayed TimeoutNow and skip the other followers' leases, so
+    // node 1 must keep using ReadIndex for the rest of its term.
+    assert!(
+        !net.node(1).lease_valid(),
+        "lease trusted after TimeoutNow was sent"
+    );
+}

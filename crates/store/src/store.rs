@@ -344,12 +344,13 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
-    fn check_request(
+    /// Refuses a request routed to the wrong region, epoch or key range.
+    fn check_route(
         &self,
         region: RegionId,
         epoch: RegionEpoch,
         key: &[u8],
-    ) -> Result<(), StoreError> {
+    ) -> Result<&Peer<M>, StoreError> {
         let p = self
             .peers
             .get(&region)
@@ -362,6 +363,16 @@ impl<M: StateMachine> Store<M> {
         if !p.region.contains(key) {
             return Err(StoreError::KeyNotInRegion { region });
         }
+        Ok(p)
+    }
+
+    fn check_request(
+        &self,
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        let p = self.check_route(region, epoch, key)?;
         if p.proposals.len() + p.reads.len() >= self.cfg.max_pending_per_region {
             return Err(StoreError::Busy {
                 region,
@@ -587,19 +598,7 @@ impl<M: StateMachine> Store<M> {
         key: &[u8],
         query: &M::Query,
     ) -> Result<M::ReadOutput, StoreError> {
-        let p = self
-            .peers
-            .get(&region)
-            .ok_or(StoreError::RegionNotFound(region))?;
-        if p.region.epoch != epoch {
-            return Err(StoreError::EpochNotMatch {
-                current: Box::new(p.region.clone()),
-            });
-        }
-        if !p.region.contains(key) {
-            return Err(StoreError::KeyNotInRegion { region });
-        }
-        Ok(p.sm.read(query))
+        Ok(self.check_route(region, epoch, key)?.sm.read(query))
     }
 
     /// The state machine of a region (tests, status).
