@@ -402,34 +402,3 @@ async fn sigterm_shuts_down_cleanly_and_data_survives() {
         Some(&b"kept"[..])
     );
 }
-
-/// Regression: reads of a value of 256+ bytes took ~44 ms each. h2 writes such a response's
-/// trailers in a second small write, which Nagle held until the client's delayed ACK because
-/// the client listener's accepted sockets lacked TCP_NODELAY.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_of_large_values_do_not_wait_for_a_delayed_ack() {
-    let c = TestCluster::start(&[]);
-    assert!(c.wait_ready(READY).await);
-    let mut cl = client(&c).await;
-    let value = vec![b'x'; 1024];
-    cl.put(b"big", &value).await.expect("put");
-    for stale in [true, false] {
-        let mut took = Vec::new();
-        for _ in 0..30 {
-            let t0 = Instant::now();
-            let got = if stale {
-                cl.get_stale(b"big").await
-            } else {
-                cl.get(b"big").await
-            };
-            took.push(t0.elapsed());
-            assert_eq!(got.expect("read").as_deref(), Some(&value[..]));
-        }
-        took.sort();
-        let median = took[took.len() / 2];
-        assert!(
-            median < Duration::from_millis(20),
-            "median read (stale: {stale}) took {median:?}: a delayed-ACK stall?"
-        );
-    }
-}
