@@ -143,6 +143,9 @@ struct ServerArgs {
     /// Applied entries kept in a region's log before it is snapshotted and compacted.
     #[arg(long)]
     snapshot_threshold_entries: Option<u64>,
+    /// Payload bytes applied since a region's last snapshot before it snapshots again.
+    #[arg(long)]
+    snapshot_threshold_bytes: Option<u64>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -157,6 +160,7 @@ struct FileConfig {
     split_keys: Option<Vec<String>>,
     tick_ms: Option<u64>,
     snapshot_threshold_entries: Option<u64>,
+    snapshot_threshold_bytes: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -241,6 +245,9 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         .or(file.snapshot_threshold_entries)
     {
         cfg.snapshot_threshold_entries = t;
+    }
+    if let Some(t) = a.snapshot_threshold_bytes.or(file.snapshot_threshold_bytes) {
+        cfg.snapshot_threshold_bytes = t;
     }
     cfg.validate().map_err(anyhow::Error::msg)?;
     let peer = tokio::net::TcpListener::bind(&peer_addr)

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Applied entries kept in a region's log before it is snapshotted and compacted.
     pub snapshot_threshold_entries: u64,
+    /// ...or once this many payload bytes were applied since its last snapshot.
+    pub snapshot_threshold_bytes: u64,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
 }
@@ -38,6 +40,7 @@ impl ServerConfig {
             heartbeat_tick: 2,
             request_timeout: Duration::from_secs(5),
             snapshot_threshold_entries: 10_000,
+            snapshot_threshold_bytes: 64 << 20,
             max_key_bytes: 8 << 10,
             max_value_bytes: 8 << 20,
         }

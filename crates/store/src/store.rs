@@ -23,8 +23,10 @@ pub struct StoreConfig {
     pub store_id: StoreId,
     pub election_tick: u32,
     pub heartbeat_tick: u32,
-    /// Snapshot a region (and compact its log) once this many applied entries sit in its log.
+    /// Snapshot a region (and compact its log) once this many applied entries sit in its log...
     pub snapshot_threshold_entries: u64,
+    /// ...or once the entries applied since its last snapshot carry this many payload bytes.
+    pub snapshot_threshold_bytes: u64,
     /// Proposals plus reads waiting in one region before new ones are refused with `Busy`.
     pub max_pending_per_region: usize,
     /// How linearizable reads are confirmed.
@@ -40,6 +42,7 @@ impl StoreConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_threshold_entries: 10_000,
+            snapshot_threshold_bytes: 64 << 20,
             max_pending_per_region: 10_000,
             read_mode: ReadMode::Safe,
             engine: raft_log::Config::default(),
@@ -86,6 +89,8 @@ struct Peer<M: StateMachine> {
     /// Proposals in log order: (index, term, ticket).
     proposals: VecDeque<(LogIndex, Term, Ticket)>,
     reads: Vec<PendingRead<M::Query>>,
+    /// Payload bytes applied since the last snapshot (the log's growth, approximately).
+    bytes_since_snapshot: u64,
 }
 
 /// Counters for status pages and tests.
@@ -257,6 +262,7 @@ impl<M: StateMachine> Store<M> {
                 sm,
                 proposals: VecDeque::new(),
                 reads: Vec::new(),
+                bytes_since_snapshot: 0,
             },
         );
         Ok(())
@@ -530,6 +536,7 @@ impl<M: StateMachine> Store<M> {
                     }
                 };
                 p.applied = e.index;
+                p.bytes_since_snapshot += e.data.len() as u64;
                 self.stats.entries_applied += 1;
                 while let Some(&(index, term, ticket)) = p.proposals.front() {
                     if index > e.index {
@@ -569,9 +576,12 @@ impl<M: StateMachine> Store<M> {
             p.raw.advance(rd);
             // Snapshot when the log grows past the threshold.
             let first = p.raw.status().first_index;
+            let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
             if p.applied.0 >= first.0
-                && p.applied.0 - first.0 + 1 >= self.cfg.snapshot_threshold_entries
+                && (entries_in_log >= self.cfg.snapshot_threshold_entries
+                    || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
             {
+                p.bytes_since_snapshot = 0;
                 let data = p.sm.snapshot();
                 let cs = p.raw.status().conf_state;
                 p.raw.storage_mut().create_snapshot(p.applied, cs, data)?;

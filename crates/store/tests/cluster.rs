@@ -87,10 +87,15 @@ struct Cluster {
 
 impl Cluster {
     fn new(snapshot_threshold: u64) -> Cluster {
+        Self::with_bytes_threshold(snapshot_threshold, u64::MAX)
+    }
+
+    fn with_bytes_threshold(snapshot_threshold: u64, bytes: u64) -> Cluster {
         let ids = [StoreId(1), StoreId(2), StoreId(3)];
         let regions = Region::presplit(&[b"g".to_vec(), b"p".to_vec()], 1, &ids);
         let mut cfg = StoreConfig::new(0);
         cfg.snapshot_threshold_entries = snapshot_threshold;
+        cfg.snapshot_threshold_bytes = bytes;
         let mut c = Cluster {
             dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
             stores: vec![None, None, None],
@@ -335,4 +340,27 @@ fn store_down_long_enough_catches_up_by_snapshot() {
     let sm = c.store(2).state_machine(r0).unwrap();
     assert_eq!(sm.0.len(), 100);
     assert_eq!(c.read(2, 0, b"a042").unwrap().as_ref(), b"42");
+}
+
+#[test]
+fn a_region_snapshots_when_its_log_passes_the_byte_threshold() {
+    let mut c = Cluster::with_bytes_threshold(u64::MAX, 4096);
+    let value = vec![b'v'; 200];
+    for i in 0..15u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), &value)
+            .unwrap();
+    }
+    assert_eq!(
+        c.store(0).stats.snapshots_created,
+        0,
+        "3 KB is under the threshold"
+    );
+    for i in 15..30u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), &value)
+            .unwrap();
+    }
+    assert!(
+        c.store(0).stats.snapshots_created >= 1,
+        "6 KB of writes did not trigger a snapshot"
+    );
 }
