@@ -12,14 +12,24 @@
 //!   linearizability check of reads.
 //! - [`swarm`]: the randomized fault schedule (swarm testing: each seed picks its own fault
 //!   mix), a safety phase with faults and a liveness phase that heals.
+//! - [`kv_cluster`]: whole-cluster simulation of the real `store` + `kv` + `raft-log` code of
+//!   3 stores with several regions, over the fault-injecting file system, with clients that
+//!   retry with sessions; checks per-key linearizability, no lost acknowledged write and that
+//!   every replica of a region converges to the same state hash.
 //! - `main.rs` (binary `raftkv-sim`): run or replay seeds from the command line.
 
 pub mod checker;
 pub mod cluster;
+pub mod kv_cluster;
 pub mod swarm;
 
 pub use cluster::{Cluster, ClusterOptions, NetFaults};
 pub use swarm::{run_seed, SwarmOptions, SwarmOutcome};
+
+/// The command that replays one whole-cluster (store + kv + log engine) seed exactly.
+pub fn replay_kv_command(seed: u64) -> String {
+    format!("cargo run --release -p sim --bin raftkv-sim -- --kv --seed {seed}")
+}
 
 /// The command that replays one seed exactly; printed on every failure.
 pub fn replay_command(seed: u64) -> String {

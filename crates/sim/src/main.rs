@@ -14,6 +14,7 @@ fn main() {
     let mut seeds: u64 = 100;
     let mut start: u64 = 0;
     let mut verbose = false;
+    let mut kv_mode = false;
     let mut sim_seconds = 20;
     let mut i = 1;
     let num = |v: Option<&String>, name: &str| -> u64 {
@@ -41,8 +42,9 @@ fn main() {
                 i += 1;
             }
             "--verbose" | "-v" => verbose = true,
+            "--kv" => kv_mode = true,
             "--help" | "-h" => {
-                println!("usage: raftkv-sim [--seed N [--verbose]] [--seeds COUNT --start FIRST] [--sim-seconds S]");
+                println!("usage: raftkv-sim [--kv] [--seed N [--verbose]] [--seeds COUNT --start FIRST] [--sim-seconds S]\n  --kv: whole-cluster simulation (store + kv + log engine) instead of the Raft core");
                 return;
             }
             other => {
@@ -59,6 +61,45 @@ fn main() {
     let t0 = Instant::now();
     let mut virtual_micros = 0u64;
     let mut failed = 0;
+    if kv_mode {
+        for s in &list {
+            let mut o = sim::kv_cluster::KvSimOptions::new(*s);
+            o.print_trace = verbose;
+            o.sim_seconds = sim_seconds;
+            match std::panic::catch_unwind(|| sim::kv_cluster::run_kv_seed(&o)) {
+                Ok(Ok(out)) => {
+                    virtual_micros += out.virtual_ms * 1000;
+                    if verbose || list.len() == 1 {
+                        println!("{out:?}");
+                    }
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    eprintln!("FAIL {e}");
+                }
+                Err(_) => {
+                    failed += 1;
+                    eprintln!(
+                        "FAIL seed {s} panicked\nreplay: {}",
+                        sim::replay_kv_command(*s)
+                    );
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{} whole-cluster seeds, {} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
+            list.len(),
+            failed,
+            virtual_micros as f64 / 1e6,
+            secs,
+            virtual_micros as f64 / 1e6 / secs.max(1e-9)
+        );
+        if failed > 0 {
+            std::process::exit(1);
+        }
+        return;
+    }
     for s in &list {
         let mut o = SwarmOptions::new(*s);
         o.print_trace = verbose;

@@ -1,0 +1,94 @@
+//! The [`Backend`] trait: everything the RESP server needs from the rest of RaftKV. The crate
+//! does not depend on the server; the server implements this trait over its router and
+//! stores, and tests implement it over one in-memory [`kv::KvStateMachine`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use thiserror::Error;
+
+/// A boxed, sendable future, as returned by [`Backend`]'s async methods.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the RESP server executes its commands against.
+///
+/// # To ensure correctness
+/// An implementation must guarantee:
+/// 1. Each [`kv::Command`] is executed atomically: a read-modify-write command (`Incr`,
+///    `GetSet`, `MSetNx`, `Put` with options, ...) is one state-machine command, never a read
+///    followed by a write.
+/// 2. Writes are applied at most once per `(client_id, sequence)`: if the backend retries a
+///    write internally (leader change, timeout), it reuses the same pair so the state machine
+///    recognises the retry. The RESP layer never reuses a sequence for a different command.
+/// 3. `BackendError::Unavailable` means the command was certainly not applied (safe for the
+///    client to retry); `BackendError::Timeout` means the outcome is unknown.
+/// 4. For `Command::Scan { end: None, .. }` the backend scans the whole keyspace from `start`,
+///    crossing region boundaries as needed, and sets `more` whenever keys may remain after the
+///    last pair it returned. A reply with `more == true` carries at least one pair.
+/// 5. Multi-key commands are only sent when [`Backend::same_region`] said yes for their keys;
+///    the backend may still refuse them (a split in between) with `Unavailable`.
+pub trait Backend: Send + Sync + 'static {
+    /// Executes one state-machine command. Writes carry the connection's session (client id,
+    /// sequence from 1, +1 per write; retries of the same write reuse the sequence so it is
+    /// applied once). Reads use client_id 0 and sequence 0.
+    fn execute(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        command: kv::Command,
+    ) -> BoxFuture<Result<kv::Response, BackendError>>;
+
+    /// Whether all keys live in one region (multi-key commands are refused otherwise).
+    fn same_region(&self, keys: &[&[u8]]) -> bool;
+
+    /// Number of keys in the whole keyspace (`DBSIZE`, INFO keyspace).
+    fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>>;
+
+    /// Extra fields for `INFO`, shown in its `raftkv` section. Names should start with
+    /// `raftkv_`; values must not contain CR or LF.
+    fn info(&self) -> Vec<(String, String)>;
+}
+
+/// Why the backend could not execute a command. Each variant maps to one Redis error text
+/// (see `cmd::backend_error_frame`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    #[error("key exceeds the maximum allowed size")]
+    KeyTooLarge,
+    #[error("string exceeds maximum allowed size")]
+    ValueTooLarge,
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("value is not a valid float")]
+    NotAFloat,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// INCRBYFLOAT would store NaN or an infinity.
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
+    /// Not applied (no leader, region unavailable); safe to retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The outcome is unknown.
+    #[error("timed out; the command may or may not have been applied")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<kv::CommandError> for BackendError {
+    fn from(error: kv::CommandError) -> Self {
+        use kv::CommandError as E;
+        match error {
+            E::KeyTooLarge { .. } => BackendError::KeyTooLarge,
+            E::ValueTooLarge { .. } => BackendError::ValueTooLarge,
+            E::NotAnInteger => BackendError::NotAnInteger,
+            E::NotAFloat => BackendError::NotAFloat,
+            E::Overflow => BackendError::Overflow,
+            E::NotFinite => BackendError::NotFinite,
+            // Stale routing: the caller should have refreshed and retried; nothing applied.
+            E::OutOfRange { .. } => BackendError::Unavailable(error.to_string()),
+            other => BackendError::Other(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Server commands: COMMAND (list, COUNT, DOCS, INFO), INFO, DBSIZE.
+
+use bytes::Bytes;
+
+use super::{backend_error_frame, lookup, wrong_arity, CommandSpec, Context, COMMANDS};
+use crate::frame::Frame;
+
+fn bulk(text: &str) -> Frame {
+    Frame::bulk(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// One COMMAND entry, Redis 7 shape: name, arity, flags, first key, last key, step,
+/// ACL categories, tips, key specs, subcommands.
+fn command_entry(spec: &CommandSpec) -> Frame {
+    Frame::Array(vec![
+        bulk(spec.name),
+        Frame::Integer(spec.arity),
+        Frame::Array(spec.flags.iter().map(|f| Frame::simple(f)).collect()),
+        Frame::Integer(spec.first_key),
+        Frame::Integer(spec.last_key),
+        Frame::Integer(spec.step),
+        Frame::Array(vec![Frame::simple(&format!("@{}", spec.group))]),
+        Frame::Array(vec![]),
+        Frame::Array(vec![]),
+        Frame::Array(vec![]),
+    ])
+}
+
+/// One COMMAND DOCS entry: in RESP2 a map is a flat array of alternating keys and values.
+fn docs_entry(spec: &CommandSpec) -> [Frame; 2] {
+    [
+        bulk(spec.name),
+        Frame::Array(vec![
+            bulk("summary"),
+            bulk(spec.summary),
+            bulk("since"),
+            bulk("1.0.0"),
+            bulk("group"),
+            bulk(spec.group),
+        ]),
+    ]
+}
+
+pub(super) fn command(arguments: &[Bytes]) -> Result<Frame, Frame> {
+    let Some(subcommand) = arguments.first() else {
+        return Ok(Frame::Array(COMMANDS.iter().map(command_entry).collect()));
+    };
+    let subcommand = String::from_utf8_lossy(subcommand).to_ascii_lowercase();
+    let rest = &arguments[1..];
+    match subcommand.as_str() {
+        "count" if rest.is_empty() => Ok(Frame::Integer(COMMANDS.len() as i64)),
+        "count" => Err(wrong_arity("command|count")),
+        "info" => Ok(Frame::Array(if rest.is_empty() {
+            COMMANDS.iter().map(command_entry).collect()
+        } else {
+            rest.iter()
+                .map(|name| lookup(name).map_or(Frame::Null, command_entry))
+                .collect()
+        })),
+        "docs" => {
+            // Unknown names are left out, as Redis does.
+            let specs: Vec<&CommandSpec> = if rest.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                rest.iter().filter_map(|name| lookup(name)).collect()
+            };
+            Ok(Frame::Array(
+                specs.into_iter().flat_map(docs_entry).collect(),
+            ))
+        }
+        _ => Err(Frame::error(format!(
+            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&arguments[0])
+        ))),
+    }
+}
+
+pub(super) async fn dbsize(context: &mut Context<'_>) -> Result<Frame, Frame> {
+    let keys = context
+        .shared
+        .backend
+        .dbsize()
+        .await
+        .map_err(backend_error_frame)?;
+    Ok(Frame::Integer(i64::try_from(keys).unwrap_or(i64::MAX)))
+}
+
+const SECTIONS: &[&str] = &["server", "clients", "replication", "keyspace", "raftkv"];
+
+/// INFO [section ...]: "default", "all" and "everything" (or no argument) give every section;
+/// unknown sections are ignored, as in Redis.
+pub(super) async fn info(context: &mut Context<'_>, arguments: &[Bytes]) -> Frame {
+    let requested: Vec<String> = arguments
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = requested.is_empty()
+        || requested
+            .iter()
+            .any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
+    let shared = context.shared;
+    let mut text = String::new();
+    for section in SECTIONS {
+        if !all && !requested.iter().any(|s| s == section) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        let fields: Vec<(String, String)> = match *section {
+            "server" => vec![
+                ("redis_version".into(), shared.config.redis_version.clone()),
+                ("redis_mode".into(), "standalone".into()),
+                ("server_name".into(), "raftkv".into()),
+                ("arch_bits".into(), (usize::BITS).to_string()),
+                ("process_id".into(), std::process::id().to_string()),
+                ("tcp_port".into(), shared.port.to_string()),
+                (
+                    "uptime_in_seconds".into(),
+                    shared.started.elapsed().as_secs().to_string(),
+                ),
+            ],
+            "clients" => vec![
+                (
+                    "connected_clients".into(),
+                    shared.connected_clients().to_string(),
+                ),
+                (
+                    "maxclients".into(),
+                    shared.config.max_connections.to_string(),
+                ),
+            ],
+            "replication" => vec![
+                ("role".into(), "master".into()),
+                ("connected_slaves".into(), "0".into()),
+            ],
+            "keyspace" => match shared.backend.dbsize().await {
+                // Redis omits db0 when it is empty.
+                Ok(0) => vec![],
+                Ok(keys) => vec![("db0".into(), format!("keys={keys},expires=0,avg_ttl=0"))],
+                Err(error) => vec![("raftkv_keyspace_error".into(), error.to_string())],
+            },
+            _ => shared.backend.info(),
+        };
+        let mut title = section.to_string();
+        title[..1].make_ascii_uppercase();
+        if *section == "raftkv" {
+            title = "RaftKV".into();
+        }
+        text.push_str(&format!("# {title}\r\n"));
+        for (name, value) in fields {
+            // CR/LF in a value would forge extra fields; INFO is line-oriented.
+            let value = value.replace(['\r', '\n'], " ");
+            text.push_str(&format!("{name}:{value}\r\n"));
+        }
+    }
+    Frame::bulk(text)
+}

@@ -1,0 +1,56 @@
+//! [`RespConfig`] and the limits the server enforces, as named constants.
+
+/// Default most concurrent client connections (Redis `maxclients`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default largest bulk string accepted: the state machine's value limit, which is larger than
+/// its key limit, so one bound covers both.
+pub const DEFAULT_MAX_BULK_BYTES: usize = kv::config::DEFAULT_MAX_VALUE_BYTES;
+/// Default most arguments in one request. MSET of the state machine's largest batch
+/// (1024 pairs) needs 2049; anything above that cannot succeed anyway.
+pub const DEFAULT_MAX_ARRAY_LEN: usize = 4 * kv::config::DEFAULT_MAX_BATCH_KEYS;
+/// Default largest single request, all arguments included.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Before AUTH (when a password is set) a client may send bulks of at most this size...
+pub const UNAUTHENTICATED_MAX_BULK_BYTES: usize = 1024;
+/// ...and at most this many arguments (Redis uses the same 10), so an anonymous peer cannot
+/// make the server buffer anything large.
+pub const UNAUTHENTICATED_MAX_ARRAY_LEN: usize = 10;
+/// Replies are flushed once this many bytes are pending, even mid-pipeline, so a long pipeline
+/// cannot grow the output buffer without bound.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+/// SCAN's COUNT is clamped to this (the state machine refuses larger scan limits).
+pub const MAX_SCAN_COUNT: u32 = 1_000;
+/// SCAN's COUNT when none is given (Redis's default).
+pub const DEFAULT_SCAN_COUNT: u32 = 10;
+/// Longest client name (CLIENT SETNAME), so names stay small in memory.
+pub const MAX_CLIENT_NAME_BYTES: usize = 1024;
+
+/// Configuration of [`crate::serve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespConfig {
+    /// When set, clients must `AUTH` before any other command.
+    pub password: Option<String>,
+    /// Most concurrent connections; the next one gets "ERR max number of clients reached".
+    pub max_connections: usize,
+    /// Largest bulk string in a request (after AUTH).
+    pub max_bulk_bytes: usize,
+    /// Most arguments in a request (after AUTH).
+    pub max_array_len: usize,
+    /// Largest request in bytes (after AUTH).
+    pub max_request_bytes: usize,
+    /// Reported by INFO and HELLO as `redis_version`; some clients gate features on it.
+    pub redis_version: String,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        RespConfig {
+            password: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_bulk_bytes: DEFAULT_MAX_BULK_BYTES,
+            max_array_len: DEFAULT_MAX_ARRAY_LEN,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            redis_version: "7.0.0".to_string(),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! [`Connection`]: reads requests from and writes frames to one client socket, with a read
+//! buffer for pipelined requests and an output buffer flushed only when the client's pipeline
+//! is drained (or the buffer is large), so 100 pipelined commands cost one write, not 100.
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::OUTPUT_FLUSH_BYTES;
+use crate::frame::{parse_request, Frame, ProtocolError, RequestLimits};
+
+/// Initial read buffer size; it grows only as request bytes actually arrive.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Why reading a request failed.
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    /// The client broke the protocol: answer `ERR Protocol error: ...` and close.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("connection reset by peer mid-request")]
+    ClosedMidRequest,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One client socket with its buffers.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    input: BytesMut,
+    output: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            input: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            output: Vec::new(),
+        }
+    }
+
+    /// Reads the next request's arguments. `Ok(None)` when the client closed cleanly between
+    /// requests. Pending replies are flushed before blocking on the socket, so a pipelining
+    /// client gets all its answers in one write and a waiting client is never starved.
+    ///
+    /// Cancel safe: bytes already read stay in the buffer.
+    pub async fn read_request(
+        &mut self,
+        limits: &RequestLimits,
+    ) -> Result<Option<Vec<Bytes>>, ConnectionError> {
+        loop {
+            if let Some(parsed) = parse_request(&self.input, limits)? {
+                let frozen = self.input.split_to(parsed.consumed).freeze();
+                let arguments = match parsed.owned {
+                    Some(owned) => owned,
+                    None => parsed
+                        .ranges
+                        .into_iter()
+                        .map(|range| frozen.slice(range))
+                        .collect(),
+                };
+                return Ok(Some(arguments));
+            }
+            self.flush().await?;
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return if self.input.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnectionError::ClosedMidRequest)
+                };
+            }
+        }
+    }
+
+    /// Queues a reply; flushes at once only if the output buffer is large.
+    pub async fn queue(&mut self, frame: &Frame) -> std::io::Result<()> {
+        frame.encode(&mut self.output);
+        if self.output.len() >= OUTPUT_FLUSH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes all queued replies.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+}

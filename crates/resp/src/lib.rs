@@ -1,0 +1,42 @@
+//! # resp — RaftKV's Redis (RESP2) front end
+//!
+//! A RESP2 server laid out like mini-redis: a task per connection, a listener and a shutdown
+//! future passed in, and everything it executes going through one trait, [`Backend`], so this
+//! crate does not depend on the server. Multi-key commands whose keys span regions are refused
+//! with `CROSSSLOT`, never half applied.
+//!
+//! ## Module map
+//! - [`frame`]: [`Frame`] (encode, general parse) and [`frame::parse_request`], the bounded
+//!   request parser (multibulk and inline), with Redis's protocol error texts.
+//! - [`connection`]: [`connection::Connection`], buffered reads for pipelining, one write per
+//!   drained pipeline.
+//! - [`backend`]: the [`Backend`] trait and its contract, [`BackendError`].
+//! - [`config`]: [`RespConfig`] and every limit as a named constant.
+//! - `server`: [`serve`] — accept loop, connection limit, sessions, graceful shutdown.
+//! - `cmd`: the command table and dispatch, one module per group (`connection`, `server`,
+//!   `keys`, `strings`); Redis's error texts live there.
+//!
+//! ## Contract with the server
+//! 1. Implement [`Backend`] (see its "to ensure correctness" section).
+//! 2. Bind a `TcpListener` and call [`serve`] with a shutdown future; it returns after every
+//!    connection has finished its current command.
+//!
+//! ## Known deviations from Redis
+//! - Only strings exist (TYPE is `string` or `none`; no WRONGTYPE), keys never expire (TTL is
+//!   -1/-2; SET EX/PX/EXAT/PXAT/KEEPTTL is refused with an explicit error).
+//! - SCAN cursors are hex-encoded resume keys, not integers (see `cmd::keys`): clients that
+//!   parse the cursor as a 64-bit integer cannot iterate.
+//! - A multi-key DEL/UNLINK deletes key by key (each exactly once), not as one atomic step.
+//! - Only RESP2: `HELLO 3` answers NOPROTO. Only database 0.
+
+pub mod backend;
+mod cmd;
+pub mod config;
+pub mod connection;
+pub mod frame;
+mod server;
+
+pub use backend::{Backend, BackendError, BoxFuture};
+pub use config::RespConfig;
+pub use frame::{Frame, ProtocolError};
+pub use server::serve;

@@ -1,0 +1,177 @@
+//! [`serve`]: the accept loop, the connection limit, one task per connection, and graceful
+//! shutdown (mini-redis `server.rs`).
+//!
+//! Shutdown contract:
+//! 1. When `shutdown` completes, the listener stops accepting.
+//! 2. Every connection finishes the command it is executing, writes its queued replies, and
+//!    closes; commands not yet read are not executed.
+//! 3. `serve` returns once every connection task has ended.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::backend::Backend;
+use crate::cmd::{self, Outcome, Session};
+use crate::config::RespConfig;
+use crate::connection::{Connection, ConnectionError};
+use crate::frame::Frame;
+
+/// State shared by all connections of one [`serve`] call.
+pub(crate) struct Shared {
+    pub backend: Arc<dyn Backend>,
+    pub config: RespConfig,
+    pub started: Instant,
+    pub port: u16,
+    pub connection_limit: Arc<Semaphore>,
+    next_connection_id: AtomicU64,
+}
+
+impl Shared {
+    /// Connections currently open (INFO `connected_clients`).
+    pub fn connected_clients(&self) -> usize {
+        self.config
+            .max_connections
+            .saturating_sub(self.connection_limit.available_permits())
+    }
+}
+
+/// Serves RESP2 on `listener` until `shutdown` completes (see the module docs for what
+/// happens then). Accept errors are logged and retried, never fatal: a transient EMFILE must
+/// not take the front end down.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Arc<dyn Backend>,
+    config: RespConfig,
+    shutdown: impl Future,
+) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let shared = Arc::new(Shared {
+        backend,
+        connection_limit: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        started: Instant::now(),
+        port,
+        next_connection_id: AtomicU64::new(1),
+    });
+    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connection tasks so the set does not grow with history.
+        while tasks.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let socket = match accepted {
+            Ok((socket, _)) => socket,
+            Err(error) => {
+                warn!(%error, "accept failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown_receiver.clone();
+        tasks.spawn(async move {
+            let Ok(permit) = shared.connection_limit.clone().try_acquire_owned() else {
+                refuse(socket).await;
+                return;
+            };
+            let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            handle_connection(&shared, socket, id, shutdown).await;
+            drop(permit);
+        });
+    }
+    let _ = shutdown_sender.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Over the connection limit: tell the client why, as Redis does, then close.
+async fn refuse(socket: TcpStream) {
+    let mut connection = Connection::new(socket);
+    if connection
+        .queue(&Frame::error("ERR max number of clients reached"))
+        .await
+        .is_ok()
+    {
+        let _ = connection.flush().await;
+    }
+}
+
+/// A session client id for exactly-once writes: random, so it does not collide with other
+/// front ends or with this one before a restart (a reused id with a restarted sequence would be
+/// taken for stale retries). Never 0, which is reserved for reads.
+fn new_session_client_id(connection_id: u64) -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(connection_id);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.finish().max(1)
+}
+
+async fn handle_connection(
+    shared: &Shared,
+    socket: TcpStream,
+    connection_id: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connection = Connection::new(socket);
+    let mut session = Session::new(
+        connection_id,
+        new_session_client_id(connection_id),
+        shared.config.password.is_none(),
+    );
+    loop {
+        let limits = session.request_limits(&shared.config);
+        let request = tokio::select! {
+            request = connection.read_request(&limits) => request,
+            _ = shutdown.changed() => break,
+        };
+        let arguments = match request {
+            Ok(Some(arguments)) => arguments,
+            Ok(None) => break,
+            Err(ConnectionError::Protocol(error)) => {
+                debug!(connection_id, %error, "protocol error; closing");
+                let reply = Frame::error(format!("ERR Protocol error: {error}"));
+                if connection.queue(&reply).await.is_ok() {
+                    let _ = connection.flush().await;
+                }
+                break;
+            }
+            Err(error) => {
+                debug!(connection_id, %error, "connection closed");
+                break;
+            }
+        };
+        if arguments.is_empty() {
+            continue; // Redis ignores empty requests (*0, blank inline lines).
+        }
+        let outcome = cmd::execute(shared, &mut session, arguments).await;
+        let (reply, close) = match outcome {
+            Outcome::Reply(reply) => (reply, false),
+            Outcome::ReplyAndClose(reply) => (reply, true),
+        };
+        if connection.queue(&reply).await.is_err() {
+            break;
+        }
+        if close {
+            let _ = connection.flush().await;
+            break;
+        }
+    }
+    let _ = connection.flush().await;
+}

@@ -1,0 +1,822 @@
+//! End-to-end tests over TCP on port 0 (mini-redis `tests/server.rs` style): an in-memory
+//! `Backend` over one `kv::KvStateMachine`, driven by the `redis` crate and by raw sockets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kv::{ClientId, KvStateMachine, RegionRange, Request, Sequence};
+use proptest::prelude::*;
+use resp::{serve, Backend, BackendError, BoxFuture, Frame, RespConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One region in memory. Writes go through `Request` encode/decode and `apply_request` with
+/// increasing indexes, exactly like committed Raft entries; reads use `read`.
+struct MemoryBackend {
+    state: Mutex<(KvStateMachine, u64)>,
+    same_region: AtomicBool,
+}
+
+impl MemoryBackend {
+    fn new() -> Arc<Self> {
+        Arc::new(MemoryBackend {
+            state: Mutex::new((KvStateMachine::with_region(RegionRange::full()), 0)),
+            same_region: AtomicBool::new(true),
+        })
+    }
+
+    fn run(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        command: kv::Command,
+    ) -> Result<kv::Response, BackendError> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| BackendError::Other("poisoned".into()))?;
+        let (machine, index) = &mut *guard;
+        if client_id == 0 {
+            return machine.read(&command).map_err(BackendError::from);
+        }
+        let payload = Request {
+            client_id: ClientId(client_id),
+            sequence: Sequence(sequence),
+            command,
+            proposed_at_ms: 0,
+        }
+        .encode();
+        let request = Request::decode(&payload).map_err(|e| BackendError::Other(e.to_string()))?;
+        *index += 1;
+        match machine.apply_request(*index, &request).result {
+            Ok(response) => Ok(response),
+            Err(kv::ApplyError::Command(error)) => Err(error.into()),
+            Err(other) => Err(BackendError::Other(other.to_string())),
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn execute(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        command: kv::Command,
+    ) -> BoxFuture<Result<kv::Response, BackendError>> {
+        let result = self.run(client_id, sequence, command);
+        Box::pin(async move { result })
+    }
+
+    fn same_region(&self, _keys: &[&[u8]]) -> bool {
+        self.same_region.load(Ordering::Relaxed)
+    }
+
+    fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>> {
+        let result = self
+            .state
+            .lock()
+            .map(|guard| guard.0.len() as u64)
+            .map_err(|_| BackendError::Other("poisoned".into()));
+        Box::pin(async move { result })
+    }
+
+    fn info(&self) -> Vec<(String, String)> {
+        vec![("raftkv_regions".into(), "1".into())]
+    }
+}
+
+struct TestServer {
+    address: std::net::SocketAddr,
+    backend: Arc<MemoryBackend>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(config: RespConfig) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let backend = MemoryBackend::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, backend.clone(), config, stopped));
+    TestServer {
+        address,
+        backend,
+        _stop: stop,
+    }
+}
+
+async fn client(server: &TestServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{}/", server.address))
+        .expect("url")
+        .get_multiplexed_tokio_connection()
+        .await
+        .expect("connect")
+}
+
+/// Sends raw bytes and reads until `expected_len` bytes arrived or the server closed.
+async fn raw(server: &TestServer, request: &[u8]) -> (Vec<u8>, TcpStream) {
+    let mut stream = TcpStream::connect(server.address).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let reply = read_some(&mut stream).await;
+    (reply, stream)
+}
+
+async fn read_some(stream: &mut TcpStream) -> Vec<u8> {
+    let mut reply = vec![0; 64 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    reply.truncate(read);
+    reply
+}
+
+/// Reads replies until the stream holds `count` complete frames.
+async fn read_frames(stream: &mut TcpStream, count: usize) -> Vec<Frame> {
+    let mut buffer = Vec::new();
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        let mut position = 0;
+        frames.clear();
+        while let Ok(Some((frame, used))) = Frame::parse(&buffer[position..]) {
+            frames.push(frame);
+            position += used;
+        }
+        if frames.len() >= count {
+            break;
+        }
+        let more = read_some(stream).await;
+        assert!(!more.is_empty(), "server closed early");
+        buffer.extend_from_slice(&more);
+    }
+    frames
+}
+
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection should be closed, got {rest:?}"
+    );
+}
+
+async fn error_text<T: redis::FromRedisValue + std::fmt::Debug>(
+    connection: &mut redis::aio::MultiplexedConnection,
+    command: &redis::Cmd,
+) -> String {
+    let error = command
+        .query_async::<T>(connection)
+        .await
+        .expect_err("command should fail");
+    // redis-rs splits "CODE detail"; put it back together.
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => error.to_string(),
+    }
+}
+
+fn cmd(name: &str) -> redis::Cmd {
+    redis::cmd(name)
+}
+
+#[tokio::test]
+async fn connection_commands() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let pong: String = cmd("PING").query_async(&mut c).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let echo: String = cmd("PING").arg("hi").query_async(&mut c).await.unwrap();
+    assert_eq!(echo, "hi");
+    let echo: String = cmd("ECHO").arg("x y").query_async(&mut c).await.unwrap();
+    assert_eq!(echo, "x y");
+    let _: () = cmd("SELECT").arg(0).query_async(&mut c).await.unwrap();
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SELECT").arg(1)).await,
+        "ERR DB index is out of range"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SELECT").arg("x")).await,
+        "ERR value is not an integer or out of range"
+    );
+    let _: () = cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("me")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let name: String = cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(name, "me");
+    let id: i64 = cmd("CLIENT").arg("ID").query_async(&mut c).await.unwrap();
+    assert!(id >= 1);
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("CLIENT").arg("SETNAME").arg("a b")).await,
+        "ERR Client names cannot contain spaces, newlines or special characters."
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("AUTH").arg("pw")).await,
+        "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("FOO").arg("a").arg("b")).await,
+        "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, &cmd("GET")).await,
+        "ERR wrong number of arguments for 'get' command"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("HELLO").arg(3)).await,
+        "NOPROTO sorry, this protocol version is not supported"
+    );
+    let hello: Vec<redis::Value> = cmd("HELLO").arg(2).query_async(&mut c).await.unwrap();
+    assert_eq!(hello.len(), 14);
+}
+
+#[tokio::test]
+async fn server_commands() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let count: i64 = cmd("COMMAND")
+        .arg("COUNT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let all: Vec<redis::Value> = cmd("COMMAND").query_async(&mut c).await.unwrap();
+    assert_eq!(all.len() as i64, count);
+    let docs: Vec<redis::Value> = cmd("COMMAND")
+        .arg("DOCS")
+        .arg("get")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 2);
+    let _: () = cmd("SET")
+        .arg("a")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let size: i64 = cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(size, 1);
+    let info: String = cmd("INFO").query_async(&mut c).await.unwrap();
+    for needle in [
+        "# Server",
+        "redis_version:",
+        "# Replication",
+        "role:master",
+        "# Keyspace",
+        "db0:keys=1,expires=0,avg_ttl=0",
+        "raftkv_regions:1",
+    ] {
+        assert!(info.contains(needle), "{needle} missing from {info}");
+    }
+    let replication: String = cmd("INFO")
+        .arg("replication")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(replication.starts_with("# Replication\r\n") && !replication.contains("# Server"));
+}
+
+#[tokio::test]
+async fn key_commands() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let _: () = cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let kind: String = cmd("TYPE").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(kind, "string");
+    let kind: String = cmd("TYPE")
+        .arg("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kind, "none");
+    let ttl: i64 = cmd("TTL").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(ttl, -1);
+    let ttl: i64 = cmd("PTTL")
+        .arg("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -2);
+    let n: i64 = cmd("EXISTS")
+        .arg("k")
+        .arg("k")
+        .arg("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let _: () = cmd("SET")
+        .arg("k2")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let n: i64 = cmd("DEL")
+        .arg("k")
+        .arg("k2")
+        .arg("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let _: () = cmd("SET")
+        .arg("k3")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let n: i64 = cmd("UNLINK").arg("k3").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn scan_visits_every_key_once() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    for i in 0..25 {
+        let _: () = cmd("SET")
+            .arg(format!("user:{i:02}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = cmd("SET")
+            .arg(format!("other:{i:02}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let (next, keys): (String, Vec<String>) = cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(7)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        seen.extend(keys);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
+    assert_eq!(seen, expected);
+    let (_, keys): (String, Vec<String>) = cmd("SCAN")
+        .arg(0)
+        .arg("TYPE")
+        .arg("hash")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty());
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SCAN").arg("zz")).await,
+        "ERR invalid cursor"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SCAN").arg(0).arg("COUNT").arg(0)).await,
+        "ERR syntax error"
+    );
+}
+
+#[tokio::test]
+async fn string_commands() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let missing: Option<String> = cmd("GET").arg("s").query_async(&mut c).await.unwrap();
+    assert_eq!(missing, None);
+    let ok: Option<String> = cmd("SET")
+        .arg("s")
+        .arg("a")
+        .arg("XX")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ok, None, "XX on a missing key writes nothing");
+    let ok: String = cmd("SET")
+        .arg("s")
+        .arg("a")
+        .arg("NX")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let not: Option<String> = cmd("SET")
+        .arg("s")
+        .arg("b")
+        .arg("NX")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(not, None);
+    let previous: Option<String> = cmd("SET")
+        .arg("s")
+        .arg("c")
+        .arg("GET")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(previous.as_deref(), Some("a"));
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SET").arg("s").arg("c").arg("NX").arg("XX")).await,
+        "ERR syntax error"
+    );
+    let expiry = error_text::<()>(&mut c, cmd("SET").arg("s").arg("c").arg("EX").arg(10)).await;
+    assert!(expiry.starts_with("ERR SET expiry options"), "{expiry}");
+    let still: String = cmd("GET").arg("s").query_async(&mut c).await.unwrap();
+    assert_eq!(still, "c", "a refused SET EX changes nothing");
+    let n: i64 = cmd("SETNX")
+        .arg("s")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let old: String = cmd("GETSET")
+        .arg("s")
+        .arg("d")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(old, "c");
+    let old: String = cmd("GETDEL").arg("s").query_async(&mut c).await.unwrap();
+    assert_eq!(old, "d");
+    let _: () = cmd("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg("2")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let values: Vec<Option<String>> = cmd("MGET")
+        .arg("a")
+        .arg("x")
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(values, vec![Some("1".into()), None, Some("2".into())]);
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("MSET").arg("a").arg("1").arg("b")).await,
+        "ERR wrong number of arguments for 'mset' command"
+    );
+    let n: i64 = cmd("MSETNX")
+        .arg("a")
+        .arg("9")
+        .arg("new")
+        .arg("9")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let n: i64 = cmd("MSETNX")
+        .arg("n1")
+        .arg("9")
+        .arg("n2")
+        .arg("9")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let n: i64 = cmd("APPEND")
+        .arg("ap")
+        .arg("Hello")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+    let n: i64 = cmd("APPEND")
+        .arg("ap")
+        .arg(" World")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    let n: i64 = cmd("STRLEN").arg("ap").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 11);
+    let part: String = cmd("GETRANGE")
+        .arg("ap")
+        .arg(-5)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(part, "World");
+    let n: i64 = cmd("SETRANGE")
+        .arg("ap")
+        .arg(6)
+        .arg("Redis")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    let whole: String = cmd("GET").arg("ap").query_async(&mut c).await.unwrap();
+    assert_eq!(whole, "Hello Redis");
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SETRANGE").arg("ap").arg(-1).arg("x")).await,
+        "ERR offset is out of range"
+    );
+    let n: i64 = cmd("INCR").arg("n").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1);
+    let n: i64 = cmd("INCRBY")
+        .arg("n")
+        .arg(10)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    let n: i64 = cmd("DECR").arg("n").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 10);
+    let n: i64 = cmd("DECRBY")
+        .arg("n")
+        .arg(4)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("INCR").arg("ap")).await,
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("INCRBY").arg("n").arg("1.5")).await,
+        "ERR value is not an integer or out of range"
+    );
+    let _: () = cmd("SET")
+        .arg("big")
+        .arg(i64::MAX)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("INCR").arg("big")).await,
+        "ERR increment or decrement would overflow"
+    );
+    let f: String = cmd("INCRBYFLOAT")
+        .arg("f")
+        .arg("2.5")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f, "2.5");
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("INCRBYFLOAT").arg("f").arg("abc")).await,
+        "ERR value is not a valid float"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("INCRBYFLOAT").arg("ap").arg("1")).await,
+        "ERR value is not a valid float"
+    );
+}
+
+#[tokio::test]
+async fn crossslot_is_refused_and_nothing_is_applied() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    server.backend.same_region.store(false, Ordering::Relaxed);
+    for command in [
+        cmd("MSET").arg("a").arg("1").arg("b").arg("2").clone(),
+        cmd("MSETNX").arg("a").arg("1").arg("b").arg("2").clone(),
+        cmd("MGET").arg("a").arg("b").clone(),
+        cmd("DEL").arg("a").arg("b").clone(),
+        cmd("EXISTS").arg("a").arg("b").clone(),
+    ] {
+        assert_eq!(
+            error_text::<()>(&mut c, &command).await,
+            "CROSSSLOT Keys in request don't hash to the same slot"
+        );
+    }
+    let size: i64 = cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(size, 0);
+    // Single-key commands are unaffected.
+    let _: () = cmd("SET")
+        .arg("a")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order() {
+    let server = start(RespConfig::default()).await;
+    let mut request = Vec::new();
+    for _ in 0..100 {
+        Frame::Array(vec![
+            Frame::bulk(&b"INCR"[..]),
+            Frame::bulk(&b"counter"[..]),
+        ])
+        .encode(&mut request);
+    }
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let frames = read_frames(&mut stream, 100).await;
+    let expected: Vec<Frame> = (1..=100).map(Frame::Integer).collect();
+    assert_eq!(frames, expected);
+}
+
+#[tokio::test]
+async fn inline_commands_work() {
+    let server = start(RespConfig::default()).await;
+    let (reply, mut stream) = raw(&server, b"PING\r\n").await;
+    assert_eq!(reply, b"+PONG\r\n");
+    stream
+        .write_all(b"SET \"a key\" 'v'\r\nGET \"a key\"\n")
+        .await
+        .unwrap();
+    let frames = read_frames(&mut stream, 2).await;
+    assert_eq!(frames, vec![Frame::simple("OK"), Frame::bulk(&b"v"[..])]);
+}
+
+#[tokio::test]
+async fn protocol_errors_answer_then_close() {
+    let config = RespConfig {
+        max_bulk_bytes: 1024,
+        ..RespConfig::default()
+    };
+    let server = start(config).await;
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"*abc\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$2000\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n$-5\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n:1\r\n",
+            b"-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"GET \"x\r\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        (
+            b"*99999999\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+    ];
+    for (request, expected) in cases {
+        let (reply, mut stream) = raw(&server, request).await;
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            String::from_utf8_lossy(expected)
+        );
+        assert_closed(&mut stream).await;
+    }
+    // An inline line longer than 64 KiB.
+    let (reply, _) = raw(&server, &vec![b'a'; 70 * 1024]).await;
+    assert_eq!(reply, b"-ERR Protocol error: too big inline request\r\n");
+}
+
+#[tokio::test]
+async fn unauthenticated_clients_are_limited() {
+    let config = RespConfig {
+        password: Some("secret".into()),
+        ..RespConfig::default()
+    };
+    let server = start(config).await;
+    let (reply, _) = raw(&server, b"GET a\r\n").await;
+    assert_eq!(reply, b"-NOAUTH Authentication required.\r\n");
+    // Before AUTH a 2 KiB bulk is refused at its header, before any of it is buffered.
+    let (reply, mut stream) = raw(&server, b"*2\r\n$4\r\nAUTH\r\n$2048\r\n").await;
+    assert_eq!(reply, b"-ERR Protocol error: invalid bulk length\r\n");
+    assert_closed(&mut stream).await;
+    let (reply, _) = raw(&server, b"*11\r\n").await;
+    assert_eq!(reply, b"-ERR Protocol error: invalid multibulk length\r\n");
+    let (reply, mut stream) = raw(&server, b"AUTH wrong\r\n").await;
+    assert_eq!(
+        reply,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    stream.write_all(b"AUTH default secret\r\n").await.unwrap();
+    assert_eq!(read_some(&mut stream).await, b"+OK\r\n");
+    // After AUTH large bulks are fine.
+    let mut request = Vec::new();
+    Frame::Array(vec![
+        Frame::bulk(&b"SET"[..]),
+        Frame::bulk(&b"k"[..]),
+        Frame::bulk(vec![b'x'; 4096]),
+    ])
+    .encode(&mut request);
+    stream.write_all(&request).await.unwrap();
+    assert_eq!(read_some(&mut stream).await, b"+OK\r\n");
+    // RESET drops the authentication.
+    stream.write_all(b"RESET\r\nGET k\r\n").await.unwrap();
+    let frames = read_frames(&mut stream, 2).await;
+    assert_eq!(
+        frames,
+        vec![
+            Frame::simple("RESET"),
+            Frame::error("NOAUTH Authentication required.")
+        ]
+    );
+    // The redis crate authenticates from the URL.
+    let url = format!("redis://:secret@{}/", server.address);
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_tokio_connection()
+        .await
+        .unwrap();
+    let value: String = cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(value.len(), 4096);
+}
+
+#[tokio::test]
+async fn quit_answers_then_closes() {
+    let server = start(RespConfig::default()).await;
+    let (reply, mut stream) = raw(&server, b"QUIT\r\n").await;
+    assert_eq!(reply, b"+OK\r\n");
+    assert_closed(&mut stream).await;
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_redis_text() {
+    let config = RespConfig {
+        max_connections: 1,
+        ..RespConfig::default()
+    };
+    let server = start(config).await;
+    let (reply, _first) = raw(&server, b"PING\r\n").await;
+    assert_eq!(reply, b"+PONG\r\n");
+    let mut second = TcpStream::connect(server.address).await.unwrap();
+    assert_eq!(
+        read_some(&mut second).await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    assert_closed(&mut second).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_returns() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        MemoryBackend::new(),
+        RespConfig::default(),
+        stopped,
+    ));
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(read_some(&mut stream).await, b"+PONG\r\n");
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns")
+        .unwrap();
+    assert_closed(&mut stream).await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary bytes never panic either parser.
+    #[test]
+    fn parsers_never_panic(input in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let limits = resp::frame::RequestLimits { max_bulk_bytes: 64, max_array_len: 8, max_request_bytes: 512 };
+        let _ = resp::frame::parse_request(&input, &limits);
+        let _ = Frame::parse(&input);
+    }
+
+    /// RESP-shaped garbage (valid prefixes glued to random bytes) reaches the deeper paths.
+    #[test]
+    fn parsers_never_panic_on_resp_like_input(
+        parts in proptest::collection::vec(prop_oneof![
+            Just(b"*".to_vec()), Just(b"$".to_vec()), Just(b"\r\n".to_vec()), Just(b"-1".to_vec()),
+            Just(b"3".to_vec()), Just(b"\"".to_vec()), Just(b"'".to_vec()), Just(b"\\x".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..4),
+        ], 0..40)
+    ) {
+        let input: Vec<u8> = parts.concat();
+        let limits = resp::frame::RequestLimits { max_bulk_bytes: 64, max_array_len: 8, max_request_bytes: 512 };
+        let _ = resp::frame::parse_request(&input, &limits);
+        let _ = Frame::parse(&input);
+    }
+}
