@@ -57,6 +57,9 @@ pub struct KvSimOptions {
     pub seed: u64,
     pub sim_seconds: u64,
     pub print_trace: bool,
+    /// A deliberate bug for testing the checker: serve reads from the local replica without
+    /// ReadIndex. Runs with it must fail the linearizability check.
+    pub mutant_local_reads: bool,
 }
 
 impl KvSimOptions {
@@ -65,6 +68,7 @@ impl KvSimOptions {
             seed,
             sim_seconds: 20,
             print_trace: false,
+            mutant_local_reads: false,
         }
     }
 }
@@ -165,6 +169,7 @@ struct Sim {
     print_trace: bool,
     /// Clients finish what they started but start nothing new (the end of a run).
     clients_stopped: bool,
+    mutant_local_reads: bool,
     out: KvSimOutcome,
 }
 
@@ -368,6 +373,11 @@ impl Sim {
             };
             s.propose(region.id, region.epoch, &key, req.encode())
         } else {
+            if self.mutant_local_reads {
+                let r = s.stale_read(region.id, region.epoch, &key, &cmd);
+                self.finish_local_read(ci, r);
+                return;
+            }
             s.read(region.id, region.epoch, &key, cmd)
         };
         match r {
@@ -390,6 +400,31 @@ impl Sim {
                 let d = 5 + self.rng.below(30);
                 self.wake(ci, d);
             }
+        }
+    }
+
+    /// The mutant's read path: answered at once from the local state machine.
+    fn finish_local_read(
+        &mut self,
+        ci: usize,
+        r: Result<Result<Response, kv::CommandError>, StoreError>,
+    ) {
+        let Some(op) = self.clients[ci].op.as_ref() else {
+            return;
+        };
+        match r {
+            Ok(Ok(resp)) => {
+                let out = to_output(&op.input, resp);
+                let slot = op.slot;
+                self.clock += 1;
+                if let Some(h) = self.history[slot].as_mut() {
+                    h.output = Some(out);
+                    h.return_time = Some(self.clock);
+                }
+                self.clients[ci].op = None;
+                self.wake(ci, 5);
+            }
+            _ => self.wake(ci, 10),
         }
     }
 
@@ -587,6 +622,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         clock: 0,
         print_trace: opts.print_trace,
         clients_stopped: false,
+        mutant_local_reads: opts.mutant_local_reads,
         rng,
         out: KvSimOutcome {
             seed: opts.seed,

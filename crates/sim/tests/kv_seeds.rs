@@ -37,3 +37,18 @@ fn whole_cluster_seeds_stay_linearizable_and_converge() {
         "clients completed only {completed} operations"
     );
 }
+
+/// The check can fail: with reads served from the local replica (no ReadIndex) the same
+/// workload must be caught as not linearizable.
+#[test]
+fn whole_cluster_checker_catches_stale_local_reads() {
+    let caught = (0..4).any(|seed| {
+        let mut o = KvSimOptions::new(seed);
+        o.mutant_local_reads = true;
+        matches!(run_kv_seed(&o), Err(e) if e.contains("not linearizable"))
+    });
+    assert!(
+        caught,
+        "local reads without ReadIndex went unnoticed on seeds 0-3"
+    );
+}
