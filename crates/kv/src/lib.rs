@@ -18,6 +18,8 @@
 //!   exactly-once rules.
 //! - `session`: the session table (client → last sequence, cached reply, last seen).
 //! - [`snapshot`]: the checksummed snapshot format, `restore`, and the state hash.
+//! - `store_adapter`: `KvStateMachine` implements `store::StateMachine`, so a store hosts
+//!   KV regions directly.
 //! - `codec`: varints, length-prefixed bytes and a bounds-checked reader shared by every
 //!   format; [`DecodeError`].
 //!
@@ -80,6 +82,7 @@ mod machine;
 pub mod response;
 mod session;
 pub mod snapshot;
+mod store_adapter;
 
 pub use codec::DecodeError;
 pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};

@@ -11,7 +11,7 @@
 //!
 //! ## Module map
 //! - [`config`]: `ServerConfig` and the `1=host:port,...` initial-cluster syntax.
-//! - [`adapter`]: `KvSm`, the `store::StateMachine` implementation over `kv`.
+//! - [`adapter`]: `KvSm`, the regions' state machine (`kv::KvStateMachine`).
 //! - `store_loop`: the store thread and its command channel.
 //! - [`service`]: the `Kv` gRPC service, request validation, forwarding, error mapping.
 //! - [`metrics`]: counters and latency histograms in Prometheus text format.

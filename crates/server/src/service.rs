@@ -1,6 +1,5 @@
 //! The client-facing `Kv` gRPC service.
 
-use crate::adapter::KvSm;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::store_loop::{Cmd, StoreHandle};
@@ -540,9 +539,4 @@ impl pb::kv_server::Kv for KvGrpc {
     ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
         Ok(tonic::Response::new(self.0.status().await))
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send(s: KvSm) -> impl Send {
-    s.0
 }

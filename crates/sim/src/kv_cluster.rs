@@ -15,42 +15,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use store::{Region, Reply, StateMachine, Store, StoreConfig, StoreError, StoreId, Ticket};
+use store::{Region, Reply, Store, StoreConfig, StoreError, StoreId, Ticket};
 
 /// Virtual milliseconds.
 type Ms = u64;
 
-/// The KV state machine as a store region's state machine (as in the server).
-pub struct SimKv(pub KvStateMachine);
-
-impl StateMachine for SimKv {
-    type Output = kv::ApplyOutcome;
-    type Query = Command;
-    type ReadOutput = Result<Response, kv::CommandError>;
-    fn empty(region: &Region) -> Self {
-        SimKv(KvStateMachine::with_region(kv::RegionRange {
-            start: Bytes::from(region.start_key.clone()),
-            end: region.end_key.clone().map(Bytes::from),
-        }))
-    }
-    fn apply(&mut self, index: u64, data: &[u8]) -> kv::ApplyOutcome {
-        self.0.apply(index, data)
-    }
-    fn apply_noop(&mut self, index: u64) {
-        self.0.apply_noop(index)
-    }
-    fn read(&self, q: &Command) -> Self::ReadOutput {
-        self.0.read(q)
-    }
-    fn snapshot(&self) -> Bytes {
-        self.0.snapshot()
-    }
-    fn restore(data: &[u8]) -> Result<Self, String> {
-        KvStateMachine::restore(data)
-            .map(SimKv)
-            .map_err(|e| e.to_string())
-    }
-}
+/// The regions' state machine (it implements `store::StateMachine` in the `kv` crate).
+type SimKv = KvStateMachine;
 
 #[derive(Clone, Debug)]
 pub struct KvSimOptions {
@@ -706,7 +677,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 .iter()
                 .filter_map(|s| s.store.as_ref())
                 .filter_map(|s| s.state_machine(r.id))
-                .map(|m| (m.0.applied_index(), m.0.state_hash()))
+                .map(|m| (m.applied_index(), m.state_hash()))
                 .collect();
             let top = hashes.iter().map(|h| h.0).max().unwrap_or(0);
             if hashes.iter().any(|h| h.0 != top) {

@@ -1,0 +1,39 @@
+//! `KvStateMachine` as a store region's state machine (`store::StateMachine`): the one
+//! adapter used by the server and the whole-cluster simulator.
+
+use crate::{ApplyOutcome, Command, CommandError, KvStateMachine, RegionRange, Response};
+use bytes::Bytes;
+use store::{Region, StateMachine};
+
+impl StateMachine for KvStateMachine {
+    type Output = ApplyOutcome;
+    type Query = Command;
+    type ReadOutput = Result<Response, CommandError>;
+
+    fn empty(region: &Region) -> Self {
+        KvStateMachine::with_region(RegionRange {
+            start: Bytes::from(region.start_key.clone()),
+            end: region.end_key.clone().map(Bytes::from),
+        })
+    }
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> ApplyOutcome {
+        KvStateMachine::apply(self, index, data)
+    }
+
+    fn apply_noop(&mut self, index: u64) {
+        KvStateMachine::apply_noop(self, index)
+    }
+
+    fn read(&self, query: &Command) -> Result<Response, CommandError> {
+        KvStateMachine::read(self, query)
+    }
+
+    fn snapshot(&self) -> Bytes {
+        KvStateMachine::snapshot(self)
+    }
+
+    fn restore(data: &[u8]) -> Result<Self, String> {
+        KvStateMachine::restore(data).map_err(|e| e.to_string())
+    }
+}
