@@ -58,57 +58,31 @@ fn main() {
         Some(s) => vec![s],
         None => (start..start + seeds).collect(),
     };
-    let t0 = Instant::now();
-    let mut virtual_micros = 0u64;
-    let mut failed = 0;
+    let one_line = verbose || list.len() == 1;
     if kv_mode {
-        for s in &list {
-            let mut o = sim::kv_cluster::KvSimOptions::new(*s);
-            o.print_trace = verbose;
-            o.sim_seconds = sim_seconds;
-            match std::panic::catch_unwind(|| sim::kv_cluster::run_kv_seed(&o)) {
-                Ok(Ok(out)) => {
-                    virtual_micros += out.virtual_ms * 1000;
-                    if verbose || list.len() == 1 {
+        run_all(
+            "whole-cluster seeds",
+            &list,
+            sim::replay_kv_command,
+            |seed| {
+                let mut o = sim::kv_cluster::KvSimOptions::new(seed);
+                o.print_trace = verbose;
+                o.sim_seconds = sim_seconds;
+                sim::kv_cluster::run_kv_seed(&o).map(|out| {
+                    if one_line {
                         println!("{out:?}");
                     }
-                }
-                Ok(Err(e)) => {
-                    failed += 1;
-                    eprintln!("FAIL {e}");
-                }
-                Err(_) => {
-                    failed += 1;
-                    eprintln!(
-                        "FAIL seed {s} panicked\nreplay: {}",
-                        sim::replay_kv_command(*s)
-                    );
-                }
-            }
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        println!(
-            "{} whole-cluster seeds, {} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
-            list.len(),
-            failed,
-            virtual_micros as f64 / 1e6,
-            secs,
-            virtual_micros as f64 / 1e6 / secs.max(1e-9)
+                    out.virtual_ms * 1000
+                })
+            },
         );
-        if failed > 0 {
-            std::process::exit(1);
-        }
-        return;
-    }
-    for s in &list {
-        let mut o = SwarmOptions::new(*s);
-        o.print_trace = verbose;
-        o.sim_seconds = sim_seconds;
-        let r = std::panic::catch_unwind(|| run_seed(&o));
-        match r {
-            Ok(Ok(out)) => {
-                virtual_micros += out.virtual_micros;
-                if verbose || list.len() == 1 {
+    } else {
+        run_all("seeds", &list, sim::replay_command, |seed| {
+            let mut o = SwarmOptions::new(seed);
+            o.print_trace = verbose;
+            o.sim_seconds = sim_seconds;
+            run_seed(&o).map(|out| {
+                if one_line {
                     println!(
                         "seed {} ok: {} nodes [{}]\n  {} msgs, {} committed, {} crashes, {} partitions, {} conf changes, {} transfers, {} snapshots ({} installed), {} reads, {} history ops, {} checks, trace hash {:x}",
                         out.seed, out.nodes, out.fault_mix, out.messages, out.committed, out.crashes, out.partitions,
@@ -116,25 +90,41 @@ fn main() {
                         out.history_ops, out.checks, out.events_hash
                     );
                 }
-            }
+                out.virtual_micros
+            })
+        });
+    }
+}
+
+/// Runs `one` for every seed (a panic counts as a failure), prints each failure with its
+/// replay command and a summary with simulated seconds per real second, and exits 1 if any
+/// seed failed. `one` returns the simulated microseconds of the seed.
+fn run_all(
+    what: &str,
+    seeds: &[u64],
+    replay: fn(u64) -> String,
+    one: impl Fn(u64) -> Result<u64, String> + std::panic::RefUnwindSafe,
+) {
+    let t0 = Instant::now();
+    let mut virtual_micros = 0u64;
+    let mut failed = 0;
+    for &seed in seeds {
+        match std::panic::catch_unwind(|| one(seed)) {
+            Ok(Ok(micros)) => virtual_micros += micros,
             Ok(Err(e)) => {
                 failed += 1;
-                eprintln!("FAIL {e}\nreplay: {}", sim::replay_command(*s));
+                eprintln!("FAIL {e}\nreplay: {}", replay(seed));
             }
             Err(_) => {
                 failed += 1;
-                eprintln!(
-                    "FAIL seed {s} panicked\nreplay: {}",
-                    sim::replay_command(*s)
-                );
+                eprintln!("FAIL seed {seed} panicked\nreplay: {}", replay(seed));
             }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{} seeds, {} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
-        list.len(),
-        failed,
+        "{} {what}, {failed} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
+        seeds.len(),
         virtual_micros as f64 / 1e6,
         secs,
         virtual_micros as f64 / 1e6 / secs.max(1e-9)
