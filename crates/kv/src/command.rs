@@ -22,6 +22,8 @@
 //!  13 GetDel         key:bytes
 //!  14 SetNx          key:bytes value:bytes
 //!  15 MSetNx         pairs:list<(key:bytes value:bytes)>
+//!  16 DeleteMany     keys:list<bytes>
+//!  17 Count          (no fields)
 //! ```
 //! Primitives are described in the `codec` module. Tags are never reused: a retired command
 //! keeps its number so old log entries still decode to the same thing.
@@ -154,6 +156,12 @@ pub enum Command {
     /// Redis `MSETNX`: writes all pairs only if none of the keys exists.
     /// → `Response::Written(written)`.
     MSetNx { pairs: Vec<(Bytes, Bytes)> },
+    /// Redis multi-key `DEL`/`UNLINK`: removes every listed key in one atomic step (a repeated
+    /// key counts once). → `Response::Integer(number_of_keys_that_existed)`.
+    DeleteMany { keys: Vec<Bytes> },
+    /// Number of keys in the region (Redis `DBSIZE` sums it over regions). Read-only.
+    /// → `Response::Integer(count)`.
+    Count,
 }
 
 // Tags: see the module docs. Never renumber.
@@ -172,6 +180,8 @@ const TAG_GET_SET: u8 = 12;
 const TAG_GET_DEL: u8 = 13;
 const TAG_SET_NX: u8 = 14;
 const TAG_MSET_NX: u8 = 15;
+const TAG_DELETE_MANY: u8 = 16;
+const TAG_COUNT: u8 = 17;
 
 /// Smallest encoding of one `bytes` field (an empty one: its length byte).
 const MIN_BYTES_FIELD: u64 = 1;
@@ -182,7 +192,10 @@ impl Command {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Command::Get { .. } | Command::Scan { .. } | Command::BatchGet { .. }
+            Command::Get { .. }
+                | Command::Scan { .. }
+                | Command::BatchGet { .. }
+                | Command::Count
         )
     }
 
@@ -215,7 +228,10 @@ impl Command {
                 key.len() + expected.as_ref().map_or(0, Bytes::len) + new.len()
             }
             Command::Scan { start, end, .. } => start.len() + end.as_ref().map_or(0, Bytes::len),
-            Command::BatchGet { keys } => keys.iter().map(|k| k.len() + 2).sum(),
+            Command::BatchGet { keys } | Command::DeleteMany { keys } => {
+                keys.iter().map(|k| k.len() + 2).sum()
+            }
+            Command::Count => 0,
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
                 pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
             }
@@ -305,6 +321,14 @@ impl Command {
                 out.put_u8(TAG_MSET_NX);
                 encode_pairs(out, pairs);
             }
+            Command::DeleteMany { keys } => {
+                out.put_u8(TAG_DELETE_MANY);
+                out.put_varint(keys.len() as u64);
+                for key in keys {
+                    out.put_bytes(key);
+                }
+            }
+            Command::Count => out.put_u8(TAG_COUNT),
         }
     }
 
@@ -379,6 +403,15 @@ impl Command {
             TAG_MSET_NX => Command::MSetNx {
                 pairs: decode_pairs(reader)?,
             },
+            TAG_DELETE_MANY => {
+                let count = reader.count("delete keys", MIN_BYTES_FIELD)?;
+                let mut keys = Vec::with_capacity(count);
+                for _ in 0..count {
+                    keys.push(reader.bytes("key")?);
+                }
+                Command::DeleteMany { keys }
+            }
+            TAG_COUNT => Command::Count,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "command",

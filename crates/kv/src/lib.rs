@@ -88,6 +88,8 @@ pub use codec::DecodeError;
 pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};
 pub use config::{Limits, RegionRange, SessionPolicy};
 pub use machine::{KvStateMachine, SplitError};
-pub use response::{ApplyError, ApplyOutcome, CommandError, Response};
+pub use response::{
+    decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, Response,
+};
 pub use session::Session;
 pub use snapshot::SnapshotError;

@@ -346,7 +346,10 @@ impl KvStateMachine {
             | Command::GetDel { key }
             | Command::SetNx { key, .. } => check(key),
             Command::Scan { start, .. } => check(start),
-            Command::BatchGet { keys } => keys.iter().try_for_each(check),
+            Command::BatchGet { keys } | Command::DeleteMany { keys } => {
+                keys.iter().try_for_each(check)
+            }
+            Command::Count => Ok(()),
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
                 pairs.iter().try_for_each(|(key, _)| check(key))
             }
@@ -402,6 +405,9 @@ impl KvStateMachine {
                 ))
             }
             Command::Scan { start, end, limit } => self.scan(start, end.as_ref(), *limit),
+            Command::Count => Ok(Response::Integer(
+                i64::try_from(self.data.len()).unwrap_or(i64::MAX),
+            )),
             _ => Err(CommandError::NotReadOnly),
         }
     }
@@ -448,8 +454,18 @@ impl KvStateMachine {
     /// everything first and mutates last, so an error leaves the state untouched.
     fn execute(&mut self, command: &Command) -> Result<Response, CommandError> {
         match command {
-            Command::Get { .. } | Command::Scan { .. } | Command::BatchGet { .. } => {
-                self.execute_read(command)
+            Command::Get { .. }
+            | Command::Scan { .. }
+            | Command::BatchGet { .. }
+            | Command::Count => self.execute_read(command),
+            Command::DeleteMany { keys } => {
+                self.check_batch(keys.len())?;
+                keys.iter().try_for_each(|key| self.check_key(key))?;
+                let removed = keys
+                    .iter()
+                    .filter(|key| self.data.remove(*key).is_some())
+                    .count();
+                Ok(Response::Integer(removed as i64))
             }
             Command::Put {
                 key,

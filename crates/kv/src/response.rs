@@ -155,6 +155,30 @@ const ERROR_NOT_FINITE: u8 = 8;
 const ERROR_CONFLICTING_OPTIONS: u8 = 9;
 const ERROR_NOT_READ_ONLY: u8 = 10;
 
+/// Encodes a command's result on its own (version byte + result), for carrying it between
+/// servers (a forwarded request's answer). Inverse: [`decode_command_result`].
+pub fn encode_command_result(result: &Result<Response, CommandError>) -> Bytes {
+    let mut buf = Vec::with_capacity(32);
+    buf.put_u8(crate::CODEC_VERSION);
+    encode_result(&mut buf, result);
+    Bytes::from(buf)
+}
+
+/// Decodes [`encode_command_result`]'s output. Never panics, whatever the input.
+pub fn decode_command_result(input: &[u8]) -> Result<Result<Response, CommandError>, DecodeError> {
+    let mut reader = Reader::new(input);
+    let found = reader.u8("codec version")?;
+    if found != crate::CODEC_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found,
+            supported: crate::CODEC_VERSION,
+        });
+    }
+    let result = decode_result(&mut reader)?;
+    reader.finish()?;
+    Ok(result)
+}
+
 pub(crate) fn encode_result<S: Sink>(out: &mut S, result: &Result<Response, CommandError>) {
     match result {
         Ok(response) => {

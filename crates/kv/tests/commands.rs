@@ -558,3 +558,85 @@ fn read_checks_the_region() {
         Err(CommandError::OutOfRange { key: b("a") })
     );
 }
+
+#[test]
+fn delete_many_removes_all_keys_at_once_and_counts_existing_ones() {
+    let mut m = machine();
+    exec(&mut m, put("a", "1")).unwrap();
+    exec(&mut m, put("c", "3")).unwrap();
+    let keys = vec![b("a"), b("b"), b("c"), b("a")];
+    assert_eq!(
+        exec(&mut m, Command::DeleteMany { keys }),
+        Ok(Response::Integer(2)),
+        "a repeated key counts once; a missing key counts zero"
+    );
+    assert!(m.is_empty());
+    assert_eq!(
+        exec(&mut m, Command::DeleteMany { keys: vec![b("a")] }),
+        Ok(Response::Integer(0))
+    );
+}
+
+#[test]
+fn delete_many_is_refused_whole_when_one_key_is_bad() {
+    let mut m = small_limits_machine();
+    exec(&mut m, put("a", "1")).unwrap();
+    assert_refused(
+        &mut m,
+        Command::DeleteMany {
+            keys: vec![b("a"), b("toolong")],
+        },
+        CommandError::KeyTooLarge { size: 7, max: 4 },
+    );
+    assert_refused(
+        &mut m,
+        Command::DeleteMany {
+            keys: vec![b("a"), b("b"), b("c")],
+        },
+        CommandError::BatchTooLarge { size: 3, max: 2 },
+    );
+}
+
+#[test]
+fn delete_many_outside_the_region_changes_nothing() {
+    let mut m = KvStateMachine::with_region(RegionRange::new(b("b"), Some(b("d"))));
+    exec(&mut m, put("b", "1")).unwrap();
+    assert_refused(
+        &mut m,
+        Command::DeleteMany {
+            keys: vec![b("b"), b("e")],
+        },
+        CommandError::OutOfRange { key: b("e") },
+    );
+}
+
+#[test]
+fn count_is_the_number_of_keys_and_read_only() {
+    let mut m = machine();
+    assert_eq!(m.read(&Command::Count), Ok(Response::Integer(0)));
+    exec(&mut m, put("a", "1")).unwrap();
+    exec(&mut m, put("b", "2")).unwrap();
+    assert_eq!(m.read(&Command::Count), Ok(Response::Integer(2)));
+    assert!(Command::Count.is_read_only());
+    assert!(!Command::DeleteMany { keys: vec![] }.is_read_only());
+}
+
+#[test]
+fn command_results_round_trip_and_garbage_is_refused() {
+    let results = [
+        Ok(Response::Integer(-5)),
+        Ok(Response::Put {
+            written: false,
+            previous: Some(b("x")),
+        }),
+        Err(CommandError::NotAnInteger),
+    ];
+    for r in results {
+        let bytes = kv::encode_command_result(&r);
+        assert_eq!(kv::decode_command_result(&bytes), Ok(r));
+        for cut in 0..bytes.len() {
+            assert!(kv::decode_command_result(&bytes[..cut]).is_err());
+        }
+    }
+    assert!(kv::decode_command_result(&[9, 0, 0]).is_err());
+}

@@ -92,6 +92,8 @@ fn command() -> impl Strategy<Value = Command> {
         key().prop_map(|key| Command::GetDel { key }),
         (key(), value()).prop_map(|(key, value)| Command::SetNx { key, value }),
         pairs().prop_map(|pairs| Command::MSetNx { pairs }),
+        proptest::collection::vec(key(), 0..4).prop_map(|keys| Command::DeleteMany { keys }),
+        Just(Command::Count),
         (key(), 0u64..30, value()).prop_map(|(key, offset, value)| Command::SetRange {
             key,
             offset,
@@ -115,6 +117,7 @@ fn read_command() -> impl Strategy<Value = Command> {
         (key(), proptest::option::of(key()), 0u32..5)
             .prop_map(|(start, end, limit)| Command::Scan { start, end, limit }),
         proptest::collection::vec(key(), 0..4).prop_map(|keys| Command::BatchGet { keys }),
+        Just(Command::Count),
     ]
 }
 
@@ -299,7 +302,7 @@ impl Model {
                 batch_fits(pairs.len())?;
                 pairs.iter().try_for_each(|(_, value)| value_fits(value))
             }
-            Command::BatchGet { keys } => batch_fits(keys.len()),
+            Command::BatchGet { keys } | Command::DeleteMany { keys } => batch_fits(keys.len()),
             Command::Scan { limit, .. } if *limit > LIMITS.max_scan_limit => {
                 Err(CommandError::ScanLimitTooLarge {
                     limit: u64::from(*limit),
@@ -369,6 +372,10 @@ impl Model {
             Command::BatchGet { keys } => {
                 Response::Values(keys.iter().map(|k| data.get(k).cloned()).collect())
             }
+            Command::DeleteMany { keys } => {
+                Response::Integer(keys.iter().filter(|k| data.remove(*k).is_some()).count() as i64)
+            }
+            Command::Count => Response::Integer(data.len() as i64),
             Command::BatchPut { pairs } => {
                 data.extend(pairs);
                 Response::Done
@@ -456,7 +463,8 @@ fn first_key_outside_region(command: &Command) -> Option<Bytes> {
         | Command::GetDel { key }
         | Command::SetNx { key, .. } => vec![key.clone()],
         Command::Scan { start, .. } => vec![start.clone()],
-        Command::BatchGet { keys } => keys.clone(),
+        Command::BatchGet { keys } | Command::DeleteMany { keys } => keys.clone(),
+        Command::Count => vec![],
         Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
             pairs.iter().map(|(k, _)| k.clone()).collect()
         }

@@ -103,6 +103,9 @@ pub mod strategies {
             any_bytes().prop_map(|key| Command::GetDel { key }),
             (any_bytes(), any_bytes()).prop_map(|(key, value)| Command::SetNx { key, value }),
             pairs().prop_map(|pairs| Command::MSetNx { pairs }),
+            proptest::collection::vec(any_bytes(), 0..4)
+                .prop_map(|keys| Command::DeleteMany { keys }),
+            Just(Command::Count),
         ]
     }
 
