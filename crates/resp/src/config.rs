@@ -20,6 +20,9 @@ pub const UNAUTHENTICATED_MAX_ARRAY_LEN: usize = 10;
 pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 /// SCAN's COUNT is clamped to this (the state machine refuses larger scan limits).
 pub const MAX_SCAN_COUNT: u32 = 1_000;
+/// Outstanding SCAN cursors remembered per front end (see `cmd::keys`); past this the oldest
+/// is forgotten and continuing it answers `ERR invalid cursor`.
+pub const MAX_SCAN_CURSORS: usize = 10_000;
 /// SCAN's COUNT when none is given (Redis's default).
 pub const DEFAULT_SCAN_COUNT: u32 = 10;
 /// Longest client name (CLIENT SETNAME), so names stay small in memory.

@@ -24,9 +24,10 @@
 //! ## Known deviations from Redis
 //! - Only strings exist (TYPE is `string` or `none`; no WRONGTYPE), keys never expire (TTL is
 //!   -1/-2; SET EX/PX/EXAT/PXAT/KEEPTTL is refused with an explicit error).
-//! - SCAN cursors are hex-encoded resume keys, not integers (see `cmd::keys`): clients that
-//!   parse the cursor as a 64-bit integer cannot iterate.
-//! - A multi-key DEL/UNLINK deletes key by key (each exactly once), not as one atomic step.
+//! - SCAN cursors are integers naming server-side resume keys (see `cmd::keys`); a front end
+//!   remembers the newest 10,000 and a forgotten one answers `ERR invalid cursor`.
+//! - Multi-key commands (MGET, MSET, MSETNX, DEL, UNLINK, EXISTS) must keep their keys in one
+//!   region: they are then one atomic step, otherwise they are refused with CROSSSLOT.
 //! - Only RESP2: `HELLO 3` answers NOPROTO. Only database 0.
 
 pub mod backend;

@@ -11,7 +11,7 @@ use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::backend::Backend;
-use crate::cmd::{self, Outcome, Session};
+use crate::cmd::{self, CursorTable, Outcome, Session};
 use crate::config::RespConfig;
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::Frame;
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub port: u16,
     pub connection_limit: Arc<Semaphore>,
+    /// SCAN cursors of all connections (bounded; see `cmd::keys`).
+    pub cursors: Mutex<CursorTable>,
     next_connection_id: AtomicU64,
 }
 
@@ -61,6 +63,7 @@ pub async fn serve(
         started: Instant::now(),
         port,
         next_connection_id: AtomicU64::new(1),
+        cursors: Mutex::new(CursorTable::new(new_session_client_id(0))),
     });
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -376,10 +376,37 @@ async fn scan_visits_every_key_once() {
         if next == "0" {
             break;
         }
+        // Clients such as redis-cli parse the cursor as an unsigned 64-bit integer.
+        next.parse::<u64>()
+            .unwrap_or_else(|_| panic!("cursor {next:?} is not an integer"));
         cursor = next;
     }
     let expected: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
     assert_eq!(seen, expected);
+    // A cursor may be continued from another connection to the same server.
+    let (next, first): (String, Vec<String>) = cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(10)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 10);
+    let mut other = client(&server).await;
+    let (_, rest): (String, Vec<String>) = cmd("SCAN")
+        .arg(&next)
+        .arg("COUNT")
+        .arg(10)
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 10);
+    assert!(rest[0] > first[9], "the second page must resume after the first");
+    // An integer cursor this server never handed out is refused, not restarted from 0.
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("SCAN").arg("12345")).await,
+        "ERR invalid cursor"
+    );
     let (_, keys): (String, Vec<String>) = cmd("SCAN")
         .arg(0)
         .arg("TYPE")
@@ -819,4 +846,32 @@ proptest! {
         let _ = resp::frame::parse_request(&input, &limits);
         let _ = Frame::parse(&input);
     }
+}
+
+/// A multi-key DEL is one state-machine command (one log entry), so it can never be half
+/// applied.
+#[tokio::test]
+async fn multi_key_del_is_one_atomic_command() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let _: () = cmd("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg("2")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let before = server.backend.state.lock().unwrap().1;
+    let n: i64 = cmd("DEL")
+        .arg("a")
+        .arg("b")
+        .arg("a")
+        .arg("missing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "a repeated key is deleted (and counted) once");
+    let after = server.backend.state.lock().unwrap().1;
+    assert_eq!(after, before + 1, "DEL of 3 keys must be one command");
 }

@@ -1,17 +1,24 @@
 //! Key commands: TYPE, TTL, PTTL, EXISTS, DEL, UNLINK, SCAN.
 //!
 //! # SCAN cursors
-//! The cursor is stateless: `0` starts (and, in a reply, ends) the iteration; any other cursor
-//! is the lowercase hex encoding of the key to resume from (the last returned key followed by a
-//! 0x00 byte, its immediate successor). A SCAN is one `kv::Command::Scan { start, end: None,
+//! Cursors are decimal integers, as clients expect (redis-cli and most libraries parse them as
+//! unsigned 64-bit numbers). `0` starts (and, in a reply, ends) the iteration; any other cursor
+//! names an entry of the server's [`CursorTable`], which holds the key to resume from (the last
+//! returned key followed by a 0x00 byte, its immediate successor). The table is shared by all
+//! connections of one front end (a cursor may be continued from another connection to the same
+//! server, as in Redis) and bounded: once [`MAX_SCAN_CURSORS`] cursors are outstanding the
+//! oldest is forgotten, and continuing it (or any unknown cursor) answers `ERR invalid cursor`
+//! rather than silently restarting. A SCAN is one `kv::Command::Scan { start, end: None,
 //! limit: COUNT }`; MATCH and TYPE filter the returned page, so a reply may hold fewer keys than
 //! COUNT, or none, while the cursor is not 0 (as in Redis). Keys are returned in order, each
 //! exactly once, whatever writes happen in between.
 
 use bytes::Bytes;
 
+use std::collections::{HashMap, VecDeque};
+
 use super::{integer_argument, unexpected, Context, SYNTAX_ERROR};
-use crate::config::{DEFAULT_SCAN_COUNT, MAX_SCAN_COUNT};
+use crate::config::{DEFAULT_SCAN_COUNT, MAX_SCAN_COUNT, MAX_SCAN_CURSORS};
 use crate::frame::Frame;
 
 pub(super) async fn key_type(
@@ -56,52 +63,87 @@ pub(super) async fn exists(context: &mut Context<'_>, keys: &[Bytes]) -> Result<
     }
 }
 
-/// DEL and UNLINK. The state machine has no multi-key delete, so each key is one `Delete`:
-/// each deletion is atomic and exactly-once, but a multi-key DEL is not one atomic step (see
-/// the crate docs' deviations). All keys must still be in one region.
+/// DEL and UNLINK: one `DeleteMany`, so a multi-key DEL is one atomic, exactly-once step. All
+/// keys must be in one region (CROSSSLOT otherwise), as in Redis Cluster.
 pub(super) async fn del(context: &mut Context<'_>, keys: &[Bytes]) -> Result<Frame, Frame> {
     context.check_same_region(&key_slices(keys))?;
-    let mut deleted = 0;
-    for key in keys {
-        match context
-            .write(kv::Command::Delete { key: key.clone() })
-            .await?
-        {
-            kv::Response::Deleted(true) => deleted += 1,
-            kv::Response::Deleted(false) => {}
-            other => return Err(unexpected(&other)),
+    match context
+        .write(kv::Command::DeleteMany {
+            keys: keys.to_vec(),
+        })
+        .await?
+    {
+        kv::Response::Integer(deleted) => Ok(Frame::Integer(deleted)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The outstanding SCAN cursors of one front end: cursor number → key to resume from. Bounded
+/// by [`MAX_SCAN_CURSORS`]; the oldest entry is forgotten first.
+#[derive(Debug)]
+pub(crate) struct CursorTable {
+    next: u64,
+    resume: HashMap<u64, Bytes>,
+    order: VecDeque<u64>,
+}
+
+/// Cursor numbers stay below 2^53 so clients that hold numbers as doubles (JavaScript) keep
+/// them exact.
+const CURSOR_SPACE: u64 = 1 << 53;
+
+impl CursorTable {
+    /// `seed` picks where numbering starts, so cursors of an earlier server process are
+    /// unlikely to name entries of this one.
+    pub(crate) fn new(seed: u64) -> Self {
+        CursorTable {
+            next: (seed % (CURSOR_SPACE / 2)).max(1),
+            resume: HashMap::new(),
+            order: VecDeque::new(),
         }
     }
-    Ok(Frame::Integer(deleted))
+
+    fn insert(&mut self, key: Bytes) -> u64 {
+        if self.order.len() >= MAX_SCAN_CURSORS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.resume.remove(&oldest);
+            }
+        }
+        let cursor = self.next;
+        self.next = if self.next + 1 >= CURSOR_SPACE {
+            1
+        } else {
+            self.next + 1
+        };
+        self.resume.insert(cursor, key);
+        self.order.push_back(cursor);
+        debug_assert_eq!(self.resume.len(), self.order.len());
+        cursor
+    }
+
+    fn get(&self, cursor: u64) -> Option<Bytes> {
+        self.resume.get(&cursor).cloned()
+    }
 }
 
-fn encode_cursor(key: &[u8]) -> Bytes {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = Vec::with_capacity(key.len() * 2);
-    for byte in key {
-        text.push(HEX[usize::from(byte >> 4)]);
-        text.push(HEX[usize::from(byte & 0xf)]);
+fn resume_key(context: &Context<'_>, cursor: &[u8]) -> Result<Bytes, Frame> {
+    let invalid = || Frame::error("ERR invalid cursor");
+    let number: u64 = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(invalid)?;
+    if number == 0 {
+        return Ok(Bytes::new());
     }
-    Bytes::from(text)
-}
-
-fn decode_cursor(cursor: &[u8]) -> Option<Bytes> {
-    if cursor == b"0" {
-        return Some(Bytes::new());
-    }
-    if cursor.is_empty() || cursor.len() % 2 != 0 {
-        return None;
-    }
-    let digit = |b: u8| (b as char).to_digit(16);
-    cursor
-        .chunks(2)
-        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
-        .collect::<Option<Vec<u8>>>()
-        .map(Bytes::from)
+    let table = context
+        .shared
+        .cursors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    table.get(number).ok_or_else(invalid)
 }
 
 pub(super) async fn scan(context: &mut Context<'_>, arguments: &[Bytes]) -> Result<Frame, Frame> {
-    let start = decode_cursor(&arguments[0]).ok_or_else(|| Frame::error("ERR invalid cursor"))?;
+    let start = resume_key(context, &arguments[0])?;
     let mut pattern: Option<&[u8]> = None;
     let mut count = DEFAULT_SCAN_COUNT;
     let mut strings_only = true;
@@ -143,7 +185,13 @@ pub(super) async fn scan(context: &mut Context<'_>, arguments: &[Bytes]) -> Resu
         Some((last, _)) if more => {
             let mut successor = last.to_vec();
             successor.push(0);
-            encode_cursor(&successor)
+            let cursor = context
+                .shared
+                .cursors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(Bytes::from(successor));
+            Bytes::from(cursor.to_string())
         }
         _ => Bytes::from_static(b"0"),
     };
@@ -259,12 +307,25 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
-        for key in [&b"a"[..], b"\x00\xff", b"user:42\x00"] {
-            assert_eq!(decode_cursor(&encode_cursor(key)).as_deref(), Some(key));
+    fn cursor_table_is_bounded_and_forgets_the_oldest() {
+        let mut table = CursorTable::new(41);
+        let first = table.insert(Bytes::from_static(b"a"));
+        assert_ne!(first, 0);
+        assert_eq!(table.get(first).as_deref(), Some(&b"a"[..]));
+        let mut last = first;
+        for i in 0..MAX_SCAN_CURSORS {
+            last = table.insert(Bytes::from(i.to_string()));
         }
-        assert_eq!(decode_cursor(b"0").as_deref(), Some(&b""[..]));
-        assert_eq!(decode_cursor(b"zz"), None);
-        assert_eq!(decode_cursor(b"abc"), None);
+        assert_eq!(table.get(first), None, "the oldest cursor must be evicted");
+        assert_eq!(table.resume.len(), MAX_SCAN_CURSORS);
+        assert_eq!(table.get(last).as_deref(), Some((MAX_SCAN_CURSORS - 1).to_string().as_bytes()));
+    }
+
+    #[test]
+    fn cursor_numbers_wrap_below_the_double_exact_range_and_skip_zero() {
+        let mut table = CursorTable::new(0);
+        table.next = CURSOR_SPACE - 1;
+        assert_eq!(table.insert(Bytes::new()), CURSOR_SPACE - 1);
+        assert_eq!(table.insert(Bytes::new()), 1);
     }
 }

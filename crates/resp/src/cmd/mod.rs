@@ -11,6 +11,8 @@
 
 mod connection;
 mod keys;
+
+pub(crate) use keys::CursorTable;
 mod server;
 mod strings;
 
