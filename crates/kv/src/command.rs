@@ -199,6 +199,49 @@ impl Command {
         )
     }
 
+    /// Every key the command names, in order (`Scan`: its start; `Count`: none). Routing and
+    /// front-end validation use this; the state machine checks the same keys again.
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            Command::Get { key }
+            | Command::Put { key, .. }
+            | Command::Delete { key }
+            | Command::Append { key, .. }
+            | Command::CompareAndSwap { key, .. }
+            | Command::Incr { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::GetSet { key, .. }
+            | Command::GetDel { key }
+            | Command::SetNx { key, .. } => vec![key],
+            Command::Scan { start, .. } => vec![start],
+            Command::BatchGet { keys } | Command::DeleteMany { keys } => keys.iter().collect(),
+            Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
+                pairs.iter().map(|(key, _)| key).collect()
+            }
+            Command::Count => vec![],
+        }
+    }
+
+    /// Every value the command would write (the CAS expected value included), for front-end
+    /// size checks.
+    pub fn values(&self) -> Vec<&Bytes> {
+        match self {
+            Command::Put { value, .. }
+            | Command::Append { value, .. }
+            | Command::SetRange { value, .. }
+            | Command::GetSet { value, .. }
+            | Command::SetNx { value, .. } => vec![value],
+            Command::CompareAndSwap { expected, new, .. } => {
+                expected.iter().chain(std::iter::once(new)).collect()
+            }
+            Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
+                pairs.iter().map(|(_, value)| value).collect()
+            }
+            _ => vec![],
+        }
+    }
+
     /// Encodes the command on its own (version byte + body).
     pub fn encode(&self) -> Bytes {
         let mut buf = Vec::with_capacity(16 + self.approximate_payload_len());

@@ -131,6 +131,13 @@ struct ServerArgs {
     /// Address for the Prometheus /metrics endpoint.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Address for the Redis protocol (RESP2) front end; off when not given.
+    #[arg(long)]
+    resp_addr: Option<String>,
+    /// Password RESP clients must give with AUTH (default: none). Prefer the config file or
+    /// the environment over the command line, which other local users can read.
+    #[arg(long, env = "RAFTKV_RESP_PASSWORD")]
+    resp_password: Option<String>,
     /// Every store's peer address, etcd style: 1=127.0.0.1:17001,2=127.0.0.1:17002,...
     #[arg(long)]
     initial_cluster: Option<String>,
@@ -156,6 +163,8 @@ struct FileConfig {
     peer_addr: Option<String>,
     client_addr: Option<String>,
     metrics_addr: Option<String>,
+    resp_addr: Option<String>,
+    resp_password: Option<String>,
     initial_cluster: Option<String>,
     split_keys: Option<Vec<String>>,
     tick_ms: Option<u64>,
@@ -168,7 +177,8 @@ struct PlaygroundArgs {
     /// Where the stores keep their data (default: a new temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Ports: peer = base+1..3, client = base+101..103, metrics = base+201..203.
+    /// Ports: peer = base+1..3, client (gRPC) = base+101..103, metrics = base+201..203,
+    /// Redis (RESP) = base+301..303.
     #[arg(long, default_value_t = 17000)]
     base_port: u16,
 }
@@ -218,6 +228,7 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         .or(file.client_addr)
         .context("--client-addr is required")?;
     let metrics_addr = a.metrics_addr.or(file.metrics_addr);
+    let resp_addr = a.resp_addr.or(file.resp_addr);
     let cluster = a
         .initial_cluster
         .or(file.initial_cluster)
@@ -249,6 +260,10 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     if let Some(t) = a.snapshot_threshold_bytes.or(file.snapshot_threshold_bytes) {
         cfg.snapshot_threshold_bytes = t;
     }
+    cfg.resp_password = a.resp_password.or(file.resp_password);
+    if cfg.resp_password.as_deref() == Some("") {
+        bail!("--resp-password must not be empty (leave it out to disable AUTH)");
+    }
     cfg.validate().map_err(anyhow::Error::msg)?;
     let peer = tokio::net::TcpListener::bind(&peer_addr)
         .await
@@ -264,10 +279,18 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         ),
         None => None,
     };
-    let handle = server::Server::start(cfg, peer, client, metrics)
+    let resp = match &resp_addr {
+        Some(r) => Some(
+            tokio::net::TcpListener::bind(r)
+                .await
+                .with_context(|| format!("binding --resp-addr {r}"))?,
+        ),
+        None => None,
+    };
+    let handle = server::Server::start(cfg, peer, client, metrics, resp)
         .await
         .map_err(anyhow::Error::msg)?;
-    tracing::info!(id, %peer_addr, %client_addr, ?metrics_addr, "raftkv server started");
+    tracing::info!(id, %peer_addr, %client_addr, ?metrics_addr, ?resp_addr, "raftkv server started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut check = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -307,6 +330,7 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
     for i in 1..=3u16 {
         let client = format!("127.0.0.1:{}", b + 100 + i);
         let metrics = format!("127.0.0.1:{}", b + 200 + i);
+        let resp = format!("127.0.0.1:{}", b + 300 + i);
         let child = tokio::process::Command::new(&exe)
             .arg("server")
             .args(["--id", &i.to_string()])
@@ -315,6 +339,7 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
             .args(["--peer-addr", &format!("127.0.0.1:{}", b + i)])
             .args(["--client-addr", &client])
             .args(["--metrics-addr", &metrics])
+            .args(["--resp-addr", &resp])
             .args(["--initial-cluster", &cluster])
             .args(["--split-keys", "g,p"])
             .kill_on_drop(true)
@@ -326,6 +351,7 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
             &client,
             &metrics,
             &format!("127.0.0.1:{}", b + i),
+            &resp,
         ));
     }
     let json = format!("{{\n  \"stores\": [\n{}\n  ]\n}}\n", endpoints.join(",\n"));
@@ -335,6 +361,14 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
         .collect();
     println!("RaftKV playground: 3 stores, data in {}", dir.display());
     println!("  client endpoints: {}", clients.join(","));
+    println!(
+        "  redis (RESP) endpoints: {}  (try: redis-cli -p {} set hello world)",
+        (1..=3)
+            .map(|i| format!("127.0.0.1:{}", b + 300 + i))
+            .collect::<Vec<_>>()
+            .join(","),
+        b + 301
+    );
     println!(
         "  metrics: http://127.0.0.1:{}/metrics (and +1, +2)",
         b + 201
@@ -368,8 +402,8 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
     Ok(())
 }
 
-fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str) -> String {
-    format!("    {{\"id\": {id}, \"client\": \"{client}\", \"peer\": \"{peer}\", \"metrics\": \"{metrics}\"}}")
+fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str, resp: &str) -> String {
+    format!("    {{\"id\": {id}, \"client\": \"{client}\", \"peer\": \"{peer}\", \"metrics\": \"{metrics}\", \"resp\": \"{resp}\"}}")
 }
 
 fn show(v: &[u8]) -> String {

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub snapshot_threshold_bytes: u64,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// When set, RESP clients must `AUTH` with it first.
+    pub resp_password: Option<String>,
 }
 
 impl ServerConfig {
@@ -43,6 +45,7 @@ impl ServerConfig {
             snapshot_threshold_bytes: 64 << 20,
             max_key_bytes: 8 << 10,
             max_value_bytes: 8 << 20,
+            resp_password: None,
         }
     }
 

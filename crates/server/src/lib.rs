@@ -15,11 +15,14 @@
 //! - `store_loop`: the store thread and its command channel.
 //! - [`service`]: the `Kv` gRPC service, request validation, forwarding, error mapping.
 //! - [`metrics`]: counters and latency histograms in Prometheus text format.
+//! - [`resp_backend`]: the Redis front end's `resp::Backend`, one `ENCODED` Kv request per
+//!   Redis command (so it is routed and forwarded like any gRPC request), with retries.
 //! - [`run`]: starting and stopping a server on passed-in listeners.
 
 pub mod adapter;
 pub mod config;
 pub mod metrics;
+pub mod resp_backend;
 pub mod run;
 pub mod service;
 mod store_loop;

@@ -61,13 +61,14 @@ pub struct ServerHandle {
 
 impl Server {
     /// Opens the store in `cfg.data_dir` (bootstrapping it on first start) and serves the
-    /// Raft and Kv services on `peer`, the Kv service on `client`, and `/metrics` on
-    /// `metrics`. Must run inside a tokio runtime.
+    /// Raft and Kv services on `peer`, the Kv service on `client`, Redis (RESP2) on `resp`,
+    /// and `/metrics` on `metrics`. Must run inside a tokio runtime.
     pub async fn start(
         cfg: ServerConfig,
         peer: TcpListener,
         client: TcpListener,
         metrics_listener: Option<TcpListener>,
+        resp_listener: Option<TcpListener>,
     ) -> Result<ServerHandle, String> {
         cfg.validate()?;
         let cfg = Arc::new(cfg);
@@ -137,6 +138,18 @@ impl Server {
                 tracing::error!("peer server failed: {e}");
             }
         }));
+        if let Some(l) = resp_listener {
+            let backend = Arc::new(crate::resp_backend::RaftBackend::new(svc.clone()));
+            let resp_cfg = resp::RespConfig {
+                password: cfg.resp_password.clone(),
+                max_bulk_bytes: cfg.max_value_bytes.max(cfg.max_key_bytes),
+                ..resp::RespConfig::default()
+            };
+            let stop = wait(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                resp::serve(l, backend, resp_cfg, stop).await;
+            }));
+        }
         let client_server = tonic::transport::Server::builder()
             .add_service(kv_server(svc))
             .serve_with_incoming_shutdown(nodelay(client), wait(shutdown_rx.clone()));

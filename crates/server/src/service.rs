@@ -117,6 +117,7 @@ fn command_name(kind: i32) -> &'static str {
         Ok(pb::command::Kind::Scan) => "scan",
         Ok(pb::command::Kind::BatchGet) => "batch_get",
         Ok(pb::command::Kind::BatchPut) => "batch_put",
+        Ok(pb::command::Kind::Encoded) => "encoded",
         Err(_) => "unknown",
     }
 }
@@ -168,6 +169,9 @@ impl KvService {
                 format!("unknown command kind {}", c.kind),
             )
         })?;
+        if kind == Kind::Encoded {
+            return self.convert_encoded(&c.encoded);
+        }
         let key = c.key.clone();
         let b = |v: &Vec<u8>| Bytes::copy_from_slice(v);
         match kind {
@@ -229,6 +233,7 @@ impl KvService {
                     keys: c.keys.iter().map(b).collect(),
                 }
             }
+            Kind::Encoded => unreachable!("handled above"),
             Kind::BatchPut => {
                 if c.pairs.is_empty() || c.pairs.len() > MAX_BATCH_KEYS {
                     return Err(refuse(
@@ -250,13 +255,71 @@ impl KvService {
             Kind::BatchPut => c.pairs[0].key.clone(),
             _ => key,
         };
+        self.check_batch_in_one_region(c, kind, &route_key)?;
+        Ok((cmd, route_key))
+    }
+
+    /// An `ENCODED` command: decoded with the state machine's own codec (which never panics
+    /// and bounds every count by the input length), then held to the same limits as the typed
+    /// kinds. `Count` has no key: it is routed by `header.region_id` (see `execute_inner`).
+    fn convert_encoded(&self, encoded: &[u8]) -> Result<(Command, Vec<u8>), Refusal> {
+        let cmd = Command::decode(encoded).map_err(|e| {
+            refuse(
+                Code::InvalidArgument,
+                format!("malformed encoded command: {e}"),
+            )
+        })?;
+        let keys = cmd.keys();
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(refuse(
+                Code::InvalidArgument,
+                format!("a batch holds 1..={MAX_BATCH_KEYS} keys"),
+            ));
+        }
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        for v in cmd.values() {
+            self.check_value(v)?;
+        }
+        if let Command::Scan { limit, .. } = &cmd {
+            if *limit == 0 || *limit > MAX_SCAN_LIMIT {
+                return Err(refuse(
+                    Code::InvalidArgument,
+                    format!("scan limit must be in 1..={MAX_SCAN_LIMIT}"),
+                ));
+            }
+        }
+        if keys.is_empty() && !matches!(cmd, Command::Count) {
+            return Err(refuse(Code::InvalidArgument, "the command names no key"));
+        }
+        let route_key = keys.first().map(|k| k.to_vec()).unwrap_or_default();
+        if let Some(region) = self.handle.region_for_key(&route_key) {
+            if keys.iter().any(|k| !region.contains(k)) {
+                return Err(refuse(
+                    Code::InvalidArgument,
+                    "the keys of a multi-key command span more than one region",
+                ));
+            }
+        }
+        drop(keys);
+        Ok((cmd, route_key))
+    }
+
+    fn check_batch_in_one_region(
+        &self,
+        c: &pb::Command,
+        kind: pb::command::Kind,
+        route_key: &[u8],
+    ) -> Result<(), Refusal> {
+        use pb::command::Kind;
         // Multi-key commands must stay within one region: refuse rather than half-apply.
         let keys: Vec<&[u8]> = match kind {
             Kind::BatchGet => c.keys.iter().map(|k| k.as_slice()).collect(),
             Kind::BatchPut => c.pairs.iter().map(|p| p.key.as_slice()).collect(),
             _ => vec![],
         };
-        if let Some(region) = self.handle.region_for_key(&route_key) {
+        if let Some(region) = self.handle.region_for_key(route_key) {
             if keys.iter().any(|k| !region.contains(k)) {
                 return Err(refuse(
                     Code::InvalidArgument,
@@ -264,7 +327,7 @@ impl KvService {
                 ));
             }
         }
-        Ok((cmd, route_key))
+        Ok(())
     }
 
     pub async fn execute(&self, req: pb::KvRequest) -> pb::KvResponse {
@@ -283,10 +346,17 @@ impl KvService {
         let Some(c) = req.command.as_ref() else {
             return err(Code::InvalidArgument, "request has no command");
         };
-        let (command, key) = match self.convert(c) {
+        let (command, mut key) = match self.convert(c) {
             Ok(x) => x,
             Err(e) => return *e,
         };
+        let encoded = c.kind == pb::command::Kind::Encoded as i32;
+        if matches!(command, Command::Count) && header.region_id == 0 {
+            return err(
+                Code::InvalidArgument,
+                "COUNT is per region: set header.region_id",
+            );
+        }
         let region = if header.region_id != 0 {
             match self
                 .handle
@@ -323,6 +393,10 @@ impl KvService {
                 }
             }
         };
+        if matches!(command, Command::Count) {
+            // Keyless: route by the region's own first key, which it always contains.
+            key = region.start_key.clone();
+        }
         let (tx, rx) = oneshot::channel();
         let read_only = command.is_read_only();
         let cmd = if read_only && header.stale_read {
@@ -375,6 +449,13 @@ impl KvService {
             }
         };
         let mut resp = match result {
+            Ok(Reply::Applied(outcome)) if encoded => match outcome.result {
+                Ok(r) => encoded_response(Ok(r)),
+                Err(ApplyError::Command(ce)) => encoded_response(Err(ce)),
+                Err(e @ ApplyError::SessionStale { .. }) => err(Code::SessionStale, e.to_string()),
+                Err(e) => err(Code::InvalidArgument, e.to_string()),
+            },
+            Ok(Reply::Read(r)) if encoded => encoded_response(r),
             Ok(Reply::Applied(outcome)) => match outcome.result {
                 Ok(r) => response(&command, r),
                 Err(ApplyError::Command(ce)) => command_error(&ce),
@@ -466,6 +547,19 @@ impl KvService {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The answer to an `ENCODED` command: its whole result in the state machine's encoding, so
+/// every response variant and command error survives forwarding. A key outside the region is
+/// a routing error, not a result, and keeps its typed code so clients re-route.
+fn encoded_response(result: Result<Response, CommandError>) -> pb::KvResponse {
+    match result {
+        Err(ce @ CommandError::OutOfRange { .. }) => command_error(&ce),
+        result => pb::KvResponse {
+            encoded_result: kv::encode_command_result(&result).to_vec(),
+            ..Default::default()
+        },
     }
 }
 

@@ -11,13 +11,28 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     /// (peer, client, metrics) port per store.
     pub ports: Vec<(u16, u16, u16)>,
+    /// RESP (Redis protocol) port per store.
+    pub resp_ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     extra: Vec<String>,
 }
 
+/// A port to listen on, below Linux's ephemeral range (32768+): a port from `bind(0)` is
+/// released before the server binds it, and in the meantime an outgoing connection of another
+/// test may take it as its local port, so the server could not bind. Ports are handed out
+/// from a per-process window (by pid) and checked free before use.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const WINDOW: u16 = 400;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 12_000 + (std::process::id() % 40) as u16 * WINDOW;
+    for _ in 0..WINDOW {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % WINDOW;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + WINDOW);
 }
 
 impl TestCluster {
@@ -29,9 +44,11 @@ impl TestCluster {
                 ports.push(p);
             }
         }
+        let resp_ports = (0..3).map(|_| free_port()).collect();
         let mut c = TestCluster {
             dir: tempfile::tempdir().expect("temp dir"),
             ports,
+            resp_ports,
             procs: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -39,6 +56,22 @@ impl TestCluster {
             c.spawn(i);
         }
         c
+    }
+
+    /// Every store's log, for failure messages.
+    pub fn logs(&self) -> String {
+        (1..=3)
+            .map(|i| {
+                let path = self.dir.path().join(format!("store{i}.log"));
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- store{i}.log (last lines) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -63,6 +96,7 @@ impl TestCluster {
             .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
             .args(["--client-addr", &format!("127.0.0.1:{client}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp_ports[i])])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--split-keys", "g,p", "--tick-ms", "20"])
             .args(&self.extra)
@@ -112,6 +146,11 @@ impl TestCluster {
             .iter()
             .map(|p| format!("127.0.0.1:{}", p.1))
             .collect()
+    }
+
+    /// `redis://` URL of store `i`'s RESP front end.
+    pub fn redis_url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}/", self.resp_ports[i])
     }
 
     pub fn endpoint(&self, i: usize) -> String {

@@ -1,0 +1,246 @@
+//! The RESP front end's [`resp::Backend`] over this server's [`KvService`].
+//!
+//! Every Redis command becomes one `ENCODED` request to the `Kv` service, exactly as if a gRPC
+//! client had sent it to this server: the service routes it to the key's region, proposes it
+//! here when this store leads, and otherwise forwards it once to the leader's store. So a
+//! Redis read-modify-write command (INCR, SETRANGE, MSETNX, ...) is one state-machine command
+//! in one log entry wherever the connection landed.
+//!
+//! Retries: a request refused before it was proposed (no leader yet, leader elsewhere but
+//! unreachable, store busy) is retried with the same `(client_id, sequence)` after a backoff,
+//! within [`RESP_DEADLINE_FACTOR`] × the request timeout and at most [`MAX_ATTEMPTS`] times.
+//! Because the sequence is reused, a write that did reach the log before its answer was lost is
+//! recognised by the session table and applied once. When the deadline passes, a write whose
+//! outcome may have been applied reports `Timeout`; anything else `Unavailable` (Redis
+//! `TRYAGAIN`).
+
+use crate::service::KvService;
+use api::pb;
+use api::pb::error::Code;
+use bytes::Bytes;
+use resp::{Backend, BackendError, BoxFuture};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Region;
+
+/// Most attempts of one command (each bounded by the request timeout).
+pub const MAX_ATTEMPTS: u32 = 64;
+/// A command's total budget, in request timeouts.
+pub const RESP_DEADLINE_FACTOR: u32 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// `resp::Backend` for one server. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftBackend {
+    svc: KvService,
+    /// Every region of the cluster, by start key (each store hosts a replica of all of them
+    /// today; with placement this becomes the routing table).
+    regions: Arc<Vec<Region>>,
+}
+
+impl RaftBackend {
+    pub fn new(svc: KvService) -> Self {
+        let mut regions: Vec<Region> = svc.handle.regions.iter().cloned().collect();
+        regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        RaftBackend {
+            svc,
+            regions: Arc::new(regions),
+        }
+    }
+
+    fn region_of(&self, key: &[u8]) -> Option<&Region> {
+        self.regions.iter().find(|r| r.contains(key))
+    }
+
+    /// One command to one region (`region_id` 0 = route by key), with retries (module docs).
+    async fn call(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        region_id: u64,
+        command: &kv::Command,
+    ) -> Result<kv::Response, BackendError> {
+        let write = !command.is_read_only();
+        let encoded = command.encode().to_vec();
+        let deadline = Instant::now() + self.svc.cfg.request_timeout * RESP_DEADLINE_FACTOR;
+        let mut backoff = FIRST_BACKOFF;
+        // Whether an attempt may have reached the log (its outcome is unknown).
+        let mut maybe_applied = false;
+        let mut last = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let request = pb::KvRequest {
+                header: Some(pb::RequestHeader {
+                    client_id,
+                    sequence,
+                    region_id,
+                    ..Default::default()
+                }),
+                command: Some(pb::Command {
+                    kind: pb::command::Kind::Encoded as i32,
+                    encoded: encoded.clone(),
+                    ..Default::default()
+                }),
+            };
+            let response = self.svc.execute(request).await;
+            let Some(error) = response.error.filter(|e| e.code != Code::Ok as i32) else {
+                return match kv::decode_command_result(&response.encoded_result) {
+                    Ok(result) => result.map_err(BackendError::from),
+                    Err(e) => Err(BackendError::Other(format!(
+                        "undecodable answer from the store: {e}"
+                    ))),
+                };
+            };
+            let code = Code::try_from(error.code).unwrap_or(Code::Internal);
+            match code {
+                Code::KeyTooLarge => return Err(BackendError::KeyTooLarge),
+                Code::ValueTooLarge => return Err(BackendError::ValueTooLarge),
+                Code::InvalidArgument => return Err(BackendError::Other(error.message)),
+                Code::SessionStale => {
+                    return Err(BackendError::Other(format!(
+                        "{}; reconnect to start a new session",
+                        error.message
+                    )))
+                }
+                // The request may have been proposed (a timeout, a forward that failed after
+                // sending, a store that stopped): retrying with the same sequence is safe.
+                Code::Timeout | Code::Internal => maybe_applied = true,
+                Code::NotLeader if error.message.starts_with("forwarding") => {
+                    maybe_applied = true
+                }
+                // Refused before proposing: nothing applied.
+                Code::NotLeader
+                | Code::EpochNotMatch
+                | Code::RegionNotFound
+                | Code::Busy
+                | Code::Ok => {}
+            }
+            last = error.message;
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if write && maybe_applied {
+            Err(BackendError::Timeout)
+        } else {
+            Err(BackendError::Unavailable(last))
+        }
+    }
+
+    /// `Scan { end: None }` across region boundaries (the `Backend` contract, rule 4).
+    async fn scan_keyspace(
+        &self,
+        mut start: Bytes,
+        limit: u32,
+    ) -> Result<kv::Response, BackendError> {
+        let mut pairs = Vec::new();
+        // Each pass moves to the next region, so this ends after at most one pass per region.
+        for _ in 0..=self.regions.len() {
+            let Some(region) = self.region_of(&start).cloned() else {
+                break;
+            };
+            let want = limit - pairs.len() as u32;
+            let page = self
+                .call(
+                    0,
+                    0,
+                    region.id.0,
+                    &kv::Command::Scan {
+                        start: start.clone(),
+                        end: region.end_key.clone().map(Bytes::from),
+                        limit: want,
+                    },
+                )
+                .await?;
+            let kv::Response::Scan {
+                pairs: found,
+                more,
+            } = page
+            else {
+                return Err(BackendError::Other(format!(
+                    "unexpected scan answer {page:?}"
+                )));
+            };
+            pairs.extend(found);
+            if more {
+                return Ok(kv::Response::Scan { pairs, more: true });
+            }
+            match region.end_key {
+                Some(end) if (pairs.len() as u32) < limit => start = Bytes::from(end),
+                // The page is full at a region boundary: the caller resumes after its last key.
+                Some(_) => {
+                    return Ok(kv::Response::Scan {
+                        more: !pairs.is_empty(),
+                        pairs,
+                    })
+                }
+                None => break,
+            }
+        }
+        Ok(kv::Response::Scan { pairs, more: false })
+    }
+}
+
+impl Backend for RaftBackend {
+    fn execute(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        command: kv::Command,
+    ) -> BoxFuture<Result<kv::Response, BackendError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            match command {
+                kv::Command::Scan {
+                    start,
+                    end: None,
+                    limit,
+                } if limit > 0 => this.scan_keyspace(start, limit).await,
+                command => this.call(client_id, sequence, 0, &command).await,
+            }
+        })
+    }
+
+    fn same_region(&self, keys: &[&[u8]]) -> bool {
+        match keys.first().and_then(|k| self.region_of(k)) {
+            Some(region) => keys.iter().all(|k| region.contains(k)),
+            None => false,
+        }
+    }
+
+    fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut total = 0u64;
+            for region in this.regions.iter() {
+                match this.call(0, 0, region.id.0, &kv::Command::Count).await? {
+                    kv::Response::Integer(n) => total += u64::try_from(n).unwrap_or(0),
+                    other => {
+                        return Err(BackendError::Other(format!(
+                            "unexpected count answer {other:?}"
+                        )))
+                    }
+                }
+            }
+            Ok(total)
+        })
+    }
+
+    fn info(&self) -> Vec<(String, String)> {
+        let cfg = &self.svc.cfg;
+        vec![
+            ("raftkv_store_id".into(), cfg.store_id.to_string()),
+            ("raftkv_regions".into(), self.regions.len().to_string()),
+            (
+                "raftkv_cluster_stores".into(),
+                cfg.initial_cluster.len().to_string(),
+            ),
+            (
+                "raftkv_linearizable".into(),
+                "yes (writes through Raft, reads by ReadIndex)".into(),
+            ),
+        ]
+    }
+}
