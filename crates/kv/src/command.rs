@@ -192,10 +192,7 @@ impl Command {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Command::Get { .. }
-                | Command::Scan { .. }
-                | Command::BatchGet { .. }
-                | Command::Count
+            Command::Get { .. } | Command::Scan { .. } | Command::BatchGet { .. } | Command::Count
         )
     }
 

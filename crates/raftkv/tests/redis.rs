@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestCluster;
-use redis::{cmd, aio::MultiplexedConnection, RedisError};
+use redis::{aio::MultiplexedConnection, cmd, RedisError};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -101,11 +101,26 @@ async fn every_command_works_through_any_store() {
         expiry.starts_with("ERR SET expiry options") && expiry.contains("not supported"),
         "{expiry}"
     );
-    let n: i64 = cmd("SETNX").arg("house").arg("x").query_async(a).await.unwrap();
+    let n: i64 = cmd("SETNX")
+        .arg("house")
+        .arg("x")
+        .query_async(a)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
-    let old: String = cmd("GETSET").arg("house").arg("v3").query_async(b).await.unwrap();
+    let old: String = cmd("GETSET")
+        .arg("house")
+        .arg("v3")
+        .query_async(b)
+        .await
+        .unwrap();
     assert_eq!(old, "v1");
-    let len: i64 = cmd("APPEND").arg("house").arg("45").query_async(a).await.unwrap();
+    let len: i64 = cmd("APPEND")
+        .arg("house")
+        .arg("45")
+        .query_async(a)
+        .await
+        .unwrap();
     assert_eq!(len, 4);
     let len: i64 = cmd("STRLEN").arg("house").query_async(b).await.unwrap();
     assert_eq!(len, 4);
@@ -136,11 +151,21 @@ async fn every_command_works_through_any_store() {
         last = cmd("INCR").arg("counter").query_async(conn).await.unwrap();
         assert_eq!(last, i as i64 + 1);
     }
-    let v: i64 = cmd("INCRBY").arg("counter").arg(10).query_async(a).await.unwrap();
+    let v: i64 = cmd("INCRBY")
+        .arg("counter")
+        .arg(10)
+        .query_async(a)
+        .await
+        .unwrap();
     assert_eq!(v, last + 10);
     let v: i64 = cmd("DECR").arg("counter").query_async(b).await.unwrap();
     assert_eq!(v, last + 9);
-    let v: i64 = cmd("DECRBY").arg("counter").arg(9).query_async(a).await.unwrap();
+    let v: i64 = cmd("DECRBY")
+        .arg("counter")
+        .arg(9)
+        .query_async(a)
+        .await
+        .unwrap();
     assert_eq!(v, last);
     let f: String = cmd("INCRBYFLOAT")
         .arg("float")
@@ -266,7 +291,12 @@ async fn every_command_works_through_any_store() {
 
     // Server and connection commands.
     let info: String = cmd("INFO").query_async(a).await.unwrap();
-    for field in ["redis_version:", "role:master", "raftkv_store_id:1", "db0:keys=4"] {
+    for field in [
+        "redis_version:",
+        "role:master",
+        "raftkv_store_id:1",
+        "db0:keys=4",
+    ] {
         assert!(info.contains(field), "INFO lacks {field}: {info}");
     }
     let count: i64 = cmd("COMMAND").arg("COUNT").query_async(a).await.unwrap();
@@ -326,7 +356,11 @@ async fn leader_kill_during_a_pipeline_loses_and_duplicates_nothing() {
     // Kill the leader while pipelines are flowing, then bring it back.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let v: Option<i64> = cmd("GET").arg(key).query_async(&mut other).await.unwrap_or(None);
+        let v: Option<i64> = cmd("GET")
+            .arg(key)
+            .query_async(&mut other)
+            .await
+            .unwrap_or(None);
         if v.unwrap_or(0) >= (PIPELINES * DEPTH / 4) as i64 || Instant::now() > deadline {
             break;
         }
@@ -370,9 +404,18 @@ async fn auth_is_required_when_a_password_is_configured() {
         error_of(&mut conn, cmd("AUTH").arg("wrong")).await,
         "WRONGPASS invalid username-password pair or user is disabled."
     );
-    let ok: String = cmd("AUTH").arg("s3cret").query_async(&mut conn).await.unwrap();
+    let ok: String = cmd("AUTH")
+        .arg("s3cret")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(ok, "OK");
-    let _: () = cmd("SET").arg("k").arg("v").query_async(&mut conn).await.unwrap();
+    let _: () = cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let url = format!("redis://:s3cret@127.0.0.1:{}/", c.resp_ports[2]);
     let mut other = redis::Client::open(url)
         .unwrap()
@@ -461,10 +504,7 @@ async fn redis_cli_works() {
     for i in 0..30 {
         assert_eq!(cli(&["SET", &format!("user:{i}"), "x"]), "OK");
     }
-    let scanned: BTreeSet<String> = cli(&["--scan"])
-        .lines()
-        .map(String::from)
-        .collect();
+    let scanned: BTreeSet<String> = cli(&["--scan"]).lines().map(String::from).collect();
     assert_eq!(scanned.len(), 32, "redis-cli --scan saw {scanned:?}");
     let matched = cli(&["--scan", "--pattern", "user:*"]).lines().count();
     assert_eq!(matched, 30);

@@ -401,7 +401,10 @@ async fn scan_visits_every_key_once() {
         .await
         .unwrap();
     assert_eq!(rest.len(), 10);
-    assert!(rest[0] > first[9], "the second page must resume after the first");
+    assert!(
+        rest[0] > first[9],
+        "the second page must resume after the first"
+    );
     // An integer cursor this server never handed out is refused, not restarted from 0.
     assert_eq!(
         error_text::<()>(&mut c, cmd("SCAN").arg("12345")).await,
@@ -874,4 +877,39 @@ async fn multi_key_del_is_one_atomic_command() {
     assert_eq!(n, 2, "a repeated key is deleted (and counted) once");
     let after = server.backend.state.lock().unwrap().1;
     assert_eq!(after, before + 1, "DEL of 3 keys must be one command");
+}
+
+#[tokio::test]
+async fn config_get_answers_the_durability_parameters_and_refuses_set() {
+    let server = start(RespConfig::default()).await;
+    let mut c = client(&server).await;
+    let pairs: Vec<String> = cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pairs, vec!["appendonly", "yes", "appendfsync", "always"]);
+    let pairs: Vec<String> = cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pairs, vec!["save", ""]);
+    let none: Vec<String> = cmd("CONFIG")
+        .arg("GET")
+        .arg("no-such-thing")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("CONFIG").arg("SET").arg("save").arg("")).await,
+        "ERR CONFIG SET is not supported by RaftKV (only CONFIG GET)"
+    );
+    assert_eq!(
+        error_text::<()>(&mut c, cmd("CONFIG").arg("GET")).await,
+        "ERR wrong number of arguments for 'config|get' command"
+    );
 }

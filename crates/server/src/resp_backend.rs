@@ -105,9 +105,7 @@ impl RaftBackend {
                 // The request may have been proposed (a timeout, a forward that failed after
                 // sending, a store that stopped): retrying with the same sequence is safe.
                 Code::Timeout | Code::Internal => maybe_applied = true,
-                Code::NotLeader if error.message.starts_with("forwarding") => {
-                    maybe_applied = true
-                }
+                Code::NotLeader if error.message.starts_with("forwarding") => maybe_applied = true,
                 // Refused before proposing: nothing applied.
                 Code::NotLeader
                 | Code::EpochNotMatch
@@ -154,11 +152,7 @@ impl RaftBackend {
                     },
                 )
                 .await?;
-            let kv::Response::Scan {
-                pairs: found,
-                more,
-            } = page
-            else {
+            let kv::Response::Scan { pairs: found, more } = page else {
                 return Err(BackendError::Other(format!(
                     "unexpected scan answer {page:?}"
                 )));

@@ -318,7 +318,10 @@ mod tests {
         }
         assert_eq!(table.get(first), None, "the oldest cursor must be evicted");
         assert_eq!(table.resume.len(), MAX_SCAN_CURSORS);
-        assert_eq!(table.get(last).as_deref(), Some((MAX_SCAN_CURSORS - 1).to_string().as_bytes()));
+        assert_eq!(
+            table.get(last).as_deref(),
+            Some((MAX_SCAN_CURSORS - 1).to_string().as_bytes())
+        );
     }
 
     #[test]

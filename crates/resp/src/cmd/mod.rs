@@ -2,7 +2,7 @@
 //! command goes through (unknown command, arity, authentication — in Redis's order), and one
 //! module per command group, each with its handlers:
 //! - [`connection`]: PING, ECHO, QUIT, RESET, SELECT, AUTH, CLIENT, HELLO.
-//! - [`server`]: COMMAND, INFO, DBSIZE.
+//! - [`server`]: COMMAND, INFO, DBSIZE, CONFIG GET.
 //! - [`keys`]: TYPE, TTL, PTTL, EXISTS, DEL, UNLINK, SCAN.
 //! - [`strings`]: GET, SET, SETNX, GETSET, GETDEL, MGET, MSET, MSETNX, APPEND, STRLEN,
 //!   GETRANGE, SETRANGE, INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT.
@@ -206,6 +206,14 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         NO_KEYS,
         "server",
         "Returns information and statistics about the server.",
+    ),
+    spec(
+        "config",
+        -2,
+        ADMIN,
+        NO_KEYS,
+        "server",
+        "CONFIG GET: a few read-only parameters (tools such as redis-benchmark ask for them).",
     ),
     spec(
         "dbsize",
@@ -553,6 +561,7 @@ pub(crate) async fn execute(
         "command" => server::command(arguments),
         "info" => Ok(server::info(&mut context, arguments).await),
         "dbsize" => server::dbsize(&mut context).await,
+        "config" => server::config(&context, arguments),
         "type" => keys::key_type(&mut context, arguments).await,
         "ttl" | "pttl" => keys::ttl(&mut context, arguments).await,
         "exists" => keys::exists(&mut context, arguments).await,

@@ -1,9 +1,46 @@
-//! Server commands: COMMAND (list, COUNT, DOCS, INFO), INFO, DBSIZE.
+//! Server commands: COMMAND (list, COUNT, DOCS, INFO), INFO, DBSIZE, CONFIG GET.
 
 use bytes::Bytes;
 
 use super::{backend_error_frame, lookup, wrong_arity, CommandSpec, Context, COMMANDS};
 use crate::frame::Frame;
+
+/// CONFIG GET: a fixed set of parameters describing RaftKV in Redis's terms. Durability is
+/// not configurable per front end: every write is fsynced on a majority before it is
+/// acknowledged, which Redis calls `appendonly yes` + `appendfsync always`. CONFIG SET and the
+/// other subcommands are refused: nothing here is changed at run time.
+pub(super) fn config(context: &Context<'_>, arguments: &[Bytes]) -> Result<Frame, Frame> {
+    if !arguments[0].eq_ignore_ascii_case(b"get") {
+        return Err(Frame::error(format!(
+            "ERR CONFIG {} is not supported by RaftKV (only CONFIG GET)",
+            String::from_utf8_lossy(&arguments[0]).to_ascii_uppercase()
+        )));
+    }
+    if arguments.len() < 2 {
+        return Err(wrong_arity("config|get"));
+    }
+    let maxclients = context.shared.config.max_connections.to_string();
+    let max_bulk = context.shared.config.max_bulk_bytes.to_string();
+    let parameters: [(&str, &str); 6] = [
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("save", ""),
+        ("databases", "1"),
+        ("maxclients", &maxclients),
+        ("proto-max-bulk-len", &max_bulk),
+    ];
+    let mut reply = Vec::new();
+    for (name, value) in parameters {
+        if arguments[1..]
+            .iter()
+            .any(|pattern| super::keys::glob_match(&pattern.to_ascii_lowercase(), name.as_bytes()))
+        {
+            reply.push(bulk(name));
+            reply.push(bulk(value));
+        }
+    }
+    Ok(Frame::Array(reply))
+}
 
 fn bulk(text: &str) -> Frame {
     Frame::bulk(Bytes::copy_from_slice(text.as_bytes()))
