@@ -6,6 +6,14 @@
 //! - [`pb::raft_server`] / [`pb::raft_client`]: the store-to-store `Raft` service, one
 //!   stream per pair of stores carrying batched Raft messages of all regions.
 
+//! - [`etcdpb::kv_client`]: a client for etcd v3's `KV.Range`/`KV.Put` (the subset in
+//!   `proto/etcd_kv.proto`), used by `raftkv bench` to load etcd the same way as RaftKV.
+
+#[allow(clippy::all, missing_docs)]
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("raftkv");

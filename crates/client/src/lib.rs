@@ -83,7 +83,13 @@ fn random_client_id() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut z = t ^ ((std::process::id() as u64) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    // A per-process counter, so ids made in the same nanosecond still differ.
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut z = t
+        ^ ((std::process::id() as u64) << 32)
+        ^ 0x9E37_79B9_7F4A_7C15
+        ^ n.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)) | 1
@@ -132,6 +138,22 @@ impl Client {
         };
         c.refresh_routes().await;
         Ok(c)
+    }
+
+    /// A new session (its own client id and sequence) over this client's connections and
+    /// routing cache: many logical clients can share a few connections (HTTP/2 multiplexes
+    /// their requests).
+    pub fn fork(&self) -> Client {
+        Client {
+            endpoints: self.endpoints.clone(),
+            channels: self.channels.clone(),
+            store_endpoint: self.store_endpoint.clone(),
+            routes: self.routes.clone(),
+            next_endpoint: 0,
+            client_id: random_client_id(),
+            sequence: 0,
+            cfg: self.cfg.clone(),
+        }
     }
 
     pub fn client_id(&self) -> u64 {

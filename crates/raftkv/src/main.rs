@@ -77,26 +77,83 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// A short load run: N clients writing or reading for a while; prints throughput and
-    /// latency percentiles (the full benchmark tool is `raftkv bench` of the benchmarks issue).
-    Bench {
-        /// write or read
-        #[arg(long, default_value = "write")]
-        workload: String,
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        #[arg(long, default_value_t = 5)]
-        duration_secs: u64,
-        #[arg(long, default_value_t = 256)]
-        value_size: usize,
-        #[arg(long, default_value_t = 1000)]
-        keys: u64,
-        /// Reads: serve from whichever replica answers, without ReadIndex.
+    /// Load generator: a workload against RaftKV (gRPC or its Redis port), redis-server or
+    /// etcd; prints throughput and latency percentiles (HDR histogram), optionally as JSON.
+    Bench(BenchArgs),
+    /// The disk's raw append + fdatasync latency (the floor under any durable write).
+    DiskProbe {
+        /// Directory on the disk to measure (a temporary file is written and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        syncs: u64,
+        #[arg(long, default_value_t = 4096)]
+        record_bytes: usize,
+        /// Also write the result as JSON to this file ("-" = stdout).
         #[arg(long)]
-        stale: bool,
-        #[command(flatten)]
-        conn: Conn,
+        json: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// raftkv (gRPC), resp (RaftKV's Redis port or redis-server) or etcd.
+    #[arg(long, default_value = "raftkv")]
+    target: bench::TargetKind,
+    /// host:port,... of the target. Default: raftkv $RAFTKV_ENDPOINTS or the playground's
+    /// gRPC ports; resp the playground's Redis ports; etcd 127.0.0.1:2379.
+    #[arg(long)]
+    endpoints: Option<String>,
+    /// write, read, ycsb-a (50/50), ycsb-b (95/5 reads/writes), load (each key once).
+    #[arg(long, default_value = "write")]
+    workload: bench::Workload,
+    /// uniform or zipfian (YCSB scrambled zipfian, theta 0.99).
+    #[arg(long, default_value = "uniform", value_parser = parse_distribution)]
+    distribution: bench::Distribution,
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Concurrent clients, each with one operation in flight.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// TCP connections the clients share (0 = one per client).
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Stop after this many operations instead of after --duration-secs.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Total operations per second (open loop; latency counts from the intended start).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Do not write the keys before a workload that reads.
+    #[arg(long)]
+    no_preload: bool,
+    /// Local reads: RaftKV stale reads, etcd serializable ranges.
+    #[arg(long)]
+    stale: bool,
+    /// Name for the result row (default: the target).
+    #[arg(long)]
+    label: Option<String>,
+    /// Also write the result as JSON to this file ("-" = stdout).
+    #[arg(long)]
+    json: Option<String>,
+    #[arg(long)]
+    no_progress: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_distribution(s: &str) -> Result<bench::Distribution, String> {
+    match s {
+        "uniform" => Ok(bench::Distribution::Uniform),
+        "zipfian" | "zipf" => Ok(bench::Distribution::Zipfian),
+        other => Err(format!(
+            "unknown distribution {other:?}: use uniform or zipfian"
+        )),
+    }
 }
 
 #[derive(clap::Args)]
@@ -200,6 +257,20 @@ fn main() -> Result<()> {
         match cli.command {
             Cmd::Server(a) => run_server(a).await,
             Cmd::Playground(a) => playground(a).await,
+            Cmd::Bench(a) => run_bench(a).await,
+            Cmd::DiskProbe {
+                dir,
+                syncs,
+                record_bytes,
+                json,
+            } => {
+                let r = bench::disk::probe(&dir, syncs, record_bytes).map_err(anyhow::Error::msg)?;
+                println!(
+                    "disk {}: {} x ({} B append + fdatasync): {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                    r.dir, r.syncs, r.record_bytes, r.syncs_per_sec, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms
+                );
+                write_json(json.as_deref(), &serde_json::to_string_pretty(&r)?)
+            }
             other => run_client(other).await,
         }
     })
@@ -418,8 +489,7 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         | Cmd::Append { conn, .. }
         | Cmd::Cas { conn, .. }
         | Cmd::Scan { conn, .. }
-        | Cmd::Status { conn }
-        | Cmd::Bench { conn, .. } => conn,
+        | Cmd::Status { conn } => conn,
         _ => unreachable!("server commands handled above"),
     };
     let endpoints: Vec<String> = conn
@@ -428,27 +498,6 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    if let Cmd::Bench {
-        workload,
-        clients,
-        duration_secs,
-        value_size,
-        keys,
-        stale,
-        ..
-    } = cmd
-    {
-        return bench(
-            endpoints,
-            &workload,
-            clients,
-            duration_secs,
-            value_size,
-            keys,
-            stale,
-        )
-        .await;
-    }
     let mut c = client::Client::connect(endpoints).await?;
     match cmd {
         Cmd::Get { key, stale, .. } => {
@@ -552,81 +601,57 @@ async fn run_client(cmd: Cmd) -> Result<()> {
     Ok(())
 }
 
-async fn bench(
-    endpoints: Vec<String>,
-    workload: &str,
-    clients: usize,
-    duration_secs: u64,
-    value_size: usize,
-    keys: u64,
-    stale: bool,
-) -> Result<()> {
-    let write = match workload {
-        "write" => true,
-        "read" => false,
-        other => bail!("unknown workload {other}; use write or read"),
-    };
-    if clients == 0 || keys == 0 || duration_secs == 0 {
-        bail!("--clients, --keys and --duration-secs must be at least 1");
-    }
-    let value = vec![b'x'; value_size];
-    if !write {
-        // Preload the keys so reads find values.
-        let mut c = client::Client::connect(endpoints.clone()).await?;
-        for k in 0..keys.min(10_000) {
-            c.put(format!("bench-{k}").as_bytes(), &value).await?;
+fn write_json(to: Option<&str>, json: &str) -> Result<()> {
+    match to {
+        None => Ok(()),
+        Some("-") => {
+            println!("{json}");
+            Ok(())
+        }
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {path}"))
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(duration_secs);
-    let mut tasks = Vec::new();
-    for t in 0..clients {
-        let endpoints = endpoints.clone();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("histogram bounds");
-            let mut errors = 0u64;
-            let Ok(mut c) = client::Client::connect(endpoints).await else {
-                return (hist, 1);
-            };
-            let mut i = t as u64;
-            while std::time::Instant::now() < deadline {
-                let key = format!("bench-{}", (i * 2_654_435_761) % keys);
-                i += clients as u64;
-                let t0 = std::time::Instant::now();
-                let ok = if write {
-                    c.put(key.as_bytes(), &value).await.is_ok()
-                } else if stale {
-                    c.get_stale(key.as_bytes()).await.is_ok()
-                } else {
-                    c.get(key.as_bytes()).await.is_ok()
-                };
-                if ok {
-                    let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-                } else {
-                    errors += 1;
-                }
-            }
-            (hist, errors)
-        }));
+}
+
+async fn run_bench(a: BenchArgs) -> Result<()> {
+    let endpoints = match (&a.endpoints, a.target) {
+        (Some(e), _) => e.clone(),
+        (None, bench::TargetKind::Raftkv) => std::env::var("RAFTKV_ENDPOINTS")
+            .unwrap_or_else(|_| "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103".into()),
+        (None, bench::TargetKind::Resp) => "127.0.0.1:17301,127.0.0.1:17302,127.0.0.1:17303".into(),
+        (None, bench::TargetKind::Etcd) => "127.0.0.1:2379".into(),
+    };
+    let cfg = bench::BenchConfig {
+        target: a.target,
+        endpoints: endpoints
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        workload: a.workload,
+        distribution: a.distribution,
+        keys: a.keys,
+        value_size: a.value_size,
+        clients: a.clients,
+        connections: a.connections,
+        duration: Duration::from_secs(a.duration_secs),
+        ops: a.ops,
+        rate: a.rate,
+        preload: !a.no_preload,
+        stale: a.stale,
+        progress: !a.no_progress,
+        seed: a.seed,
+    };
+    let mut report = bench::run(cfg).await.map_err(anyhow::Error::msg)?;
+    if let Some(l) = a.label {
+        report.label = l;
     }
-    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await?;
-        all.add(&h)?;
-        errors += e;
-    }
-    let ops = all.len();
-    println!(
-        "{workload}: {clients} clients, {duration_secs} s, {value_size} B values: {:.0} ops/s, p50 {} us, p99 {} us, max {} us, {errors} errors",
-        ops as f64 / duration_secs as f64,
-        all.value_at_quantile(0.5),
-        all.value_at_quantile(0.99),
-        all.max()
-    );
-    if ops == 0 {
-        bail!("no operation succeeded");
+    println!("{}", bench::Report::TABLE_HEADER);
+    println!("{}", report.table_row());
+    write_json(a.json.as_deref(), &report.to_json())?;
+    if report.ops == 0 {
+        bail!("no operation succeeded ({} errors)", report.errors);
     }
     Ok(())
 }
