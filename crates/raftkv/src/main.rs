@@ -191,6 +191,10 @@ struct ServerArgs {
     /// Address for the Redis protocol (RESP2) front end; off when not given.
     #[arg(long)]
     resp_addr: Option<String>,
+    /// How linearizable reads are confirmed: lease (default: the leader serves while its
+    /// lease holds, falling back to ReadIndex) or safe (ReadIndex for every read).
+    #[arg(long)]
+    read_mode: Option<String>,
     /// Password RESP clients must give with AUTH (default: none). Prefer the config file or
     /// the environment over the command line, which other local users can read.
     #[arg(long, env = "RAFTKV_RESP_PASSWORD")]
@@ -222,6 +226,7 @@ struct FileConfig {
     metrics_addr: Option<String>,
     resp_addr: Option<String>,
     resp_password: Option<String>,
+    read_mode: Option<String>,
     initial_cluster: Option<String>,
     split_keys: Option<Vec<String>>,
     tick_ms: Option<u64>,
@@ -332,6 +337,13 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         cfg.snapshot_threshold_bytes = t;
     }
     cfg.resp_password = a.resp_password.or(file.resp_password);
+    if let Some(mode) = a.read_mode.or(file.read_mode) {
+        cfg.read_mode = match mode.as_str() {
+            "lease" => raft::ReadMode::Lease,
+            "safe" => raft::ReadMode::Safe,
+            other => bail!("--read-mode must be lease or safe, not {other:?}"),
+        };
+    }
     if cfg.resp_password.as_deref() == Some("") {
         bail!("--resp-password must not be empty (leave it out to disable AUTH)");
     }

@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
     /// When set, RESP clients must `AUTH` with it first.
     pub resp_password: Option<String>,
+    /// How linearizable reads are confirmed: `Lease` (default; served by the leader while its
+    /// lease holds, ReadIndex otherwise) or `Safe` (always ReadIndex).
+    pub read_mode: raft::ReadMode,
 }
 
 impl ServerConfig {
@@ -46,6 +49,7 @@ impl ServerConfig {
             max_key_bytes: 8 << 10,
             max_value_bytes: 8 << 20,
             resp_password: None,
+            read_mode: raft::ReadMode::Lease,
         }
     }
 

@@ -85,6 +85,7 @@ impl Server {
         scfg.heartbeat_tick = cfg.heartbeat_tick;
         scfg.snapshot_threshold_entries = cfg.snapshot_threshold_entries;
         scfg.snapshot_threshold_bytes = cfg.snapshot_threshold_bytes;
+        scfg.read_mode = cfg.read_mode;
         let store: Store<KvSm> =
             Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial)
                 .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;

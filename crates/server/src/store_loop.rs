@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 /// Commands waiting in the channel before senders are refused (`Busy`).
 pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
+/// Most ticks replayed after a stall (more than any election timeout or lease, in ticks).
+const MAX_CATCH_UP_TICKS: u64 = 100;
 /// Commands handled between two Ready rounds, so a flood cannot starve ticks.
 const MAX_COMMANDS_PER_ROUND: usize = 4_096;
 
@@ -111,29 +113,34 @@ pub fn run(
             }
             next = rx.try_recv().ok();
         }
-        if Instant::now() >= next_tick {
-            store.tick();
-            next_tick += tick;
-            if next_tick < Instant::now() {
-                // We fell behind (a long fsync): do not burst ticks to catch up.
-                next_tick = Instant::now() + tick;
+        let now = Instant::now();
+        if now >= next_tick {
+            // Ticks measure real time: leases and election timeouts are counted in ticks, so
+            // after a stall (a long fsync, SIGSTOP, a descheduled process) the missed ticks
+            // are replayed. Otherwise a paused leader would resume believing its lease still
+            // holds while the others elected a new leader, and serve a stale lease read.
+            // Messages that queued up during the stall were handled above, before these
+            // ticks, so acknowledgements that did arrive count first. Capped: past every
+            // timeout, more ticks change nothing.
+            let behind = now.duration_since(next_tick).as_nanos() / tick.as_nanos().max(1);
+            let missed = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
+            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
+                store.tick();
             }
+            next_tick = now + tick;
         }
         while store.has_ready() {
+            // Leader messages and finished requests go out before this round's fsync (see
+            // `Store::prepare_ready`), so a write waits for one fsync, not three.
+            let pending = store.prepare_ready()?;
+            deliver(&mut store, &transport, &mut waiting);
             let t0 = Instant::now();
             let before = store.stats.write_rounds;
-            store.process_ready()?;
+            store.finish_ready(pending)?;
             if store.stats.write_rounds > before {
                 metrics.observe_fsync(t0.elapsed());
             }
-            for (to, m) in store.take_outbox() {
-                transport.send(to.0, m);
-            }
-            for c in store.take_completions() {
-                if let Some(tx) = waiting.remove(&c.ticket) {
-                    let _ = tx.send(c.result);
-                }
-            }
+            deliver(&mut store, &transport, &mut waiting);
         }
         metrics.set_store_stats(&store.stats);
         let status = store.status();
@@ -145,6 +152,22 @@ pub fn run(
                     .leader_changes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Sends the store's outbox and answers completed requests.
+fn deliver(
+    store: &mut Store<KvSm>,
+    transport: &transport::Transport,
+    waiting: &mut HashMap<Ticket, ReplyTx>,
+) {
+    for (to, m) in store.take_outbox() {
+        transport.send(to.0, m);
+    }
+    for c in store.take_completions() {
+        if let Some(tx) = waiting.remove(&c.ticket) {
+            let _ = tx.send(c.result);
         }
     }
 }

@@ -33,4 +33,6 @@ pub mod store;
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use state_machine::StateMachine;
-pub use store::{Completion, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket};
+pub use store::{
+    Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,
+};

@@ -5,8 +5,8 @@ use crate::region::{Region, RegionEpoch, RegionId, StoreId};
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
 use raft::{
-    ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, RawNode, ReadMode, Role,
-    Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
+    ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, RawNode, ReadMode, Ready,
+    Role, Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
 };
 use raft_log::raft_storage::GroupStorage;
 use raft_log::{FileSystem, LogBatch, LogEngine};
@@ -48,6 +48,15 @@ impl StoreConfig {
             engine: raft_log::Config::default(),
         }
     }
+}
+
+/// A Ready round between [`Store::prepare_ready`] and [`Store::finish_ready`]: the staged
+/// log write and the Readies to advance once it is durable.
+#[must_use = "a prepared Ready round must be finished with Store::finish_ready"]
+pub struct PendingWrite {
+    batch: LogBatch,
+    readies: Vec<(RegionId, Ready)>,
+    groups: u64,
 }
 
 /// Identifies a request handed to the store; its result comes back as a [`Completion`].
@@ -456,19 +465,40 @@ impl<M: StateMachine> Store<M> {
         self.peers.values().any(|p| p.raw.has_ready())
     }
 
-    /// Handles every replica's Ready: all regions' entries and hard states go to the log in
-    /// one write with one sync, then messages go to the outbox, committed entries are applied
-    /// and completions produced. A storage error is fatal for the store (the caller must stop
-    /// it): the disk may no longer hold what was acknowledged.
+    /// Handles every replica's Ready in one round: [`Store::prepare_ready`] then
+    /// [`Store::finish_ready`]. Callers that can send messages and answer requests between
+    /// the two (the server) should call them separately: a write then costs one fsync on its
+    /// critical path instead of up to three.
     pub fn process_ready(&mut self) -> Result<(), StoreError> {
-        let mut batch = LogBatch::new();
-        let mut readies = Vec::new();
-        let mut groups = 0;
+        let pending = self.prepare_ready()?;
+        self.finish_ready(pending)
+    }
+
+    /// First half of a Ready round, everything that need not wait for this round's log write:
+    /// - every region's entries and hard state are staged into one [`PendingWrite`];
+    /// - a **leader's** messages go to the outbox now. Raft allows a leader to replicate
+    ///   entries before they are durable on its own disk (thesis §10.2.1): the core counts the
+    ///   leader's own copy towards commit only once `advance` reports it persisted, so no
+    ///   message can claim a commit that is not durable on a quorum. A leader's Ready never
+    ///   changes term or vote (checked); when it would, its messages wait like anyone's;
+    /// - committed entries are applied and their requests completed, and ready reads are
+    ///   served: committed entries are already durable on a quorum (for a follower they may
+    ///   not yet be on its own disk, which only matters to its in-memory state machine, rebuilt
+    ///   from disk on restart).
+    ///
+    /// Every other message (votes, append responses) waits for [`Store::finish_ready`], after
+    /// the write is durable.
+    pub fn prepare_ready(&mut self) -> Result<PendingWrite, StoreError> {
+        let mut pending = PendingWrite {
+            batch: LogBatch::new(),
+            readies: Vec::new(),
+            groups: 0,
+        };
         for (id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
                 continue;
             }
-            let rd = p.raw.ready();
+            let mut rd = p.raw.ready();
             if let Some(snap) = &rd.snapshot {
                 // Rare and large: written on its own (file + metadata, synced) before the rest.
                 p.raw.storage_mut().apply_snapshot(snap.clone())?;
@@ -478,29 +508,29 @@ impl<M: StateMachine> Store<M> {
                 p.applied = snap.metadata.index;
                 self.stats.snapshots_installed += 1;
                 // Installing a snapshot may clean the group's state keys: restore ours.
-                batch.put_state(engine_group(*id), REGION_KEY, &p.region.encode());
+                pending
+                    .batch
+                    .put_state(engine_group(*id), REGION_KEY, &p.region.encode());
             }
+            let persisted = p.raw.storage().hard_state();
+            let early = p.raw.role() == Role::Leader
+                && rd.hard_state.is_none_or(|hs| {
+                    hs.term == persisted.term && hs.vote == persisted.vote
+                });
             let staged = !rd.entries.is_empty() || rd.hard_state.is_some();
-            p.raw.storage().stage_append(&mut batch, &rd.entries)?;
+            p.raw.storage().stage_append(&mut pending.batch, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
-                p.raw.storage_mut().stage_hard_state(&mut batch, hs);
+                p.raw.storage_mut().stage_hard_state(&mut pending.batch, hs);
             }
             if staged {
-                groups += 1;
+                pending.groups += 1;
             }
-            readies.push((*id, rd));
-        }
-        if !batch.is_empty() {
-            self.engine.write(&mut batch, true)?;
-            self.stats.write_rounds += 1;
-            self.stats.groups_written += groups;
-        }
-        for (id, mut rd) in readies {
-            let p = self.peers.get_mut(&id).expect("collected above");
-            for m in std::mem::take(&mut rd.messages) {
-                match p.region.peer(m.to) {
-                    Some(peer) => self.outbox.push((peer.store, m)),
-                    None => self.stats.messages_dropped += 1,
+            if early {
+                for m in std::mem::take(&mut rd.messages) {
+                    match p.region.peer(m.to) {
+                        Some(peer) => self.outbox.push((peer.store, m)),
+                        None => self.stats.messages_dropped += 1,
+                    }
                 }
             }
             if let Some(ss) = rd.soft_state {
@@ -510,7 +540,7 @@ impl<M: StateMachine> Store<M> {
                         self.completions.push(Completion {
                             ticket: r.ticket,
                             result: Err(StoreError::NotLeader {
-                                region: id,
+                                region: *id,
                                 leader: p.region.peer(ss.leader),
                             }),
                         });
@@ -573,6 +603,34 @@ impl<M: StateMachine> Store<M> {
                 }
                 _ => true,
             });
+            pending.readies.push((*id, rd));
+        }
+        Ok(pending)
+    }
+
+    /// Second half of a Ready round: one log write with one fsync for all regions, then the
+    /// messages that had to wait for it, `advance`, and snapshots of regions whose log grew
+    /// past the threshold. A storage error is fatal for the store (the caller must stop it):
+    /// the disk may no longer hold what was acknowledged.
+    pub fn finish_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
+        let PendingWrite {
+            mut batch,
+            readies,
+            groups,
+        } = pending;
+        if !batch.is_empty() {
+            self.engine.write(&mut batch, true)?;
+            self.stats.write_rounds += 1;
+            self.stats.groups_written += groups;
+        }
+        for (id, mut rd) in readies {
+            let p = self.peers.get_mut(&id).expect("collected in prepare_ready");
+            for m in std::mem::take(&mut rd.messages) {
+                match p.region.peer(m.to) {
+                    Some(peer) => self.outbox.push((peer.store, m)),
+                    None => self.stats.messages_dropped += 1,
+                }
+            }
             p.raw.advance(rd);
             // Snapshot when the log grows past the threshold.
             let first = p.raw.status().first_index;

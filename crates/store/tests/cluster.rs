@@ -364,3 +364,62 @@ fn a_region_snapshots_when_its_log_passes_the_byte_threshold() {
         "6 KB of writes did not trigger a snapshot"
     );
 }
+
+/// The split Ready round: a leader's appends leave before its own log write (prepare), a
+/// follower's acknowledgement only after its write (finish), and a committed write is
+/// answered in prepare, before the fsync of whatever that round also writes.
+#[test]
+fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() {
+    let mut c = Cluster::new(1_000_000);
+    let r = c.regions[0].clone(); // led by store 1 (index 0)
+    let t = c
+        .store(0)
+        .propose(r.id, r.epoch, b"a", put(b"a", b"1"))
+        .unwrap();
+    let syncs_before = c.store(0).engine().stats().syncs;
+    let pending = c.store(0).prepare_ready().unwrap();
+    let early = c.store(0).take_outbox();
+    assert!(
+        early
+            .iter()
+            .any(|(to, m)| to.0 != 1
+                && matches!(&m.body, raft::MessageBody::Append { entries, .. } if !entries.is_empty())),
+        "the leader's append must be sendable before its fsync: {early:?}"
+    );
+    assert_eq!(
+        c.store(0).engine().stats().syncs,
+        syncs_before,
+        "prepare_ready must not write"
+    );
+    c.store(0).finish_ready(pending).unwrap();
+    assert!(c.store(0).engine().stats().syncs > syncs_before);
+    // A follower: its append response waits for its own write.
+    for (to, m) in early {
+        let _ = c.store(to.0 as usize - 1).step(m);
+    }
+    let pending = c.store(1).prepare_ready().unwrap();
+    let before_write = c.store(1).take_outbox();
+    assert!(
+        before_write
+            .iter()
+            .all(|(_, m)| m.kind_name() != "AppendResponse"),
+        "a follower acknowledged entries before they were durable: {before_write:?}"
+    );
+    c.store(1).finish_ready(pending).unwrap();
+    let after = c.store(1).take_outbox();
+    assert!(after.iter().any(|(_, m)| m.kind_name() == "AppendResponse"));
+    // The ack commits the entry; the leader answers in prepare, before any write of that
+    // round.
+    for (_, m) in after {
+        let _ = c.store(0).step(m);
+    }
+    let pending = c.store(0).prepare_ready().unwrap();
+    let answered: Vec<_> = c.store(0).take_completions();
+    assert!(
+        answered.iter().any(|done| done.ticket == t),
+        "the committed write must be answered before the round's fsync"
+    );
+    c.store(0).finish_ready(pending).unwrap();
+    c.pump();
+    assert_eq!(c.read(1, 0, b"a").unwrap(), Bytes::from_static(b"1"));
+}
