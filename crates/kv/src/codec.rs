@@ -225,6 +225,12 @@ impl<'a> Reader<'a> {
         Ok(Bytes::copy_from_slice(slice))
     }
 
+    /// A `bytes` field borrowed from the input (no copy).
+    pub(crate) fn bytes_ref(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint(what)?;
+        self.take(len, what)
+    }
+
     pub(crate) fn opt_bytes(&mut self, what: &'static str) -> Result<Option<Bytes>, DecodeError> {
         match self.u8(what)? {
             0 => Ok(None),

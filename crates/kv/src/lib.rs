@@ -16,6 +16,7 @@
 //!   rules are documented there).
 //! - `machine`: [`KvStateMachine`] itself: `apply`, `read`, `split_off`, and the
 //!   exactly-once rules.
+//! - [`table`]: [`table::Table`], the region's pairs, one allocation per pair (memory).
 //! - `session`: the session table (client → last sequence, cached reply, last seen).
 //! - [`snapshot`]: the checksummed snapshot format, `restore`, and the state hash.
 //! - `store_adapter`: `KvStateMachine` implements `store::StateMachine`, so a store hosts
@@ -83,6 +84,7 @@ pub mod response;
 mod session;
 pub mod snapshot;
 mod store_adapter;
+pub mod table;
 
 pub use codec::DecodeError;
 pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};

@@ -1,9 +1,6 @@
 //! [`KvStateMachine`]: one region's data and sessions, and the rules for applying committed
 //! entries to them.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
-
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -11,6 +8,7 @@ use crate::command::{ClientId, Command, PutOptions, Request, Sequence};
 use crate::config::{Limits, RegionRange, SessionPolicy};
 use crate::response::{ApplyError, ApplyOutcome, CommandError, Response};
 use crate::session::{Session, SessionTable};
+use crate::table::Table;
 
 /// Why [`KvStateMachine::split_off`] refused a split key.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -60,7 +58,7 @@ pub struct KvStateMachine {
     /// Log time: the largest `proposed_at_ms` applied so far. Monotonic even when a new
     /// leader's wall clock is behind the old one's.
     pub(crate) clock_ms: u64,
-    pub(crate) data: BTreeMap<Bytes, Bytes>,
+    pub(crate) data: Table,
     pub(crate) sessions: SessionTable,
 }
 
@@ -82,7 +80,7 @@ impl KvStateMachine {
             session_policy,
             applied_index: 0,
             clock_ms: 0,
-            data: BTreeMap::new(),
+            data: Table::new(),
             sessions: SessionTable::default(),
         }
     }
@@ -123,13 +121,14 @@ impl KvStateMachine {
         self.data.is_empty()
     }
 
-    /// Direct read of one key, for tests and diagnostics (clients use [`Self::read`]).
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.data.get(key)
+    /// Direct read of one key (a copy), for tests and diagnostics (clients use
+    /// [`Self::read`]).
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.data.get_bytes(key)
     }
 
     /// All pairs in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.data.iter()
     }
 
@@ -235,14 +234,14 @@ impl KvStateMachine {
             "region {:?} is empty",
             self.region
         );
-        if let Some((first, _)) = self.data.first_key_value() {
+        if let Some(first) = self.data.first_key() {
             assert!(
                 self.region.contains(first),
                 "key {first:?} below region {:?}",
                 self.region
             );
         }
-        if let Some((last, _)) = self.data.last_key_value() {
+        if let Some(last) = self.data.last_key() {
             assert!(
                 self.region.contains(last),
                 "key {last:?} above region {:?}",
@@ -395,13 +394,13 @@ impl KvStateMachine {
         match command {
             Command::Get { key } => {
                 self.check_key(key)?;
-                Ok(Response::Value(self.data.get(key).cloned()))
+                Ok(Response::Value(self.data.get_bytes(key)))
             }
             Command::BatchGet { keys } => {
                 self.check_batch(keys.len())?;
                 keys.iter().try_for_each(|key| self.check_key(key))?;
                 Ok(Response::Values(
-                    keys.iter().map(|key| self.data.get(key).cloned()).collect(),
+                    keys.iter().map(|key| self.data.get_bytes(key)).collect(),
                 ))
             }
             Command::Scan { start, end, limit } => self.scan(start, end.as_ref(), *limit),
@@ -437,14 +436,11 @@ impl KvStateMachine {
                 more: false,
             });
         }
-        let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.as_ref()));
-        let mut iter = self
-            .data
-            .range::<[u8], _>((Bound::Included(start.as_ref()), upper));
+        let mut iter = self.data.range(start, end.map(|e| e.as_ref()));
         let pairs: Vec<(Bytes, Bytes)> = iter
             .by_ref()
             .take(limit as usize)
-            .map(|(key, value)| (key.clone(), value.clone()))
+            .map(|(key, value)| (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)))
             .collect();
         let more = iter.next().is_some();
         Ok(Response::Scan { pairs, more })
@@ -478,21 +474,21 @@ impl KvStateMachine {
             }
             Command::Append { key, value } => {
                 self.check_pair(key, value)?;
-                let current = self.data.get(key).map_or(&[][..], |v| v.as_ref());
+                let current = self.data.get(key).unwrap_or(&[]);
                 let new_len = current.len() as u64 + value.len() as u64;
                 self.check_value_len(new_len)?;
                 let mut joined = Vec::with_capacity(current.len() + value.len());
                 joined.extend_from_slice(current);
                 joined.extend_from_slice(value);
-                self.data.insert(key.clone(), Bytes::from(joined));
+                self.data.insert(key, &joined);
                 Ok(Response::Length(new_len))
             }
             Command::CompareAndSwap { key, expected, new } => {
                 self.check_pair(key, new)?;
-                let previous = self.data.get(key).cloned();
+                let previous = self.data.get_bytes(key);
                 let swapped = previous == *expected;
                 if swapped {
-                    self.data.insert(key.clone(), new.clone());
+                    self.data.insert(key, new);
                 }
                 Ok(Response::Cas { swapped, previous })
             }
@@ -502,7 +498,7 @@ impl KvStateMachine {
                     .iter()
                     .try_for_each(|(key, value)| self.check_pair(key, value))?;
                 for (key, value) in pairs {
-                    self.data.insert(key.clone(), value.clone());
+                    self.data.insert(key, value);
                 }
                 Ok(Response::Done)
             }
@@ -513,8 +509,7 @@ impl KvStateMachine {
                     Some(value) => parse_redis_integer(value).ok_or(CommandError::NotAnInteger)?,
                 };
                 let updated = current.checked_add(*delta).ok_or(CommandError::Overflow)?;
-                self.data
-                    .insert(key.clone(), Bytes::from(updated.to_string()));
+                self.data.insert(key, updated.to_string().as_bytes());
                 Ok(Response::Integer(updated))
             }
             Command::IncrByFloat { key, delta_bits } => {
@@ -531,26 +526,30 @@ impl KvStateMachine {
                 // differ from Redis's long-double output.
                 let formatted = Bytes::from(updated.to_string());
                 self.check_value_len(formatted.len() as u64)?;
-                self.data.insert(key.clone(), formatted.clone());
+                self.data.insert(key, &formatted);
                 Ok(Response::Value(Some(formatted)))
             }
             Command::SetRange { key, offset, value } => self.set_range(key, *offset, value),
             Command::GetSet { key, value } => {
                 self.check_pair(key, value)?;
-                Ok(Response::Value(
-                    self.data.insert(key.clone(), value.clone()),
-                ))
+                let previous = self.data.get_bytes(key);
+                self.data.insert(key, value);
+                Ok(Response::Value(previous))
             }
             Command::GetDel { key } => {
                 self.check_key(key)?;
-                Ok(Response::Value(self.data.remove(key)))
+                Ok(Response::Value(
+                    self.data
+                        .remove(key)
+                        .map(|pair| Bytes::copy_from_slice(pair.value())),
+                ))
             }
             Command::SetNx { key, value } => {
                 self.check_pair(key, value)?;
                 if self.data.contains_key(key) {
                     return Ok(Response::Written(false));
                 }
-                self.data.insert(key.clone(), value.clone());
+                self.data.insert(key, value);
                 Ok(Response::Written(true))
             }
             Command::MSetNx { pairs } => {
@@ -562,7 +561,7 @@ impl KvStateMachine {
                     return Ok(Response::Written(false));
                 }
                 for (key, value) in pairs {
-                    self.data.insert(key.clone(), value.clone());
+                    self.data.insert(key, value);
                 }
                 Ok(Response::Written(true))
             }
@@ -587,11 +586,14 @@ impl KvStateMachine {
         } else {
             true
         };
-        let previous = if allowed {
-            self.data.insert(key.clone(), value.clone())
+        let previous = if options.return_previous {
+            self.data.get_bytes(key)
         } else {
-            self.data.get(key).cloned()
+            None
         };
+        if allowed {
+            self.data.insert(key, value);
+        }
         Ok(Response::Put {
             written: allowed,
             previous: if options.return_previous {
@@ -610,7 +612,7 @@ impl KvStateMachine {
         value: &Bytes,
     ) -> Result<Response, CommandError> {
         self.check_key(key)?;
-        let current = self.data.get(key).map_or(&[][..], |v| v.as_ref());
+        let current = self.data.get(key).unwrap_or(&[]);
         if value.is_empty() {
             return Ok(Response::Length(current.len() as u64));
         }
@@ -629,7 +631,7 @@ impl KvStateMachine {
         updated.extend_from_slice(current);
         updated.resize(new_len, 0);
         updated[offset..offset + value.len()].copy_from_slice(value);
-        self.data.insert(key.clone(), Bytes::from(updated));
+        self.data.insert(key, &updated);
         Ok(Response::Length(new_len as u64))
     }
 }

@@ -24,7 +24,7 @@
 //! The state hash is 64-bit FNV-1a over exactly the body bytes, so two machines have the same
 //! hash iff (barring collisions) they have the same snapshot body.
 
-use std::collections::BTreeMap;
+use crate::table::Table;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -195,11 +195,11 @@ impl KvStateMachine {
         }
 
         let pair_count = reader.count("data pairs", 2)?;
-        let mut data = BTreeMap::new();
+        let mut data = Table::new();
         let mut previous_key: Option<Bytes> = None;
         for _ in 0..pair_count {
             let key = reader.bytes("key")?;
-            let value = reader.bytes("value")?;
+            let value = reader.bytes_ref("value")?;
             if previous_key
                 .as_ref()
                 .is_some_and(|previous| *previous >= key)
@@ -211,8 +211,8 @@ impl KvStateMachine {
             if !region.contains(&key) {
                 return Err(SnapshotError::Inconsistent("a key lies outside the region"));
             }
-            previous_key = Some(key.clone());
-            data.insert(key, value);
+            data.insert(&key, value);
+            previous_key = Some(key);
         }
 
         // Smallest session: three one-byte varints, a result tag and a response tag.
@@ -267,9 +267,9 @@ impl KvStateMachine {
     }
 }
 
-fn encode_data<S: Sink>(out: &mut S, data: &BTreeMap<Bytes, Bytes>) {
+fn encode_data<S: Sink>(out: &mut S, data: &Table) {
     out.put_varint(data.len() as u64);
-    for (key, value) in data {
+    for (key, value) in data.iter() {
         out.put_bytes(key);
         out.put_bytes(value);
     }

@@ -32,7 +32,7 @@ fn assert_refused(machine: &mut KvStateMachine, command: Command, expected: Comm
     let before = machine.data_hash();
     let snapshot_before: Vec<_> = machine
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
     assert_eq!(exec(machine, command), Err(ApplyError::Command(expected)));
     assert_eq!(
@@ -42,7 +42,7 @@ fn assert_refused(machine: &mut KvStateMachine, command: Command, expected: Comm
     );
     let after: Vec<_> = machine
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect();
     assert_eq!(after, snapshot_before);
 }
@@ -112,7 +112,7 @@ fn put_options_nx_xx_get() {
             previous: Some(b("1"))
         })
     );
-    assert_eq!(m.get(b"k"), Some(&b("1")));
+    assert_eq!(m.get(b"k"), Some(b("1")));
     // XX on present: written; without GET no previous is returned.
     assert_eq!(
         exec(&mut m, with("k", "3", xx)),
@@ -121,7 +121,7 @@ fn put_options_nx_xx_get() {
             previous: None
         })
     );
-    assert_eq!(m.get(b"k"), Some(&b("3")));
+    assert_eq!(m.get(b"k"), Some(b("3")));
     let both = PutOptions {
         if_absent: true,
         if_present: true,
@@ -143,7 +143,7 @@ fn append_creates_and_extends() {
     };
     assert_eq!(exec(&mut m, append("ab")), Ok(Response::Length(2)));
     assert_eq!(exec(&mut m, append("cd")), Ok(Response::Length(4)));
-    assert_eq!(m.get(b"k"), Some(&b("abcd")));
+    assert_eq!(m.get(b"k"), Some(b("abcd")));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn compare_and_swap() {
             previous: Some(b("1"))
         })
     );
-    assert_eq!(m.get(b"k"), Some(&b("2")));
+    assert_eq!(m.get(b"k"), Some(b("2")));
 }
 
 #[test]
@@ -375,7 +375,7 @@ fn incr_follows_redis() {
     let incr = |delta| Command::Incr { key: b("n"), delta };
     assert_eq!(exec(&mut m, incr(5)), Ok(Response::Integer(5)));
     assert_eq!(exec(&mut m, incr(-7)), Ok(Response::Integer(-2)));
-    assert_eq!(m.get(b"n"), Some(&b("-2")));
+    assert_eq!(m.get(b"n"), Some(b("-2")));
     exec(&mut m, put("n", "9223372036854775807")).unwrap();
     assert_refused(&mut m, incr(1), CommandError::Overflow);
     exec(&mut m, put("n", "-9223372036854775808")).unwrap();
@@ -420,9 +420,9 @@ fn set_range_pads_with_zeros() {
     assert_eq!(exec(&mut m, set_range(5, "")), Ok(Response::Length(0)));
     assert_eq!(m.get(b"k"), None);
     assert_eq!(exec(&mut m, set_range(2, "ab")), Ok(Response::Length(4)));
-    assert_eq!(m.get(b"k"), Some(&Bytes::from_static(b"\0\0ab")));
+    assert_eq!(m.get(b"k"), Some(Bytes::from_static(b"\0\0ab")));
     assert_eq!(exec(&mut m, set_range(0, "X")), Ok(Response::Length(4)));
-    assert_eq!(m.get(b"k"), Some(&Bytes::from_static(b"X\0ab")));
+    assert_eq!(m.get(b"k"), Some(Bytes::from_static(b"X\0ab")));
     assert_eq!(exec(&mut m, set_range(1, "")), Ok(Response::Length(4)));
 }
 
@@ -503,7 +503,7 @@ fn get_set_get_del_set_nx() {
         ),
         Ok(Response::Written(true))
     );
-    assert_eq!(m.get(b"k"), Some(&b("3")));
+    assert_eq!(m.get(b"k"), Some(b("3")));
 }
 
 #[test]
@@ -530,8 +530,8 @@ fn mset_nx_is_all_or_nothing() {
         ),
         Ok(Response::Written(true))
     );
-    assert_eq!(m.get(b"a"), Some(&b("1")));
-    assert_eq!(m.get(b"c"), Some(&b("3")));
+    assert_eq!(m.get(b"a"), Some(b("1")));
+    assert_eq!(m.get(b"c"), Some(b("3")));
 }
 
 #[test]

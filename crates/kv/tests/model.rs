@@ -499,7 +499,10 @@ proptest! {
             machine.assert_invariants();
         }
         let actual: BTreeMap<Bytes, Bytes> =
-            machine.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            machine
+                .iter()
+                .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+                .collect();
         prop_assert_eq!(actual, model.data);
         for (client, (sequence, _, last_seen)) in &model.sessions {
             let session = machine.session(*client).map(|s| (s.last_sequence, s.last_seen_ms));

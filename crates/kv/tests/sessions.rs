@@ -31,7 +31,7 @@ fn duplicate_sequence_returns_cached_reply_without_reapplying() {
     assert_eq!(retry.result, Ok(Response::Length(1)));
     assert!(retry.duplicate);
     assert_eq!(m.data_hash(), data_before);
-    assert_eq!(m.get(b"k"), Some(&b("x")));
+    assert_eq!(m.get(b"k"), Some(b("x")));
     // The retry refreshed the session's last_seen.
     assert_eq!(m.session(CLIENT).map(|s| s.last_seen_ms), Some(20));
 }
@@ -58,7 +58,7 @@ fn duplicate_of_a_failed_command_returns_the_same_error() {
         retry.result,
         Err(ApplyError::Command(CommandError::NotAnInteger))
     );
-    assert_eq!(m.get(b"n"), Some(&b("5")));
+    assert_eq!(m.get(b"n"), Some(b("5")));
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn sessions_expire_by_log_time() {
     // must exceed the client's retry horizon.
     let late_retry = submit(&mut m, ClientId(1), 1, append("a"), 1_102);
     assert!(!late_retry.duplicate);
-    assert_eq!(m.get(b"k"), Some(&b("aa")));
+    assert_eq!(m.get(b"k"), Some(b("aa")));
 }
 
 #[test]

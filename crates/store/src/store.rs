@@ -514,11 +514,13 @@ impl<M: StateMachine> Store<M> {
             }
             let persisted = p.raw.storage().hard_state();
             let early = p.raw.role() == Role::Leader
-                && rd.hard_state.is_none_or(|hs| {
-                    hs.term == persisted.term && hs.vote == persisted.vote
-                });
+                && rd
+                    .hard_state
+                    .is_none_or(|hs| hs.term == persisted.term && hs.vote == persisted.vote);
             let staged = !rd.entries.is_empty() || rd.hard_state.is_some();
-            p.raw.storage().stage_append(&mut pending.batch, &rd.entries)?;
+            p.raw
+                .storage()
+                .stage_append(&mut pending.batch, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
                 p.raw.storage_mut().stage_hard_state(&mut pending.batch, hs);
             }

@@ -380,10 +380,8 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     let pending = c.store(0).prepare_ready().unwrap();
     let early = c.store(0).take_outbox();
     assert!(
-        early
-            .iter()
-            .any(|(to, m)| to.0 != 1
-                && matches!(&m.body, raft::MessageBody::Append { entries, .. } if !entries.is_empty())),
+        early.iter().any(|(to, m)| to.0 != 1
+            && matches!(&m.body, raft::MessageBody::Append { entries, .. } if !entries.is_empty())),
         "the leader's append must be sendable before its fsync: {early:?}"
     );
     assert_eq!(
