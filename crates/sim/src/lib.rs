@@ -16,11 +16,14 @@
 //!   3 stores with several regions, over the fault-injecting file system, with clients that
 //!   retry with sessions; checks per-key linearizability, no lost acknowledged write and that
 //!   every replica of a region converges to the same state hash.
+//! - [`partition`]: the partition shapes (isolate one, minority/majority, majorities ring,
+//!   bridge, one-way) as link matrices, shared by both simulations.
 //! - `main.rs` (binary `raftkv-sim`): run or replay seeds from the command line.
 
 pub mod checker;
 pub mod cluster;
 pub mod kv_cluster;
+pub mod partition;
 pub mod swarm;
 
 pub use cluster::{Cluster, ClusterOptions, NetFaults};
