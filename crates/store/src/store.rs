@@ -594,12 +594,11 @@ impl<M: StateMachine> Store<M> {
             // Snapshot when the log grows past the threshold.
             let first = p.raw.status().first_index;
             let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
-            if entries_in_log >= self.cfg.snapshot_threshold_entries
-                || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes
+            if (entries_in_log >= self.cfg.snapshot_threshold_entries
+                || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
+                && p.snapshot()?
             {
-                if p.snapshot()? {
-                    self.stats.snapshots_created += 1;
-                }
+                self.stats.snapshots_created += 1;
             }
         }
         Ok(())
