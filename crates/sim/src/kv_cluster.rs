@@ -85,7 +85,7 @@ pub struct KvSimOutcome {
 }
 
 /// Base tick period; each store's own period differs from it by its drift.
-const TICK: Micros = 10 * MS;
+const TICK: Micros = 20 * MS;
 /// The largest tick-rate drift, in parts per million (±5 %). The lease lasts
 /// `election_tick - lease_drift_ticks` = 8 of the leader's ticks, and a follower that
 /// acknowledged it refuses votes for at least `election_tick - 1` = 9 of its own full ticks,
@@ -116,7 +116,8 @@ const MAX_HISTORY_OPS: usize = 1_000_000;
 enum Ev {
     /// A store's tick timer; only the newest chain (generation) per store is live.
     Tick(usize, u64),
-    Deliver(Message, usize),
+    /// A message (boxed: the heap moves its entries around) reaching a store.
+    Deliver(Box<Message>, usize),
     /// A client's next step; only the newest generation per client is live.
     Client(usize, u64),
     /// A paused store wakes up (pause number).
@@ -159,7 +160,8 @@ enum Deferred {
 /// One request as sent to a store.
 #[derive(Clone)]
 struct Attempt {
-    region: Region,
+    /// Index into `Sim::regions`.
+    region: usize,
     key: Vec<u8>,
     /// The encoded session request of a write; `None` for a read.
     write: Option<Bytes>,
@@ -189,6 +191,8 @@ struct InFlight {
     input: KvInput,
     command: Command,
     key: Vec<u8>,
+    /// Index into `Sim::regions` (cached: the key never moves in this version).
+    region: usize,
     write: bool,
     sequence: u64,
     slot: usize,
@@ -399,10 +403,10 @@ impl Sim {
             }
             if unit(&mut self.rng) < self.faults.dup_rate {
                 let d = self.delay();
-                self.schedule(d, Ev::Deliver(m.clone(), t));
+                self.schedule(d, Ev::Deliver(Box::new(m.clone()), t));
             }
             let d = self.delay();
-            self.schedule(d, Ev::Deliver(m, t));
+            self.schedule(d, Ev::Deliver(Box::new(m), t));
         }
         for c in completions {
             if let Some(client) = self.waiting[i].remove(&c.ticket) {
@@ -417,8 +421,10 @@ impl Sim {
         self.faults.delay_min + self.rng.below(span)
     }
 
-    fn random_peer(&mut self, region: &Region) -> usize {
-        let p = region.peers[self.rng.below(region.peers.len() as u64) as usize];
+    /// A random store hosting a replica of region `r` (index into `regions`).
+    fn random_peer(&mut self, r: usize) -> usize {
+        let n = self.regions[r].peers.len() as u64;
+        let p = self.regions[r].peers[self.rng.below(n) as usize];
         p.store.0 as usize - 1
     }
 
@@ -477,13 +483,12 @@ impl Sim {
     /// Picks the next store for client `ci` after a refusal: the leader it was told about,
     /// or any replica of the region.
     fn reroute(&mut self, ci: usize, e: &StoreError) {
-        let key = self.clients[ci].op.as_ref().expect("in flight").key.clone();
-        let region = self.regions[region_of(&self.regions, &key)].clone();
+        let region = self.clients[ci].op.as_ref().expect("in flight").region;
         let target = match e {
             StoreError::NotLeader {
                 leader: Some(l), ..
             } => l.store.0 as usize - 1,
-            _ => self.random_peer(&region),
+            _ => self.random_peer(region),
         };
         self.clients[ci].op.as_mut().expect("in flight").target = target;
     }
@@ -505,9 +510,8 @@ impl Sim {
         }
         // If still waiting, this step is the retry timer: re-send (same sequence); the old
         // ticket's answer is then ignored.
-        let region = self.regions[region_of(&self.regions, &op.key)].clone();
         let attempt = Attempt {
-            region,
+            region: op.region,
             key: op.key.clone(),
             write: op.write.then(|| {
                 Request {
@@ -525,8 +529,7 @@ impl Sim {
         op.pending = None;
         if !self.up(target) {
             // Connection refused: try another replica soon.
-            let region = attempt.region.clone();
-            let t = self.random_peer(&region);
+            let t = self.random_peer(attempt.region);
             self.clients[ci].op.as_mut().expect("started").target = t;
             self.wake(ci, 10 * MS);
             return;
@@ -534,7 +537,7 @@ impl Sim {
         if self.paused(target) {
             // The request sits in the stopped process's socket until it resumes; the client
             // retries elsewhere after its timeout.
-            let region = attempt.region.clone();
+            let region = attempt.region;
             self.defer(
                 target,
                 Deferred::Request {
@@ -543,7 +546,7 @@ impl Sim {
                     attempt,
                 },
             );
-            let t = self.random_peer(&region);
+            let t = self.random_peer(region);
             self.clients[ci].op.as_mut().expect("started").target = t;
             self.wake(ci, RETRY);
             return;
@@ -568,7 +571,8 @@ impl Sim {
             .store
             .as_mut()
             .expect("submit to a live store");
-        let (region, epoch, key) = (attempt.region.id, attempt.region.epoch, &attempt.key);
+        let r = &self.regions[attempt.region];
+        let (region, epoch, key) = (r.id, r.epoch, &attempt.key);
         let r = match &attempt.write {
             Some(data) => s.propose(region, epoch, key, data.clone()),
             None if mutant => {
@@ -652,12 +656,13 @@ impl Sim {
             input.clone(),
             self.clock,
         )));
-        let region = self.regions[region_of(&self.regions, &key)].clone();
-        let target = self.random_peer(&region);
+        let region = region_of(&self.regions, &key);
+        let target = self.random_peer(region);
         self.clients[ci].op = Some(InFlight {
             input,
             command,
             key,
+            region,
             write,
             sequence,
             slot: self.history.len() - 1,
@@ -743,9 +748,9 @@ impl Sim {
             }
             Ev::Deliver(m, to) => {
                 if self.paused(to) {
-                    self.defer(to, Deferred::Message(m));
+                    self.defer(to, Deferred::Message(*m));
                 } else if let Some(s) = self.stores[to].store.as_mut() {
-                    let _ = s.step(m);
+                    let _ = s.step(*m);
                     self.drive(to);
                 }
             }
@@ -847,8 +852,9 @@ impl Sim {
             }
             7 if self.faults.transfers => self.transfer_random_leader(),
             8 if self.faults.snapshots => {
-                let i = self.rng.below(n as u64) as usize;
-                let r = self.regions[self.rng.below(self.regions.len() as u64) as usize].id;
+                let region = self.rng.below(self.regions.len() as u64) as usize;
+                let i = self.random_peer(region);
+                let r = self.regions[region].id;
                 let paused = self.paused(i);
                 if let Some(s) = self.stores[i].store.as_mut().filter(|_| !paused) {
                     match s.snapshot_now(r) {
