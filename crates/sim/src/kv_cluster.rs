@@ -73,6 +73,8 @@ pub struct KvSimOutcome {
     pub messages: u64,
     pub crashes: u64,
     pub torn_crashes: u64,
+    /// Crashes inside an fsync (injected sync failure), included in `torn_crashes`.
+    pub fsync_deaths: u64,
     pub pauses: u64,
     pub partitions: u64,
     pub transfers: u64,
@@ -387,6 +389,7 @@ impl Sim {
                 i + 1
             );
             self.stores[i].failure_armed = false;
+            self.out.fsync_deaths += 1;
             self.crash(i, true);
             if self.healed {
                 self.stores[i].down_since = self.now.saturating_sub(MIN_DOWN);
@@ -871,6 +874,7 @@ impl Sim {
                                 i + 1
                             );
                             self.stores[i].failure_armed = false;
+                            self.out.fsync_deaths += 1;
                             self.crash(i, true);
                         }
                     }
@@ -1129,7 +1133,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         format!(
             "seed {} [{fault_mix}]: {what}\n  replay: {}",
             opts.seed,
-            crate::replay_kv_command(opts.seed)
+            crate::replay_kv_command(opts.seed, opts.sim_seconds)
         )
     };
     let mut sim = Sim {
@@ -1301,7 +1305,7 @@ pub fn run_kv_seeds(
                         .unwrap_or_default();
                     Err(format!(
                         "seed {seed} panicked: {msg}\n  replay: {}",
-                        crate::replay_kv_command(seed)
+                        crate::replay_kv_command(seed, sim_seconds)
                     ))
                 });
                 results
