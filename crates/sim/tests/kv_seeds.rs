@@ -60,11 +60,18 @@ fn whole_cluster_seeds_stay_linearizable_recover_and_converge() {
     );
 }
 
-/// Seeds that once failed, kept so that the bug stays fixed (each with what it found).
+/// Seeds that once failed, kept so that the bug stays fixed (each with what it found). No
+/// seed has found a bug in store/kv/raft/raft-log yet; these found bugs of the harness.
 #[test]
 fn regression_seeds() {
     // (seed, virtual seconds)
-    let cases: &[(u64, u64)] = &[];
+    let cases: &[(u64, u64)] = &[
+        // A sync failure injected twice into one store: the second one fired during
+        // recovery, which the harness took for a real storage error.
+        (201, 300),
+        // A forced snapshot aimed at a store without a replica of the region.
+        (180, 300),
+    ];
     for &(seed, seconds) in cases {
         run(&[seed], seconds);
     }
