@@ -1,24 +1,39 @@
 //! Whole-cluster simulation: the real store, KV state machine and log engine (over
-//! `raft_log::FaultyFileSystem`) of 3 stores with 3 regions, one thread, virtual time, one
-//! seed. The network drops, duplicates, delays and partitions; stores crash (losing unsynced
-//! writes, sometimes tearing the last one) and restart from their files. Clients run one
-//! operation at a time with exactly-once sessions and retry across leader changes.
+//! `raft_log::FaultyFileSystem`) of 3 to 5 stores hosting 3 to 8 regions (3 replicas each),
+//! in one thread, virtual time, one seed.
+//!
+//! Each seed chooses its layout and its faults (swarm testing: every fault kind is on or off,
+//! with its own intensity): message loss, duplication, delay and reordering; partitions of
+//! every shape ([`crate::partition`]); crashes that lose unsynced writes, some in the middle
+//! of an fsync so that the last write is torn; pauses (a store stops like under SIGSTOP, its
+//! inbox fills and is handled late); clock drift of each store's tick timer; leader transfers
+//! and snapshots at random points. Clients run one operation at a time with exactly-once
+//! sessions and retry across leader changes.
+//!
+//! After the fault phase everything heals and the run must show, within
+//! [`LIVENESS_BOUND`] of virtual time, that every region serves a write and reads again; the
+//! final reads of every key then enter the history, so the per-key linearizability check
+//! also proves that no acknowledged write was lost. Finally every region's replicas must
+//! reach one applied-state hash.
 
 use crate::cluster::unit;
+use crate::partition::{shape_links, Shape};
 use bytes::Bytes;
 use kv::{ClientId, Command, KvStateMachine, Request, Response, Sequence};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use lincheck::Operation;
-use raft::{Message, SplitMix64};
-use raft_log::FaultyFileSystem;
+use raft::{Message, ReadMode, Role, SplitMix64};
+use raft_log::{FaultOp, FaultyFileSystem};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use store::{Region, Reply, Store, StoreConfig, StoreError, StoreId, Ticket};
 
-/// Virtual milliseconds.
-type Ms = u64;
+/// Virtual microseconds (fine enough for ±5 % of a 10 ms tick).
+type Micros = u64;
+const MS: Micros = 1_000;
+const SECOND: Micros = 1_000_000;
 
 /// The regions' state machine (it implements `store::StateMachine` in the `kv` crate).
 type SimKv = KvStateMachine;
@@ -26,6 +41,7 @@ type SimKv = KvStateMachine;
 #[derive(Clone, Debug)]
 pub struct KvSimOptions {
     pub seed: u64,
+    /// Virtual seconds of the fault phase; healing and the final checks come after.
     pub sim_seconds: u64,
     pub print_trace: bool,
     /// A deliberate bug for testing the checker: serve reads from the local replica without
@@ -47,23 +63,71 @@ impl KvSimOptions {
 #[derive(Clone, Debug, Default)]
 pub struct KvSimOutcome {
     pub seed: u64,
-    pub virtual_ms: u64,
+    /// Virtual time of the whole run (fault phase, healing and checks).
+    pub virtual_micros: u64,
+    pub stores: usize,
+    pub regions: usize,
+    pub clients: usize,
     pub ops_completed: usize,
     pub ops_unknown: usize,
+    pub messages: u64,
     pub crashes: u64,
+    pub torn_crashes: u64,
+    /// Crashes inside an fsync (injected sync failure), included in `torn_crashes`.
+    pub fsync_deaths: u64,
+    pub pauses: u64,
+    pub partitions: u64,
+    pub transfers: u64,
+    pub snapshots_forced: u64,
     pub snapshots_installed: u64,
+    /// Virtual milliseconds from healing until every region served its probe write and the
+    /// final reads.
+    pub recovery_ms: u64,
     pub fault_mix: String,
 }
 
+/// Base tick period; each store's own period differs from it by its drift.
+const TICK: Micros = 20 * MS;
+/// The largest tick-rate drift, in parts per million (±5 %). The lease lasts
+/// `election_tick - lease_drift_ticks` = 8 of the leader's ticks, and a follower that
+/// acknowledged it refuses votes for at least `election_tick - 1` = 9 of its own full ticks,
+/// so lease reads stay safe while a follower's clock runs less than 9/8 (12.5 %) faster than
+/// the leader's; ±5 % gives at most 1.05/0.95 = 10.5 %.
+const MAX_DRIFT_PPM: u64 = 50_000;
+/// A client gives up on a read after this long (writes are retried until answered).
+const GIVE_UP: Micros = 3 * SECOND;
+/// A client re-sends an unanswered request after this long (same sequence).
+const RETRY: Micros = 400 * MS;
+/// After healing, every region must serve a write and the final reads within this bound.
+pub const LIVENESS_BOUND: Micros = 10 * SECOND;
+/// After the final reads, every region's replicas must reach one state within this bound.
+const CONVERGENCE_BOUND: Micros = 10 * SECOND;
+/// A crashed store stays down at least this long: a restarted replica forgets which leader
+/// lease it acknowledged, so it must not be back (and voting) before that lease ran out
+/// (8 ticks); 300 ms is also a realistic process restart.
+const MIN_DOWN: Micros = 300 * MS;
+/// Messages and requests a paused store queues (its socket buffers); later ones are lost.
+const MAX_INBOX: usize = 4096;
+/// Ready rounds handled per store event, so a bug that keeps producing Readies fails the
+/// seed instead of hanging it.
+const MAX_READY_ROUNDS: usize = 64;
+/// Workload operations recorded per seed before the clients stop starting new ones: bounds
+/// the history the checker has to search (about 10 times what a 300 s seed produces).
+const MAX_HISTORY_OPS: usize = 1_000_000;
+
 enum Ev {
+    /// A store's tick timer; only the newest chain (generation) per store is live.
     Tick(usize, u64),
-    Deliver(Message, usize),
+    /// A message (boxed: the heap moves its entries around) reaching a store.
+    Deliver(Box<Message>, usize),
     /// A client's next step; only the newest generation per client is live.
     Client(usize, u64),
+    /// A paused store wakes up (pause number).
+    Resume(usize, u64),
 }
 
 struct Sched {
-    at: Ms,
+    at: Micros,
     seq: u64,
     ev: Ev,
 }
@@ -84,10 +148,44 @@ impl Ord for Sched {
     }
 }
 
+/// What reaches a paused store and waits in its inbox.
+enum Deferred {
+    Message(Message),
+    /// A client's request: the client, the history slot of its operation, and what to send.
+    Request {
+        client: usize,
+        slot: usize,
+        attempt: Attempt,
+    },
+}
+
+/// One request as sent to a store.
+#[derive(Clone)]
+struct Attempt {
+    /// Index into `Sim::regions`.
+    region: usize,
+    key: Vec<u8>,
+    /// The encoded session request of a write; `None` for a read.
+    write: Option<Bytes>,
+    command: Command,
+}
+
 struct SimStore {
     store: Option<Store<SimKv>>,
     fs: FaultyFileSystem,
-    epoch: u64,
+    /// Generation of the live tick chain; bumped on every (re)start and resume.
+    tick_generation: u64,
+    /// This store's tick period (the base period skewed by its clock drift).
+    tick_period: Micros,
+    /// When it crashed (it may not restart before `MIN_DOWN` passed).
+    down_since: Micros,
+    /// Paused (SIGSTOP) until then; `pause_number` identifies the pause.
+    paused_until: Option<Micros>,
+    pause_number: u64,
+    inbox: VecDeque<Deferred>,
+    /// A sync failure is injected: the store dies at its next storage error, with the
+    /// unsynced tail torn.
+    failure_armed: bool,
 }
 
 /// One client's operation in flight.
@@ -95,13 +193,25 @@ struct InFlight {
     input: KvInput,
     command: Command,
     key: Vec<u8>,
+    /// Index into `Sim::regions` (cached: the key never moves in this version).
+    region: usize,
     write: bool,
     sequence: u64,
     slot: usize,
-    started: Ms,
+    started: Micros,
     /// Where it waits for a completion, if anywhere.
     pending: Option<(usize, Ticket)>,
     target: usize,
+}
+
+/// An operation a probe client must run (the final phase).
+struct Scripted {
+    input: KvInput,
+    command: Command,
+    key: Vec<u8>,
+    /// Start only once the workload clients have nothing in flight, so that the final reads
+    /// follow every workload write.
+    after_workload: bool,
 }
 
 struct Client {
@@ -110,36 +220,55 @@ struct Client {
     generation: u64,
     next_sequence: u64,
     op: Option<InFlight>,
+    /// Probe clients run a script and never give up (the liveness bound judges them);
+    /// workload clients draw random operations.
+    script: Option<VecDeque<Scripted>>,
 }
 
-const KEYS: u64 = 5;
-const CLIENTS: usize = 6;
-const TICK_MS: Ms = 10;
-/// A client gives up on an operation after this long (its outcome is then unknown).
-const GIVE_UP_MS: Ms = 3_000;
-/// A client re-sends an unanswered request after this long (same sequence).
-const RETRY_MS: Ms = 400;
+/// One seed's swarm choices.
+#[derive(Clone, Debug)]
+struct Faults {
+    drop_rate: f64,
+    dup_rate: f64,
+    delay_min: Micros,
+    delay_max: Micros,
+    crashes: bool,
+    partitions: bool,
+    pauses: bool,
+    pause_max: Micros,
+    drift: bool,
+    transfers: bool,
+    snapshots: bool,
+    /// The largest gap between two fault events (the intensity).
+    fault_gap_max: Micros,
+    lease_reads: bool,
+}
 
 struct Sim {
-    now: Ms,
+    now: Micros,
     seq: u64,
     queue: BinaryHeap<Reverse<Sched>>,
     rng: SplitMix64,
     stores: Vec<SimStore>,
     regions: Vec<Region>,
+    /// Workload keys by region index.
+    keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
+    /// `links[from][to]`: whether messages from `from` reach `to`.
     links: Vec<Vec<bool>>,
-    drop_rate: f64,
-    dup_rate: f64,
-    delay_max: Ms,
+    faults: Faults,
     clients: Vec<Client>,
+    /// How many of `clients` are workload clients (the rest are probes).
+    workload_clients: usize,
     /// Ticket -> client, per store.
     waiting: Vec<BTreeMap<Ticket, usize>>,
     history: Vec<Option<Operation<KvInput, KvOutput>>>,
     clock: u64,
     print_trace: bool,
-    /// Clients finish what they started but start nothing new (the end of a run).
+    /// Workload clients finish what they started but start nothing new (the end of a run).
     clients_stopped: bool,
+    /// The fault phase is over: a store killed by an injected sync failure restarts.
+    healed: bool,
     mutant_local_reads: bool,
     out: KvSimOutcome,
 }
@@ -148,8 +277,16 @@ fn dir() -> PathBuf {
     PathBuf::from("/store")
 }
 
+/// The region index of `key`.
+fn region_of(regions: &[Region], key: &[u8]) -> usize {
+    regions
+        .iter()
+        .position(|r| r.contains(key))
+        .expect("the regions cover the key space")
+}
+
 impl Sim {
-    fn schedule(&mut self, after: Ms, ev: Ev) {
+    fn schedule(&mut self, after: Micros, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse(Sched {
             at: self.now + after,
@@ -159,7 +296,7 @@ impl Sim {
     }
 
     /// Schedules client `ci`'s next step, replacing any step scheduled before.
-    fn wake(&mut self, ci: usize, after: Ms) {
+    fn wake(&mut self, ci: usize, after: Micros) {
         self.clients[ci].generation += 1;
         let g = self.clients[ci].generation;
         self.schedule(after, Ev::Client(ci, g));
@@ -167,73 +304,131 @@ impl Sim {
 
     fn trace(&self, s: impl FnOnce() -> String) {
         if self.print_trace {
-            eprintln!("{:>8}ms {}", self.now, s());
+            eprintln!("{:>10.3}ms {}", self.now as f64 / MS as f64, s());
         }
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.stores[i].store.is_some()
+    }
+
+    fn paused(&self, i: usize) -> bool {
+        self.stores[i].paused_until.is_some()
     }
 
     fn open(&mut self, i: usize) {
         let mut cfg = self.cfg.clone();
         cfg.store_id = StoreId(i as u64 + 1);
         let fs: Arc<dyn raft_log::FileSystem> = Arc::new(self.stores[i].fs.clone());
-        let s = Store::open(&dir(), fs, cfg, &self.regions)
-            .unwrap_or_else(|e| panic!("store {} failed to reopen after a crash: {e}", i + 1));
+        let s = loop {
+            match Store::open(&dir(), fs.clone(), cfg.clone(), &self.regions) {
+                Ok(s) => break s,
+                // The injected sync failure hit recovery itself: crash again and retry.
+                Err(_) if self.stores[i].failure_armed => {
+                    self.stores[i].failure_armed = false;
+                    self.stores[i].fs.crash_random();
+                    self.trace(|| format!("s{} died again during recovery", i + 1));
+                }
+                Err(e) => panic!("store {} failed to reopen after a crash: {e}", i + 1),
+            }
+        };
         self.stores[i].store = Some(s);
-        self.stores[i].epoch += 1;
-        let e = self.stores[i].epoch;
-        let first = 1 + self.rng.below(TICK_MS);
-        self.schedule(first, Ev::Tick(i, e));
+        self.start_ticking(i);
+        self.trace(|| format!("restart s{}", i + 1));
     }
 
-    fn crash(&mut self, i: usize) {
+    fn start_ticking(&mut self, i: usize) {
+        self.stores[i].tick_generation += 1;
+        let g = self.stores[i].tick_generation;
+        let first = 1 + self.rng.below(self.stores[i].tick_period);
+        self.schedule(first, Ev::Tick(i, g));
+    }
+
+    /// Kills store `i`: what was not synced is lost, or (`torn`) a random prefix of it
+    /// survives.
+    fn crash(&mut self, i: usize, torn: bool) {
         if self.stores[i].store.take().is_none() {
             return;
         }
-        if self.rng.below(2) == 0 {
+        if torn {
             self.stores[i].fs.crash_random();
+            self.out.torn_crashes += 1;
         } else {
             self.stores[i].fs.crash();
         }
         self.waiting[i].clear();
+        self.stores[i].inbox.clear();
+        self.stores[i].paused_until = None;
+        self.stores[i].down_since = self.now;
         self.out.crashes += 1;
-        self.trace(|| format!("crash s{}", i + 1));
+        self.trace(|| format!("crash s{} torn={torn}", i + 1));
     }
 
+    /// Processes store `i`'s Readies, sends its messages through the network and hands
+    /// completions to the clients.
     fn drive(&mut self, i: usize) {
         let Some(s) = self.stores[i].store.as_mut() else {
             return;
         };
-        for _ in 0..64 {
+        let mut failed = None;
+        for _ in 0..MAX_READY_ROUNDS {
             if !s.has_ready() {
                 break;
             }
-            s.process_ready()
-                .unwrap_or_else(|e| panic!("store {} storage error: {e}", i + 1));
+            if let Err(e) = s.process_ready() {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            // A storage error is fatal for a store (the server stops it too). Only an
+            // injected failure may cause one.
+            assert!(
+                self.stores[i].failure_armed,
+                "store {} storage error without an injected failure: {e}",
+                i + 1
+            );
+            self.stores[i].failure_armed = false;
+            self.out.fsync_deaths += 1;
+            self.crash(i, true);
+            if self.healed {
+                self.stores[i].down_since = self.now.saturating_sub(MIN_DOWN);
+            }
+            return;
         }
         let outbox = s.take_outbox();
         let completions = s.take_completions();
-        self.out.snapshots_installed = self
-            .stores
-            .iter()
-            .filter_map(|s| s.store.as_ref())
-            .map(|s| s.stats.snapshots_installed)
-            .sum();
         for (to, m) in outbox {
             let t = to.0 as usize - 1;
-            if !self.links[i][t] || unit(&mut self.rng) < self.drop_rate {
+            self.out.messages += 1;
+            if !self.links[i][t] || unit(&mut self.rng) < self.faults.drop_rate {
                 continue;
             }
-            let d = 1 + self.rng.below(self.delay_max);
-            if unit(&mut self.rng) < self.dup_rate {
-                let d2 = 1 + self.rng.below(self.delay_max);
-                self.schedule(d2, Ev::Deliver(m.clone(), t));
+            if unit(&mut self.rng) < self.faults.dup_rate {
+                let d = self.delay();
+                self.schedule(d, Ev::Deliver(Box::new(m.clone()), t));
             }
-            self.schedule(d, Ev::Deliver(m, t));
+            let d = self.delay();
+            self.schedule(d, Ev::Deliver(Box::new(m), t));
         }
         for c in completions {
             if let Some(client) = self.waiting[i].remove(&c.ticket) {
                 self.complete(client, i, c.ticket, c.result);
             }
         }
+    }
+
+    /// A message's delay: uniform, so messages overtake each other (reordering).
+    fn delay(&mut self) -> Micros {
+        let span = self.faults.delay_max - self.faults.delay_min + 1;
+        self.faults.delay_min + self.rng.below(span)
+    }
+
+    /// A random store hosting a replica of region `r` (index into `regions`).
+    fn random_peer(&mut self, r: usize) -> usize {
+        let n = self.regions[r].peers.len() as u64;
+        let p = self.regions[r].peers[self.rng.below(n) as usize];
+        p.store.0 as usize - 1
     }
 
     fn complete(
@@ -243,134 +438,169 @@ impl Sim {
         ticket: Ticket,
         result: Result<Reply<SimKv>, StoreError>,
     ) {
-        let Some(op) = self.clients[ci].op.as_mut() else {
+        let Some(op) = self.clients[ci].op.as_ref() else {
             return;
         };
         if op.pending != Some((store, ticket)) {
             return; // an answer to an attempt we already gave up on
         }
-        op.pending = None;
         let output = match result {
             Ok(Reply::Applied(outcome)) => match outcome.result {
                 Ok(r) => Some(to_output(&op.input, r)),
-                // Refused by the state machine: nothing changed. Our workload never sends
-                // oversized input, so treat it as a bug.
+                // Refused by the state machine: our workload never sends oversized input and
+                // a client's current sequence is never stale, so this is a bug.
                 Err(e) => panic!("state machine refused {:?}: {e}", op.command),
             },
             Ok(Reply::Read(Ok(r))) => Some(to_output(&op.input, r)),
             Ok(Reply::Read(Err(e))) => panic!("read refused: {e}"),
             Ok(Reply::Empty) => None,
-            Err(StoreError::NotLeader {
-                leader: Some(l), ..
-            }) => {
-                op.target = l.store.0 as usize - 1;
-                None
-            }
-            Err(_) => {
-                op.target = self.rng.below(self.stores.len() as u64) as usize;
+            Err(e) => {
+                self.reroute(ci, &e);
                 None
             }
         };
+        let op = self.clients[ci].op.as_mut().expect("checked above");
+        op.pending = None;
         match output {
-            Some(out) => {
-                self.clock += 1;
-                let slot = op.slot;
-                if let Some(h) = self.history[slot].as_mut() {
-                    h.output = Some(out);
-                    h.return_time = Some(self.clock);
-                }
-                self.clients[ci].op = None;
-                let d = 1 + self.rng.below(20);
-                self.wake(ci, d);
-            }
+            Some(out) => self.finish(ci, out),
             None => {
                 // Retry soon (same sequence for writes).
-                let d = 5 + self.rng.below(30);
+                let d = 5 * MS + self.rng.below(30 * MS);
                 self.wake(ci, d);
             }
         }
     }
 
-    fn client_step(&mut self, ci: usize) {
-        if self.clients[ci].op.is_none() {
-            if self.clients_stopped {
-                return;
-            }
-            self.start_op(ci);
+    /// Records the output of client `ci`'s operation and schedules its next one.
+    fn finish(&mut self, ci: usize, out: KvOutput) {
+        let op = self.clients[ci].op.take().expect("an operation in flight");
+        self.clock += 1;
+        if let Some(h) = self.history[op.slot].as_mut() {
+            h.output = Some(out);
+            h.return_time = Some(self.clock);
         }
-        let now = self.now;
+        let d = MS + self.rng.below(20 * MS);
+        self.wake(ci, d);
+    }
+
+    /// Picks the next store for client `ci` after a refusal: the leader it was told about,
+    /// or any replica of the region.
+    fn reroute(&mut self, ci: usize, e: &StoreError) {
+        let region = self.clients[ci].op.as_ref().expect("in flight").region;
+        let target = match e {
+            StoreError::NotLeader {
+                leader: Some(l), ..
+            } => l.store.0 as usize - 1,
+            _ => self.random_peer(region),
+        };
+        self.clients[ci].op.as_mut().expect("in flight").target = target;
+    }
+
+    fn client_step(&mut self, ci: usize) {
+        if self.clients[ci].op.is_none() && !self.start_op(ci) {
+            return;
+        }
         let op = self.clients[ci].op.as_ref().expect("started");
-        if now - op.started > GIVE_UP_MS {
-            // Give up: a read leaves the history, a write's outcome is unknown.
-            let (slot, write) = (op.slot, op.write);
-            if !write {
-                self.history[slot] = None;
-            }
+        if self.clients[ci].script.is_none() && !op.write && self.now - op.started > GIVE_UP {
+            // Give up on a read: it leaves the history. Writes are retried (same sequence)
+            // until answered: every write of the history then has a known outcome, which
+            // keeps the per-key check exact and fast (each write of unknown outcome could
+            // take effect anywhere later, multiplying the orders the checker must try).
+            self.history[op.slot] = None;
             self.clients[ci].op = None;
-            self.wake(ci, 1);
+            self.wake(ci, MS);
             return;
         }
         // If still waiting, this step is the retry timer: re-send (same sequence); the old
         // ticket's answer is then ignored.
-        let op = self.clients[ci].op.as_ref().expect("started");
-        let (target, key, write, seq, cmd) = (
-            op.target,
-            op.key.clone(),
-            op.write,
-            op.sequence,
-            op.command.clone(),
-        );
-        let region = self
-            .regions
-            .iter()
-            .find(|r| r.contains(&key))
-            .expect("a region per key")
-            .clone();
-        let id = self.clients[ci].id;
-        let now_ms = self.now;
-        let Some(s) = self.stores[target].store.as_mut() else {
-            let op = self.clients[ci].op.as_mut().expect("started");
-            op.pending = None;
-            op.target = self.rng.below(self.stores.len() as u64) as usize;
-            self.wake(ci, 10);
-            return;
+        let attempt = Attempt {
+            region: op.region,
+            key: op.key.clone(),
+            write: op.write.then(|| {
+                Request {
+                    client_id: ClientId(self.clients[ci].id),
+                    sequence: Sequence(op.sequence),
+                    command: op.command.clone(),
+                    proposed_at_ms: self.now / MS,
+                }
+                .encode()
+            }),
+            command: op.command.clone(),
         };
-        let r = if write {
-            let req = Request {
-                client_id: ClientId(id),
-                sequence: Sequence(seq),
-                command: cmd,
-                proposed_at_ms: now_ms,
-            };
-            s.propose(region.id, region.epoch, &key, req.encode())
-        } else {
-            if self.mutant_local_reads {
-                let r = s.stale_read(region.id, region.epoch, &key, &cmd);
+        let (target, slot) = (op.target, op.slot);
+        let op = self.clients[ci].op.as_mut().expect("started");
+        op.pending = None;
+        if !self.up(target) {
+            // Connection refused: try another replica soon.
+            let t = self.random_peer(attempt.region);
+            self.clients[ci].op.as_mut().expect("started").target = t;
+            self.wake(ci, 10 * MS);
+            return;
+        }
+        if self.paused(target) {
+            // The request sits in the stopped process's socket until it resumes; the client
+            // retries elsewhere after its timeout.
+            let region = attempt.region;
+            self.defer(
+                target,
+                Deferred::Request {
+                    client: ci,
+                    slot,
+                    attempt,
+                },
+            );
+            let t = self.random_peer(region);
+            self.clients[ci].op.as_mut().expect("started").target = t;
+            self.wake(ci, RETRY);
+            return;
+        }
+        self.submit(target, ci, slot, attempt);
+    }
+
+    /// Hands a client's request to store `target` (up and running). If the client still
+    /// waits for this operation the store's answer completes it; otherwise (a request that
+    /// waited in a paused store's inbox) a write is still proposed, as a late duplicate the
+    /// session table must absorb, and a read is dropped.
+    fn submit(&mut self, target: usize, ci: usize, slot: usize, attempt: Attempt) {
+        let current = self.clients[ci]
+            .op
+            .as_ref()
+            .is_some_and(|op| op.slot == slot && op.pending.is_none());
+        if !current && attempt.write.is_none() {
+            return;
+        }
+        let mutant = self.mutant_local_reads;
+        let s = self.stores[target]
+            .store
+            .as_mut()
+            .expect("submit to a live store");
+        let r = &self.regions[attempt.region];
+        let (region, epoch, key) = (r.id, r.epoch, &attempt.key);
+        let r = match &attempt.write {
+            Some(data) => s.propose(region, epoch, key, data.clone()),
+            None if mutant => {
+                let r = s.stale_read(region, epoch, key, &attempt.command);
                 self.finish_local_read(ci, r);
                 return;
             }
-            s.read(region.id, region.epoch, &key, cmd)
+            None => s.read(region, epoch, key, attempt.command),
         };
         match r {
-            Ok(t) => {
+            Ok(t) if current => {
                 self.waiting[target].insert(t, ci);
-                let op = self.clients[ci].op.as_mut().expect("started");
+                let op = self.clients[ci].op.as_mut().expect("current");
                 op.pending = Some((target, t));
-                self.wake(ci, RETRY_MS);
+                op.target = target;
+                self.wake(ci, RETRY);
                 self.drive(target);
             }
-            Err(e) => {
-                let op = self.clients[ci].op.as_mut().expect("started");
-                op.pending = None;
-                op.target = match e {
-                    StoreError::NotLeader {
-                        leader: Some(l), ..
-                    } => l.store.0 as usize - 1,
-                    _ => self.rng.below(self.stores.len() as u64) as usize,
-                };
-                let d = 5 + self.rng.below(30);
+            Ok(_) => self.drive(target),
+            Err(e) if current => {
+                self.reroute(ci, &e);
+                let d = 5 * MS + self.rng.below(30 * MS);
                 self.wake(ci, d);
             }
+            Err(_) => {}
         }
     }
 
@@ -380,45 +610,83 @@ impl Sim {
         ci: usize,
         r: Result<Result<Response, kv::CommandError>, StoreError>,
     ) {
-        let Some(op) = self.clients[ci].op.as_ref() else {
-            return;
-        };
         match r {
             Ok(Ok(resp)) => {
-                let out = to_output(&op.input, resp);
-                let slot = op.slot;
-                self.clock += 1;
-                if let Some(h) = self.history[slot].as_mut() {
-                    h.output = Some(out);
-                    h.return_time = Some(self.clock);
-                }
-                self.clients[ci].op = None;
-                self.wake(ci, 5);
+                let out = to_output(&self.clients[ci].op.as_ref().expect("current").input, resp);
+                self.finish(ci, out);
             }
-            _ => self.wake(ci, 10),
+            _ => self.wake(ci, 10 * MS),
         }
     }
 
-    fn start_op(&mut self, ci: usize) {
-        let k = format!("k{}", self.rng.below(KEYS)).into_bytes();
-        // Spread keys over regions: prefix by region split points g and p.
-        let key = match self.rng.below(3) {
-            0 => [b"a".as_slice(), &k].concat(),
-            1 => [b"h".as_slice(), &k].concat(),
-            _ => [b"q".as_slice(), &k].concat(),
+    fn defer(&mut self, i: usize, d: Deferred) {
+        if self.stores[i].inbox.len() < MAX_INBOX {
+            self.stores[i].inbox.push_back(d);
+        }
+    }
+
+    /// Starts client `ci`'s next operation; false if it has none to start now.
+    fn start_op(&mut self, ci: usize) -> bool {
+        let busy = self.clients[..self.workload_clients]
+            .iter()
+            .any(|c| c.op.is_some());
+        let (input, command, key) = if let Some(script) = self.clients[ci].script.as_mut() {
+            let Some(next) = script.front() else {
+                return false;
+            };
+            if next.after_workload && busy {
+                self.wake(ci, 10 * MS);
+                return false;
+            }
+            let s = script.pop_front().expect("checked");
+            (s.input, s.command, s.key)
+        } else {
+            if self.clients_stopped || self.history.len() >= MAX_HISTORY_OPS {
+                return false;
+            }
+            self.random_op(ci)
         };
+        let write = !matches!(input, KvInput::Get { .. });
+        let sequence = if write {
+            self.clients[ci].next_sequence += 1;
+            self.clients[ci].next_sequence
+        } else {
+            0
+        };
+        self.clock += 1;
+        self.history.push(Some(Operation::unknown(
+            self.clients[ci].id,
+            input.clone(),
+            self.clock,
+        )));
+        let region = region_of(&self.regions, &key);
+        let target = self.random_peer(region);
+        self.clients[ci].op = Some(InFlight {
+            input,
+            command,
+            key,
+            region,
+            write,
+            sequence,
+            slot: self.history.len() - 1,
+            started: self.now,
+            pending: None,
+            target,
+        });
+        true
+    }
+
+    fn random_op(&mut self, ci: usize) -> (KvInput, Command, Vec<u8>) {
+        let r = self.rng.below(self.keys.len() as u64) as usize;
+        let key = self.keys[r][self.rng.below(self.keys[r].len() as u64) as usize].clone();
         let value = format!(
             "{}.{};",
             self.clients[ci].id, self.clients[ci].next_sequence
         )
         .into_bytes();
         let kb = Bytes::from(key.clone());
-        let (input, command, write) = match self.rng.below(4) {
-            0 => (
-                KvInput::Get { key: key.clone() },
-                Command::Get { key: kb },
-                false,
-            ),
+        let (input, command) = match self.rng.below(4) {
+            0 => (KvInput::Get { key: key.clone() }, Command::Get { key: kb }),
             1 => (
                 KvInput::Put {
                     key: key.clone(),
@@ -429,7 +697,6 @@ impl Sim {
                     value: Bytes::from(value),
                     options: Default::default(),
                 },
-                true,
             ),
             2 => (
                 KvInput::Append {
@@ -440,7 +707,6 @@ impl Sim {
                     key: kb,
                     value: Bytes::from(value),
                 },
-                true,
             ),
             _ => {
                 // CAS against "absent" or a value we may have written: both outcomes occur.
@@ -460,34 +726,10 @@ impl Sim {
                         expected: expected.map(Bytes::from),
                         new: Bytes::from(value),
                     },
-                    true,
                 )
             }
         };
-        let sequence = if write {
-            self.clients[ci].next_sequence += 1;
-            self.clients[ci].next_sequence
-        } else {
-            0
-        };
-        self.clock += 1;
-        self.history.push(Some(Operation::unknown(
-            ci as u64,
-            input.clone(),
-            self.clock,
-        )));
-        let target = self.rng.below(self.stores.len() as u64) as usize;
-        self.clients[ci].op = Some(InFlight {
-            input,
-            command,
-            key,
-            write,
-            sequence,
-            slot: self.history.len() - 1,
-            started: self.now,
-            pending: None,
-            target,
-        });
+        (input, command, key)
     }
 
     fn step(&mut self) -> bool {
@@ -496,17 +738,22 @@ impl Sim {
         };
         self.now = ev.at;
         match ev.ev {
-            Ev::Tick(i, e) => {
-                if self.stores[i].epoch != e || self.stores[i].store.is_none() {
+            Ev::Tick(i, g) => {
+                // A paused store's timer does not fire; like the server's store loop, it
+                // does not burst missed ticks on resume either.
+                if self.stores[i].tick_generation != g || !self.up(i) || self.paused(i) {
                     return true;
                 }
                 self.stores[i].store.as_mut().expect("up").tick();
-                self.schedule(TICK_MS, Ev::Tick(i, e));
+                let period = self.stores[i].tick_period;
+                self.schedule(period, Ev::Tick(i, g));
                 self.drive(i);
             }
             Ev::Deliver(m, to) => {
-                if let Some(s) = self.stores[to].store.as_mut() {
-                    let _ = s.step(m);
+                if self.paused(to) {
+                    self.defer(to, Deferred::Message(*m));
+                } else if let Some(s) = self.stores[to].store.as_mut() {
+                    let _ = s.step(*m);
                     self.drive(to);
                 }
             }
@@ -515,15 +762,207 @@ impl Sim {
                     self.client_step(ci);
                 }
             }
+            Ev::Resume(i, n) => {
+                if self.stores[i].pause_number == n && self.paused(i) {
+                    self.resume(i);
+                }
+            }
         }
         true
     }
 
-    fn run_until(&mut self, t: Ms) {
+    fn pause(&mut self, i: usize, length: Micros) {
+        if !self.up(i) || self.paused(i) {
+            return;
+        }
+        self.stores[i].paused_until = Some(self.now + length);
+        self.stores[i].pause_number += 1;
+        let n = self.stores[i].pause_number;
+        self.schedule(length, Ev::Resume(i, n));
+        self.out.pauses += 1;
+        self.trace(|| format!("pause s{} for {}ms", i + 1, length / MS));
+    }
+
+    /// The store continues: it handles its inbox in arrival order, then ticks again.
+    fn resume(&mut self, i: usize) {
+        self.stores[i].paused_until = None;
+        let inbox = std::mem::take(&mut self.stores[i].inbox);
+        self.trace(|| format!("resume s{} with {} queued", i + 1, inbox.len()));
+        for d in inbox {
+            if !self.up(i) {
+                break; // an injected failure killed it while catching up
+            }
+            match d {
+                Deferred::Message(m) => {
+                    let s = self.stores[i].store.as_mut().expect("up");
+                    let _ = s.step(m);
+                }
+                Deferred::Request {
+                    client,
+                    slot,
+                    attempt,
+                } => self.submit(i, client, slot, attempt),
+            }
+        }
+        self.drive(i);
+        if self.up(i) {
+            self.start_ticking(i);
+        }
+    }
+
+    fn run_until(&mut self, t: Micros) {
         while self.queue.peek().is_some_and(|Reverse(e)| e.at <= t) {
             self.step();
         }
         self.now = self.now.max(t);
+    }
+
+    /// One random fault (or repair) of the kinds this seed enabled.
+    fn fault(&mut self) {
+        let n = self.stores.len();
+        let max_down = (n - 1) / 2;
+        match self.rng.below(9) {
+            0 | 1 if self.faults.crashes => {
+                let down = (0..n).filter(|&i| !self.up(i)).count();
+                let i = self.rng.below(n as u64) as usize;
+                if down < max_down && self.up(i) {
+                    match self.rng.below(3) {
+                        0 => self.crash(i, false),
+                        1 => self.crash(i, true),
+                        _ if self.stores[i].failure_armed => {}
+                        _ => {
+                            // Die in the middle of the next fsync: the write reached the
+                            // file but not the disk, and a random prefix of it survives.
+                            self.stores[i].fs.fail_next(FaultOp::Sync);
+                            self.stores[i].failure_armed = true;
+                            self.trace(|| format!("s{} will die in its next fsync", i + 1));
+                        }
+                    }
+                }
+            }
+            2 if self.faults.crashes => self.restart_due(),
+            3 | 4 if self.faults.partitions => {
+                let shape = Shape::pick(&mut self.rng);
+                self.links = shape_links(n, shape, &mut self.rng);
+                self.out.partitions += 1;
+                self.trace(|| format!("partition {shape:?}: {:?}", self.links));
+            }
+            5 => self.heal_links(),
+            6 if self.faults.pauses => {
+                let i = self.rng.below(n as u64) as usize;
+                let length = 100 * MS + self.rng.below(self.faults.pause_max - 100 * MS + 1);
+                self.pause(i, length);
+            }
+            7 if self.faults.transfers => self.transfer_random_leader(),
+            8 if self.faults.snapshots => {
+                let region = self.rng.below(self.regions.len() as u64) as usize;
+                let i = self.random_peer(region);
+                let r = self.regions[region].id;
+                let paused = self.paused(i);
+                if let Some(s) = self.stores[i].store.as_mut().filter(|_| !paused) {
+                    match s.snapshot_now(r) {
+                        Ok(true) => {
+                            self.out.snapshots_forced += 1;
+                            self.trace(|| format!("snapshot s{} region {r}", i + 1));
+                        }
+                        Ok(false) => {}
+                        // The injected sync failure hit the snapshot file: the store dies.
+                        Err(e) => {
+                            assert!(
+                                self.stores[i].failure_armed,
+                                "store {} snapshot failed without an injected failure: {e}",
+                                i + 1
+                            );
+                            self.stores[i].failure_armed = false;
+                            self.out.fsync_deaths += 1;
+                            self.crash(i, true);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn heal_links(&mut self) {
+        for row in self.links.iter_mut() {
+            row.iter_mut().for_each(|l| *l = true);
+        }
+    }
+
+    /// Restarts every store that has been down for at least `MIN_DOWN`.
+    fn restart_due(&mut self) {
+        for i in 0..self.stores.len() {
+            if !self.up(i) && self.now >= self.stores[i].down_since + MIN_DOWN {
+                self.open(i);
+            }
+        }
+    }
+
+    /// Asks the leader of a random region (the live replica with the highest term that
+    /// believes it leads) to hand leadership to another replica.
+    fn transfer_random_leader(&mut self) {
+        let r = self.regions[self.rng.below(self.regions.len() as u64) as usize].clone();
+        let mut leader: Option<(u64, usize)> = None;
+        for p in &r.peers {
+            let i = p.store.0 as usize - 1;
+            let Some(s) = self.stores[i].store.as_ref() else {
+                continue;
+            };
+            if self.stores[i].paused_until.is_some() {
+                continue;
+            }
+            if let Some(st) = s.status().into_iter().find(|st| st.region.id == r.id) {
+                if st.role == Role::Leader && leader.is_none_or(|(t, _)| st.term.0 > t) {
+                    leader = Some((st.term.0, i));
+                }
+            }
+        }
+        let Some((_, from)) = leader else {
+            return;
+        };
+        let others: Vec<StoreId> = r
+            .peers
+            .iter()
+            .map(|p| p.store)
+            .filter(|s| s.0 as usize - 1 != from)
+            .collect();
+        let to = others[self.rng.below(others.len() as u64) as usize];
+        let s = self.stores[from].store.as_mut().expect("up");
+        if s.transfer_leader(r.id, to).is_ok() {
+            self.out.transfers += 1;
+            self.trace(|| format!("transfer region {} s{} -> s{to}", r.id, from + 1));
+            self.drive(from);
+        }
+    }
+
+    /// Whether every replica of every region has applied the same index with the same state
+    /// hash; `Err` if two replicas differ at the same index.
+    fn replicas_converged(&self) -> Result<bool, String> {
+        let mut all = true;
+        for r in &self.regions {
+            let states: Vec<(u64, u64)> = r
+                .peers
+                .iter()
+                .filter_map(|p| self.stores[p.store.0 as usize - 1].store.as_ref())
+                .filter_map(|s| s.state_machine(r.id))
+                .map(|m| (m.applied_index(), m.state_hash()))
+                .collect();
+            if states.len() < r.peers.len() {
+                all = false;
+                continue;
+            }
+            let top = states.iter().map(|h| h.0).max().unwrap_or(0);
+            if states.iter().any(|h| h.0 != top) {
+                all = false;
+            } else if states.windows(2).any(|w| w[0].1 != w[1].1) {
+                return Err(format!(
+                    "replicas of region {} differ at applied index {top}",
+                    r.id
+                ));
+            }
+        }
+        Ok(all)
     }
 }
 
@@ -537,32 +976,166 @@ fn to_output(input: &KvInput, r: Response) -> KvOutput {
     }
 }
 
+/// The key of region `r` (of `count`) for workload key `j`; region 0 starts at the empty key,
+/// region `r > 0` at `r{r:02}`.
+fn key_of(r: usize, name: &str) -> Vec<u8> {
+    format!("r{r:02}/{name}").into_bytes()
+}
+
+/// This seed's layout: `stores` stores, regions split at `r01`, `r02`, ..., each replicated
+/// on 3 distinct stores (all of them when there are 3).
+fn layout(rng: &mut SplitMix64, stores: usize, regions: usize) -> Vec<Region> {
+    let ids: Vec<StoreId> = (1..=stores as u64).map(StoreId).collect();
+    let splits: Vec<Vec<u8>> = (1..regions)
+        .map(|r| format!("r{r:02}").into_bytes())
+        .collect();
+    let mut out = Region::presplit(&splits, 1, &ids);
+    for r in out.iter_mut() {
+        while r.peers.len() > 3 {
+            let drop = rng.below(r.peers.len() as u64) as usize;
+            r.peers.remove(drop);
+        }
+    }
+    out
+}
+
+fn choose_faults(rng: &mut SplitMix64) -> Faults {
+    let lease_reads = rng.below(4) == 0;
+    let delay_min = 100 + rng.below(MS);
+    Faults {
+        drop_rate: if rng.below(2) == 0 {
+            unit(rng) * 0.3
+        } else {
+            0.0
+        },
+        dup_rate: if rng.below(2) == 0 {
+            unit(rng) * 0.1
+        } else {
+            0.0
+        },
+        delay_min,
+        delay_max: delay_min + rng.below(30 * MS),
+        crashes: rng.below(3) != 0,
+        partitions: rng.below(2) == 0,
+        // A paused leader's tick counter stands still, so its lease outlives the pause: a
+        // pause is clock drift far beyond the lease's bound. Lease-read seeds do not pause
+        // (the server reads with ReadIndex, which pauses cannot fool).
+        pauses: !lease_reads && rng.below(2) == 0,
+        pause_max: 100 * MS + rng.below(2_900 * MS),
+        drift: rng.below(2) == 0,
+        transfers: rng.below(2) == 0,
+        snapshots: rng.below(2) == 0,
+        fault_gap_max: [500 * MS, 2 * SECOND, 5 * SECOND][rng.below(3) as usize],
+        lease_reads,
+    }
+}
+
 /// Runs one seed; returns the outcome or a failure description with the replay command.
 pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let mut rng = SplitMix64::new(opts.seed ^ 0x004b_5653_494d);
-    let stores = 3usize;
-    let ids: Vec<StoreId> = (1..=stores as u64).map(StoreId).collect();
-    let regions = Region::presplit(&[b"g".to_vec(), b"p".to_vec()], 1, &ids);
+    let stores = 3 + rng.below(3) as usize;
+    let region_count = 3 + rng.below(6) as usize;
+    let regions = layout(&mut rng, stores, region_count);
+    let keys_per_region = 2 + rng.below(2) as usize;
+    let keys: Vec<Vec<Vec<u8>>> = (0..region_count)
+        .map(|r| {
+            (0..keys_per_region)
+                .map(|j| key_of(r, &format!("k{j}")))
+                .collect()
+        })
+        .collect();
+    let workload_clients = 4 + rng.below(9) as usize;
+    let faults = choose_faults(&mut rng);
     let mut cfg = StoreConfig::new(0);
-    cfg.snapshot_threshold_entries = 20 + rng.below(200);
+    cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
+        10 + rng.below(100)
+    } else {
+        1_000
+    };
     cfg.engine.segment_size_bytes = 64 << 10;
-    let drop_rate = if rng.below(2) == 0 {
-        unit(&mut rng) * 0.2
-    } else {
-        0.0
-    };
-    let dup_rate = if rng.below(2) == 0 {
-        unit(&mut rng) * 0.05
-    } else {
-        0.0
-    };
-    let delay_max = 1 + rng.below(20);
-    let crashes = rng.below(3) != 0;
-    let partitions = rng.below(2) == 0;
+    if faults.lease_reads {
+        cfg.read_mode = ReadMode::Lease;
+    }
     let fault_mix = format!(
-        "drop={drop_rate:.2} dup={dup_rate:.2} delay<={delay_max}ms crashes={crashes} partitions={partitions} snapshot_every={}",
+        "stores={stores} regions={region_count} keys={} clients={workload_clients} drop={:.2} dup={:.2} delay={}..{}us crashes={} partitions={} pauses={}{} drift={} transfers={} snapshots={} fault_gap<={}ms lease_reads={} snapshot_every={}",
+        region_count * keys_per_region,
+        faults.drop_rate,
+        faults.dup_rate,
+        faults.delay_min,
+        faults.delay_max,
+        faults.crashes,
+        faults.partitions,
+        faults.pauses,
+        if faults.pauses { format!("(<={}ms)", faults.pause_max / MS) } else { String::new() },
+        faults.drift,
+        faults.transfers,
+        faults.snapshots,
+        faults.fault_gap_max / MS,
+        faults.lease_reads,
         cfg.snapshot_threshold_entries
     );
+    let tick_periods: Vec<Micros> = (0..stores)
+        .map(|_| {
+            if faults.drift {
+                let ppm = rng.below(2 * MAX_DRIFT_PPM + 1);
+                TICK * (1_000_000 - MAX_DRIFT_PPM + ppm) / 1_000_000
+            } else {
+                TICK
+            }
+        })
+        .collect();
+    let mut clients: Vec<Client> = (0..workload_clients)
+        .map(|i| Client {
+            id: 1000 + i as u64,
+            generation: 0,
+            next_sequence: 0,
+            op: None,
+            script: None,
+        })
+        .collect();
+    // One probe client per region: after healing it writes the region's probe key, then
+    // (once the workload is idle) reads every key of the region, the probe key included.
+    for (r, region_keys) in keys.iter().enumerate() {
+        let probe = key_of(r, "probe");
+        let mut script = VecDeque::new();
+        script.push_back(Scripted {
+            input: KvInput::Put {
+                key: probe.clone(),
+                value: b"probe".to_vec(),
+            },
+            command: Command::Put {
+                key: Bytes::from(probe.clone()),
+                value: Bytes::from_static(b"probe"),
+                options: Default::default(),
+            },
+            key: probe.clone(),
+            after_workload: false,
+        });
+        for k in region_keys.iter().chain(std::iter::once(&probe)) {
+            script.push_back(Scripted {
+                input: KvInput::Get { key: k.clone() },
+                command: Command::Get {
+                    key: Bytes::from(k.clone()),
+                },
+                key: k.clone(),
+                after_workload: true,
+            });
+        }
+        clients.push(Client {
+            id: 5000 + r as u64,
+            generation: 0,
+            next_sequence: 0,
+            op: None,
+            script: Some(script),
+        });
+    }
+    let fail = |what: String| -> String {
+        format!(
+            "seed {} [{fault_mix}]: {what}\n  replay: {}",
+            opts.seed,
+            crate::replay_kv_command(opts.seed, opts.sim_seconds)
+        )
+    };
     let mut sim = Sim {
         now: 0,
         seq: 0,
@@ -571,32 +1144,35 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             .map(|i| SimStore {
                 store: None,
                 fs: FaultyFileSystem::new(opts.seed.wrapping_mul(31).wrapping_add(i as u64)),
-                epoch: 0,
+                tick_generation: 0,
+                tick_period: tick_periods[i],
+                down_since: 0,
+                paused_until: None,
+                pause_number: 0,
+                inbox: VecDeque::new(),
+                failure_armed: false,
             })
             .collect(),
         regions,
+        keys,
         cfg,
         links: vec![vec![true; stores]; stores],
-        drop_rate,
-        dup_rate,
-        delay_max,
-        clients: (0..CLIENTS)
-            .map(|i| Client {
-                id: 1000 + i as u64,
-                generation: 0,
-                next_sequence: 0,
-                op: None,
-            })
-            .collect(),
+        faults: faults.clone(),
+        clients,
+        workload_clients,
         waiting: vec![BTreeMap::new(); stores],
         history: Vec::new(),
         clock: 0,
         print_trace: opts.print_trace,
         clients_stopped: false,
+        healed: false,
         mutant_local_reads: opts.mutant_local_reads,
         rng,
         out: KvSimOutcome {
             seed: opts.seed,
+            stores,
+            regions: region_count,
+            clients: workload_clients,
             fault_mix: fault_mix.clone(),
             ..Default::default()
         },
@@ -604,119 +1180,142 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     for i in 0..stores {
         sim.open(i);
     }
-    for ci in 0..CLIENTS {
-        sim.wake(ci, 200 + ci as u64);
+    for ci in 0..workload_clients {
+        sim.wake(ci, 200 * MS + ci as u64 * MS);
     }
-    let end = opts.sim_seconds * 1000;
-    let mut next_fault = 500;
+
+    // ---- fault phase
+    let end = opts.sim_seconds * SECOND;
+    let mut next_fault = 500 * MS;
     while sim.now < end {
-        let step_to = (sim.now + 50).min(end);
+        let step_to = (sim.now + 50 * MS).min(end);
         sim.run_until(step_to);
         if sim.now >= next_fault {
-            next_fault = sim.now + 300 + sim.rng.below(1500);
-            match sim.rng.below(6) {
-                0 | 1 if crashes => {
-                    let i = sim.rng.below(stores as u64) as usize;
-                    if sim.stores.iter().filter(|s| s.store.is_some()).count() == stores {
-                        sim.crash(i);
-                    }
-                }
-                2 if crashes => {
-                    for i in 0..stores {
-                        if sim.stores[i].store.is_none() {
-                            sim.open(i);
-                            sim.trace(|| format!("restart s{}", i + 1));
-                        }
-                    }
-                }
-                3 if partitions => {
-                    let x = sim.rng.below(stores as u64) as usize;
-                    for j in 0..stores {
-                        if j != x {
-                            sim.links[x][j] = false;
-                            sim.links[j][x] = false;
-                        }
-                    }
-                    sim.trace(|| format!("isolate s{}", x + 1));
-                }
-                4 => {
-                    for row in sim.links.iter_mut() {
-                        row.iter_mut().for_each(|l| *l = true);
-                    }
-                }
-                _ => {}
-            }
+            next_fault = sim.now + 100 * MS + sim.rng.below(sim.faults.fault_gap_max);
+            sim.fault();
         }
     }
-    // Heal everything; clients stop starting new operations and finish (or give up on) theirs.
-    for row in sim.links.iter_mut() {
-        row.iter_mut().for_each(|l| *l = true);
-    }
-    sim.drop_rate = 0.0;
-    for i in 0..stores {
-        if sim.stores[i].store.is_none() {
-            sim.open(i);
-        }
-    }
-    let quiesce = sim.now + GIVE_UP_MS + 7_000;
-    // Let in-flight operations finish (or be given up), but start no new ones.
+
+    // ---- heal everything; workload clients finish (or give up on) what they started.
+    let healed_at = sim.now;
+    sim.healed = true;
     sim.clients_stopped = true;
-    while sim.now < quiesce && sim.clients.iter().any(|c| c.op.is_some()) {
-        let t = sim.now + 50;
-        sim.run_until(t);
+    sim.heal_links();
+    sim.faults.drop_rate = 0.0;
+    for i in 0..stores {
+        if sim.paused(i) {
+            sim.resume(i);
+        }
     }
-    // Every region's replicas converge to one state.
-    let converge_by = sim.now + 10_000;
-    let converged = loop {
-        let t = sim.now + 100;
-        sim.run_until(t);
-        let mut ok = true;
-        for r in sim.regions.clone() {
-            let hashes: Vec<(u64, u64)> = sim
-                .stores
-                .iter()
-                .filter_map(|s| s.store.as_ref())
-                .filter_map(|s| s.state_machine(r.id))
-                .map(|m| (m.applied_index(), m.state_hash()))
-                .collect();
-            let top = hashes.iter().map(|h| h.0).max().unwrap_or(0);
-            if hashes.iter().any(|h| h.0 != top) {
-                ok = false;
-            } else if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
-                return Err(format!(
-                    "seed {} [{fault_mix}]: replicas of region {} differ at applied index {top}\n  replay: {}",
-                    opts.seed,
-                    r.id,
-                    crate::replay_kv_command(opts.seed)
-                ));
-            }
-        }
-        if ok || sim.now > converge_by {
-            break ok;
-        }
+    sim.trace(|| "healed".to_string());
+    for ci in workload_clients..sim.clients.len() {
+        sim.wake(ci, MS);
+    }
+    let deadline = healed_at + LIVENESS_BOUND;
+    let probes_done = |sim: &Sim| {
+        sim.clients[workload_clients..]
+            .iter()
+            .all(|c| c.op.is_none() && c.script.as_ref().is_some_and(|s| s.is_empty()))
     };
-    if !converged {
-        return Err(format!(
-            "seed {} [{fault_mix}]: replicas did not converge within 10 s of healing\n  replay: {}",
-            opts.seed,
-            crate::replay_kv_command(opts.seed)
-        ));
+    while sim.now < deadline && !probes_done(&sim) {
+        sim.restart_due();
+        let t = sim.now + 10 * MS;
+        sim.run_until(t);
     }
+    if !probes_done(&sim) {
+        let stuck: Vec<String> = sim.clients[workload_clients..]
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.op.is_some() || c.script.as_ref().is_some_and(|s| !s.is_empty()))
+            .map(|(r, _)| format!("region {}", sim.regions[r].id))
+            .collect();
+        return Err(fail(format!(
+            "not serving again {}s after healing: {} did not finish a write and its reads (workload ops still in flight: {})",
+            LIVENESS_BOUND / SECOND,
+            stuck.join(", "),
+            sim.clients[..workload_clients].iter().filter(|c| c.op.is_some()).count()
+        )));
+    }
+    sim.out.recovery_ms = (sim.now - healed_at) / MS;
+
+    // ---- every region's replicas converge to one state.
+    let converge_by = sim.now + CONVERGENCE_BOUND;
+    loop {
+        sim.restart_due();
+        let t = sim.now + 50 * MS;
+        sim.run_until(t);
+        match sim.replicas_converged() {
+            Ok(true) => break,
+            Ok(false) if sim.now > converge_by => {
+                return Err(fail(format!(
+                    "replicas did not converge within {}s after the final reads",
+                    CONVERGENCE_BOUND / SECOND
+                )))
+            }
+            Ok(false) => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+
+    // ---- the history, final reads included, must be linearizable per key.
     let ops: Vec<Operation<KvInput, KvOutput>> = sim.history.iter().flatten().cloned().collect();
     sim.out.ops_completed = ops.iter().filter(|o| o.output.is_some()).count();
     sim.out.ops_unknown = ops.len() - sim.out.ops_completed;
     match lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default()) {
         Ok(lincheck::CheckResult::Ok) => {}
-        Ok(r) => {
-            return Err(format!(
-                "seed {} [{fault_mix}]: client history of {} ops: {r}\n  replay: {}",
-                opts.seed,
-                ops.len(),
-                crate::replay_kv_command(opts.seed)
-            ))
-        }
-        Err(e) => return Err(format!("seed {}: malformed history: {e}", opts.seed)),
+        Ok(r) => return Err(fail(format!("client history of {} ops: {r}", ops.len()))),
+        Err(e) => return Err(fail(format!("malformed history: {e}"))),
     }
-    sim.out.virtual_ms = sim.now;
+    sim.out.snapshots_installed = sim
+        .stores
+        .iter()
+        .filter_map(|s| s.store.as_ref())
+        .map(|s| s.stats.snapshots_installed)
+        .sum();
+    sim.out.virtual_micros = sim.now;
     Ok(sim.out)
+}
+
+/// Runs `seeds` × `sim_seconds` on `jobs` threads (each seed is single-threaded and
+/// deterministic, so the split changes nothing but the wall-clock time). Returns each seed's
+/// result in seed order; a panicking seed is reported as a failure with its replay command.
+pub fn run_kv_seeds(
+    seeds: &[u64],
+    sim_seconds: u64,
+    jobs: usize,
+    configure: &(dyn Fn(&mut KvSimOptions) + Sync),
+) -> Vec<(u64, Result<KvSimOutcome, String>)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::with_capacity(seeds.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(k) else {
+                    break;
+                };
+                let mut o = KvSimOptions::new(seed);
+                o.sim_seconds = sim_seconds;
+                configure(&mut o);
+                let r = std::panic::catch_unwind(|| run_kv_seed(&o)).unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(format!(
+                        "seed {seed} panicked: {msg}\n  replay: {}",
+                        crate::replay_kv_command(seed, sim_seconds)
+                    ))
+                });
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((k, seed, r));
+            });
+        }
+    });
+    let mut all = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    all.sort_by_key(|(k, _, _)| *k);
+    all.into_iter().map(|(_, s, r)| (s, r)).collect()
 }

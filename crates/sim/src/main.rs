@@ -3,6 +3,7 @@
 //! ```text
 //! raftkv-sim --seed 42 --verbose          # replay one seed, print its trace
 //! raftkv-sim --seeds 100000 --start 0     # soak: run many seeds
+//! raftkv-sim --kv --seeds 256 --sim-seconds 300 --jobs 2   # whole-cluster seeds, 2 threads
 //! ```
 
 use sim::{run_seed, SwarmOptions};
@@ -16,6 +17,7 @@ fn main() {
     let mut verbose = false;
     let mut kv_mode = false;
     let mut sim_seconds = 20;
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut i = 1;
     let num = |v: Option<&String>, name: &str| -> u64 {
         v.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -41,10 +43,14 @@ fn main() {
                 sim_seconds = num(args.get(i + 1), "--sim-seconds");
                 i += 1;
             }
+            "--jobs" | "-j" => {
+                jobs = num(args.get(i + 1), "--jobs").max(1) as usize;
+                i += 1;
+            }
             "--verbose" | "-v" => verbose = true,
             "--kv" => kv_mode = true,
             "--help" | "-h" => {
-                println!("usage: raftkv-sim [--kv] [--seed N [--verbose]] [--seeds COUNT --start FIRST] [--sim-seconds S]\n  --kv: whole-cluster simulation (store + kv + log engine) instead of the Raft core");
+                println!("usage: raftkv-sim [--kv] [--seed N [--verbose]] [--seeds COUNT --start FIRST] [--sim-seconds S] [--jobs N]\n  --kv: whole-cluster simulation (store + kv + log engine) instead of the Raft core\n  --jobs: threads for --kv runs of many seeds (default: all cores); results do not depend on it");
                 return;
             }
             other => {
@@ -60,21 +66,34 @@ fn main() {
     };
     let one_line = verbose || list.len() == 1;
     if kv_mode {
-        run_all(
-            "whole-cluster seeds",
-            &list,
-            sim::replay_kv_command,
-            |seed| {
-                let mut o = sim::kv_cluster::KvSimOptions::new(seed);
-                o.print_trace = verbose;
-                o.sim_seconds = sim_seconds;
-                sim::kv_cluster::run_kv_seed(&o).map(|out| {
+        let t0 = Instant::now();
+        let jobs = if one_line { 1 } else { jobs };
+        let results = sim::kv_cluster::run_kv_seeds(&list, sim_seconds, jobs, &|o| {
+            o.print_trace = verbose;
+        });
+        let mut virtual_micros = 0u64;
+        let mut failed = 0;
+        for (_, r) in &results {
+            match r {
+                Ok(out) => {
+                    virtual_micros += out.virtual_micros;
                     if one_line {
                         println!("{out:?}");
                     }
-                    out.virtual_ms * 1000
-                })
-            },
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("FAIL {e}");
+                }
+            }
+        }
+        summary(
+            "whole-cluster seeds",
+            results.len(),
+            failed,
+            virtual_micros,
+            t0.elapsed().as_secs_f64(),
+            jobs,
         );
     } else {
         run_all("seeds", &list, sim::replay_command, |seed| {
@@ -121,10 +140,21 @@ fn run_all(
             }
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "{} {what}, {failed} failed, {:.1} simulated s in {:.1} real s ({:.0} simulated s per real s)",
+    summary(
+        what,
         seeds.len(),
+        failed,
+        virtual_micros,
+        t0.elapsed().as_secs_f64(),
+        1,
+    );
+}
+
+/// Prints the run's totals with simulated seconds per real second, and exits 1 if any seed
+/// failed.
+fn summary(what: &str, seeds: usize, failed: usize, virtual_micros: u64, secs: f64, jobs: usize) {
+    println!(
+        "{seeds} {what}, {failed} failed, {:.1} simulated s in {:.1} real s on {jobs} thread(s) ({:.0} simulated s per real s)",
         virtual_micros as f64 / 1e6,
         secs,
         virtual_micros as f64 / 1e6 / secs.max(1e-9)

@@ -3,6 +3,7 @@
 //! with faults followed by a liveness phase that heals everything.
 
 use crate::cluster::{unit, Cluster, ClusterOptions, Micros, NetFaults, MS, SECOND};
+use crate::partition::{shape_links, Shape};
 use bytes::Bytes;
 use raft::{ConfChange, ConfChangeItem, ConfChangeKind, LogIndex, NodeId, ReadMode, SplitMix64};
 
@@ -53,73 +54,16 @@ pub struct SwarmOutcome {
     pub trace: Vec<String>,
 }
 
-/// The partition shapes the swarm chooses from.
-#[derive(Clone, Copy, Debug)]
-enum Shape {
-    IsolateOne,
-    MinorityMajority,
-    MajoritiesRing,
-    Bridge,
-    OneWay,
-}
-
+/// Applies a partition shape (see [`crate::partition`]) to the cluster's links.
 fn apply_shape(c: &mut Cluster, shape: Shape, rng: &mut SplitMix64) {
-    let n = c.n();
-    let mut perm: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        perm.swap(i, j);
+    let links = shape_links(c.n(), shape, rng);
+    if shape == Shape::OneWay {
+        // One-way cuts start from a healed network (disconnected nodes plugged back in).
+        c.heal();
     }
-    match shape {
-        Shape::IsolateOne => c.partition(&[vec![perm[0]], perm[1..].to_vec()]),
-        Shape::MinorityMajority => {
-            let k = 1 + rng.below(((n - 1) / 2).max(1) as u64) as usize;
-            c.partition(&[perm[..k].to_vec(), perm[k..].to_vec()]);
-        }
-        Shape::MajoritiesRing => {
-            // Each node hears its ring neighbours only: every node sees a majority
-            // (with 3 or 5 nodes) but no two nodes see the same one.
-            c.partition(&[]);
-            for i in 0..n {
-                let a = perm[i];
-                for d in [1, n - 1] {
-                    let b = perm[(i + d) % n];
-                    c.set_link(a, b, true);
-                }
-                c.set_link(a, a, true);
-            }
-        }
-        Shape::Bridge => {
-            // Two halves that only talk through one bridge node.
-            let bridge = perm[0];
-            let half = (n - 1) / 2;
-            let a: Vec<usize> = perm[1..1 + half].to_vec();
-            let b: Vec<usize> = perm[1 + half..].to_vec();
-            let mut ga = a.clone();
-            ga.push(bridge);
-            c.partition(&[ga]);
-            for &x in &b {
-                for &y in &b {
-                    c.set_link(x, y, true);
-                }
-                c.set_link(x, bridge, true);
-                c.set_link(bridge, x, true);
-            }
-        }
-        Shape::OneWay => {
-            // One node can send but not receive (or receive but not send).
-            c.heal();
-            let x = perm[0];
-            let inbound = rng.below(2) == 0;
-            for j in 0..n {
-                if j != x {
-                    if inbound {
-                        c.set_link(j, x, false);
-                    } else {
-                        c.set_link(x, j, false);
-                    }
-                }
-            }
+    for (from, row) in links.iter().enumerate() {
+        for (to, &up) in row.iter().enumerate() {
+            c.set_link(from, to, up);
         }
     }
 }
@@ -267,13 +211,7 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
                     }
                 }
                 5..=6 if partitions_on => {
-                    let shape = match rng.below(5) {
-                        0 => Shape::IsolateOne,
-                        1 => Shape::MinorityMajority,
-                        2 => Shape::MajoritiesRing,
-                        3 => Shape::Bridge,
-                        _ => Shape::OneWay,
-                    };
+                    let shape = Shape::pick(&mut rng);
                     apply_shape(&mut c, shape, &mut rng);
                     out.partitions += 1;
                 }

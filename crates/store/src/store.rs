@@ -102,6 +102,23 @@ struct Peer<M: StateMachine> {
     bytes_since_snapshot: u64,
 }
 
+impl<M: StateMachine> Peer<M> {
+    /// Snapshots the state machine at the applied index and compacts the log up to it;
+    /// false when nothing was applied since the last snapshot.
+    fn snapshot(&mut self) -> Result<bool, StoreError> {
+        if self.applied < self.raw.status().first_index {
+            return Ok(false);
+        }
+        self.bytes_since_snapshot = 0;
+        let data = self.sm.snapshot();
+        let cs = self.raw.status().conf_state;
+        self.raw
+            .storage_mut()
+            .create_snapshot(self.applied, cs, data)?;
+        Ok(true)
+    }
+}
+
 /// Counters for status pages and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -637,18 +654,29 @@ impl<M: StateMachine> Store<M> {
             // Snapshot when the log grows past the threshold.
             let first = p.raw.status().first_index;
             let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
-            if p.applied.0 >= first.0
-                && (entries_in_log >= self.cfg.snapshot_threshold_entries
-                    || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
+            if (entries_in_log >= self.cfg.snapshot_threshold_entries
+                || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
+                && p.snapshot()?
             {
-                p.bytes_since_snapshot = 0;
-                let data = p.sm.snapshot();
-                let cs = p.raw.status().conf_state;
-                p.raw.storage_mut().create_snapshot(p.applied, cs, data)?;
                 self.stats.snapshots_created += 1;
             }
         }
         Ok(())
+    }
+
+    /// Snapshots this store's replica of `region` at its applied index now and compacts its
+    /// log, whatever the thresholds say (operators, tests, the simulator's snapshots at
+    /// random points). Returns false when nothing was applied since the last snapshot.
+    pub fn snapshot_now(&mut self, region: RegionId) -> Result<bool, StoreError> {
+        let p = self
+            .peers
+            .get_mut(&region)
+            .ok_or(StoreError::RegionNotFound(region))?;
+        let made = p.snapshot()?;
+        if made {
+            self.stats.snapshots_created += 1;
+        }
+        Ok(made)
     }
 
     pub fn take_outbox(&mut self) -> Vec<(StoreId, Message)> {

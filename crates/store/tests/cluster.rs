@@ -420,4 +420,28 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     c.store(0).finish_ready(pending).unwrap();
     c.pump();
     assert_eq!(c.read(1, 0, b"a").unwrap(), Bytes::from_static(b"1"));
+
+#[test]
+fn snapshot_now_compacts_at_once_and_a_restart_recovers_from_it() {
+    let mut c = Cluster::new(u64::MAX);
+    let r0 = c.regions[0].id;
+    for i in 0..10u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
+    }
+    let before = c.store(0).status()[0].first_index;
+    assert!(c.store(0).snapshot_now(r0).unwrap());
+    assert_eq!(c.store(0).stats.snapshots_created, 1);
+    let after = c.store(0).status()[0].first_index;
+    assert!(
+        after > before,
+        "log not compacted: first index {before} -> {after}"
+    );
+    assert!(
+        !c.store(0).snapshot_now(r0).unwrap(),
+        "a second snapshot at the same applied index"
+    );
+    c.stop(0);
+    c.start(0);
+    c.tick(5);
+    assert_eq!(c.store(0).state_machine(r0).unwrap().0.len(), 10);
 }
