@@ -420,6 +420,7 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     c.store(0).finish_ready(pending).unwrap();
     c.pump();
     assert_eq!(c.read(1, 0, b"a").unwrap(), Bytes::from_static(b"1"));
+}
 
 #[test]
 fn snapshot_now_compacts_at_once_and_a_restart_recovers_from_it() {
