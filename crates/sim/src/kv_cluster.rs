@@ -106,6 +106,9 @@ const CONVERGENCE_BOUND: Micros = 10 * SECOND;
 /// lease it acknowledged, so it must not be back (and voting) before that lease ran out
 /// (8 ticks); 300 ms is also a realistic process restart.
 const MIN_DOWN: Micros = 300 * MS;
+/// Most ticks a store replays after a pause (the server's `MAX_CATCH_UP_TICKS`).
+const MAX_CATCH_UP_TICKS: u64 = 100;
+
 /// Messages and requests a paused store queues (its socket buffers); later ones are lost.
 const MAX_INBOX: usize = 4096;
 /// Ready rounds handled per store event, so a bug that keeps producing Readies fails the
@@ -181,6 +184,7 @@ struct SimStore {
     down_since: Micros,
     /// Paused (SIGSTOP) until then; `pause_number` identifies the pause.
     paused_until: Option<Micros>,
+    paused_since: Micros,
     pause_number: u64,
     inbox: VecDeque<Deferred>,
     /// A sync failure is injected: the store dies at its next storage error, with the
@@ -740,7 +744,7 @@ impl Sim {
         match ev.ev {
             Ev::Tick(i, g) => {
                 // A paused store's timer does not fire; like the server's store loop, it
-                // does not burst missed ticks on resume either.
+                // replays the missed ticks when it resumes (see `resume`).
                 if self.stores[i].tick_generation != g || !self.up(i) || self.paused(i) {
                     return true;
                 }
@@ -776,6 +780,7 @@ impl Sim {
             return;
         }
         self.stores[i].paused_until = Some(self.now + length);
+        self.stores[i].paused_since = self.now;
         self.stores[i].pause_number += 1;
         let n = self.stores[i].pause_number;
         self.schedule(length, Ev::Resume(i, n));
@@ -783,8 +788,14 @@ impl Sim {
         self.trace(|| format!("pause s{} for {}ms", i + 1, length / MS));
     }
 
-    /// The store continues: it handles its inbox in arrival order, then ticks again.
+    /// The store continues: it handles its inbox in arrival order, replays the ticks it
+    /// missed (capped, as the server's store loop does, so that a paused leader's lease has
+    /// expired by the time it could serve a read), then ticks again.
     fn resume(&mut self, i: usize) {
+        let missed = self.stores[i]
+            .paused_until
+            .map_or(0, |until| until.saturating_sub(self.stores[i].paused_since))
+            / self.stores[i].tick_period.max(1);
         self.stores[i].paused_until = None;
         let inbox = std::mem::take(&mut self.stores[i].inbox);
         self.trace(|| format!("resume s{} with {} queued", i + 1, inbox.len()));
@@ -802,6 +813,11 @@ impl Sim {
                     slot,
                     attempt,
                 } => self.submit(i, client, slot, attempt),
+            }
+        }
+        if let Some(s) = self.stores[i].store.as_mut() {
+            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
+                s.tick();
             }
         }
         self.drive(i);
@@ -1017,10 +1033,9 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
         delay_max: delay_min + rng.below(30 * MS),
         crashes: rng.below(3) != 0,
         partitions: rng.below(2) == 0,
-        // A paused leader's tick counter stands still, so its lease outlives the pause: a
-        // pause is clock drift far beyond the lease's bound. Lease-read seeds do not pause
-        // (the server reads with ReadIndex, which pauses cannot fool).
-        pauses: !lease_reads && rng.below(2) == 0,
+        // Lease-read seeds pause too: a resumed store replays its missed ticks (as the
+        // server does), so a paused leader's lease has run out when it resumes.
+        pauses: rng.below(2) == 0,
         pause_max: 100 * MS + rng.below(2_900 * MS),
         drift: rng.below(2) == 0,
         transfers: rng.below(2) == 0,
@@ -1148,6 +1163,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 tick_period: tick_periods[i],
                 down_since: 0,
                 paused_until: None,
+                paused_since: 0,
                 pause_number: 0,
                 inbox: VecDeque::new(),
                 failure_armed: false,
