@@ -275,6 +275,11 @@ impl<M: StateMachine> Store<M> {
         let mut rc = Config::new(me.id.0, region.id.0);
         rc.election_tick = self.cfg.election_tick;
         rc.heartbeat_tick = self.cfg.heartbeat_tick;
+        // The lease's safety margin against clock-rate drift and tick quantization: a fifth of
+        // the election timeout (at least the core's default of 2 ticks). With the server's 20
+        // ticks the lease is 16 ticks, which tolerates a follower clock ~10 % fast even after
+        // losing a tick on each side to quantization.
+        rc.lease_drift_ticks = (self.cfg.election_tick / 5).max(2);
         rc.applied = snap.metadata.index;
         // Different stores must not time out in lockstep.
         rc.seed = me.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
