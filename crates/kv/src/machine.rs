@@ -325,34 +325,13 @@ impl KvStateMachine {
 
     /// Every key the command touches must be in the region (for `Scan`, its start).
     fn check_range(&self, command: &Command) -> Result<(), CommandError> {
-        let check = |key: &Bytes| {
+        command.keys().into_iter().try_for_each(|key| {
             if self.region.contains(key) {
                 Ok(())
             } else {
                 Err(CommandError::OutOfRange { key: key.clone() })
             }
-        };
-        match command {
-            Command::Get { key }
-            | Command::Put { key, .. }
-            | Command::Delete { key }
-            | Command::Append { key, .. }
-            | Command::CompareAndSwap { key, .. }
-            | Command::Incr { key, .. }
-            | Command::IncrByFloat { key, .. }
-            | Command::SetRange { key, .. }
-            | Command::GetSet { key, .. }
-            | Command::GetDel { key }
-            | Command::SetNx { key, .. } => check(key),
-            Command::Scan { start, .. } => check(start),
-            Command::BatchGet { keys } | Command::DeleteMany { keys } => {
-                keys.iter().try_for_each(check)
-            }
-            Command::Count => Ok(()),
-            Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
-                pairs.iter().try_for_each(|(key, _)| check(key))
-            }
-        }
+        })
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), CommandError> {
