@@ -438,7 +438,7 @@ impl KvStateMachine {
                 keys.iter().try_for_each(|key| self.check_key(key))?;
                 let removed = keys
                     .iter()
-                    .filter(|key| self.data.remove(*key).is_some())
+                    .filter(|key| self.data.remove(key).is_some())
                     .count();
                 Ok(Response::Integer(removed as i64))
             }

@@ -265,8 +265,8 @@ fn split_off_moves_keys_and_copies_sessions() {
     let mut right = left.split_off(b("m")).expect("m is inside [a, z)");
     assert_eq!(left.region(), &RegionRange::new(b("a"), Some(b("m"))));
     assert_eq!(right.region(), &RegionRange::new(b("m"), Some(b("z"))));
-    let left_keys: Vec<_> = left.iter().map(|(k, _)| k.clone()).collect();
-    let right_keys: Vec<_> = right.iter().map(|(k, _)| k.clone()).collect();
+    let left_keys: Vec<_> = left.iter().map(|(k, _)| k.to_vec()).collect();
+    let right_keys: Vec<_> = right.iter().map(|(k, _)| k.to_vec()).collect();
     assert_eq!(left_keys, vec![b("a"), b("f")]);
     assert_eq!(right_keys, vec![b("m"), b("mm"), b("y")]);
     assert_eq!(left.len() + right.len(), total_before);
