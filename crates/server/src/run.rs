@@ -86,6 +86,9 @@ impl Server {
         scfg.snapshot_threshold_entries = cfg.snapshot_threshold_entries;
         scfg.snapshot_threshold_bytes = cfg.snapshot_threshold_bytes;
         scfg.read_mode = cfg.read_mode;
+        // Spread region leaders over the stores (static preference; see
+        // `Store::balance_leaders`), checked once per election timeout.
+        scfg.balance_leaders_every_ticks = u64::from(cfg.election_tick);
         let store: Store<KvSm> =
             Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial)
                 .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;

@@ -1071,6 +1071,11 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     if faults.lease_reads {
         cfg.read_mode = ReadMode::Lease;
     }
+    // Half the seeds balance leaders (as the server does), which adds leader transfers that
+    // race with everything else.
+    if rng.below(2) == 0 {
+        cfg.balance_leaders_every_ticks = 5 + rng.below(50);
+    }
     let fault_mix = format!(
         "stores={stores} regions={region_count} keys={} clients={workload_clients} drop={:.2} dup={:.2} delay={}..{}us crashes={} partitions={} pauses={}{} drift={} transfers={} snapshots={} fault_gap<={}ms lease_reads={} snapshot_every={}",
         region_count * keys_per_region,
@@ -1088,7 +1093,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         faults.fault_gap_max / MS,
         faults.lease_reads,
         cfg.snapshot_threshold_entries
-    );
+    ) + &format!(" balance_every={}", cfg.balance_leaders_every_ticks);
     let tick_periods: Vec<Micros> = (0..stores)
         .map(|_| {
             if faults.drift {

@@ -446,3 +446,32 @@ fn snapshot_now_compacts_at_once_and_a_restart_recovers_from_it() {
     c.tick(5);
     assert_eq!(c.store(0).state_machine(r0).unwrap().0.len(), 10);
 }
+
+/// With balancing on, regions all led by one store move to their preferred stores (region
+/// i+1 to store i+1) once those are caught up, and writes keep working through the moves.
+#[test]
+fn leaders_move_to_their_preferred_stores() {
+    let mut c = Cluster::new(1_000_000);
+    // Put every region's leadership on store 1.
+    for i in 1..3 {
+        let r = c.regions[i].id;
+        c.store(i).transfer_leader(r, StoreId(1)).unwrap();
+        c.pump();
+    }
+    c.tick(5);
+    let leaders = |c: &mut Cluster| -> Vec<u64> {
+        let st = c.store(0).status();
+        st.iter().map(|s| s.leader.map_or(0, |l| l.0)).collect()
+    };
+    assert_eq!(leaders(&mut c), vec![1, 1, 1]);
+    assert_eq!(c.store(0).balance_leaders(), 2, "regions 2 and 3 should move");
+    c.pump();
+    c.tick(30);
+    assert_eq!(leaders(&mut c), vec![1, 2, 3]);
+    // Balanced already: nothing to do, and the cluster still serves.
+    for i in 0..3 {
+        assert_eq!(c.store(i).balance_leaders(), 0);
+    }
+    c.write(1, 1, b"h", b"x").unwrap();
+    assert_eq!(c.read(2, 1, b"h").unwrap(), Bytes::from_static(b"x"));
+}
