@@ -101,6 +101,25 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
+        // Time first. Ticks measure real time: leases and election timeouts are counted in
+        // ticks, so after a stall (a long fsync, SIGSTOP, a descheduled process) the missed
+        // ticks are replayed, capped (past every timeout more change nothing), *before* the
+        // messages that queued up meanwhile are handled. Otherwise a paused leader would
+        // resume believing its lease still holds; and a follower would acknowledge a fresh
+        // heartbeat (renewing the leader's lease) and only then catch up on ticks, believe its
+        // leader silent and vote for another inside that lease (the whole-cluster simulation
+        // found this order bug: regression seed 20108). The price: a leader whose fsync stalled
+        // for a whole election timeout may step down (CheckQuorum) before it reads the
+        // acknowledgements that did arrive.
+        let now = Instant::now();
+        if now >= next_tick {
+            let behind = now.duration_since(next_tick).as_nanos() / tick.as_nanos().max(1);
+            let missed = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
+            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
+                store.tick();
+            }
+            next_tick = now + tick;
+        }
         let mut handled = 0;
         let mut next = first;
         while let Some(cmd) = next.take() {
@@ -112,22 +131,6 @@ pub fn run(
                 break;
             }
             next = rx.try_recv().ok();
-        }
-        let now = Instant::now();
-        if now >= next_tick {
-            // Ticks measure real time: leases and election timeouts are counted in ticks, so
-            // after a stall (a long fsync, SIGSTOP, a descheduled process) the missed ticks
-            // are replayed. Otherwise a paused leader would resume believing its lease still
-            // holds while the others elected a new leader, and serve a stale lease read.
-            // Messages that queued up during the stall were handled above, before these
-            // ticks, so acknowledgements that did arrive count first. Capped: past every
-            // timeout, more ticks change nothing.
-            let behind = now.duration_since(next_tick).as_nanos() / tick.as_nanos().max(1);
-            let missed = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
-            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                store.tick();
-            }
-            next_tick = now + tick;
         }
         while store.has_ready() {
             // Leader messages and finished requests go out before this round's fsync (see

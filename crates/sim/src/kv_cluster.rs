@@ -788,15 +788,23 @@ impl Sim {
         self.trace(|| format!("pause s{} for {}ms", i + 1, length / MS));
     }
 
-    /// The store continues: it handles its inbox in arrival order, replays the ticks it
-    /// missed (capped, as the server's store loop does, so that a paused leader's lease has
-    /// expired by the time it could serve a read), then ticks again.
+    /// The store continues: it first replays the ticks it missed (capped, as the server's
+    /// store loop does), then handles its inbox in arrival order, then ticks again. Time
+    /// first: a follower that acknowledged a queued heartbeat and only then caught up on its
+    /// ticks would believe its leader silent and vote for another right after renewing the
+    /// old leader's lease (seed 20108); a leader's lease runs out before any stale
+    /// acknowledgement is counted.
     fn resume(&mut self, i: usize) {
         let missed = self.stores[i]
             .paused_until
             .map_or(0, |until| until.saturating_sub(self.stores[i].paused_since))
             / self.stores[i].tick_period.max(1);
         self.stores[i].paused_until = None;
+        if let Some(s) = self.stores[i].store.as_mut() {
+            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
+                s.tick();
+            }
+        }
         let inbox = std::mem::take(&mut self.stores[i].inbox);
         self.trace(|| format!("resume s{} with {} queued", i + 1, inbox.len()));
         for d in inbox {
@@ -813,11 +821,6 @@ impl Sim {
                     slot,
                     attempt,
                 } => self.submit(i, client, slot, attempt),
-            }
-        }
-        if let Some(s) = self.stores[i].store.as_mut() {
-            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                s.tick();
             }
         }
         self.drive(i);
