@@ -97,7 +97,7 @@ fn newest_mtime(dir: &Path, depth: usize, newest: &mut Option<(SystemTime, PathB
         if path.is_dir() {
             newest_mtime(&path, depth + 1, newest);
         } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
-            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+            if newest.as_ref().map_or(true, |(t, _)| modified > *t) {
                 *newest = Some((modified, path));
             }
         }

@@ -119,9 +119,28 @@ pub struct Network {
     torn_down: bool,
 }
 
-/// `rk{pid}`: the prefix of every name of the run with this pid.
-fn prefix_for(pid: u32) -> String {
-    format!("{NAME_PREFIX}{pid}")
+/// `rk{pid}{letter}`: the prefix of every name of one [`Network`]; the letter tells apart
+/// several networks of one process (tests run in parallel threads).
+fn prefix_for(pid: u32, sequence: u32) -> String {
+    let letter = char::from(b'a' + (sequence % 26) as u8);
+    format!("{NAME_PREFIX}{pid}{letter}")
+}
+
+/// The pid and prefix that `name` (`rk{pid}{letter}` then `n<i>`, `br` or `v<i>`) belongs to.
+fn owner_of(name: &str) -> Option<(u32, &str)> {
+    let rest = name.strip_prefix(NAME_PREFIX)?;
+    let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+    let pid = rest[..digits].parse().ok()?;
+    let tail = &rest[digits..];
+    let mut chars = tail.chars();
+    if !chars.next()?.is_ascii_lowercase() {
+        return None;
+    }
+    let kind = chars.as_str();
+    if !(kind == "br" || kind.starts_with('n') || kind.starts_with('v')) {
+        return None;
+    }
+    Some((pid, &name[..NAME_PREFIX.len() + digits + 1]))
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -129,22 +148,11 @@ fn pid_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-/// Removes the namespaces and interfaces named `rk{pid}...` whose pid is dead (a run that
-/// crashed or was killed before its Drop ran), and any of our own pid.
+/// Removes namespaces and interfaces with our exact prefix, and those of runs whose pid is
+/// dead (a run that crashed or was killed before its Drop ran).
 fn remove_leftovers(own_prefix: &str) {
-    let owner_of = |name: &str| -> Option<u32> {
-        let rest = name.strip_prefix(NAME_PREFIX)?;
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        // The pid is followed by n<i>, br or v<i>.
-        let tail = &rest[digits.len()..];
-        if !(tail == "br" || tail.starts_with('n') || tail.starts_with('v')) {
-            return None;
-        }
-        digits.parse().ok()
-    };
-    let own = prefix_digits(own_prefix);
     let stale = |name: &str| match owner_of(name) {
-        Some(pid) => Some(pid) == own || !pid_alive(pid),
+        Some((pid, prefix)) => prefix == own_prefix || !pid_alive(pid),
         None => false,
     };
     if let Ok(list) = run_command("ip", &["netns", "list"]) {
@@ -157,7 +165,7 @@ fn remove_leftovers(own_prefix: &str) {
     }
     if let Ok(list) = run_command("ip", &["-o", "link", "show"]) {
         for line in list.lines() {
-            // "7: rk123br: <...>" or "8: rk123v1@if2: <...>"
+            // "7: rk123abr: <...>" or "8: rk123av1@if2: <...>"
             let Some(name) = line.split(": ").nth(1) else {
                 continue;
             };
@@ -169,17 +177,13 @@ fn remove_leftovers(own_prefix: &str) {
     }
 }
 
-fn prefix_digits(prefix: &str) -> Option<u32> {
-    prefix.strip_prefix(NAME_PREFIX)?.parse().ok()
-}
-
 /// A 127.X.Y.0/24 subnet no interface on the host uses yet, starting from one derived from
-/// the pid so that parallel runs usually pick different ones at once.
-fn free_subnet(pid: u32) -> Result<(u8, u8), NetError> {
+/// `seed` (pid and sequence) so that parallel runs usually pick different ones at once.
+fn free_subnet(seed: u32) -> Result<(u8, u8), NetError> {
     let used = run_command("ip", &["-4", "-o", "addr", "show"])
         .map_err(|e| NetError::Unavailable(format!("cannot list addresses: {e}")))?;
     for offset in 0..SUBNET_CANDIDATES {
-        let n = (pid.wrapping_mul(2_654_435_761).wrapping_add(offset)) % SUBNET_CANDIDATES;
+        let n = (seed.wrapping_mul(2_654_435_761).wrapping_add(offset)) % SUBNET_CANDIDATES;
         let (x, y) = (SUBNET_OCTET_FIRST + (n / 256) as u8, (n % 256) as u8);
         if !used.contains(&format!(" 127.{x}.{y}.")) {
             return Ok((x, y));
@@ -207,10 +211,12 @@ impl Network {
                     .into(),
             ));
         };
+        static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let pid = std::process::id();
-        let prefix = prefix_for(pid);
+        let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = prefix_for(pid, sequence);
         remove_leftovers(&prefix);
-        let (x, y) = free_subnet(pid)?;
+        let (x, y) = free_subnet(pid.wrapping_mul(31).wrapping_add(sequence))?;
         let mut net = Network {
             bridge: format!("{prefix}br"),
             namespaces: (1..=stores).map(|i| format!("{prefix}n{i}")).collect(),
@@ -465,8 +471,15 @@ mod tests {
 
     #[test]
     fn leftovers_are_recognised_by_their_owner_pid() {
-        assert_eq!(prefix_digits("rk123"), Some(123));
-        assert_eq!(prefix_for(42), "rk42");
+        assert_eq!(prefix_for(42, 0), "rk42a");
+        assert_eq!(prefix_for(42, 27), "rk42b");
+        assert_eq!(owner_of("rk42an1"), Some((42, "rk42a")));
+        assert_eq!(owner_of("rk42bbr"), Some((42, "rk42b")));
+        assert_eq!(owner_of("rk42cv3"), Some((42, "rk42c")));
+        assert_eq!(owner_of("rk42x"), None);
+        assert_eq!(owner_of("rk42"), None);
+        assert_eq!(owner_of("rkabr"), None);
+        assert_eq!(owner_of("eth0"), None);
     }
 
     #[test]
