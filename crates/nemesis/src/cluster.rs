@@ -78,6 +78,8 @@ pub struct Cluster {
     /// Per store: the `--initial-cluster` it is started with (peers = its proxies).
     initial_cluster: Vec<String>,
     lives: Vec<u32>,
+    /// Extra flags for every server (e.g. the snapshot threshold).
+    server_args: Vec<String>,
 }
 
 /// A port below Linux's ephemeral range, from a per-process window (as in
@@ -165,7 +167,11 @@ async fn verify_connectivity(net: &Network, runtimes: &[NsRuntime]) -> Result<()
 impl Cluster {
     /// Starts three stores. With `namespaces`, builds the network first and fails with
     /// [`ClusterError::NetnsUnavailable`] if it cannot; the caller decides what to do then.
-    pub async fn start(bin: &Path, namespaces: bool) -> Result<Cluster, ClusterError> {
+    pub async fn start(
+        bin: &Path,
+        namespaces: bool,
+        server_args: &[String],
+    ) -> Result<Cluster, ClusterError> {
         const STORES: usize = 3;
         let dir = tempfile::Builder::new()
             .prefix("nemesis-")
@@ -191,6 +197,7 @@ impl Cluster {
             metrics_addrs: Vec::new(),
             initial_cluster: Vec::new(),
             lives: vec![0; STORES],
+            server_args: server_args.to_vec(),
         };
         if namespaces {
             // Owned by `c` at once, so an error below tears it down in Cluster's Drop order.
@@ -321,6 +328,7 @@ impl Cluster {
             .args(["--resp-addr", &self.resp_addrs[i].to_string()])
             .args(["--initial-cluster", &self.initial_cluster[i]])
             .args(["--split-keys", "g,p", "--tick-ms", TICK_MS])
+            .args(&self.server_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -456,6 +464,22 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// The store (0-based) leading the region that holds `key`, as some store reports it.
+    pub async fn leader_of(&self, key: &[u8]) -> Option<usize> {
+        let mut c = client::Client::connect(self.endpoints()).await.ok()?;
+        for status in c.status().await {
+            for r in status.regions {
+                let region = r.region.unwrap_or_default();
+                let inside = key >= region.start_key.as_slice()
+                    && (!region.has_end || key < region.end_key.as_slice());
+                if inside && r.leader_store_id != 0 {
+                    return Some(r.leader_store_id as usize - 1);
+                }
+            }
+        }
+        None
     }
 
     /// The last lines of every store's log, for failure reports.

@@ -51,6 +51,28 @@ pub struct RunConfig {
     pub netns: NetnsPolicy,
     pub grpc_clients: usize,
     pub resp_clients: usize,
+    /// `--snapshot-threshold-entries` of every server; `None` lets the seed pick one of
+    /// [`SNAPSHOT_THRESHOLDS`] (small ones make snapshots, compaction and catch-up by
+    /// snapshot happen during faults).
+    pub snapshot_threshold_entries: Option<u64>,
+}
+
+/// Snapshot thresholds a seed chooses from: every 200 entries, every 2,000, the default.
+pub const SNAPSHOT_THRESHOLDS: [u64; 3] = [200, 2_000, 10_000];
+
+/// The snapshot threshold of this run.
+pub fn snapshot_threshold(cfg: &RunConfig) -> u64 {
+    cfg.snapshot_threshold_entries.unwrap_or_else(|| {
+        let pick = crate::schedule::Rng::new(cfg.seed ^ 0x5A17).next_u64();
+        SNAPSHOT_THRESHOLDS[(pick % SNAPSHOT_THRESHOLDS.len() as u64) as usize]
+    })
+}
+
+fn server_args(cfg: &RunConfig) -> Vec<String> {
+    vec![
+        "--snapshot-threshold-entries".to_string(),
+        snapshot_threshold(cfg).to_string(),
+    ]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,9 +245,12 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
 /// The cluster, and why namespaces were not used if they were wanted but unavailable.
 async fn start_cluster(cfg: &RunConfig) -> Result<(Cluster, Option<String>), NemesisError> {
     if cfg.netns == NetnsPolicy::Off {
-        return Ok((Cluster::start(&cfg.bin, false).await?, None));
+        return Ok((
+            Cluster::start(&cfg.bin, false, &server_args(cfg)).await?,
+            None,
+        ));
     }
-    match Cluster::start(&cfg.bin, true).await {
+    match Cluster::start(&cfg.bin, true, &server_args(cfg)).await {
         Ok(c) => Ok((c, None)),
         Err(ClusterError::NetnsUnavailable(reason)) => {
             if cfg.netns == NetnsPolicy::Require {
@@ -238,7 +263,10 @@ async fn start_cluster(cfg: &RunConfig) -> Result<(Cluster, Option<String>), Nem
             );
             eprintln!("##############################################################");
             eprintln!();
-            Ok((Cluster::start(&cfg.bin, false).await?, Some(reason)))
+            Ok((
+                Cluster::start(&cfg.bin, false, &server_args(cfg)).await?,
+                Some(reason),
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -246,7 +274,12 @@ async fn start_cluster(cfg: &RunConfig) -> Result<(Cluster, Option<String>), Nem
 
 fn describe(step: &Step) -> String {
     let store = step.victim + 1;
-    let mut s = match step.fault {
+    let mut s = if step.target_leader && step.fault != Fault::None {
+        "[leader] ".to_string()
+    } else {
+        String::new()
+    };
+    s += &match step.fault {
         Fault::KillRestart => format!("SIGKILL store {store}, restart after"),
         Fault::Pause => format!("SIGSTOP store {store}, SIGCONT after"),
         Fault::Partition => format!("partition store {store} from its peers"),
@@ -358,7 +391,7 @@ async fn drive(
     }
     let network_faults = report.namespaces;
     eprintln!(
-        "NEMESIS: seed {} | {} | {:?} of faults | {} gRPC + {} RESP clients | data in {}",
+        "NEMESIS: seed {} | {} | {:?} of faults | {} gRPC + {} RESP clients | snapshot every {} entries | data in {}",
         cfg.seed,
         if network_faults {
             "network namespaces: every fault kind"
@@ -368,6 +401,7 @@ async fn drive(
         cfg.fault_time,
         cfg.grpc_clients,
         cfg.resp_clients,
+        snapshot_threshold(cfg),
         cluster.dir().display()
     );
     let workload = Workload::start(cluster, cfg.seed, cfg.grpc_clients, cfg.resp_clients).await;
@@ -408,7 +442,13 @@ async fn play_schedule(
     let started = Instant::now();
     await_progress(cluster, shared, "the start").await?;
     while started.elapsed() < cfg.fault_time {
-        let step = schedule.next_step();
+        let mut step = schedule.next_step();
+        if step.target_leader {
+            let key = [b"a", b"h", b"q"][step.victim % 3];
+            if let Some(leader) = cluster.leader_of(key).await {
+                step.victim = leader;
+            }
+        }
         report.steps += 1;
         *report.faults.entry(step.fault.name()).or_default() += 1;
         report.slow_links += u64::from(step.slow_link.is_some());

@@ -94,6 +94,9 @@ pub struct SlowLink {
 pub struct Step {
     pub fault: Fault,
     pub victim: usize,
+    /// Aim at the store leading region `victim` (0, 1, 2 = keys `a`, `h`, `q`) when the
+    /// fault starts, instead of store `victim`: leaders are where faults hurt most.
+    pub target_leader: bool,
     pub slow_link: Option<SlowLink>,
     /// How long the fault lasts.
     pub duration: Duration,
@@ -152,9 +155,11 @@ impl Schedule {
                     delay: Duration::from_millis(r.range(SLOW_LINK_MS_MIN, SLOW_LINK_MS_MAX)),
                 }
             });
+        let target_leader = r.chance(1, 2);
         Step {
             fault,
             victim,
+            target_leader,
             slow_link,
             duration: Duration::from_millis(r.range(FAULT_MS_MIN, FAULT_MS_MAX)),
             gap: Duration::from_millis(r.range(GAP_MS_MIN, GAP_MS_MAX)),

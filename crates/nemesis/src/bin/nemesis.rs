@@ -20,6 +20,9 @@ struct Args {
     /// The raftkv binary (default: next to this one).
     #[arg(long, env = "RAFTKV_BIN")]
     raftkv_bin: Option<std::path::PathBuf>,
+    /// Servers' `--snapshot-threshold-entries` (default: the seed picks 200, 2000 or 10000).
+    #[arg(long)]
+    snapshot_threshold_entries: Option<u64>,
     /// Fail if network namespaces cannot be made (default: fall back to process faults).
     #[arg(long)]
     require_netns: bool,
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         netns,
         grpc_clients: args.grpc_clients,
         resp_clients: args.resp_clients,
+        snapshot_threshold_entries: args.snapshot_threshold_entries,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
