@@ -329,6 +329,8 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster[i]])
             .args(["--split-keys", "g,p", "--tick-ms", TICK_MS])
             .args(&self.server_args)
+            // Plain text logs, so that the report can search them.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -480,6 +482,22 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// Lines of every store's log (all lives) that contain `needle`, at most `max`.
+    pub fn log_lines_containing(&self, needle: &str, max: usize) -> (usize, Vec<String>) {
+        let mut count = 0;
+        let mut shown = Vec::new();
+        for i in 0..self.stores() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains(needle)) {
+                count += 1;
+                if shown.len() < max {
+                    shown.push(format!("store{}: {line}", i + 1));
+                }
+            }
+        }
+        (count, shown)
     }
 
     /// The last lines of every store's log, for failure reports.

@@ -201,9 +201,11 @@ impl Network {
         }
         run_command("ip", &["-V"])
             .map_err(|e| NetError::Unavailable(format!("the `ip` tool is unusable: {e}")))?;
-        let firewall = if tool_works("iptables", &["-V"]) {
+        // NEMESIS_FIREWALL=nft (or iptables) forces one, so both can be tested here.
+        let forced = std::env::var("NEMESIS_FIREWALL").unwrap_or_default();
+        let firewall = if forced != "nft" && tool_works("iptables", &["-V"]) {
             Firewall::Iptables
-        } else if tool_works("nft", &["-v"]) {
+        } else if forced != "iptables" && tool_works("nft", &["-v"]) {
             Firewall::Nft
         } else {
             return Err(NetError::Unavailable(

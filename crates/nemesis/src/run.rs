@@ -27,6 +27,8 @@ const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Time allowed on top of the fault schedule for setup, healing, final reads and the check.
 pub const OVERHEAD_BUDGET: Duration = Duration::from_secs(420);
+/// Log lines quoted in a report.
+const REPORT_LOG_LINES_MAX: usize = 5;
 /// Lost writes listed in a failure report.
 const REPORT_LOST_MAX: usize = 20;
 
@@ -148,6 +150,10 @@ pub struct Report {
     pub write_once_checked: usize,
     pub liveness_wait_max: Duration,
     pub check_time: Duration,
+    /// ERROR lines in the store logs (not a failure by itself: a store may log an error for
+    /// a fault it then recovers from), and the first few.
+    pub log_errors: usize,
+    pub log_error_examples: Vec<String>,
 }
 
 impl fmt::Display for Report {
@@ -186,7 +192,12 @@ impl fmt::Display for Report {
             self.write_once_checked,
             self.liveness_wait_max.as_secs_f64(),
             self.check_time.as_secs_f64()
-        )
+        )?;
+        write!(f, "\n  store logs: {} ERROR lines", self.log_errors)?;
+        for line in &self.log_error_examples {
+            write!(f, "\n    {line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -427,6 +438,17 @@ async fn drive(
     report.grpc_completed = c.grpc_completed.load(Ordering::Relaxed);
     report.resp_completed = c.resp_completed.load(Ordering::Relaxed);
     final_reads(cluster, &shared, report).await?;
+    // A panic in any thread is a bug even if the process survived it.
+    let (panics, lines) = cluster.log_lines_containing("panicked", REPORT_LOG_LINES_MAX);
+    if panics > 0 {
+        return Err(NemesisError::StoreCrashed(format!(
+            "{panics} panic(s) in the store logs: {}",
+            lines.join("\n")
+        )));
+    }
+    let (errors, lines) = cluster.log_lines_containing("ERROR", REPORT_LOG_LINES_MAX);
+    report.log_errors = errors;
+    report.log_error_examples = lines;
     check_history(&shared, report).await?;
     report.elapsed = started.elapsed();
     Ok(())
