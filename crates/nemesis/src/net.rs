@@ -201,11 +201,13 @@ impl Network {
         }
         run_command("ip", &["-V"])
             .map_err(|e| NetError::Unavailable(format!("the `ip` tool is unusable: {e}")))?;
-        // NEMESIS_FIREWALL=nft (or iptables) forces one, so both can be tested here.
+        // NEMESIS_FIREWALL=nft (or iptables) forces one, so both can be tested here; `none`
+        // pretends neither exists, to exercise the process-faults-only fallback.
         let forced = std::env::var("NEMESIS_FIREWALL").unwrap_or_default();
-        let firewall = if forced != "nft" && tool_works("iptables", &["-V"]) {
+        let allowed = |tool: &str| forced.is_empty() || forced == tool;
+        let firewall = if allowed("iptables") && tool_works("iptables", &["-V"]) {
             Firewall::Iptables
-        } else if forced != "iptables" && tool_works("nft", &["-v"]) {
+        } else if allowed("nft") && tool_works("nft", &["-v"]) {
             Firewall::Nft
         } else {
             return Err(NetError::Unavailable(
@@ -402,6 +404,10 @@ impl Network {
                         "DROP",
                     ],
                 )
+            }
+            // `numgen random mod 100` is 0..=99, so nft refuses `< 100`: total loss is a plain drop.
+            Firewall::Nft if percent >= 100 => {
+                self.nft(victim, &["add rule ip nemesis input iifname eth0 drop"])
             }
             Firewall::Nft => self.nft(
                 victim,
