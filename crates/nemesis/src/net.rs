@@ -195,19 +195,30 @@ fn free_subnet(seed: u32) -> Result<(u8, u8), NetError> {
 impl Network {
     /// Creates the bridge and `stores` namespaces, or says why it cannot.
     pub fn create(stores: usize) -> Result<Network, NetError> {
+        // NEMESIS_FIREWALL=nft (or iptables) forces one, so both can be tested here; `none`
+        // pretends neither exists, to exercise the process-faults-only fallback.
+        let forced = std::env::var("NEMESIS_FIREWALL").unwrap_or_default();
+        let allowed = |tool: &str| forced.is_empty() || forced == tool;
+        Network::create_with(stores, |firewall| match firewall {
+            Firewall::Iptables => allowed("iptables"),
+            Firewall::Nft => allowed("nft"),
+        })
+    }
+
+    /// As [`Network::create`], with the first installed firewall tool that `allow`s.
+    pub fn create_with(
+        stores: usize,
+        allow: impl Fn(Firewall) -> bool,
+    ) -> Result<Network, NetError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(NetError::Unavailable("not running as root".into()));
         }
         run_command("ip", &["-V"])
             .map_err(|e| NetError::Unavailable(format!("the `ip` tool is unusable: {e}")))?;
-        // NEMESIS_FIREWALL=nft (or iptables) forces one, so both can be tested here; `none`
-        // pretends neither exists, to exercise the process-faults-only fallback.
-        let forced = std::env::var("NEMESIS_FIREWALL").unwrap_or_default();
-        let allowed = |tool: &str| forced.is_empty() || forced == tool;
-        let firewall = if allowed("iptables") && tool_works("iptables", &["-V"]) {
+        let firewall = if allow(Firewall::Iptables) && tool_works("iptables", &["-V"]) {
             Firewall::Iptables
-        } else if allowed("nft") && tool_works("nft", &["-v"]) {
+        } else if allow(Firewall::Nft) && tool_works("nft", &["-v"]) {
             Firewall::Nft
         } else {
             return Err(NetError::Unavailable(

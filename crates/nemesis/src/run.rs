@@ -165,11 +165,17 @@ impl fmt::Display for Report {
             if self.namespaces {
                 "network namespaces"
             } else {
-                "process faults only"
+                "PROCESS FAULTS ONLY"
             },
             self.elapsed.as_secs_f64(),
             self.steps
         )?;
+        if let Some(reason) = &self.netns_unavailable {
+            writeln!(
+                f,
+                "  NEMESIS: network namespaces were unavailable ({reason}): no partitions, loss or slow links were tested"
+            )?;
+        }
         writeln!(
             f,
             "  faults: {:?}, slow links: {}",

@@ -2,7 +2,7 @@
 //! restores them, the proxy really delays, teardown really removes everything. Without these,
 //! a nemesis run could pass because its faults silently did nothing.
 
-use nemesis::net::{Direction, Network};
+use nemesis::net::{Direction, Firewall, Network};
 use nemesis::proxy::{LinkProxy, NsRuntime};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -12,7 +12,12 @@ const PROBE: Duration = Duration::from_millis(700);
 
 /// The network, or `None` after a loud message (a failure if `RAFTKV_REQUIRE_NETNS=1`).
 fn network_or_skip(test: &str) -> Option<Network> {
-    match Network::create(3) {
+    network_with_or_skip(test, None)
+}
+
+/// As [`network_or_skip`], with the firewall tool `only` if given.
+fn network_with_or_skip(test: &str, only: Option<Firewall>) -> Option<Network> {
+    match Network::create_with(3, |f| only.map_or(true, |o| o == f)) {
         Ok(n) => Some(n),
         Err(e) => {
             if std::env::var("RAFTKV_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
@@ -57,10 +62,25 @@ async fn reaches(rt: &NsRuntime, target: SocketAddr) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_cut_exactly_the_chosen_directions_and_heal_restores_them() {
-    let Some(net) = network_or_skip("partition test") else {
+async fn partitions_cut_exactly_the_chosen_directions_and_heal_restores_them_with_iptables() {
+    let Some(net) = network_with_or_skip("iptables partition test", Some(Firewall::Iptables))
+    else {
         return;
     };
+    partitions_cut_and_heal(net).await;
+}
+
+/// Regression: nft refused the 100 % loss rule (`numgen random mod 100 < 100`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_cut_exactly_the_chosen_directions_and_heal_restores_them_with_nft() {
+    let Some(net) = network_with_or_skip("nft partition test", Some(Firewall::Nft)) else {
+        return;
+    };
+    partitions_cut_and_heal(net).await;
+}
+
+async fn partitions_cut_and_heal(net: Network) {
+    assert!(net.firewall() == Firewall::Iptables || net.firewall() == Firewall::Nft);
     let rts = runtimes(&net);
     let mut at = Vec::new();
     for (i, rt) in rts.iter().enumerate() {
