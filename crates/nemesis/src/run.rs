@@ -57,6 +57,9 @@ pub struct RunConfig {
     /// [`SNAPSHOT_THRESHOLDS`] (small ones make snapshots, compaction and catch-up by
     /// snapshot happen during faults).
     pub snapshot_threshold_entries: Option<u64>,
+    /// Canary: gRPC clients read with `get_stale` (a replica's local state). The run is then
+    /// expected to FAIL the linearizability check, showing the nemesis catches stale reads.
+    pub stale_reads: bool,
 }
 
 /// Snapshot thresholds a seed chooses from: every 200 entries, every 2,000, the default.
@@ -238,11 +241,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
         ..Default::default()
     };
     let limit = cfg.fault_time + OVERHEAD_BUDGET;
+    let started = Instant::now();
     let outcome = match tokio::time::timeout(limit, drive(&cfg, &mut cluster.0, &mut report)).await
     {
         Ok(r) => r,
         Err(_) => Err(NemesisError::Timeout(limit)),
     };
+    report.elapsed = started.elapsed();
     match outcome {
         Ok(()) => Ok(report),
         Err(error) => {
@@ -400,7 +405,6 @@ async fn drive(
     cluster: &mut Cluster,
     report: &mut Report,
 ) -> Result<(), NemesisError> {
-    let started = Instant::now();
     if !cluster.wait_ready(READY_TIMEOUT).await {
         return Err(NemesisError::Setup(format!(
             "the cluster did not elect leaders within {READY_TIMEOUT:?}"
@@ -421,7 +425,14 @@ async fn drive(
         snapshot_threshold(cfg),
         cluster.dir().display()
     );
-    let workload = Workload::start(cluster, cfg.seed, cfg.grpc_clients, cfg.resp_clients).await;
+    let workload = Workload::start(
+        cluster,
+        cfg.seed,
+        cfg.grpc_clients,
+        cfg.resp_clients,
+        cfg.stale_reads,
+    )
+    .await;
     let shared = workload.shared.clone();
     let result = play_schedule(cfg, cluster, &shared, report).await;
     // Stop the clients whatever happened, so their tasks do not outlive the cluster.
@@ -456,7 +467,6 @@ async fn drive(
     report.log_errors = errors;
     report.log_error_examples = lines;
     check_history(&shared, report).await?;
-    report.elapsed = started.elapsed();
     Ok(())
 }
 

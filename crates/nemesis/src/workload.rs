@@ -180,8 +180,10 @@ fn grpc_outcome(op: &Op, e: &client::ClientError) -> Outcome {
     }
 }
 
-async fn run_grpc(cl: &mut client::Client, op: &Op) -> Outcome {
+async fn run_grpc(cl: &mut client::Client, op: &Op, stale_reads: bool) -> Outcome {
     let result = match op {
+        // The canary: a replica's local state, not linearizable (see `RunConfig::stale_reads`).
+        Op::Get(key) if stale_reads => cl.get_stale(key).await.map(KvOutput::Get),
         Op::Get(key) => cl.get(key).await.map(KvOutput::Get),
         Op::Put(key, value) | Op::WriteOnce(key, value) => {
             cl.put(key, value).await.map(|_| KvOutput::Put)
@@ -283,6 +285,7 @@ impl Workload {
         seed: u64,
         grpc_clients: usize,
         resp_clients: usize,
+        stale_reads: bool,
     ) -> Workload {
         let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -316,7 +319,7 @@ impl Workload {
                         lock(&shared.register_keys).insert(op.input().key().to_vec());
                     }
                     let id = shared.history.invoke(g, op.input());
-                    let outcome = run_grpc(&mut cl, &op).await;
+                    let outcome = run_grpc(&mut cl, &op, stale_reads).await;
                     if let (Op::Get(key), Outcome::Done(KvOutput::Get(v))) = (&op, &outcome) {
                         ops.last_read.insert(key.clone(), v.clone());
                     }

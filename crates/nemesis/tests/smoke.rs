@@ -26,6 +26,7 @@ fn nemesis_smoke_keeps_linearizability_and_acknowledged_writes() {
         grpc_clients: 4,
         resp_clients: 4,
         snapshot_threshold_entries: env_u64("NEMESIS_SNAPSHOT_THRESHOLD"),
+        stale_reads: false,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

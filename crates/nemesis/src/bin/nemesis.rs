@@ -23,6 +23,9 @@ struct Args {
     /// Servers' `--snapshot-threshold-entries` (default: the seed picks 200, 2000 or 10000).
     #[arg(long)]
     snapshot_threshold_entries: Option<u64>,
+    /// Canary: gRPC reads use `get_stale`, so the run should FAIL (shows stale reads are caught).
+    #[arg(long)]
+    stale_reads_canary: bool,
     /// Fail if network namespaces cannot be made (default: fall back to process faults).
     #[arg(long)]
     require_netns: bool,
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         grpc_clients: args.grpc_clients,
         resp_clients: args.resp_clients,
         snapshot_threshold_entries: args.snapshot_threshold_entries,
+        stale_reads: args.stale_reads_canary,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
