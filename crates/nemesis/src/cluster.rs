@@ -342,18 +342,25 @@ impl Cluster {
             ),
             None => None,
         };
-        if let Some(file) = &ns_file {
+        let ns_fd = ns_file.as_ref().map(|f| {
             use std::os::fd::AsRawFd;
-            let fd = file.as_raw_fd();
-            // SAFETY: between fork and exec only the async-signal-safe setns syscall runs.
-            unsafe {
-                cmd.pre_exec(move || {
+            f.as_raw_fd()
+        });
+        // SAFETY: between fork and exec only async-signal-safe syscalls (prctl, setns) run.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If the test process dies without its Drop (killed, aborted by the
+                // watchdog), its servers die with it instead of running on unowned.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = ns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().map_err(|e| {
             ClusterError::Setup(format!("cannot start {}: {e}", self.bin.display()))

@@ -32,6 +32,38 @@ const REPORT_LOG_LINES_MAX: usize = 5;
 /// Lost writes listed in a failure report.
 const REPORT_LOST_MAX: usize = 20;
 
+/// How long after the overall limit the watchdog gives up on the async timeout.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(120);
+
+/// Last line of defence behind the async timeout (which cannot fire if the runtime is wedged
+/// in a blocking call): a thread that aborts the process when the run overstays. The servers
+/// die with it (PR_SET_PDEATHSIG) and the next run removes the namespaces of dead pids.
+struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn arm(limit: Duration) -> Watchdog {
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                eprintln!("NEMESIS: watchdog: the run exceeded {limit:?}; aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog {
+            disarm: Some(disarm),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender disconnects the channel, which ends the thread.
+        self.disarm.take();
+    }
+}
+
 /// What to do about network namespaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetnsPolicy {
@@ -241,6 +273,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
         ..Default::default()
     };
     let limit = cfg.fault_time + OVERHEAD_BUDGET;
+    let _watchdog = Watchdog::arm(limit + WATCHDOG_GRACE);
     let started = Instant::now();
     let outcome = match tokio::time::timeout(limit, drive(&cfg, &mut cluster.0, &mut report)).await
     {
