@@ -194,3 +194,28 @@ async fn the_proxy_adds_its_delay_each_way_and_can_be_changed_while_running() {
         "without delay: {fast:?}, {fast_again:?}"
     );
 }
+
+#[test]
+fn leftovers_of_a_dead_run_are_removed_by_the_next_one() {
+    // A pid no process has (pid_max is at most 4194304), as if that run had been SIGKILLed.
+    let dead = (3_000_000..3_001_000)
+        // SAFETY: signal 0 only checks existence.
+        .find(|&pid| unsafe { libc::kill(pid, 0) } != 0)
+        .expect("a free pid");
+    let leftover = format!("rk{dead}zn1");
+    if nemesis::net::run_command("ip", &["netns", "add", &leftover]).is_err() {
+        let Some(_net) = network_or_skip("leftover test") else {
+            return;
+        };
+        panic!("could not create namespace {leftover} although namespaces work");
+    }
+    let net = network_or_skip("leftover test");
+    let list = nemesis::net::run_command("ip", &["netns", "list"]).unwrap_or_default();
+    // Remove it ourselves if the test fails, so it does not outlive the failure.
+    if list.contains(&leftover) {
+        let _ = nemesis::net::run_command("ip", &["netns", "del", &leftover]);
+    }
+    if net.is_some() {
+        assert!(!list.contains(&leftover), "{leftover} was not removed");
+    }
+}
