@@ -1,0 +1,75 @@
+//! Long nemesis runs: `cargo build --release -p raftkv -p nemesis && target/release/nemesis
+//! --seconds 600`. Exits non-zero on any failure, printing the seed, the kept logs and why.
+
+use clap::Parser;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Black-box nemesis run against real raftkv server processes")]
+struct Args {
+    /// Seconds of fault schedule.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Seed of the fault schedule and client choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    grpc_clients: usize,
+    #[arg(long, default_value_t = 4)]
+    resp_clients: usize,
+    /// The raftkv binary (default: next to this one).
+    #[arg(long, env = "RAFTKV_BIN")]
+    raftkv_bin: Option<std::path::PathBuf>,
+    /// Servers' `--snapshot-threshold-entries` (default: the seed picks 200, 2000 or 10000).
+    #[arg(long)]
+    snapshot_threshold_entries: Option<u64>,
+    /// Canary: gRPC reads use `get_stale`, so the run should FAIL (shows stale reads are caught).
+    #[arg(long)]
+    stale_reads_canary: bool,
+    /// Fail if network namespaces cannot be made (default: fall back to process faults).
+    #[arg(long)]
+    require_netns: bool,
+    /// Process faults only, on 127.0.0.1.
+    #[arg(long, conflicts_with = "require_netns")]
+    no_netns: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match args.raftkv_bin {
+        Some(b) => b,
+        None => nemesis::locate_raftkv().map_err(anyhow::Error::msg)?,
+    };
+    let netns = if args.require_netns {
+        nemesis::NetnsPolicy::Require
+    } else if args.no_netns {
+        nemesis::NetnsPolicy::Off
+    } else {
+        nemesis::NetnsPolicy::from_env()
+    };
+    let cfg = nemesis::RunConfig {
+        bin,
+        fault_time: Duration::from_secs(args.seconds),
+        seed: args.seed.unwrap_or_else(nemesis::seed_from_clock),
+        netns,
+        grpc_clients: args.grpc_clients,
+        resp_clients: args.resp_clients,
+        snapshot_threshold_entries: args.snapshot_threshold_entries,
+        stale_reads: args.stale_reads_canary,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match runtime.block_on(nemesis::run(cfg)) {
+        Ok(report) => {
+            println!("{report}");
+            println!("NEMESIS PASSED");
+            Ok(())
+        }
+        Err(failure) => {
+            eprintln!("{failure}");
+            std::process::exit(1);
+        }
+    }
+}

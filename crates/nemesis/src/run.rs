@@ -1,0 +1,715 @@
+//! One nemesis run: start the cluster, start the clients, play the fault schedule for the
+//! requested time with a liveness check after every heal, then heal everything, read every key
+//! back, and check the history.
+
+use crate::cluster::{Cluster, ClusterError, Placement};
+use crate::net::Direction;
+use crate::schedule::{Fault, Schedule, Step};
+use crate::workload::{Shared, Workload, FINAL_READER_ID};
+use lincheck::kv::{KvInput, KvModel, KvOutput};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long the cluster may take to elect every region's leader (start, after healing).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// After each heal, this many operations must complete within [`LIVENESS_TIMEOUT`].
+const LIVENESS_OPS: u64 = 5;
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a running fault checks that no store crashed.
+const POLL: Duration = Duration::from_millis(100);
+/// Attempts of each final read (each bounded by the client's op timeout).
+const FINAL_READ_ATTEMPTS: u32 = 5;
+const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wall-clock budget of the linearizability check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
+/// Time allowed on top of the fault schedule for setup, healing, final reads and the check.
+pub const OVERHEAD_BUDGET: Duration = Duration::from_secs(420);
+/// Log lines quoted in a report.
+const REPORT_LOG_LINES_MAX: usize = 5;
+/// Lost writes listed in a failure report.
+const REPORT_LOST_MAX: usize = 20;
+
+/// How long after the overall limit the watchdog gives up on the async timeout.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(120);
+
+/// Last line of defence behind the async timeout (which cannot fire if the runtime is wedged
+/// in a blocking call): a thread that aborts the process when the run overstays. The servers
+/// die with it (PR_SET_PDEATHSIG) and the next run removes the namespaces of dead pids.
+struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn arm(limit: Duration) -> Watchdog {
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                eprintln!("NEMESIS: watchdog: the run exceeded {limit:?}; aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog {
+            disarm: Some(disarm),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender disconnects the channel, which ends the thread.
+        self.disarm.take();
+    }
+}
+
+/// What to do about network namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsPolicy {
+    /// Fail when they cannot be made (CI sets `RAFTKV_REQUIRE_NETNS=1`).
+    Require,
+    /// Use them when possible, otherwise say so loudly and run process faults only.
+    Prefer,
+    /// Process faults only, on 127.0.0.1.
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The `raftkv` binary ([`crate::locate_raftkv`]).
+    pub bin: PathBuf,
+    /// How long the fault schedule runs.
+    pub fault_time: Duration,
+    pub seed: u64,
+    pub netns: NetnsPolicy,
+    pub grpc_clients: usize,
+    pub resp_clients: usize,
+    /// `--snapshot-threshold-entries` of every server; `None` lets the seed pick one of
+    /// [`SNAPSHOT_THRESHOLDS`] (small ones make snapshots, compaction and catch-up by
+    /// snapshot happen during faults).
+    pub snapshot_threshold_entries: Option<u64>,
+    /// Canary: gRPC clients read with `get_stale` (a replica's local state). The run is then
+    /// expected to FAIL the linearizability check, showing the nemesis catches stale reads.
+    pub stale_reads: bool,
+}
+
+/// Snapshot thresholds a seed chooses from: every 200 entries, every 2,000, the default.
+pub const SNAPSHOT_THRESHOLDS: [u64; 3] = [200, 2_000, 10_000];
+
+/// The snapshot threshold of this run.
+pub fn snapshot_threshold(cfg: &RunConfig) -> u64 {
+    cfg.snapshot_threshold_entries.unwrap_or_else(|| {
+        let pick = crate::schedule::Rng::new(cfg.seed ^ 0x5A17).next_u64();
+        SNAPSHOT_THRESHOLDS[(pick % SNAPSHOT_THRESHOLDS.len() as u64) as usize]
+    })
+}
+
+fn server_args(cfg: &RunConfig) -> Vec<String> {
+    vec![
+        "--snapshot-threshold-entries".to_string(),
+        snapshot_threshold(cfg).to_string(),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NemesisError {
+    #[error(
+        "NEMESIS: network namespaces unavailable ({0}) and RAFTKV_REQUIRE_NETNS=1 requires them"
+    )]
+    NetnsRequired(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("a store crashed: {0}")]
+    StoreCrashed(String),
+    #[error("liveness: {0}")]
+    Liveness(String),
+    #[error("fault injection failed: {0}")]
+    Fault(String),
+    #[error("acknowledged writes lost: {0}")]
+    LostWrite(String),
+    #[error("history is not linearizable: {0}")]
+    NotLinearizable(String),
+    #[error("the checker reached no verdict: {0}")]
+    CheckInconclusive(String),
+    #[error("the run exceeded its overall time limit of {0:?}")]
+    Timeout(Duration),
+}
+
+/// A failed run: the error, and what is needed to look into it.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: NemesisError,
+    pub seed: u64,
+    /// The data directory with every store's full log, kept for examination.
+    pub kept_dir: Option<PathBuf>,
+    pub log_tails: String,
+    pub report: Option<Report>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "NEMESIS FAILED (seed {}): {}", self.seed, self.error)?;
+        if let Some(r) = &self.report {
+            writeln!(f, "{r}")?;
+        }
+        if let Some(dir) = &self.kept_dir {
+            writeln!(f, "store logs and data kept in {}", dir.display())?;
+        }
+        writeln!(
+            f,
+            "rerun the same schedule and client choices (timing differs): NEMESIS_SEED={} cargo test -p nemesis --test smoke -- --nocapture",
+            self.seed
+        )?;
+        write!(f, "{}", self.log_tails)
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub namespaces: bool,
+    pub netns_unavailable: Option<String>,
+    pub elapsed: Duration,
+    pub steps: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub slow_links: u64,
+    pub ops_invoked: usize,
+    pub ops_completed: u64,
+    pub ops_unknown: u64,
+    pub ops_failed_definite: u64,
+    pub grpc_completed: u64,
+    pub resp_completed: u64,
+    pub keys_checked: usize,
+    pub write_once_checked: usize,
+    pub liveness_wait_max: Duration,
+    pub check_time: Duration,
+    /// ERROR lines in the store logs (not a failure by itself: a store may log an error for
+    /// a fault it then recovers from), and the first few.
+    pub log_errors: usize,
+    pub log_error_examples: Vec<String>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "NEMESIS report: seed {} | {} | {:.1}s | {} steps",
+            self.seed,
+            if self.namespaces {
+                "network namespaces"
+            } else {
+                "PROCESS FAULTS ONLY"
+            },
+            self.elapsed.as_secs_f64(),
+            self.steps
+        )?;
+        if let Some(reason) = &self.netns_unavailable {
+            writeln!(
+                f,
+                "  NEMESIS: network namespaces were unavailable ({reason}): no partitions, loss or slow links were tested"
+            )?;
+        }
+        writeln!(
+            f,
+            "  faults: {:?}, slow links: {}",
+            self.faults, self.slow_links
+        )?;
+        writeln!(
+            f,
+            "  ops: {} invoked, {} completed (gRPC {}, RESP {}), {} unknown, {} failed definitely",
+            self.ops_invoked,
+            self.ops_completed,
+            self.grpc_completed,
+            self.resp_completed,
+            self.ops_unknown,
+            self.ops_failed_definite
+        )?;
+        write!(
+            f,
+            "  final: {} register keys and {} acknowledged write-once keys read back; longest recovery after a heal {:.1}s; check took {:.1}s",
+            self.keys_checked,
+            self.write_once_checked,
+            self.liveness_wait_max.as_secs_f64(),
+            self.check_time.as_secs_f64()
+        )?;
+        write!(f, "\n  store logs: {} ERROR lines", self.log_errors)?;
+        for line in &self.log_error_examples {
+            write!(f, "\n    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ClusterError> for NemesisError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::StoreExited { .. } => NemesisError::StoreCrashed(e.to_string()),
+            ClusterError::Fault(m) => NemesisError::Fault(m),
+            other => NemesisError::Setup(other.to_string()),
+        }
+    }
+}
+
+/// Runs the nemesis with an overall time limit; on failure keeps the logs.
+pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
+    let mut cluster = match start_cluster(&cfg).await {
+        Ok(c) => c,
+        Err(error) => {
+            return Err(Box::new(Failure {
+                error,
+                seed: cfg.seed,
+                kept_dir: None,
+                log_tails: String::new(),
+                report: None,
+            }))
+        }
+    };
+    let mut report = Report {
+        seed: cfg.seed,
+        namespaces: *cluster.0.placement() == Placement::Namespaces,
+        netns_unavailable: cluster.1.clone(),
+        ..Default::default()
+    };
+    let limit = cfg.fault_time + OVERHEAD_BUDGET;
+    let _watchdog = Watchdog::arm(limit + WATCHDOG_GRACE);
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(limit, drive(&cfg, &mut cluster.0, &mut report)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(NemesisError::Timeout(limit)),
+    };
+    report.elapsed = started.elapsed();
+    match outcome {
+        Ok(()) => Ok(report),
+        Err(error) => {
+            let log_tails = cluster.0.log_tails();
+            let kept_dir = Some(cluster.0.keep_dir());
+            Err(Box::new(Failure {
+                error,
+                seed: cfg.seed,
+                kept_dir,
+                log_tails,
+                report: Some(report),
+            }))
+        }
+    }
+}
+
+/// The cluster, and why namespaces were not used if they were wanted but unavailable.
+async fn start_cluster(cfg: &RunConfig) -> Result<(Cluster, Option<String>), NemesisError> {
+    if cfg.netns == NetnsPolicy::Off {
+        return Ok((
+            Cluster::start(&cfg.bin, false, &server_args(cfg)).await?,
+            None,
+        ));
+    }
+    match Cluster::start(&cfg.bin, true, &server_args(cfg)).await {
+        Ok(c) => Ok((c, None)),
+        Err(ClusterError::NetnsUnavailable(reason)) => {
+            if cfg.netns == NetnsPolicy::Require {
+                return Err(NemesisError::NetnsRequired(reason));
+            }
+            eprintln!();
+            eprintln!("##############################################################");
+            eprintln!(
+                "NEMESIS: network namespaces unavailable ({reason}); running process faults only"
+            );
+            eprintln!("##############################################################");
+            eprintln!();
+            Ok((
+                Cluster::start(&cfg.bin, false, &server_args(cfg)).await?,
+                Some(reason),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn describe(step: &Step) -> String {
+    let store = step.victim + 1;
+    let mut s = if step.target_leader && step.fault != Fault::None {
+        "[leader] ".to_string()
+    } else {
+        String::new()
+    };
+    s += &match step.fault {
+        Fault::KillRestart => format!("SIGKILL store {store}, restart after"),
+        Fault::Pause => format!("SIGSTOP store {store}, SIGCONT after"),
+        Fault::Partition => format!("partition store {store} from its peers"),
+        Fault::PartitionOneWay { inbound: true } => {
+            format!("store {store} receives nothing from its peers")
+        }
+        Fault::PartitionOneWay { inbound: false } => {
+            format!("store {store} sends nothing to its peers")
+        }
+        Fault::Loss { percent } => format!("drop {percent}% of packets into store {store}"),
+        Fault::None => "no store fault".to_string(),
+    };
+    if let Some(link) = step.slow_link {
+        s += &format!(
+            ", slow link {}<->{} +{} ms",
+            link.a + 1,
+            link.b + 1,
+            link.delay.as_millis()
+        );
+    }
+    s + &format!(" for {:.1}s", step.duration.as_secs_f64())
+}
+
+async fn apply(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
+    let v = step.victim;
+    match step.fault {
+        Fault::KillRestart => cluster.kill(v),
+        Fault::Pause => cluster.pause(v)?,
+        Fault::Partition | Fault::PartitionOneWay { .. } | Fault::Loss { .. } => {
+            let net = cluster.network().ok_or_else(|| {
+                NemesisError::Fault("a network fault was drawn without namespaces".into())
+            })?;
+            match step.fault {
+                Fault::Partition => net.partition(v, Direction::Both),
+                Fault::PartitionOneWay { inbound: true } => net.partition(v, Direction::Inbound),
+                Fault::PartitionOneWay { inbound: false } => net.partition(v, Direction::Outbound),
+                Fault::Loss { percent } => net.loss(v, percent),
+                _ => Ok(()),
+            }
+            .map_err(|e| NemesisError::Fault(e.to_string()))?;
+        }
+        Fault::None => {}
+    }
+    if let Some(link) = step.slow_link {
+        cluster.set_link_delay(link.a, link.b, link.delay);
+    }
+    Ok(())
+}
+
+async fn heal(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
+    let v = step.victim;
+    match step.fault {
+        Fault::KillRestart => cluster.spawn(v)?,
+        Fault::Pause => cluster.resume(v)?,
+        Fault::Partition | Fault::PartitionOneWay { .. } | Fault::Loss { .. } => {
+            if let Some(net) = cluster.network() {
+                net.heal().map_err(|e| NemesisError::Fault(e.to_string()))?;
+            }
+        }
+        Fault::None => {}
+    }
+    if let Some(link) = step.slow_link {
+        cluster.set_link_delay(link.a, link.b, Duration::ZERO);
+    }
+    Ok(())
+}
+
+/// Waits `duration`, checking every [`POLL`] that no store crashed.
+async fn hold(cluster: &mut Cluster, duration: Duration) -> Result<(), NemesisError> {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        cluster.check_alive()?;
+        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+    cluster.check_alive()?;
+    Ok(())
+}
+
+/// Waits (bounded) until `LIVENESS_OPS` more operations complete; returns how long it took.
+async fn await_progress(
+    cluster: &mut Cluster,
+    shared: &Shared,
+    what: &str,
+) -> Result<Duration, NemesisError> {
+    let started = Instant::now();
+    let base = shared.counters.completed.load(Ordering::Relaxed);
+    while shared.counters.completed.load(Ordering::Relaxed) < base + LIVENESS_OPS {
+        cluster.check_alive()?;
+        if started.elapsed() > LIVENESS_TIMEOUT {
+            return Err(NemesisError::Liveness(format!(
+                "fewer than {LIVENESS_OPS} operations completed within {LIVENESS_TIMEOUT:?} after {what}"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(started.elapsed())
+}
+
+async fn drive(
+    cfg: &RunConfig,
+    cluster: &mut Cluster,
+    report: &mut Report,
+) -> Result<(), NemesisError> {
+    if !cluster.wait_ready(READY_TIMEOUT).await {
+        return Err(NemesisError::Setup(format!(
+            "the cluster did not elect leaders within {READY_TIMEOUT:?}"
+        )));
+    }
+    let network_faults = report.namespaces;
+    eprintln!(
+        "NEMESIS: seed {} | {} | {:?} of faults | {} gRPC + {} RESP clients | snapshot every {} entries | data in {}",
+        cfg.seed,
+        if network_faults {
+            "network namespaces: every fault kind"
+        } else {
+            "process faults only"
+        },
+        cfg.fault_time,
+        cfg.grpc_clients,
+        cfg.resp_clients,
+        snapshot_threshold(cfg),
+        cluster.dir().display()
+    );
+    let workload = Workload::start(
+        cluster,
+        cfg.seed,
+        cfg.grpc_clients,
+        cfg.resp_clients,
+        cfg.stale_reads,
+    )
+    .await;
+    let shared = workload.shared.clone();
+    let result = play_schedule(cfg, cluster, &shared, report).await;
+    // Stop the clients whatever happened, so their tasks do not outlive the cluster.
+    let stopped = workload.stop().await;
+    result?;
+    let shared = stopped.map_err(NemesisError::Liveness)?;
+
+    cluster.heal_all()?;
+    if !cluster.wait_ready(READY_TIMEOUT).await {
+        return Err(NemesisError::Liveness(format!(
+            "after healing everything the cluster did not elect leaders within {READY_TIMEOUT:?}"
+        )));
+    }
+    cluster.check_alive()?;
+    let c = &shared.counters;
+    report.ops_invoked = shared.history.len();
+    report.ops_completed = c.completed.load(Ordering::Relaxed);
+    report.ops_unknown = c.unknown.load(Ordering::Relaxed);
+    report.ops_failed_definite = c.failed_definite.load(Ordering::Relaxed);
+    report.grpc_completed = c.grpc_completed.load(Ordering::Relaxed);
+    report.resp_completed = c.resp_completed.load(Ordering::Relaxed);
+    final_reads(cluster, &shared, report).await?;
+    // A panic in any thread is a bug even if the process survived it.
+    let (panics, lines) = cluster.log_lines_containing("panicked", REPORT_LOG_LINES_MAX);
+    if panics > 0 {
+        return Err(NemesisError::StoreCrashed(format!(
+            "{panics} panic(s) in the store logs: {}",
+            lines.join("\n")
+        )));
+    }
+    let (errors, lines) = cluster.log_lines_containing("ERROR", REPORT_LOG_LINES_MAX);
+    report.log_errors = errors;
+    report.log_error_examples = lines;
+    check_history(&shared, report).await?;
+    Ok(())
+}
+
+async fn play_schedule(
+    cfg: &RunConfig,
+    cluster: &mut Cluster,
+    shared: &Shared,
+    report: &mut Report,
+) -> Result<(), NemesisError> {
+    let mut schedule = Schedule::new(cfg.seed, cluster.stores(), report.namespaces);
+    let started = Instant::now();
+    await_progress(cluster, shared, "the start").await?;
+    while started.elapsed() < cfg.fault_time {
+        let mut step = schedule.next_step();
+        if step.target_leader {
+            let key = [b"a", b"h", b"q"][step.victim % 3];
+            if let Some(leader) = cluster.leader_of(key).await {
+                step.victim = leader;
+            }
+        }
+        report.steps += 1;
+        *report.faults.entry(step.fault.name()).or_default() += 1;
+        report.slow_links += u64::from(step.slow_link.is_some());
+        let what = describe(&step);
+        eprintln!(
+            "NEMESIS {:6.1}s step {}: {what} (completed ops so far: {})",
+            started.elapsed().as_secs_f64(),
+            report.steps,
+            shared.counters.completed.load(Ordering::Relaxed)
+        );
+        let completed_before = shared.counters.completed.load(Ordering::Relaxed);
+        let unknown_before = shared.counters.unknown.load(Ordering::Relaxed);
+        apply(cluster, &step).await?;
+        let held = hold(cluster, step.duration).await;
+        // Heal even when a store crashed meanwhile, then report the crash.
+        heal(cluster, &step).await?;
+        held?;
+        let waited = await_progress(cluster, shared, &format!("healing ({what})")).await?;
+        eprintln!(
+            "NEMESIS          healed: {} ops completed during the fault, {} unknown; {} more within {:.2}s of healing",
+            shared.counters.completed.load(Ordering::Relaxed) - completed_before,
+            shared.counters.unknown.load(Ordering::Relaxed) - unknown_before,
+            LIVENESS_OPS,
+            waited.as_secs_f64()
+        );
+        report.liveness_wait_max = report.liveness_wait_max.max(waited);
+        hold(cluster, step.gap).await?;
+    }
+    Ok(())
+}
+
+/// Reads every key the run touched, linearizably, into the history; checks every
+/// acknowledged write-once put.
+async fn final_reads(
+    cluster: &Cluster,
+    shared: &Shared,
+    report: &mut Report,
+) -> Result<(), NemesisError> {
+    let cfg = client::ClientConfig {
+        op_timeout: FINAL_READ_TIMEOUT,
+        ..Default::default()
+    };
+    let mut cl = client::Client::with_config(cluster.endpoints(), cfg)
+        .await
+        .map_err(|e| NemesisError::Setup(format!("final reader: {e}")))?;
+    let registers: Vec<Vec<u8>> = shared
+        .register_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let write_once = shared
+        .write_once_acked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut lost = Vec::new();
+    let keys = registers
+        .iter()
+        .map(|k| (k, None))
+        .chain(write_once.iter().map(|(k, v)| (k, Some(v))));
+    for (key, expected) in keys {
+        let mut value = None;
+        for _ in 0..FINAL_READ_ATTEMPTS {
+            let id = shared
+                .history
+                .invoke(FINAL_READER_ID, KvInput::Get { key: key.clone() });
+            match cl.get(key).await {
+                Ok(v) => {
+                    shared.history.complete(id, KvOutput::Get(v.clone()));
+                    value = Some(v);
+                    break;
+                }
+                Err(_) => shared.history.fail_definite(id),
+            }
+        }
+        let Some(value) = value else {
+            return Err(NemesisError::Liveness(format!(
+                "the final read of {} failed {FINAL_READ_ATTEMPTS} times after healing",
+                String::from_utf8_lossy(key)
+            )));
+        };
+        if let Some(expected) = expected {
+            if value.as_ref() != Some(expected) {
+                lost.push(format!(
+                    "{} = {:?} acknowledged, read back {:?}",
+                    String::from_utf8_lossy(key),
+                    String::from_utf8_lossy(expected),
+                    value.as_deref().map(String::from_utf8_lossy)
+                ));
+            }
+        }
+    }
+    report.keys_checked = registers.len();
+    report.write_once_checked = write_once.len();
+    if !lost.is_empty() {
+        let n = lost.len();
+        lost.truncate(REPORT_LOST_MAX);
+        return Err(NemesisError::LostWrite(format!(
+            "{n} of {} write-once keys: {}",
+            write_once.len(),
+            lost.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+async fn check_history(shared: &Shared, report: &mut Report) -> Result<(), NemesisError> {
+    let ops = shared.history.operations();
+    let started = Instant::now();
+    let options = lincheck::CheckOptions {
+        max_duration: Some(CHECK_TIMEOUT),
+        ..Default::default()
+    };
+    let verdict = tokio::task::spawn_blocking(move || lincheck::check(&KvModel, &ops, &options))
+        .await
+        .map_err(|e| NemesisError::CheckInconclusive(format!("checker panicked: {e}")))?
+        .map_err(|e| NemesisError::CheckInconclusive(format!("malformed history: {e}")))?;
+    report.check_time = started.elapsed();
+    match verdict {
+        lincheck::CheckResult::Ok => check_catches_forged_stale_read(shared.history.operations()),
+        lincheck::CheckResult::Illegal(r) => Err(NemesisError::NotLinearizable(format!(
+            "{}: {}",
+            r.partition, r.detail
+        ))),
+        unknown @ lincheck::CheckResult::Unknown { .. } => {
+            Err(NemesisError::CheckInconclusive(unknown.to_string()))
+        }
+    }
+}
+
+impl NetnsPolicy {
+    /// `RAFTKV_REQUIRE_NETNS=1` requires namespaces (CI); `NEMESIS_NETNS=off` disables them;
+    /// otherwise they are preferred.
+    pub fn from_env() -> NetnsPolicy {
+        if std::env::var("RAFTKV_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+            NetnsPolicy::Require
+        } else if std::env::var("NEMESIS_NETNS").is_ok_and(|v| v == "off") {
+            NetnsPolicy::Off
+        } else {
+            NetnsPolicy::Prefer
+        }
+    }
+}
+
+/// Shows on this very history that the check can fail: a read forged after the final reads,
+/// returning an acknowledged value that the final read proves overwritten, must be flagged.
+/// A check that passed a history it could not see would fail here.
+fn check_catches_forged_stale_read(
+    mut ops: Vec<lincheck::Operation<KvInput, KvOutput>>,
+) -> Result<(), NemesisError> {
+    let last_time = ops
+        .iter()
+        .map(|o| o.return_time.unwrap_or(o.call))
+        .max()
+        .unwrap_or(0);
+    let final_value = |key: &[u8]| {
+        ops.iter()
+            .rev()
+            .find(|o| o.client_id == FINAL_READER_ID && o.input.key() == key)
+            .and_then(|o| match &o.output {
+                Some(KvOutput::Get(v)) => Some(v.clone()),
+                _ => None,
+            })
+    };
+    let forged = ops.iter().find_map(|o| match (&o.input, &o.output) {
+        (KvInput::Put { key, value }, Some(KvOutput::Put)) => {
+            let last = final_value(key)?;
+            (last.as_ref() != Some(value)).then(|| (key.clone(), value.clone()))
+        }
+        _ => None,
+    });
+    let Some((key, stale)) = forged else {
+        // No acknowledged put was overwritten (a run too short to matter): nothing to forge.
+        return Ok(());
+    };
+    ops.retain(|o| o.input.key() == key.as_slice());
+    ops.push(lincheck::Operation::completed(
+        FINAL_READER_ID + 1,
+        KvInput::Get { key: key.clone() },
+        last_time + 1,
+        KvOutput::Get(Some(stale)),
+        last_time + 2,
+    ));
+    match lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default()) {
+        Ok(lincheck::CheckResult::Illegal(_)) => Ok(()),
+        other => Err(NemesisError::CheckInconclusive(format!(
+            "the checker did not flag a forged stale read of {}: {other:?}",
+            String::from_utf8_lossy(&key)
+        ))),
+    }
+}
