@@ -464,7 +464,11 @@ fn leaders_move_to_their_preferred_stores() {
         st.iter().map(|s| s.leader.map_or(0, |l| l.0)).collect()
     };
     assert_eq!(leaders(&mut c), vec![1, 1, 1]);
-    assert_eq!(c.store(0).balance_leaders(), 2, "regions 2 and 3 should move");
+    assert_eq!(
+        c.store(0).balance_leaders(),
+        2,
+        "regions 2 and 3 should move"
+    );
     c.pump();
     c.tick(30);
     assert_eq!(leaders(&mut c), vec![1, 2, 3]);
