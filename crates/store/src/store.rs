@@ -375,7 +375,7 @@ impl<M: StateMachine> Store<M> {
         }
         self.ticks += 1;
         let every = self.cfg.balance_leaders_every_ticks;
-        if every > 0 && self.ticks % every == 0 {
+        if every > 0 && self.ticks.is_multiple_of(every) {
             self.balance_leaders();
         }
     }
