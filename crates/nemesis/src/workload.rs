@@ -17,7 +17,7 @@
 //! `TRYAGAIN`, which its contract (`crates/server/src/resp_backend.rs`) reserves for requests
 //! never proposed. The nemesis holds the server to that promise.
 //!
-//! Keys rotate: every [`EPOCH`] the clients move to six fresh keys (two per region), so each
+//! Keys rotate: every [`EPOCH`] the clients move to twelve fresh keys (four per region), so each
 //! key's history stays small enough for the checker however long the run, while writes of
 //! earlier epochs that are still unknown stay in their own keys' histories. Besides, 1 in 20
 //! operations is a *write-once* put to a key nobody else writes; every acknowledged one must be
@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 pub type KvHistory = History<KvInput, KvOutput>;
 
 /// How long the clients stay on one key set.
-pub const EPOCH: Duration = Duration::from_secs(10);
+pub const EPOCH: Duration = Duration::from_secs(3);
 /// Register keys per epoch (spread over the three regions split at `g` and `p`).
-pub const KEYS_PER_EPOCH: usize = 6;
+pub const KEYS_PER_EPOCH: usize = 12;
 const REGION_PREFIXES: [&str; 3] = ["a", "h", "q"];
 /// One gRPC operation across all its retries.
 /// Shorter than most faults, so that some writes end unknown and the checker has to place
