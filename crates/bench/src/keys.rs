@@ -1,21 +1,17 @@
 //! Which key an operation touches: uniform or zipfian over `0..n`, and the key's bytes.
 
-/// A small, fast, seedable generator (SplitMix64): each client has its own, so runs do not
-/// contend on a shared RNG and a seed reproduces the key sequence.
+/// The Raft core's seedable SplitMix64: each client has its own, so runs do not contend on a
+/// shared RNG and a seed reproduces the key sequence.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(raft::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(raft::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
