@@ -3,9 +3,6 @@
 //! Generated from `proto/raftkv.proto` (protoc is vendored; cargo alone builds it):
 //! - [`pb::kv_server`] / [`pb::kv_client`]: the client-facing `Kv` service (`Execute` runs
 //!   one command; `Status` describes a store).
-//! - [`pb::raft_server`] / [`pb::raft_client`]: the store-to-store `Raft` service, one
-//!   stream per pair of stores carrying batched Raft messages of all regions.
-
 //! - [`etcdpb::kv_client`]: a client for etcd v3's `KV.Range`/`KV.Put` (the subset in
 //!   `proto/etcd_kv.proto`), used by `raftkv bench` to load etcd the same way as RaftKV.
 

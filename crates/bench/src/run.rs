@@ -149,6 +149,8 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
     let chooser = KeyChooser::new(cfg.distribution, cfg.keys);
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    // The first few failures, printed after the run so an error count is never unexplained.
+    let first_errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let remaining = cfg.ops.map(|n| Arc::new(AtomicU64::new(n)));
     let start = Instant::now();
     let deadline = cfg.ops.is_none().then(|| start + cfg.duration);
@@ -164,6 +166,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         let value = value.clone();
         let done = done.clone();
         let errors = errors.clone();
+        let first_errors = first_errors.clone();
         let remaining = remaining.clone();
         let read_fraction = cfg.workload.read_fraction();
         let stale = cfg.stale;
@@ -195,12 +198,18 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
                     None => Instant::now(),
                 };
                 let key = key_bytes(chooser.next(&mut rng));
-                let ok = if rng.next_f64() < read_fraction {
-                    conn.get(&key, stale).await.is_ok()
+                let result = if rng.next_f64() < read_fraction {
+                    conn.get(&key, stale).await.map(|_| ())
                 } else {
-                    conn.put(&key, &value).await.is_ok()
+                    conn.put(&key, &value).await
                 };
-                if ok {
+                if let Err(e) = &result {
+                    let mut first = first_errors.lock().unwrap_or_else(|p| p.into_inner());
+                    if first.len() < MAX_ERRORS_SHOWN {
+                        first.push(format!("{:.3} s: {e}", start.elapsed().as_secs_f64()));
+                    }
+                }
+                if result.is_ok() {
                     let us = intended.elapsed().as_micros().max(1) as u64;
                     hist.saturating_record(us.min(HIST_MAX_US));
                     done.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +237,13 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         p.abort();
         eprintln!();
     }
+    for e in first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        eprintln!("bench: failed operation at {e}");
+    }
     Ok(Report::new(
         &cfg,
         elapsed,
@@ -235,6 +251,9 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, String> {
         errors.load(Ordering::Relaxed),
     ))
 }
+
+/// Failed operations whose error is printed after a run.
+const MAX_ERRORS_SHOWN: usize = 5;
 
 /// Writes keys `0..keys` once each, split over the connections; fails if any write fails
 /// (a read benchmark over missing keys would measure the wrong thing).

@@ -99,7 +99,7 @@ impl Server {
             transport::Transport::new(cfg.store_id, transport::TransportConfig::default());
         for (id, addr) in &cfg.initial_cluster {
             if *id != cfg.store_id {
-                transport.set_peer_address(*id, format!("http://{addr}"));
+                transport.set_peer_address(*id, addr.clone());
             }
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
@@ -120,23 +120,19 @@ impl Server {
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        // Raft messages from other stores into the store thread.
-        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<raft::Message>(4096);
+        // Raft messages from other stores go straight into the store thread's queue (a full
+        // queue drops the message: Raft retransmits). The peer port also serves gRPC, for
+        // requests forwarded by other servers.
         let h = handle.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = in_rx.recv().await {
-                // A full store queue drops the message: Raft retransmits.
-                let _ = h.send(Cmd::Raft(m));
-            }
-        }));
+        let ingress = transport::RaftIngress::direct(Arc::new(move |m| h.send_raft(m)));
         let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone());
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        let peer_incoming = transport::serve_peer_listener(peer, ingress, shutdown_rx.clone());
         let peer_server = tonic::transport::Server::builder()
-            .add_service(transport::raft_service(in_tx))
             .add_service(kv_server(svc.clone()))
-            .serve_with_incoming_shutdown(nodelay(peer), wait(shutdown_rx.clone()));
+            .serve_with_incoming_shutdown(peer_incoming, wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
                 tracing::error!("peer server failed: {e}");

@@ -77,6 +77,15 @@ impl StoreHandle {
         }
     }
 
+    /// Hands a message from another store to the store thread without blocking.
+    pub fn send_raft(&self, m: raft::Message) -> Result<(), transport::Rejected> {
+        match self.tx.try_send(Cmd::Raft(m)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(transport::Rejected::Full),
+            Err(TrySendError::Disconnected(_)) => Err(transport::Rejected::Closed),
+        }
+    }
+
     pub fn region_for_key(&self, key: &[u8]) -> Option<&Region> {
         self.regions.iter().find(|r| r.contains(key))
     }

@@ -488,6 +488,17 @@ impl<M: StateMachine> Store<M> {
                 region,
                 leader: leader.and_then(|l| p.region.peer(l)),
             }),
+            // Retryable refusals get retryable errors: during a leader transfer the
+            // transferee is about to lead (leader balancing does this routinely), and the
+            // uncommitted-bytes cap is backpressure.
+            Err(raft::ProposeError::LeaderTransferring { to }) => Err(StoreError::NotLeader {
+                region,
+                leader: p.region.peer(to),
+            }),
+            Err(raft::ProposeError::UncommittedLimit { max, .. }) => Err(StoreError::Busy {
+                region,
+                limit: usize::try_from(max).unwrap_or(usize::MAX),
+            }),
             Err(e) => Err(StoreError::Proposal(e.to_string())),
         }
     }
@@ -520,7 +531,9 @@ impl<M: StateMachine> Store<M> {
                 region,
                 leader: None,
             }),
-            Err(e) => Err(StoreError::Proposal(e.to_string())),
+            Err(raft::ReadError::TooManyPending { max }) => {
+                Err(StoreError::Busy { region, limit: max })
+            }
         }
     }
 

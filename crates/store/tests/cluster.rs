@@ -247,6 +247,26 @@ fn stale_epoch_wrong_key_and_follower_proposals_are_refused_with_routing_help() 
 }
 
 #[test]
+fn a_proposal_during_a_leader_transfer_is_redirected_to_the_transferee() {
+    let mut c = Cluster::new(10_000);
+    // Region 1 is led by store 2 (index 1); hand it to store 1 but do not deliver anything:
+    // the old leader is mid-transfer and must point clients at the transferee, with an
+    // error the client retries (leader balancing does this routinely under load).
+    let r = c.regions[1].clone();
+    c.store(1).transfer_leader(r.id, StoreId(1)).unwrap();
+    match c.store(1).propose(r.id, r.epoch, b"h", put(b"h", b"x")) {
+        Err(StoreError::NotLeader {
+            leader: Some(l), ..
+        }) => assert_eq!(l.store, StoreId(1)),
+        other => panic!("expected NotLeader pointing at the transferee, got {other:?}"),
+    }
+    c.pump();
+    c.tick(5);
+    c.pump();
+    assert_eq!(c.write(0, 1, b"h", b"y").unwrap().as_ref(), b"OK");
+}
+
+#[test]
 fn one_write_and_one_sync_per_round_for_many_regions() {
     let mut c = Cluster::new(10_000);
     // Move all three leaders to store 1 so one store writes for every region.

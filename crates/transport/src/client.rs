@@ -1,20 +1,18 @@
 //! The sending side: per destination store, a bounded queue drained by a task that keeps one
-//! long-lived gRPC stream open and ships the messages of all regions in batches; snapshot
-//! chunks take a second, separately throttled stream.
+//! long-lived TCP connection open and ships the messages of all regions in frames
+//! ([`wire`](crate::wire)); snapshot chunks take a second, separately throttled connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::pb::raft_client::RaftClient;
-use api::pb::RaftBatch;
 use raft::{Message, MessageBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::codec;
+use crate::wire::{self, FrameBuilder};
 use crate::TransportError;
 
 /// Tuning of a [`Transport`].
@@ -24,9 +22,10 @@ pub struct TransportConfig {
     /// full new messages are dropped and counted: Raft retransmits, and an unbounded queue
     /// to a dead or slow store would grow without limit.
     pub queue_capacity: usize,
-    /// Most messages in one `RaftBatch`.
+    /// Most messages in one frame.
     pub max_batch_messages: usize,
-    /// Most encoded bytes in one `RaftBatch` (a single larger message still goes alone).
+    /// Most encoded bytes in one frame (a single larger message still goes alone; keep
+    /// snapshot chunks well below [`wire::MAX_FRAME_BYTES`]).
     pub max_batch_bytes: usize,
     /// First delay before reconnecting after a failure; doubles per consecutive failure.
     pub reconnect_backoff_min: Duration,
@@ -35,10 +34,12 @@ pub struct TransportConfig {
     /// Most snapshot streams open at once across all destinations. Snapshots are large;
     /// sending many at once starves heartbeats of bandwidth and the receivers of disk.
     pub snapshot_concurrency: usize,
-    /// Bound on establishing a TCP + HTTP/2 connection.
+    /// Bound on establishing a TCP connection.
     pub connect_timeout: Duration,
-    /// HTTP/2 keepalive ping interval: detects a peer that vanished without closing the
-    /// connection (power loss, partition), which would otherwise stall a stream forever.
+    /// An idle connection sends a keepalive frame this often, and a write that cannot finish
+    /// within it ends the connection: a peer that vanished without closing it (power loss,
+    /// partition) would otherwise stall the queue behind a full socket buffer for as long as
+    /// TCP keeps retransmitting (many minutes).
     pub keepalive_interval: Duration,
 }
 
@@ -60,7 +61,7 @@ impl Default for TransportConfig {
 /// Counters of a [`Transport`], summed over all destinations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Messages handed to an open gRPC stream (normal and snapshot). Handed over is not
+    /// Messages written to an open connection (normal and snapshot). Handed over is not
     /// delivered: messages in flight when a connection breaks are lost.
     pub sent: u64,
     /// Messages refused by [`Transport::send`] because the destination's queue was full.
@@ -70,13 +71,13 @@ pub struct TransportStats {
     pub dropped_snapshot_unreachable: u64,
     /// Connection or stream failures followed by a new attempt.
     pub reconnects: u64,
-    /// Batches handed to a stream.
+    /// Frames written.
     pub batches: u64,
-    /// Snapshot messages handed to a snapshot stream (included in `sent`).
+    /// Snapshot messages written to a snapshot connection (included in `sent`).
     pub snapshot_sent: u64,
-    /// Snapshot streams open right now.
+    /// Snapshot connections open right now.
     pub snapshot_streams_active: u64,
-    /// Most snapshot streams ever open at once; never above `snapshot_concurrency`.
+    /// Most snapshot connections ever open at once; never above `snapshot_concurrency`.
     pub snapshot_streams_peak: u64,
 }
 
@@ -170,11 +171,16 @@ impl Transport {
         self.inner.my_store
     }
 
-    /// Sets (or changes) the address of `store`, e.g. `http://10.0.0.7:20160`. A change
-    /// makes open streams to the old address reconnect to the new one.
+    /// Sets (or changes) the address of `store`, e.g. `10.0.0.7:20160` (an `http://`
+    /// prefix is accepted and ignored). A change makes open connections to the old address
+    /// reconnect to the new one.
     pub fn set_peer_address(&self, store: u64, addr: String) {
         let mut peers = self.lock_peers();
         let peer = self.peer_entry(&mut peers, store);
+        let addr = addr
+            .strip_prefix("http://")
+            .map(str::to_string)
+            .unwrap_or(addr);
         peer.address.send_replace(Some(addr));
     }
 
@@ -275,18 +281,20 @@ impl TaskCtx {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<Channel, TransportError> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| TransportError::BadAddress(addr.to_string(), e.to_string()))?
-            .connect_timeout(self.config.connect_timeout)
-            .http2_keep_alive_interval(self.config.keepalive_interval)
-            .keep_alive_timeout(self.config.keepalive_interval)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        endpoint
-            .connect()
+    /// Connects to `addr` and writes the preface.
+    async fn connect(&self, addr: &str) -> Result<TcpStream, TransportError> {
+        let fail = |e: String| TransportError::Connect(addr.to_string(), e);
+        let mut stream =
+            tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| fail("timed out".into()))?
+                .map_err(|e| fail(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        stream
+            .write_all(&wire::preface(self.my_store))
             .await
-            .map_err(|e| TransportError::Connect(addr.to_string(), e.to_string()))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(stream)
     }
 
     fn count_batch(&self, messages: usize, snapshot: bool) {
@@ -327,64 +335,69 @@ impl Backoff {
     }
 }
 
-/// Drains a destination queue into batches bounded by message count and encoded bytes.
+/// Drains a destination queue into frames bounded by message count and encoded bytes.
 struct Batcher {
     rx: mpsc::Receiver<Message>,
-    /// An encoded message that did not fit the previous batch; it opens the next one.
-    carry: Option<Vec<u8>>,
+    /// A message that did not fit the previous frame; it opens the next one.
+    carry: Option<Message>,
     max_messages: usize,
     max_bytes: usize,
 }
 
 impl Batcher {
-    /// Waits for at least one message, then takes whatever else is queued up to the limits.
-    /// `None` once the queue is closed and empty.
+    /// Waits for at least one message, then encodes whatever else is queued (up to the
+    /// limits) into `fb`, which is cleared first. `false` once the queue is closed and empty.
     ///
     /// Cancel-safe: the only await is the first `recv`, which loses nothing if cancelled;
     /// after it everything runs without yielding.
-    async fn next_batch(&mut self) -> Option<Vec<Vec<u8>>> {
+    async fn next_frame(&mut self, fb: &mut FrameBuilder) -> bool {
         let first = match self.carry.take() {
-            Some(encoded) => encoded,
-            None => codec::encode_to_vec(&self.rx.recv().await?),
+            Some(m) => m,
+            None => match self.rx.recv().await {
+                Some(m) => m,
+                None => return false,
+            },
         };
-        Some(self.fill(first))
+        self.fill(fb, first);
+        true
     }
 
-    /// Like `next_batch` but never waits: `None` if nothing is queued.
-    fn try_next_batch(&mut self) -> Option<Vec<Vec<u8>>> {
+    /// Like `next_frame` but never waits: `false` if nothing is queued.
+    fn try_next_frame(&mut self, fb: &mut FrameBuilder) -> bool {
         let first = match self.carry.take() {
-            Some(encoded) => encoded,
-            None => codec::encode_to_vec(&self.rx.try_recv().ok()?),
+            Some(m) => m,
+            None => match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(_) => return false,
+            },
         };
-        Some(self.fill(first))
+        self.fill(fb, first);
+        true
     }
 
-    fn fill(&mut self, first: Vec<u8>) -> Vec<Vec<u8>> {
-        let mut bytes = first.len();
-        let mut batch = vec![first];
-        while batch.len() < self.max_messages && bytes < self.max_bytes {
+    fn fill(&mut self, fb: &mut FrameBuilder, first: Message) {
+        fb.clear();
+        fb.push(&first);
+        while fb.messages() < self.max_messages && fb.payload_len() < self.max_bytes {
             let Ok(msg) = self.rx.try_recv() else { break };
-            let encoded = codec::encode_to_vec(&msg);
-            if bytes + encoded.len() > self.max_bytes {
-                self.carry = Some(encoded);
+            if fb.payload_len() + msg.size_bytes() as usize > self.max_bytes {
+                self.carry = Some(msg);
                 break;
             }
-            bytes += encoded.len();
-            batch.push(encoded);
+            fb.push(&msg);
         }
-        batch
     }
 }
 
-/// How long one open stream lasted.
+/// How long one open connection lasted.
 enum StreamEnd {
     /// The transport was dropped: stop the task.
     Shutdown,
-    /// The connection or stream failed, or the address changed: reconnect.
+    /// The connection failed, or the address changed: reconnect.
     Failed,
 }
 
-/// Keeps the normal stream to one destination open for the transport's lifetime.
+/// Keeps the normal connection to one destination open for the transport's lifetime.
 async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>) {
     let mut batcher = Batcher {
         rx,
@@ -392,13 +405,14 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>) {
         max_messages: ctx.config.max_batch_messages,
         max_bytes: ctx.config.max_batch_bytes,
     };
+    let mut fb = FrameBuilder::new();
     let mut backoff = Backoff::new(&ctx.config);
     loop {
         let Some(addr) = ctx.wait_address().await else {
             return;
         };
-        let channel = match ctx.connect(&addr).await {
-            Ok(channel) => channel,
+        let stream = match ctx.connect(&addr).await {
+            Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(to_store = ctx.to_store, error = %e, "raft connection failed");
                 if batcher.rx.is_closed() {
@@ -410,8 +424,8 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>) {
             }
         };
         backoff.reset();
-        tracing::debug!(to_store = ctx.to_store, %addr, "raft stream open");
-        match run_normal_stream(&mut ctx, &mut batcher, channel).await {
+        tracing::debug!(to_store = ctx.to_store, %addr, "raft connection open");
+        match run_normal_connection(&mut ctx, &mut batcher, &mut fb, stream).await {
             StreamEnd::Shutdown => return,
             StreamEnd::Failed => {
                 ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -421,48 +435,42 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>) {
     }
 }
 
-/// How many batches may wait between us and tonic. Kept tiny so that a slow connection
-/// backs up into the bounded destination queue, where overflow is dropped and counted,
-/// instead of piling up here.
-const STREAM_BUFFER_BATCHES: usize = 2;
-
-async fn run_normal_stream(
+async fn run_normal_connection(
     ctx: &mut TaskCtx,
     batcher: &mut Batcher,
-    channel: Channel,
+    fb: &mut FrameBuilder,
+    stream: TcpStream,
 ) -> StreamEnd {
-    let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(STREAM_BUFFER_BATCHES);
-    let mut client = RaftClient::new(channel).max_encoding_message_size(usize::MAX);
-    let call = client.stream(ReceiverStream::new(batch_rx));
-    tokio::pin!(call);
+    let (mut rd, mut wr) = stream.into_split();
+    let interval = ctx.config.keepalive_interval;
+    let mut probe = [0u8; 1];
     loop {
-        tokio::select! {
-            // The server never answers a healthy stream; any answer means it ended.
-            result = &mut call => {
-                match result {
-                    Ok(_) => tracing::debug!(to_store = ctx.to_store, "raft stream closed by peer"),
-                    Err(status) => tracing::debug!(to_store = ctx.to_store, %status, "raft stream failed"),
-                }
-                return StreamEnd::Failed;
-            }
+        let frame: &[u8] = tokio::select! {
+            // The acceptor never writes; a readable socket means it closed or broke.
+            _ = rd.read(&mut probe) => return StreamEnd::Failed,
             changed = ctx.address.changed() => {
                 return if changed.is_ok() { StreamEnd::Failed } else { StreamEnd::Shutdown };
             }
-            batch = batcher.next_batch() => {
-                let Some(messages) = batch else { return StreamEnd::Shutdown };
-                let n = messages.len();
-                let batch = RaftBatch { from_store: ctx.my_store, messages };
-                // Keep watching the call while waiting for buffer space: if the stream
-                // dies now, this batch is lost, which Raft tolerates.
-                tokio::select! {
-                    sent = batch_tx.send(batch) => {
-                        if sent.is_err() {
-                            return StreamEnd::Failed;
-                        }
-                        ctx.count_batch(n, false);
-                    }
-                    _ = &mut call => return StreamEnd::Failed,
+            more = tokio::time::timeout(interval, batcher.next_frame(fb)) => match more {
+                Ok(true) => fb.finish(),
+                Ok(false) => return StreamEnd::Shutdown,
+                Err(_) => &wire::KEEPALIVE,
+            },
+        };
+        match tokio::time::timeout(interval, wr.write_all(frame)).await {
+            Ok(Ok(())) => {
+                if frame.len() > wire::FRAME_HEADER_LEN {
+                    ctx.count_batch(fb.messages(), false);
                 }
+            }
+            // Messages in a failed write are lost, which Raft tolerates.
+            Ok(Err(e)) => {
+                tracing::debug!(to_store = ctx.to_store, error = %e, "raft connection failed");
+                return StreamEnd::Failed;
+            }
+            Err(_) => {
+                tracing::debug!(to_store = ctx.to_store, "raft connection write timed out");
+                return StreamEnd::Failed;
             }
         }
     }
@@ -470,8 +478,8 @@ async fn run_normal_stream(
 
 /// Sends snapshot chunks to one destination on their own connection, so a multi-megabyte
 /// transfer never queues heartbeats and appends behind it (head-of-line blocking on one
-/// TCP connection). A stream is opened only while chunks are queued and only with a permit
-/// of the transport-wide snapshot semaphore.
+/// TCP connection). A connection is opened only while chunks are queued and only with a
+/// permit of the transport-wide snapshot semaphore.
 async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: Arc<Semaphore>) {
     let mut batcher = Batcher {
         rx,
@@ -479,13 +487,12 @@ async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: A
         max_messages: ctx.config.max_batch_messages,
         max_bytes: ctx.config.max_batch_bytes,
     };
+    let mut fb = FrameBuilder::new();
     let mut backoff = Backoff::new(&ctx.config);
-    // Kept across transfers: opening a stream on a live HTTP/2 connection is cheap.
-    let mut channel: Option<(String, Channel)> = None;
     loop {
-        let Some(first) = batcher.next_batch().await else {
+        if !batcher.next_frame(&mut fb).await {
             return;
-        };
+        }
         let Some(addr) = ctx.wait_address().await else {
             return;
         };
@@ -501,22 +508,15 @@ async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: A
             .snapshot_streams_peak
             .fetch_max(active, Ordering::Relaxed);
 
-        let ch = match &channel {
-            Some((a, ch)) if *a == addr => Ok(ch.clone()),
-            _ => ctx.connect(&addr).await,
-        };
-        let ok = match ch {
-            Ok(ch) => {
-                channel = Some((addr, ch.clone()));
-                run_snapshot_stream(&ctx, &mut batcher, ch, first).await
-            }
+        let ok = match ctx.connect(&addr).await {
+            Ok(stream) => run_snapshot_connection(&ctx, &mut batcher, &mut fb, stream).await,
             Err(e) => {
                 tracing::debug!(to_store = ctx.to_store, error = %e, "snapshot connection failed");
                 // Holding chunks for an unreachable store would hold a permit other
                 // destinations need; drop them and let the leader retry the transfer.
-                let mut dropped = first.len();
-                while let Some(batch) = batcher.try_next_batch() {
-                    dropped += batch.len();
+                let mut dropped = fb.messages();
+                while batcher.try_next_frame(&mut fb) {
+                    dropped += fb.messages();
                 }
                 ctx.counters
                     .dropped_snapshot_unreachable
@@ -531,53 +531,45 @@ async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: A
         if ok {
             backoff.reset();
         } else {
-            channel = None;
             ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             backoff.wait().await;
         }
     }
 }
 
-/// Streams `first` and everything queued behind it, then closes the stream and waits for
-/// the server to confirm it consumed it all, so the permit covers the whole transfer.
-async fn run_snapshot_stream(
+/// Longest wait for the receiver to confirm it consumed a snapshot transfer.
+const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes the frame in `fb` and everything queued behind it, then ends the input and waits
+/// for the receiver to close its side (it does once it handed every message to its store),
+/// so the permit covers the whole transfer.
+async fn run_snapshot_connection(
     ctx: &TaskCtx,
     batcher: &mut Batcher,
-    channel: Channel,
-    first: Vec<Vec<u8>>,
+    fb: &mut FrameBuilder,
+    stream: TcpStream,
 ) -> bool {
-    let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(STREAM_BUFFER_BATCHES);
-    let mut client = RaftClient::new(channel).max_encoding_message_size(usize::MAX);
-    let call = client.stream(ReceiverStream::new(batch_rx));
-    tokio::pin!(call);
-    let mut next = Some(first);
-    while let Some(messages) = next.take() {
-        let n = messages.len();
-        let batch = RaftBatch {
-            from_store: ctx.my_store,
-            messages,
-        };
-        tokio::select! {
-            sent = batch_tx.send(batch) => {
-                if sent.is_err() {
-                    return false;
-                }
-                ctx.count_batch(n, true);
-            }
-            result = &mut call => {
-                tracing::debug!(to_store = ctx.to_store, ok = result.is_ok(), "snapshot stream ended early");
+    let (mut rd, mut wr) = stream.into_split();
+    let interval = ctx.config.keepalive_interval;
+    loop {
+        let n = fb.messages();
+        match tokio::time::timeout(interval, wr.write_all(fb.finish())).await {
+            Ok(Ok(())) => ctx.count_batch(n, true),
+            _ => {
+                tracing::debug!(to_store = ctx.to_store, "snapshot connection failed");
                 return false;
             }
         }
-        next = batcher.try_next_batch();
-    }
-    // End of input: the server answers once it has forwarded every message.
-    drop(batch_tx);
-    match call.await {
-        Ok(_) => true,
-        Err(status) => {
-            tracing::debug!(to_store = ctx.to_store, %status, "snapshot stream failed");
-            false
+        if !batcher.try_next_frame(fb) {
+            break;
         }
     }
+    if wr.shutdown().await.is_err() {
+        return false;
+    }
+    let mut sink = [0u8; 64];
+    matches!(
+        tokio::time::timeout(SNAPSHOT_DRAIN_TIMEOUT, rd.read(&mut sink)).await,
+        Ok(Ok(0))
+    )
 }

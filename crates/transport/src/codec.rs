@@ -16,7 +16,7 @@
 //! Why not protobuf for the message itself: the Raft core's types live in a sans-IO crate
 //! that must not depend on prost, and a hand-written format keeps the hot path (Append with
 //! many small entries, heartbeats) at a few bytes of overhead per field with no intermediate
-//! allocation. The gRPC envelope (`RaftBatch`) carries these encodings as opaque `bytes`.
+//! allocation. A [`wire`](crate::wire) frame carries these encodings, each length-prefixed.
 //!
 //! Why the decoder is paranoid: the server decodes whatever a peer (or anything that can
 //! reach the port) sends. Every length and count is checked against the bytes that remain

@@ -1,32 +1,35 @@
 //! # transport — RaftKV's store-to-store message transport
 //!
-//! Between any two stores one long-lived gRPC stream (`raftkv.Raft/Stream`) carries the
-//! Raft messages of every region, batched; snapshot chunks travel on a stream of their own,
-//! with a transport-wide cap on concurrent snapshot streams (DESIGN.md, layer 6).
+//! Between any two stores one long-lived TCP connection carries the Raft messages of every
+//! region, batched into checksummed frames; snapshot chunks travel on a connection of their
+//! own, with a transport-wide cap on concurrent snapshot connections (DESIGN.md, layer 6).
 //!
 //! Module map:
 //! - [`codec`]: the compact, versioned binary encoding of one [`raft::Message`], with a
 //!   decoder that treats its input as hostile (bounded counts, no panics).
+//! - [`wire`]: the connection preface and the frame format (length, CRC-32C, messages).
 //! - [`client`]: [`Transport`], the sending side. Per destination store: a bounded queue
 //!   (overflow is dropped and counted, since Raft tolerates loss and the caller must never
-//!   block), a task that drains it into `RaftBatch`es on one stream and reconnects with
-//!   exponential backoff, and a second task for snapshot chunks gated by a semaphore.
-//! - [`server`]: [`RaftIngress`] / [`raft_service`], the receiving side: decodes each
-//!   message, drops and counts the ones that do not decode, and forwards the rest into the
-//!   store's channel with backpressure.
+//!   block), a task that drains it into frames on one connection (keepalives when idle,
+//!   bounded writes) and reconnects with exponential backoff, and a second task for
+//!   snapshot chunks gated by a semaphore.
+//! - [`server`]: [`serve_peer_listener`] / [`RaftIngress`], the receiving side: tells
+//!   store-to-store connections from gRPC ones on the shared peer port, decodes each
+//!   message, drops and counts the ones that do not decode, and hands the rest to the store.
 //!
 //! Delivery contract: best effort, FIFO per destination for non-snapshot messages (one
-//! queue, one stream at a time); messages may be lost on queue overflow or when a
+//! queue, one connection at a time); messages may be lost on queue overflow or when a
 //! connection breaks. Snapshot chunks are FIFO among themselves but not ordered with the
 //! other messages. Raft's own retransmission covers all of this.
 
 pub mod client;
 pub mod codec;
 pub mod server;
+pub mod wire;
 
 pub use client::{Transport, TransportConfig, TransportStats};
 pub use codec::{decode, encode, CodecError};
-pub use server::{raft_service, IngressStats, IngressStatsSnapshot, RaftIngress};
+pub use server::{serve_peer_listener, IngressStats, IngressStatsSnapshot, RaftIngress, Rejected};
 
 use thiserror::Error;
 

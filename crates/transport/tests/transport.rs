@@ -1,4 +1,4 @@
-//! End-to-end tests of the transport over real gRPC on 127.0.0.1.
+//! End-to-end tests of the transport over real TCP on 127.0.0.1.
 //!
 //! Every wait is on a condition with a deadline; nothing sleeps and hopes.
 
@@ -6,19 +6,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::pb::raft_client::RaftClient;
-use api::pb::RaftBatch;
 use bytes::Bytes;
 use raft::{
     ConfState, Entry, GroupId, LogIndex, Message, MessageBody, NodeId, SnapshotMetadata, Term,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
-use transport::{codec, IngressStats, RaftIngress, Transport, TransportConfig};
+use tokio_stream::StreamExt;
+use transport::wire::{self, FrameBuilder};
+use transport::{
+    codec, serve_peer_listener, IngressStats, RaftIngress, Transport, TransportConfig,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A `Raft` server on its own runtime in its own thread, so that stopping it really closes
+/// A peer listener on its own runtime in its own thread, so that stopping it really closes
 /// every connection (like a crashed process), instead of leaving accepted connections alive
 /// in spawned tasks of a shared runtime.
 struct TestServer {
@@ -26,6 +29,8 @@ struct TestServer {
     stats: Arc<IngressStats>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Connections that were not store-to-store (handed on, as to a gRPC server).
+    others: std::sync::mpsc::Receiver<SocketAddr>,
 }
 
 impl TestServer {
@@ -34,6 +39,7 @@ impl TestServer {
     fn start(addr: SocketAddr, inbound: mpsc::Sender<Message>) -> TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (others_tx, others) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -55,11 +61,15 @@ impl TestServer {
                 ready_tx
                     .send((listener.local_addr().unwrap(), ingress.stats()))
                     .unwrap();
-                let serve = tonic::transport::Server::builder()
-                    .add_service(ingress.into_server())
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+                let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+                let mut incoming = serve_peer_listener(listener, ingress, shutdown_rx);
+                let serve = async move {
+                    while let Some(Ok(s)) = incoming.next().await {
+                        let _ = others_tx.send(s.peer_addr().unwrap());
+                    }
+                };
                 tokio::select! {
-                    r = serve => r.unwrap(),
+                    _ = serve => {}
                     _ = stop_rx => {}
                 }
             });
@@ -72,6 +82,7 @@ impl TestServer {
             stats,
             stop: Some(stop_tx),
             thread: Some(thread),
+            others,
         }
     }
 
@@ -333,34 +344,124 @@ async fn snapshots_travel_within_the_concurrency_limit() {
     assert_eq!(st.dropped_queue_full, 0);
 }
 
+/// Opens a raw store-to-store connection to `server` and writes the preface.
+async fn raw_connection(server: &TestServer) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&wire::preface(7)).await.unwrap();
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_messages_are_dropped_and_the_rest_delivered() {
     let (tx, mut rx) = mpsc::channel(64);
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
-    let mut client = RaftClient::connect(server.url()).await.unwrap();
+    let mut conn = raw_connection(&server).await;
 
+    // Frames built by hand: each message is length-prefixed inside a checksummed payload.
+    let frame = |messages: Vec<Vec<u8>>| {
+        let mut payload = Vec::new();
+        for m in messages {
+            payload.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            payload.extend_from_slice(&m);
+        }
+        let mut f = Vec::new();
+        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        f.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        f.extend_from_slice(&payload);
+        f
+    };
     let good = |seq| codec::encode_to_vec(&msg(7, 8, seq));
     let mut truncated = good(0);
     truncated.truncate(truncated.len() - 2);
-    let batches = vec![
-        RaftBatch {
-            from_store: 7,
-            messages: vec![good(0), b"\xff garbage".to_vec(), good(1), Vec::new()],
-        },
-        RaftBatch {
-            from_store: 7,
-            messages: vec![truncated, good(2)],
-        },
-    ];
-    let done = timeout(DEADLINE, client.stream(tokio_stream::iter(batches)))
+    conn.write_all(&frame(vec![
+        good(0),
+        b"\xff garbage".to_vec(),
+        good(1),
+        Vec::new(),
+    ]))
+    .await
+    .unwrap();
+    conn.write_all(&wire::KEEPALIVE).await.unwrap();
+    conn.write_all(&frame(vec![truncated, good(2)]))
         .await
-        .expect("stream timed out");
-    assert!(done.is_ok(), "stream failed: {done:?}");
+        .unwrap();
+    // The end of input: the receiver closes its side once everything was handed over.
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    timeout(DEADLINE, conn.read_to_end(&mut rest))
+        .await
+        .expect("receiver never closed")
+        .unwrap();
+    assert!(rest.is_empty(), "the receiver never writes");
 
     let got = recv_n(&mut rx, 3).await;
     assert_eq!(got, vec![msg(7, 8, 0), msg(7, 8, 1), msg(7, 8, 2)]);
     let st = server.stats.snapshot();
     assert_eq!(st.dropped_decode, 3);
     assert_eq!(st.received, 3);
-    assert_eq!(st.batches, 2);
+    assert_eq!(st.batches, 3);
+    assert_eq!(st.broken, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_frame_ends_the_connection_and_delivers_nothing_of_it() {
+    let (tx, mut rx) = mpsc::channel(64);
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
+    let mut conn = raw_connection(&server).await;
+    let mut fb = FrameBuilder::new();
+    fb.push(&msg(7, 8, 0));
+    conn.write_all(fb.finish()).await.unwrap();
+    fb.clear();
+    fb.push(&msg(7, 8, 1));
+    let mut bad = fb.finish().to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    conn.write_all(&bad).await.unwrap();
+    fb.clear();
+    fb.push(&msg(7, 8, 2));
+    // This one may or may not reach the socket before the receiver closes it.
+    let _ = conn.write_all(fb.finish()).await;
+    let mut rest = Vec::new();
+    let closed = timeout(DEADLINE, conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "receiver kept a corrupt connection open");
+    assert_eq!(recv_n(&mut rx, 1).await, vec![msg(7, 8, 0)]);
+    assert!(
+        timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .is_err(),
+        "a message of or after the corrupt frame was delivered"
+    );
+    wait_for("the corrupt frame to be counted", || {
+        server.stats.snapshot().broken == 1
+    })
+    .await;
+    assert_eq!(server.stats.snapshot().received, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_protocols_on_the_peer_port_are_handed_on() {
+    let (tx, mut rx) = mpsc::channel(64);
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
+    // An HTTP/2 client's preface, and a client that sends only part of our magic first.
+    let mut h2 = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let h2_addr = h2.local_addr().unwrap();
+    wait_for("the HTTP/2 connection to be handed on", || {
+        server.others.try_iter().any(|a| a == h2_addr)
+    })
+    .await;
+    assert_eq!(server.stats.snapshot().streams, 0);
+
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(&wire::MAGIC[..3]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let p = wire::preface(9);
+    slow.write_all(&p[3..]).await.unwrap();
+    let mut fb = FrameBuilder::new();
+    fb.push(&msg(9, 8, 5));
+    slow.write_all(fb.finish()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1).await, vec![msg(9, 8, 5)]);
+    assert_eq!(server.stats.snapshot().streams, 1);
 }
