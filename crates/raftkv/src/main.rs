@@ -202,7 +202,7 @@ struct ServerArgs {
     /// Every store's peer address, etcd style: 1=127.0.0.1:17001,2=127.0.0.1:17002,...
     #[arg(long)]
     initial_cluster: Option<String>,
-    /// Keys at which to pre-split the key space into regions at bootstrap: g,p
+    /// Keys at which to pre-split the key space into regions at bootstrap, e.g. g,p
     #[arg(long)]
     split_keys: Option<String>,
     /// Milliseconds per Raft tick (election timeout = 20 ticks).
@@ -214,6 +214,10 @@ struct ServerArgs {
     /// Payload bytes applied since a region's last snapshot before it snapshots again.
     #[arg(long)]
     snapshot_threshold_bytes: Option<u64>,
+    /// Threads serving network I/O (tokio workers; default: one per CPU). The store thread
+    /// and the log writer are extra. Lower it when several servers share a machine.
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -232,6 +236,7 @@ struct FileConfig {
     tick_ms: Option<u64>,
     snapshot_threshold_entries: Option<u64>,
     snapshot_threshold_bytes: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -254,7 +259,13 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Server(a) = &cli.command {
+        if let Some(n) = worker_threads(a)? {
+            builder.worker_threads(n);
+        }
+    }
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
@@ -279,6 +290,30 @@ fn main() -> Result<()> {
             other => run_client(other).await,
         }
     })
+}
+
+/// Most I/O threads a server may be given.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// The server's I/O thread count from the flag or the config file (read before the runtime
+/// starts, so the file is read twice; it is small).
+fn worker_threads(a: &ServerArgs) -> Result<Option<usize>> {
+    let from_file = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
+                .worker_threads
+        }
+        None => None,
+    };
+    match a.worker_threads.or(from_file) {
+        Some(n) if n == 0 || n > MAX_WORKER_THREADS => {
+            anyhow::bail!("worker_threads must be between 1 and {MAX_WORKER_THREADS}, got {n}")
+        }
+        n => Ok(n),
+    }
 }
 
 async fn run_server(a: ServerArgs) -> Result<()> {
@@ -408,6 +443,11 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
         .map(|i| format!("{i}=127.0.0.1:{}", b + i))
         .collect();
     let cluster = cluster.join(",");
+    // Three servers share this machine: give each a third of its CPUs for network I/O
+    // (tokio's default of one worker per CPU in each would oversubscribe the cores three
+    // times over, and cross-thread wake-ups cost latency on every request).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (cpus / 3).max(1).to_string();
     let mut children = Vec::new();
     let mut endpoints = Vec::new();
     for i in 1..=3u16 {
@@ -424,7 +464,10 @@ async fn playground(a: PlaygroundArgs) -> Result<()> {
             .args(["--metrics-addr", &metrics])
             .args(["--resp-addr", &resp])
             .args(["--initial-cluster", &cluster])
-            .args(["--split-keys", "g,p"])
+            // Three regions of about equal size for keys spread over a..z (what the bench
+            // writes): a..i, j..r, s..z.
+            .args(["--split-keys", "j,s"])
+            .args(["--worker-threads", &workers])
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting store {i}"))?;
