@@ -9,13 +9,162 @@
 //! - **Exactly-once sessions**: a write carries this client's id and a sequence number; a
 //!   retry reuses the sequence, so a write whose answer was lost is applied once and the
 //!   retry gets the original answer. One client runs one operation at a time (`&mut self`).
+//! - **One batch stream per server**: requests travel on a long-lived `Kv/Batch` stream per
+//!   endpoint ([`Mux`]), shared by every [`Client::fork`]; requests queued at the same time
+//!   leave in one message. A broken stream fails its in-flight requests (retried like any
+//!   transport error) and the next request opens a new one.
 
 use api::pb;
 use api::pb::error::Code;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
+
+/// Requests waiting for a stream's task (per endpoint); callers wait for space beyond it.
+const MUX_QUEUE: usize = 1024;
+/// Most requests in one `BatchRequest` (the server's limit).
+const MUX_MAX_BATCH: usize = 1024;
+/// Most requests awaiting answers on one stream; past it new ones wait in the queue.
+const MUX_MAX_IN_FLIGHT: usize = 4096;
+
+type MuxReply = oneshot::Sender<Result<pb::KvResponse, String>>;
+
+/// One endpoint's `Kv/Batch` stream, shared by clones. The stream is opened on the first
+/// request and re-opened on the first request after it broke.
+#[derive(Clone)]
+struct Mux {
+    tx: mpsc::Sender<(pb::KvRequest, MuxReply)>,
+}
+
+impl Mux {
+    fn new(client: pb::kv_client::KvClient<Channel>) -> Mux {
+        let (tx, rx) = mpsc::channel(MUX_QUEUE);
+        tokio::spawn(mux_task(client, rx));
+        Mux { tx }
+    }
+
+    /// Sends `req` and waits for its answer, at most `timeout`.
+    async fn call(&self, req: pb::KvRequest, timeout: Duration) -> Result<pb::KvResponse, String> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let attempt = async {
+            self.tx
+                .send((req, reply_tx))
+                .await
+                .map_err(|_| "client runtime is shutting down".to_string())?;
+            reply_rx
+                .await
+                .map_err(|_| "batch stream task ended".to_string())?
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
+
+/// Drives one endpoint's stream until every `Mux` handle is gone.
+async fn mux_task(
+    client: pb::kv_client::KvClient<Channel>,
+    mut rx: mpsc::Receiver<(pb::KvRequest, MuxReply)>,
+) {
+    while let Some(first) = rx.recv().await {
+        run_mux_stream(client.clone(), &mut rx, first).await;
+    }
+}
+
+/// The requests of one stream awaiting answers, by id.
+#[derive(Default)]
+struct InFlight {
+    replies: HashMap<u64, MuxReply>,
+    next_id: u64,
+}
+
+impl InFlight {
+    /// `first` and whatever else is queued (within the limits), as one message.
+    fn take(
+        &mut self,
+        rx: &mut mpsc::Receiver<(pb::KvRequest, MuxReply)>,
+        first: (pb::KvRequest, MuxReply),
+    ) -> pb::BatchRequest {
+        let mut batch = pb::BatchRequest::default();
+        let mut item = Some(first);
+        while let Some((req, reply)) = item.take() {
+            self.next_id += 1;
+            batch.ids.push(self.next_id);
+            batch.requests.push(req);
+            self.replies.insert(self.next_id, reply);
+            if batch.ids.len() < MUX_MAX_BATCH && self.replies.len() < MUX_MAX_IN_FLIGHT {
+                item = rx.try_recv().ok();
+            }
+        }
+        batch
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(why.to_string()));
+        }
+    }
+}
+
+/// One stream's life, from `first` until it breaks or every handle is gone; a break fails
+/// the requests in flight on it.
+async fn run_mux_stream(
+    mut client: pb::kv_client::KvClient<Channel>,
+    rx: &mut mpsc::Receiver<(pb::KvRequest, MuxReply)>,
+    first: (pb::KvRequest, MuxReply),
+) {
+    let (out_tx, out_rx) = mpsc::channel::<pb::BatchRequest>(4);
+    let mut pending = InFlight::default();
+    // The first batch goes into the request body before the call waits for the answer's
+    // headers, so it travels with the stream's HEADERS.
+    let batch = pending.take(rx, first);
+    if out_tx.send(batch).await.is_err() {
+        unreachable!("the receiver is alive until the call below ends");
+    }
+    let mut inbound = match client
+        .batch(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            pending.fail_all(status.message());
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            item = rx.recv(), if pending.replies.len() < MUX_MAX_IN_FLIGHT => {
+                let Some(item) = item else {
+                    return; // Every handle is gone.
+                };
+                let batch = pending.take(rx, item);
+                if out_tx.send(batch).await.is_err() {
+                    pending.fail_all("batch stream closed");
+                    return;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(b)) => {
+                    for (id, resp) in b.ids.into_iter().zip(b.responses) {
+                        if let Some(reply) = pending.replies.remove(&id) {
+                            let _ = reply.send(Ok(resp));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    pending.fail_all("server ended the batch stream");
+                    return;
+                }
+                Err(status) => {
+                    pending.fail_all(status.message());
+                    return;
+                }
+            },
+        }
+    }
+}
 
 /// Largest gRPC message sent or received (the server's value limit plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -68,6 +217,8 @@ struct RegionRoute {
 pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<pb::kv_client::KvClient<Channel>>,
+    /// Per endpoint, the shared batch stream that carries `execute`.
+    muxes: Vec<Mux>,
     /// store id -> endpoint index, learned from Status.
     store_endpoint: HashMap<u64, usize>,
     routes: Vec<RegionRoute>,
@@ -126,9 +277,11 @@ impl Client {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
         }
+        let muxes = channels.iter().cloned().map(Mux::new).collect();
         let mut c = Client {
             endpoints,
             channels,
+            muxes,
             store_endpoint: HashMap::new(),
             routes: Vec::new(),
             next_endpoint: 0,
@@ -147,6 +300,7 @@ impl Client {
         Client {
             endpoints: self.endpoints.clone(),
             channels: self.channels.clone(),
+            muxes: self.muxes.clone(),
             store_endpoint: self.store_endpoint.clone(),
             routes: self.routes.clone(),
             next_endpoint: 0,
@@ -232,6 +386,9 @@ impl Client {
         let deadline = Instant::now() + self.cfg.op_timeout;
         let mut backoff = self.cfg.backoff_min;
         let mut last = String::from("no attempt");
+        // Redirects to a hinted leader are retried at once, a few times in a row; beyond
+        // that (stores pointing at each other during an election) the backoff applies.
+        let mut quick_redirects = 0;
         // Bounded by the deadline; the attempt count bound is a second guard.
         for _attempt in 0..10_000 {
             if Instant::now() >= deadline {
@@ -247,10 +404,8 @@ impl Client {
                 }),
                 command: Some(command.clone()),
             };
-            let mut ch = self.channels[i].clone();
-            match ch.execute(req).await {
+            match self.muxes[i].call(req, self.cfg.attempt_timeout).await {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     let Some(e) = resp.error.clone().filter(|e| e.code != Code::Ok as i32) else {
                         return Ok(resp);
                     };
@@ -269,6 +424,11 @@ impl Client {
                         }
                         Code::NotLeader if e.leader_store_id != 0 => {
                             self.note_leader(&key, e.leader_store_id);
+                            let elsewhere = self.store_endpoint.get(&e.leader_store_id) != Some(&i);
+                            if elsewhere && quick_redirects < 3 {
+                                quick_redirects += 1;
+                                continue;
+                            }
                         }
                         Code::EpochNotMatch | Code::RegionNotFound => self.refresh_routes().await,
                         _ => {
@@ -277,8 +437,8 @@ impl Client {
                         }
                     }
                 }
-                Err(status) => {
-                    last = status.message().to_string();
+                Err(why) => {
+                    last = why;
                     self.note_leader(&key, 0);
                     self.next_endpoint = i + 1;
                 }

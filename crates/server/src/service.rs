@@ -18,6 +18,13 @@ use tonic::transport::{Channel, Endpoint};
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// Largest batch (keys of BatchGet / pairs of BatchPut).
 pub const MAX_BATCH_KEYS: usize = 10_000;
+/// Most requests in one `BatchRequest` message.
+pub const MAX_STREAM_BATCH: usize = 1024;
+/// Most requests of one `Batch` stream in flight at once; past it the server stops reading
+/// the stream (HTTP/2 flow control then holds the client back).
+pub const MAX_STREAM_IN_FLIGHT: usize = 4096;
+/// Answer messages queued towards one `Batch` stream's client.
+const STREAM_RESPONSE_QUEUE: usize = 64;
 
 #[derive(Clone)]
 pub struct KvService {
@@ -616,8 +623,82 @@ fn response(command: &Command, r: Response) -> pb::KvResponse {
 /// The tonic service wrapper.
 pub struct KvGrpc(pub KvService);
 
+/// One request of a `Batch` stream, answered with its id.
+async fn run_tagged(svc: KvService, id: u64, req: pb::KvRequest) -> (u64, pb::KvResponse) {
+    (id, svc.execute(req).await)
+}
+
+/// Serves one `Batch` stream: every request runs concurrently inside this one task (no task
+/// per request), and whatever answers are ready go back together in one message.
+async fn serve_batch_stream(
+    svc: KvService,
+    mut inbound: tonic::Streaming<pb::BatchRequest>,
+    out: tokio::sync::mpsc::Sender<Result<pb::BatchResponse, tonic::Status>>,
+) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use futures_util::FutureExt;
+    let mut in_flight = FuturesUnordered::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some((id, resp)) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut batch = pb::BatchResponse { ids: vec![id], responses: vec![resp] };
+                while batch.ids.len() < MAX_STREAM_BATCH {
+                    match in_flight.next().now_or_never() {
+                        Some(Some((id, resp))) => {
+                            batch.ids.push(id);
+                            batch.responses.push(resp);
+                        }
+                        _ => break,
+                    }
+                }
+                if out.send(Ok(batch)).await.is_err() {
+                    return; // The client went away.
+                }
+            }
+            msg = inbound.message(), if input_open && in_flight.len() < MAX_STREAM_IN_FLIGHT => {
+                match msg {
+                    Ok(Some(b)) => {
+                        if b.ids.len() != b.requests.len() || b.ids.len() > MAX_STREAM_BATCH {
+                            let _ = out
+                                .send(Err(tonic::Status::invalid_argument(format!(
+                                    "a BatchRequest needs as many ids as requests, at most {MAX_STREAM_BATCH} (got {} ids, {} requests)",
+                                    b.ids.len(),
+                                    b.requests.len()
+                                ))))
+                                .await;
+                            return;
+                        }
+                        for (id, req) in b.ids.into_iter().zip(b.requests) {
+                            in_flight.push(run_tagged(svc.clone(), id, req));
+                        }
+                    }
+                    Ok(None) => input_open = false,
+                    Err(_) => return, // Broken stream: the client reconnects.
+                }
+            }
+            else => return, // Input closed and everything answered.
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvGrpc {
+    type BatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::BatchResponse, tonic::Status>>;
+
+    async fn batch(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::BatchRequest>>,
+    ) -> Result<tonic::Response<Self::BatchStream>, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_RESPONSE_QUEUE);
+        tokio::spawn(serve_batch_stream(self.0.clone(), request.into_inner(), tx));
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
     async fn execute(
         &self,
         request: tonic::Request<pb::KvRequest>,
