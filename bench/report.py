@@ -105,12 +105,12 @@ def markdown(out, rows, disk, mem, quick):
         lines.append("")
         lines.append(f"**{workload}**" + (" (linearizable reads)" if workload == "read" else ""))
         lines.append("")
-        lines.append("| system | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| system | clients | connections | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in sorted(sel, key=lambda r: (r["label"], r["clients"])):
             l = r["latency"]
             dist = "" if r["distribution"] == "uniform" else f" ({r['distribution']})"
-            lines.append(f"| {r['label']}{dist} | {r['clients']} | {r['throughput']:.0f} | {l['p50_ms']:.3f} | "
+            lines.append(f"| {r['label']}{dist} | {r['clients']} | {r.get('connections', '?')} | {r['throughput']:.0f} | {l['p50_ms']:.3f} | "
                          f"{l['p90_ms']:.3f} | {l['p99_ms']:.3f} | {l['p999_ms']:.3f} | {l['max_ms']:.3f} | {r['errors']} |")
     for name, title in (("redis-benchmark-raftkv.txt", "redis-benchmark -t set,get,incr -n 100000 -c 50 -P 16 against RaftKV's RESP port"),
                         ("redis-benchmark-redis.txt", "the same against redis-server (appendonly yes, appendfsync always)")):

@@ -359,6 +359,66 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "{}",
         status.message()
     );
+    // The batch stream: answers carry the ids of their requests, a bad request in a batch
+    // fails alone, and a malformed batch (ids and requests of different lengths) ends the
+    // stream with a clear status.
+    let get = |k: &[u8]| pb::Command {
+        kind: Kind::Get as i32,
+        key: k.to_vec(),
+        ..Default::default()
+    };
+    let batch = pb::BatchRequest {
+        ids: vec![11, 12, 13],
+        requests: vec![
+            run(header(0, 0), Some(get(b"a1"))),
+            run(header(7, 1), None),
+            run(header(0, 0), Some(get(b"z1"))),
+        ],
+    };
+    let mut answers = raw
+        .batch(tokio_stream::iter(vec![batch]))
+        .await
+        .expect("batch stream")
+        .into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 3 {
+        let b = tokio::time::timeout(READY, answers.message())
+            .await
+            .expect("batch answers in time")
+            .expect("stream ok")
+            .expect("stream ended early");
+        assert_eq!(b.ids.len(), b.responses.len());
+        for (id, r) in b.ids.into_iter().zip(b.responses) {
+            assert!(got.insert(id, code(r)).is_none(), "id {id} answered twice");
+        }
+    }
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        vec![
+            (11, Code::Ok as i32),
+            (12, Code::InvalidArgument as i32),
+            (13, Code::Ok as i32)
+        ]
+    );
+    let malformed = pb::BatchRequest {
+        ids: vec![1, 2],
+        requests: vec![run(header(0, 0), Some(get(b"a1")))],
+    };
+    let mut answers = raw
+        .batch(tokio_stream::iter(vec![malformed]))
+        .await
+        .expect("batch stream")
+        .into_inner();
+    let status = tokio::time::timeout(READY, answers.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("a malformed batch ends the stream");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("as many ids as requests"),
+        "{status:?}"
+    );
+
     // Nothing was written.
     let mut cl = client(&c).await;
     assert_eq!(cl.get(b"a1").await.unwrap(), None);
