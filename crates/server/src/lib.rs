@@ -7,7 +7,7 @@
 //! - the `Kv` gRPC service ([`service`]) turns client requests into state-machine commands,
 //!   proposes writes on the region leader (forwarding once to the leader's store when this
 //!   store does not lead) and serves linearizable reads on any replica with ReadIndex;
-//! - the `transport` crate carries Raft messages between stores, one stream per pair.
+//! - the `transport` crate carries Raft messages between stores, one TCP connection per pair.
 //!
 //! ## Module map
 //! - [`config`]: `ServerConfig` and the `1=host:port,...` initial-cluster syntax.
