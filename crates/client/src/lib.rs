@@ -28,6 +28,25 @@ const MUX_QUEUE: usize = 1024;
 const MUX_MAX_BATCH: usize = 1024;
 /// Most requests awaiting answers on one stream; past it new ones wait in the queue.
 const MUX_MAX_IN_FLIGHT: usize = 4096;
+/// A `BatchRequest` is closed once its requests reach this many bytes (a single larger
+/// request still travels, alone), far below the gRPC message limit.
+const MUX_MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Roughly the encoded size of a request: what dominates it (keys and values).
+fn request_bytes(r: &pb::KvRequest) -> usize {
+    64 + r.command.as_ref().map_or(0, |c| {
+        c.key.len()
+            + c.value.len()
+            + c.expected.len()
+            + c.end_key.len()
+            + c.encoded.len()
+            + c.keys.iter().map(|k| k.len() + 2).sum::<usize>()
+            + c.pairs
+                .iter()
+                .map(|p| p.key.len() + p.value.len() + 4)
+                .sum::<usize>()
+    })
+}
 
 type MuxReply = oneshot::Sender<Result<pb::KvResponse, String>>;
 
@@ -81,24 +100,32 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// `first` and whatever else is queued (within the limits), as one message.
+    /// `first` and whatever else is queued (within the limits), as one message; `None` if
+    /// every one of them was already given up by its caller (timed out), which is not sent.
     fn take(
         &mut self,
         rx: &mut mpsc::Receiver<(pb::KvRequest, MuxReply)>,
         first: (pb::KvRequest, MuxReply),
-    ) -> pb::BatchRequest {
+    ) -> Option<pb::BatchRequest> {
         let mut batch = pb::BatchRequest::default();
+        let mut bytes = 0;
         let mut item = Some(first);
         while let Some((req, reply)) = item.take() {
-            self.next_id += 1;
-            batch.ids.push(self.next_id);
-            batch.requests.push(req);
-            self.replies.insert(self.next_id, reply);
-            if batch.ids.len() < MUX_MAX_BATCH && self.replies.len() < MUX_MAX_IN_FLIGHT {
+            if !reply.is_closed() {
+                self.next_id += 1;
+                bytes += request_bytes(&req);
+                batch.ids.push(self.next_id);
+                batch.requests.push(req);
+                self.replies.insert(self.next_id, reply);
+            }
+            if batch.ids.len() < MUX_MAX_BATCH
+                && self.replies.len() < MUX_MAX_IN_FLIGHT
+                && bytes < MUX_MAX_BATCH_BYTES
+            {
                 item = rx.try_recv().ok();
             }
         }
-        batch
+        (!batch.ids.is_empty()).then_some(batch)
     }
 
     fn fail_all(&mut self, why: &str) {
@@ -115,16 +142,22 @@ async fn run_mux_stream(
     rx: &mut mpsc::Receiver<(pb::KvRequest, MuxReply)>,
     first: (pb::KvRequest, MuxReply),
 ) {
-    let (out_tx, out_rx) = mpsc::channel::<pb::BatchRequest>(4);
+    // Unbounded on purpose, bounded in fact: a batch only leaves with new requests while
+    // fewer than MUX_MAX_IN_FLIGHT await answers. A bounded queue here could block this task
+    // in a send while it must keep reading answers (the server, its send window full, stops
+    // reading requests until we read): a deadlock with large values.
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<pb::BatchRequest>();
     let mut pending = InFlight::default();
     // The first batch goes into the request body before the call waits for the answer's
     // headers, so it travels with the stream's HEADERS.
-    let batch = pending.take(rx, first);
-    if out_tx.send(batch).await.is_err() {
+    let Some(batch) = pending.take(rx, first) else {
+        return; // Its caller gave up already: no stream needed.
+    };
+    if out_tx.send(batch).is_err() {
         unreachable!("the receiver is alive until the call below ends");
     }
     let mut inbound = match client
-        .batch(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .batch(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx))
         .await
     {
         Ok(r) => r.into_inner(),
@@ -139,10 +172,11 @@ async fn run_mux_stream(
                 let Some(item) = item else {
                     return; // Every handle is gone.
                 };
-                let batch = pending.take(rx, item);
-                if out_tx.send(batch).await.is_err() {
-                    pending.fail_all("batch stream closed");
-                    return;
+                if let Some(batch) = pending.take(rx, item) {
+                    if out_tx.send(batch).is_err() {
+                        pending.fail_all("batch stream closed");
+                        return;
+                    }
                 }
             }
             msg = inbound.message() => match msg {
@@ -431,6 +465,8 @@ impl Client {
                             }
                         }
                         Code::EpochNotMatch | Code::RegionNotFound => self.refresh_routes().await,
+                        // The leader is right but overloaded: back off, same place.
+                        Code::Busy => {}
                         _ => {
                             // Leader unknown, timeout, busy: rotate and back off.
                             self.note_leader(&key, 0);

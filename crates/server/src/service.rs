@@ -25,6 +25,20 @@ pub const MAX_STREAM_BATCH: usize = 1024;
 pub const MAX_STREAM_IN_FLIGHT: usize = 4096;
 /// Answer messages queued towards one `Batch` stream's client.
 const STREAM_RESPONSE_QUEUE: usize = 64;
+/// A `BatchResponse` is closed once its answers reach this many bytes (a single larger answer
+/// still travels, alone), far below the gRPC message limit.
+const STREAM_MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Roughly the encoded size of an answer: what dominates it (values and pairs).
+fn response_bytes(r: &pb::KvResponse) -> usize {
+    64 + r.value.len()
+        + r.encoded_result.len()
+        + r.pairs
+            .iter()
+            .map(|p| p.key.len() + p.value.len() + 4)
+            .sum::<usize>()
+        + r.error.as_ref().map_or(0, |e| e.message.len())
+}
 
 #[derive(Clone)]
 pub struct KvService {
@@ -643,10 +657,12 @@ async fn serve_batch_stream(
         tokio::select! {
             biased;
             Some((id, resp)) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut bytes = response_bytes(&resp);
                 let mut batch = pb::BatchResponse { ids: vec![id], responses: vec![resp] };
-                while batch.ids.len() < MAX_STREAM_BATCH {
+                while batch.ids.len() < MAX_STREAM_BATCH && bytes < STREAM_MAX_BATCH_BYTES {
                     match in_flight.next().now_or_never() {
                         Some(Some((id, resp))) => {
+                            bytes += response_bytes(&resp);
                             batch.ids.push(id);
                             batch.responses.push(resp);
                         }

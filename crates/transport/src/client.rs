@@ -423,11 +423,17 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>) {
                 continue;
             }
         };
-        backoff.reset();
         tracing::debug!(to_store = ctx.to_store, %addr, "raft connection open");
-        match run_normal_connection(&mut ctx, &mut batcher, &mut fb, stream).await {
+        let mut carried = false;
+        match run_normal_connection(&mut ctx, &mut batcher, &mut fb, stream, &mut carried).await {
             StreamEnd::Shutdown => return,
             StreamEnd::Failed => {
+                // Only a connection that carried a frame resets the delay: a peer that
+                // accepts and closes at once (an old version refusing our preface) must not
+                // be redialled every 50 ms.
+                if carried {
+                    backoff.reset();
+                }
                 ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 backoff.wait().await;
             }
@@ -440,6 +446,7 @@ async fn run_normal_connection(
     batcher: &mut Batcher,
     fb: &mut FrameBuilder,
     stream: TcpStream,
+    carried: &mut bool,
 ) -> StreamEnd {
     let (mut rd, mut wr) = stream.into_split();
     let interval = ctx.config.keepalive_interval;
@@ -459,6 +466,7 @@ async fn run_normal_connection(
         };
         match tokio::time::timeout(interval, wr.write_all(frame)).await {
             Ok(Ok(())) => {
+                *carried = true;
                 if frame.len() > wire::FRAME_HEADER_LEN {
                     ctx.count_batch(fb.messages(), false);
                 }

@@ -153,9 +153,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
+    // Read as the bytes arrive rather than allocating `len` up front: a peer that sends a
+    // header and nothing else must not pin 64 MiB per connection.
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    let got = (&mut *r).take(len as u64).read_to_end(buf).await?;
+    if got != len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     let actual = crc32c::crc32c(buf);
     if actual != expected {
         return Err(FrameError::BadChecksum { expected, actual });
