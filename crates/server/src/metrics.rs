@@ -60,6 +60,7 @@ pub struct Metrics {
     pub leader_changes: AtomicU64,
     pub entries_applied: AtomicU64,
     pub write_rounds: AtomicU64,
+    pub synced_rounds: AtomicU64,
     pub snapshots_created: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub fsync: Histogram,
@@ -78,6 +79,7 @@ impl Metrics {
         self.entries_applied
             .store(s.entries_applied, Ordering::Relaxed);
         self.write_rounds.store(s.write_rounds, Ordering::Relaxed);
+        self.synced_rounds.store(s.synced_rounds, Ordering::Relaxed);
         self.snapshots_created
             .store(s.snapshots_created, Ordering::Relaxed);
         self.snapshots_installed
@@ -114,6 +116,7 @@ impl Metrics {
             ("raftkv_leader_changes_total", &self.leader_changes),
             ("raftkv_entries_applied_total", &self.entries_applied),
             ("raftkv_log_write_rounds_total", &self.write_rounds),
+            ("raftkv_log_synced_rounds_total", &self.synced_rounds),
             ("raftkv_snapshots_created_total", &self.snapshots_created),
             (
                 "raftkv_snapshots_installed_total",

@@ -147,9 +147,9 @@ pub fn run(
             let pending = store.prepare_ready()?;
             deliver(&mut store, &transport, &mut waiting);
             let t0 = Instant::now();
-            let before = store.stats.write_rounds;
+            let before = store.stats.synced_rounds;
             store.finish_ready(pending)?;
-            if store.stats.write_rounds > before {
+            if store.stats.synced_rounds > before {
                 metrics.observe_fsync(t0.elapsed());
             }
             deliver(&mut store, &transport, &mut waiting);

@@ -62,6 +62,13 @@ pub struct PendingWrite {
     batch: LogBatch,
     readies: Vec<(RegionId, Ready)>,
     groups: u64,
+    /// Whether the write must be durable before the round's messages go out: log entries,
+    /// a snapshot, or a new term or vote. A hard state whose only change is the commit index
+    /// is written without an fdatasync (as etcd does): the commit index is a hint that a
+    /// restarted replica re-learns from its leader, and what was committed is durable in the
+    /// quorum's logs, not in anyone's commit index. The next synced write makes it durable
+    /// anyway (the log is one sequential file).
+    must_sync: bool,
 }
 
 /// Identifies a request handed to the store; its result comes back as a [`Completion`].
@@ -129,6 +136,8 @@ impl<M: StateMachine> Peer<M> {
 pub struct StoreStats {
     /// Ready rounds that wrote something, and the engine writes they used (one each).
     pub write_rounds: u64,
+    /// Those of them that ended with an fdatasync.
+    pub synced_rounds: u64,
     /// Groups whose entries or hard state were in those rounds, summed.
     pub groups_written: u64,
     pub entries_applied: u64,
@@ -569,6 +578,7 @@ impl<M: StateMachine> Store<M> {
             batch: LogBatch::new(),
             readies: Vec::new(),
             groups: 0,
+            must_sync: false,
         };
         for (id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
@@ -594,6 +604,14 @@ impl<M: StateMachine> Store<M> {
                     .hard_state
                     .is_none_or(|hs| hs.term == persisted.term && hs.vote == persisted.vote);
             let staged = !rd.entries.is_empty() || rd.hard_state.is_some();
+            if !rd.entries.is_empty()
+                || rd.snapshot.is_some()
+                || rd
+                    .hard_state
+                    .is_some_and(|hs| hs.term != persisted.term || hs.vote != persisted.vote)
+            {
+                pending.must_sync = true;
+            }
             p.raw
                 .storage()
                 .stage_append(&mut pending.batch, &rd.entries)?;
@@ -695,11 +713,15 @@ impl<M: StateMachine> Store<M> {
             mut batch,
             readies,
             groups,
+            must_sync,
         } = pending;
         if !batch.is_empty() {
-            self.engine.write(&mut batch, true)?;
+            self.engine.write(&mut batch, must_sync)?;
             self.stats.write_rounds += 1;
             self.stats.groups_written += groups;
+            if must_sync {
+                self.stats.synced_rounds += 1;
+            }
         }
         for (id, mut rd) in readies {
             let p = self.peers.get_mut(&id).expect("collected in prepare_ready");

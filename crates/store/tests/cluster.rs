@@ -267,6 +267,40 @@ fn a_proposal_during_a_leader_transfer_is_redirected_to_the_transferee() {
 }
 
 #[test]
+fn a_commit_index_change_alone_is_written_without_an_fsync() {
+    let mut c = Cluster::new(10_000);
+    c.pump();
+    let leader_before = c.store(0).stats;
+    let follower_before = c.store(1).stats;
+    assert_eq!(c.write(0, 0, b"a", b"1").unwrap().as_ref(), b"OK");
+    c.pump();
+    let leader = c.store(0).stats;
+    let follower = c.store(1).stats;
+    // The leader: one synced round for the entry, then the commit index moves (its own
+    // hard state and the followers' learn it) in rounds that write without syncing.
+    assert_eq!(
+        leader.synced_rounds - leader_before.synced_rounds,
+        1,
+        "leader synced more than the entry's round: {leader_before:?} -> {leader:?}"
+    );
+    assert!(
+        leader.write_rounds - leader_before.write_rounds >= 2,
+        "the leader's commit index was not written: {leader_before:?} -> {leader:?}"
+    );
+    assert_eq!(
+        follower.synced_rounds - follower_before.synced_rounds,
+        1,
+        "follower synced more than the entry's round: {follower_before:?} -> {follower:?}"
+    );
+    // And a restart still finds the write (the entry was synced; the commit index is
+    // re-learned).
+    c.stop(0);
+    c.start(0);
+    c.tick(30);
+    assert_eq!(c.read(0, 0, b"a").unwrap().as_ref(), b"1");
+}
+
+#[test]
 fn one_write_and_one_sync_per_round_for_many_regions() {
     let mut c = Cluster::new(10_000);
     // Move all three leaders to store 1 so one store writes for every region.
