@@ -575,3 +575,65 @@ impl Client {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(value_len: usize) -> pb::KvRequest {
+        pb::KvRequest {
+            header: None,
+            command: Some(pb::Command {
+                kind: pb::command::Kind::Put as i32,
+                key: b"k".to_vec(),
+                value: vec![0; value_len],
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Requests queued together leave together, but a message never grows past the byte cap
+    /// (three 6 MiB values in one message would pass gRPC's 16 MiB limit and kill the stream),
+    /// and a request whose caller already gave up is not sent at all.
+    #[tokio::test]
+    async fn take_caps_a_batch_by_bytes() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            let (r, keep) = oneshot::channel();
+            replies.push(keep);
+            tx.send((put(6 << 20), r)).await.unwrap();
+        }
+        let (gone, dropped) = oneshot::channel();
+        drop(dropped);
+        tx.send((put(10), gone)).await.unwrap();
+        let mut inflight = InFlight::default();
+        let first = rx.try_recv().unwrap();
+        let b1 = inflight.take(&mut rx, first).unwrap();
+        assert_eq!(b1.ids.len(), 1, "6 MiB already reaches the cap");
+        let next = rx.try_recv().unwrap();
+        let b2 = inflight.take(&mut rx, next).unwrap();
+        assert_eq!(b2.ids.len(), 1);
+        let next = rx.try_recv().unwrap();
+        let b3 = inflight.take(&mut rx, next).unwrap();
+        assert_eq!(b3.ids.len(), 1);
+        let next = rx.try_recv().unwrap();
+        assert!(
+            inflight.take(&mut rx, next).is_none(),
+            "a request whose caller gave up is not sent"
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(inflight.replies.len(), 3);
+        let ids: Vec<u64> = [b1, b2, b3].iter().flat_map(|b| b.ids.clone()).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+
+        // Small requests do travel together.
+        for _ in 0..5 {
+            let (r, keep) = oneshot::channel();
+            replies.push(keep);
+            tx.send((put(100), r)).await.unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        assert_eq!(inflight.take(&mut rx, first).unwrap().ids.len(), 5);
+    }
+}

@@ -547,10 +547,14 @@ async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: A
 
 /// Longest wait for the receiver to confirm it consumed a snapshot transfer.
 const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a snapshot connection waits for the next chunk before closing. Raft sends a
+/// transfer one chunk at a time (the next after the receiver's acknowledgement), so closing
+/// as soon as the queue is empty would cost a new connection per chunk.
+const SNAPSHOT_LINGER: Duration = Duration::from_secs(1);
 
-/// Writes the frame in `fb` and everything queued behind it, then ends the input and waits
-/// for the receiver to close its side (it does once it handed every message to its store),
-/// so the permit covers the whole transfer.
+/// Writes the frame in `fb` and every chunk that follows within [`SNAPSHOT_LINGER`] of the
+/// previous one, then ends the input and waits for the receiver to close its side (it does
+/// once it handed every message to its store), so the permit covers the whole transfer.
 async fn run_snapshot_connection(
     ctx: &TaskCtx,
     batcher: &mut Batcher,
@@ -569,7 +573,10 @@ async fn run_snapshot_connection(
             }
         }
         if !batcher.try_next_frame(fb) {
-            break;
+            match tokio::time::timeout(SNAPSHOT_LINGER, batcher.next_frame(fb)).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break,
+            }
         }
     }
     if wr.shutdown().await.is_err() {

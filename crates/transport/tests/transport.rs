@@ -344,6 +344,31 @@ async fn snapshots_travel_within_the_concurrency_limit() {
     assert_eq!(st.dropped_queue_full, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_chunk_by_chunk_uses_one_connection() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
+    let t = Transport::new(1, config());
+    t.set_peer_address(2, server.url());
+    // Like Raft: the next chunk only after the previous one arrived (was acknowledged).
+    for chunk in 0..3 {
+        t.send(2, snapshot_msg(2, chunk));
+        assert_eq!(recv_n(&mut rx, 1).await, vec![snapshot_msg(2, chunk)]);
+    }
+    // Two connections: the normal one (opened as soon as the address is known) and one for
+    // the whole transfer (without lingering it would be three, one per chunk).
+    assert_eq!(
+        server.stats.snapshot().streams,
+        2,
+        "a new connection per chunk: {:?}",
+        server.stats.snapshot()
+    );
+    wait_for("the snapshot connection to close after its linger", || {
+        t.stats().snapshot_streams_active == 0
+    })
+    .await;
+}
+
 /// Opens a raw store-to-store connection to `server` and writes the preface.
 async fn raw_connection(server: &TestServer) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
