@@ -12,20 +12,12 @@ command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install-bench-peers: need root (or sudo) to apt-get install ${need[*]}" >&2
-    exit 1
-  fi
-fi
 echo "install-bench-peers: installing ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+. "$(dirname "$0")/lib/apt.sh"
 # policy-rc.d keeps the packages from starting system-wide etcd/redis services.
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+PRE_INSTALL='if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf "#!/bin/sh\nexit 101\n" | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d
-  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
-fi
-$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  trap "$SUDO rm -f /usr/sbin/policy-rc.d" EXIT
+fi'
+apt_install install-bench-peers "${need[@]}"

@@ -7,14 +7,6 @@ if command -v iptables >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 \
   && command -v ip >/dev/null 2>&1 && command -v sysctl >/dev/null 2>&1; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install-netns-tools: need root (or sudo) to apt-get install iptables nftables iproute2 procps" >&2
-    exit 1
-  fi
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq iptables nftables iproute2 procps >/dev/null
+. "$(dirname "$0")/lib/apt.sh"
+apt_install install-netns-tools iptables nftables iproute2 procps
 iptables --version

@@ -5,14 +5,6 @@ set -euo pipefail
 if command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "install-redis-tools: need root (or sudo) to apt-get install redis-tools" >&2
-    exit 1
-  fi
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq redis-tools >/dev/null
+. "$(dirname "$0")/lib/apt.sh"
+apt_install install-redis-tools redis-tools
 redis-cli --version

@@ -574,6 +574,46 @@ impl Client {
         }
         out
     }
+
+    /// Waits (polling `Status`, bounded by `timeout`) until exactly `stores` servers answer
+    /// and each reports `regions` regions, every one with a known leader. For tests and
+    /// tools that must not start before the cluster settled.
+    pub async fn wait_until_led(
+        &mut self,
+        stores: usize,
+        regions: usize,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let st = self.status().await;
+            if st.len() == stores
+                && st.iter().all(|s| {
+                    s.regions.len() == regions && s.regions.iter().all(|r| r.leader_store_id != 0)
+                })
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The store id leading the region that holds `key`, as the first server that knows it
+    /// reports.
+    pub async fn leader_store_of(&mut self, key: &[u8]) -> Option<u64> {
+        for st in self.status().await {
+            for r in st.regions {
+                let reg = r.region.unwrap_or_default();
+                let inside = key >= reg.start_key.as_slice()
+                    && (!reg.has_end || key < reg.end_key.as_slice());
+                if inside && r.leader_store_id != 0 {
+                    return Some(r.leader_store_id);
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

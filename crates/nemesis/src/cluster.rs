@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PEER_PORT: u16 = 7001;
 const CLIENT_PORT: u16 = 7101;
@@ -456,39 +456,17 @@ impl Cluster {
 
     /// Waits (bounded) until every running store reports all three regions with a leader.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
         let Ok(mut c) = client::Client::connect(self.endpoints()).await else {
             return false;
         };
-        while Instant::now() < deadline {
-            let statuses = c.status().await;
-            let live = (0..self.stores()).filter(|&i| self.is_up(i)).count();
-            if statuses.len() == live
-                && statuses.iter().all(|s| {
-                    s.regions.len() == 3 && s.regions.iter().all(|r| r.leader_store_id != 0)
-                })
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        let live = (0..self.stores()).filter(|&i| self.is_up(i)).count();
+        c.wait_until_led(live, 3, timeout).await
     }
 
     /// The store (0-based) leading the region that holds `key`, as some store reports it.
     pub async fn leader_of(&self, key: &[u8]) -> Option<usize> {
         let mut c = client::Client::connect(self.endpoints()).await.ok()?;
-        for status in c.status().await {
-            for r in status.regions {
-                let region = r.region.unwrap_or_default();
-                let inside = key >= region.start_key.as_slice()
-                    && (!region.has_end || key < region.end_key.as_slice());
-                if inside && r.leader_store_id != 0 {
-                    return Some(r.leader_store_id as usize - 1);
-                }
-            }
-        }
-        None
+        c.leader_store_of(key).await.map(|s| s as usize - 1)
     }
 
     /// Lines of every store's log (all lives) that contain `needle`, at most `max`.

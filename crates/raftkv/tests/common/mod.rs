@@ -159,39 +159,17 @@ impl TestCluster {
 
     /// Waits until every region has a leader known to every live store.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
         let mut c = client::Client::connect(self.endpoints())
             .await
             .expect("client");
-        while Instant::now() < deadline {
-            let st = c.status().await;
-            let live = (0..3).filter(|&i| self.is_up(i)).count();
-            if st.len() == live
-                && st.iter().all(|s| {
-                    s.regions.len() == 3 && s.regions.iter().all(|r| r.leader_store_id != 0)
-                })
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        let live = (0..3).filter(|&i| self.is_up(i)).count();
+        c.wait_until_led(live, 3, timeout).await
     }
 
-    /// The store leading the region that holds `key`, per store `from`'s status.
+    /// The store (0-based) leading the region that holds `key`.
     pub async fn leader_of(&self, key: &[u8]) -> Option<usize> {
         let mut c = client::Client::connect(self.endpoints()).await.ok()?;
-        for st in c.status().await {
-            for r in st.regions {
-                let reg = r.region.unwrap_or_default();
-                let inside = key >= reg.start_key.as_slice()
-                    && (!reg.has_end || key < reg.end_key.as_slice());
-                if inside && r.leader_store_id != 0 {
-                    return Some(r.leader_store_id as usize - 1);
-                }
-            }
-        }
-        None
+        c.leader_store_of(key).await.map(|s| s as usize - 1)
     }
 
     pub fn metrics(&self, i: usize) -> String {
