@@ -684,29 +684,35 @@ fn check_catches_forged_stale_read(
         .map(|o| o.return_time.unwrap_or(o.call))
         .max()
         .unwrap_or(0);
-    let final_value = |key: &[u8]| {
-        ops.iter()
-            .rev()
-            .find(|o| o.client_id == FINAL_READER_ID && o.input.key() == key)
-            .and_then(|o| match &o.output {
-                Some(KvOutput::Get(v)) => Some(v.clone()),
-                _ => None,
-            })
-    };
+    // One pass each for the final reads and the per-key operation counts: scanning the whole
+    // history per acknowledged put was quadratic (minutes for a 600 s soak's ~400k operations).
+    let mut final_values: std::collections::HashMap<&[u8], Option<Vec<u8>>> =
+        std::collections::HashMap::new();
+    let mut ops_per_key: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for o in &ops {
+        *ops_per_key.entry(o.input.key()).or_default() += 1;
+        if o.client_id == FINAL_READER_ID {
+            if let Some(KvOutput::Get(v)) = &o.output {
+                // Later final reads of a key overwrite earlier ones (the last one counts).
+                final_values.insert(o.input.key(), v.clone());
+            }
+        }
+    }
     // Of the keys with an acknowledged, overwritten put, forge on the one with the shortest
     // history: proving a history illegal explores every order, and a long, contended key can
     // exhaust the checker's state budget (seen in CI: no verdict on a key of a fast run).
-    let ops_of = |key: &[u8]| ops.iter().filter(|o| o.input.key() == key).count();
     let forged = ops
         .iter()
         .filter_map(|o| match (&o.input, &o.output) {
             (KvInput::Put { key, value }, Some(KvOutput::Put)) => {
-                let last = final_value(key)?;
+                let last = final_values.get(key.as_slice())?;
                 (last.as_ref() != Some(value)).then(|| (key.clone(), value.clone()))
             }
             _ => None,
         })
-        .min_by_key(|(key, _)| ops_of(key));
+        .min_by_key(|(key, _)| ops_per_key.get(key.as_slice()).copied().unwrap_or(0));
+    drop(final_values);
+    drop(ops_per_key);
     let Some((key, stale)) = forged else {
         // No acknowledged put was overwritten (a run too short to matter): nothing to forge.
         return Ok(());
