@@ -14,10 +14,11 @@ if [ ${#need[@]} -eq 0 ]; then
 fi
 echo "install-bench-peers: installing ${need[*]}"
 . "$(dirname "$0")/lib/apt.sh"
+apt_root install-bench-peers
 # policy-rc.d keeps the packages from starting system-wide etcd/redis services.
-PRE_INSTALL='if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf "#!/bin/sh\nexit 101\n" | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d
-  trap "$SUDO rm -f /usr/sbin/policy-rc.d" EXIT
-fi'
-apt_install install-bench-peers "${need[@]}"
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt_install "${need[@]}"

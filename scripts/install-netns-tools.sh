@@ -8,5 +8,6 @@ if command -v iptables >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 \
   exit 0
 fi
 . "$(dirname "$0")/lib/apt.sh"
-apt_install install-netns-tools iptables nftables iproute2 procps
+apt_root install-netns-tools
+apt_install iptables nftables iproute2 procps
 iptables --version

@@ -6,5 +6,6 @@ if command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null
   exit 0
 fi
 . "$(dirname "$0")/lib/apt.sh"
-apt_install install-redis-tools redis-tools
+apt_root install-redis-tools
+apt_install redis-tools
 redis-cli --version

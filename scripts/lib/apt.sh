@@ -1,18 +1,17 @@
-# Shared by scripts/install-*.sh (sourced, not run): apt_install WHO PACKAGE... installs
-# Debian packages as root, through sudo when not root, or fails with a clear message.
-# PRE_INSTALL, when set, is run (with $SUDO available) after apt-get update.
-apt_install() {
-  local who=$1; shift
-  local sudo=""
+# Shared by scripts/install-*.sh (sourced, not run).
+#   apt_root WHO       sets SUDO ("" as root, "sudo" otherwise) or fails with a clear message
+#   apt_install PKG... apt-get update + install, quietly, as root
+apt_root() {
+  SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      echo "$who: need root (or sudo) to apt-get install $*" >&2
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "$1: need root (or sudo) to apt-get install packages" >&2
       return 1
     fi
   fi
+}
+apt_install() {
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  SUDO=$sudo
-  if [ -n "${PRE_INSTALL:-}" ]; then eval "$PRE_INSTALL"; fi
-  $sudo apt-get install -y -qq "$@" >/dev/null
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "$@" >/dev/null
 }

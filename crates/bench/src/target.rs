@@ -97,12 +97,7 @@ impl Connection {
                 Connection::Resp(c.get_multiplexed_async_connection().await?)
             }
             TargetKind::Etcd => {
-                let url = if endpoint.starts_with("http") {
-                    endpoint.to_string()
-                } else {
-                    format!("http://{endpoint}")
-                };
-                let ep = Endpoint::from_shared(url)
+                let ep = Endpoint::from_shared(client::grpc_url(endpoint))
                     .map_err(|e| OpError::Connect(e.to_string()))?
                     .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(2))

@@ -22,6 +22,15 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+/// The URL tonic wants for a `host:port` endpoint (kept as is when it has a scheme).
+pub fn grpc_url(endpoint: &str) -> String {
+    if endpoint.starts_with("http") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// Requests waiting for a stream's task (per endpoint); callers wait for space beyond it.
 const MUX_QUEUE: usize = 1024;
 /// Most requests in one `BatchRequest` (the server's limit).
@@ -295,12 +304,7 @@ impl Client {
         }
         let mut channels = Vec::new();
         for e in &endpoints {
-            let url = if e.starts_with("http") {
-                e.clone()
-            } else {
-                format!("http://{e}")
-            };
-            let ep = Endpoint::from_shared(url)
+            let ep = Endpoint::from_shared(grpc_url(e))
                 .map_err(|_| ClientError::BadEndpoint(e.clone()))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
