@@ -7,6 +7,9 @@
 //! * [`FaultyFileSystem::crash`] keeps only the durable contents. [`crash_tearing`] keeps a
 //!   prefix of the unsynced bytes of one file (a torn write: the disk wrote some sectors),
 //!   [`crash_random`] keeps a seeded random prefix of every file's unsynced bytes.
+//! * `preallocate` adds durable zeros after a file's written bytes; writes overwrite them
+//!   (in this model: written bytes are a prefix, the rest of the file reads as zeros), and a
+//!   crash keeps the zeros wherever the written bytes were lost.
 //! * Directory entries (create, rename, remove) are durable only after `sync_dir` of their
 //!   parent directory; a crash reverts every later change: a created but unsynced file
 //!   disappears (even if its data was fsynced), a removed one comes back with its durable
@@ -54,9 +57,27 @@ struct Inode {
     /// truncation below `synced_len` that was not yet synced).
     synced_len: usize,
     shadow: Option<Vec<u8>>,
+    /// The file is at least this long, reading zeros past `data` (`preallocate`).
+    alloc: usize,
+    /// `alloc` as of the last sync (a truncation below it is not durable before a sync).
+    durable_alloc: usize,
 }
 
 impl Inode {
+    /// What a reader sees: the written bytes, then preallocated zeros.
+    fn visible(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.alloc <= self.data.len() {
+            return std::borrow::Cow::Borrowed(&self.data);
+        }
+        let mut bytes = self.data.clone();
+        bytes.resize(self.alloc, 0);
+        std::borrow::Cow::Owned(bytes)
+    }
+
+    fn visible_len(&self) -> usize {
+        self.data.len().max(self.alloc)
+    }
+
     fn durable(&self) -> &[u8] {
         match &self.shadow {
             Some(shadow) => shadow,
@@ -141,12 +162,15 @@ impl State {
             let mut data = inode.durable().to_vec();
             data.extend_from_slice(&inode.unsynced_suffix()[..keep]);
             let synced_len = data.len();
+            let alloc = inode.durable_alloc;
             survivors.insert(
                 id,
                 Inode {
                     data,
                     synced_len,
                     shadow: None,
+                    alloc,
+                    durable_alloc: alloc,
                 },
             );
         }
@@ -377,6 +401,7 @@ impl WritableFile for FaultyFile {
         let ((), mut state) = self.with_inode(FaultOp::Sync, |inode| {
             inode.shadow = None;
             inode.synced_len = inode.data.len();
+            inode.durable_alloc = inode.alloc;
         })?;
         state.sync_count += 1;
         Ok(())
@@ -385,6 +410,7 @@ impl WritableFile for FaultyFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let ((), _state) = self.with_inode(FaultOp::Write, |inode| {
+            inode.alloc = inode.alloc.min(len);
             if len >= inode.data.len() {
                 inode.data.resize(len, 0);
                 return;
@@ -394,6 +420,27 @@ impl WritableFile for FaultyFile {
             }
             inode.data.truncate(len);
         })?;
+        Ok(())
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        self.preallocate_inner(len)
+    }
+}
+
+impl FaultyFile {
+    fn preallocate_inner(&mut self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let ((), mut state) = self.with_inode(FaultOp::Write, |inode| {
+            if len > inode.visible_len() {
+                inode.alloc = len;
+            }
+            // Durable on return, like the real one (zeros written, then fdatasync).
+            inode.shadow = None;
+            inode.synced_len = inode.data.len();
+            inode.durable_alloc = inode.alloc;
+        })?;
+        state.sync_count += 1;
         Ok(())
     }
 }
@@ -454,27 +501,28 @@ impl FileSystem for FaultyFileSystem {
         Ok(state
             .inodes
             .get(&id)
-            .map(|inode| inode.data.clone())
+            .map(|inode| inode.visible().into_owned())
             .unwrap_or_default())
     }
 
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let state = self.lock();
         let id = state.inode_of(path)?;
-        let data = state
-            .inodes
-            .get(&id)
-            .map(|inode| inode.data.as_slice())
-            .unwrap_or_default();
+        let (data, len) = state.inodes.get(&id).map_or((&[][..], 0), |inode| {
+            (inode.data.as_slice(), inode.visible_len())
+        });
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let end = start.saturating_add(buf.len());
-        if end > data.len() {
+        if end > len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past end of file",
             ));
         }
-        buf.copy_from_slice(&data[start..end]);
+        // Written bytes, then the preallocated zeros (not materialized: segments are large).
+        let written_end = end.min(data.len()).max(start);
+        buf[..written_end - start].copy_from_slice(&data[start..written_end]);
+        buf[written_end - start..].fill(0);
         Ok(())
     }
 
@@ -484,7 +532,7 @@ impl FileSystem for FaultyFileSystem {
         Ok(state
             .inodes
             .get(&id)
-            .map_or(0, |inode| inode.data.len() as u64))
+            .map_or(0, |inode| inode.visible_len() as u64))
     }
 
     fn exists(&self, path: &Path) -> bool {

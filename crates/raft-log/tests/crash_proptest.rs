@@ -145,6 +145,11 @@ fn run(
         } else {
             RecoveryMode::TolerateTailCorruption
         },
+        // Two of three seeds write into zeroed (preallocated) segments, where a torn write
+        // is followed by zeros instead of the end of the file. No helper thread: the disk's
+        // state at a crash must not depend on thread timing.
+        preallocate_segments: seed % 3 != 0,
+        prepare_segments_in_background: false,
     };
     let keys: Vec<Vec<u8>> = (0..3).map(key).collect();
     let open = || LogEngine::open(&dir, config.clone(), Arc::new(fs.clone()));

@@ -16,9 +16,23 @@ fn dir() -> PathBuf {
     PathBuf::from("/store/log")
 }
 
+/// Opens without preallocation: most tests here walk the records of a segment file to the
+/// end of the file. The torn-write test also runs on preallocated (zeroed) segments.
 fn open(fs: &FaultyFileSystem, mode: RecoveryMode) -> Result<LogEngine, Error> {
+    open_with(fs, mode, false)
+}
+
+fn open_with(
+    fs: &FaultyFileSystem,
+    mode: RecoveryMode,
+    preallocate: bool,
+) -> Result<LogEngine, Error> {
     let config = Config {
         recovery_mode: mode,
+        preallocate_segments: preallocate,
+        prepare_segments_in_background: false,
+        // Recovery reads the whole active segment: keep a preallocated one small.
+        segment_size_bytes: 1 << 20,
         ..Config::default()
     };
     LogEngine::open(dir(), config, Arc::new(fs.clone()))
@@ -42,6 +56,19 @@ fn active_segment(engine: &LogEngine) -> PathBuf {
 
 #[test]
 fn torn_last_record_is_truncated_at_every_byte() {
+    torn_last_record_at_every_byte(false);
+}
+
+/// In a preallocated segment a torn write is followed by zeros, not by the end of the file,
+/// so the record looks complete with a bad checksum; it must still count as torn, in every
+/// recovery mode (the strictest included), and the zeros must not count as discarded bytes.
+#[test]
+fn torn_last_record_in_a_preallocated_segment_is_truncated_at_every_byte() {
+    torn_last_record_at_every_byte(true);
+}
+
+fn torn_last_record_at_every_byte(preallocate: bool) {
+    let open = |fs: &FaultyFileSystem, mode| open_with(fs, mode, preallocate);
     let fs = FaultyFileSystem::new(1);
     let mut model = Model::default();
     let engine = open(&fs, RecoveryMode::default()).expect("open");
@@ -67,8 +94,8 @@ fn torn_last_record_is_truncated_at_every_byte() {
     }
     let durable_model = model.clone();
     let path = active_segment(&engine);
-    let durable_len = fs.file_len_for_test(&path);
-    // The last write, never synced: a crash may tear it anywhere.
+    // The written bytes (a preallocated file is longer: zeros follow them).
+    let durable_len = engine.stats().active_segment_bytes as usize;
     let last_ops = vec![
         ModelOp::Append {
             group: 2,
@@ -90,10 +117,16 @@ fn torn_last_record_is_truncated_at_every_byte() {
         unsynced > 40,
         "the last record should be unsynced, got {unsynced} bytes"
     );
+    let unsynced_bytes = fs.read_for_test(&path)[durable_len..durable_len + unsynced].to_vec();
 
     for keep in 0..=unsynced {
         let disk = fs.fork();
         disk.crash_tearing(&path, keep);
+        // The strictest mode, too, must take a torn write for one (on a copy of the disk).
+        let strict = disk.fork();
+        open(&strict, RecoveryMode::AbsoluteConsistency).unwrap_or_else(|error| {
+            panic!("strict open after tearing at {keep} of {unsynced}: {error}")
+        });
         let engine = open(&disk, RecoveryMode::default())
             .unwrap_or_else(|error| panic!("open after tearing at {keep} of {unsynced}: {error}"));
         let report = engine.recovery_report().clone();
@@ -118,7 +151,13 @@ fn torn_last_record_is_truncated_at_every_byte() {
                 .unwrap_or_else(|| panic!("torn at {keep}/{unsynced}: torn tail not reported"));
             assert_eq!(torn.file, path);
             assert_eq!(torn.offset, durable_len as u64, "torn at {keep}");
-            assert_eq!(torn.bytes_discarded, keep as u64, "torn at {keep}");
+            // The torn bytes that were written: trailing zeros cannot be told from the
+            // preallocated ones (and in a file that was not preallocated, from no bytes).
+            let written = unsynced_bytes[..keep]
+                .iter()
+                .rposition(|byte| *byte != 0)
+                .map_or(0, |at| at + 1);
+            assert_eq!(torn.bytes_discarded, written as u64, "torn at {keep}");
         }
         // The log keeps working after the truncation, and a second open is clean.
         let mut batch = LogBatch::new();
@@ -392,12 +431,10 @@ fn zero_filled_tail_is_end_of_log() {
     let len = fs.file_len_for_test(&path);
     fs.append_for_test(&path, &[0u8; 4096]);
     let engine = open(&fs, RecoveryMode::AbsoluteConsistency).expect("zero tail is not corruption");
-    let torn = engine
-        .recovery_report()
-        .torn_tail
-        .clone()
-        .expect("reported");
-    assert_eq!((torn.offset, torn.bytes_discarded), (len as u64, 4096));
+    // Zeros after the last record are what a preallocated segment holds: the log's normal
+    // end, not a torn write.
+    assert_eq!(engine.recovery_report().torn_tail, None);
+    assert_eq!(engine.stats().active_segment_bytes, len as u64);
     assert_eq!(
         engine.get_state(GroupId(1), b"hs"),
         Some(Bytes::from_static(b"v"))

@@ -176,19 +176,21 @@ pub fn run(
     }
 }
 
-/// Sends the store's outbox and answers completed requests.
+/// Answers completed requests and sends the store's outbox.
 fn deliver(
     store: &mut Store<KvSm>,
     transport: &transport::Transport,
     waiting: &mut HashMap<Ticket, ReplyTx>,
 ) {
-    for (to, m) in store.take_outbox() {
-        transport.send(to.0, m);
-    }
+    // Answers first: the network threads run woken tasks in wake order, and a client waiting
+    // for its answer should not queue behind the commit-index messages to followers.
     for c in store.take_completions() {
         if let Some(tx) = waiting.remove(&c.ticket) {
             let _ = tx.send(c.result);
         }
+    }
+    for (to, m) in store.take_outbox() {
+        transport.send(to.0, m);
     }
 }
 

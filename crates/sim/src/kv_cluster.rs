@@ -1071,6 +1071,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         1_000
     };
     cfg.engine.segment_size_bytes = 64 << 10;
+    // Segments are preallocated as on a server, but zeroed by the writer itself: a helper
+    // thread would make the disk's state at a crash depend on thread timing.
+    cfg.engine.prepare_segments_in_background = false;
     if faults.lease_reads {
         cfg.read_mode = ReadMode::Lease;
     }
