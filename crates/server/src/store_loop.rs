@@ -189,8 +189,17 @@ fn deliver(
             let _ = tx.send(c.result);
         }
     }
+    // One frame per destination: on an idle connection the transport writes it from this
+    // thread, one syscall, no hand-off to the network thread (see `Transport::send_batch`).
+    let mut by_store: Vec<(u64, Vec<raft::Message>)> = Vec::new();
     for (to, m) in store.take_outbox() {
-        transport.send(to.0, m);
+        match by_store.iter_mut().find(|(s, _)| *s == to.0) {
+            Some((_, msgs)) => msgs.push(m),
+            None => by_store.push((to.0, vec![m])),
+        }
+    }
+    for (to, msgs) in by_store {
+        transport.send_batch(to, msgs);
     }
 }
 

@@ -230,10 +230,87 @@ async fn two_stores_exchange_ten_thousand_messages_in_order() {
         let st = t.stats();
         assert_eq!(st.sent, N);
         assert_eq!(st.dropped_queue_full, 0);
-        assert!(st.batches < st.sent, "messages were not batched: {st:?}");
+        // `send` of one message writes it directly (one frame each) while the socket takes
+        // it; what had to queue behind a full socket is batched by the task.
+        let (queued_frames, queued) = (st.batches - st.direct_batches, st.sent - st.direct_batches);
+        assert!(
+            queued == 0 || queued_frames < queued,
+            "queued messages were not batched: {st:?}"
+        );
     }
+    // The ingress counts a message just after handing it over: wait for the last count.
+    wait_for("every message counted", || {
+        s2.stats.snapshot().received == N
+    })
+    .await;
     assert_eq!(s2.stats.snapshot().received, N);
     assert_eq!(s2.stats.snapshot().dropped_decode, 0);
+}
+
+/// A store thread (not a runtime thread) sends batches while the receiver stops reading, so
+/// the socket fills: direct writes are cut short and the rest goes through the connection's
+/// task. Every message must still arrive, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_keep_order_when_the_socket_fills() {
+    const N: u64 = 6_000;
+    const BATCH: u64 = 10; // 40 KiB: fits one frame (64 KiB), so it may go directly
+                           // Small inbound channel, not read until everything is sent: the receiver stops reading
+                           // its socket and the sender's send buffer fills.
+    let (tx2, mut rx2) = mpsc::channel(16);
+    let s2 = TestServer::start("127.0.0.1:0".parse().unwrap(), tx2);
+    let t1 = Transport::new(1, config());
+    t1.set_peer_address(2, s2.url());
+    // Wait for the connection (an idle connection is what the direct path writes to).
+    t1.send(2, big_msg(0));
+    let first = recv_n(&mut rx2, 1).await;
+    assert_eq!(first[0], big_msg(0));
+    wait_for("the first frame written", || t1.stats().sent == 1).await;
+    let sender = {
+        let t1 = t1.clone();
+        std::thread::spawn(move || {
+            for start in (1..N).step_by(BATCH as usize) {
+                let batch: Vec<Message> = (start..(start + BATCH).min(N)).map(big_msg).collect();
+                t1.send_batch(2, batch);
+            }
+        })
+    };
+    sender.join().expect("sender thread");
+    let got = recv_n(&mut rx2, (N - 1) as usize).await;
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(*m, big_msg(i as u64 + 1), "order or content broken at {i}");
+    }
+    let st = t1.stats();
+    assert_eq!(st.dropped_queue_full, 0, "{st:?}");
+    assert_eq!(st.sent, N, "{st:?}");
+    assert!(
+        st.direct_batches > 0,
+        "no frame took the direct path: {st:?}"
+    );
+    assert!(
+        st.direct_batches < st.batches,
+        "the task never had to take over (the socket never filled): {st:?}"
+    );
+    s2.stop();
+}
+
+/// An append carrying 4 KiB, its sequence number in `term`.
+fn big_msg(seq: u64) -> Message {
+    Message {
+        group: GroupId(seq % 5),
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(seq),
+        body: MessageBody::Append {
+            prev_index: LogIndex(seq),
+            prev_term: Term(1),
+            entries: vec![Entry::new(
+                Term(1),
+                LogIndex(seq + 1),
+                Bytes::from(vec![(seq % 251) as u8; 4096]),
+            )],
+            commit: LogIndex(seq),
+        },
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
