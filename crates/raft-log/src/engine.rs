@@ -46,6 +46,12 @@ pub enum RecoveryMode {
     /// In the last segment, only a *short* tail (a record cut off by the end of the file, or
     /// a zero-filled tail) with no valid record after it is truncated as a torn write;
     /// anything else, including a complete last record with a bad checksum, refuses to open.
+    /// With `Config::preallocate_segments` a last record that is cut short once the file's
+    /// trailing zeros are set aside counts as short: a write torn inside zeroed space looks
+    /// exactly like that. So does a damaged last record whose own final bytes are zeros,
+    /// which this mode then truncates (reported in `torn_tail`) instead of refusing; the
+    /// sector rule of etcd's WAL (torn only if a whole 512-byte sector reads as zeros) would
+    /// tell them apart and is not implemented yet.
     AbsoluteConsistency,
     /// Default. In the last segment, any bad record (short, bad checksum, bad header) that
     /// no valid record follows is taken for a torn write (disks may persist the sectors of
@@ -169,6 +175,8 @@ pub struct Stats {
     pub batches_written: u64,
     /// fdatasync calls on segments since open (group commits, rollovers, purges, `sync`).
     pub syncs: u64,
+    /// Segments zeroed ahead by the helper thread since open (ready for a rollover).
+    pub spare_segments_prepared: u64,
 }
 
 /// Where one waiting writer is told its result, or that it is now the leader.
@@ -363,6 +371,8 @@ struct Spares {
     wanted: Option<u64>,
     ready: Option<Spare>,
     shutdown: bool,
+    /// Spares made since open.
+    prepared: u64,
 }
 
 /// Suffix of a spare segment's temporary name; such files are removed at open.
@@ -1216,12 +1226,9 @@ impl Core {
             }
             other => {
                 if let Some(stale) = other {
-                    // Cannot happen with one writer; harmless if it did (removed at open).
-                    tracing::warn!(
-                        seq = stale.seq,
-                        wanted = seq,
-                        "raft-log spare segment out of sequence"
-                    );
+                    // The helper finished a spare for a segment the writer had already
+                    // started itself (it filled up first): useless now.
+                    let _ = self.fs.remove(&stale.path);
                 }
                 // Without a spare ready, zero inline only where no helper thread exists (a
                 // stall of the write path otherwise; the segment then grows as it is written).
@@ -1264,7 +1271,10 @@ impl Core {
             let made = self.make_spare(seq);
             spares = lock(&self.spares);
             match made {
-                Ok(spare) => spares.ready = Some(spare),
+                Ok(spare) => {
+                    spares.ready = Some(spare);
+                    spares.prepared += 1;
+                }
                 Err(error) => {
                     tracing::warn!(%error, seq, "raft-log could not prepare the next segment; it will be started without preallocation")
                 }
@@ -1425,6 +1435,7 @@ impl Core {
             group_commits: writer.group_commits,
             batches_written: writer.batches_written,
             syncs: writer.syncs,
+            spare_segments_prepared: lock(&self.spares).prepared,
         }
     }
 

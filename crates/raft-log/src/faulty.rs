@@ -521,7 +521,9 @@ impl FileSystem for FaultyFileSystem {
         }
         // Written bytes, then the preallocated zeros (not materialized: segments are large).
         let written_end = end.min(data.len()).max(start);
-        buf[..written_end - start].copy_from_slice(&data[start..written_end]);
+        if start < written_end {
+            buf[..written_end - start].copy_from_slice(&data[start..written_end]);
+        }
         buf[written_end - start..].fill(0);
         Ok(())
     }

@@ -417,9 +417,10 @@ fn real_disk_segments_are_preallocated_ahead_and_trimmed_when_full() {
         while engine.stats().active_segment_bytes * 2 < segment {
             write_one(&mut index);
         }
-        // Half full: the helper prepares segment 2. Wait for it (bounded), then fill up.
+        // Half full: the helper prepares segment 2. Wait until it is ready (zeroed and
+        // synced; bounded), then fill up.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while spares() == 0 {
+        while engine.stats().spare_segments_prepared == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no spare segment within 30 s"

@@ -146,6 +146,8 @@ struct DirectState {
     rest: Option<Vec<u8>>,
     /// Reused to encode direct frames.
     fb: FrameBuilder,
+    /// A direct write reached the current connection (it carried traffic).
+    wrote: bool,
 }
 
 impl Direct {
@@ -260,7 +262,12 @@ impl Transport {
         let bytes: usize = msgs.iter().map(|m| m.size_bytes() as usize).sum();
         if let Some(stream) = state.idle.clone() {
             if msgs.len() <= config.max_batch_messages && bytes <= config.max_batch_bytes {
-                let DirectState { fb, rest, idle } = &mut *state;
+                let DirectState {
+                    fb,
+                    rest,
+                    idle,
+                    wrote,
+                } = &mut *state;
                 fb.clear();
                 for m in &msgs {
                     fb.push(m);
@@ -269,6 +276,7 @@ impl Transport {
                 let frame = fb.finish();
                 match stream.try_write(frame) {
                     Ok(n) => {
+                        *wrote = true;
                         if n < frame.len() {
                             // The socket took part of it: the task writes the rest, and
                             // everything after goes through the queue until it is done.
@@ -546,6 +554,7 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, direct: Arc<
             let mut state = direct.lock();
             state.idle = None;
             state.rest = None;
+            carried |= std::mem::take(&mut state.wrote);
         }
         match end {
             StreamEnd::Shutdown => return,

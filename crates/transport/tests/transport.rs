@@ -279,6 +279,8 @@ async fn direct_writes_keep_order_when_the_socket_fills() {
     for (i, m) in got.iter().enumerate() {
         assert_eq!(*m, big_msg(i as u64 + 1), "order or content broken at {i}");
     }
+    // The task counts a frame once its write returned: wait for the last count.
+    wait_for("every message counted as sent", || t1.stats().sent == N).await;
     let st = t1.stats();
     assert_eq!(st.dropped_queue_full, 0, "{st:?}");
     assert_eq!(st.sent, N, "{st:?}");
