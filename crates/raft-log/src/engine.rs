@@ -78,14 +78,21 @@ pub struct Config {
     /// Fill each segment with zeros up to `segment_size_bytes` before records are written into
     /// it (etcd's WAL preallocates its files too). Records then overwrite allocated blocks, so
     /// an `fdatasync` writes the data only instead of also committing the file system's
-    /// journal: 0.090 vs 0.133 ms alone, 0.133 vs 0.232 ms with three writers on one disk,
-    /// measured on the project's machine (docs/BENCHMARKS.md). Costs the zeroing (~50 ms per
+    /// journal: 0.085 vs 0.171 ms alone, 0.142 vs 0.267 ms with three writers on one disk,
+    /// measured on the project's machine with `bench/fsync-probe` (docs/BENCHMARKS.md). Costs the zeroing (~50 ms per
     /// 64 MiB segment) at creation and when reopening (the tail of the last segment).
     pub preallocate_segments: bool,
     /// Zero the next segment on a helper thread while the active one fills (from half full),
     /// so that starting a segment costs a rename, not the zeroing, on the write path. Off,
     /// a segment is zeroed by the writer when it starts (deterministic: the simulator).
     pub prepare_segments_in_background: bool,
+}
+
+impl Config {
+    /// Whether the helper thread zeroes the next segment ahead.
+    fn spares_in_background(&self) -> bool {
+        self.preallocate_segments && self.prepare_segments_in_background
+    }
 }
 
 impl Default for Config {
@@ -633,20 +640,19 @@ impl LogEngine {
             .name("raft-log-writer".to_string())
             .spawn(move || worker_core.run_writer_thread())
             .map_err(|error| Error::io("start the writer thread for", &core.dir, error))?;
-        let preparer =
-            if core.config.preallocate_segments && core.config.prepare_segments_in_background {
-                let preparer_core = Arc::clone(&core);
-                Some(
-                    std::thread::Builder::new()
-                        .name("raft-log-prep".to_string())
-                        .spawn(move || preparer_core.run_preparer_thread())
-                        .map_err(|error| {
-                            Error::io("start the segment preparer thread for", &core.dir, error)
-                        })?,
-                )
-            } else {
-                None
-            };
+        let preparer = if core.config.spares_in_background() {
+            let preparer_core = Arc::clone(&core);
+            Some(
+                std::thread::Builder::new()
+                    .name("raft-log-prep".to_string())
+                    .spawn(move || preparer_core.run_preparer_thread())
+                    .map_err(|error| {
+                        Error::io("start the segment preparer thread for", &core.dir, error)
+                    })?,
+            )
+        } else {
+            None
+        };
         Ok(LogEngine {
             core,
             worker: Some(worker),
@@ -1177,8 +1183,7 @@ impl Core {
             .write_all(bytes)
             .map_err(|error| Error::io("write", &path, error))?;
         writer.active_len += bytes.len() as u64;
-        if self.config.preallocate_segments
-            && self.config.prepare_segments_in_background
+        if self.config.spares_in_background()
             && writer.active_len.saturating_mul(2) >= self.config.segment_size_bytes
             && writer.spare_requested != writer.active_seq + 1
         {
@@ -1233,8 +1238,8 @@ impl Core {
                 // Without a spare ready, zero inline only where no helper thread exists (a
                 // stall of the write path otherwise; the segment then grows as it is written).
                 let prealloc = (self.config.preallocate_segments
-                    && !self.config.prepare_segments_in_background)
-                    .then_some(self.config.segment_size_bytes);
+                    && !self.config.spares_in_background())
+                .then_some(self.config.segment_size_bytes);
                 create_segment(self.fs.as_ref(), &self.dir, seq, prealloc)?
             }
         };
@@ -1284,14 +1289,12 @@ impl Core {
 
     fn make_spare(&self, seq: u64) -> Result<Spare> {
         let path = spare_path(&self.dir, seq);
-        let mut file = self
-            .fs
-            .create(&path)
-            .map_err(|error| Error::io("create", &path, error))?;
-        file.write_all(&format::segment_header(seq))
-            .map_err(|error| Error::io("write", &path, error))?;
-        file.preallocate(self.config.segment_size_bytes)
-            .map_err(|error| Error::io("preallocate", &path, error))?;
+        let file = new_segment_file(
+            self.fs.as_ref(),
+            &path,
+            seq,
+            Some(self.config.segment_size_bytes),
+        )?;
         Ok(Spare { seq, path, file })
     }
 
@@ -1579,24 +1582,35 @@ fn create_segment(
     seq: u64,
     preallocate: Option<u64>,
 ) -> Result<(Box<dyn WritableFile>, u64)> {
-    let path = segment_path(dir, seq);
+    let file = new_segment_file(fs, &segment_path(dir, seq), seq, preallocate)?;
+    fs.sync_dir(dir)
+        .map_err(|error| Error::io("sync directory", dir, error))?;
+    Ok((file, format::SEGMENT_HEADER_BYTES as u64))
+}
+
+/// Creates `path` holding segment `seq`'s header, zeroed up to `preallocate` bytes if given,
+/// durably (the file's contents; its directory entry is the caller's business).
+fn new_segment_file(
+    fs: &dyn FileSystem,
+    path: &Path,
+    seq: u64,
+    preallocate: Option<u64>,
+) -> Result<Box<dyn WritableFile>> {
     let mut file = fs
-        .create(&path)
-        .map_err(|error| Error::io("create", &path, error))?;
+        .create(path)
+        .map_err(|error| Error::io("create", path, error))?;
     file.write_all(&format::segment_header(seq))
-        .map_err(|error| Error::io("write", &path, error))?;
+        .map_err(|error| Error::io("write", path, error))?;
     match preallocate {
         // Durable like sync_data (zeros and header).
         Some(len) => file
             .preallocate(len)
-            .map_err(|error| Error::io("preallocate", &path, error))?,
+            .map_err(|error| Error::io("preallocate", path, error))?,
         None => file
             .sync_data()
-            .map_err(|error| Error::io("fdatasync", &path, error))?,
+            .map_err(|error| Error::io("fdatasync", path, error))?,
     }
-    fs.sync_dir(dir)
-        .map_err(|error| Error::io("sync directory", dir, error))?;
-    Ok((file, format::SEGMENT_HEADER_BYTES as u64))
+    Ok(file)
 }
 
 /// Where recovery reads segments from, and how strictly.

@@ -78,6 +78,13 @@ impl Inode {
         self.data.len().max(self.alloc)
     }
 
+    /// What `sync_data` (and `preallocate`, which syncs) makes of it: all of it durable.
+    fn mark_synced(&mut self) {
+        self.shadow = None;
+        self.synced_len = self.data.len();
+        self.durable_alloc = self.alloc;
+    }
+
     fn durable(&self) -> &[u8] {
         match &self.shadow {
             Some(shadow) => shadow,
@@ -398,11 +405,7 @@ impl WritableFile for FaultyFile {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let ((), mut state) = self.with_inode(FaultOp::Sync, |inode| {
-            inode.shadow = None;
-            inode.synced_len = inode.data.len();
-            inode.durable_alloc = inode.alloc;
-        })?;
+        let ((), mut state) = self.with_inode(FaultOp::Sync, Inode::mark_synced)?;
         state.sync_count += 1;
         Ok(())
     }
@@ -424,21 +427,13 @@ impl WritableFile for FaultyFile {
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
-        self.preallocate_inner(len)
-    }
-}
-
-impl FaultyFile {
-    fn preallocate_inner(&mut self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let ((), mut state) = self.with_inode(FaultOp::Write, |inode| {
             if len > inode.visible_len() {
                 inode.alloc = len;
             }
             // Durable on return, like the real one (zeros written, then fdatasync).
-            inode.shadow = None;
-            inode.synced_len = inode.data.len();
-            inode.durable_alloc = inode.alloc;
+            inode.mark_synced();
         })?;
         state.sync_count += 1;
         Ok(())

@@ -31,8 +31,9 @@ pub trait WritableFile: Send + fmt::Debug {
     /// Makes the file `len` bytes long by adding zeros after its end, durably (like a write
     /// and `fdatasync`), without moving the position: later writes overwrite the zeros. Why:
     /// on ext4 the `fdatasync` of a write that grows a file also commits the journal (the new
-    /// size and block allocation); overwriting allocated blocks does not, which made a small
-    /// append plus `fdatasync` ~40 % faster on this project's disk (docs/BENCHMARKS.md).
+    /// size and block allocation); overwriting allocated blocks does not: a 4 KiB write plus
+    /// `fdatasync` took half the time alone and 47 % less with three writers on this
+    /// project's disk (`bench/fsync-probe`, docs/BENCHMARKS.md).
     /// Does nothing when the file is already that long.
     fn preallocate(&mut self, len: u64) -> io::Result<()>;
 }
