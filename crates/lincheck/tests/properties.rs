@@ -73,7 +73,15 @@ proptest! {
         history[victim].output = Some(KvOutput::Get(Some(NEVER_WRITTEN.to_vec())));
         match check(&KvModel, &history, &CheckOptions::default()).expect("valid history") {
             CheckResult::Illegal(report) => {
-                prop_assert_eq!(report.blocking_op, victim, "{}", report.detail);
+                // The ghost read is to blame: it is the operation that could not take effect
+                // in time, or one of those pending with it that no order could place next
+                // (a concurrent read that returns first is reported instead: seen in CI).
+                prop_assert!(
+                    report.blocking_op == victim || report.unplaced_ops.contains(&victim),
+                    "the planted ghost read #{} is not implicated: {}",
+                    victim,
+                    report.detail
+                );
                 let expected_label = format!("key {:?}", lincheck::kv::Bytes(history[victim].input.key()));
                 prop_assert_eq!(report.partition, expected_label);
             }
