@@ -24,6 +24,7 @@
 //!  15 MSetNx         pairs:list<(key:bytes value:bytes)>
 //!  16 DeleteMany     keys:list<bytes>
 //!  17 Count          (no fields)
+//!  18 Pipeline       commands:list<CommandBody> (at least one; none may be a Pipeline)
 //! ```
 //! Primitives are described in the `codec` module. Tags are never reused: a retired command
 //! keeps its number so old log entries still decode to the same thing.
@@ -162,6 +163,13 @@ pub enum Command {
     /// Number of keys in the region (Redis `DBSIZE` sums it over regions). Read-only.
     /// → `Response::Integer(count)`.
     Count,
+    /// Several commands of one client applied in order as one log entry (or, when all are
+    /// read-only, served as one read), each with its own result: a failing command changes
+    /// nothing and the next one still runs, as in a Redis pipeline (this is not MULTI: the
+    /// commands are not all-or-nothing). The Redis front end turns a pipeline's commands for
+    /// one region into one of these. At least one command, none of them a `Pipeline`.
+    /// → `Response::Pipeline` with one result per command, in order.
+    Pipeline { commands: Vec<Command> },
 }
 
 // Tags: see the module docs. Never renumber.
@@ -182,6 +190,7 @@ const TAG_SET_NX: u8 = 14;
 const TAG_MSET_NX: u8 = 15;
 const TAG_DELETE_MANY: u8 = 16;
 const TAG_COUNT: u8 = 17;
+const TAG_PIPELINE: u8 = 18;
 
 /// Smallest encoding of one `bytes` field (an empty one: its length byte).
 const MIN_BYTES_FIELD: u64 = 1;
@@ -190,10 +199,14 @@ impl Command {
     /// True for commands that never change state; only these may be sent with
     /// [`ClientId::NONE`] or served by [`crate::KvStateMachine::read`].
     pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            Command::Get { .. } | Command::Scan { .. } | Command::BatchGet { .. } | Command::Count
-        )
+        match self {
+            Command::Get { .. }
+            | Command::Scan { .. }
+            | Command::BatchGet { .. }
+            | Command::Count => true,
+            Command::Pipeline { commands } => commands.iter().all(Command::is_read_only),
+            _ => false,
+        }
     }
 
     /// Every key the command names, in order (`Scan`: its start; `Count`: none). Routing and
@@ -217,6 +230,7 @@ impl Command {
                 pairs.iter().map(|(key, _)| key).collect()
             }
             Command::Count => vec![],
+            Command::Pipeline { commands } => commands.iter().flat_map(Command::keys).collect(),
         }
     }
 
@@ -235,6 +249,7 @@ impl Command {
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
                 pairs.iter().map(|(_, value)| value).collect()
             }
+            Command::Pipeline { commands } => commands.iter().flat_map(Command::values).collect(),
             _ => vec![],
         }
     }
@@ -276,6 +291,10 @@ impl Command {
                 pairs.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
             }
             Command::Incr { key, .. } | Command::IncrByFloat { key, .. } => key.len() + 10,
+            Command::Pipeline { commands } => commands
+                .iter()
+                .map(|c| c.approximate_payload_len() + 4)
+                .sum(),
         }
     }
 
@@ -369,10 +388,23 @@ impl Command {
                 }
             }
             Command::Count => out.put_u8(TAG_COUNT),
+            Command::Pipeline { commands } => {
+                out.put_u8(TAG_PIPELINE);
+                out.put_varint(commands.len() as u64);
+                for command in commands {
+                    command.encode_body(out);
+                }
+            }
         }
     }
 
     pub(crate) fn decode_body(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_body_in(reader, false)
+    }
+
+    /// `in_pipeline`: a command inside a pipeline, which may not be a pipeline itself. Checked
+    /// on the tag, before decoding further, so a crafted input cannot recurse deeply.
+    fn decode_body_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Self, DecodeError> {
         let tag = reader.u8("command tag")?;
         let command = match tag {
             TAG_GET => Command::Get {
@@ -452,6 +484,27 @@ impl Command {
                 Command::DeleteMany { keys }
             }
             TAG_COUNT => Command::Count,
+            TAG_PIPELINE if in_pipeline => {
+                return Err(DecodeError::Invalid {
+                    what: "pipeline",
+                    reason: "a pipeline inside a pipeline",
+                })
+            }
+            TAG_PIPELINE => {
+                // Smallest command body: its tag byte (Count).
+                let count = reader.count("pipeline commands", 1)?;
+                if count == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "pipeline",
+                        reason: "holds no command",
+                    });
+                }
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(Self::decode_body_in(reader, true)?);
+                }
+                Command::Pipeline { commands }
+            }
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "command",

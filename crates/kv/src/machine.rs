@@ -386,6 +386,15 @@ impl KvStateMachine {
             Command::Count => Ok(Response::Integer(
                 i64::try_from(self.data.len()).unwrap_or(i64::MAX),
             )),
+            Command::Pipeline { commands } => {
+                self.check_batch(commands.len())?;
+                if !command.is_read_only() {
+                    return Err(CommandError::NotReadOnly);
+                }
+                Ok(Response::Pipeline(
+                    commands.iter().map(|c| self.execute_read(c)).collect(),
+                ))
+            }
             _ => Err(CommandError::NotReadOnly),
         }
     }
@@ -433,6 +442,14 @@ impl KvStateMachine {
             | Command::Scan { .. }
             | Command::BatchGet { .. }
             | Command::Count => self.execute_read(command),
+            // Each command validates before it mutates (below), so one that fails leaves the
+            // state as it was and the next one runs on it, as in a Redis pipeline.
+            Command::Pipeline { commands } => {
+                self.check_batch(commands.len())?;
+                Ok(Response::Pipeline(
+                    commands.iter().map(|c| self.execute(c)).collect(),
+                ))
+            }
             Command::DeleteMany { keys } => {
                 self.check_batch(keys.len())?;
                 keys.iter().try_for_each(|key| self.check_key(key))?;

@@ -47,6 +47,8 @@ pub enum Response {
     },
     /// `SetNx`, `MSetNx`: whether the write happened.
     Written(bool),
+    /// `Pipeline`: each command's own result, in the order of the commands.
+    Pipeline(Vec<Result<Response, CommandError>>),
 }
 
 /// Why a command was refused. A refused command changes no key. These errors are
@@ -141,6 +143,7 @@ const RESPONSE_INTEGER: u8 = 6;
 const RESPONSE_CAS: u8 = 7;
 const RESPONSE_PUT: u8 = 8;
 const RESPONSE_WRITTEN: u8 = 9;
+const RESPONSE_PIPELINE: u8 = 10;
 
 // CommandError tags. Never renumber: snapshots store them.
 const ERROR_KEY_TOO_LARGE: u8 = 0;
@@ -254,10 +257,23 @@ fn encode_response<S: Sink>(out: &mut S, response: &Response) {
             out.put_u8(RESPONSE_WRITTEN);
             out.put_bool(*written);
         }
+        Response::Pipeline(results) => {
+            out.put_u8(RESPONSE_PIPELINE);
+            out.put_varint(results.len() as u64);
+            for result in results {
+                encode_result(out, result);
+            }
+        }
     }
 }
 
 fn decode_response(reader: &mut Reader<'_>) -> Result<Response, DecodeError> {
+    decode_response_in(reader, false)
+}
+
+/// `in_pipeline`: a result inside a pipeline's, which may not be a pipeline's itself (checked
+/// on the tag, so a crafted input cannot recurse deeply).
+fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Response, DecodeError> {
     let response = match reader.u8("response tag")? {
         RESPONSE_DONE => Response::Done,
         RESPONSE_VALUE => Response::Value(reader.opt_bytes("value")?),
@@ -287,6 +303,30 @@ fn decode_response(reader: &mut Reader<'_>) -> Result<Response, DecodeError> {
             previous: reader.opt_bytes("previous")?,
         },
         RESPONSE_WRITTEN => Response::Written(reader.bool("written")?),
+        RESPONSE_PIPELINE if in_pipeline => {
+            return Err(DecodeError::Invalid {
+                what: "pipeline result",
+                reason: "a pipeline inside a pipeline",
+            })
+        }
+        RESPONSE_PIPELINE => {
+            // Smallest result: its tag and a one-byte response or error.
+            let count = reader.count("pipeline results", 2)?;
+            let mut results = Vec::with_capacity(count);
+            for _ in 0..count {
+                results.push(match reader.u8("result tag")? {
+                    RESULT_OK => Ok(decode_response_in(reader, true)?),
+                    RESULT_ERR => Err(decode_error(reader)?),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "result",
+                            tag,
+                        })
+                    }
+                });
+            }
+            Response::Pipeline(results)
+        }
         tag => {
             return Err(DecodeError::UnknownTag {
                 what: "response",

@@ -640,3 +640,142 @@ fn command_results_round_trip_and_garbage_is_refused() {
     }
     assert!(kv::decode_command_result(&[9, 0, 0]).is_err());
 }
+
+/// A pipeline runs its commands in order as one entry: a later command sees an earlier one's
+/// write, a failing command changes nothing and does not stop the next, and a retry of the
+/// entry (same sequence) is answered from the session without running anything again.
+#[test]
+fn pipeline_runs_in_order_and_each_command_fails_alone() {
+    let mut m = machine();
+    exec(&mut m, put("n", "not a number")).expect("put");
+    let pipeline = Command::Pipeline {
+        commands: vec![
+            Command::Put {
+                key: b("a"),
+                value: b("1"),
+                options: PutOptions::default(),
+            },
+            Command::Incr {
+                key: b("a"),
+                delta: 41,
+            },
+            Command::Incr {
+                key: b("n"),
+                delta: 1,
+            },
+            Command::Get { key: b("a") },
+            Command::Delete { key: b("n") },
+        ],
+    };
+    let expected = Response::Pipeline(vec![
+        Ok(Response::Put {
+            written: true,
+            previous: None,
+        }),
+        Ok(Response::Integer(42)),
+        Err(CommandError::NotAnInteger),
+        Ok(value("42")),
+        Ok(Response::Deleted(true)),
+    ]);
+    let first = common::submit(&mut m, common::CLIENT, 100, pipeline.clone(), 0);
+    assert_eq!(first.result, Ok(expected.clone()));
+    assert!(!first.duplicate);
+    let hash = m.data_hash();
+    let retry = common::submit(&mut m, common::CLIENT, 100, pipeline, 0);
+    assert!(retry.duplicate, "a retried pipeline must not run again");
+    assert_eq!(retry.result, Ok(expected));
+    assert_eq!(m.data_hash(), hash);
+    assert_eq!(m.get(b"a"), Some(b("42")));
+    assert_eq!(m.get(b"n"), None);
+}
+
+/// Read-only pipelines are served by `read`; one write inside makes the whole pipeline a
+/// write; a key outside the region refuses the whole pipeline before anything runs; too many
+/// commands are refused like an oversized batch.
+#[test]
+fn pipeline_reads_region_and_size_rules() {
+    let mut m = machine();
+    exec(&mut m, put("k", "v")).expect("put");
+    let reads = Command::Pipeline {
+        commands: vec![Command::Get { key: b("k") }, Command::Get { key: b("x") }],
+    };
+    assert!(reads.is_read_only());
+    assert_eq!(
+        m.read(&reads),
+        Ok(Response::Pipeline(vec![
+            Ok(value("v")),
+            Ok(Response::Value(None))
+        ]))
+    );
+    let mixed = Command::Pipeline {
+        commands: vec![
+            Command::Get { key: b("k") },
+            Command::Delete { key: b("k") },
+        ],
+    };
+    assert!(!mixed.is_read_only());
+    assert_eq!(m.read(&mixed), Err(CommandError::NotReadOnly));
+
+    let mut left = KvStateMachine::with_region(RegionRange {
+        start: Bytes::new(),
+        end: Some(b("m")),
+    });
+    let straddling = Command::Pipeline {
+        commands: vec![
+            Command::Delete { key: b("a") },
+            Command::Delete { key: b("z") },
+        ],
+    };
+    assert_refused(
+        &mut left,
+        straddling,
+        CommandError::OutOfRange { key: b("z") },
+    );
+
+    let mut small = small_limits_machine();
+    let three = Command::Pipeline {
+        commands: vec![Command::Get { key: b("a") }; 3],
+    };
+    assert_refused(
+        &mut small,
+        three,
+        CommandError::BatchTooLarge { size: 3, max: 2 },
+    );
+}
+
+/// The codec refuses a pipeline inside a pipeline, looking only at the tag, so a crafted
+/// entry of a million nested pipelines is one quick error, not a deep recursion; an empty
+/// pipeline is refused too. Pipeline results round-trip.
+#[test]
+fn pipeline_codec_refuses_nesting_and_empty() {
+    let one = Command::Pipeline {
+        commands: vec![Command::Count],
+    };
+    assert_eq!(Command::decode(&one.encode()), Ok(one.clone()));
+    // version, then (tag 18, count 1) a million times.
+    let mut nested = vec![kv::CODEC_VERSION];
+    for _ in 0..1_000_000 {
+        nested.extend_from_slice(&[18, 1]);
+    }
+    nested.push(17);
+    assert!(Command::decode(&nested).is_err());
+    assert!(Command::decode(&[kv::CODEC_VERSION, 18, 0]).is_err());
+
+    let result: Result<Response, CommandError> = Ok(Response::Pipeline(vec![
+        Ok(Response::Integer(3)),
+        Err(CommandError::Overflow),
+        Ok(Response::Values(vec![None, Some(b("v"))])),
+    ]));
+    let bytes = kv::encode_command_result(&result);
+    assert_eq!(kv::decode_command_result(&bytes), Ok(result));
+    for cut in 0..bytes.len() {
+        assert!(kv::decode_command_result(&bytes[..cut]).is_err());
+    }
+    // Result: version, Ok, pipeline of one Ok pipeline (refused on its tag).
+    let mut nested = vec![kv::CODEC_VERSION, 0];
+    for _ in 0..1_000_000 {
+        nested.extend_from_slice(&[10, 1, 0]);
+    }
+    nested.push(0);
+    assert!(kv::decode_command_result(&nested).is_err());
+}

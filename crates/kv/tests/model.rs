@@ -69,8 +69,17 @@ fn pairs() -> impl Strategy<Value = Vec<(Bytes, Bytes)>> {
     proptest::collection::vec((key(), value()), 0..3)
 }
 
-/// Commands the model implements, over a tiny key and value space so they collide.
+/// Commands the model implements, over a tiny key and value space so they collide; one in
+/// eight is a pipeline of them (the model runs its commands one after the other).
 fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        7 => single_command(),
+        1 => proptest::collection::vec(single_command(), 1..5)
+            .prop_map(|commands| Command::Pipeline { commands }),
+    ]
+}
+
+fn single_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         key().prop_map(|key| Command::Get { key }),
         (key(), value(), put_options()).prop_map(|(key, value, options)| Command::Put {
@@ -112,6 +121,14 @@ fn command() -> impl Strategy<Value = Command> {
 
 /// Read-only commands, which may be sent without a session.
 fn read_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        7 => single_read_command(),
+        1 => proptest::collection::vec(single_read_command(), 1..5)
+            .prop_map(|commands| Command::Pipeline { commands }),
+    ]
+}
+
+fn single_read_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         key().prop_map(|key| Command::Get { key }),
         (key(), proptest::option::of(key()), 0u32..5)
@@ -303,6 +320,7 @@ impl Model {
                 pairs.iter().try_for_each(|(_, value)| value_fits(value))
             }
             Command::BatchGet { keys } | Command::DeleteMany { keys } => batch_fits(keys.len()),
+            Command::Pipeline { commands } => batch_fits(commands.len()),
             Command::Scan { limit, .. } if *limit > LIMITS.max_scan_limit => {
                 Err(CommandError::ScanLimitTooLarge {
                     limit: u64::from(*limit),
@@ -315,8 +333,14 @@ impl Model {
 
     fn execute(&mut self, command: &Command) -> Result<Response, CommandError> {
         self.validate(command)?;
+        if let Command::Pipeline { commands } = command {
+            return Ok(Response::Pipeline(
+                commands.iter().map(|c| self.execute(c)).collect(),
+            ));
+        }
         let data = &mut self.data;
         Ok(match command.clone() {
+            Command::Pipeline { .. } => unreachable!("pipelines are run above"),
             Command::Get { key } => Response::Value(data.get(&key).cloned()),
             Command::Put {
                 key,
@@ -467,6 +491,9 @@ fn first_key_outside_region(command: &Command) -> Option<Bytes> {
         Command::Count => vec![],
         Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
             pairs.iter().map(|(k, _)| k.clone()).collect()
+        }
+        Command::Pipeline { commands } => {
+            return commands.iter().find_map(first_key_outside_region);
         }
     };
     keys.into_iter().find(|k| !inside(k))

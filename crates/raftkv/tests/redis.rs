@@ -322,7 +322,8 @@ async fn every_command_works_through_any_store() {
 /// A pipeline of INCRs is in flight on a store that does not lead the key's region when the
 /// leader is SIGKILLed. Every INCR must answer (the server retries it with the same session
 /// sequence), each exactly once: the replies on the connection are 1, 2, 3, ... in order and
-/// the final value is the number sent.
+/// the final value is the number sent. The SETs between them touch all three regions, so each
+/// pipeline is several `Pipeline` entries, one per region, sent concurrently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_during_a_pipeline_loses_and_duplicates_nothing() {
     let mut c = TestCluster::start(&[]);
@@ -341,7 +342,8 @@ async fn leader_kill_during_a_pipeline_loses_and_duplicates_nothing() {
             let mut pipe = redis::pipe();
             for d in 0..DEPTH {
                 pipe.cmd("INCR").arg(key);
-                let k = format!("k{p}-{d}");
+                // Spread over the three regions: a pipeline becomes one entry per region.
+                let k = format!("{}{p}-{d}", ["a", "k", "t"][d % 3]);
                 pipe.cmd("SET").arg(&k).arg(p * DEPTH + d).ignore();
                 keys_set.push(k);
             }

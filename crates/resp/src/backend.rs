@@ -27,6 +27,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 ///    last pair it returned. A reply with `more == true` carries at least one pair.
 /// 5. Multi-key commands are only sent when [`Backend::same_region`] said yes for their keys;
 ///    the backend may still refuse them (a split in between) with `Unavailable`.
+/// 6. A pipeline's commands for one region (as [`Backend::region_of`] names it) arrive as one
+///    [`kv::Command::Pipeline`], executed like any command: atomically as one step, at most
+///    once per `(client_id, sequence)`, answered with one result per command. Commands for
+///    different regions are sent concurrently (different keys, so no order between them is
+///    observable on this connection, as with a pipeline over Redis Cluster's nodes).
 pub trait Backend: Send + Sync + 'static {
     /// Executes one state-machine command. Writes carry the connection's session (client id,
     /// sequence from 1, +1 per write; retries of the same write reuse the sequence so it is
@@ -40,6 +45,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether all keys live in one region (multi-key commands are refused otherwise).
     fn same_region(&self, keys: &[&[u8]]) -> bool;
+
+    /// The region holding `key`, as an opaque number, so a pipeline's commands can be grouped
+    /// by region (rule 6). `None` when unknown; the default knows no region, and then the
+    /// commands of a pipeline are executed one at a time, in order.
+    fn region_of(&self, _key: &[u8]) -> Option<u64> {
+        None
+    }
 
     /// Number of keys in the whole keyspace (`DBSIZE`, INFO keyspace).
     fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>>;

@@ -18,6 +18,14 @@ pub const UNAUTHENTICATED_MAX_ARRAY_LEN: usize = 10;
 /// Replies are flushed once this many bytes are pending, even mid-pipeline, so a long pipeline
 /// cannot grow the output buffer without bound.
 pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+/// Most pipelined requests read from the buffer and executed together (see `cmd::pipeline`):
+/// the commands of one region among them become one log entry.
+pub const MAX_PIPELINE_COMMANDS: usize = 256;
+/// Most request bytes gathered into one such batch (a single larger request runs alone).
+pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
+/// Most arguments (so, at most this many keys) in one such batch: within the state machine's
+/// batch limit.
+pub const MAX_PIPELINE_ARGUMENTS: usize = kv::config::DEFAULT_MAX_BATCH_KEYS;
 /// SCAN's COUNT is clamped to this (the state machine refuses larger scan limits).
 pub const MAX_SCAN_COUNT: u32 = 1_000;
 /// Outstanding SCAN cursors remembered per front end (see `cmd::keys`); past this the oldest

@@ -12,6 +12,8 @@ use crate::frame::{parse_request, Frame, ProtocolError, RequestLimits};
 
 /// Initial read buffer size; it grows only as request bytes actually arrive.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Room made for one [`Connection::read_ready`].
+const PIPELINE_READ_BYTES: usize = 16 * 1024;
 
 /// Why reading a request failed.
 #[derive(Debug, Error)]
@@ -52,16 +54,7 @@ impl Connection {
         limits: &RequestLimits,
     ) -> Result<Option<Vec<Bytes>>, ConnectionError> {
         loop {
-            if let Some(parsed) = parse_request(&self.input, limits)? {
-                let frozen = self.input.split_to(parsed.consumed).freeze();
-                let arguments = match parsed.owned {
-                    Some(owned) => owned,
-                    None => parsed
-                        .ranges
-                        .into_iter()
-                        .map(|range| frozen.slice(range))
-                        .collect(),
-                };
+            if let Some(arguments) = self.buffered_request(limits)? {
                 return Ok(Some(arguments));
             }
             self.flush().await?;
@@ -73,6 +66,36 @@ impl Connection {
                 };
             }
         }
+    }
+
+    /// The next request if it has fully arrived already (a pipelined one), without touching
+    /// the socket. `Ok(None)`: nothing complete in the buffer.
+    pub fn buffered_request(
+        &mut self,
+        limits: &RequestLimits,
+    ) -> Result<Option<Vec<Bytes>>, ConnectionError> {
+        let Some(parsed) = parse_request(&self.input, limits)? else {
+            return Ok(None);
+        };
+        let frozen = self.input.split_to(parsed.consumed).freeze();
+        let arguments = match parsed.owned {
+            Some(owned) => owned,
+            None => parsed
+                .ranges
+                .into_iter()
+                .map(|range| frozen.slice(range))
+                .collect(),
+        };
+        Ok(Some(arguments))
+    }
+
+    /// Reads whatever the socket holds right now, without waiting, into the input buffer
+    /// (growing it by up to [`PIPELINE_READ_BYTES`]); the number of bytes read, 0 when none
+    /// are waiting or the socket closed (the next [`Connection::read_request`] finds out).
+    /// For a pipelining client: its requests beyond the first read's 4 KiB.
+    pub fn read_ready(&mut self) -> usize {
+        self.input.reserve(PIPELINE_READ_BYTES);
+        self.stream.try_read_buf(&mut self.input).unwrap_or(0)
     }
 
     /// Queues a reply; flushes at once only if the output buffer is large.

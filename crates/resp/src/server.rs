@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::backend::Backend;
 use crate::cmd::{self, CursorTable, Outcome, Session};
-use crate::config::RespConfig;
+use crate::config::{RespConfig, MAX_PIPELINE_BYTES, MAX_PIPELINE_COMMANDS};
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::Frame;
 
@@ -126,6 +126,30 @@ fn new_session_client_id(connection_id: u64) -> u64 {
     hasher.finish().max(1)
 }
 
+/// Bytes of a parsed request, for the pipeline's byte budget.
+fn request_bytes(arguments: &[bytes::Bytes]) -> usize {
+    arguments.iter().map(|a| a.len() + 16).sum()
+}
+
+/// A request that could not be read: a protocol error is answered (Redis's text) before the
+/// connection closes; anything else just closes it.
+async fn report_read_error(
+    connection: &mut Connection,
+    connection_id: u64,
+    error: ConnectionError,
+) {
+    match error {
+        ConnectionError::Protocol(error) => {
+            debug!(connection_id, %error, "protocol error; closing");
+            let reply = Frame::error(format!("ERR Protocol error: {error}"));
+            if connection.queue(&reply).await.is_ok() {
+                let _ = connection.flush().await;
+            }
+        }
+        error => debug!(connection_id, %error, "connection closed"),
+    }
+}
+
 async fn handle_connection(
     shared: &Shared,
     socket: TcpStream,
@@ -147,32 +171,56 @@ async fn handle_connection(
         let arguments = match request {
             Ok(Some(arguments)) => arguments,
             Ok(None) => break,
-            Err(ConnectionError::Protocol(error)) => {
-                debug!(connection_id, %error, "protocol error; closing");
-                let reply = Frame::error(format!("ERR Protocol error: {error}"));
-                if connection.queue(&reply).await.is_ok() {
-                    let _ = connection.flush().await;
-                }
-                break;
-            }
             Err(error) => {
-                debug!(connection_id, %error, "connection closed");
+                report_read_error(&mut connection, connection_id, error).await;
                 break;
             }
         };
-        if arguments.is_empty() {
-            continue; // Redis ignores empty requests (*0, blank inline lines).
+        // Requests pipelined behind this one that have fully arrived run together with it
+        // (`cmd::execute_pipeline`). Not before AUTH: the limits a request is parsed with
+        // depend on it.
+        let mut requests = vec![arguments];
+        let mut read_error = None;
+        if session.authenticated {
+            let mut bytes = request_bytes(&requests[0]);
+            while requests.len() < MAX_PIPELINE_COMMANDS && bytes < MAX_PIPELINE_BYTES {
+                match connection.buffered_request(&limits) {
+                    Ok(Some(next)) => {
+                        bytes += request_bytes(&next);
+                        requests.push(next);
+                    }
+                    // The first read took at most a buffer's worth: take what else has
+                    // arrived, without waiting.
+                    Ok(None) if connection.read_ready() > 0 => {}
+                    Ok(None) => break,
+                    // Answer what came before the bad request first, as Redis does.
+                    Err(error) => {
+                        read_error = Some(error);
+                        break;
+                    }
+                }
+            }
         }
-        let outcome = cmd::execute(shared, &mut session, arguments).await;
-        let (reply, close) = match outcome {
-            Outcome::Reply(reply) => (reply, false),
-            Outcome::ReplyAndClose(reply) => (reply, true),
-        };
-        if connection.queue(&reply).await.is_err() {
-            break;
+        // Redis ignores empty requests (*0, blank inline lines).
+        requests.retain(|arguments| !arguments.is_empty());
+        let mut close = false;
+        for outcome in cmd::execute_pipeline(shared, &mut session, requests).await {
+            let (reply, then_close) = match outcome {
+                Outcome::Reply(reply) => (reply, false),
+                Outcome::ReplyAndClose(reply) => (reply, true),
+            };
+            if connection.queue(&reply).await.is_err() || then_close {
+                close = true;
+                break;
+            }
+        }
+        if !close {
+            if let Some(error) = read_error {
+                report_read_error(&mut connection, connection_id, error).await;
+                close = true;
+            }
         }
         if close {
-            let _ = connection.flush().await;
             break;
         }
     }

@@ -16,14 +16,29 @@ use tokio::net::{TcpListener, TcpStream};
 struct MemoryBackend {
     state: Mutex<(KvStateMachine, u64)>,
     same_region: AtomicBool,
+    /// Whether `region_of` answers: keys below "m" are region 1, the rest region 2 (one state
+    /// machine holds both; only the grouping of pipelines sees the difference).
+    routes: AtomicBool,
+    /// Every command executed, in order, to see how a pipeline was sent.
+    executed: Mutex<Vec<kv::Command>>,
 }
 
 impl MemoryBackend {
     fn new() -> Arc<Self> {
+        Self::with_routes(false)
+    }
+
+    fn with_routes(routes: bool) -> Arc<Self> {
         Arc::new(MemoryBackend {
             state: Mutex::new((KvStateMachine::with_region(RegionRange::full()), 0)),
             same_region: AtomicBool::new(true),
+            routes: AtomicBool::new(routes),
+            executed: Mutex::new(Vec::new()),
         })
+    }
+
+    fn executed(&self) -> Vec<kv::Command> {
+        self.executed.lock().unwrap().clone()
     }
 
     fn run(
@@ -64,12 +79,20 @@ impl Backend for MemoryBackend {
         sequence: u64,
         command: kv::Command,
     ) -> BoxFuture<Result<kv::Response, BackendError>> {
+        self.executed.lock().unwrap().push(command.clone());
         let result = self.run(client_id, sequence, command);
         Box::pin(async move { result })
     }
 
-    fn same_region(&self, _keys: &[&[u8]]) -> bool {
-        self.same_region.load(Ordering::Relaxed)
+    fn same_region(&self, keys: &[&[u8]]) -> bool {
+        let first = keys.first().and_then(|k| self.region_of(k));
+        self.same_region.load(Ordering::Relaxed) && keys.iter().all(|k| self.region_of(k) == first)
+    }
+
+    fn region_of(&self, key: &[u8]) -> Option<u64> {
+        self.routes
+            .load(Ordering::Relaxed)
+            .then(|| if key < b"m".as_slice() { 1 } else { 2 })
     }
 
     fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>> {
@@ -93,9 +116,12 @@ struct TestServer {
 }
 
 async fn start(config: RespConfig) -> TestServer {
+    start_with(config, MemoryBackend::new()).await
+}
+
+async fn start_with(config: RespConfig, backend: Arc<MemoryBackend>) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let backend = MemoryBackend::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(listener, backend.clone(), config, stopped));
     TestServer {
@@ -912,4 +938,203 @@ async fn config_get_answers_the_durability_parameters_and_refuses_set() {
         error_text::<()>(&mut c, cmd("CONFIG").arg("GET")).await,
         "ERR wrong number of arguments for 'config|get' command"
     );
+}
+
+/// Encodes requests as RESP arrays of bulk strings.
+fn encode_requests(requests: &[Vec<&str>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for request in requests {
+        Frame::Array(
+            request
+                .iter()
+                .map(|argument| Frame::bulk(argument.as_bytes().to_vec()))
+                .collect(),
+        )
+        .encode(&mut out);
+    }
+    out
+}
+
+/// All requests in one write (a pipeline): the replies, in order.
+async fn replies_pipelined(server: &TestServer, requests: &[Vec<&str>]) -> Vec<Frame> {
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(&encode_requests(requests)).await.unwrap();
+    read_frames(&mut stream, requests.len()).await
+}
+
+/// One request at a time, each answered before the next is sent.
+async fn replies_one_at_a_time(server: &TestServer, requests: &[Vec<&str>]) -> Vec<Frame> {
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let mut replies = Vec::new();
+    for request in requests {
+        stream
+            .write_all(&encode_requests(std::slice::from_ref(request)))
+            .await
+            .unwrap();
+        replies.extend(read_frames(&mut stream, 1).await);
+    }
+    replies
+}
+
+/// A pipeline's commands become one `Pipeline` per region, and its answers are exactly those
+/// of the same commands sent one at a time: in order, each failing on its own (a non-integer
+/// INCR, an unknown command, a wrong arity), later commands seeing earlier writes.
+#[tokio::test]
+async fn a_pipeline_is_one_entry_per_region_with_the_answers_of_one_at_a_time() {
+    let requests: Vec<Vec<&str>> = vec![
+        vec!["SET", "a", "1"],
+        vec!["INCR", "a"],
+        vec!["SET", "z", "x"],
+        vec!["APPEND", "z", "y"],
+        vec!["GET", "a"],
+        vec!["INCR", "z"],
+        vec!["NOSUCH", "a"],
+        vec!["GET"],
+        vec!["GETSET", "z", "w"],
+        vec!["DEL", "a"],
+        vec!["EXISTS", "a", "b"],
+        vec!["PING"],
+        vec!["MGET", "z", "y"],
+        vec!["MGET", "a", "z"],
+        vec!["STRLEN", "z"],
+    ];
+    let pipelined = start_with(RespConfig::default(), MemoryBackend::with_routes(true)).await;
+    let got = replies_pipelined(&pipelined, &requests).await;
+    let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(true)).await;
+    let want = replies_one_at_a_time(&sequential, &requests).await;
+    assert_eq!(got, want);
+    assert_eq!(got[1], Frame::Integer(2));
+    assert!(
+        matches!(&got[5], Frame::Error(e) if e.contains("not an integer")),
+        "{:?}",
+        got[5]
+    );
+    // The 11 backend calls went as (at most) one command per region: the read path and the
+    // write path each see Pipelines, never 11 separate commands.
+    let executed = pipelined.backend.executed();
+    assert!(
+        executed.len() <= 2,
+        "a pipeline over two regions should be two commands, got {executed:?}"
+    );
+    assert!(executed
+        .iter()
+        .all(|c| matches!(c, kv::Command::Pipeline { .. })));
+    assert_eq!(sequential.backend.executed().len(), 11);
+}
+
+/// QUIT inside a pipeline answers and closes: the commands after it are not executed.
+#[tokio::test]
+async fn quit_inside_a_pipeline_stops_what_follows() {
+    let server = start(RespConfig::default()).await;
+    let requests = vec![vec!["SET", "a", "1"], vec!["QUIT"], vec!["SET", "a", "2"]];
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    stream.write_all(&encode_requests(&requests)).await.unwrap();
+    let frames = read_frames(&mut stream, 2).await;
+    assert_eq!(frames, vec![Frame::simple("OK"), Frame::simple("OK")]);
+    assert_closed(&mut stream).await;
+    let again = replies_one_at_a_time(&server, &[vec!["GET", "a"]]).await;
+    assert_eq!(again, vec![Frame::bulk(&b"1"[..])]);
+}
+
+/// AUTH pipelined with the commands it unlocks: each request is parsed and checked with the
+/// authentication state of its turn.
+#[tokio::test]
+async fn auth_inside_a_pipeline_unlocks_what_follows() {
+    let config = RespConfig {
+        password: Some("secret".into()),
+        ..RespConfig::default()
+    };
+    let server = start(config).await;
+    let requests = vec![
+        vec!["GET", "a"],
+        vec!["AUTH", "secret"],
+        vec!["SET", "a", "1"],
+        vec!["GET", "a"],
+    ];
+    let frames = replies_pipelined(&server, &requests).await;
+    assert!(
+        matches!(&frames[0], Frame::Error(e) if e.starts_with("NOAUTH")),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames[1..],
+        [
+            Frame::simple("OK"),
+            Frame::simple("OK"),
+            Frame::bulk(&b"1"[..])
+        ]
+    );
+}
+
+/// Longer than one batch (`MAX_PIPELINE_COMMANDS`) and than one read of the socket: still
+/// every answer, in order.
+#[tokio::test]
+async fn a_long_pipeline_is_answered_in_order() {
+    let server = start(RespConfig::default()).await;
+    let requests: Vec<Vec<&str>> = (0..3000)
+        .map(|i| {
+            if i % 2 == 0 {
+                vec!["INCR", "a"]
+            } else {
+                vec!["INCR", "z"]
+            }
+        })
+        .collect();
+    let frames = replies_pipelined(&server, &requests).await;
+    let want: Vec<Frame> = (0..3000).map(|i| Frame::Integer(i / 2 + 1)).collect();
+    assert_eq!(frames, want);
+}
+
+fn pipeline_request() -> impl Strategy<Value = Vec<String>> {
+    let key = proptest::sample::select(vec!["a", "b", "y", "z"]).prop_map(str::to_string);
+    let value = proptest::sample::select(vec!["1", "22", "x"]).prop_map(str::to_string);
+    prop_oneof![
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["SET".into(), k, v]),
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["SET".into(), k, v, "NX".into()]),
+        key.clone().prop_map(|k| vec!["GET".into(), k]),
+        key.clone().prop_map(|k| vec!["INCR".into(), k]),
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["APPEND".into(), k, v]),
+        key.clone().prop_map(|k| vec!["DEL".into(), k]),
+        (key.clone(), key.clone()).prop_map(|(k, l)| vec!["EXISTS".into(), k, l]),
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["GETSET".into(), k, v]),
+        (key.clone(), key.clone()).prop_map(|(k, l)| vec!["MGET".into(), k, l]),
+        key.clone().prop_map(|k| vec!["GETDEL".into(), k]),
+        (key.clone(), -3i64..3).prop_map(|(k, n)| vec!["INCRBY".into(), k, n.to_string()]),
+        key.clone().prop_map(|k| vec!["STRLEN".into(), k]),
+        Just(vec!["PING".to_string()]),
+        Just(vec!["CLIENT".to_string(), "SETNAME".into(), "x".into()]),
+        Just(vec!["DBSIZE".to_string()]),
+        key.prop_map(|k| vec!["INCR".into(), k, "extra".into()]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any pipeline of key, connection and server commands over keys in two regions answers
+    /// exactly what the same commands sent one at a time answer, whether or not the backend
+    /// can route keys to regions.
+    #[test]
+    fn pipelined_answers_equal_one_at_a_time(
+        requests in proptest::collection::vec(pipeline_request(), 1..60),
+        routes in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let requests: Vec<Vec<&str>> = requests
+            .iter()
+            .map(|r| r.iter().map(String::as_str).collect())
+            .collect();
+        let (got, want) = runtime.block_on(async {
+            let pipelined = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
+            let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
+            (
+                replies_pipelined(&pipelined, &requests).await,
+                replies_one_at_a_time(&sequential, &requests).await,
+            )
+        });
+        prop_assert_eq!(got, want);
+    }
 }

@@ -1,6 +1,7 @@
 //! The RESP front end's [`resp::Backend`] over this server's [`KvService`].
 //!
-//! Every Redis command becomes one `ENCODED` request to the `Kv` service, exactly as if a gRPC
+//! Every Redis command becomes one `ENCODED` request to the `Kv` service (a pipeline's commands
+//! for one region become one `Pipeline` command, see `resp::cmd::pipeline`), exactly as if a gRPC
 //! client had sent it to this server: the service routes it to the key's region, proposes it
 //! here when this store leads, and otherwise forwards it once to the leader's store. So a
 //! Redis read-modify-write command (INCR, SETRANGE, MSETNX, ...) is one state-machine command
@@ -49,7 +50,7 @@ impl RaftBackend {
         }
     }
 
-    fn region_of(&self, key: &[u8]) -> Option<&Region> {
+    fn region_for(&self, key: &[u8]) -> Option<&Region> {
         self.regions.iter().find(|r| r.contains(key))
     }
 
@@ -136,7 +137,7 @@ impl RaftBackend {
         let mut pairs = Vec::new();
         // Each pass moves to the next region, so this ends after at most one pass per region.
         for _ in 0..=self.regions.len() {
-            let Some(region) = self.region_of(&start).cloned() else {
+            let Some(region) = self.region_for(&start).cloned() else {
                 break;
             };
             let want = limit - pairs.len() as u32;
@@ -197,8 +198,12 @@ impl Backend for RaftBackend {
         })
     }
 
+    fn region_of(&self, key: &[u8]) -> Option<u64> {
+        self.region_for(key).map(|region| region.id.0)
+    }
+
     fn same_region(&self, keys: &[&[u8]]) -> bool {
-        match keys.first().and_then(|k| self.region_of(k)) {
+        match keys.first().and_then(|k| self.region_for(k)) {
             Some(region) => keys.iter().all(|k| region.contains(k)),
             None => false,
         }

@@ -630,6 +630,9 @@ fn response(command: &Command, r: Response) -> pb::KvResponse {
             out.value = previous.map(|b| b.to_vec()).unwrap_or_default();
         }
         Response::Written(b) => out.swapped = b,
+        // Only an ENCODED `Pipeline` yields it, and ENCODED answers go through
+        // `encoded_response`; no typed kind can ask for one.
+        Response::Pipeline(_) => {}
     }
     out
 }

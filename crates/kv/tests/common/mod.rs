@@ -74,8 +74,17 @@ pub mod strategies {
         )
     }
 
-    /// Any command with arbitrary field values (for codec tests).
+    /// Any command with arbitrary field values (for codec tests), pipelines included.
     pub fn any_command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            6 => any_single_command(),
+            1 => proptest::collection::vec(any_single_command(), 1..4)
+                .prop_map(|commands| Command::Pipeline { commands }),
+        ]
+    }
+
+    /// Any command but a pipeline.
+    pub fn any_single_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             any_bytes().prop_map(|key| Command::Get { key }),
             (any_bytes(), any_bytes(), put_options()).prop_map(|(key, value, options)| {

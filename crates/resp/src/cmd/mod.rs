@@ -7,10 +7,15 @@
 //! - [`strings`]: GET, SET, SETNX, GETSET, GETDEL, MGET, MSET, MSETNX, APPEND, STRLEN,
 //!   GETRANGE, SETRANGE, INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT.
 //!
+//! - [`pipeline`]: pipelined requests executed together, one log entry per region.
+//!
 //! Every handler gets the arguments after the command name, already arity-checked.
 
 mod connection;
 mod keys;
+mod pipeline;
+
+pub(crate) use pipeline::execute_pipeline;
 
 pub(crate) use keys::CursorTable;
 mod server;
@@ -38,7 +43,7 @@ impl From<Frame> for Outcome {
 }
 
 /// Per-connection state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Session {
     /// CLIENT ID: small, local, increasing.
     pub connection_id: u64,
@@ -489,12 +494,18 @@ pub(crate) fn backend_error_frame(error: BackendError) -> Frame {
 pub(crate) struct Context<'a> {
     pub shared: &'a Shared,
     pub session: &'a mut Session,
+    /// Set while the command runs as part of a pipeline: its one backend call is collected
+    /// there and executed together with the others' (see [`pipeline`]).
+    deferred: Option<&'a pipeline::Deferred>,
 }
 
 impl Context<'_> {
     /// Executes a read: no session (client id 0).
     pub async fn read(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
         debug_assert!(command.is_read_only());
+        if let Some(deferred) = self.deferred {
+            return deferred.call(command).await.map_err(backend_error_frame);
+        }
         self.shared
             .backend
             .execute(0, 0, command)
@@ -506,6 +517,10 @@ impl Context<'_> {
     /// consumed whatever the outcome: a new command must never reuse the number of an earlier
     /// one that may have been applied.
     pub async fn write(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
+        if let Some(deferred) = self.deferred {
+            // The pipeline numbers its entries itself, from the connection's session.
+            return deferred.call(command).await.map_err(backend_error_frame);
+        }
         let sequence = self.session.next_sequence;
         self.session.next_sequence += 1;
         self.shared
@@ -537,6 +552,16 @@ pub(crate) async fn execute(
     session: &mut Session,
     arguments: Vec<Bytes>,
 ) -> Outcome {
+    execute_in(shared, session, arguments, None).await
+}
+
+/// [`execute`], with the backend call collected by `deferred` when it is set.
+async fn execute_in(
+    shared: &Shared,
+    session: &mut Session,
+    arguments: Vec<Bytes>,
+    deferred: Option<&pipeline::Deferred>,
+) -> Outcome {
     let Some(spec) = lookup(&arguments[0]) else {
         return unknown_command(&arguments).into();
     };
@@ -547,7 +572,11 @@ pub(crate) async fn execute(
     if !session.authenticated && !spec.flags.contains(&"no_auth") {
         return Frame::error(NOAUTH).into();
     }
-    let mut context = Context { shared, session };
+    let mut context = Context {
+        shared,
+        session,
+        deferred,
+    };
     let arguments = &arguments[1..];
     let result = match spec.name {
         "ping" => connection::ping(arguments),
