@@ -33,6 +33,8 @@ pub struct Connection {
     stream: TcpStream,
     input: BytesMut,
     output: Vec<u8>,
+    /// How much of `output` is already written (see [`Connection::flush`]).
+    written: usize,
 }
 
 impl Connection {
@@ -41,6 +43,7 @@ impl Connection {
             stream,
             input: BytesMut::with_capacity(READ_BUFFER_BYTES),
             output: Vec::new(),
+            written: 0,
         }
     }
 
@@ -107,11 +110,19 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes all queued replies.
+    /// Writes all queued replies. Cancel safe: what was written is remembered, so a flush
+    /// cut short (the connection's `select!`) resumes where it stopped instead of repeating.
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        while self.written < self.output.len() {
+            let n = self.stream.write(&self.output[self.written..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.written += n;
+        }
         if !self.output.is_empty() {
-            self.stream.write_all(&self.output).await?;
             self.output.clear();
+            self.written = 0;
             self.stream.flush().await?;
         }
         Ok(())

@@ -10,6 +10,8 @@
 //!   request parser (multibulk and inline), with Redis's protocol error texts.
 //! - [`connection`]: [`connection::Connection`], buffered reads for pipelining, one write per
 //!   drained pipeline.
+//! - `cmd::pipeline`: the requests a client pipelined run together, one
+//!   [`kv::Command::Pipeline`] per region (one log entry), regions concurrently.
 //! - [`backend`]: the [`Backend`] trait and its contract, [`BackendError`].
 //! - [`config`]: [`RespConfig`] and every limit as a named constant.
 //! - `server`: [`serve`] — accept loop, connection limit, sessions, graceful shutdown.
@@ -29,6 +31,9 @@
 //! - Multi-key commands (MGET, MSET, MSETNX, DEL, UNLINK, EXISTS) must keep their keys in one
 //!   region: they are then one atomic step, otherwise they are refused with CROSSSLOT.
 //! - Only RESP2: `HELLO 3` answers NOPROTO. Only database 0.
+//! - Commands of one pipeline on different regions run concurrently: the client sees its own
+//!   commands take effect in order, but another client may see two of them (on different keys)
+//!   in either order — as with a pipeline spread over Redis Cluster's nodes.
 
 pub mod backend;
 mod cmd;

@@ -8,19 +8,23 @@
 //! 3. `serve` returns once every connection task has ended.
 
 use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::backend::Backend;
-use crate::cmd::{self, CursorTable, Outcome, Session};
+use crate::cmd::{
+    self, CursorTable, Job, Outcome, Pipeline, Segment, Session, MAX_SEGMENTS_IN_FLIGHT,
+};
 use crate::config::{RespConfig, MAX_PIPELINE_BYTES, MAX_PIPELINE_COMMANDS};
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::Frame;
@@ -126,6 +130,34 @@ fn new_session_client_id(connection_id: u64) -> u64 {
     hasher.finish().max(1)
 }
 
+/// Queues the replies of one job in order. False when the connection is to close: the reply
+/// could not be written, or the command was QUIT.
+async fn answer(connection: &mut Connection, outcomes: Vec<Outcome>) -> bool {
+    for outcome in outcomes {
+        let (reply, close) = match outcome {
+            Outcome::Reply(reply) => (reply, false),
+            Outcome::ReplyAndClose(reply) => (reply, true),
+        };
+        if connection.queue(&reply).await.is_err() || close {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits for every segment in flight and queues their replies, in order.
+async fn answer_all<'a>(
+    connection: &mut Connection,
+    in_flight: &mut FuturesOrdered<Segment<'a>>,
+) -> bool {
+    while let Some(outcomes) = in_flight.next().await {
+        if !answer(connection, outcomes).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Bytes of a parsed request, for the pipeline's byte budget.
 fn request_bytes(arguments: &[bytes::Bytes]) -> usize {
     arguments.iter().map(|a| a.len() + 16).sum()
@@ -162,24 +194,39 @@ async fn handle_connection(
         new_session_client_id(connection_id),
         shared.config.password.is_none(),
     );
-    loop {
+    // Segments of pipelined requests run concurrently (`cmd::pipeline`); their replies are
+    // written in order as they finish.
+    let mut pipeline = Pipeline::default();
+    let mut in_flight = FuturesOrdered::new();
+    let mut drain = true;
+    'connection: loop {
         let limits = session.request_limits(&shared.config);
         let request = tokio::select! {
-            request = connection.read_request(&limits) => request,
+            biased;
+            Some(outcomes) = in_flight.next(), if !in_flight.is_empty() => {
+                // Flush at once: `read_request` flushes only when no complete request waits.
+                if !answer(&mut connection, outcomes).await || connection.flush().await.is_err() {
+                    drain = false;
+                    break;
+                }
+                continue;
+            }
+            request = connection.read_request(&limits), if in_flight.len() < MAX_SEGMENTS_IN_FLIGHT => request,
             _ = shutdown.changed() => break,
         };
         let arguments = match request {
             Ok(Some(arguments)) => arguments,
             Ok(None) => break,
             Err(error) => {
+                answer_all(&mut connection, &mut in_flight).await;
                 report_read_error(&mut connection, connection_id, error).await;
+                drain = false;
                 break;
             }
         };
-        // Requests pipelined behind this one that have fully arrived run together with it
-        // (`cmd::execute_pipeline`). Not before AUTH: the limits a request is parsed with
-        // depend on it.
-        let mut requests = vec![arguments];
+        // Requests pipelined behind this one that have fully arrived are planned with it. Not
+        // before AUTH: the limits a request is parsed with depend on it.
+        let mut requests = VecDeque::from([arguments]);
         let mut read_error = None;
         if session.authenticated {
             let mut bytes = request_bytes(&requests[0]);
@@ -187,7 +234,7 @@ async fn handle_connection(
                 match connection.buffered_request(&limits) {
                     Ok(Some(next)) => {
                         bytes += request_bytes(&next);
-                        requests.push(next);
+                        requests.push_back(next);
                     }
                     // The first read took at most a buffer's worth: take what else has
                     // arrived, without waiting.
@@ -203,26 +250,44 @@ async fn handle_connection(
         }
         // Redis ignores empty requests (*0, blank inline lines).
         requests.retain(|arguments| !arguments.is_empty());
-        let mut close = false;
-        for outcome in cmd::execute_pipeline(shared, &mut session, requests).await {
-            let (reply, then_close) = match outcome {
-                Outcome::Reply(reply) => (reply, false),
-                Outcome::ReplyAndClose(reply) => (reply, true),
-            };
-            if connection.queue(&reply).await.is_err() || then_close {
-                close = true;
-                break;
+        while let Some(job) = pipeline.next_job(shared, &mut session, &mut requests) {
+            match job {
+                Job::Segment(segment) => {
+                    if in_flight.len() >= MAX_SEGMENTS_IN_FLIGHT {
+                        if let Some(outcomes) = in_flight.next().await {
+                            if !answer(&mut connection, outcomes).await {
+                                drain = false;
+                                break 'connection;
+                            }
+                        }
+                    }
+                    in_flight.push_back(segment);
+                }
+                // Alone, after everything before it, with the session as it is then.
+                Job::Barrier(request) => {
+                    if !answer_all(&mut connection, &mut in_flight).await {
+                        drain = false;
+                        break 'connection;
+                    }
+                    let outcome = cmd::execute(shared, &mut session, request).await;
+                    if !answer(&mut connection, vec![outcome]).await {
+                        drain = false;
+                        break 'connection;
+                    }
+                }
             }
         }
-        if !close {
-            if let Some(error) = read_error {
-                report_read_error(&mut connection, connection_id, error).await;
-                close = true;
-            }
-        }
-        if close {
+        if let Some(error) = read_error {
+            answer_all(&mut connection, &mut in_flight).await;
+            report_read_error(&mut connection, connection_id, error).await;
+            drain = false;
             break;
         }
+    }
+    // Shutdown or a clean close: what is in flight finishes and is answered. After a failed
+    // write or QUIT there is no one to answer (and after QUIT nothing is in flight).
+    if drain {
+        answer_all(&mut connection, &mut in_flight).await;
     }
     let _ = connection.flush().await;
 }

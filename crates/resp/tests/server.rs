@@ -1,7 +1,7 @@
 //! End-to-end tests over TCP on port 0 (mini-redis `tests/server.rs` style): an in-memory
 //! `Backend` over one `kv::KvStateMachine`, driven by the `redis` crate and by raw sockets.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,13 +11,20 @@ use resp::{serve, Backend, BackendError, BoxFuture, Frame, RespConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One region in memory. Writes go through `Request` encode/decode and `apply_request` with
-/// increasing indexes, exactly like committed Raft entries; reads use `read`.
+/// One region in memory, or two when `routes` is set (keys below "m", and the rest: each with
+/// its own state machine and so its own session table, as in the server). Writes go through
+/// `Request` encode/decode and `apply_request` with increasing indexes, exactly like committed
+/// Raft entries; reads use `read`.
 struct MemoryBackend {
-    state: Mutex<(KvStateMachine, u64)>,
+    /// Per region: the state machine and its last applied index.
+    state: Arc<Mutex<Vec<(KvStateMachine, u64)>>>,
+    /// Each command runs after a delay of 0–3 ms that depends on the command, when its future
+    /// is awaited (as a real backend would: commands of one pipeline then finish out of order).
+    delays: AtomicBool,
+    /// Delayed commands running now, and the most ever at once.
+    running: Arc<(AtomicUsize, AtomicUsize)>,
     same_region: AtomicBool,
-    /// Whether `region_of` answers: keys below "m" are region 1, the rest region 2 (one state
-    /// machine holds both; only the grouping of pipelines sees the difference).
+    /// Whether there are two regions and `region_of` answers.
     routes: AtomicBool,
     /// Every command executed, in order, to see how a pipeline was sent.
     executed: Mutex<Vec<kv::Command>>,
@@ -30,7 +37,29 @@ impl MemoryBackend {
 
     fn with_routes(routes: bool) -> Arc<Self> {
         Arc::new(MemoryBackend {
-            state: Mutex::new((KvStateMachine::with_region(RegionRange::full()), 0)),
+            state: Arc::new(Mutex::new(if routes {
+                let split = bytes::Bytes::from_static(b"m");
+                vec![
+                    (
+                        KvStateMachine::with_region(RegionRange {
+                            start: bytes::Bytes::new(),
+                            end: Some(split.clone()),
+                        }),
+                        0,
+                    ),
+                    (
+                        KvStateMachine::with_region(RegionRange {
+                            start: split,
+                            end: None,
+                        }),
+                        0,
+                    ),
+                ]
+            } else {
+                vec![(KvStateMachine::with_region(RegionRange::full()), 0)]
+            })),
+            delays: AtomicBool::new(false),
+            running: Arc::new((AtomicUsize::new(0), AtomicUsize::new(0))),
             same_region: AtomicBool::new(true),
             routes: AtomicBool::new(routes),
             executed: Mutex::new(Vec::new()),
@@ -41,17 +70,27 @@ impl MemoryBackend {
         self.executed.lock().unwrap().clone()
     }
 
+    fn with_delays(routes: bool) -> Arc<Self> {
+        let backend = Self::with_routes(routes);
+        backend.delays.store(true, Ordering::Relaxed);
+        backend
+    }
+
     fn run(
-        &self,
+        state: &Mutex<Vec<(KvStateMachine, u64)>>,
         client_id: u64,
         sequence: u64,
         command: kv::Command,
     ) -> Result<kv::Response, BackendError> {
-        let mut guard = self
-            .state
+        let mut guard = state
             .lock()
             .map_err(|_| BackendError::Other("poisoned".into()))?;
-        let (machine, index) = &mut *guard;
+        // The region of the first key (the front end sends a command to one region).
+        let region = match command.keys().first() {
+            Some(key) if guard.len() == 2 && key.as_ref() >= b"m".as_slice() => 1,
+            _ => 0,
+        };
+        let (machine, index) = &mut guard[region];
         if client_id == 0 {
             return machine.read(&command).map_err(BackendError::from);
         }
@@ -80,7 +119,19 @@ impl Backend for MemoryBackend {
         command: kv::Command,
     ) -> BoxFuture<Result<kv::Response, BackendError>> {
         self.executed.lock().unwrap().push(command.clone());
-        let result = self.run(client_id, sequence, command);
+        if self.delays.load(Ordering::Relaxed) {
+            let micros = command.encode().iter().map(|b| u64::from(*b)).sum::<u64>() * 7919 % 3000;
+            let state = self.state.clone();
+            let running = self.running.clone();
+            return Box::pin(async move {
+                let now = running.0.fetch_add(1, Ordering::SeqCst) + 1;
+                running.1.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_micros(micros)).await;
+                running.0.fetch_sub(1, Ordering::SeqCst);
+                Self::run(&state, client_id, sequence, command)
+            });
+        }
+        let result = Self::run(&self.state, client_id, sequence, command);
         Box::pin(async move { result })
     }
 
@@ -99,7 +150,7 @@ impl Backend for MemoryBackend {
         let result = self
             .state
             .lock()
-            .map(|guard| guard.0.len() as u64)
+            .map(|guard| guard.iter().map(|(m, _)| m.len() as u64).sum())
             .map_err(|_| BackendError::Other("poisoned".into()));
         Box::pin(async move { result })
     }
@@ -891,7 +942,7 @@ async fn multi_key_del_is_one_atomic_command() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let before = server.backend.state.lock().unwrap().1;
+    let before = server.backend.state.lock().unwrap()[0].1;
     let n: i64 = cmd("DEL")
         .arg("a")
         .arg("b")
@@ -901,7 +952,7 @@ async fn multi_key_del_is_one_atomic_command() {
         .await
         .unwrap();
     assert_eq!(n, 2, "a repeated key is deleted (and counted) once");
-    let after = server.backend.state.lock().unwrap().1;
+    let after = server.backend.state.lock().unwrap()[0].1;
     assert_eq!(after, before + 1, "DEL of 3 keys must be one command");
 }
 
@@ -1132,6 +1183,76 @@ proptest! {
             let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
             (
                 replies_pipelined(&pipelined, &requests).await,
+                replies_one_at_a_time(&sequential, &requests).await,
+            )
+        });
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// Each request in its own write, yielding between them, so the server reads them in several
+/// batches while earlier segments still wait for the (slow) backend.
+async fn replies_trickled(server: &TestServer, requests: &[Vec<&str>]) -> Vec<Frame> {
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    for request in requests {
+        stream
+            .write_all(&encode_requests(std::slice::from_ref(request)))
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    read_frames(&mut stream, requests.len()).await
+}
+
+/// Segments overlap: while `INCR a` waits for the slow backend, the next request (`INCR z`,
+/// another region, so another segment's group) is already running; yet each region's
+/// commands take effect in order, so the answers are those of one at a time.
+#[tokio::test(flavor = "current_thread")]
+async fn segments_overlap_and_each_region_keeps_its_order() {
+    let requests: Vec<Vec<&str>> = (0..200)
+        .map(|i| match i % 4 {
+            0 => vec!["INCR", "a"],
+            1 => vec!["INCR", "z"],
+            2 => vec!["APPEND", "b", "x"],
+            _ => vec!["GET", "a"],
+        })
+        .collect();
+    let slow = start_with(RespConfig::default(), MemoryBackend::with_delays(true)).await;
+    let got = replies_trickled(&slow, &requests).await;
+    let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(true)).await;
+    let want = replies_one_at_a_time(&sequential, &requests).await;
+    assert_eq!(got, want);
+    let most = slow.backend.running.1.load(Ordering::SeqCst);
+    assert!(
+        most >= 2,
+        "backend calls never overlapped (at most {most} at once)"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The same as `pipelined_answers_equal_one_at_a_time`, with a backend whose commands
+    /// finish out of order and requests arriving in many reads: overlapping segments must
+    /// not reorder anything a client can see.
+    #[test]
+    fn overlapped_answers_equal_one_at_a_time(
+        requests in proptest::collection::vec(pipeline_request(), 1..60),
+        routes in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let requests: Vec<Vec<&str>> = requests
+            .iter()
+            .map(|r| r.iter().map(String::as_str).collect())
+            .collect();
+        let (got, want) = runtime.block_on(async {
+            let slow = start_with(RespConfig::default(), MemoryBackend::with_delays(routes)).await;
+            let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
+            (
+                replies_trickled(&slow, &requests).await,
                 replies_one_at_a_time(&sequential, &requests).await,
             )
         });

@@ -15,7 +15,7 @@ mod connection;
 mod keys;
 mod pipeline;
 
-pub(crate) use pipeline::execute_pipeline;
+pub(crate) use pipeline::{Job, Pipeline, Segment, MAX_SEGMENTS_IN_FLIGHT};
 
 pub(crate) use keys::CursorTable;
 mod server;
@@ -496,15 +496,18 @@ pub(crate) struct Context<'a> {
     pub session: &'a mut Session,
     /// Set while the command runs as part of a pipeline: its one backend call is collected
     /// there and executed together with the others' (see [`pipeline`]).
-    deferred: Option<&'a pipeline::Deferred>,
+    deferred: Option<(&'a pipeline::Deferred, usize)>,
 }
 
 impl Context<'_> {
     /// Executes a read: no session (client id 0).
     pub async fn read(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
         debug_assert!(command.is_read_only());
-        if let Some(deferred) = self.deferred {
-            return deferred.call(command).await.map_err(backend_error_frame);
+        if let Some((deferred, request)) = self.deferred {
+            return deferred
+                .call(request, command)
+                .await
+                .map_err(backend_error_frame);
         }
         self.shared
             .backend
@@ -517,9 +520,12 @@ impl Context<'_> {
     /// consumed whatever the outcome: a new command must never reuse the number of an earlier
     /// one that may have been applied.
     pub async fn write(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
-        if let Some(deferred) = self.deferred {
+        if let Some((deferred, request)) = self.deferred {
             // The pipeline numbers its entries itself, from the connection's session.
-            return deferred.call(command).await.map_err(backend_error_frame);
+            return deferred
+                .call(request, command)
+                .await
+                .map_err(backend_error_frame);
         }
         let sequence = self.session.next_sequence;
         self.session.next_sequence += 1;
@@ -555,12 +561,13 @@ pub(crate) async fn execute(
     execute_in(shared, session, arguments, None).await
 }
 
-/// [`execute`], with the backend call collected by `deferred` when it is set.
+/// [`execute`], with the backend call collected by `deferred` (for request number `.1` of a
+/// segment) when it is set.
 async fn execute_in(
     shared: &Shared,
     session: &mut Session,
     arguments: Vec<Bytes>,
-    deferred: Option<&pipeline::Deferred>,
+    deferred: Option<(&pipeline::Deferred, usize)>,
 ) -> Outcome {
     let Some(spec) = lookup(&arguments[0]) else {
         return unknown_command(&arguments).into();

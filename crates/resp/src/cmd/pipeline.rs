@@ -1,45 +1,64 @@
-//! Pipelined requests executed together.
+//! Pipelined requests, executed together and overlapped.
 //!
-//! A client that pipelines (sends requests without waiting for answers) should not pay one
-//! consensus round per command: the connection hands every request that has fully arrived
-//! (up to [`MAX_PIPELINE_COMMANDS`]) to [`execute_pipeline`], which
+//! A client that pipelines (sends requests without waiting for answers, or multiplexes many
+//! callers on one connection, as most Redis client libraries do) should neither pay one
+//! consensus round per command nor wait for one batch to finish before the next starts. The
+//! connection hands every request that has fully arrived (up to
+//! [`crate::config::MAX_PIPELINE_COMMANDS`]) to [`Pipeline::plan`], which
 //! 1. cuts them into *segments*: runs of key commands that make exactly one backend call each
-//!    (GET, SET, INCR, MGET, DEL, ...; see [`joins_segment`]), within the byte and argument
-//!    budgets. Anything else (AUTH, CLIENT, SCAN, INFO, QUIT, ...) runs alone, in its place;
-//! 2. runs a segment's handlers side by side until each has either answered (a syntax error, an
-//!    arity error) or asked for its one backend call, which [`Deferred`] collects instead of
-//!    sending;
-//! 3. groups the collected calls by region ([`crate::Backend::region_of`]): the commands of
-//!    one region become one [`kv::Command::Pipeline`] — one log entry, or one linearizable read
-//!    when all are reads — carrying one sequence number of the connection's session;
-//!    different regions go concurrently;
-//! 4. hands each handler its own result and lets it build its reply. Replies are written in
-//!    request order.
+//!    (GET, SET, INCR, MGET, DEL, ...; see [`SEGMENT_COMMANDS`]) and whose key the backend can
+//!    route, within the byte and argument budgets. Anything else (AUTH, CLIENT, SCAN, INFO,
+//!    QUIT, a key no region holds, ...) is a *barrier*: the connection waits for every
+//!    segment in flight, then runs it alone;
+//! 2. groups a segment's requests by the region of their first key, numbers each group that
+//!    writes with the next sequence of the connection's session, and chains it behind the
+//!    previous group of the same region from this connection (in flight or not);
+//! 3. returns the segment as a future. Up to [`MAX_SEGMENTS_IN_FLIGHT`] run at once: the
+//!    connection reads the next requests while earlier segments wait for consensus.
 //!
-//! What a client can observe is what Redis gives: its commands take effect in order (one
-//! region's commands are one entry, applied in order; commands on different regions touch
-//! different keys), each command succeeds or fails on its own, and the answers come in order.
-//! Other clients may see a later command of the pipeline take effect before an earlier one
-//! when the two are in different regions, as with a pipeline spread over Redis Cluster
-//! nodes. A pipeline's entry fails as a whole (timeout, no leader): every command in it then
-//! gets that error.
+//! A segment's future runs its handlers side by side until each has either answered (a syntax
+//! or arity error) or asked for its one backend call, which [`Deferred`] collects instead of
+//! sending; then each group waits for its predecessor in the region's chain, sends its calls as
+//! one [`kv::Command::Pipeline`] (one log entry, or one linearizable read when all are reads;
+//! a lone call is sent as itself), and answers each handler with its own result.
+//!
+//! What a client observes is what Redis gives: its commands take effect in order (within a
+//! region the chain orders the groups and a group is one entry applied in order; commands on
+//! different regions touch different keys), each command succeeds or fails on its own, and
+//! the answers come in request order (the connection writes segments' replies in order).
+//! Another client may see two commands of one pipeline on different regions take effect in
+//! either order, as with a pipeline spread over Redis Cluster nodes. A group that fails as a
+//! whole (timeout, no leader) gives every command in it that error. Per region at most one
+//! group of a connection is in flight, so its session sequences reach the region in order and
+//! a retry never meets a newer sequence of its own connection.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::future::{FutureExt, Shared};
 use tokio::sync::oneshot;
 
-use super::{execute, execute_in, lookup, Outcome, Session};
+use super::{execute_in, lookup, Outcome, Session};
 use crate::backend::BackendError;
 use crate::config::{MAX_PIPELINE_ARGUMENTS, MAX_PIPELINE_BYTES, MAX_PIPELINE_COMMANDS};
-use crate::server::Shared;
+use crate::server::Shared as ServerShared;
 
-/// Commands whose handler makes exactly one backend call and touches no session state:
-/// only these can be collected. (A handler making two calls would see its second one run
-/// after later commands' first ones.) PING and ECHO make none.
+/// Segments of one connection running at once; the connection stops reading past this, and
+/// what arrives meanwhile makes the next segment larger. Two: one waiting for consensus while
+/// the next one forms. (Measured with `raftkv bench --target resp --connections 1`: more in
+/// flight made smaller log entries and lowered throughput at 256 clients, 75k -> 45k writes/s
+/// with 16; see docs/BENCHMARKS.md.)
+pub(crate) const MAX_SEGMENTS_IN_FLIGHT: usize = 2;
+
+/// Commands whose handler makes exactly one backend call, on the key named by the command's
+/// first key argument, and changes no session state: only these can be collected. (A handler
+/// making two calls would see its second run after later commands' first.) PING and ECHO make
+/// no call at all.
 const SEGMENT_COMMANDS: &[&str] = &[
     "ping",
     "echo",
@@ -68,17 +87,10 @@ const SEGMENT_COMMANDS: &[&str] = &[
     "unlink",
 ];
 
-/// Whether a request may run inside a segment. An unknown command may: it is answered
-/// without a backend call.
-fn joins_segment(arguments: &[Bytes]) -> bool {
-    match lookup(&arguments[0]) {
-        Some(spec) => SEGMENT_COMMANDS.contains(&spec.name),
-        None => true,
-    }
-}
-
 /// One handler's collected backend call.
 struct Call {
+    /// Which request of the segment made it.
+    request: usize,
     command: kv::Command,
     reply: oneshot::Sender<Result<kv::Response, BackendError>>,
 }
@@ -90,10 +102,18 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    /// Registers `command` and waits for the segment to run it.
-    pub(crate) async fn call(&self, command: kv::Command) -> Result<kv::Response, BackendError> {
+    /// Registers request `request`'s `command` and waits for its group to run it.
+    pub(crate) async fn call(
+        &self,
+        request: usize,
+        command: kv::Command,
+    ) -> Result<kv::Response, BackendError> {
         let (reply, answer) = oneshot::channel();
-        self.lock().push(Call { command, reply });
+        self.lock().push(Call {
+            request,
+            command,
+            reply,
+        });
         answer.await.unwrap_or_else(|_| {
             Err(BackendError::Other(
                 "internal error: pipelined command dropped".into(),
@@ -106,116 +126,246 @@ impl Deferred {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Call>> {
-        // Only this connection's task touches it, and nothing panics while holding it.
+        // Only this segment's future touches it, and nothing panics while holding it.
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Executes `requests` (none empty) in order and returns their outcomes, in order. Stops
-/// after a command that closes the connection (QUIT): later requests are not executed.
-pub(crate) async fn execute_pipeline(
-    shared: &Shared,
-    session: &mut Session,
-    requests: Vec<Vec<Bytes>>,
-) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(requests.len());
-    let mut segment: Vec<Vec<Bytes>> = Vec::new();
-    let (mut bytes, mut arguments) = (0usize, 0usize);
-    for request in requests {
-        let size: usize = request.iter().map(Bytes::len).sum();
-        let fits = segment.len() < MAX_PIPELINE_COMMANDS
-            && bytes + size <= MAX_PIPELINE_BYTES
-            && arguments + request.len() <= MAX_PIPELINE_ARGUMENTS;
-        if !segment.is_empty() && (!fits || !joins_segment(&request)) {
-            outcomes.extend(run_segment(shared, session, std::mem::take(&mut segment)).await);
-            (bytes, arguments) = (0, 0);
-        }
-        if joins_segment(&request) {
+/// A group's completion, as seen by those that wait for it.
+#[derive(Clone)]
+struct Done {
+    /// Set when the group has finished (answered or dropped); readable without polling.
+    flag: Arc<AtomicBool>,
+    /// Resolves when the group has finished.
+    wait: Shared<oneshot::Receiver<()>>,
+}
+
+impl Done {
+    fn is_finished(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// Held by a running group; dropping it (when the group finishes, or its segment is dropped)
+/// marks the group finished and wakes its waiters.
+struct Finished {
+    flag: Arc<AtomicBool>,
+    _wake: oneshot::Sender<()>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        // Before `_wake` drops (fields drop after this), so a woken waiter sees the flag.
+        self.flag.store(true, Ordering::Release);
+    }
+}
+
+fn completion() -> (Finished, Done) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (wake, wait) = oneshot::channel();
+    (
+        Finished {
+            flag: flag.clone(),
+            _wake: wake,
+        },
+        Done {
+            flag,
+            wait: wait.shared(),
+        },
+    )
+}
+
+/// A group of one segment: the requests of one region.
+struct Group {
+    client_id: u64,
+    sequence: u64,
+    /// The previous group of this connection on the same region, unless finished.
+    after: Option<Done>,
+    /// Dropped when this group has finished, which releases those waiting on it.
+    finished: Finished,
+}
+
+/// A segment's future: yields one outcome per request, in order.
+pub(crate) type Segment<'a> = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>>;
+
+/// What the connection does next with the requests it has read.
+pub(crate) enum Job<'a> {
+    /// Runs alone once nothing is in flight.
+    Barrier(Vec<Bytes>),
+    /// Runs concurrently with the other segments in flight.
+    Segment(Segment<'a>),
+}
+
+/// A connection's pipeline state: the last group sent to each region (bounded by the number
+/// of regions).
+#[derive(Default)]
+pub(crate) struct Pipeline {
+    tails: HashMap<u64, Done>,
+}
+
+impl Pipeline {
+    /// Takes the next job from the front of `requests` (none empty; module docs, steps 1–3):
+    /// a barrier, or a segment of as many requests as join it. One job at a time, because a
+    /// barrier may change the session (AUTH, RESET) that decides how later requests run.
+    pub(crate) fn next_job<'a>(
+        &mut self,
+        shared: &'a ServerShared,
+        session: &mut Session,
+        requests: &mut VecDeque<Vec<Bytes>>,
+    ) -> Option<Job<'a>> {
+        let mut segment: Vec<(Vec<Bytes>, Option<u64>)> = Vec::new();
+        let (mut bytes, mut arguments) = (0usize, 0usize);
+        while let Some(request) = requests.front() {
+            let Some(region) = joins_segment(shared, session, request) else {
+                if segment.is_empty() {
+                    return requests.pop_front().map(Job::Barrier);
+                }
+                break;
+            };
+            let size: usize = request.iter().map(Bytes::len).sum();
+            let fits = segment.len() < MAX_PIPELINE_COMMANDS
+                && bytes + size <= MAX_PIPELINE_BYTES
+                && arguments + request.len() <= MAX_PIPELINE_ARGUMENTS;
+            if !segment.is_empty() && !fits {
+                break;
+            }
             bytes += size;
             arguments += request.len();
-            segment.push(request);
-            continue;
+            let request = requests.pop_front().expect("front exists");
+            segment.push((request, region));
         }
-        let outcome = execute(shared, session, request).await;
-        let close = matches!(outcome, Outcome::ReplyAndClose(_));
-        outcomes.push(outcome);
-        if close {
-            return outcomes;
+        (!segment.is_empty()).then(|| self.segment(shared, session, segment))
+    }
+
+    /// Groups, numbers and chains one segment (steps 2–3) and returns its future.
+    fn segment<'a>(
+        &mut self,
+        shared: &'a ServerShared,
+        session: &mut Session,
+        requests: Vec<(Vec<Bytes>, Option<u64>)>,
+    ) -> Job<'a> {
+        // Region of each group, in order of first appearance; the group of each request
+        // (None: it makes no backend call).
+        let mut regions: Vec<u64> = Vec::new();
+        let mut group_of: Vec<Option<usize>> = Vec::with_capacity(requests.len());
+        for (_, region) in &requests {
+            let Some(region) = *region else {
+                group_of.push(None);
+                continue;
+            };
+            let index = match regions.iter().position(|r| *r == region) {
+                Some(index) => index,
+                None => {
+                    regions.push(region);
+                    regions.len() - 1
+                }
+            };
+            group_of.push(Some(index));
+        }
+        let groups: Vec<Group> = regions
+            .into_iter()
+            .map(|region| self.group(session, region))
+            .collect();
+        let copy = session.clone();
+        let requests: Vec<Vec<Bytes>> = requests.into_iter().map(|(r, _)| r).collect();
+        Job::Segment(Box::pin(run_segment(
+            shared, copy, requests, group_of, groups,
+        )))
+    }
+}
+
+impl Pipeline {
+    /// Places one group: takes the session's next sequence (whether or not the group turns
+    /// out to write: a read-only group is sent without the session, and an unused number is
+    /// harmless) and chains it behind the region's previous group.
+    fn group(&mut self, session: &mut Session, region: u64) -> Group {
+        let sequence = session.next_sequence;
+        session.next_sequence += 1;
+        let (finished, done) = completion();
+        let after = self
+            .tails
+            .insert(region, done)
+            .filter(|previous| !previous.is_finished());
+        Group {
+            client_id: session.session_client_id,
+            sequence,
+            after,
+            finished,
         }
     }
-    if !segment.is_empty() {
-        outcomes.extend(run_segment(shared, session, segment).await);
+}
+
+/// `Some(region)` if the request joins a segment (`Some(None)`: it joins but makes no backend
+/// call: an unknown command, a wrong arity or a missing key are answered without one, or it
+/// is refused before authentication); `None` if it must run alone.
+fn joins_segment(
+    shared: &ServerShared,
+    session: &Session,
+    arguments: &[Bytes],
+) -> Option<Option<u64>> {
+    let Some(spec) = lookup(&arguments[0]) else {
+        return Some(None);
+    };
+    if !SEGMENT_COMMANDS.contains(&spec.name) {
+        return None;
     }
-    outcomes
+    let count = arguments.len() as i64;
+    let arity_ok =
+        (spec.arity > 0 && count == spec.arity) || (spec.arity < 0 && count >= -spec.arity);
+    if !arity_ok || !session.authenticated || spec.first_key == 0 {
+        return Some(None);
+    }
+    let key = arguments.get(usize::try_from(spec.first_key).ok()?)?;
+    // A key the backend cannot route runs alone, in order.
+    shared.backend.region_of(key).map(Some)
 }
 
 type Handler<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+type Running<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// Runs one segment (module docs, steps 2–4).
+/// A segment's future (module docs).
 async fn run_segment(
-    shared: &Shared,
-    session: &mut Session,
+    shared: &ServerShared,
+    session: Session,
     requests: Vec<Vec<Bytes>>,
+    group_of: Vec<Option<usize>>,
+    groups: Vec<Group>,
 ) -> Vec<Outcome> {
-    if requests.len() == 1 {
-        let request = requests.into_iter().next().expect("one request");
-        return vec![execute(shared, session, request).await];
-    }
     let deferred = Deferred::default();
-    // Segment commands change no session state; each handler gets a copy to satisfy the
-    // borrow, and the real session numbers the entries (in `dispatch`).
+    // Segment commands change no session state; each handler gets its own copy to satisfy
+    // the borrow (the sequences were taken from the real session when the segment was made).
     let mut copies: Vec<Session> = requests.iter().map(|_| session.clone()).collect();
     let mut handlers: Vec<Handler<'_>> = requests
         .into_iter()
         .zip(copies.iter_mut())
-        .map(|(request, copy)| {
-            Box::pin(execute_in(shared, copy, request, Some(&deferred))) as Handler<'_>
+        .enumerate()
+        .map(|(index, (request, copy))| {
+            Box::pin(execute_in(shared, copy, request, Some((&deferred, index)))) as Handler<'_>
         })
         .collect();
     let mut done: Vec<Option<Outcome>> = handlers.iter().map(|_| None).collect();
-    loop {
-        // One pass, in request order, so the calls are collected in request order: every
-        // unfinished handler runs until it answers or waits for its call.
-        let mut progressed = false;
-        std::future::poll_fn(|cx| {
-            for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
-                if slot.is_none() {
-                    if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                        *slot = Some(outcome);
-                        progressed = true;
-                    }
-                }
+    // Every handler runs until it answers or waits for its one call.
+    poll_once(&mut handlers, &mut done).await;
+    let mut members: Vec<Vec<Call>> = groups.iter().map(|_| Vec::new()).collect();
+    for call in deferred.take() {
+        match group_of.get(call.request).copied().flatten() {
+            Some(group) => members[group].push(call),
+            None => {
+                let _ = call.reply.send(Err(BackendError::Other(
+                    "internal error: a pipelined command without a region".into(),
+                )));
             }
-            Poll::Ready(())
-        })
-        .await;
-        if done.iter().all(Option::is_some) {
-            break;
         }
-        let calls = deferred.take();
-        if calls.is_empty() && !progressed {
-            // Every unfinished handler waits for a call already answered or for something
-            // else: wait to be woken rather than spin.
-            std::future::poll_fn(|cx| {
-                let mut any = false;
-                for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
-                    if slot.is_none() {
-                        if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                            *slot = Some(outcome);
-                            any = true;
-                        }
-                    }
-                }
-                if any {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            continue;
-        }
-        dispatch(shared, session, calls).await;
+    }
+    let running: Vec<Running<'_>> = groups
+        .into_iter()
+        .zip(members)
+        .map(|(group, calls)| Box::pin(run_group(shared, group, calls)) as Running<'_>)
+        .collect();
+    futures_util::future::join_all(running).await;
+    // Every call is answered: the handlers finish without waiting.
+    while done.iter().any(Option::is_none) {
+        poll_until_progress(&mut handlers, &mut done).await;
     }
     drop(handlers);
     done.into_iter()
@@ -223,76 +373,95 @@ async fn run_segment(
         .collect()
 }
 
-type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Sends the collected calls (module docs, step 3) and answers each.
-async fn dispatch(shared: &Shared, session: &mut Session, calls: Vec<Call>) {
-    let backend = &shared.backend;
-    let regions: Vec<Option<u64>> = calls
-        .iter()
-        .map(|call| {
-            let keys = call.command.keys();
-            keys.first().and_then(|key| backend.region_of(key))
-        })
-        .collect();
-    // A backend that cannot route a key gets one command at a time, in order.
-    let routed = regions.iter().all(Option::is_some);
-    let mut groups: Vec<(Option<u64>, Vec<Call>)> = Vec::new();
-    for (call, region) in calls.into_iter().zip(regions) {
-        match groups.iter_mut().find(|(r, _)| routed && *r == region) {
-            Some((_, members)) => members.push(call),
-            None => groups.push((region, vec![call])),
+/// Polls every unfinished handler once, in order.
+async fn poll_once(handlers: &mut [Handler<'_>], done: &mut [Option<Outcome>]) {
+    std::future::poll_fn(|cx| {
+        for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
+                    *slot = Some(outcome);
+                }
+            }
         }
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Polls the unfinished handlers until at least one finishes.
+async fn poll_until_progress(handlers: &mut [Handler<'_>], done: &mut [Option<Outcome>]) {
+    std::future::poll_fn(|cx| {
+        let mut progressed = false;
+        for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
+                    *slot = Some(outcome);
+                    progressed = true;
+                }
+            }
+        }
+        if progressed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Waits for the region's previous group, sends this group's calls, answers them, and then
+/// releases the next group (by dropping `finished`), even when it had no call.
+async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
+    let Group {
+        client_id,
+        sequence,
+        after,
+        finished,
+    } = group;
+    if let Some(previous) = after {
+        // Err: that group's segment was dropped (connection closing); it is over.
+        let _ = previous.wait.await;
     }
-    let mut running: Vec<Running> = Vec::with_capacity(groups.len());
-    for (_, members) in groups {
-        let write = members.iter().any(|call| !call.command.is_read_only());
-        let (client_id, sequence) = if write {
-            let sequence = session.next_sequence;
-            session.next_sequence += 1;
-            (session.session_client_id, sequence)
-        } else {
-            (0, 0)
-        };
-        let mut members = members;
-        let group: Running = if members.len() == 1 {
-            let call = members.pop().expect("one member");
-            let answer = backend.execute(client_id, sequence, call.command);
-            Box::pin(async move {
-                let _ = call.reply.send(answer.await);
-            })
-        } else {
-            let (commands, replies): (Vec<_>, Vec<_>) = members
+    let backend = &shared.backend;
+    let (client_id, sequence) = if calls.iter().all(|call| call.command.is_read_only()) {
+        (0, 0)
+    } else {
+        (client_id, sequence)
+    };
+    match calls.len() {
+        0 => {}
+        1 => {
+            let call = calls.pop().expect("one call");
+            let _ = call
+                .reply
+                .send(backend.execute(client_id, sequence, call.command).await);
+        }
+        count => {
+            let (commands, replies): (Vec<_>, Vec<_>) = calls
                 .into_iter()
                 .map(|call| (call.command, call.reply))
                 .unzip();
-            let count = commands.len();
-            let answer = backend.execute(client_id, sequence, kv::Command::Pipeline { commands });
-            Box::pin(async move {
-                let results = match answer.await {
-                    Ok(kv::Response::Pipeline(results)) if results.len() == count => results
-                        .into_iter()
-                        .map(|result| result.map_err(BackendError::from))
-                        .collect(),
-                    Ok(other) => {
-                        tracing::error!(?other, count, "unexpected answer to a pipeline");
-                        let error = BackendError::Other(
-                            "internal error: unexpected answer to a pipeline".into(),
-                        );
-                        vec![Err(error); count]
-                    }
-                    Err(error) => vec![Err(error); count],
-                };
-                for (result, reply) in results.into_iter().zip(replies) {
-                    let _ = reply.send(result);
+            let answer = backend
+                .execute(client_id, sequence, kv::Command::Pipeline { commands })
+                .await;
+            let results: Vec<Result<kv::Response, BackendError>> = match answer {
+                Ok(kv::Response::Pipeline(results)) if results.len() == count => results
+                    .into_iter()
+                    .map(|result| result.map_err(BackendError::from))
+                    .collect(),
+                Ok(other) => {
+                    tracing::error!(?other, count, "unexpected answer to a pipeline");
+                    let error = BackendError::Other(
+                        "internal error: unexpected answer to a pipeline".into(),
+                    );
+                    vec![Err(error); count]
                 }
-            })
-        };
-        if !routed {
-            group.await;
-        } else {
-            running.push(group);
+                Err(error) => vec![Err(error); count],
+            };
+            for (result, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(result);
+            }
         }
     }
-    futures_util::future::join_all(running).await;
+    drop(finished);
 }
