@@ -89,7 +89,7 @@ pub mod table;
 pub use codec::DecodeError;
 pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};
 pub use config::{Limits, RegionRange, SessionPolicy};
-pub use machine::{KvStateMachine, SplitError};
+pub use machine::{KvStateMachine, SplitError, MAX_KEPT_PIPELINE_RESULT_BYTES};
 pub use response::{
     decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, Response,
 };

@@ -19,6 +19,10 @@ pub enum SplitError {
     KeyNotInside { at_key: Bytes, region: RegionRange },
 }
 
+/// Largest `Pipeline` answer (encoded) a session keeps for a retry; a retry of a pipeline with
+/// a larger answer gets [`CommandError::ResultNotKept`] (it was applied once all the same).
+pub const MAX_KEPT_PIPELINE_RESULT_BYTES: usize = 64 * 1024;
+
 /// The replicated state of one region: an ordered map of keys to values, the client session
 /// table, and the index of the last applied entry.
 ///
@@ -45,10 +49,14 @@ pub enum SplitError {
 /// A refused command (any error) changes no key.
 ///
 /// Only the *last* reply per client is kept (Raft thesis §6.3), so a client must have at most
-/// one request in flight per session: if it pipelined sequences 5 and 6 and 5's retry arrives
+/// one request in flight per session *and region* (each region's state machine has its own
+/// session table): if it pipelined sequences 5 and 6 to one region and 5's retry arrives
 /// after 6 was applied, the retry gets `SessionStale`. That is safe (nothing is applied
 /// twice) but the reply is lost; a client that pipelines should use one session per
-/// in-flight request.
+/// in-flight request, or, like the Redis front end, batch a region's commands into one
+/// `Pipeline` and send the next only after it. A `Pipeline`'s reply is kept only when it
+/// encodes to at most [`MAX_KEPT_PIPELINE_RESULT_BYTES`]; a retry of a larger one gets
+/// [`CommandError::ResultNotKept`] (applied once, answer gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvStateMachine {
     pub(crate) region: RegionRange,
@@ -313,10 +321,24 @@ impl KvStateMachine {
             return (Err(error.into()), false);
         }
         let result = self.execute(command);
+        let kept = match &result {
+            // A pipeline's answer can hold many values (reads that follow writes go through
+            // the log with them): keep it for a retry only when small, so a session's cached
+            // answer stays bounded. The size is the encoding's, the same on every replica.
+            Ok(Response::Pipeline(_)) => {
+                let size = crate::encode_command_result(&result).len();
+                if size > MAX_KEPT_PIPELINE_RESULT_BYTES {
+                    Err(CommandError::ResultNotKept { size: size as u64 })
+                } else {
+                    result.clone()
+                }
+            }
+            _ => result.clone(),
+        };
         self.sessions.record(
             client,
             request.sequence,
-            result.clone(),
+            kept,
             self.clock_ms,
             self.session_policy.max_sessions,
         );

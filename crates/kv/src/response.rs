@@ -86,6 +86,12 @@ pub enum CommandError {
     /// A write was passed to [`crate::KvStateMachine::read`]; writes must go through the log.
     #[error("command is not read-only; propose it through Raft instead")]
     NotReadOnly,
+    /// The answer to a retried `Pipeline`: it was applied (once), but its answer was larger
+    /// than [`crate::MAX_KEPT_PIPELINE_RESULT_BYTES`] and so was not kept in the session.
+    #[error(
+        "the pipeline was applied, but its answer ({size} bytes) was too large to keep for a retry"
+    )]
+    ResultNotKept { size: u64 },
 }
 
 /// Why an applied entry produced no command result.
@@ -157,6 +163,7 @@ const ERROR_OVERFLOW: u8 = 7;
 const ERROR_NOT_FINITE: u8 = 8;
 const ERROR_CONFLICTING_OPTIONS: u8 = 9;
 const ERROR_NOT_READ_ONLY: u8 = 10;
+const ERROR_RESULT_NOT_KEPT: u8 = 11;
 
 /// Encodes a command's result on its own (version byte + result), for carrying it between
 /// servers (a forwarded request's answer). Inverse: [`decode_command_result`].
@@ -369,6 +376,10 @@ fn encode_error<S: Sink>(out: &mut S, error: &CommandError) {
         CommandError::NotFinite => out.put_u8(ERROR_NOT_FINITE),
         CommandError::ConflictingOptions => out.put_u8(ERROR_CONFLICTING_OPTIONS),
         CommandError::NotReadOnly => out.put_u8(ERROR_NOT_READ_ONLY),
+        CommandError::ResultNotKept { size } => {
+            out.put_u8(ERROR_RESULT_NOT_KEPT);
+            out.put_varint(*size);
+        }
     }
 }
 
@@ -399,6 +410,9 @@ fn decode_error(reader: &mut Reader<'_>) -> Result<CommandError, DecodeError> {
         ERROR_NOT_FINITE => CommandError::NotFinite,
         ERROR_CONFLICTING_OPTIONS => CommandError::ConflictingOptions,
         ERROR_NOT_READ_ONLY => CommandError::NotReadOnly,
+        ERROR_RESULT_NOT_KEPT => CommandError::ResultNotKept {
+            size: reader.varint("size")?,
+        },
         tag => return Err(DecodeError::UnknownTag { what: "error", tag }),
     };
     Ok(error)

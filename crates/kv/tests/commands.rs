@@ -779,3 +779,44 @@ fn pipeline_codec_refuses_nesting_and_empty() {
     nested.push(0);
     assert!(kv::decode_command_result(&nested).is_err());
 }
+
+/// A pipeline's answer larger than `MAX_KEPT_PIPELINE_RESULT_BYTES` is returned in full, but
+/// the session keeps only a marker: a retry is answered `ResultNotKept` and applies nothing
+/// again. A small answer is kept whole (see `pipeline_runs_in_order_and_each_command_fails_alone`).
+#[test]
+fn a_large_pipeline_answer_is_not_kept_for_a_retry() {
+    let mut m = machine();
+    let big = "v".repeat(40 * 1024);
+    exec(&mut m, put("big", &big)).expect("put");
+    let pipeline = Command::Pipeline {
+        commands: vec![
+            Command::Incr {
+                key: b("n"),
+                delta: 1,
+            },
+            Command::Get { key: b("big") },
+            Command::Get { key: b("big") },
+        ],
+    };
+    let first = common::submit(&mut m, common::CLIENT, 100, pipeline.clone(), 0);
+    assert_eq!(
+        first.result,
+        Ok(Response::Pipeline(vec![
+            Ok(Response::Integer(1)),
+            Ok(value(&big)),
+            Ok(value(&big))
+        ]))
+    );
+    let retry = common::submit(&mut m, common::CLIENT, 100, pipeline, 0);
+    assert!(retry.duplicate);
+    assert!(
+        matches!(
+            retry.result,
+            Err(ApplyError::Command(CommandError::ResultNotKept { size }))
+                if size as usize > kv::MAX_KEPT_PIPELINE_RESULT_BYTES
+        ),
+        "{:?}",
+        retry.result
+    );
+    assert_eq!(m.get(b"n"), Some(b("1")), "the retry must not apply again");
+}

@@ -337,18 +337,23 @@ impl Workload {
         let urls: Vec<String> = (0..cluster.stores())
             .map(|i| cluster.redis_url(i))
             .collect();
+        // RESP clients share one connection per store (as users of a multiplexing client
+        // library do), so their concurrent commands reach the server as a pipeline and run as
+        // one `Pipeline` entry per region (`resp::cmd::pipeline`).
+        let pool: RespPool = Arc::new(tokio::sync::Mutex::new(vec![None; urls.len()]));
         for r in 0..resp_clients {
             let id_base = 100 + r as u64;
             let mut ops = source(id_base, true);
-            let (shared, stop, urls) = (shared.clone(), stop.clone(), urls.clone());
+            let (shared, stop, urls, pool) =
+                (shared.clone(), stop.clone(), urls.clone(), pool.clone());
             tasks.push(tokio::spawn(async move {
-                // Each RESP client starts on "its" store and moves to the next on failures.
-                let mut store = r % urls.len();
+                // Clients start two to a store and move to the next store on failures.
+                let mut store = (r / 2) % urls.len();
                 let mut conn: Option<redis::aio::MultiplexedConnection> = None;
                 let mut backoff = BACKOFF_MIN;
                 while !stop.load(Ordering::Relaxed) {
                     if conn.is_none() {
-                        conn = connect_resp(&urls[store]).await;
+                        conn = pooled_resp(&pool, store, &urls[store]).await;
                         if conn.is_none() {
                             store = (store + 1) % urls.len();
                             tokio::time::sleep(backoff).await;
@@ -368,6 +373,7 @@ impl Workload {
                     if failed {
                         // A fresh connection, to the next store: the old one may be wedged.
                         conn = None;
+                        pool.lock().await[store] = None;
                         store = (store + 1) % urls.len();
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -395,6 +401,21 @@ impl Workload {
         }
         Ok(self.shared)
     }
+}
+
+/// One shared RESP connection per store, made on first use and dropped on a failure.
+type RespPool = Arc<tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>>;
+
+async fn pooled_resp(
+    pool: &RespPool,
+    store: usize,
+    url: &str,
+) -> Option<redis::aio::MultiplexedConnection> {
+    let mut slots = pool.lock().await;
+    if slots[store].is_none() {
+        slots[store] = connect_resp(url).await;
+    }
+    slots[store].clone()
 }
 
 async fn connect_resp(url: &str) -> Option<redis::aio::MultiplexedConnection> {

@@ -514,3 +514,48 @@ async fn redis_cli_works() {
     assert!(cli(&["INFO", "keyspace"]).contains("db0:keys=32"));
     assert!(cli(&["SET", "k", "v", "EX", "5"]).contains("not supported"));
 }
+
+/// In a pipeline, a command the server refuses for its size (a 9 KiB key; keys are limited
+/// to 8 KiB) fails alone: the commands around it, in the same region, still apply. (The
+/// front end sends an oversized request on its own rather than inside a `Pipeline` the server
+/// would refuse whole.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_key_in_a_pipeline_fails_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = TestCluster::start(&[]);
+    ready(&c).await;
+    let _ = connect(&c, 0).await; // the RESP port is up
+    let long_key = format!("a{}", "k".repeat(9 * 1024));
+    let mut request = Vec::new();
+    for args in [
+        vec!["SET", "a-before", "1"],
+        vec!["GET", long_key.as_str()],
+        vec!["INCR", "a-after"],
+    ] {
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            request.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", c.resp_ports[0]))
+        .await
+        .expect("connect");
+    stream.write_all(&request).await.expect("write");
+    let mut reply = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reply.iter().filter(|b| **b == b'\n').count() < 3 {
+        assert!(Instant::now() < deadline, "no full answer: {reply:?}");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "+OK", "{text}");
+    assert!(lines[1].starts_with("-ERR key exceeds"), "{text}");
+    assert_eq!(lines[2], ":1", "{text}");
+}

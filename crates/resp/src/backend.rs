@@ -31,11 +31,16 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 ///    [`kv::Command::Pipeline`], executed like any command: atomically as one step, at most
 ///    once per `(client_id, sequence)`, answered with one result per command. Commands for
 ///    different regions are sent concurrently (different keys, so no order between them is
-///    observable on this connection, as with a pipeline over Redis Cluster's nodes).
+///    observable on this connection, as with a pipeline over Redis Cluster's nodes). Their
+///    keys and values are within [`crate::RespConfig`]'s `max_key_bytes` / `max_value_bytes`
+///    (a larger one is sent alone), so a backend refusing a whole `Pipeline` for a size limit
+///    means those two are set wrong. `region_of` should name a small set (the regions):
+///    a connection remembers its last group per region.
 pub trait Backend: Send + Sync + 'static {
     /// Executes one state-machine command. Writes carry the connection's session (client id,
-    /// sequence from 1, +1 per write; retries of the same write reuse the sequence so it is
-    /// applied once). Reads use client_id 0 and sequence 0.
+    /// sequences from 1, increasing, with gaps; at most one in flight per region; retries of
+    /// the same write reuse the sequence so it is applied once). Reads use client_id 0 and
+    /// sequence 0.
     fn execute(
         &self,
         client_id: u64,

@@ -49,6 +49,11 @@ pub struct RespConfig {
     pub max_array_len: usize,
     /// Largest request in bytes (after AUTH).
     pub max_request_bytes: usize,
+    /// The backend's key and value limits. A request with a longer key or value is not
+    /// pipelined with others (it runs alone, so its refusal is its own and no other command
+    /// of the pipeline shares it).
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
     /// Reported by INFO and HELLO as `redis_version`; some clients gate features on it.
     pub redis_version: String,
 }
@@ -61,6 +66,8 @@ impl Default for RespConfig {
             max_bulk_bytes: DEFAULT_MAX_BULK_BYTES,
             max_array_len: DEFAULT_MAX_ARRAY_LEN,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_key_bytes: kv::config::DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: kv::config::DEFAULT_MAX_VALUE_BYTES,
             redis_version: "7.0.0".to_string(),
         }
     }

@@ -1,6 +1,7 @@
 //! [`Connection`]: reads requests from and writes frames to one client socket, with a read
-//! buffer for pipelined requests and an output buffer flushed only when the client's pipeline
-//! is drained (or the buffer is large), so 100 pipelined commands cost one write, not 100.
+//! buffer for pipelined requests and an output buffer flushed when the client's pipeline is
+//! drained, when a batch of pipelined commands has been answered, or when the buffer is
+//! large: 100 pipelined commands cost one write, not 100.
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -90,6 +91,11 @@ impl Connection {
                 .collect(),
         };
         Ok(Some(arguments))
+    }
+
+    /// Bytes read but not yet parsed into requests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.input.len()
     }
 
     /// Reads whatever the socket holds right now, without waiting, into the input buffer

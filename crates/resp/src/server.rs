@@ -3,8 +3,9 @@
 //!
 //! Shutdown contract:
 //! 1. When `shutdown` completes, the listener stops accepting.
-//! 2. Every connection finishes the command it is executing, writes its queued replies, and
-//!    closes; commands not yet read are not executed.
+//! 2. Every connection finishes what it is executing (a command, or the pipelined segments
+//!    in flight: at most two batches of up to 256 commands), writes its queued replies, and
+//!    closes; requests not yet planned are not executed.
 //! 3. `serve` returns once every connection task has ended.
 
 use std::collections::hash_map::RandomState;
@@ -203,6 +204,8 @@ async fn handle_connection(
         let limits = session.request_limits(&shared.config);
         let request = tokio::select! {
             biased;
+            // First, so a client that never stops sending cannot hold shutdown off.
+            _ = shutdown.changed() => break,
             Some(outcomes) = in_flight.next(), if !in_flight.is_empty() => {
                 // Flush at once: `read_request` flushes only when no complete request waits.
                 if !answer(&mut connection, outcomes).await || connection.flush().await.is_err() {
@@ -212,7 +215,6 @@ async fn handle_connection(
                 continue;
             }
             request = connection.read_request(&limits), if in_flight.len() < MAX_SEGMENTS_IN_FLIGHT => request,
-            _ = shutdown.changed() => break,
         };
         let arguments = match request {
             Ok(Some(arguments)) => arguments,
@@ -237,8 +239,11 @@ async fn handle_connection(
                         requests.push_back(next);
                     }
                     // The first read took at most a buffer's worth: take what else has
-                    // arrived, without waiting.
-                    Ok(None) if connection.read_ready() > 0 => {}
+                    // arrived, without waiting (not for a large request still arriving: the
+                    // next read_request waits for it properly).
+                    Ok(None)
+                        if connection.buffered_bytes() < MAX_PIPELINE_BYTES
+                            && connection.read_ready() > 0 => {}
                     Ok(None) => break,
                     // Answer what came before the bad request first, as Redis does.
                     Err(error) => {
@@ -255,7 +260,9 @@ async fn handle_connection(
                 Job::Segment(segment) => {
                     if in_flight.len() >= MAX_SEGMENTS_IN_FLIGHT {
                         if let Some(outcomes) = in_flight.next().await {
-                            if !answer(&mut connection, outcomes).await {
+                            if !answer(&mut connection, outcomes).await
+                                || connection.flush().await.is_err()
+                            {
                                 drain = false;
                                 break 'connection;
                             }

@@ -143,6 +143,8 @@ impl Server {
             let resp_cfg = resp::RespConfig {
                 password: cfg.resp_password.clone(),
                 max_bulk_bytes: cfg.max_value_bytes.max(cfg.max_key_bytes),
+                max_key_bytes: cfg.max_key_bytes,
+                max_value_bytes: cfg.max_value_bytes,
                 ..resp::RespConfig::default()
             };
             let stop = wait(shutdown_rx.clone());

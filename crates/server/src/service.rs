@@ -290,6 +290,18 @@ impl KvService {
                 format!("malformed encoded command: {e}"),
             )
         })?;
+        if let Command::Pipeline { commands } = &cmd {
+            // Their own rules (scan limit, COUNT's region) are checked at the top level only.
+            if commands
+                .iter()
+                .any(|c| matches!(c, Command::Scan { .. } | Command::Count))
+            {
+                return Err(refuse(
+                    Code::InvalidArgument,
+                    "SCAN and COUNT cannot be part of a pipeline",
+                ));
+            }
+        }
         let keys = cmd.keys();
         if keys.len() > MAX_BATCH_KEYS {
             return Err(refuse(

@@ -4,15 +4,17 @@
 //! callers on one connection, as most Redis client libraries do) should neither pay one
 //! consensus round per command nor wait for one batch to finish before the next starts. The
 //! connection hands every request that has fully arrived (up to
-//! [`crate::config::MAX_PIPELINE_COMMANDS`]) to [`Pipeline::plan`], which
+//! [`crate::config::MAX_PIPELINE_COMMANDS`]) to [`Pipeline::next_job`], one job at a time,
+//! which
 //! 1. cuts them into *segments*: runs of key commands that make exactly one backend call each
 //!    (GET, SET, INCR, MGET, DEL, ...; see [`SEGMENT_COMMANDS`]) and whose key the backend can
 //!    route, within the byte and argument budgets. Anything else (AUTH, CLIENT, SCAN, INFO,
 //!    QUIT, a key no region holds, ...) is a *barrier*: the connection waits for every
 //!    segment in flight, then runs it alone;
-//! 2. groups a segment's requests by the region of their first key, numbers each group that
-//!    writes with the next sequence of the connection's session, and chains it behind the
-//!    previous group of the same region from this connection (in flight or not);
+//! 2. groups a segment's requests by the region of their first key, numbers each group with
+//!    the next sequence of the connection's session (a group that turns out to only read is
+//!    sent without it), and chains it behind the previous group of the same region from this
+//!    connection (in flight or not);
 //! 3. returns the segment as a future. Up to [`MAX_SEGMENTS_IN_FLIGHT`] run at once: the
 //!    connection reads the next requests while earlier segments wait for consensus.
 //!
@@ -297,7 +299,9 @@ impl Pipeline {
 
 /// `Some(region)` if the request joins a segment (`Some(None)`: it joins but makes no backend
 /// call: an unknown command, a wrong arity or a missing key are answered without one, or it
-/// is refused before authentication); `None` if it must run alone.
+/// is refused before authentication); `None` if it must run alone: not a segment command, a
+/// key the backend cannot route, or a key or value over the backend's limits (the backend
+/// refuses a whole `Pipeline` for that, and the other commands must not share the refusal).
 fn joins_segment(
     shared: &ServerShared,
     session: &Session,
@@ -315,9 +319,33 @@ fn joins_segment(
     if !arity_ok || !session.authenticated || spec.first_key == 0 {
         return Some(None);
     }
+    let oversized = arguments.iter().enumerate().skip(1).any(|(i, argument)| {
+        let limit = if is_key(spec, i, arguments.len()) {
+            shared.config.max_key_bytes
+        } else {
+            shared.config.max_value_bytes
+        };
+        argument.len() > limit
+    });
+    if oversized {
+        return None;
+    }
     let key = arguments.get(usize::try_from(spec.first_key).ok()?)?;
     // A key the backend cannot route runs alone, in order.
     shared.backend.region_of(key).map(Some)
+}
+
+/// Whether argument `index` of a request with `count` arguments is a key, by the command
+/// table's (first, last, step).
+fn is_key(spec: &super::CommandSpec, index: usize, count: usize) -> bool {
+    let (first, step) = (spec.first_key, spec.step.max(1));
+    let last = if spec.last_key < 0 {
+        count as i64 + spec.last_key
+    } else {
+        spec.last_key
+    };
+    let index = index as i64;
+    first > 0 && index >= first && index <= last && (index - first) % step == 0
 }
 
 type Handler<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
@@ -363,9 +391,27 @@ async fn run_segment(
         .map(|(group, calls)| Box::pin(run_group(shared, group, calls)) as Running<'_>)
         .collect();
     futures_util::future::join_all(running).await;
-    // Every call is answered: the handlers finish without waiting.
-    while done.iter().any(Option::is_none) {
-        poll_until_progress(&mut handlers, &mut done).await;
+    // Every call is answered, so the handlers finish. A call made only now (a handler that
+    // awaited something before its call, or made a second one: not a segment command by
+    // definition) is refused rather than left waiting forever.
+    loop {
+        poll_once(&mut handlers, &mut done).await;
+        if done.iter().all(Option::is_some) {
+            break;
+        }
+        let late = deferred.take();
+        debug_assert!(
+            late.is_empty(),
+            "a segment command made a late backend call"
+        );
+        if late.is_empty() {
+            poll_until_progress(&mut handlers, &mut done).await;
+        }
+        for call in late {
+            let _ = call.reply.send(Err(BackendError::Other(
+                "internal error: a pipelined command made a second backend call".into(),
+            )));
+        }
     }
     drop(handlers);
     done.into_iter()
@@ -423,7 +469,8 @@ async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
         let _ = previous.wait.await;
     }
     let backend = &shared.backend;
-    let (client_id, sequence) = if calls.iter().all(|call| call.command.is_read_only()) {
+    let reads_only = calls.iter().all(|call| call.command.is_read_only());
+    let (client_id, sequence) = if reads_only {
         (0, 0)
     } else {
         (client_id, sequence)
@@ -441,6 +488,11 @@ async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
                 .into_iter()
                 .map(|call| (call.command, call.reply))
                 .unzip();
+            let retry_commands = if reads_only {
+                commands.clone()
+            } else {
+                Vec::new()
+            };
             let answer = backend
                 .execute(client_id, sequence, kv::Command::Pipeline { commands })
                 .await;
@@ -455,6 +507,15 @@ async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
                         "internal error: unexpected answer to a pipeline".into(),
                     );
                     vec![Err(error); count]
+                }
+                // Reads change nothing, so a read group refused as a whole (its answer over
+                // the forwarding size limit, say) is retried one command at a time.
+                Err(_) if reads_only => {
+                    let mut results = Vec::with_capacity(count);
+                    for command in retry_commands {
+                        results.push(backend.execute(0, 0, command).await);
+                    }
+                    results
                 }
                 Err(error) => vec![Err(error); count],
             };
