@@ -445,6 +445,16 @@ impl Client {
             match self.muxes[i].call(req, self.cfg.attempt_timeout).await {
                 Ok(resp) => {
                     let Some(e) = resp.error.clone().filter(|e| e.code != Code::Ok as i32) else {
+                        // Served elsewhere (the server forwarded it to the leader): send the
+                        // region's next requests straight there.
+                        let by = resp.served_by_store;
+                        if by != 0 {
+                            if let Some(&at) = self.store_endpoint.get(&by) {
+                                if at != i {
+                                    self.note_leader(&key, by);
+                                }
+                            }
+                        }
                         return Ok(resp);
                     };
                     last = e.message.clone();

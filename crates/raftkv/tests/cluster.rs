@@ -499,3 +499,60 @@ async fn sigterm_shuts_down_cleanly_and_data_survives() {
         Some(&b"kept"[..])
     );
 }
+
+/// A long-lived client follows a leader that moved without an error: region 1's leader is
+/// killed (the client finds the interim leader through errors), then comes back and takes
+/// leadership back by transfer (leader balancing). The interim leader forwards the client's
+/// next request, and the answer names the store that served it, so from then on the client
+/// sends straight to the leader: at most a couple of forwards, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_follows_a_leader_that_moved_back_without_an_error() {
+    let mut c = TestCluster::start(&[]);
+    assert!(
+        c.wait_ready(Duration::from_secs(30)).await,
+        "no leaders\n{}",
+        c.logs()
+    );
+    async fn until_led_by(c: &TestCluster, key: &[u8], store: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.leader_of(key).await != Some(store) {
+            assert!(Instant::now() < deadline, "{what}\n{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Region 1 holds keys below "g"; leader balancing prefers store 1 (index 0) for it.
+    until_led_by(&c, b"a", 0, "store 1 never led region 1").await;
+    let mut cl = client::Client::connect(c.endpoints())
+        .await
+        .expect("connect");
+    cl.put(b"a0", b"x").await.expect("put");
+    c.kill(0);
+    // Through the failure: the client finds the interim leader by itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cl.put(b"a1", b"x").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no write after the kill\n{}",
+            c.logs()
+        );
+    }
+    c.spawn(0);
+    until_led_by(&c, b"a", 0, "store 1 did not take region 1 back").await;
+    let forwarded = |c: &TestCluster| -> u64 {
+        (0..3)
+            .map(|i| c.metric(i, "raftkv_forwarded_requests_total").unwrap_or(0))
+            .sum()
+    };
+    let before = forwarded(&c);
+    for i in 0..50 {
+        cl.put(format!("a-after-{i}").as_bytes(), b"x")
+            .await
+            .expect("put after the move");
+    }
+    let after = forwarded(&c);
+    assert!(
+        after - before <= 2,
+        "{} of 50 requests were forwarded: the client did not follow the leader",
+        after - before
+    );
+}

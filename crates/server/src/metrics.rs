@@ -57,6 +57,8 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     pub proposals: AtomicU64,
+    /// Requests this server sent on to the leader's store.
+    pub forwarded: AtomicU64,
     pub leader_changes: AtomicU64,
     pub entries_applied: AtomicU64,
     pub write_rounds: AtomicU64,
@@ -113,6 +115,7 @@ impl Metrics {
         let mut out = String::new();
         let counters = [
             ("raftkv_proposals_total", &self.proposals),
+            ("raftkv_forwarded_requests_total", &self.forwarded),
             ("raftkv_leader_changes_total", &self.leader_changes),
             ("raftkv_entries_applied_total", &self.entries_applied),
             ("raftkv_log_write_rounds_total", &self.write_rounds),

@@ -506,6 +506,7 @@ impl KvService {
             Err(e) => store_error(e),
         };
         resp.region_id = region.id.0;
+        resp.served_by_store = self.cfg.store_id;
         resp
     }
 
@@ -536,6 +537,9 @@ impl KvService {
                 }
             }
         };
+        self.metrics
+            .forwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut header = req.header.take().unwrap_or_default();
         header.forwarded = true;
         req.header = Some(header);
