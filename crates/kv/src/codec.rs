@@ -43,6 +43,10 @@ pub enum DecodeError {
         what: &'static str,
         reason: &'static str,
     },
+    /// A pipeline inside a pipeline: refused on its tag, before anything under it is read, so
+    /// a crafted input cannot make the decoder recurse deeply.
+    #[error("a {what} inside a {what}")]
+    NestedPipeline { what: &'static str },
     /// The input continues after a complete value: it was not produced by our encoder.
     #[error("{count} trailing bytes after a complete value")]
     TrailingBytes { count: usize },

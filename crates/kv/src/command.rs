@@ -485,10 +485,7 @@ impl Command {
             }
             TAG_COUNT => Command::Count,
             TAG_PIPELINE if in_pipeline => {
-                return Err(DecodeError::Invalid {
-                    what: "pipeline",
-                    reason: "a pipeline inside a pipeline",
-                })
+                return Err(DecodeError::NestedPipeline { what: "pipeline" })
             }
             TAG_PIPELINE => {
                 // Smallest command body: its tag byte (Count).

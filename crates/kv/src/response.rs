@@ -205,8 +205,16 @@ pub(crate) fn encode_result<S: Sink>(out: &mut S, result: &Result<Response, Comm
 pub(crate) fn decode_result(
     reader: &mut Reader<'_>,
 ) -> Result<Result<Response, CommandError>, DecodeError> {
+    decode_result_in(reader, false)
+}
+
+/// `in_pipeline`: one of a pipeline's results, which may not be a pipeline's itself.
+fn decode_result_in(
+    reader: &mut Reader<'_>,
+    in_pipeline: bool,
+) -> Result<Result<Response, CommandError>, DecodeError> {
     match reader.u8("result tag")? {
-        RESULT_OK => Ok(Ok(decode_response(reader)?)),
+        RESULT_OK => Ok(Ok(decode_response_in(reader, in_pipeline)?)),
         RESULT_ERR => Ok(Err(decode_error(reader)?)),
         tag => Err(DecodeError::UnknownTag {
             what: "result",
@@ -274,12 +282,8 @@ fn encode_response<S: Sink>(out: &mut S, response: &Response) {
     }
 }
 
-fn decode_response(reader: &mut Reader<'_>) -> Result<Response, DecodeError> {
-    decode_response_in(reader, false)
-}
-
-/// `in_pipeline`: a result inside a pipeline's, which may not be a pipeline's itself (checked
-/// on the tag, so a crafted input cannot recurse deeply).
+/// `in_pipeline`: a response inside a pipeline's, which may not be a pipeline's itself
+/// (checked on the tag, so a crafted input cannot recurse deeply).
 fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Response, DecodeError> {
     let response = match reader.u8("response tag")? {
         RESPONSE_DONE => Response::Done,
@@ -311,9 +315,8 @@ fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Resp
         },
         RESPONSE_WRITTEN => Response::Written(reader.bool("written")?),
         RESPONSE_PIPELINE if in_pipeline => {
-            return Err(DecodeError::Invalid {
+            return Err(DecodeError::NestedPipeline {
                 what: "pipeline result",
-                reason: "a pipeline inside a pipeline",
             })
         }
         RESPONSE_PIPELINE => {
@@ -321,16 +324,7 @@ fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Resp
             let count = reader.count("pipeline results", 2)?;
             let mut results = Vec::with_capacity(count);
             for _ in 0..count {
-                results.push(match reader.u8("result tag")? {
-                    RESULT_OK => Ok(decode_response_in(reader, true)?),
-                    RESULT_ERR => Err(decode_error(reader)?),
-                    tag => {
-                        return Err(DecodeError::UnknownTag {
-                            what: "result",
-                            tag,
-                        })
-                    }
-                });
+                results.push(decode_result_in(reader, true)?);
             }
             Response::Pipeline(results)
         }

@@ -758,7 +758,10 @@ fn pipeline_codec_refuses_nesting_and_empty() {
         nested.extend_from_slice(&[18, 1]);
     }
     nested.push(17);
-    assert!(Command::decode(&nested).is_err());
+    assert!(matches!(
+        Command::decode(&nested),
+        Err(kv::DecodeError::NestedPipeline { .. })
+    ));
     assert!(Command::decode(&[kv::CODEC_VERSION, 18, 0]).is_err());
 
     let result: Result<Response, CommandError> = Ok(Response::Pipeline(vec![
@@ -777,7 +780,10 @@ fn pipeline_codec_refuses_nesting_and_empty() {
         nested.extend_from_slice(&[10, 1, 0]);
     }
     nested.push(0);
-    assert!(kv::decode_command_result(&nested).is_err());
+    assert!(matches!(
+        kv::decode_command_result(&nested),
+        Err(kv::DecodeError::NestedPipeline { .. })
+    ));
 }
 
 /// A pipeline's answer larger than `MAX_KEPT_PIPELINE_RESULT_BYTES` is returned in full, but

@@ -159,11 +159,6 @@ async fn answer_all<'a>(
     true
 }
 
-/// Bytes of a parsed request, for the pipeline's byte budget.
-fn request_bytes(arguments: &[bytes::Bytes]) -> usize {
-    arguments.iter().map(|a| a.len() + 16).sum()
-}
-
 /// A request that could not be read: a protocol error is answered (Redis's text) before the
 /// connection closes; anything else just closes it.
 async fn report_read_error(
@@ -231,11 +226,11 @@ async fn handle_connection(
         let mut requests = VecDeque::from([arguments]);
         let mut read_error = None;
         if session.authenticated {
-            let mut bytes = request_bytes(&requests[0]);
+            let mut bytes = cmd::request_bytes(&requests[0]);
             while requests.len() < MAX_PIPELINE_COMMANDS && bytes < MAX_PIPELINE_BYTES {
                 match connection.buffered_request(&limits) {
                     Ok(Some(next)) => {
-                        bytes += request_bytes(&next);
+                        bytes += cmd::request_bytes(&next);
                         requests.push_back(next);
                     }
                     // The first read took at most a buffer's worth: take what else has

@@ -1159,6 +1159,39 @@ fn pipeline_request() -> impl Strategy<Value = Vec<String>> {
     ]
 }
 
+/// Runs `requests` against a fresh server the way `slow` says (all in one write to a plain
+/// backend, or trickled to a backend whose commands finish out of order) and, one at a time,
+/// against another fresh server: both answers, to compare.
+fn pipelined_and_one_at_a_time(
+    requests: &[Vec<String>],
+    routes: bool,
+    slow: bool,
+) -> (Vec<Frame>, Vec<Frame>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let requests: Vec<Vec<&str>> = requests
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    runtime.block_on(async {
+        let sequential =
+            start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
+        let want = replies_one_at_a_time(&sequential, &requests).await;
+        let got = if slow {
+            let server =
+                start_with(RespConfig::default(), MemoryBackend::with_delays(routes)).await;
+            replies_trickled(&server, &requests).await
+        } else {
+            let server =
+                start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
+            replies_pipelined(&server, &requests).await
+        };
+        (got, want)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -1170,22 +1203,7 @@ proptest! {
         requests in proptest::collection::vec(pipeline_request(), 1..60),
         routes in any::<bool>(),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let requests: Vec<Vec<&str>> = requests
-            .iter()
-            .map(|r| r.iter().map(String::as_str).collect())
-            .collect();
-        let (got, want) = runtime.block_on(async {
-            let pipelined = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
-            let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
-            (
-                replies_pipelined(&pipelined, &requests).await,
-                replies_one_at_a_time(&sequential, &requests).await,
-            )
-        });
+        let (got, want) = pipelined_and_one_at_a_time(&requests, routes, false);
         prop_assert_eq!(got, want);
     }
 }
@@ -1240,22 +1258,7 @@ proptest! {
         requests in proptest::collection::vec(pipeline_request(), 1..60),
         routes in any::<bool>(),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let requests: Vec<Vec<&str>> = requests
-            .iter()
-            .map(|r| r.iter().map(String::as_str).collect())
-            .collect();
-        let (got, want) = runtime.block_on(async {
-            let slow = start_with(RespConfig::default(), MemoryBackend::with_delays(routes)).await;
-            let sequential = start_with(RespConfig::default(), MemoryBackend::with_routes(routes)).await;
-            (
-                replies_trickled(&slow, &requests).await,
-                replies_one_at_a_time(&sequential, &requests).await,
-            )
-        });
+        let (got, want) = pipelined_and_one_at_a_time(&requests, routes, true);
         prop_assert_eq!(got, want);
     }
 }

@@ -6,7 +6,6 @@
 //! - [`keys`]: TYPE, TTL, PTTL, EXISTS, DEL, UNLINK, SCAN.
 //! - [`strings`]: GET, SET, SETNX, GETSET, GETDEL, MGET, MSET, MSETNX, APPEND, STRLEN,
 //!   GETRANGE, SETRANGE, INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT.
-//!
 //! - [`pipeline`]: pipelined requests executed together, one log entry per region.
 //!
 //! Every handler gets the arguments after the command name, already arity-checked.
@@ -15,7 +14,7 @@ mod connection;
 mod keys;
 mod pipeline;
 
-pub(crate) use pipeline::{Job, Pipeline, Segment, MAX_SEGMENTS_IN_FLIGHT};
+pub(crate) use pipeline::{request_bytes, Job, Pipeline, Segment, MAX_SEGMENTS_IN_FLIGHT};
 
 pub(crate) use keys::CursorTable;
 mod server;
@@ -98,6 +97,13 @@ pub(crate) struct CommandSpec {
     pub step: i64,
     pub group: &'static str,
     pub summary: &'static str,
+}
+
+impl CommandSpec {
+    /// Whether `count` arguments (the name included) satisfy the command's arity.
+    pub fn arity_allows(&self, count: i64) -> bool {
+        (self.arity > 0 && count == self.arity) || (self.arity < 0 && count >= -self.arity)
+    }
 }
 
 const fn spec(
@@ -503,11 +509,8 @@ impl Context<'_> {
     /// Executes a read: no session (client id 0).
     pub async fn read(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
         debug_assert!(command.is_read_only());
-        if let Some((deferred, request)) = self.deferred {
-            return deferred
-                .call(request, command)
-                .await
-                .map_err(backend_error_frame);
+        if let Some(deferred) = self.deferred {
+            return through_pipeline(deferred, command).await;
         }
         self.shared
             .backend
@@ -520,12 +523,9 @@ impl Context<'_> {
     /// consumed whatever the outcome: a new command must never reuse the number of an earlier
     /// one that may have been applied.
     pub async fn write(&mut self, command: kv::Command) -> Result<kv::Response, Frame> {
-        if let Some((deferred, request)) = self.deferred {
+        if let Some(deferred) = self.deferred {
             // The pipeline numbers its entries itself, from the connection's session.
-            return deferred
-                .call(request, command)
-                .await
-                .map_err(backend_error_frame);
+            return through_pipeline(deferred, command).await;
         }
         let sequence = self.session.next_sequence;
         self.session.next_sequence += 1;
@@ -543,6 +543,17 @@ impl Context<'_> {
         }
         Ok(())
     }
+}
+
+/// A command's one backend call inside a pipeline: handed to the segment's collector.
+async fn through_pipeline(
+    (deferred, request): (&pipeline::Deferred, usize),
+    command: kv::Command,
+) -> Result<kv::Response, Frame> {
+    deferred
+        .call(request, command)
+        .await
+        .map_err(backend_error_frame)
 }
 
 /// A reply for a response variant the command never yields: a backend bug, reported to the
@@ -573,7 +584,7 @@ async fn execute_in(
         return unknown_command(&arguments).into();
     };
     let count = arguments.len() as i64;
-    if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
+    if !spec.arity_allows(count) {
         return wrong_arity(spec.name).into();
     }
     if !session.authenticated && !spec.flags.contains(&"no_auth") {

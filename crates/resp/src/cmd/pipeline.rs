@@ -37,8 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -133,58 +132,18 @@ impl Deferred {
     }
 }
 
-/// A group's completion, as seen by those that wait for it.
-#[derive(Clone)]
-struct Done {
-    /// Set when the group has finished (answered or dropped); readable without polling.
-    flag: Arc<AtomicBool>,
-    /// Resolves when the group has finished.
-    wait: Shared<oneshot::Receiver<()>>,
-}
-
-impl Done {
-    fn is_finished(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-}
-
-/// Held by a running group; dropping it (when the group finishes, or its segment is dropped)
-/// marks the group finished and wakes its waiters.
-struct Finished {
-    flag: Arc<AtomicBool>,
-    _wake: oneshot::Sender<()>,
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        // Before `_wake` drops (fields drop after this), so a woken waiter sees the flag.
-        self.flag.store(true, Ordering::Release);
-    }
-}
-
-fn completion() -> (Finished, Done) {
-    let flag = Arc::new(AtomicBool::new(false));
-    let (wake, wait) = oneshot::channel();
-    (
-        Finished {
-            flag: flag.clone(),
-            _wake: wake,
-        },
-        Done {
-            flag,
-            wait: wait.shared(),
-        },
-    )
-}
+/// Resolves when a group has finished: its `oneshot::Sender` is dropped when the group has
+/// answered its calls, or when its segment is dropped (the connection closing).
+type Done = Shared<oneshot::Receiver<()>>;
 
 /// A group of one segment: the requests of one region.
 struct Group {
     client_id: u64,
     sequence: u64,
-    /// The previous group of this connection on the same region, unless finished.
+    /// The previous group of this connection on the same region.
     after: Option<Done>,
-    /// Dropped when this group has finished, which releases those waiting on it.
-    finished: Finished,
+    /// Dropped when this group has finished, which releases the next one.
+    finished: oneshot::Sender<()>,
 }
 
 /// A segment's future: yields one outcome per request, in order.
@@ -224,7 +183,7 @@ impl Pipeline {
                 }
                 break;
             };
-            let size: usize = request.iter().map(Bytes::len).sum();
+            let size = request_bytes(request);
             let fits = segment.len() < MAX_PIPELINE_COMMANDS
                 && bytes + size <= MAX_PIPELINE_BYTES
                 && arguments + request.len() <= MAX_PIPELINE_ARGUMENTS;
@@ -237,6 +196,21 @@ impl Pipeline {
             segment.push((request, region));
         }
         (!segment.is_empty()).then(|| self.segment(shared, session, segment))
+    }
+
+    /// Places one group: takes the session's next sequence (whether or not the group turns
+    /// out to write: a read-only group is sent without the session, and an unused number is
+    /// harmless) and chains it behind the region's previous group.
+    fn group(&mut self, session: &mut Session, region: u64) -> Group {
+        let sequence = session.next_sequence;
+        session.next_sequence += 1;
+        let (finished, done) = oneshot::channel();
+        Group {
+            client_id: session.session_client_id,
+            sequence,
+            after: self.tails.insert(region, done.shared()),
+            finished,
+        }
     }
 
     /// Groups, numbers and chains one segment (steps 2–3) and returns its future.
@@ -276,27 +250,6 @@ impl Pipeline {
     }
 }
 
-impl Pipeline {
-    /// Places one group: takes the session's next sequence (whether or not the group turns
-    /// out to write: a read-only group is sent without the session, and an unused number is
-    /// harmless) and chains it behind the region's previous group.
-    fn group(&mut self, session: &mut Session, region: u64) -> Group {
-        let sequence = session.next_sequence;
-        session.next_sequence += 1;
-        let (finished, done) = completion();
-        let after = self
-            .tails
-            .insert(region, done)
-            .filter(|previous| !previous.is_finished());
-        Group {
-            client_id: session.session_client_id,
-            sequence,
-            after,
-            finished,
-        }
-    }
-}
-
 /// `Some(region)` if the request joins a segment (`Some(None)`: it joins but makes no backend
 /// call: an unknown command, a wrong arity or a missing key are answered without one, or it
 /// is refused before authentication); `None` if it must run alone: not a segment command, a
@@ -313,10 +266,7 @@ fn joins_segment(
     if !SEGMENT_COMMANDS.contains(&spec.name) {
         return None;
     }
-    let count = arguments.len() as i64;
-    let arity_ok =
-        (spec.arity > 0 && count == spec.arity) || (spec.arity < 0 && count >= -spec.arity);
-    if !arity_ok || !session.authenticated || spec.first_key == 0 {
+    if !spec.arity_allows(arguments.len() as i64) || !session.authenticated || spec.first_key == 0 {
         return Some(None);
     }
     let oversized = arguments.iter().enumerate().skip(1).any(|(i, argument)| {
@@ -333,6 +283,11 @@ fn joins_segment(
     let key = arguments.get(usize::try_from(spec.first_key).ok()?)?;
     // A key the backend cannot route runs alone, in order.
     shared.backend.region_of(key).map(Some)
+}
+
+/// A request's size for the pipeline byte budget ([`MAX_PIPELINE_BYTES`]): its arguments.
+pub(crate) fn request_bytes(arguments: &[Bytes]) -> usize {
+    arguments.iter().map(Bytes::len).sum()
 }
 
 /// Whether argument `index` of a request with `count` arguments is a key, by the command
@@ -373,7 +328,7 @@ async fn run_segment(
         .collect();
     let mut done: Vec<Option<Outcome>> = handlers.iter().map(|_| None).collect();
     // Every handler runs until it answers or waits for its one call.
-    poll_once(&mut handlers, &mut done).await;
+    poll_handlers(&mut handlers, &mut done, false).await;
     let mut members: Vec<Vec<Call>> = groups.iter().map(|_| Vec::new()).collect();
     for call in deferred.take() {
         match group_of.get(call.request).copied().flatten() {
@@ -395,7 +350,7 @@ async fn run_segment(
     // awaited something before its call, or made a second one: not a segment command by
     // definition) is refused rather than left waiting forever.
     loop {
-        poll_once(&mut handlers, &mut done).await;
+        poll_handlers(&mut handlers, &mut done, false).await;
         if done.iter().all(Option::is_some) {
             break;
         }
@@ -405,7 +360,7 @@ async fn run_segment(
             "a segment command made a late backend call"
         );
         if late.is_empty() {
-            poll_until_progress(&mut handlers, &mut done).await;
+            poll_handlers(&mut handlers, &mut done, true).await;
         }
         for call in late {
             let _ = call.reply.send(Err(BackendError::Other(
@@ -419,23 +374,13 @@ async fn run_segment(
         .collect()
 }
 
-/// Polls every unfinished handler once, in order.
-async fn poll_once(handlers: &mut [Handler<'_>], done: &mut [Option<Outcome>]) {
-    std::future::poll_fn(|cx| {
-        for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
-            if slot.is_none() {
-                if let Poll::Ready(outcome) = handler.as_mut().poll(cx) {
-                    *slot = Some(outcome);
-                }
-            }
-        }
-        Poll::Ready(())
-    })
-    .await;
-}
-
-/// Polls the unfinished handlers until at least one finishes.
-async fn poll_until_progress(handlers: &mut [Handler<'_>], done: &mut [Option<Outcome>]) {
+/// Polls every unfinished handler once, in order; with `until_progress`, again whenever woken
+/// until at least one has finished.
+async fn poll_handlers(
+    handlers: &mut [Handler<'_>],
+    done: &mut [Option<Outcome>],
+    until_progress: bool,
+) {
     std::future::poll_fn(|cx| {
         let mut progressed = false;
         for (handler, slot) in handlers.iter_mut().zip(done.iter_mut()) {
@@ -446,7 +391,7 @@ async fn poll_until_progress(handlers: &mut [Handler<'_>], done: &mut [Option<Ou
                 }
             }
         }
-        if progressed {
+        if progressed || !until_progress {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -465,8 +410,8 @@ async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
         finished,
     } = group;
     if let Some(previous) = after {
-        // Err: that group's segment was dropped (connection closing); it is over.
-        let _ = previous.wait.await;
+        // Err is the only outcome (the sender is dropped, never used): it is over.
+        let _ = previous.await;
     }
     let backend = &shared.backend;
     let reads_only = calls.iter().all(|call| call.command.is_read_only());
