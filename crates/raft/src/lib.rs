@@ -74,7 +74,7 @@ pub use conf_change::{ConfChange, ConfChangeItem, ConfChangeKind};
 pub use errors::{InitError, ProposeError, ReadError, StepError, TransferError};
 pub use progress::ProgressState;
 pub use raft::{Config, ReadMode};
-pub use raw_node::{RawNode, Ready, Status};
+pub use raw_node::{Persisted, RawNode, Ready, Status};
 pub use rng::SplitMix64;
 pub use storage::{MemStorage, RaftState, Storage, StorageError, INIT_LOG_INDEX, INIT_TERM};
 pub use types::*;

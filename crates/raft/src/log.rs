@@ -6,13 +6,22 @@ use crate::storage::{Storage, StorageError};
 use crate::types::{Entry, LogIndex, Snapshot, Term};
 
 /// Entries and a snapshot not yet persisted by the caller.
+///
+/// With asynchronous persistence (see [`crate::RawNode::advance_async`]) some of them have
+/// been handed to the caller in a `Ready` and are being written: they stay here, readable,
+/// until the caller reports them durable, and `handed_out` marks where the next `Ready`'s
+/// entries start so that none is handed out twice.
 #[derive(Debug, Default)]
 struct Unstable {
     /// A snapshot received from the leader, to be persisted before the entries.
     snapshot: Option<Snapshot>,
+    /// Whether `snapshot` was handed out (and is being persisted).
+    snapshot_handed_out: bool,
     /// `entries[i].index == offset + i`.
     entries: Vec<Entry>,
     offset: LogIndex,
+    /// Entries up to this index were handed out; always `>= offset - 1`.
+    handed_out: LogIndex,
 }
 
 impl Unstable {
@@ -54,6 +63,20 @@ impl Unstable {
             self.entries.truncate((after.0 - self.offset.0) as usize);
             self.entries.extend_from_slice(ents);
         }
+        // Replaced entries that were handed out are handed out again, in their new version
+        // (the caller's later write truncates the earlier one's).
+        self.handed_out = self.handed_out.min(after.prev());
+    }
+
+    fn to_hand_out(&self) -> &[Entry] {
+        assert!(
+            self.handed_out >= self.offset.prev(),
+            "handed-out mark {} below the unstable offset {}",
+            self.handed_out,
+            self.offset
+        );
+        let from = (self.handed_out.0 + 1 - self.offset.0) as usize;
+        &self.entries[from.min(self.entries.len())..]
     }
 }
 
@@ -75,6 +98,7 @@ impl<S: Storage> RaftLog<S> {
             storage,
             unstable: Unstable {
                 offset: last.next(),
+                handed_out: last,
                 ..Default::default()
             },
             // Everything up to the snapshot is committed and applied by definition.
@@ -293,12 +317,38 @@ impl<S: Storage> RaftLog<S> {
         self.slice(low, self.last_index().next(), max_bytes)
     }
 
+    /// Entries not yet durable, including those handed out and being persisted.
     pub fn unstable_entries(&self) -> &[Entry] {
         &self.unstable.entries
     }
 
-    pub fn unstable_snapshot(&self) -> Option<&Snapshot> {
-        self.unstable.snapshot.as_ref()
+    /// Unstable entries not handed out in a `Ready` yet.
+    pub fn entries_to_hand_out(&self) -> &[Entry] {
+        self.unstable.to_hand_out()
+    }
+
+    /// The unstable snapshot, if it was not handed out in a `Ready` yet.
+    pub fn snapshot_to_hand_out(&self) -> Option<&Snapshot> {
+        self.unstable
+            .snapshot
+            .as_ref()
+            .filter(|_| !self.unstable.snapshot_handed_out)
+    }
+
+    /// A `Ready` handed out the entries up to `last` (if any) and the snapshot (if any).
+    pub fn hand_out(&mut self, last: Option<LogIndex>, snapshot: bool) {
+        if let Some(last) = last {
+            assert!(
+                last > self.unstable.handed_out && last <= self.last_index(),
+                "hand_out({last}) outside ({}, {}]",
+                self.unstable.handed_out,
+                self.last_index()
+            );
+            self.unstable.handed_out = last;
+        }
+        if snapshot {
+            self.unstable.snapshot_handed_out = true;
+        }
     }
 
     pub fn has_next_committed_entries(&self) -> bool {
@@ -336,6 +386,7 @@ impl<S: Storage> RaftLog<S> {
             .is_some_and(|s| s.metadata.index == index)
         {
             self.unstable.snapshot = None;
+            self.unstable.snapshot_handed_out = false;
         }
     }
 
@@ -344,8 +395,10 @@ impl<S: Storage> RaftLog<S> {
         let index = snapshot.metadata.index;
         self.committed = index;
         self.unstable.offset = index.next();
+        self.unstable.handed_out = index;
         self.unstable.entries.clear();
         self.unstable.snapshot = Some(snapshot);
+        self.unstable.snapshot_handed_out = false;
     }
 
     /// The snapshot to send to a lagging follower.
@@ -354,5 +407,61 @@ impl<S: Storage> RaftLog<S> {
             return Ok(s.clone());
         }
         self.storage.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use crate::storage_suite::entry;
+
+    fn entries(indices: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        indices.map(|i| entry(i, term)).collect()
+    }
+
+    fn ids(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.index.0, e.term.0)).collect()
+    }
+
+    /// Asynchronous persistence: every entry is handed out once, entries replaced by a new
+    /// leader are handed out again in their new version, and a write that completes for
+    /// entries replaced since makes nothing stable.
+    #[test]
+    fn entries_are_handed_out_once_and_again_when_replaced() {
+        let mut log = RaftLog::new(MemStorage::new()).unwrap();
+        log.append(&entries(1..=3, 1));
+        assert_eq!(ids(log.entries_to_hand_out()), [(1, 1), (2, 1), (3, 1)]);
+        log.hand_out(Some(LogIndex(3)), false);
+        assert!(log.entries_to_hand_out().is_empty());
+        log.append(&entries(4..=5, 1));
+        assert_eq!(ids(log.entries_to_hand_out()), [(4, 1), (5, 1)]);
+        log.hand_out(Some(LogIndex(5)), false);
+
+        // A new leader's entry replaces 3..=5 before any write completed.
+        log.append(&entries(3..=3, 2));
+        assert_eq!(ids(log.entries_to_hand_out()), [(3, 2)]);
+        log.hand_out(Some(LogIndex(3)), false);
+
+        // The first write (1..=3 of term 1) completes: its last entry was replaced, so
+        // nothing is counted stable (the caller's next write rewrites 3 anyway).
+        log.stable_to(LogIndex(3), Term(1));
+        assert_eq!(ids(log.unstable_entries()), [(1, 1), (2, 1), (3, 2)]);
+        // The second (4..=5 of term 1): those entries are gone.
+        log.stable_to(LogIndex(5), Term(1));
+        assert_eq!(log.unstable_entries().len(), 3);
+        // The third (3 of term 2): everything up to 3 is stable.
+        log.stable_to(LogIndex(3), Term(2));
+        assert!(log.unstable_entries().is_empty());
+        assert!(log.entries_to_hand_out().is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "hand_out(2) outside (3, 3]")]
+    fn handing_out_entries_twice_is_a_bug() {
+        let mut log = RaftLog::new(MemStorage::new()).unwrap();
+        log.append(&entries(1..=3, 1));
+        log.hand_out(Some(LogIndex(3)), false);
+        log.hand_out(Some(LogIndex(2)), false);
     }
 }

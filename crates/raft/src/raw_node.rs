@@ -9,7 +9,8 @@ use crate::types::*;
 use bytes::Bytes;
 
 /// Everything the caller must do after feeding the node input. Handle it in the order of the
-/// fields below, then give it back with [`RawNode::advance`].
+/// fields below, then give it back with [`RawNode::advance`] (or, persisting asynchronously,
+/// [`RawNode::advance_async`] now and [`RawNode::on_persisted`] once durable).
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be handled and passed to advance()"]
 pub struct Ready {
@@ -46,6 +47,15 @@ pub struct Status {
     pub last_index: LogIndex,
     pub conf_state: ConfState,
     pub lead_transferee: NodeId,
+}
+
+/// What a `Ready` handed out for persistence, reported back with [`RawNode::on_persisted`]
+/// once it is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use = "report it with on_persisted() once the Ready's write is durable"]
+pub struct Persisted {
+    entries_to: Option<(LogIndex, Term)>,
+    snapshot_index: LogIndex,
 }
 
 /// One Raft peer, driven by the caller. See the crate documentation for the contract.
@@ -146,15 +156,16 @@ impl<S: Storage> RawNode<S> {
         let r = &self.raft;
         r.pending_broadcast
             || !r.msgs.is_empty()
-            || !r.log.unstable_entries().is_empty()
-            || r.log.unstable_snapshot().is_some()
+            || !r.log.entries_to_hand_out().is_empty()
+            || r.log.snapshot_to_hand_out().is_some()
             || r.log.has_next_committed_entries()
             || !r.read_states.is_empty()
             || r.hard_state() != self.prev_hard_state
             || r.soft_state() != self.prev_soft_state
     }
 
-    /// Collects the work to do. Call [`RawNode::advance`] with it before the next `ready`.
+    /// Collects the work to do. Call [`RawNode::advance`] (or [`RawNode::advance_async`])
+    /// with it before the next `ready`.
     pub fn ready(&mut self) -> Ready {
         assert!(
             !self.ready_outstanding,
@@ -176,11 +187,11 @@ impl<S: Storage> RawNode<S> {
         if hs != self.prev_hard_state {
             rd.hard_state = Some(hs);
         }
-        if let Some(s) = r.log.unstable_snapshot() {
+        if let Some(s) = r.log.snapshot_to_hand_out() {
             rd.snapshot_index = s.metadata.index;
             rd.snapshot = Some(s.clone());
         }
-        rd.entries = r.log.unstable_entries().to_vec();
+        rd.entries = r.log.entries_to_hand_out().to_vec();
         if let Some(last) = rd.entries.last() {
             rd.persisted_to = Some((last.index, last.term));
         }
@@ -199,9 +210,27 @@ impl<S: Storage> RawNode<S> {
     /// Reports that `rd` was handled: its entries and hard state are durable, its messages
     /// sent, its committed entries applied.
     pub fn advance(&mut self, rd: Ready) {
+        let persisted = self.advance_async(&rd);
+        self.on_persisted(persisted);
+    }
+
+    /// Asynchronous persistence, first half: the caller took `rd` — applied its committed
+    /// entries, served its reads, restored its snapshot into the state machine — and has
+    /// started persisting its snapshot, entries and hard state, without waiting. The next
+    /// `ready` may come at once and hands out only what is new. The caller reports the write
+    /// durable with [`RawNode::on_persisted`], in the order the Readies were handed out.
+    ///
+    /// The caller's duties while writes are in flight (etcd-raft's async storage writes and
+    /// raft-rs's `advance_append_async` set the same ones): a Ready's messages may claim
+    /// anything written by it or by earlier Readies, so they wait until all of those are
+    /// durable — except a leader's own appends and heartbeats, which may go out at once
+    /// (thesis §10.2.1) as long as the Ready does not change term or vote, because a leader
+    /// counts its own copy towards commit only once reported durable here; and writes reach
+    /// the disk in the order they were handed out.
+    pub fn advance_async(&mut self, rd: &Ready) -> Persisted {
         assert!(
             self.ready_outstanding,
-            "advance() without a ready() (node {})",
+            "advance without a ready() (node {})",
             self.raft.id
         );
         self.ready_outstanding = false;
@@ -212,19 +241,34 @@ impl<S: Storage> RawNode<S> {
             self.prev_hard_state = hs;
         }
         let r = &mut self.raft;
-        if rd.snapshot_index > LogIndex::ZERO {
-            r.log.stable_snapshot_to(rd.snapshot_index);
-            if r.log.applied < rd.snapshot_index {
-                r.log.applied = rd.snapshot_index;
-            }
-        }
-        if let Some((index, term)) = rd.persisted_to {
-            r.log.stable_to(index, term);
+        r.log.hand_out(
+            rd.persisted_to.map(|(index, _)| index),
+            rd.snapshot_index > LogIndex::ZERO,
+        );
+        if rd.snapshot_index > LogIndex::ZERO && r.log.applied < rd.snapshot_index {
+            r.log.applied = rd.snapshot_index;
         }
         if rd.applied_to > LogIndex::ZERO {
             r.log.applied_to(rd.applied_to);
             r.reduce_uncommitted(&rd.committed_entries);
             r.maybe_auto_leave();
+        }
+        Persisted {
+            entries_to: rd.persisted_to,
+            snapshot_index: rd.snapshot_index,
+        }
+    }
+
+    /// Asynchronous persistence, second half: the write of the Ready that returned
+    /// `persisted` is durable (and so is every earlier one). Entries replaced by a newer
+    /// leader's since are recognised by their term and not counted.
+    pub fn on_persisted(&mut self, persisted: Persisted) {
+        let r = &mut self.raft;
+        if persisted.snapshot_index > LogIndex::ZERO {
+            r.log.stable_snapshot_to(persisted.snapshot_index);
+        }
+        if let Some((index, term)) = persisted.entries_to {
+            r.log.stable_to(index, term);
         }
         r.on_persisted();
     }
@@ -269,6 +313,17 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// The term of the entry at `index` in this peer's log (persisted or not), if present.
+    /// The last index durable in this peer's storage (reported through `advance` or
+    /// `on_persisted`, and not replaced by unstable entries since).
+    pub fn persisted_index(&self) -> LogIndex {
+        self.raft.persisted_last_index()
+    }
+
+    /// Whether a snapshot received from the leader waits to be handed out in a `Ready`.
+    pub fn has_snapshot_to_hand_out(&self) -> bool {
+        self.raft.log.snapshot_to_hand_out().is_some()
+    }
+
     pub fn log_term(&self, index: LogIndex) -> Option<Term> {
         if index > self.raft.log.last_index() {
             return None;

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub entries_applied: AtomicU64,
     pub write_rounds: AtomicU64,
     pub synced_rounds: AtomicU64,
+    /// The log engine's group commits (one write syscall each) and fdatasyncs: with
+    /// asynchronous writes several rounds share one.
+    pub log_group_commits: AtomicU64,
+    pub log_syncs: AtomicU64,
     pub snapshots_created: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub fsync: Histogram,
@@ -86,6 +90,12 @@ impl Metrics {
             .store(s.snapshots_created, Ordering::Relaxed);
         self.snapshots_installed
             .store(s.snapshots_installed, Ordering::Relaxed);
+    }
+
+    pub fn set_engine_stats(&self, s: &raft_log::Stats) {
+        self.log_group_commits
+            .store(s.group_commits, Ordering::Relaxed);
+        self.log_syncs.store(s.syncs, Ordering::Relaxed);
     }
 
     pub fn set_regions(&self, status: &[store::RegionStatus]) {
@@ -120,6 +130,8 @@ impl Metrics {
             ("raftkv_entries_applied_total", &self.entries_applied),
             ("raftkv_log_write_rounds_total", &self.write_rounds),
             ("raftkv_log_synced_rounds_total", &self.synced_rounds),
+            ("raftkv_log_group_commits_total", &self.log_group_commits),
+            ("raftkv_log_fdatasyncs_total", &self.log_syncs),
             ("raftkv_snapshots_created_total", &self.snapshots_created),
             (
                 "raftkv_snapshots_installed_total",

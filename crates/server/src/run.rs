@@ -103,6 +103,7 @@ impl Server {
             }
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
+        let wake = tx.clone();
         let handle = StoreHandle::new(tx, regions);
         let tick = Duration::from_millis(cfg.tick_ms);
         let loop_metrics = metrics.clone();
@@ -110,7 +111,7 @@ impl Server {
         let store_thread = std::thread::Builder::new()
             .name(format!("store-{}", cfg.store_id))
             .spawn(move || {
-                let r = store_loop::run(store, rx, tick, loop_transport, loop_metrics);
+                let r = store_loop::run(store, rx, wake, tick, loop_transport, loop_metrics);
                 if let Err(e) = &r {
                     tracing::error!("store stopped on a storage error: {e}");
                 }

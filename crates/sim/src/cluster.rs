@@ -75,6 +75,11 @@ pub struct ClusterOptions {
     pub print_trace: bool,
     /// Learners to start with (node ids above `nodes` are not started; see `add_node`).
     pub initial_voters: Option<Vec<u64>>,
+    /// Asynchronous persistence (`RawNode::advance_async` / `on_persisted`), as the server's
+    /// store does: a Ready is applied at once, a leader's messages go out at once, and its
+    /// write (with every other message) completes a random time later, several Readies
+    /// possibly in flight; a crash loses what was not written (or tears the oldest write).
+    pub async_persist: bool,
 }
 
 impl ClusterOptions {
@@ -95,15 +100,37 @@ impl ClusterOptions {
             record_trace: false,
             print_trace: false,
             initial_voters: None,
+            async_persist: false,
         }
     }
 }
 
 #[derive(Debug)]
 enum EventKind {
-    Tick { node: usize, epoch: u64 },
-    Ready { node: usize, epoch: u64 },
+    Tick {
+        node: usize,
+        epoch: u64,
+    },
+    Ready {
+        node: usize,
+        epoch: u64,
+    },
+    /// Asynchronous persistence: some of the node's queued writes complete.
+    Persist {
+        node: usize,
+        epoch: u64,
+    },
     Deliver(Message),
+}
+
+/// A Ready's write waiting for the simulated disk (asynchronous persistence).
+struct QueuedWrite {
+    snapshot: Option<raft::Snapshot>,
+    entries: Vec<raft::Entry>,
+    hard_state: Option<raft::HardState>,
+    /// Messages that may leave only once this write (and every earlier one) is durable.
+    held: Vec<Message>,
+    persisted: raft::Persisted,
 }
 
 struct Scheduled {
@@ -155,6 +182,11 @@ pub struct SimNode {
     /// Client writes proposed through this node and not yet known applied:
     /// (index, payload, history slot).
     pending_writes: Vec<(LogIndex, Bytes, usize)>,
+    /// Asynchronous persistence: writes handed out and not yet on the disk, oldest first.
+    write_queue: std::collections::VecDeque<QueuedWrite>,
+    persist_scheduled: bool,
+    /// The hard state of the newest write handed out (durable or not).
+    staged_hard_state: raft::HardState,
 }
 
 impl SimNode {
@@ -253,6 +285,9 @@ impl Cluster {
                 pending_reads: Vec::new(),
                 completed_reads: Vec::new(),
                 pending_writes: Vec::new(),
+                write_queue: std::collections::VecDeque::new(),
+                persist_scheduled: false,
+                staged_hard_state: raft::HardState::default(),
             });
         }
         let net = opts.net;
@@ -320,6 +355,9 @@ impl Cluster {
         let raw = RawNode::new(&cfg, disk)
             .unwrap_or_else(|e| panic!("node {} failed to start: {e}", i + 1));
         let node = &mut self.nodes[i];
+        node.staged_hard_state = raw.storage().hard_state();
+        node.write_queue.clear();
+        node.persist_scheduled = false;
         node.kv = decode_kv(&snap.data);
         node.applied.clear();
         node.applied_index = applied;
@@ -409,6 +447,20 @@ impl Cluster {
                 }
                 self.nodes[node].ready_scheduled = false;
                 self.handle_ready(node, None);
+                self.after_input(node);
+            }
+            EventKind::Persist { node, epoch } => {
+                if self.nodes[node].epoch != epoch || !self.nodes[node].is_up() {
+                    return true;
+                }
+                self.nodes[node].persist_scheduled = false;
+                let queued = self.nodes[node].write_queue.len() as u64;
+                // One write, several, or all (a log engine groups queued writes).
+                let n = 1 + self.rng.below(queued.max(1));
+                for _ in 0..n {
+                    self.complete_write(node);
+                }
+                self.schedule_persist(node);
                 self.after_input(node);
             }
             EventKind::Deliver(m) => {
@@ -562,27 +614,149 @@ impl Cluster {
     /// Handles node `i`'s Ready. With `tear = Some(r)` the node crashes in the middle of
     /// persisting it: only a prefix of the entries reaches the disk, nothing is sent.
     fn handle_ready(&mut self, i: usize, tear: Option<u64>) {
+        if self.opts.async_persist && tear.is_none() {
+            self.handle_ready_async(i);
+            return;
+        }
         let raw = self.nodes[i].raw.as_mut().expect("up");
-        let id = raw.id();
         let mut rd = raw.ready();
         // 1. Persist.
+        let hard_state = rd.hard_state;
+        self.write_to_disk(i, rd.snapshot.as_ref(), &rd.entries, hard_state, tear);
+        if tear.is_some() {
+            return; // crashed: nothing is sent, applied or advanced
+        }
+        // 2. Send.
+        for m in std::mem::take(&mut rd.messages) {
+            self.send(m);
+        }
+        // 3. Apply.
+        self.apply_ready(i, &mut rd);
+        // 4. Advance.
+        self.nodes[i].raw.as_mut().expect("up").advance(rd);
+    }
+
+    /// Asynchronous persistence: apply now, send a leader's messages now (when the Ready
+    /// changes neither term nor vote), queue the write with every other message.
+    fn handle_ready_async(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let raw = node.raw.as_mut().expect("up");
+        let mut rd = raw.ready();
+        let staged = node.staged_hard_state;
+        let early = raw.role() == Role::Leader
+            && rd
+                .hard_state
+                .is_none_or(|hs| hs.term == staged.term && hs.vote == staged.vote);
+        if let Some(hs) = rd.hard_state {
+            node.staged_hard_state = hs;
+        }
+        let messages = std::mem::take(&mut rd.messages);
+        let held = if early {
+            for m in messages {
+                self.send(m);
+            }
+            Vec::new()
+        } else {
+            messages
+        };
+        self.apply_ready(i, &mut rd);
+        let node = &mut self.nodes[i];
+        let persisted = node.raw.as_mut().expect("up").advance_async(&rd);
+        node.write_queue.push_back(QueuedWrite {
+            snapshot: rd.snapshot.take(),
+            entries: std::mem::take(&mut rd.entries),
+            hard_state: rd.hard_state,
+            held,
+            persisted,
+        });
+        self.schedule_persist(i);
+    }
+
+    fn schedule_persist(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        if node.persist_scheduled || node.write_queue.is_empty() || !node.is_up() {
+            return;
+        }
+        let epoch = node.epoch;
+        self.nodes[i].persist_scheduled = true;
+        // Mostly about a Ready's delay, sometimes far longer: the node runs many Readies
+        // (applying, answering, leading) ahead of its disk.
+        let max = if self.rng.below(8) == 0 {
+            20 * self.opts.disk_delay_max
+        } else {
+            self.opts.disk_delay_max
+        };
+        let d = 1 + self.rng.below(max.max(1));
+        self.schedule(d, EventKind::Persist { node: i, epoch });
+    }
+
+    /// The oldest queued write reaches the disk: then its held messages go out and Raft
+    /// learns it is durable.
+    fn complete_write(&mut self, i: usize) {
+        let Some(w) = self.nodes[i].write_queue.pop_front() else {
+            return;
+        };
+        self.write_to_disk(i, w.snapshot.as_ref(), &w.entries, w.hard_state, None);
+        for m in w.held {
+            self.send(m);
+        }
+        self.nodes[i]
+            .raw
+            .as_mut()
+            .expect("up")
+            .on_persisted(w.persisted);
+    }
+
+    /// A crash while writes are queued: whole writes reach the disk in order, up to one
+    /// torn in the middle of its entries; the rest is lost.
+    fn tear_queued_writes(&mut self, i: usize, r: u64) {
+        let queued = self.nodes[i].write_queue.len() as u64;
+        let whole = r % (queued + 1);
+        for _ in 0..whole {
+            let w = self.nodes[i].write_queue.pop_front().expect("counted");
+            self.write_to_disk(i, w.snapshot.as_ref(), &w.entries, w.hard_state, None);
+        }
+        if let Some(w) = self.nodes[i].write_queue.pop_front() {
+            self.write_to_disk(
+                i,
+                w.snapshot.as_ref(),
+                &w.entries,
+                w.hard_state,
+                Some(r >> 16),
+            );
+        }
+        self.nodes[i].write_queue.clear();
+    }
+
+    /// Writes a snapshot, entries and hard state to node `i`'s disk and checks Log
+    /// Matching on each entry. With `tear = Some(r)` only a prefix of the entries is written
+    /// (and no hard state).
+    fn write_to_disk(
+        &mut self,
+        i: usize,
+        snapshot: Option<&raft::Snapshot>,
+        entries: &[raft::Entry],
+        hard_state: Option<raft::HardState>,
+        tear: Option<u64>,
+    ) {
+        let raw = self.nodes[i].raw.as_mut().expect("up");
+        let id = raw.id();
         let storage = raw.storage_mut();
-        if let Some(s) = &rd.snapshot {
+        if let Some(s) = snapshot {
             storage.apply_snapshot(s.clone());
         }
         let persist_n = match tear {
-            Some(r) if !rd.entries.is_empty() => (r % (rd.entries.len() as u64 + 1)) as usize,
-            _ => rd.entries.len(),
+            Some(r) if !entries.is_empty() => (r % (entries.len() as u64 + 1)) as usize,
+            _ => entries.len(),
         };
-        storage.append(&rd.entries[..persist_n]);
+        storage.append(&entries[..persist_n]);
         let mut checks = Vec::with_capacity(persist_n);
-        for e in &rd.entries[..persist_n] {
+        for e in &entries[..persist_n] {
             let prev = raft::Storage::term(&*storage, e.index.prev()).unwrap_or(Term(0));
             checks.push((e.index, e.term, hash_bytes(&e.data), prev));
         }
-        let all_persisted = persist_n == rd.entries.len();
-        if all_persisted {
-            if let Some(hs) = rd.hard_state {
+        if persist_n == entries.len() {
+            if let Some(hs) = hard_state {
                 storage.set_hard_state(hs);
             }
         }
@@ -594,14 +768,12 @@ impl Cluster {
                 self.fail(v);
             }
         }
-        if tear.is_some() {
-            return; // crashed: nothing is sent, applied or advanced
-        }
-        // 2. Send.
-        for m in std::mem::take(&mut rd.messages) {
-            self.send(m);
-        }
-        // 3. Apply.
+    }
+
+    /// Applies a Ready's snapshot and committed entries to node `i`'s state machine and
+    /// serves its reads.
+    fn apply_ready(&mut self, i: usize, rd: &mut raft::Ready) {
+        let id = self.nodes[i].id;
         if let Some(s) = &rd.snapshot {
             let node = &mut self.nodes[i];
             node.kv = decode_kv(&s.data);
@@ -694,8 +866,6 @@ impl Cluster {
             }
         }
         node.pending_reads = still;
-        // 4. Advance.
-        node.raw.as_mut().expect("up").advance(rd);
     }
 
     fn send(&mut self, m: Message) {
@@ -782,10 +952,14 @@ impl Cluster {
             return;
         }
         self.record(|| format!("crash n{}", i + 1), 5000 + i as u64);
-        if tear && self.nodes[i].raw.as_ref().expect("up").has_ready() {
+        if tear && self.opts.async_persist && !self.nodes[i].write_queue.is_empty() {
+            let r = self.rng.next_u64();
+            self.tear_queued_writes(i, r);
+        } else if tear && self.nodes[i].raw.as_ref().expect("up").has_ready() {
             let r = self.rng.next_u64();
             self.handle_ready(i, Some(r));
         }
+        self.nodes[i].write_queue.clear();
         let node = &mut self.nodes[i];
         let raw = node.raw.take().expect("up");
         node.disk = Some(raw.into_storage());
@@ -1251,7 +1425,9 @@ impl Cluster {
         };
         let applied = node.applied_index;
         let first = raw.status().first_index;
-        if applied < first {
+        // With asynchronous persistence the node may have applied entries its own disk does
+        // not hold yet: a snapshot must wait for them (as the store's does).
+        if applied < first || applied > raw.persisted_index() {
             return false;
         }
         let cs = raw.status().conf_state;

@@ -47,6 +47,10 @@ pub struct KvSimOptions {
     /// A deliberate bug for testing the checker: serve reads from the local replica without
     /// ReadIndex. Runs with it must fail the linearizability check.
     pub mutant_local_reads: bool,
+    /// Whether stores persist asynchronously, as the server does (`Store::queue_ready`: a
+    /// round's write completes a random time later, and a crash loses the rounds not yet
+    /// written). `None`: chosen by the seed (half of them).
+    pub deferred_writes: Option<bool>,
 }
 
 impl KvSimOptions {
@@ -56,6 +60,7 @@ impl KvSimOptions {
             sim_seconds: 20,
             print_trace: false,
             mutant_local_reads: false,
+            deferred_writes: None,
         }
     }
 }
@@ -127,6 +132,8 @@ enum Ev {
     Client(usize, u64),
     /// A paused store wakes up (pause number).
     Resume(usize, u64),
+    /// Deferred writes: some of a store's rounds in flight reach the disk (incarnation).
+    Persist(usize, u64),
 }
 
 struct Sched {
@@ -190,6 +197,10 @@ struct SimStore {
     /// A sync failure is injected: the store dies at its next storage error, with the
     /// unsynced tail torn.
     failure_armed: bool,
+    /// Bumped at every crash: a `Persist` event of an earlier life is ignored.
+    incarnation: u64,
+    /// A `Persist` event of this incarnation is scheduled.
+    persist_scheduled: bool,
 }
 
 /// One client's operation in flight.
@@ -261,6 +272,8 @@ struct Sim {
     /// `links[from][to]`: whether messages from `from` reach `to`.
     links: Vec<Vec<bool>>,
     faults: Faults,
+    /// Stores persist asynchronously (see `KvSimOptions::deferred_writes`).
+    deferred_writes: bool,
     clients: Vec<Client>,
     /// How many of `clients` are workload clients (the rest are probes).
     workload_clients: usize,
@@ -362,6 +375,8 @@ impl Sim {
         }
         self.waiting[i].clear();
         self.stores[i].inbox.clear();
+        self.stores[i].incarnation += 1;
+        self.stores[i].persist_scheduled = false;
         self.stores[i].paused_until = None;
         self.stores[i].down_since = self.now;
         self.out.crashes += 1;
@@ -371,17 +386,28 @@ impl Sim {
     /// Processes store `i`'s Readies, sends its messages through the network and hands
     /// completions to the clients.
     fn drive(&mut self, i: usize) {
+        self.drive_after(i, 0);
+    }
+
+    /// [`Sim::drive`], after first writing and finishing the `persist` oldest rounds in
+    /// flight (deferred writes).
+    fn drive_after(&mut self, i: usize, persist: usize) {
+        let deferred = self.deferred_writes;
         let Some(s) = self.stores[i].store.as_mut() else {
             return;
         };
-        let mut failed = None;
+        let mut failed = s.persist_queued(persist).err();
         for _ in 0..MAX_READY_ROUNDS {
-            if !s.has_ready() {
+            if failed.is_some() || !s.has_ready() {
                 break;
             }
-            if let Err(e) = s.process_ready() {
+            let r = if deferred {
+                s.prepare_ready().and_then(|pending| s.queue_ready(pending))
+            } else {
+                s.process_ready()
+            };
+            if let Err(e) = r {
                 failed = Some(e);
-                break;
             }
         }
         if let Some(e) = failed {
@@ -400,6 +426,19 @@ impl Sim {
             }
             return;
         }
+        if s.writes_in_flight() > 0 && !self.stores[i].persist_scheduled {
+            // A disk's write latency: mostly short, sometimes long enough for the store to
+            // run many rounds (and answer, and apply) ahead of it.
+            let d = if self.rng.below(8) == 0 {
+                MS + self.rng.below(20 * MS)
+            } else {
+                50 + self.rng.below(MS)
+            };
+            self.stores[i].persist_scheduled = true;
+            let n = self.stores[i].incarnation;
+            self.schedule(d, Ev::Persist(i, n));
+        }
+        let s = self.stores[i].store.as_mut().expect("up");
         let outbox = s.take_outbox();
         let completions = s.take_completions();
         for (to, m) in outbox {
@@ -771,6 +810,25 @@ impl Sim {
                     self.resume(i);
                 }
             }
+            Ev::Persist(i, n) => {
+                if self.stores[i].incarnation != n || !self.up(i) {
+                    return true;
+                }
+                if let Some(until) = self.stores[i].paused_until {
+                    // The disk finishes, but a stopped process learns it only when resumed.
+                    let wait = until.saturating_sub(self.now) + 1;
+                    self.schedule(wait, Ev::Persist(i, n));
+                    return true;
+                }
+                self.stores[i].persist_scheduled = false;
+                let in_flight = self.stores[i]
+                    .store
+                    .as_ref()
+                    .map_or(0, |s| s.writes_in_flight());
+                // One round, several, or all of them (the engine groups queued writes).
+                let n = 1 + self.rng.below(in_flight.max(1) as u64) as usize;
+                self.drive_after(i, n);
+            }
         }
         true
     }
@@ -1048,6 +1106,12 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
     }
 }
 
+/// Whether `seed` defers its stores' writes when the options leave it to the seed (half of
+/// the seeds, from their own random stream).
+pub fn deferred_writes_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x0064_6566_6572).below(2) == 0
+}
+
 /// Runs one seed; returns the outcome or a failure description with the replay command.
 pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let mut rng = SplitMix64::new(opts.seed ^ 0x004b_5653_494d);
@@ -1100,6 +1164,11 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         faults.lease_reads,
         cfg.snapshot_threshold_entries
     ) + &format!(" balance_every={}", cfg.balance_leaders_every_ticks);
+    // From its own stream, so that adding it kept every earlier seed's other choices.
+    let deferred_writes = opts
+        .deferred_writes
+        .unwrap_or_else(|| deferred_writes_by_seed(opts.seed));
+    let fault_mix = fault_mix + &format!(" deferred_writes={deferred_writes}");
     let tick_periods: Vec<Micros> = (0..stores)
         .map(|_| {
             if faults.drift {
@@ -1178,6 +1247,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 pause_number: 0,
                 inbox: VecDeque::new(),
                 failure_armed: false,
+                incarnation: 0,
+                persist_scheduled: false,
             })
             .collect(),
         regions,
@@ -1194,6 +1265,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         clients_stopped: false,
         healed: false,
         mutant_local_reads: opts.mutant_local_reads,
+        deferred_writes,
         rng,
         out: KvSimOutcome {
             seed: opts.seed,

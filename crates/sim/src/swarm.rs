@@ -17,6 +17,9 @@ pub struct SwarmOptions {
     pub liveness_bound: Micros,
     pub record_trace: bool,
     pub print_trace: bool,
+    /// Asynchronous persistence (`ClusterOptions::async_persist`); `None`: chosen by the
+    /// seed (half of them).
+    pub async_persist: Option<bool>,
 }
 
 impl SwarmOptions {
@@ -27,6 +30,7 @@ impl SwarmOptions {
             liveness_bound: 10 * SECOND,
             record_trace: false,
             print_trace: false,
+            async_persist: None,
         }
     }
 }
@@ -102,9 +106,13 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     let transfers_on = rng.below(2) == 0;
     let snapshots_on = rng.below(3) != 0;
     let lease_reads = rng.below(2) == 0;
+    // From its own stream, so that adding it kept every earlier seed's other choices.
+    co.async_persist = opts
+        .async_persist
+        .unwrap_or_else(|| SplitMix64::new(opts.seed ^ 0x0061_7379_6e63).below(2) == 0);
     let fault_mix = format!(
-        "voters={voters} spares=2 membership={membership_on} transfers={transfers_on} snapshots={snapshots_on} lease_reads={lease_reads} drop={:.2} dup={:.2} delay<={}ms drift={} prevote={} checkquorum={} crashes={crashes_on} tear={tear_on} partitions={partitions_on}",
-        net.drop_rate, net.dup_rate, net.delay_max / MS, co.clock_drift, co.pre_vote, co.check_quorum
+        "async_persist={} voters={voters} spares=2 membership={membership_on} transfers={transfers_on} snapshots={snapshots_on} lease_reads={lease_reads} drop={:.2} dup={:.2} delay<={}ms drift={} prevote={} checkquorum={} crashes={crashes_on} tear={tear_on} partitions={partitions_on}",
+        co.async_persist, net.drop_rate, net.dup_rate, net.delay_max / MS, co.clock_drift, co.pre_vote, co.check_quorum
     );
     let mut c = Cluster::new(co);
     let mut out = SwarmOutcome {

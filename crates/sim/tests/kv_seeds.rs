@@ -5,7 +5,7 @@
 //! how many virtual seconds each, the first seed and the threads (default: 64 × 300 s on all
 //! cores; the CI soak of 256 × 300 s is the release binary, see docs/TESTING.md).
 
-use sim::kv_cluster::{run_kv_seed, run_kv_seeds, KvSimOptions};
+use sim::kv_cluster::{deferred_writes_by_seed, run_kv_seed, run_kv_seeds, KvSimOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -53,6 +53,14 @@ fn whole_cluster_seeds_stay_linearizable_recover_and_converge() {
     let start = env_u64("SIM_KV_START", 0);
     let seconds = env_u64("SIM_KV_SECONDS", 300);
     let seeds: Vec<u64> = (start..start + count).collect();
+    let deferred = seeds
+        .iter()
+        .filter(|&&seed| deferred_writes_by_seed(seed))
+        .count() as u64;
+    assert!(
+        count < 20 || (deferred >= count / 4 && deferred <= count * 3 / 4),
+        "{deferred} of {count} seeds deferred their writes: both ways must be covered"
+    );
     let completed = run(&seeds, seconds);
     assert!(
         completed as u64 > count * seconds * 5,
@@ -64,21 +72,31 @@ fn whole_cluster_seeds_stay_linearizable_recover_and_converge() {
 /// seed has found a bug in store/kv/raft/raft-log yet; these found bugs of the harness.
 #[test]
 fn regression_seeds() {
-    // (seed, virtual seconds)
-    let cases: &[(u64, u64)] = &[
+    // (seed, virtual seconds, deferred writes). The seeds found before deferred writes
+    // existed keep synchronous writes, so that they replay the run that found the bug.
+    let cases: &[(u64, u64, bool)] = &[
         // A sync failure injected twice into one store: the second one fired during
         // recovery, which the harness took for a real storage error.
-        (201, 300),
+        (201, 300, false),
         // A forced snapshot aimed at a store without a replica of the region.
-        (180, 300),
+        (180, 300, false),
         // A stale lease read: a paused follower, on resuming, handled its queued messages
         // (acknowledging a fresh heartbeat, which renewed the leader's lease) and only then
         // replayed the ticks it missed, so it believed the leader silent and voted for a
         // new one while the old leader's lease still held. Ticks must be replayed first.
-        (20108, 200),
+        (20108, 200, false),
+        // Not a bug found, a mutation caught: with every message of a Ready sent before its
+        // write was durable (a follower acknowledging entries it had not written), this
+        // deferred-writes seed lost an acknowledged write (a stale read of a register).
+        (107, 300, true),
     ];
-    for &(seed, seconds) in cases {
-        run(&[seed], seconds);
+    for &(seed, seconds, deferred) in cases {
+        let mut o = KvSimOptions::new(seed);
+        o.sim_seconds = seconds;
+        o.deferred_writes = Some(deferred);
+        if let Err(e) = run_kv_seed(&o) {
+            panic!("seed {seed} failed:\n{e}");
+        }
     }
 }
 

@@ -5,12 +5,13 @@ use crate::region::{Region, RegionEpoch, RegionId, StoreId};
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
 use raft::{
-    ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, RawNode, ReadMode, Ready,
-    Role, Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
+    ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, Persisted, RawNode,
+    ReadMode, Role, Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
 };
 use raft_log::raft_storage::GroupStorage;
 use raft_log::{FileSystem, LogBatch, LogEngine};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,12 +56,13 @@ impl StoreConfig {
     }
 }
 
-/// A Ready round between [`Store::prepare_ready`] and [`Store::finish_ready`]: the staged
-/// log write and the Readies to advance once it is durable.
-#[must_use = "a prepared Ready round must be finished with Store::finish_ready"]
+/// A Ready round between [`Store::prepare_ready`] and [`Store::finish_ready`] (or
+/// [`Store::submit_ready`]): the staged log write, and per region the messages that wait
+/// for it and what to report to Raft once it is durable.
+#[must_use = "a prepared Ready round must be finished with Store::finish_ready or submit_ready"]
 pub struct PendingWrite {
     batch: LogBatch,
-    readies: Vec<(RegionId, Ready)>,
+    held: Vec<Held>,
     groups: u64,
     /// Whether the write must be durable before the round's messages go out: log entries,
     /// a snapshot, or a new term or vote. A hard state whose only change is the commit index
@@ -70,6 +72,34 @@ pub struct PendingWrite {
     /// anyway (the log is one sequential file).
     must_sync: bool,
 }
+
+/// One region's part of a round that waits for the round's write.
+struct Held {
+    region: RegionId,
+    messages: Vec<Message>,
+    persisted: Persisted,
+}
+
+/// A round whose write is not known durable yet.
+struct InFlight {
+    write: RoundWrite,
+    held: Vec<Held>,
+    synced: bool,
+    submitted: std::time::Instant,
+}
+
+enum RoundWrite {
+    /// Queued by [`Store::queue_ready`]: written when the caller says so.
+    Staged { batch: LogBatch, sync: bool },
+    /// Handed to the engine's writer thread by [`Store::submit_ready`].
+    Submitted(raft_log::WriteFuture),
+    /// Known durable, waiting for the rounds before it.
+    Durable,
+}
+
+/// Most rounds in flight at once; the next round waits for the oldest (a bound on memory
+/// and on how far the state machines run ahead of the disk).
+pub const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 /// Identifies a request handed to the store; its result comes back as a [`Completion`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,9 +146,13 @@ struct Peer<M: StateMachine> {
 
 impl<M: StateMachine> Peer<M> {
     /// Snapshots the state machine at the applied index and compacts the log up to it;
-    /// false when nothing was applied since the last snapshot.
+    /// false when nothing was applied since the last snapshot, or when the applied index is
+    /// not durable in this replica's own log yet (with writes in flight a replica may apply
+    /// committed entries before its copy is written; the snapshot's term must come from the
+    /// entry on disk, and the log it compacts must reach it).
     fn snapshot(&mut self) -> Result<bool, StoreError> {
-        if self.applied < self.raw.status().first_index {
+        if self.applied < self.raw.status().first_index || self.applied > self.raw.persisted_index()
+        {
             return Ok(false);
         }
         self.bytes_since_snapshot = 0;
@@ -170,7 +204,29 @@ pub struct Store<M: StateMachine> {
     completions: Vec<Completion<M>>,
     outbox: Vec<(StoreId, Message)>,
     ticks: u64,
+    /// Rounds submitted with [`Store::submit_ready`], oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Submit-to-durable times of synced asynchronous writes, for the caller's metrics.
+    write_latencies: Vec<std::time::Duration>,
     pub stats: StoreStats,
+}
+
+/// Waits for a write future on this thread (rare paths: a full pipeline, a snapshot).
+fn block_on(write: &mut raft_log::WriteFuture) -> Result<u64, StoreError> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut *write).poll(&mut cx) {
+            return Ok(r?);
+        }
+        std::thread::park();
+    }
 }
 
 fn engine_group(id: RegionId) -> raft_log::GroupId {
@@ -208,6 +264,8 @@ impl<M: StateMachine> Store<M> {
             completions: Vec::new(),
             outbox: Vec::new(),
             ticks: 0,
+            in_flight: VecDeque::new(),
+            write_latencies: Vec::new(),
             stats: StoreStats::default(),
         };
         let groups = store.engine.groups();
@@ -574,9 +632,18 @@ impl<M: StateMachine> Store<M> {
     /// Every other message (votes, append responses) waits for [`Store::finish_ready`], after
     /// the write is durable.
     pub fn prepare_ready(&mut self) -> Result<PendingWrite, StoreError> {
+        if self
+            .peers
+            .values()
+            .any(|p| p.raw.has_snapshot_to_hand_out())
+        {
+            // A received snapshot replaces the log with its own synced write, which must
+            // come after every write staged before it (rare: wait for them).
+            self.wait_writes()?;
+        }
         let mut pending = PendingWrite {
             batch: LogBatch::new(),
-            readies: Vec::new(),
+            held: Vec::new(),
             groups: 0,
             must_sync: false,
         };
@@ -613,7 +680,7 @@ impl<M: StateMachine> Store<M> {
                 pending.must_sync = true;
             }
             p.raw
-                .storage()
+                .storage_mut()
                 .stage_append(&mut pending.batch, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
                 p.raw.storage_mut().stage_hard_state(&mut pending.batch, hs);
@@ -699,40 +766,219 @@ impl<M: StateMachine> Store<M> {
                 }
                 _ => true,
             });
-            pending.readies.push((*id, rd));
+            let persisted = p.raw.advance_async(&rd);
+            pending.held.push(Held {
+                region: *id,
+                messages: std::mem::take(&mut rd.messages),
+                persisted,
+            });
         }
         Ok(pending)
     }
 
     /// Second half of a Ready round: one log write with one fsync for all regions, then the
-    /// messages that had to wait for it, `advance`, and snapshots of regions whose log grew
-    /// past the threshold. A storage error is fatal for the store (the caller must stop it):
-    /// the disk may no longer hold what was acknowledged.
+    /// messages that had to wait for it, Raft told it is durable, and snapshots of regions
+    /// whose log grew past the threshold. A storage error is fatal for the store (the caller
+    /// must stop it): the disk may no longer hold what was acknowledged.
     pub fn finish_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
+        // Rounds complete in order: an earlier asynchronous one first.
+        self.wait_writes()?;
         let PendingWrite {
             mut batch,
-            readies,
+            held,
             groups,
             must_sync,
         } = pending;
         if !batch.is_empty() {
             self.engine.write(&mut batch, must_sync)?;
-            self.stats.write_rounds += 1;
-            self.stats.groups_written += groups;
-            if must_sync {
-                self.stats.synced_rounds += 1;
-            }
+            self.count_write(groups, must_sync);
         }
-        for (id, mut rd) in readies {
-            let p = self.peers.get_mut(&id).expect("collected in prepare_ready");
-            for m in std::mem::take(&mut rd.messages) {
+        self.complete(held)
+    }
+
+    /// The asynchronous second half: hands the round's write to the engine's writer thread
+    /// and returns at once. The store goes on (new rounds, applying, answering) while it is
+    /// written; [`Store::poll_writes`] finishes the round once durable — its held messages go
+    /// out and Raft learns its entries are persisted (a leader counts its own copy towards
+    /// commit only then). With [`MAX_WRITES_IN_FLIGHT`] rounds in flight this waits for the
+    /// oldest first. `waker` is woken when a write completes.
+    pub fn submit_ready(
+        &mut self,
+        pending: PendingWrite,
+        waker: &std::task::Waker,
+    ) -> Result<(), StoreError> {
+        while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let PendingWrite {
+            batch,
+            held,
+            groups,
+            must_sync,
+        } = pending;
+        if !batch.is_empty() {
+            self.count_write(groups, must_sync);
+        }
+        let mut write = self.engine.write_async(batch, must_sync);
+        // Polled once now so the engine knows whom to wake (it may even be done already).
+        let mut cx = std::task::Context::from_waker(waker);
+        let write = match std::pin::Pin::new(&mut write).poll(&mut cx) {
+            std::task::Poll::Ready(result) => {
+                result?;
+                RoundWrite::Durable
+            }
+            std::task::Poll::Pending => RoundWrite::Submitted(write),
+        };
+        self.in_flight.push_back(InFlight {
+            write,
+            held,
+            synced: must_sync,
+            submitted: std::time::Instant::now(),
+        });
+        self.poll_writes(waker)?;
+        Ok(())
+    }
+
+    /// The deferred second half, for a caller that decides when writes happen (the
+    /// whole-cluster simulation: a write that completes late, or never because the store
+    /// crashed first): the round waits, unwritten, until [`Store::persist_queued`] (or any
+    /// wait) writes it; meanwhile the store behaves as with [`Store::submit_ready`].
+    pub fn queue_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
+        while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let PendingWrite {
+            batch,
+            held,
+            groups,
+            must_sync,
+        } = pending;
+        if !batch.is_empty() {
+            self.count_write(groups, must_sync);
+        }
+        self.in_flight.push_back(InFlight {
+            write: RoundWrite::Staged {
+                batch,
+                sync: must_sync,
+            },
+            held,
+            synced: must_sync,
+            submitted: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Writes (synchronously) and finishes the `n` oldest rounds in flight; returns how many.
+    pub fn persist_queued(&mut self, n: usize) -> Result<usize, StoreError> {
+        let mut done = 0;
+        while done < n && !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Finishes, in order, the submitted rounds whose writes are durable; returns how many.
+    /// Stops at a round queued with [`Store::queue_ready`].
+    pub fn poll_writes(&mut self, waker: &std::task::Waker) -> Result<usize, StoreError> {
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut done = 0;
+        while let Some(f) = self.in_flight.front_mut() {
+            match &mut f.write {
+                RoundWrite::Staged { .. } => break,
+                RoundWrite::Submitted(write) => match std::pin::Pin::new(write).poll(&mut cx) {
+                    std::task::Poll::Pending => break,
+                    std::task::Poll::Ready(result) => {
+                        result?;
+                    }
+                },
+                RoundWrite::Durable => {}
+            }
+            let f = self.in_flight.pop_front().expect("front exists");
+            self.complete_in_flight(f)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Rounds submitted or queued and not finished yet.
+    pub fn writes_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Blocks until every round in flight is written and finished.
+    pub fn wait_writes(&mut self) -> Result<(), StoreError> {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<(), StoreError> {
+        let Some(f) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let InFlight {
+            write,
+            held,
+            synced,
+            submitted,
+        } = f;
+        match write {
+            RoundWrite::Staged { mut batch, sync } => {
+                if !batch.is_empty() {
+                    self.engine.write(&mut batch, sync)?;
+                }
+            }
+            RoundWrite::Submitted(mut write) => {
+                block_on(&mut write)?;
+            }
+            RoundWrite::Durable => {}
+        }
+        self.complete_in_flight(InFlight {
+            write: RoundWrite::Durable,
+            held,
+            synced,
+            submitted,
+        })
+    }
+
+    fn complete_in_flight(&mut self, f: InFlight) -> Result<(), StoreError> {
+        if f.synced {
+            self.write_latencies.push(f.submitted.elapsed());
+        }
+        self.complete(f.held)
+    }
+
+    /// Submit-to-durable times of the synced asynchronous writes finished since the last call.
+    pub fn take_write_latencies(&mut self) -> Vec<std::time::Duration> {
+        std::mem::take(&mut self.write_latencies)
+    }
+
+    fn count_write(&mut self, groups: u64, synced: bool) {
+        self.stats.write_rounds += 1;
+        self.stats.groups_written += groups;
+        if synced {
+            self.stats.synced_rounds += 1;
+        }
+    }
+
+    /// A round's write is durable: its held messages go out, Raft learns what is persisted,
+    /// and regions whose log grew past the threshold are snapshotted.
+    fn complete(&mut self, held: Vec<Held>) -> Result<(), StoreError> {
+        for h in held {
+            let Some(p) = self.peers.get_mut(&h.region) else {
+                continue;
+            };
+            for m in h.messages {
                 match p.region.peer(m.to) {
                     Some(peer) => self.outbox.push((peer.store, m)),
                     None => self.stats.messages_dropped += 1,
                 }
             }
-            p.raw.advance(rd);
-            // Snapshot when the log grows past the threshold.
+            p.raw.on_persisted(h.persisted);
+            // Snapshot when the log grows past the threshold (postponed while the applied
+            // index is not durable here, see `Peer::snapshot`).
             let first = p.raw.status().first_index;
             let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
             if (entries_in_log >= self.cfg.snapshot_threshold_entries

@@ -476,6 +476,81 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     assert_eq!(c.read(1, 0, b"a").unwrap(), Bytes::from_static(b"1"));
 }
 
+/// Asynchronous writes (`submit_ready` + `poll_writes`, what the server does; and
+/// `queue_ready` + `persist_queued`, what the whole-cluster simulation does): a follower's
+/// acknowledgement leaves only once its write is durable, rounds after it keep running
+/// meanwhile, and the leader answers once a quorum has the entry durable.
+#[test]
+fn with_writes_in_flight_a_follower_acks_only_what_is_durable() {
+    let mut c = Cluster::new(1_000_000);
+    let r = c.regions[0].clone(); // led by store 1 (index 0)
+    let waker = std::task::Waker::noop();
+    let t = c
+        .store(0)
+        .propose(r.id, r.epoch, b"a", put(b"a", b"1"))
+        .unwrap();
+    let pending = c.store(0).prepare_ready().unwrap();
+    let early = c.store(0).take_outbox();
+    c.store(0).queue_ready(pending).unwrap();
+    assert_eq!(c.store(0).writes_in_flight(), 1);
+    for (to, m) in early {
+        let _ = c.store(to.0 as usize - 1).step(m);
+    }
+    // Follower store 2 queues its write: no acknowledgement yet, and a second round (a
+    // tick's worth of nothing) does not release it either.
+    let pending = c.store(1).prepare_ready().unwrap();
+    c.store(1).queue_ready(pending).unwrap();
+    c.store(1).tick();
+    if c.store(1).has_ready() {
+        let pending = c.store(1).prepare_ready().unwrap();
+        c.store(1).queue_ready(pending).unwrap();
+    }
+    assert_eq!(
+        c.store(1).poll_writes(waker).unwrap(),
+        0,
+        "queued writes wait"
+    );
+    let held = c.store(1).take_outbox();
+    assert!(
+        held.iter().all(|(_, m)| m.kind_name() != "AppendResponse"),
+        "acknowledged before durable: {held:?}"
+    );
+    let in_flight = c.store(1).writes_in_flight();
+    assert!(in_flight >= 1);
+    assert_eq!(c.store(1).persist_queued(usize::MAX).unwrap(), in_flight);
+    let acks = c.store(1).take_outbox();
+    assert!(acks.iter().any(|(_, m)| m.kind_name() == "AppendResponse"));
+    // One follower's durable copy and the leader's unwritten one are not a quorum: the
+    // write is not answered until the leader's own write completes.
+    for (_, m) in acks {
+        let _ = c.store(0).step(m);
+    }
+    let pending = c.store(0).prepare_ready().unwrap();
+    assert!(c.store(0).take_completions().iter().all(|d| d.ticket != t));
+    // The real engine this time: submitted, then polled until durable.
+    c.store(0).submit_ready(pending, waker).unwrap();
+    let mut answered = c.store(0).take_completions();
+    for _ in 0..1000 {
+        if answered.iter().any(|d| d.ticket == t) {
+            break;
+        }
+        if c.store(0).writes_in_flight() == 0 {
+            // Everything durable: the commit is in the next round.
+            let pending = c.store(0).prepare_ready().unwrap();
+            c.store(0).submit_ready(pending, waker).unwrap();
+        } else {
+            c.store(0).wait_writes().unwrap();
+        }
+        answered.extend(c.store(0).take_completions());
+    }
+    assert!(
+        answered.iter().any(|d| d.ticket == t),
+        "the write was never answered"
+    );
+    c.pump();
+    assert_eq!(c.read(1, 0, b"a").unwrap(), Bytes::from_static(b"1"));
+}
+
 #[test]
 fn snapshot_now_compacts_at_once_and_a_restart_recovers_from_it() {
     let mut c = Cluster::new(u64::MAX);
