@@ -312,7 +312,6 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.last_index()
     }
 
-    /// The term of the entry at `index` in this peer's log (persisted or not), if present.
     /// The last index durable in this peer's storage (reported through `advance` or
     /// `on_persisted`, and not replaced by unstable entries since).
     pub fn persisted_index(&self) -> LogIndex {
@@ -324,6 +323,7 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.snapshot_to_hand_out().is_some()
     }
 
+    /// The term of the entry at `index` in this peer's log (persisted or not), if present.
     pub fn log_term(&self, index: LogIndex) -> Option<Term> {
         if index > self.raft.log.last_index() {
             return None;

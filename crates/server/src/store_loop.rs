@@ -76,11 +76,26 @@ impl std::task::Wake for WriteWaker {
 pub struct StoreHandle {
     tx: SyncSender<Cmd>,
     pub regions: Arc<Vec<Region>>,
+    /// Stops the store thread when the last handle is dropped. The thread's queue never
+    /// disconnects by itself (the loop's write waker holds a sender of it), so this is how
+    /// a server dropped without `shutdown` still stops its store.
+    _stop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(SyncSender<Cmd>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // Blocks only while the queue is full and the thread alive (it is draining it);
+        // fails at once if the thread is gone.
+        let _ = self.0.send(Cmd::Shutdown);
+    }
 }
 
 impl StoreHandle {
     pub fn new(tx: SyncSender<Cmd>, regions: Vec<Region>) -> Self {
         StoreHandle {
+            _stop: Arc::new(StopOnDrop(tx.clone())),
             tx,
             regions: Arc::new(regions),
         }
@@ -114,8 +129,9 @@ impl StoreHandle {
     }
 }
 
-/// Runs the store until `Shutdown`. A storage error is fatal: the store stops, because the
-/// disk may no longer hold what was acknowledged. `wake` is a sender of the loop's own
+/// Runs the store until `Shutdown` (sent by `ServerHandle::shutdown` or when the last
+/// `StoreHandle` is dropped). A storage error is fatal: the store stops, because the disk
+/// may no longer hold what was acknowledged. `wake` is a sender of the loop's own
 /// queue, used to learn that a log write finished.
 ///
 /// Log writes are asynchronous (`Store::submit_ready`): while the engine's writer thread

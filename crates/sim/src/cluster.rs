@@ -187,6 +187,8 @@ pub struct SimNode {
     persist_scheduled: bool,
     /// The hard state of the newest write handed out (durable or not).
     staged_hard_state: raft::HardState,
+    /// The hard state of the newest write on the disk.
+    durable_hard_state: raft::HardState,
 }
 
 impl SimNode {
@@ -288,6 +290,7 @@ impl Cluster {
                 write_queue: std::collections::VecDeque::new(),
                 persist_scheduled: false,
                 staged_hard_state: raft::HardState::default(),
+                durable_hard_state: raft::HardState::default(),
             });
         }
         let net = opts.net;
@@ -356,6 +359,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("node {} failed to start: {e}", i + 1));
         let node = &mut self.nodes[i];
         node.staged_hard_state = raw.storage().hard_state();
+        node.durable_hard_state = node.staged_hard_state;
         node.write_queue.clear();
         node.persist_scheduled = false;
         node.kv = decode_kv(&snap.data);
@@ -642,14 +646,13 @@ impl Cluster {
         let node = &mut self.nodes[i];
         let raw = node.raw.as_mut().expect("up");
         let mut rd = raw.ready();
-        let staged = node.staged_hard_state;
-        let early = raw.role() == Role::Leader
-            && rd
-                .hard_state
-                .is_none_or(|hs| hs.term == staged.term && hs.vote == staged.vote);
-        if let Some(hs) = rd.hard_state {
-            node.staged_hard_state = hs;
-        }
+        // Early only while the term and vote the messages speak for are on the disk: a
+        // single-voter leader wins inside `campaign`, before its term is durable.
+        let after = rd.hard_state.unwrap_or(node.staged_hard_state);
+        let durable = node.durable_hard_state;
+        let early =
+            raw.role() == Role::Leader && after.term == durable.term && after.vote == durable.vote;
+        node.staged_hard_state = after;
         let messages = std::mem::take(&mut rd.messages);
         let held = if early {
             for m in messages {
@@ -697,6 +700,9 @@ impl Cluster {
             return;
         };
         self.write_to_disk(i, w.snapshot.as_ref(), &w.entries, w.hard_state, None);
+        if let Some(hs) = w.hard_state {
+            self.nodes[i].durable_hard_state = hs;
+        }
         for m in w.held {
             self.send(m);
         }

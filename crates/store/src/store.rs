@@ -78,6 +78,8 @@ struct Held {
     region: RegionId,
     messages: Vec<Message>,
     persisted: Persisted,
+    /// Term and vote of the hard state this round writes, if it writes one.
+    term_vote: Option<(Term, NodeId)>,
 }
 
 /// A round whose write is not known durable yet.
@@ -142,6 +144,11 @@ struct Peer<M: StateMachine> {
     reads: Vec<PendingRead<M::Query>>,
     /// Payload bytes applied since the last snapshot (the log's growth, approximately).
     bytes_since_snapshot: u64,
+    /// Term and vote of the last hard state known durable (not merely staged): a leader's
+    /// messages may leave before their round's write only while the term and vote they
+    /// speak for are on disk (a single-voter leader wins inside `campaign`, before the
+    /// round that records its term is durable).
+    durable_term_vote: (Term, NodeId),
 }
 
 impl<M: StateMachine> Peer<M> {
@@ -206,6 +213,8 @@ pub struct Store<M: StateMachine> {
     ticks: u64,
     /// Rounds submitted with [`Store::submit_ready`], oldest first.
     in_flight: VecDeque<InFlight>,
+    /// A round was prepared and its write not yet started or queued.
+    round_prepared: bool,
     /// Submit-to-durable times of synced asynchronous writes, for the caller's metrics.
     write_latencies: Vec<std::time::Duration>,
     pub stats: StoreStats,
@@ -265,6 +274,7 @@ impl<M: StateMachine> Store<M> {
             outbox: Vec::new(),
             ticks: 0,
             in_flight: VecDeque::new(),
+            round_prepared: false,
             write_latencies: Vec::new(),
             stats: StoreStats::default(),
         };
@@ -357,6 +367,7 @@ impl<M: StateMachine> Store<M> {
         rc.applied = snap.metadata.index;
         // Different stores must not time out in lockstep.
         rc.seed = me.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
+        let durable = storage.hard_state();
         let raw = RawNode::new(&rc, storage).map_err(|e| StoreError::Storage(e.to_string()))?;
         self.peers.insert(
             region.id,
@@ -368,6 +379,7 @@ impl<M: StateMachine> Store<M> {
                 proposals: VecDeque::new(),
                 reads: Vec::new(),
                 bytes_since_snapshot: 0,
+                durable_term_vote: (durable.term, durable.vote),
             },
         );
         Ok(())
@@ -647,6 +659,7 @@ impl<M: StateMachine> Store<M> {
             groups: 0,
             must_sync: false,
         };
+        self.round_prepared = true;
         for (id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
                 continue;
@@ -660,16 +673,17 @@ impl<M: StateMachine> Store<M> {
                 })?;
                 p.applied = snap.metadata.index;
                 self.stats.snapshots_installed += 1;
-                // Installing a snapshot may clean the group's state keys: restore ours.
-                pending
-                    .batch
-                    .put_state(engine_group(*id), REGION_KEY, &p.region.encode());
+                // Installing a snapshot may clean the group's state keys: restore ours at
+                // once (not in this round's write, which may land later: a crash in between
+                // would leave a group the store no longer knows as its region).
+                let mut b = LogBatch::new();
+                b.put_state(engine_group(*id), REGION_KEY, &p.region.encode());
+                self.engine.write(&mut b, true)?;
             }
             let persisted = p.raw.storage().hard_state();
-            let early = p.raw.role() == Role::Leader
-                && rd
-                    .hard_state
-                    .is_none_or(|hs| hs.term == persisted.term && hs.vote == persisted.vote);
+            let after = rd.hard_state.unwrap_or(persisted);
+            let early =
+                p.raw.role() == Role::Leader && (after.term, after.vote) == p.durable_term_vote;
             let staged = !rd.entries.is_empty() || rd.hard_state.is_some();
             if !rd.entries.is_empty()
                 || rd.snapshot.is_some()
@@ -771,6 +785,7 @@ impl<M: StateMachine> Store<M> {
                 region: *id,
                 messages: std::mem::take(&mut rd.messages),
                 persisted,
+                term_vote: rd.hard_state.map(|hs| (hs.term, hs.vote)),
             });
         }
         Ok(pending)
@@ -793,6 +808,7 @@ impl<M: StateMachine> Store<M> {
             self.engine.write(&mut batch, must_sync)?;
             self.count_write(groups, must_sync);
         }
+        self.round_prepared = false;
         self.complete(held)
     }
 
@@ -807,6 +823,13 @@ impl<M: StateMachine> Store<M> {
         pending: PendingWrite,
         waker: &std::task::Waker,
     ) -> Result<(), StoreError> {
+        assert!(
+            !self
+                .in_flight
+                .iter()
+                .any(|f| matches!(f.write, RoundWrite::Staged { .. })),
+            "submit_ready with queue_ready rounds unwritten: the engine would overtake them"
+        );
         while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
             self.wait_oldest()?;
         }
@@ -835,6 +858,7 @@ impl<M: StateMachine> Store<M> {
             synced: must_sync,
             submitted: std::time::Instant::now(),
         });
+        self.round_prepared = false;
         self.poll_writes(waker)?;
         Ok(())
     }
@@ -842,7 +866,8 @@ impl<M: StateMachine> Store<M> {
     /// The deferred second half, for a caller that decides when writes happen (the
     /// whole-cluster simulation: a write that completes late, or never because the store
     /// crashed first): the round waits, unwritten, until [`Store::persist_queued`] (or any
-    /// wait) writes it; meanwhile the store behaves as with [`Store::submit_ready`].
+    /// wait) writes it; meanwhile the store behaves as with [`Store::submit_ready`]. Not to
+    /// be mixed with `submit_ready` (which would write past the queued rounds; it asserts).
     pub fn queue_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
         while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
             self.wait_oldest()?;
@@ -865,6 +890,7 @@ impl<M: StateMachine> Store<M> {
             synced: must_sync,
             submitted: std::time::Instant::now(),
         });
+        self.round_prepared = false;
         Ok(())
     }
 
@@ -884,17 +910,18 @@ impl<M: StateMachine> Store<M> {
         let mut cx = std::task::Context::from_waker(waker);
         let mut done = 0;
         while let Some(f) = self.in_flight.front_mut() {
-            match &mut f.write {
+            let result = match &mut f.write {
                 RoundWrite::Staged { .. } => break,
                 RoundWrite::Submitted(write) => match std::pin::Pin::new(write).poll(&mut cx) {
                     std::task::Poll::Pending => break,
-                    std::task::Poll::Ready(result) => {
-                        result?;
-                    }
+                    std::task::Poll::Ready(result) => result.map(|_| ()),
                 },
-                RoundWrite::Durable => {}
-            }
+                RoundWrite::Durable => Ok(()),
+            };
+            // Off the queue before the result is looked at: a finished future is never
+            // polled again, even after an error.
             let f = self.in_flight.pop_front().expect("front exists");
+            result?;
             self.complete_in_flight(f)?;
             done += 1;
         }
@@ -966,6 +993,7 @@ impl<M: StateMachine> Store<M> {
     /// A round's write is durable: its held messages go out, Raft learns what is persisted,
     /// and regions whose log grew past the threshold are snapshotted.
     fn complete(&mut self, held: Vec<Held>) -> Result<(), StoreError> {
+        let snapshots = self.snapshots_allowed();
         for h in held {
             let Some(p) = self.peers.get_mut(&h.region) else {
                 continue;
@@ -977,12 +1005,17 @@ impl<M: StateMachine> Store<M> {
                 }
             }
             p.raw.on_persisted(h.persisted);
-            // Snapshot when the log grows past the threshold (postponed while the applied
-            // index is not durable here, see `Peer::snapshot`).
+            if let Some(tv) = h.term_vote {
+                p.durable_term_vote = tv;
+            }
+            // Snapshot when the log grows past the threshold (postponed while rounds are in
+            // flight, see `Store::snapshots_allowed`, or while the applied index is not
+            // durable here, see `Peer::snapshot`).
             let first = p.raw.status().first_index;
             let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
-            if (entries_in_log >= self.cfg.snapshot_threshold_entries
-                || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
+            if snapshots
+                && (entries_in_log >= self.cfg.snapshot_threshold_entries
+                    || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
                 && p.snapshot()?
             {
                 self.stats.snapshots_created += 1;
@@ -991,10 +1024,22 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
+    /// Whether a snapshot may be made now: no round is in flight or prepared. A snapshot's
+    /// metadata write carries the group's hard state as staged, and with a round in flight
+    /// that may name a commit index beyond what the log has durable (a crash would then
+    /// leave a hard state the log cannot back).
+    fn snapshots_allowed(&self) -> bool {
+        self.in_flight.is_empty() && !self.round_prepared
+    }
+
     /// Snapshots this store's replica of `region` at its applied index now and compacts its
     /// log, whatever the thresholds say (operators, tests, the simulator's snapshots at
-    /// random points). Returns false when nothing was applied since the last snapshot.
+    /// random points). Returns false when nothing was applied since the last snapshot, or
+    /// while log writes are in flight (see [`Store::snapshots_allowed`]).
     pub fn snapshot_now(&mut self, region: RegionId) -> Result<bool, StoreError> {
+        if !self.snapshots_allowed() {
+            return Ok(false);
+        }
         let p = self
             .peers
             .get_mut(&region)

@@ -527,15 +527,16 @@ fn with_writes_in_flight_a_follower_acks_only_what_is_durable() {
     }
     let pending = c.store(0).prepare_ready().unwrap();
     assert!(c.store(0).take_completions().iter().all(|d| d.ticket != t));
-    // The real engine this time: submitted, then polled until durable.
-    c.store(0).submit_ready(pending, waker).unwrap();
+    c.store(0).queue_ready(pending).unwrap();
+    // The leader's own writes complete: two durable copies, committed in the next round,
+    // which goes to the real engine this time (submitted, then polled until durable).
+    c.store(0).persist_queued(usize::MAX).unwrap();
     let mut answered = c.store(0).take_completions();
     for _ in 0..1000 {
         if answered.iter().any(|d| d.ticket == t) {
             break;
         }
         if c.store(0).writes_in_flight() == 0 {
-            // Everything durable: the commit is in the next round.
             let pending = c.store(0).prepare_ready().unwrap();
             c.store(0).submit_ready(pending, waker).unwrap();
         } else {
