@@ -214,10 +214,11 @@ pub fn run(
             // durable (see `Store::prepare_ready`); the rest when `poll_writes` finishes it.
             let pending = store.prepare_ready()?;
             deliver(&mut store, &transport, &mut waiting);
-            if peeked.is_none() && store.writes_in_flight() == 0 {
+            let idle = store.writes_in_flight() == 0 && peeked.is_none() && {
                 peeked = rx.try_recv().ok();
-            }
-            if peeked.is_none() && store.writes_in_flight() == 0 {
+                peeked.is_none()
+            };
+            if idle {
                 // Idle: nothing queued behind this round and no write in flight, so nothing
                 // would overlap with its fsync. This thread writes it itself, which saves
                 // the hand-off to the writer thread and back (two thread wake-ups; at one

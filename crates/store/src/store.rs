@@ -830,6 +830,30 @@ impl<M: StateMachine> Store<M> {
                 .any(|f| matches!(f.write, RoundWrite::Staged { .. })),
             "submit_ready with queue_ready rounds unwritten: the engine would overtake them"
         );
+        let engine = self.engine.clone();
+        self.push_round(pending, |batch, sync| {
+            let mut write = engine.write_async(batch, sync);
+            // Polled once now so the engine knows whom to wake (it may even be done already).
+            let mut cx = std::task::Context::from_waker(waker);
+            Ok(match std::pin::Pin::new(&mut write).poll(&mut cx) {
+                std::task::Poll::Ready(result) => {
+                    result?;
+                    RoundWrite::Durable
+                }
+                std::task::Poll::Pending => RoundWrite::Submitted(write),
+            })
+        })?;
+        self.poll_writes(waker)?;
+        Ok(())
+    }
+
+    /// Puts a prepared round at the end of the rounds in flight (after waiting for room),
+    /// its write started by `start` (given the batch and whether it must sync).
+    fn push_round(
+        &mut self,
+        pending: PendingWrite,
+        start: impl FnOnce(LogBatch, bool) -> Result<RoundWrite, StoreError>,
+    ) -> Result<(), StoreError> {
         while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
             self.wait_oldest()?;
         }
@@ -842,16 +866,7 @@ impl<M: StateMachine> Store<M> {
         if !batch.is_empty() {
             self.count_write(groups, must_sync);
         }
-        let mut write = self.engine.write_async(batch, must_sync);
-        // Polled once now so the engine knows whom to wake (it may even be done already).
-        let mut cx = std::task::Context::from_waker(waker);
-        let write = match std::pin::Pin::new(&mut write).poll(&mut cx) {
-            std::task::Poll::Ready(result) => {
-                result?;
-                RoundWrite::Durable
-            }
-            std::task::Poll::Pending => RoundWrite::Submitted(write),
-        };
+        let write = start(batch, must_sync)?;
         self.in_flight.push_back(InFlight {
             write,
             held,
@@ -859,7 +874,6 @@ impl<M: StateMachine> Store<M> {
             submitted: std::time::Instant::now(),
         });
         self.round_prepared = false;
-        self.poll_writes(waker)?;
         Ok(())
     }
 
@@ -869,29 +883,9 @@ impl<M: StateMachine> Store<M> {
     /// wait) writes it; meanwhile the store behaves as with [`Store::submit_ready`]. Not to
     /// be mixed with `submit_ready` (which would write past the queued rounds; it asserts).
     pub fn queue_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
-        while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
-            self.wait_oldest()?;
-        }
-        let PendingWrite {
-            batch,
-            held,
-            groups,
-            must_sync,
-        } = pending;
-        if !batch.is_empty() {
-            self.count_write(groups, must_sync);
-        }
-        self.in_flight.push_back(InFlight {
-            write: RoundWrite::Staged {
-                batch,
-                sync: must_sync,
-            },
-            held,
-            synced: must_sync,
-            submitted: std::time::Instant::now(),
-        });
-        self.round_prepared = false;
-        Ok(())
+        self.push_round(pending, |batch, sync| {
+            Ok(RoundWrite::Staged { batch, sync })
+        })
     }
 
     /// Writes (synchronously) and finishes the `n` oldest rounds in flight; returns how many.
