@@ -555,3 +555,68 @@ fn new_leader_finishes_a_joint_change_its_predecessor_started() {
     c.restart(l);
     one(&mut c, w(2, 2), 4);
 }
+
+// ------------------------------------------------------------------ asynchronous persistence
+
+/// With asynchronous persistence a leader's messages may leave before their Ready's write
+/// only while the term and vote they speak for are durable. A single voter wins its election
+/// inside `campaign`, before the Ready recording its new term is written; had it sent its
+/// entries early, a crash before that write would bring it back in the old term, to be
+/// elected into the same term again and give the same index a different entry, while a
+/// learner kept the first one. Checked directly after every event: while the leader's disk
+/// holds an older term, the learner holds no entry of the new one.
+#[test]
+fn a_leader_sends_nothing_of_a_term_that_is_not_durable() {
+    let mut windows = 0;
+    for seed in 0..40u64 {
+        let mut o = ClusterOptions::new(2, 9_000 + seed);
+        o.initial_voters = Some(vec![1]);
+        o.async_persist = true;
+        // Slow writes: several heartbeats (every 20 ms) fit inside one.
+        o.disk_delay_max = 30 * MS;
+        let mut c = Cluster::new(o);
+        one(&mut c, w(1, seed), 1);
+        change(&mut c, ConfChange::add_learner(2));
+        for round in 0..10u64 {
+            let elected = c.run_until(2 * SECOND, |c| c.leader() == Some(0));
+            assert!(
+                elected,
+                "seed {seed}: the single voter was not elected again"
+            );
+            let term = c.term_of(0).unwrap();
+            if c.disk(0).hard_state().term < term {
+                windows += 1;
+            }
+            let violated = |c: &Cluster| {
+                let learner_has_term = c.nodes[1]
+                    .raw()
+                    .is_some_and(|r| r.log_term(r.last_index()) == Some(term));
+                c.disk(0).hard_state().term < term && learner_has_term
+            };
+            let mut broken = false;
+            for k in 0..4 {
+                let _ = c.propose(0, w(2, round * 10 + k));
+                let wait = 1 + c.rng().below(20 * MS);
+                broken |= c.run_until(wait, violated);
+            }
+            // Then until the term is durable (or long after): heartbeats, the learner's
+            // answers and the leader's appends to it all happen meanwhile.
+            broken |= c.run_until(SECOND, |c| {
+                violated(c) || c.disk(0).hard_state().term >= term
+            }) && violated(&c);
+            assert!(
+                !broken,
+                "seed {seed} round {round}: the learner got term {term} entries before the leader's term was durable"
+            );
+            c.crash_with(0, round % 2 == 0);
+            c.restart(0);
+            c.assert_ok();
+        }
+        c.run_until(2 * SECOND, |c| c.leader() == Some(0));
+        one(&mut c, w(3, seed), 2);
+    }
+    assert!(
+        windows > 40,
+        "only {windows} elections left their term in flight: the test proves little"
+    );
+}
