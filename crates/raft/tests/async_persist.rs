@@ -8,9 +8,21 @@ use bytes::Bytes;
 use harness::Net;
 use raft::*;
 
-/// Proposes one entry on leader 1 and hands out its Ready without persisting it; returns
-/// the entry's index, the leader's appends to the followers and the write's token.
-fn propose_unpersisted(net: &mut Net) -> (LogIndex, Vec<Message>, Persisted, Vec<Entry>) {
+/// What `leader_with_an_unpersisted_entry` leaves: leader 1's commit index before the
+/// proposal, the proposed entry, its appends to the followers and its write's token.
+struct Unpersisted {
+    before: LogIndex,
+    index: LogIndex,
+    appends: Vec<Message>,
+    token: Persisted,
+    entries: Vec<Entry>,
+}
+
+/// Elects node 1 of three, proposes one entry and hands out its Ready without persisting it.
+fn leader_with_an_unpersisted_entry() -> (Net, Unpersisted) {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let before = net.node(1).commit_index();
     let index = net.node(1).propose(Bytes::from_static(b"x")).unwrap();
     let mut rd = net.node(1).ready();
     assert_eq!(
@@ -27,7 +39,14 @@ fn propose_unpersisted(net: &mut Net) -> (LogIndex, Vec<Message>, Persisted, Vec
         assert!(rd.entries.is_empty(), "entry handed out twice");
         net.node(1).advance(rd);
     }
-    (index, appends, token, entries)
+    let u = Unpersisted {
+        before,
+        index,
+        appends,
+        token,
+        entries,
+    };
+    (net, u)
 }
 
 /// Delivers `m` to its follower, which persists synchronously, and its answer to node 1.
@@ -44,30 +63,26 @@ fn follower_acks(net: &mut Net, m: Message) {
 
 #[test]
 fn a_leader_counts_its_own_copy_only_once_persisted() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
-    let before = net.node(1).commit_index();
-    let (index, appends, token, entries) = propose_unpersisted(&mut net);
+    let (mut net, u) = leader_with_an_unpersisted_entry();
+    let (before, index) = (u.before, u.index);
 
     // Its own write completes: one durable copy of three, nothing commits.
-    net.node(1).storage_mut().append(&entries);
-    net.node(1).on_persisted(token);
+    net.node(1).storage_mut().append(&u.entries);
+    net.node(1).on_persisted(u.token);
     assert_eq!(net.node(1).commit_index(), before);
     assert_eq!(net.node(1).persisted_index(), index);
 
     // A follower's durable copy makes two: committed.
-    let to_2 = appends.into_iter().find(|m| m.to.0 == 2).unwrap();
+    let to_2 = u.appends.into_iter().find(|m| m.to.0 == 2).unwrap();
     follower_acks(&mut net, to_2);
     assert_eq!(net.node(1).commit_index(), index);
 }
 
 #[test]
 fn two_followers_commit_an_entry_the_leader_has_not_written() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
-    let before = net.node(1).commit_index();
-    let (index, appends, token, entries) = propose_unpersisted(&mut net);
-    let mut appends = appends.into_iter().filter(|m| m.to.0 != 1);
+    let (mut net, u) = leader_with_an_unpersisted_entry();
+    let (before, index) = (u.before, u.index);
+    let mut appends = u.appends.into_iter().filter(|m| m.to.0 != 1);
     let first = appends.next().unwrap();
     let second = appends.next().unwrap();
 
@@ -86,8 +101,8 @@ fn two_followers_commit_an_entry_the_leader_has_not_written() {
     assert!(net.node(1).persisted_index() < index);
 
     // The leader's late write is then counted without changing anything.
-    net.node(1).storage_mut().append(&entries);
-    net.node(1).on_persisted(token);
+    net.node(1).storage_mut().append(&u.entries);
+    net.node(1).on_persisted(u.token);
     assert_eq!(net.node(1).persisted_index(), index);
     assert_eq!(net.node(1).commit_index(), index);
 }

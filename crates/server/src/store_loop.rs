@@ -224,12 +224,7 @@ pub fn run(
                 // the hand-off to the writer thread and back (two thread wake-ups; at one
                 // client the p50 write was 0.401 ms asynchronous vs 0.383 ms like this,
                 // three runs each). Any other time the write is asynchronous.
-                let t0 = Instant::now();
-                let before = store.stats.synced_rounds;
                 store.finish_ready(pending)?;
-                if store.stats.synced_rounds > before {
-                    metrics.observe_fsync(t0.elapsed());
-                }
             } else {
                 store.submit_ready(pending, &waker)?;
             }

@@ -99,6 +99,9 @@ enum RoundWrite {
     Durable,
 }
 
+/// Write latencies kept for [`Store::take_write_latencies`] between two calls.
+const MAX_WRITE_LATENCIES_KEPT: usize = 4096;
+
 /// Most rounds in flight at once; the next round waits for the oldest (a bound on memory
 /// and on how far the state machines run ahead of the disk).
 pub const MAX_WRITES_IN_FLIGHT: usize = 64;
@@ -215,7 +218,7 @@ pub struct Store<M: StateMachine> {
     in_flight: VecDeque<InFlight>,
     /// A round was prepared and its write not yet started or queued.
     round_prepared: bool,
-    /// Submit-to-durable times of synced asynchronous writes, for the caller's metrics.
+    /// Start-to-durable times of synced round writes, for the caller's metrics.
     write_latencies: Vec<std::time::Duration>,
     pub stats: StoreStats,
 }
@@ -804,12 +807,14 @@ impl<M: StateMachine> Store<M> {
             groups,
             must_sync,
         } = pending;
+        let started = std::time::Instant::now();
+        let synced = must_sync && !batch.is_empty();
         if !batch.is_empty() {
             self.engine.write(&mut batch, must_sync)?;
             self.count_write(groups, must_sync);
         }
         self.round_prepared = false;
-        self.complete(held)
+        self.finish_round(held, synced, started)
     }
 
     /// The asynchronous second half: hands the round's write to the engine's writer thread
@@ -916,7 +921,7 @@ impl<M: StateMachine> Store<M> {
             // polled again, even after an error.
             let f = self.in_flight.pop_front().expect("front exists");
             result?;
-            self.complete_in_flight(f)?;
+            self.finish_round(f.held, f.synced, f.submitted)?;
             done += 1;
         }
         Ok(done)
@@ -956,22 +961,25 @@ impl<M: StateMachine> Store<M> {
             }
             RoundWrite::Durable => {}
         }
-        self.complete_in_flight(InFlight {
-            write: RoundWrite::Durable,
-            held,
-            synced,
-            submitted,
-        })
+        self.finish_round(held, synced, submitted)
     }
 
-    fn complete_in_flight(&mut self, f: InFlight) -> Result<(), StoreError> {
-        if f.synced {
-            self.write_latencies.push(f.submitted.elapsed());
+    /// A round's write is durable: records its latency (if it synced) and completes it.
+    fn finish_round(
+        &mut self,
+        held: Vec<Held>,
+        synced: bool,
+        submitted: std::time::Instant,
+    ) -> Result<(), StoreError> {
+        // Bounded: a caller that never reads them (the simulations) keeps only the first.
+        if synced && self.write_latencies.len() < MAX_WRITE_LATENCIES_KEPT {
+            self.write_latencies.push(submitted.elapsed());
         }
-        self.complete(f.held)
+        self.complete(held)
     }
 
-    /// Submit-to-durable times of the synced asynchronous writes finished since the last call.
+    /// Start-to-durable times of the synced round writes finished since the last call
+    /// (synchronous or not).
     pub fn take_write_latencies(&mut self) -> Vec<std::time::Duration> {
         std::mem::take(&mut self.write_latencies)
     }
