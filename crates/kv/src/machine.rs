@@ -596,6 +596,18 @@ impl KvStateMachine {
         if options.if_absent && options.if_present {
             return Err(CommandError::ConflictingOptions);
         }
+        if !options.if_absent && !options.if_present {
+            // Unconditional, the common case: one B-tree operation, which also yields the
+            // previous value (a lookup before the write was a second descent per write, on
+            // every replica).
+            let previous = self.data.insert(key, value);
+            return Ok(Response::Put {
+                written: true,
+                previous: previous
+                    .filter(|_| options.return_previous)
+                    .map(|p| Bytes::copy_from_slice(p.value())),
+            });
+        }
         let exists = self.data.contains_key(key);
         let allowed = if options.if_absent {
             !exists

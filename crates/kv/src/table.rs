@@ -126,9 +126,9 @@ impl Table {
         self.pairs.contains(key)
     }
 
-    /// Sets `key` to `value`.
-    pub fn insert(&mut self, key: &[u8], value: &[u8]) {
-        self.pairs.replace(Pair::new(key, value));
+    /// Sets `key` to `value`; returns the pair it replaced (one B-tree operation).
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Pair> {
+        self.pairs.replace(Pair::new(key, value))
     }
 
     /// Removes `key`; returns the pair it held.
