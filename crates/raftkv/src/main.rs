@@ -250,7 +250,27 @@ struct PlaygroundArgs {
     base_port: u16,
 }
 
+/// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
+/// mapped block freed so far (up to 32 MiB): after the first region snapshot of tens of MiB
+/// is freed, every later one is carved from the heap arenas, which keep those pages and
+/// fragment around the long-lived table entries. Measured (docs/BENCHMARKS.md, "Memory"):
+/// RSS per store after loading 1M keys x 100 B fell from 267-268 to 189-193 MiB. Other
+/// allocators (musl) have no such knob and need none.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// Allocations of this size and larger get their own mapping, returned when freed.
+        const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;
+        // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) };
+        if ok != 1 {
+            eprintln!("warning: mallopt(M_MMAP_THRESHOLD) failed; memory use may be higher");
+        }
+    }
+}
+
 fn main() -> Result<()> {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

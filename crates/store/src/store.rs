@@ -24,7 +24,9 @@ pub struct StoreConfig {
     pub store_id: StoreId,
     pub election_tick: u32,
     pub heartbeat_tick: u32,
-    /// Snapshot a region (and compact its log) once this many applied entries sit in its log...
+    /// Snapshot a region (and compact its log) once this many applied entries sit in its log
+    /// and they are large enough next to the state (see [`SNAPSHOT_AMORTIZATION`]; a log of
+    /// [`SNAPSHOT_MAX_ENTRIES_FACTOR`] times this many entries is compacted regardless)...
     pub snapshot_threshold_entries: u64,
     /// ...or once the entries applied since its last snapshot carry this many payload bytes.
     pub snapshot_threshold_bytes: u64,
@@ -147,6 +149,9 @@ struct Peer<M: StateMachine> {
     reads: Vec<PendingRead<M::Query>>,
     /// Payload bytes applied since the last snapshot (the log's growth, approximately).
     bytes_since_snapshot: u64,
+    /// Size of the state machine's serialized state at the last snapshot made or installed
+    /// (0 before any): what the next snapshot will cost, about (see [`Peer::wants_snapshot`]).
+    last_snapshot_bytes: u64,
     /// Term and vote of the last hard state known durable (not merely staged): a leader's
     /// messages may leave before their round's write only while the term and vote they
     /// speak for are on disk (a single-voter leader wins inside `campaign`, before the
@@ -154,7 +159,32 @@ struct Peer<M: StateMachine> {
     durable_term_vote: (Term, NodeId),
 }
 
+/// A snapshot serializes the whole state, so a region snapshots only once its log has grown
+/// by at least 1/`SNAPSHOT_AMORTIZATION` of the last snapshot's size: at most this many bytes
+/// of state serialized per byte of log compacted. With a fixed entry count alone, a large
+/// region was serialized again every few MiB of writes (loading 1M keys: 33 snapshots per
+/// region of up to ~35 MiB each, in the store thread, stalling every region of the store).
+pub const SNAPSHOT_AMORTIZATION: u64 = 4;
+/// However large the state, a log this many times `snapshot_threshold_entries` long is
+/// compacted: the log's entries live in memory.
+pub const SNAPSHOT_MAX_ENTRIES_FACTOR: u64 = 10;
+
 impl<M: StateMachine> Peer<M> {
+    /// Whether the log has grown enough to be worth a snapshot (see [`SNAPSHOT_AMORTIZATION`]):
+    /// past the byte threshold, or past the entry threshold and large enough next to the state
+    /// it would serialize, or far past the entry threshold whatever the state.
+    fn wants_snapshot(&self, cfg: &StoreConfig) -> bool {
+        let first = self.raw.status().first_index;
+        let entries_in_log = (self.applied.0 + 1).saturating_sub(first.0);
+        self.bytes_since_snapshot >= cfg.snapshot_threshold_bytes
+            || (entries_in_log >= cfg.snapshot_threshold_entries
+                && self.bytes_since_snapshot >= self.last_snapshot_bytes / SNAPSHOT_AMORTIZATION)
+            || entries_in_log
+                >= cfg
+                    .snapshot_threshold_entries
+                    .saturating_mul(SNAPSHOT_MAX_ENTRIES_FACTOR)
+    }
+
     /// Snapshots the state machine at the applied index and compacts the log up to it;
     /// false when nothing was applied since the last snapshot, or when the applied index is
     /// not durable in this replica's own log yet (with writes in flight a replica may apply
@@ -167,6 +197,7 @@ impl<M: StateMachine> Peer<M> {
         }
         self.bytes_since_snapshot = 0;
         let data = self.sm.snapshot();
+        self.last_snapshot_bytes = data.len() as u64;
         let cs = self.raw.status().conf_state;
         self.raw
             .storage_mut()
@@ -382,6 +413,7 @@ impl<M: StateMachine> Store<M> {
                 proposals: VecDeque::new(),
                 reads: Vec::new(),
                 bytes_since_snapshot: 0,
+                last_snapshot_bytes: snap.data.len() as u64,
                 durable_term_vote: (durable.term, durable.vote),
             },
         );
@@ -675,6 +707,7 @@ impl<M: StateMachine> Store<M> {
                     StoreError::Storage(format!("received snapshot of region {id}: {e}"))
                 })?;
                 p.applied = snap.metadata.index;
+                p.last_snapshot_bytes = snap.data.len() as u64;
                 self.stats.snapshots_installed += 1;
                 // Installing a snapshot may clean the group's state keys: restore ours at
                 // once (not in this round's write, which may land later: a crash in between
@@ -1010,16 +1043,10 @@ impl<M: StateMachine> Store<M> {
             if let Some(tv) = h.term_vote {
                 p.durable_term_vote = tv;
             }
-            // Snapshot when the log grows past the threshold (postponed while rounds are in
+            // Snapshot when the log grows past the thresholds (postponed while rounds are in
             // flight, see `Store::snapshots_allowed`, or while the applied index is not
             // durable here, see `Peer::snapshot`).
-            let first = p.raw.status().first_index;
-            let entries_in_log = (p.applied.0 + 1).saturating_sub(first.0);
-            if snapshots
-                && (entries_in_log >= self.cfg.snapshot_threshold_entries
-                    || p.bytes_since_snapshot >= self.cfg.snapshot_threshold_bytes)
-                && p.snapshot()?
-            {
+            if snapshots && p.wants_snapshot(&self.cfg) && p.snapshot()? {
                 self.stats.snapshots_created += 1;
             }
         }

@@ -609,3 +609,39 @@ fn leaders_move_to_their_preferred_stores() {
     c.write(1, 1, b"h", b"x").unwrap();
     assert_eq!(c.read(2, 1, b"h").unwrap(), Bytes::from_static(b"x"));
 }
+
+/// A region whose state is large next to its log's growth waits with its snapshot: the
+/// entry threshold alone would serialize the whole state again every few entries. Small
+/// writes after a large state wait until their bytes reach a quarter of the last snapshot,
+/// or until the log is ten times the entry threshold long.
+#[test]
+fn a_large_region_snapshots_only_when_its_log_is_worth_it() {
+    let mut c = Cluster::new(10);
+    let big = vec![b'b'; 4096];
+    for i in 0..20u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), &big).unwrap();
+    }
+    let after_big = c.store(0).stats.snapshots_created;
+    assert!(
+        after_big >= 1,
+        "20 entries of 4 KiB did not trigger a snapshot at the 10-entry threshold"
+    );
+    // ~80 KiB of state; 50 small writes add ~1 KiB of log: not worth serializing 80 KiB.
+    for i in 0..50u32 {
+        c.write(0, 0, format!("b{i:02}").as_bytes(), b"s").unwrap();
+    }
+    assert_eq!(
+        c.store(0).stats.snapshots_created,
+        after_big,
+        "a small log next to a large state was snapshotted"
+    );
+    // Past ten times the entry threshold the log is compacted whatever the state.
+    for i in 50..120u32 {
+        c.write(0, 0, format!("b{i:03}").as_bytes(), b"s").unwrap();
+    }
+    assert!(
+        c.store(0).stats.snapshots_created > after_big,
+        "a log of {} entries past the last snapshot was never compacted",
+        120
+    );
+}
