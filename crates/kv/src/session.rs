@@ -55,7 +55,11 @@ impl SessionTable {
     pub(crate) fn touch(&mut self, client: ClientId, now_ms: u64) {
         if let Some(session) = self.by_client.get_mut(&client) {
             let removed = self.by_age.remove(&(session.last_seen_ms, client));
-            debug_assert!(removed, "session age index out of sync for {client:?}");
+            assert!(
+                removed,
+                "session age index has no entry for {client:?} seen at {}",
+                session.last_seen_ms
+            );
             session.last_seen_ms = now_ms;
             self.by_age.insert((now_ms, client));
         }

@@ -255,9 +255,12 @@ struct PlaygroundArgs {
 /// is freed, every later one is carved from the heap arenas, which keep those pages and
 /// fragment around the long-lived table entries. Measured (docs/BENCHMARKS.md, "Memory"):
 /// RSS per store after loading 1M keys x 100 B fell from 267-268 to 189-193 MiB. Other
-/// allocators (musl) have no such knob and need none.
+/// allocators (musl) have no such knob and need none. An operator's own setting
+/// (`MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES`) is left alone.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
     {
         /// Allocations of this size and larger get their own mapping, returned when freed.
         const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;

@@ -159,9 +159,11 @@ struct Peer<M: StateMachine> {
     durable_term_vote: (Term, NodeId),
 }
 
-/// A snapshot serializes the whole state, so a region snapshots only once its log has grown
-/// by at least 1/`SNAPSHOT_AMORTIZATION` of the last snapshot's size: at most this many bytes
-/// of state serialized per byte of log compacted. With a fixed entry count alone, a large
+/// A snapshot serializes the whole state, so past the entry threshold a region also waits
+/// until its log has grown by 1/`SNAPSHOT_AMORTIZATION` of the last snapshot's size: about
+/// this many bytes of state serialized per byte of log compacted (the next snapshot is the
+/// last one plus what the log added, so up to one more under pure inserts). The byte
+/// threshold and [`SNAPSHOT_MAX_ENTRIES_FACTOR`] still snapshot sooner. With a fixed entry count alone, a large
 /// region was serialized again every few MiB of writes (loading 1M keys: 33 snapshots per
 /// region of up to ~35 MiB each, in the store thread, stalling every region of the store).
 pub const SNAPSHOT_AMORTIZATION: u64 = 4;
@@ -708,6 +710,7 @@ impl<M: StateMachine> Store<M> {
                 })?;
                 p.applied = snap.metadata.index;
                 p.last_snapshot_bytes = snap.data.len() as u64;
+                p.bytes_since_snapshot = 0;
                 self.stats.snapshots_installed += 1;
                 // Installing a snapshot may clean the group's state keys: restore ours at
                 // once (not in this round's write, which may land later: a crash in between
