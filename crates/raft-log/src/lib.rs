@@ -75,7 +75,7 @@ pub use error::{Error, Result};
 pub use faulty::{FaultOp, FaultyFileSystem};
 pub use format::MAX_RECORD_PAYLOAD_BYTES;
 pub use fs::{FileSystem, LockGuard, StdFileSystem, WritableFile};
-pub use snapshot::{read_snapshot, write_snapshot, SnapshotFile};
+pub use snapshot::{read_snapshot, write_snapshot, write_snapshot_parts, SnapshotFile};
 
 /// Identifies one Raft group (region) within the shared log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -11,7 +11,7 @@
 //!   conf state, where a conf state is, for each of `voters`, `learners`,
 //!   `voters_outgoing`, `learners_next`: varint count then varint ids; then one byte
 //!   `auto_leave`. Varints are LEB128 (7 bits per byte, low first).
-//! * **Snapshot data**: [`write_snapshot`] file of the group in the snapshot directory; its
+//! * **Snapshot data**: [`write_snapshot`](crate::write_snapshot) file of the group in the snapshot directory; its
 //!   payload is varint length | encoded conf state | the application's data, so that the
 //!   file alone describes the snapshot.
 //!
@@ -36,7 +36,7 @@ use raft::{
 
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
-use crate::snapshot::{read_snapshot, write_snapshot};
+use crate::snapshot::{read_snapshot, write_snapshot_parts};
 use crate::{GroupId, LogBatch, LogEngine, LogEntry};
 
 /// State key of the hard state.
@@ -287,17 +287,18 @@ impl GroupStorage {
         let meta = &snapshot.metadata;
         let mut conf = Vec::new();
         encode_conf_state(&meta.conf_state, &mut conf);
-        let mut payload = Vec::with_capacity(conf.len() + 10 + snapshot.data.len());
-        put_varint(&mut payload, conf.len() as u64);
-        payload.extend_from_slice(&conf);
-        payload.extend_from_slice(&snapshot.data);
-        write_snapshot(
+        // The file's data is `varint(conf len) | conf | state`, written in parts (the state is
+        // not copied).
+        let mut prefix = Vec::with_capacity(conf.len() + 10);
+        put_varint(&mut prefix, conf.len() as u64);
+        prefix.extend_from_slice(&conf);
+        write_snapshot_parts(
             self.fs.as_ref(),
             &self.dir,
             self.group,
             meta.index.0,
             meta.term.0,
-            &payload,
+            &[&prefix, &snapshot.data],
         )?;
         Ok(())
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft_log::{
-    read_snapshot, write_snapshot, Config, Error, FaultOp, FaultyFileSystem, FileSystem, GroupId,
-    LogBatch, LogEngine, LogEntry, StdFileSystem,
+    read_snapshot, write_snapshot, write_snapshot_parts, Config, Error, FaultOp, FaultyFileSystem,
+    FileSystem, GroupId, LogBatch, LogEngine, LogEntry, StdFileSystem,
 };
 
 fn entries(first: u64, count: u64, term: u64, size: usize) -> Vec<LogEntry> {
@@ -463,6 +463,39 @@ fn real_disk_segments_are_preallocated_ahead_and_trimmed_when_full() {
             .expect("entries"),
         entries(1, index, 2, 1000)
     );
+}
+
+/// A snapshot written in parts is the same file as one written whole: same bytes, same
+/// checksum, read back as the concatenation (the store writes the conf prefix and the state
+/// without copying the state into one buffer).
+#[test]
+fn a_snapshot_written_in_parts_is_the_file_written_whole() {
+    let whole_fs = FaultyFileSystem::new(7);
+    let parts_fs = FaultyFileSystem::new(7);
+    let dir = PathBuf::from("/store/snap");
+    let whole =
+        write_snapshot(&whole_fs, &dir, GroupId(3), 40, 4, b"conf|state at 40").expect("write");
+    let parts = write_snapshot_parts(
+        &parts_fs,
+        &dir,
+        GroupId(3),
+        40,
+        4,
+        &[b"conf|", b"", b"state at 40"],
+    )
+    .expect("write");
+    assert_eq!(whole, parts);
+    let len = whole_fs.file_len(&whole).expect("len");
+    assert_eq!(parts_fs.file_len(&parts).expect("len"), len);
+    let mut a = vec![0u8; len as usize];
+    let mut b = vec![0u8; len as usize];
+    whole_fs.read_at(&whole, 0, &mut a).expect("read");
+    parts_fs.read_at(&parts, 0, &mut b).expect("read");
+    assert_eq!(a, b, "the files differ");
+    let snapshot = read_snapshot(&parts_fs, &dir, GroupId(3))
+        .expect("read")
+        .expect("present");
+    assert_eq!(&snapshot.data[..], b"conf|state at 40");
 }
 
 #[test]
