@@ -54,14 +54,8 @@ impl SessionTable {
     /// Records that `client` was seen at `now_ms` (a retry keeps the session alive).
     pub(crate) fn touch(&mut self, client: ClientId, now_ms: u64) {
         if let Some(session) = self.by_client.get_mut(&client) {
-            let removed = self.by_age.remove(&(session.last_seen_ms, client));
-            assert!(
-                removed,
-                "session age index has no entry for {client:?} seen at {}",
-                session.last_seen_ms
-            );
+            move_age(&mut self.by_age, client, session.last_seen_ms, now_ms);
             session.last_seen_ms = now_ms;
-            self.by_age.insert((now_ms, client));
         }
     }
 
@@ -85,15 +79,7 @@ impl SessionTable {
             last_seen_ms: now_ms,
         };
         if let Some(current) = self.by_client.get_mut(&client) {
-            if current.last_seen_ms != now_ms {
-                let moved = self.by_age.remove(&(current.last_seen_ms, client));
-                assert!(
-                    moved,
-                    "session age index has no entry for {client:?} seen at {}",
-                    current.last_seen_ms
-                );
-                self.by_age.insert((now_ms, client));
-            }
+            move_age(&mut self.by_age, client, current.last_seen_ms, now_ms);
             *current = session;
             return;
         }
@@ -135,4 +121,18 @@ impl SessionTable {
             self.by_age.remove(&(old.last_seen_ms, client));
         }
     }
+}
+
+/// Moves `client`'s entry in the age index from `from_ms` to `to_ms` (nothing to do when they
+/// are equal). Panics if the entry is missing: the index no longer mirrors the table.
+fn move_age(by_age: &mut BTreeSet<(u64, ClientId)>, client: ClientId, from_ms: u64, to_ms: u64) {
+    if from_ms == to_ms {
+        return;
+    }
+    let moved = by_age.remove(&(from_ms, client));
+    assert!(
+        moved,
+        "session age index has no entry for {client:?} seen at {from_ms}"
+    );
+    by_age.insert((to_ms, client));
 }

@@ -11,9 +11,9 @@
 //!   conf state, where a conf state is, for each of `voters`, `learners`,
 //!   `voters_outgoing`, `learners_next`: varint count then varint ids; then one byte
 //!   `auto_leave`. Varints are LEB128 (7 bits per byte, low first).
-//! * **Snapshot data**: [`write_snapshot`](crate::write_snapshot) file of the group in the snapshot directory; its
-//!   payload is varint length | encoded conf state | the application's data, so that the
-//!   file alone describes the snapshot.
+//! * **Snapshot data**: [`write_snapshot`](crate::write_snapshot) file of the group in the
+//!   snapshot directory; its payload is varint length | encoded conf state | the
+//!   application's data, so that the file alone describes the snapshot.
 //!
 //! # Ordering and recovery
 //! A snapshot (created or applied) is written to its file first (durable), then one engine

@@ -163,9 +163,10 @@ struct Peer<M: StateMachine> {
 /// until its log has grown by 1/`SNAPSHOT_AMORTIZATION` of the last snapshot's size: about
 /// this many bytes of state serialized per byte of log compacted (the next snapshot is the
 /// last one plus what the log added, so up to one more under pure inserts). The byte
-/// threshold and [`SNAPSHOT_MAX_ENTRIES_FACTOR`] still snapshot sooner. With a fixed entry count alone, a large
-/// region was serialized again every few MiB of writes (loading 1M keys: 33 snapshots per
-/// region of up to ~35 MiB each, in the store thread, stalling every region of the store).
+/// threshold and [`SNAPSHOT_MAX_ENTRIES_FACTOR`] still snapshot sooner. With a fixed entry
+/// count alone, a large region was serialized again every few MiB of writes (loading 1M keys:
+/// 33 snapshots per region of up to ~35 MiB each, in the store thread, stalling every region
+/// of the store).
 pub const SNAPSHOT_AMORTIZATION: u64 = 4;
 /// However large the state, a log this many times `snapshot_threshold_entries` long is
 /// compacted: the log's entries live in memory.
