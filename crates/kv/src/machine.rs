@@ -608,14 +608,9 @@ impl KvStateMachine {
                     .map(|p| Bytes::copy_from_slice(p.value())),
             });
         }
+        // Conditional (exactly one of NX, XX).
         let exists = self.data.contains_key(key);
-        let allowed = if options.if_absent {
-            !exists
-        } else if options.if_present {
-            exists
-        } else {
-            true
-        };
+        let allowed = if options.if_absent { !exists } else { exists };
         let previous = if options.return_previous {
             self.data.get_bytes(key)
         } else {
@@ -626,11 +621,7 @@ impl KvStateMachine {
         }
         Ok(Response::Put {
             written: allowed,
-            previous: if options.return_previous {
-                previous
-            } else {
-                None
-            },
+            previous,
         })
     }
 

@@ -845,10 +845,9 @@ impl<M: StateMachine> Store<M> {
             must_sync,
         } = pending;
         let started = std::time::Instant::now();
-        let synced = must_sync && !batch.is_empty();
+        let synced = self.count_write(&batch, groups, must_sync);
         if !batch.is_empty() {
             self.engine.write(&mut batch, must_sync)?;
-            self.count_write(groups, must_sync);
         }
         self.round_prepared = false;
         self.finish_round(held, synced, started)
@@ -905,14 +904,12 @@ impl<M: StateMachine> Store<M> {
             groups,
             must_sync,
         } = pending;
-        if !batch.is_empty() {
-            self.count_write(groups, must_sync);
-        }
+        let synced = self.count_write(&batch, groups, must_sync);
         let write = start(batch, must_sync)?;
         self.in_flight.push_back(InFlight {
             write,
             held,
-            synced: must_sync,
+            synced,
             submitted: std::time::Instant::now(),
         });
         self.round_prepared = false;
@@ -1021,12 +1018,19 @@ impl<M: StateMachine> Store<M> {
         std::mem::take(&mut self.write_latencies)
     }
 
-    fn count_write(&mut self, groups: u64, synced: bool) {
+    /// Counts a round's write in the stats if it writes anything; returns whether it ends
+    /// with an fdatasync (a round whose only sync-worthy part, a received snapshot, was
+    /// written on its own writes nothing here), which is what its latency is recorded as.
+    fn count_write(&mut self, batch: &LogBatch, groups: u64, must_sync: bool) -> bool {
+        if batch.is_empty() {
+            return false;
+        }
         self.stats.write_rounds += 1;
         self.stats.groups_written += groups;
-        if synced {
+        if must_sync {
             self.stats.synced_rounds += 1;
         }
+        must_sync
     }
 
     /// A round's write is durable: its held messages go out, Raft learns what is persisted,
