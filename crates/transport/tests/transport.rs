@@ -31,6 +31,8 @@ struct TestServer {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Connections that were not store-to-store (handed on, as to a gRPC server).
     others: std::sync::mpsc::Receiver<SocketAddr>,
+    /// The server's one-thread runtime: its park count shows whether it is polling.
+    runtime: tokio::runtime::RuntimeMetrics,
 }
 
 impl TestServer {
@@ -45,6 +47,7 @@ impl TestServer {
                 .enable_all()
                 .build()
                 .unwrap();
+            let metrics = rt.metrics();
             rt.block_on(async move {
                 let deadline = Instant::now() + DEADLINE;
                 let listener = loop {
@@ -59,7 +62,7 @@ impl TestServer {
                 };
                 let ingress = RaftIngress::new(inbound);
                 ready_tx
-                    .send((listener.local_addr().unwrap(), ingress.stats()))
+                    .send((listener.local_addr().unwrap(), ingress.stats(), metrics))
                     .unwrap();
                 let (_shutdown_tx, shutdown_rx) = watch::channel(false);
                 let mut incoming = serve_peer_listener(listener, ingress, shutdown_rx);
@@ -76,13 +79,14 @@ impl TestServer {
             // Dropping the runtime drops every connection task: sockets close abruptly.
             drop(rt);
         });
-        let (addr, stats) = ready_rx.recv_timeout(DEADLINE).expect("server start");
+        let (addr, stats, runtime) = ready_rx.recv_timeout(DEADLINE).expect("server start");
         TestServer {
             addr,
             stats,
             stop: Some(stop_tx),
             thread: Some(thread),
             others,
+            runtime,
         }
     }
 
@@ -565,8 +569,25 @@ async fn other_protocols_on_the_peer_port_are_handed_on() {
     assert_eq!(server.stats.snapshot().streams, 0);
 
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.set_nodelay(true).unwrap();
+    let parks = || server.runtime.worker_park_count(0);
+    let before = parks();
     slow.write_all(&wire::MAGIC[..3]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The split is observed, not hoped for: the rest is written only once the acceptor has
+    // seen the 3 bytes alone. Seeing a prefix of the magic, it polls again every millisecond
+    // (`sniff`), and each poll parks the server's one-thread runtime, which otherwise sleeps
+    // until an event: accepting and the data's arrival park it a few times, 20 parks mean
+    // it is polling the partial magic (a verdict, Raft or other, would end the polling).
+    wait_for("the acceptor to poll the partial magic", || {
+        parks() >= before + 20
+    })
+    .await;
+    assert_eq!(server.stats.snapshot().streams, 0, "classified on 3 bytes");
+    let slow_addr = slow.local_addr().unwrap();
+    assert!(
+        !server.others.try_iter().any(|a| a == slow_addr),
+        "a prefix of the magic was handed on as another protocol"
+    );
     let p = wire::preface(9);
     slow.write_all(&p[3..]).await.unwrap();
     let mut fb = FrameBuilder::new();
