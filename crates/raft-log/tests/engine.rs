@@ -598,9 +598,17 @@ fn oversized_batch_is_refused_before_writing() {
     assert_eq!(engine.last_index(GroupId(1)), None);
 }
 
+/// Power loss while 8 threads group-commit: the crash comes only after every thread had
+/// `ACKED_BEFORE_CRASH` writes acknowledged, and must hit writes in flight (outstanding just
+/// before and just after it; they fail or, if their sync finished first, are acknowledged);
+/// every acknowledged write survives recovery.
 #[test]
 fn crash_during_concurrent_group_commits_keeps_every_acknowledged_write() {
+    use std::sync::atomic::{AtomicU64, Ordering};
     const THREADS: u64 = 8;
+    const ACKED_BEFORE_CRASH: u64 = 20;
+    /// No write in flight (a worker's write indexes start at 1).
+    const IDLE: u64 = 0;
     for seed in 0..5u64 {
         let fs = FaultyFileSystem::new(seed);
         fs.set_sync_delay(Duration::from_micros(200));
@@ -611,35 +619,84 @@ fn crash_during_concurrent_group_commits_keeps_every_acknowledged_write() {
                 ..Config::default()
             },
         );
-        let acknowledged: Vec<u64> = std::thread::scope(|scope| {
+        // Per thread: its last acknowledged index, and the index it is writing now.
+        let acked: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(0)).collect();
+        let writing: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(IDLE)).collect();
+        let (acknowledged, in_flight, failed) = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..THREADS)
                 .map(|thread| {
                     let engine = &engine;
+                    let acked = &acked[thread as usize];
+                    let writing = &writing[thread as usize];
                     scope.spawn(move || {
-                        let mut last_acknowledged = 0;
-                        for index in 1..=10_000u64 {
+                        // Writes until the crash fails one (bounded, in case it never comes).
+                        for index in 1..=1_000_000u64 {
                             let mut batch = LogBatch::new();
                             batch
                                 .append(GroupId(thread), entries(index, 1, 1, 32))
                                 .expect("append");
-                            if engine.write(&mut batch, true).is_err() {
-                                break;
+                            writing.store(index, Ordering::SeqCst);
+                            let result = engine.write(&mut batch, true);
+                            writing.store(IDLE, Ordering::SeqCst);
+                            if result.is_err() {
+                                return Some(index);
                             }
-                            last_acknowledged = index;
+                            acked.store(index, Ordering::SeqCst);
                         }
-                        last_acknowledged
+                        None
                     })
                 })
                 .collect();
-            std::thread::sleep(Duration::from_millis(20 + seed * 7));
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while acked
+                .iter()
+                .any(|a| a.load(Ordering::SeqCst) < ACKED_BEFORE_CRASH)
+            {
+                assert!(
+                        std::time::Instant::now() < deadline,
+                        "seed {seed}: not every thread had {ACKED_BEFORE_CRASH} writes acknowledged within 60 s"
+                    );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let outstanding = |writing: &[AtomicU64]| -> Vec<(usize, u64)> {
+                writing
+                    .iter()
+                    .enumerate()
+                    .map(|(t, w)| (t, w.load(Ordering::SeqCst)))
+                    .filter(|&(_, index)| index != IDLE)
+                    .collect()
+            };
+            let before = outstanding(&writing);
             // Power loss while writers are mid-flight; the "old process" then fails every
             // write (its handles are dead) and the engine poisons itself.
             fs.crash_random();
-            workers
+            let after = outstanding(&writing);
+            let in_flight: Vec<(usize, u64)> =
+                before.into_iter().filter(|w| after.contains(w)).collect();
+            let failed: Vec<Option<u64>> = workers
                 .into_iter()
                 .map(|worker| worker.join().expect("worker"))
-                .collect()
+                .collect();
+            let acknowledged: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+            (acknowledged, in_flight, failed)
         });
+        assert!(
+            !in_flight.is_empty(),
+            "seed {seed}: no write was in flight at the crash"
+        );
+        for (thread, index) in &in_flight {
+            // Failed, or acknowledged because its sync was done before the crash.
+            assert!(
+                failed[*thread] == Some(*index) || acknowledged[*thread] >= *index,
+                "seed {seed}: thread {thread}'s write {index}, in flight at the crash, neither failed nor was acknowledged"
+            );
+        }
+        for (thread, result) in failed.iter().enumerate() {
+            assert!(
+                result.is_some(),
+                "seed {seed}: thread {thread} never saw the crash"
+            );
+        }
         drop(engine);
         let engine = faulty_engine(
             &fs,
@@ -649,6 +706,7 @@ fn crash_during_concurrent_group_commits_keeps_every_acknowledged_write() {
             },
         );
         for (thread, acknowledged) in acknowledged.into_iter().enumerate() {
+            assert!(acknowledged >= ACKED_BEFORE_CRASH);
             let group = GroupId(thread as u64);
             let last = engine.last_index(group).unwrap_or(0);
             assert!(
