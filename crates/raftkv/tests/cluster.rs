@@ -5,7 +5,7 @@
 mod common;
 
 use api::pb;
-use common::TestCluster;
+use common::{wait_until, InFlight, Outcome, TestCluster};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,43 +22,85 @@ async fn client(c: &TestCluster) -> client::Client {
         .expect("client")
 }
 
+/// The leader of region 1 is SIGKILLed while 4 writers keep writing to it: only after 200
+/// writes were acknowledged and while a write is outstanding; the writes outstanding at the
+/// kill must end retried (acknowledged) or with an unknown outcome, the cluster must
+/// acknowledge 200 more, and every acknowledged write must be read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_during_concurrent_writes_loses_no_acknowledged_write() {
+    const WRITERS: usize = 4;
+    const BEFORE_KILL: usize = 200;
+    const AFTER_KILL: usize = 200;
     let mut c = TestCluster::start(&[]);
     assert!(c.wait_ready(READY).await, "cluster did not elect leaders");
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let ops = Arc::new(InFlight::new(WRITERS));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for w in 0..4 {
+    for w in 0..WRITERS {
         let mut cl = client(&c).await;
         let acked = acked.clone();
+        let ops = ops.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Region 1 holds keys below "g".
                 let k = format!("a-{w}-{i}");
                 let v = format!("v{i}");
-                if cl.put(k.as_bytes(), v.as_bytes()).await.is_ok() {
+                ops.begin(w, i, k.as_bytes(), true);
+                let ok = cl.put(k.as_bytes(), v.as_bytes()).await.is_ok();
+                if ok {
                     acked.lock().unwrap().push((k, v));
                 }
+                ops.end(w, if ok { Outcome::Done } else { Outcome::Failed });
                 i += 1;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let acked_len = || acked.lock().unwrap().len();
+    wait_until(
+        "200 writes were acknowledged",
+        Duration::from_secs(60),
+        || acked_len() >= BEFORE_KILL,
+    )
+    .await;
     let leader = c.leader_of(b"a").await.expect("a leader for region [, g)");
-    c.kill(leader);
-    let killed_at = acked.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let hit = c
+        .kill_during(leader, &ops, |op| op.key.as_slice() < b"g".as_slice())
+        .await;
+    let killed_at = acked_len();
+    assert!(
+        !hit.is_empty(),
+        "no write was in flight when store {} (region 1's leader) was killed",
+        leader + 1
+    );
+    wait_until(
+        "200 more writes were acknowledged after the kill",
+        Duration::from_secs(60),
+        || acked_len() >= killed_at + AFTER_KILL,
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > killed_at,
-        "no write succeeded after the leader was killed"
+    // A write outstanding across the kill was not answered by the dead leader: the client
+    // retried it (acknowledged) or gave up (unknown outcome); either way it has ended.
+    let (mut retried, mut unknown) = (0, 0);
+    for op in &hit {
+        match ops.outcome(op) {
+            Some(Outcome::Done) => retried += 1,
+            Some(Outcome::Failed) => unknown += 1,
+            None => panic!("write {op:?}, in flight at the kill, never ended"),
+        }
+    }
+    eprintln!(
+        "in flight at the kill of store {}: {} writes ({retried} retried and acknowledged, {unknown} unknown)",
+        leader + 1,
+        hit.len()
     );
+    let acked = acked.lock().unwrap().clone();
     let mut cl = client(&c).await;
     for (k, v) in &acked {
         let got = cl.get(k.as_bytes()).await.expect("read");
@@ -135,66 +177,104 @@ async fn a_store_down_long_enough_catches_up_by_snapshot() {
     }
 }
 
+/// 8 clients (Get/Put/Append/CAS over 16 keys in all three regions) checked linearizable
+/// while stores are SIGKILLed and restarted twice. Each victim is drawn from a printed seed
+/// (`RAFTKV_TEST_SEED` replays the choices) and killed while it leads its region and a write
+/// to that region is outstanding, after 100 operations completed since the last restart; the
+/// victim stays down until 100 more completed without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_stay_linearizable_while_stores_are_killed_and_restarted() {
     use lincheck::kv::{KvInput, KvModel, KvOutput};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const CLIENTS: usize = 8;
+    const PROGRESS: u64 = 100;
+    // Region i+1 holds keys starting with PREFIX[i] and prefers store i+1 as its leader.
+    const PREFIX: [&str; 3] = ["c", "k", "t"];
+    let seed = common::test_seed(
+        "concurrent_clients_stay_linearizable_while_stores_are_killed_and_restarted",
+    );
+    let mut rng = common::Rng::new(seed);
     let mut c = TestCluster::start(&[]);
     assert!(c.wait_ready(READY).await);
     let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
+    let ops = Arc::new(InFlight::new(CLIENTS));
+    let completed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for w in 0..8u64 {
+    for w in 0..CLIENTS {
         let mut cl = client(&c).await;
         let h = history.clone();
+        let ops = ops.clone();
+        let completed = completed.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 // 16 keys for 8 clients: still contended, but each key's history stays small
                 // enough for the checker (with 4 keys a fast machine produced ~4,000 operations
                 // per key and the search exceeded its state budget without a verdict).
-                let key = format!("k{}", (n * 7 + w) % 16).into_bytes();
+                let k = (n * 7 + w as u64) % 16;
+                let key = format!("{}{k}", PREFIX[(k % 3) as usize]).into_bytes();
                 let val = format!("{w}.{n};").into_bytes();
-                match n % 4 {
+                ops.begin(w, n, &key, !n.is_multiple_of(4));
+                let ok = match n % 4 {
                     0 => {
-                        let id = h.invoke(w, KvInput::Get { key: key.clone() });
+                        let id = h.invoke(w as u64, KvInput::Get { key: key.clone() });
                         match cl.get(&key).await {
-                            Ok(v) => h.complete(id, KvOutput::Get(v)),
-                            Err(_) => h.fail_definite(id), // a read has no effect
+                            Ok(v) => {
+                                h.complete(id, KvOutput::Get(v));
+                                true
+                            }
+                            Err(_) => {
+                                h.fail_definite(id); // a read has no effect
+                                false
+                            }
                         }
                     }
                     1 => {
                         let id = h.invoke(
-                            w,
+                            w as u64,
                             KvInput::Put {
                                 key: key.clone(),
                                 value: val.clone(),
                             },
                         );
                         match cl.put(&key, &val).await {
-                            Ok(()) => h.complete(id, KvOutput::Put),
-                            Err(_) => h.fail_unknown(id),
+                            Ok(()) => {
+                                h.complete(id, KvOutput::Put);
+                                true
+                            }
+                            Err(_) => {
+                                h.fail_unknown(id);
+                                false
+                            }
                         }
                     }
                     2 => {
                         let id = h.invoke(
-                            w,
+                            w as u64,
                             KvInput::Append {
                                 key: key.clone(),
                                 value: val.clone(),
                             },
                         );
                         match cl.append(&key, &val).await {
-                            Ok(_) => h.complete(id, KvOutput::Append),
-                            Err(_) => h.fail_unknown(id),
+                            Ok(_) => {
+                                h.complete(id, KvOutput::Append);
+                                true
+                            }
+                            Err(_) => {
+                                h.fail_unknown(id);
+                                false
+                            }
                         }
                     }
                     _ => {
                         // CAS from the value just read.
                         let cur = cl.get(&key).await.ok().flatten();
                         let id = h.invoke(
-                            w,
+                            w as u64,
                             KvInput::Cas {
                                 key: key.clone(),
                                 expected: cur.clone(),
@@ -202,30 +282,97 @@ async fn concurrent_clients_stay_linearizable_while_stores_are_killed_and_restar
                             },
                         );
                         match cl.cas(&key, cur.as_deref(), &val).await {
-                            Ok(s) => h.complete(id, KvOutput::Cas(s)),
-                            Err(_) => h.fail_unknown(id),
+                            Ok(s) => {
+                                h.complete(id, KvOutput::Cas(s));
+                                true
+                            }
+                            Err(_) => {
+                                h.fail_unknown(id);
+                                false
+                            }
                         }
                     }
+                };
+                ops.end(w, if ok { Outcome::Done } else { Outcome::Failed });
+                if ok {
+                    completed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
     }
-    // Nemesis: kill a random store, restart it a little later, twice.
+    let done = || completed.load(Ordering::Relaxed);
+    // Nemesis: twice, kill a store drawn from the seed and restart it.
+    let mut hits = Vec::new();
     for round in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let victim = round % 3;
-        c.kill(victim);
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let since = done();
+        wait_until(
+            "100 operations completed since the last restart",
+            Duration::from_secs(60),
+            || done() >= since + PROGRESS,
+        )
+        .await;
+        let victim = rng.below(3) as usize;
+        eprintln!("round {round}: victim store {}", victim + 1);
+        // Leader balancing hands region victim+1 back to it after a restart.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.leader_of(PREFIX[victim].as_bytes()).await != Some(victim) {
+            assert!(
+                Instant::now() < deadline,
+                "store {} did not lead region {} within 60 s\n{}",
+                victim + 1,
+                victim + 1,
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let hit = c
+            .kill_during(victim, &ops, |op| {
+                op.write && op.key.starts_with(PREFIX[victim].as_bytes())
+            })
+            .await;
+        assert!(
+            hit.iter().any(|op| op.write),
+            "round {round}: no write was in flight when store {} was killed: {hit:?}",
+            victim + 1
+        );
+        hits.extend(hit);
+        let at_kill = done();
+        wait_until(
+            "100 operations completed with the victim down",
+            Duration::from_secs(60),
+            || done() >= at_kill + PROGRESS,
+        )
+        .await;
         c.spawn(victim);
+        assert!(c.wait_ready(READY).await, "no leaders after the restart");
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let since = done();
+    wait_until(
+        "100 operations completed after the last restart",
+        Duration::from_secs(60),
+        || done() >= since + PROGRESS,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(30), t)
             .await
             .expect("client finished")
             .unwrap();
     }
+    for op in &hits {
+        assert!(
+            ops.outcome(op).is_some(),
+            "{op:?}, in flight at a kill, never ended"
+        );
+    }
+    eprintln!(
+        "in flight at the kills: {} operations ({} failed: unknown outcome for a write)",
+        hits.len(),
+        hits.iter()
+            .filter(|op| ops.outcome(op) == Some(Outcome::Failed))
+            .count()
+    );
     let ops = history.operations();
     let completed = ops.iter().filter(|o| o.output.is_some()).count();
     assert!(completed > 100, "only {completed} operations completed");
@@ -233,7 +380,7 @@ async fn concurrent_clients_stay_linearizable_while_stores_are_killed_and_restar
         .expect("well-formed history");
     assert!(
         r.is_ok(),
-        "history of {} ops is not linearizable: {r}",
+        "history of {} ops is not linearizable (seed {seed}): {r}",
         ops.len()
     );
 }

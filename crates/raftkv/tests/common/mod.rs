@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct TestCluster {
@@ -137,6 +139,34 @@ impl TestCluster {
         false
     }
 
+    /// SIGKILLs store `i` while work is in flight: waits (bounded) until an operation that
+    /// `aimed` picks is outstanding, kills, and returns the operations outstanding both just
+    /// before and just after the kill, i.e. in flight at the kill (empty if the fault hit
+    /// nothing: callers assert that it did not).
+    pub async fn kill_during(
+        &mut self,
+        i: usize,
+        ops: &InFlight,
+        aimed: impl Fn(&Op) -> bool,
+    ) -> Vec<Op> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let before = loop {
+            let now = ops.outstanding();
+            if now.iter().any(&aimed) {
+                break now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no chosen operation was outstanding within 60 s to kill store {} under",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        self.kill(i);
+        let after = ops.outstanding();
+        before.into_iter().filter(|o| after.contains(o)).collect()
+    }
+
     pub fn is_up(&self, i: usize) -> bool {
         self.procs[i].is_some()
     }
@@ -190,6 +220,135 @@ impl TestCluster {
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
+    }
+}
+
+/// One client operation of a test, as [`InFlight`] tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub worker: usize,
+    /// The worker's own count of its operations.
+    pub n: u64,
+    pub key: Vec<u8>,
+    pub write: bool,
+}
+
+/// How an operation ended, as its client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered (after any retries the client made).
+    Done,
+    /// The client gave up: a write's effect is unknown, a read had none.
+    Failed,
+}
+
+/// Which operation each worker of a test has outstanding (sent, not yet answered) and how
+/// every operation ended, so a test can name the operations a fault hit.
+pub struct InFlight {
+    current: Vec<Mutex<Option<Op>>>,
+    outcomes: Mutex<HashMap<(usize, u64), Outcome>>,
+}
+
+impl InFlight {
+    pub fn new(workers: usize) -> InFlight {
+        InFlight {
+            current: (0..workers).map(|_| Mutex::new(None)).collect(),
+            outcomes: Mutex::default(),
+        }
+    }
+
+    /// Call just before sending the operation.
+    pub fn begin(&self, worker: usize, n: u64, key: &[u8], write: bool) {
+        *self.current[worker].lock().unwrap() = Some(Op {
+            worker,
+            n,
+            key: key.to_vec(),
+            write,
+        });
+    }
+
+    /// Call just after the client returned.
+    pub fn end(&self, worker: usize, outcome: Outcome) {
+        let op = self.current[worker]
+            .lock()
+            .unwrap()
+            .take()
+            .expect("end without begin");
+        self.outcomes
+            .lock()
+            .unwrap()
+            .insert((op.worker, op.n), outcome);
+    }
+
+    pub fn outstanding(&self) -> Vec<Op> {
+        self.current
+            .iter()
+            .filter_map(|c| c.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// How `op` ended; `None` while it is outstanding.
+    pub fn outcome(&self, op: &Op) -> Option<Outcome> {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .get(&(op.worker, op.n))
+            .copied()
+    }
+}
+
+/// Waits (polling, bounded by `timeout`) until `cond` holds; panics naming `what` otherwise.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The seed of a test's random choices: `RAFTKV_TEST_SEED` if set, else a fresh one. Printed
+/// (shown when the test fails) with the command that replays the same choices.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var("RAFTKV_TEST_SEED") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("RAFTKV_TEST_SEED={s:?} is not a number")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos() as u64;
+            nanos ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    eprintln!(
+        "{test}: seed {seed} (same choices: RAFTKV_TEST_SEED={seed} cargo test -p raftkv --test cluster {test})"
+    );
+    seed
+}
+
+/// splitmix64: a small seeded generator for a test's choices.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }
 
