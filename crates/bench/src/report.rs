@@ -101,4 +101,66 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
     }
+
+    /// Whether the run counts as a pass: at least one operation succeeded and at most
+    /// `max_errors` failed. A benchmark with error replies measures something else than the
+    /// one asked for (a failed operation is often much faster or slower than a served one),
+    /// so callers fail on errors unless they chose to tolerate some (`--max-errors`).
+    pub fn check_errors(&self, max_errors: u64) -> Result<(), String> {
+        if self.ops == 0 {
+            return Err(format!("no operation succeeded ({} errors)", self.errors));
+        }
+        if self.errors > max_errors {
+            return Err(format!(
+                "{} of {} operations failed, more than --max-errors {max_errors}",
+                self.errors,
+                self.errors + self.ops
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ops: u64, errors: u64) -> Report {
+        let cfg = BenchConfig {
+            target: TargetKind::Raftkv,
+            endpoints: vec!["127.0.0.1:1".into()],
+            workload: Workload::Write,
+            distribution: Distribution::Uniform,
+            keys: 10,
+            value_size: 1,
+            clients: 1,
+            connections: 0,
+            duration: Duration::from_secs(1),
+            ops: None,
+            rate: None,
+            preload: false,
+            stale: false,
+            progress: false,
+            seed: 1,
+        };
+        let mut hist = crate::run::new_histogram();
+        for _ in 0..ops {
+            hist.record(100).unwrap();
+        }
+        Report::new(&cfg, Duration::from_secs(1), &hist, errors)
+    }
+
+    #[test]
+    fn any_error_fails_by_default_and_max_errors_tolerates_that_many() {
+        assert_eq!(report(100, 0).check_errors(0), Ok(()));
+        let one = report(100, 1).check_errors(0).unwrap_err();
+        assert!(one.contains("1 of 101 operations failed"), "{one}");
+        assert_eq!(report(100, 1).check_errors(1), Ok(()));
+        assert!(report(100, 2).check_errors(1).is_err());
+        // 99 % errors used to pass (only zero successes failed).
+        assert!(report(1, 99).check_errors(0).is_err());
+        // Nothing succeeded: a failure whatever the tolerance.
+        let none = report(0, 0).check_errors(u64::MAX).unwrap_err();
+        assert!(none.contains("no operation succeeded"), "{none}");
+    }
 }

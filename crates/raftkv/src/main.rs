@@ -144,6 +144,10 @@ struct BenchArgs {
     no_progress: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Exit non-zero (after printing the result) when more than this many operations
+    /// failed. The default 0 makes any error reply a failure.
+    #[arg(long, default_value_t = 0)]
+    max_errors: u64,
 }
 
 fn parse_distribution(s: &str) -> Result<bench::Distribution, String> {
@@ -728,8 +732,5 @@ async fn run_bench(a: BenchArgs) -> Result<()> {
     println!("{}", bench::Report::TABLE_HEADER);
     println!("{}", report.table_row());
     write_json(a.json.as_deref(), &report.to_json())?;
-    if report.ops == 0 {
-        bail!("no operation succeeded ({} errors)", report.errors);
-    }
-    Ok(())
+    report.check_errors(a.max_errors).map_err(anyhow::Error::msg)
 }
