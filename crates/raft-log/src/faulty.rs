@@ -6,7 +6,20 @@
 //!   contents. Writes only append, so the unsynced part is a suffix of the file.
 //! * [`FaultyFileSystem::crash`] keeps only the durable contents. [`crash_tearing`] keeps a
 //!   prefix of the unsynced bytes of one file (a torn write: the disk wrote some sectors),
-//!   [`crash_random`] keeps a seeded random prefix of every file's unsynced bytes.
+//!   [`crash_random`] tears every file's unsynced bytes in a seeded random way, by one of the
+//!   [`TornWrite`] modes allowed with [`set_torn_writes`] (default: a prefix only):
+//!   - [`TornWrite::Prefix`]: a random prefix of the unsynced bytes survives (the disk wrote
+//!     its sectors in order and stopped);
+//!   - [`TornWrite::Reordered`]: the disk wrote the unsynced sectors out of order: the
+//!     sectors (of [`SECTOR_BYTES`], aligned to the file) before a random one survive, that
+//!     one is lost (it reads as zeros, as a hole or preallocated space does), and a random
+//!     non-empty subset of the later ones survives (the lost ones among them read as zeros);
+//!     the file ends with the last surviving sector;
+//!   - [`TornWrite::Garbage`]: a random prefix survives, then the sectors from there to a
+//!     random later sector end (at most the end of the unsynced bytes) hold random bytes (a
+//!     disk that lost power while writing them, or stale contents).
+//!
+//!   Only unsynced bytes are ever changed: what `sync_data` made durable survives any crash.
 //! * `preallocate` adds durable zeros after a file's written bytes; writes overwrite them
 //!   (in this model: written bytes are a prefix, the rest of the file reads as zeros), and a
 //!   crash keeps the zeros wherever the written bytes were lost.
@@ -22,6 +35,7 @@
 //!
 //! [`crash_tearing`]: FaultyFileSystem::crash_tearing
 //! [`crash_random`]: FaultyFileSystem::crash_random
+//! [`set_torn_writes`]: FaultyFileSystem::set_torn_writes
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -48,6 +62,37 @@ pub enum FaultOp {
     Rename,
     /// `FileSystem::remove`.
     Remove,
+}
+
+/// The unit a disk writes atomically; [`TornWrite::Reordered`] and [`TornWrite::Garbage`] work
+/// in whole sectors of the file (the first and last unsynced ones may be partial).
+pub const SECTOR_BYTES: usize = 512;
+
+/// How a crash tears a file's unsynced bytes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TornWrite {
+    /// A prefix of the unsynced bytes survives.
+    Prefix,
+    /// Unsynced sectors persisted out of order: an earlier one lost (zeros), later ones kept.
+    Reordered,
+    /// A prefix survives, then sectors of random bytes.
+    Garbage,
+}
+
+impl TornWrite {
+    /// Every mode.
+    pub const ALL: [TornWrite; 3] = [TornWrite::Prefix, TornWrite::Reordered, TornWrite::Garbage];
+}
+
+/// What one crash did to the unsynced bytes of the files, for reports and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TearCounts {
+    /// Files whose unsynced bytes were torn to a strict, non-empty prefix.
+    pub prefix: u64,
+    /// Files that kept a later sector while losing an earlier one.
+    pub reordered: u64,
+    /// Files that got garbage after their surviving bytes.
+    pub garbage: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -115,6 +160,12 @@ struct State {
     failures: Vec<FaultOp>,
     sync_count: u64,
     write_count: u64,
+    /// Modes `crash_random` draws from.
+    torn_writes: Vec<TornWrite>,
+    /// Totals over every crash so far.
+    tears: TearCounts,
+    /// The files the last crash tore: path, offset of their first unsynced byte, mode.
+    last_tears: Vec<(PathBuf, u64, TornWrite)>,
 }
 
 impl State {
@@ -144,9 +195,12 @@ impl State {
         z ^ (z >> 31)
     }
 
-    fn crash(&mut self, mut keep_unsynced: impl FnMut(&Path, usize, &mut State) -> usize) {
+    /// Power loss: `tear` gets each file's unsynced bytes (and the file offset where they
+    /// start) and returns what of them reaches the disk.
+    fn crash(&mut self, mut tear: impl FnMut(&Path, &[u8], usize, &mut State) -> Vec<u8>) {
         self.generation += 1;
         self.locks.clear();
+        self.last_tears.clear();
         self.names = self.durable_names.clone();
         let live: Vec<(PathBuf, u64)> = self
             .names
@@ -161,15 +215,17 @@ impl State {
             let Some(inode) = self.inodes.get(&id) else {
                 continue;
             };
-            let unsynced_len = inode.unsynced_suffix().len();
-            let keep = keep_unsynced(&path, unsynced_len, self).min(unsynced_len);
-            let Some(inode) = self.inodes.get(&id) else {
-                continue;
-            };
+            let unsynced = inode.unsynced_suffix().to_vec();
             let mut data = inode.durable().to_vec();
-            data.extend_from_slice(&inode.unsynced_suffix()[..keep]);
-            let synced_len = data.len();
             let alloc = inode.durable_alloc;
+            let start = data.len();
+            let kept = if unsynced.is_empty() {
+                Vec::new()
+            } else {
+                tear(&path, &unsynced, start, self)
+            };
+            data.extend_from_slice(&kept);
+            let synced_len = data.len();
             survivors.insert(
                 id,
                 Inode {
@@ -182,6 +238,71 @@ impl State {
             );
         }
         self.inodes = survivors;
+    }
+
+    /// Below `n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_random() % n as u64) as usize
+    }
+
+    /// What survives of `unsynced` (starting at file offset `start`) under `mode`; counts
+    /// the tear.
+    fn tear(&mut self, path: &Path, mode: TornWrite, unsynced: &[u8], start: usize) -> Vec<u8> {
+        self.last_tears
+            .push((path.to_path_buf(), start as u64, mode));
+        let len = unsynced.len();
+        // Sector boundaries inside the unsynced bytes: [bounds[k], bounds[k + 1]) is sector k.
+        let mut bounds = vec![0];
+        let mut at = (start / SECTOR_BYTES + 1) * SECTOR_BYTES - start;
+        while at < len {
+            bounds.push(at);
+            at += SECTOR_BYTES;
+        }
+        bounds.push(len);
+        let sectors = bounds.len() - 1;
+        match mode {
+            TornWrite::Reordered if sectors >= 2 => {
+                let lost = self.below(sectors - 1);
+                let mut kept = unsynced[..bounds[lost]].to_vec();
+                kept.resize(bounds[lost + 1], 0);
+                // A non-empty subset of the later sectors persisted.
+                let later = sectors - lost - 1;
+                let mask = 1 + self.below((1usize << later.min(16)) - 1);
+                let last_kept = lost + 1 + (usize::BITS - 1 - mask.leading_zeros()) as usize;
+                for k in lost + 1..=last_kept {
+                    let range = bounds[k]..bounds[k + 1];
+                    if (mask >> (k - lost - 1)) & 1 == 1 {
+                        kept.extend_from_slice(&unsynced[range]);
+                    } else {
+                        kept.resize(range.end, 0);
+                    }
+                }
+                self.tears.reordered += 1;
+                kept
+            }
+            TornWrite::Garbage => {
+                let cut = self.below(len);
+                let sector_of_cut = bounds.partition_point(|b| *b <= cut) - 1;
+                let end_sector = sector_of_cut + self.below(sectors - sector_of_cut);
+                let end = bounds[end_sector + 1];
+                let mut kept = unsynced[..cut].to_vec();
+                while kept.len() < end {
+                    let word = self.next_random().to_le_bytes();
+                    let room = (end - kept.len()).min(8);
+                    kept.extend_from_slice(&word[..room]);
+                }
+                self.tears.garbage += 1;
+                kept
+            }
+            // A prefix (also what a reordering of a single sector amounts to).
+            _ => {
+                let keep = self.below(len + 1);
+                if keep > 0 && keep < len {
+                    self.tears.prefix += 1;
+                }
+                unsynced[..keep].to_vec()
+            }
+        }
     }
 }
 
@@ -214,6 +335,9 @@ impl FaultyFileSystem {
                 failures: Vec::new(),
                 sync_count: 0,
                 write_count: 0,
+                torn_writes: vec![TornWrite::Prefix],
+                tears: TearCounts::default(),
+                last_tears: Vec::new(),
             })),
             sync_delay: Arc::new(Mutex::new(Duration::ZERO)),
         }
@@ -247,31 +371,61 @@ impl FaultyFileSystem {
 
     /// Simulates power loss: every unsynced byte and directory change is lost.
     pub fn crash(&self) {
-        self.lock().crash(|_, _, _| 0);
+        self.lock().crash(|_, _, _, _| Vec::new());
     }
 
     /// Simulates power loss during a write to `path`: the first `keep_unsynced_bytes` of its
     /// unsynced bytes reach the disk (a torn write); everything else unsynced is lost.
     pub fn crash_tearing(&self, path: &Path, keep_unsynced_bytes: usize) {
         let target = path.to_path_buf();
-        self.lock().crash(|file, _, _| {
+        self.lock().crash(|file, unsynced, _, _| {
             if file == target {
-                keep_unsynced_bytes
+                unsynced[..keep_unsynced_bytes.min(unsynced.len())].to_vec()
             } else {
-                0
+                Vec::new()
             }
         });
     }
 
-    /// Simulates power loss keeping a random prefix (from the seeded generator) of every
-    /// file's unsynced bytes.
+    /// The torn-write modes [`FaultyFileSystem::crash_random`] draws from (each crash, each
+    /// file: one of them, uniformly). Default: [`TornWrite::Prefix`] only.
+    pub fn set_torn_writes(&self, modes: &[TornWrite]) {
+        assert!(!modes.is_empty(), "at least one torn-write mode");
+        self.lock().torn_writes = modes.to_vec();
+    }
+
+    /// Simulates power loss tearing every file's unsynced bytes by a mode drawn (seeded) from
+    /// those allowed by [`FaultyFileSystem::set_torn_writes`] (a prefix only by default).
     pub fn crash_random(&self) {
-        self.lock().crash(|_, unsynced_len, state| {
-            if unsynced_len == 0 {
-                return 0;
-            }
-            (state.next_random() % (unsynced_len as u64 + 1)) as usize
+        self.lock().crash(|path, unsynced, start, state| {
+            // One mode: no draw, so that the default replays crashes as before modes existed.
+            let mode = match state.torn_writes.len() {
+                1 => state.torn_writes[0],
+                n => {
+                    let k = state.below(n);
+                    state.torn_writes[k]
+                }
+            };
+            state.tear(path, mode, unsynced, start)
         });
+    }
+
+    /// Simulates power loss tearing every file's unsynced bytes by `mode` (seeded).
+    pub fn crash_torn(&self, mode: TornWrite) {
+        self.lock()
+            .crash(|path, unsynced, start, state| state.tear(path, mode, unsynced, start));
+    }
+
+    /// The files the last crash tore (by `crash_random` or `crash_torn`): each file's path,
+    /// the offset of its first unsynced byte (all damage lies at or after it), and the mode.
+    pub fn last_tears(&self) -> Vec<(PathBuf, u64, TornWrite)> {
+        self.lock().last_tears.clone()
+    }
+
+    /// How many files the crashes so far tore, by mode (a tear that kept all or none of the
+    /// unsynced bytes is not counted).
+    pub fn tear_counts(&self) -> TearCounts {
+        self.lock().tears
     }
 
     /// Flips bit `bit` (0..8) of the byte at `offset` of `path`, in its durable and current
@@ -711,5 +865,206 @@ mod tests {
         fs.crash();
         assert_eq!(fs.read_all(&path("a")).expect("read"), vec![0, 0, 8, 0]);
         assert!(fs.flip_bit(&path("a"), 4, 0).is_err());
+    }
+
+    /// Every mode keeps the durable bytes and changes only the unsynced ones, each as its
+    /// name says; a single-mode `crash_random` draws nothing to choose it.
+    #[test]
+    fn torn_write_modes_keep_durable_bytes_and_tear_as_described() {
+        let durable: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8 + 1).collect();
+        let unsynced: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8 + 1).collect();
+        let fs = FaultyFileSystem::new(6);
+        let mut file = fs.create(&path("a")).expect("create");
+        fs.sync_dir(Path::new("/d")).expect("sync dir");
+        file.write_all(&durable).expect("write");
+        file.sync_data().expect("sync");
+        file.write_all(&unsynced).expect("write");
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..200 {
+            let disk = fs.fork();
+            // A fork copies the generator: advance it so every round tears differently.
+            for _ in 0..round {
+                disk.lock().next_random();
+            }
+            let mode = TornWrite::ALL[round % 3];
+            disk.crash_torn(mode);
+            let after = disk.read_all(&path("a")).expect("read");
+            assert_eq!(
+                &after[..durable.len()],
+                &durable[..],
+                "{mode:?} changed durable bytes"
+            );
+            let tail = &after[durable.len()..];
+            assert!(tail.len() <= unsynced.len(), "{mode:?} grew the file");
+            let same = |k: usize| tail[k] == unsynced[k];
+            match mode {
+                TornWrite::Prefix => assert_eq!(tail, &unsynced[..tail.len()]),
+                TornWrite::Reordered => {
+                    // A lost (zeroed) byte before a kept one; losses are whole sectors.
+                    let first_lost = (0..tail.len()).find(|&k| !same(k)).expect("a loss");
+                    assert!(
+                        tail[first_lost..].iter().any(|b| *b != 0),
+                        "nothing kept later"
+                    );
+                    assert!((first_lost + durable.len()) % SECTOR_BYTES == 0 || first_lost == 0);
+                    for (k, byte) in tail.iter().enumerate().skip(first_lost) {
+                        assert!(*byte == 0 || same(k), "{mode:?} invented byte {k}");
+                    }
+                    assert_eq!((after.len()) % SECTOR_BYTES == 0, after.len() < 3700);
+                }
+                TornWrite::Garbage => {
+                    let first_diff = (0..tail.len()).find(|&k| !same(k));
+                    assert!(first_diff.is_some(), "garbage equal to the data");
+                }
+            }
+            seen.insert(mode);
+        }
+        assert_eq!(seen.len(), 3);
+        let counts = fs.tear_counts();
+        assert_eq!(
+            counts,
+            TearCounts::default(),
+            "forks count on their own disk"
+        );
+        // Determinism of the default: one mode draws no choice (seed-compatible).
+        let a = fs.fork();
+        let b = fs.fork();
+        b.set_torn_writes(&[TornWrite::Prefix]);
+        a.crash_random();
+        b.crash_torn(TornWrite::Prefix);
+        assert_eq!(a.read_all(&path("a")).ok(), b.read_all(&path("a")).ok());
+    }
+
+    /// The log engine's recovery over every torn-write mode, both strict and tolerant
+    /// recovery, with and without preallocated segments: random batches (some synced, some
+    /// not), a crash, a reopen. The engine must either open with a prefix of the batches
+    /// that holds every synced one (nothing acknowledged lost, nothing invented), or refuse
+    /// with a `Corruption` error that names the active segment at an offset past its durable
+    /// bytes. Counts of each outcome are printed; what each mode must do is asserted below.
+    #[test]
+    fn log_engine_recovers_or_refuses_clearly_after_every_torn_write_mode() {
+        use crate::{Config, GroupId, LogBatch, LogEngine, LogEntry, RecoveryMode};
+        let dir = PathBuf::from("/store/raft-log");
+        let group = GroupId(1);
+        let mut outcomes: BTreeMap<(String, bool, TornWrite), [u64; 3]> = BTreeMap::new();
+        let mut example_refusals: BTreeMap<(String, TornWrite), String> = BTreeMap::new();
+        for trial in 0..360u64 {
+            let mode = TornWrite::ALL[(trial % 3) as usize];
+            let strict = trial % 2 == 0;
+            let preallocate = (trial / 6) % 2 == 0;
+            let recovery_mode = if strict {
+                RecoveryMode::AbsoluteConsistency
+            } else {
+                RecoveryMode::TolerateTailCorruption
+            };
+            let config = Config {
+                segment_size_bytes: 64 << 10,
+                recovery_mode,
+                preallocate_segments: preallocate,
+                prepare_segments_in_background: false,
+                ..Config::default()
+            };
+            let fs = FaultyFileSystem::new(trial);
+            let engine = LogEngine::open(&dir, config.clone(), Arc::new(fs.clone())).expect("open");
+            let mut rng = FaultyFileSystem::new(trial ^ 0x7e57).lock().clone();
+            let mut written: Vec<Vec<u8>> = Vec::new();
+            let mut synced = 0usize;
+            for _ in 0..2 + rng.below(12) {
+                let count = 1 + rng.below(4);
+                let mut batch = LogBatch::new();
+                let entries = (0..count)
+                    .map(|k| {
+                        let index = written.len() as u64 + 1 + k as u64;
+                        let data: Vec<u8> = (0..20 + rng.below(600))
+                            .map(|j| (index as usize * 7 + j) as u8)
+                            .collect();
+                        LogEntry {
+                            index,
+                            term: 1,
+                            data: data.into(),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                for e in &entries {
+                    written.push(e.data.to_vec());
+                }
+                batch.append(group, entries).expect("batch");
+                let sync = rng.below(3) == 0;
+                engine.write(&mut batch, sync).expect("write");
+                if sync {
+                    synced = written.len();
+                }
+            }
+            let active = crate::segment_path(&dir, engine.stats().active_segment_seq);
+            let durable_len = {
+                let state = fs.lock();
+                let id = state.names.get(&active).copied();
+                id.and_then(|id| state.inodes.get(&id).map(|inode| inode.durable().len()))
+            };
+            drop(engine);
+            fs.crash_torn(mode);
+            let key = (format!("{recovery_mode:?}"), preallocate, mode);
+            let slot = outcomes.entry(key).or_default();
+            match LogEngine::open(&dir, config, Arc::new(fs.clone())) {
+                Ok(engine) => {
+                    let last = engine.last_index(group).unwrap_or(0) as usize;
+                    assert!(
+                        last >= synced,
+                        "trial {trial} {mode:?}: synced entry {synced} lost (last {last})"
+                    );
+                    let entries = engine
+                        .entries(group, 1, last as u64 + 1, usize::MAX)
+                        .expect("entries");
+                    for e in &entries {
+                        assert_eq!(
+                            &e.data[..],
+                            &written[e.index as usize - 1][..],
+                            "trial {trial} {mode:?}: entry {} is not what was written",
+                            e.index
+                        );
+                    }
+                    slot[usize::from(engine.recovery_report().torn_tail.is_some())] += 1;
+                }
+                Err(crate::Error::Corruption {
+                    file,
+                    offset,
+                    reason,
+                }) => {
+                    assert_eq!(
+                        file, active,
+                        "trial {trial}: blamed another file ({reason})"
+                    );
+                    let durable_len = durable_len.expect("the active segment existed") as u64;
+                    assert!(
+                        offset >= durable_len,
+                        "trial {trial} {mode:?}: blamed offset {offset} inside the durable {durable_len} bytes ({reason})"
+                    );
+                    slot[2] += 1;
+                    example_refusals
+                        .entry((format!("{recovery_mode:?}"), mode))
+                        .or_insert(format!("at {offset} (durable {durable_len}): {reason}"));
+                }
+                Err(other) => panic!("trial {trial} {mode:?}: unexpected error {other}"),
+            }
+        }
+        println!("(recovery mode, preallocated, torn write) -> [opened clean, opened after truncating a torn tail, refused]");
+        for (key, counts) in &outcomes {
+            println!("  {key:?} -> {counts:?}");
+        }
+        for (key, reason) in &example_refusals {
+            println!("  a refusal {key:?}: {reason}");
+        }
+        for ((recovery, _, mode), [clean, torn, refused]) in &outcomes {
+            match mode {
+                // A torn prefix is what every mode must take.
+                TornWrite::Prefix => assert_eq!(*refused, 0, "{recovery} refused a torn prefix"),
+                // Garbage after the last record is a torn tail to the tolerant mode.
+                TornWrite::Garbage if recovery == "TolerateTailCorruption" => {
+                    assert_eq!(*refused, 0, "{recovery} refused a garbage tail");
+                    assert!(*torn > 0, "garbage never reached the engine: {clean}");
+                }
+                _ => {}
+            }
+        }
     }
 }

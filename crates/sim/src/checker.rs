@@ -1,7 +1,9 @@
 //! Safety invariants of Raft, checked by the simulator after every event. A violation is a
-//! `Violation` naming the invariant and the values that broke it.
+//! `Violation` naming the invariant and the values that broke it. Every invariant the
+//! simulator checks is a method here (the cluster only gathers the facts), so that the
+//! tests in `tests/seeds.rs` can feed each one a planted violation.
 
-use raft::{LogIndex, NodeId, Term};
+use raft::{ConfState, LogIndex, NodeId, Term};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub struct Checker {
     /// persisted commit index across lifetimes.
     commit_seen: HashMap<NodeId, LogIndex>,
     persisted_commit: HashMap<NodeId, LogIndex>,
+    /// Leader Completeness: per committed index (1-based), the entry's term and the term of
+    /// the leader that first committed it.
+    commit_terms: Vec<(Term, Term)>,
     /// Number of checks done, for reports.
     pub checks: u64,
 }
@@ -141,7 +146,29 @@ impl Checker {
         (v.0 != Term(0)).then_some(v)
     }
 
-    /// Leader Completeness: a new leader's log holds every committed entry.
+    /// Records that the leader of term `commit_term` committed the entries up to `commit`;
+    /// `entry_term` gives the term of each newly committed index in that leader's log. The
+    /// first node to learn of a commit is the leader that made it.
+    pub fn observe_leader_commit(
+        &mut self,
+        commit: LogIndex,
+        commit_term: Term,
+        entry_term: impl Fn(LogIndex) -> Term,
+    ) {
+        for idx in self.commit_terms.len() as u64 + 1..=commit.0 {
+            self.commit_terms
+                .push((entry_term(LogIndex(idx)), commit_term));
+        }
+    }
+
+    /// Highest index known committed anywhere.
+    pub fn known_commit(&self) -> LogIndex {
+        LogIndex(self.commit_terms.len() as u64)
+    }
+
+    /// Leader Completeness: a new leader of `term` holds every entry committed in an earlier
+    /// term, from `first_index` on (entries below it are compacted into its snapshot).
+    /// `log_term` is the term of the leader's entry at an index, if it has one.
     pub fn check_leader_completeness(
         &mut self,
         leader: NodeId,
@@ -150,17 +177,50 @@ impl Checker {
         log_term: impl Fn(LogIndex) -> Option<Term>,
     ) -> Result<(), Violation> {
         self.checks += 1;
-        for i in first_index.0..=self.applied.len() as u64 {
-            let (t, _) = self.applied[i as usize - 1];
-            if t == Term(0) {
+        for (idx, &(entry_term, commit_term)) in self.commit_terms.iter().enumerate() {
+            let index = LogIndex(idx as u64 + 1);
+            if commit_term >= term || index < first_index {
                 continue;
             }
-            let have = log_term(LogIndex(i));
-            if have != Some(t) {
+            let have = log_term(index);
+            if have != Some(entry_term) {
                 return violation(
                     "Leader Completeness",
                     format!(
-                        "leader {leader} of term {term} lacks committed entry {i} (term {t}); its log has {have:?}"
+                        "leader {leader} of term {term} lacks entry {index} (term {entry_term}) committed in an earlier term; it has {have:?}"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit Durability: "committed" must mean "durable on a quorum of voters" of the
+    /// leader's configuration (of both halves when joint); learners never count.
+    /// `on_disk(voter)` says whether that voter's disk holds the leader's entry at `commit`
+    /// (of term `term`), or a snapshot covering it.
+    pub fn check_commit_durable(
+        &mut self,
+        leader: NodeId,
+        commit: LogIndex,
+        term: Term,
+        cs: &ConfState,
+        on_disk: impl Fn(NodeId) -> bool,
+    ) -> Result<(), Violation> {
+        self.checks += 1;
+        for (half, voters) in [("incoming", &cs.voters), ("outgoing", &cs.voters_outgoing)] {
+            if voters.is_empty() {
+                continue;
+            }
+            let durable = voters.iter().filter(|v| on_disk(**v)).count();
+            if durable < voters.len() / 2 + 1 {
+                return violation(
+                    "Commit Durability",
+                    format!(
+                        "leader {leader} committed index {commit} (term {term}) but only {durable} of the {} {half} voters {:?} have it on disk (learners {:?})",
+                        voters.len(),
+                        voters,
+                        cs.learners
                     ),
                 );
             }
@@ -194,6 +254,12 @@ impl Checker {
         }
         *p = persisted;
         Ok(())
+    }
+
+    /// A node's disk was replaced (a test's planted fault): nothing it persisted before counts.
+    pub fn disk_replaced(&mut self, node: NodeId) {
+        self.commit_seen.remove(&node);
+        self.persisted_commit.remove(&node);
     }
 
     /// A node restarted: its volatile commit index starts again from what it persisted.

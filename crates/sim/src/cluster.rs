@@ -80,6 +80,14 @@ pub struct ClusterOptions {
     /// write (with every other message) completes a random time later, several Readies
     /// possibly in flight; a crash loses what was not written (or tears the oldest write).
     pub async_persist: bool,
+    /// Dropping the cluster panics if a violation was found and never looked at (on by
+    /// default, so a scenario test cannot miss a violation of its last `run_for`; the swarm,
+    /// which returns violations as errors, turns it off).
+    pub assert_no_violation_on_drop: bool,
+    /// A deliberate bug for testing the checker: with asynchronous persistence, every node
+    /// sends all of a Ready's messages before its write is durable (followers acknowledge
+    /// entries they have not written). Must fail Commit Durability.
+    pub mutant_early_acks: bool,
 }
 
 impl ClusterOptions {
@@ -101,6 +109,8 @@ impl ClusterOptions {
             print_trace: false,
             initial_voters: None,
             async_persist: false,
+            assert_no_violation_on_drop: true,
+            mutant_early_acks: false,
         }
     }
 }
@@ -216,15 +226,17 @@ pub struct Cluster {
     pub net: NetFaults,
     pub checker: Checker,
     pub messages_sent: u64,
+    /// Messages the faulty network lost (partitions not included) and delivered twice.
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    /// Crashes in the middle of a write: only part of it reached the disk.
+    pub torn_writes: u64,
     pub bytes_sent: u64,
     pub messages_delivered: u64,
     /// Hash of every event processed, to prove determinism.
     pub trace_hash: u64,
     pub trace: Vec<String>,
     pub violation: Option<Violation>,
-    /// Highest commit index known anywhere, and the term in which each index committed.
-    known_commit: LogIndex,
-    commit_terms: Vec<(Term, Term)>,
     /// Snapshot data per node for the KV registers (serialized map).
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -306,13 +318,14 @@ impl Cluster {
             net,
             checker: Checker::new(),
             messages_sent: 0,
+            messages_dropped: 0,
+            messages_duplicated: 0,
+            torn_writes: 0,
             bytes_sent: 0,
             messages_delivered: 0,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
             violation: None,
-            known_commit: LogIndex::ZERO,
-            commit_terms: Vec::new(),
             snapshots_taken: 0,
             snapshots_installed: 0,
             history: Vec::new(),
@@ -508,50 +521,29 @@ impl Cluster {
                 self.fail(v);
             }
             if self.nodes[i].last_role != Role::Leader {
-                let first = LogIndex(1);
                 let raw = self.nodes[i].raw.as_ref().expect("up");
-                // Leader Completeness: entries committed in earlier terms are in its log.
-                let mut missing = None;
-                for (idx, &(entry_term, commit_term)) in self.commit_terms.iter().enumerate() {
-                    let index = LogIndex(idx as u64 + 1);
-                    if commit_term >= term || index < first {
-                        continue;
-                    }
-                    if raw.status().first_index > index {
-                        continue; // compacted: covered by its snapshot
-                    }
-                    if raw.log_term(index) != Some(entry_term) {
-                        missing = Some((index, entry_term, raw.log_term(index)));
-                        break;
-                    }
-                }
-                if let Some((index, t, have)) = missing {
-                    self.fail(Violation {
-                        invariant: "Leader Completeness",
-                        detail: format!(
-                            "leader {id} of term {term} lacks entry {index} (term {t}) committed in an earlier term; it has {have:?}"
-                        ),
-                    });
+                let first = raw.status().first_index;
+                if let Err(v) = self
+                    .checker
+                    .check_leader_completeness(id, term, first, |idx| raw.log_term(idx))
+                {
+                    self.fail(v);
                 }
                 let code = 1000 + id.0 + term.0 * 17;
                 self.record(|| format!("n{id} becomes leader of term {term}"), code);
             }
         }
         self.nodes[i].last_role = role;
-        if commit > self.known_commit && role == Role::Leader {
+        let known_commit = self.checker.known_commit();
+        if commit > known_commit && role == Role::Leader {
             if let Err(v) = self.check_commit_durable(i, commit) {
                 self.fail(v);
             }
         }
-        if commit > self.known_commit {
-            // The first node to learn of a commit is the leader that made it, so its term
-            // is the term in which these entries committed.
+        if commit > known_commit {
             let raw = self.nodes[i].raw.as_ref().expect("up");
-            for idx in self.known_commit.0 + 1..=commit.0 {
-                let et = raw.log_term(LogIndex(idx)).unwrap_or(Term(0));
-                self.commit_terms.push((et, term));
-            }
-            self.known_commit = commit;
+            self.checker
+                .observe_leader_commit(commit, term, |idx| raw.log_term(idx).unwrap_or(Term(0)));
         }
         if let Err(v) = self.checker.observe_commit(id, commit, persisted_commit) {
             self.fail(v);
@@ -569,15 +561,14 @@ impl Cluster {
         }
     }
 
-    /// "Committed" must mean "durable on a quorum of voters" of the leader's configuration
-    /// (both halves when joint); learners never count.
-    fn check_commit_durable(&self, leader: usize, commit: LogIndex) -> Result<(), Violation> {
+    /// Commit Durability ([`Checker::check_commit_durable`]) of leader `leader`'s commit.
+    fn check_commit_durable(&mut self, leader: usize, commit: LogIndex) -> Result<(), Violation> {
         let raw = self.nodes[leader].raw.as_ref().expect("up");
         let Some(term) = raw.log_term(commit) else {
             return Ok(());
         };
         let cs = raw.status().conf_state;
-        let has = |id: NodeId| -> bool {
+        let on_disk = |id: NodeId| -> bool {
             let j = id.0 as usize - 1;
             if j >= self.nodes.len() {
                 return false;
@@ -588,25 +579,16 @@ impl Cluster {
                 .unwrap_or_default();
             commit <= snap || raft::Storage::term(d, commit).ok() == Some(term)
         };
-        for (half, voters) in [("incoming", &cs.voters), ("outgoing", &cs.voters_outgoing)] {
-            if voters.is_empty() {
-                continue;
-            }
-            let durable = voters.iter().filter(|v| has(**v)).count();
-            if durable < voters.len() / 2 + 1 {
-                return Err(Violation {
-                    invariant: "Commit Durability",
-                    detail: format!(
-                        "leader {} committed index {commit} (term {term}) but only {durable} of the {} {half} voters {:?} have it on disk (learners {:?})",
-                        leader + 1,
-                        voters.len(),
-                        voters,
-                        cs.learners
-                    ),
-                });
-            }
-        }
-        Ok(())
+        let holders: Vec<NodeId> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .copied()
+            .filter(|v| on_disk(*v))
+            .collect();
+        let leader = NodeId(leader as u64 + 1);
+        self.checker
+            .check_commit_durable(leader, commit, term, &cs, |v| holders.contains(&v))
     }
 
     /// The configuration according to the current leader (highest term), if any.
@@ -650,8 +632,10 @@ impl Cluster {
         // single-voter leader wins inside `campaign`, before its term is durable.
         let after = rd.hard_state.unwrap_or(node.staged_hard_state);
         let durable = node.durable_hard_state;
-        let early =
-            raw.role() == Role::Leader && after.term == durable.term && after.vote == durable.vote;
+        let early = self.opts.mutant_early_acks
+            || (raw.role() == Role::Leader
+                && after.term == durable.term
+                && after.vote == durable.vote);
         node.staged_hard_state = after;
         let messages = std::mem::take(&mut rd.messages);
         let held = if early {
@@ -883,11 +867,13 @@ impl Cluster {
         }
         let net = self.net;
         if net.drop_rate > 0.0 && unit(&mut self.rng) < net.drop_rate {
+            self.messages_dropped += 1;
             return;
         }
         let span = net.delay_max.saturating_sub(net.delay_min) + 1;
         let d = net.delay_min + self.rng.below(span);
         if net.dup_rate > 0.0 && unit(&mut self.rng) < net.dup_rate {
+            self.messages_duplicated += 1;
             let d2 = net.delay_min + self.rng.below(span);
             self.schedule(d2, EventKind::Deliver(m.clone()));
         }
@@ -935,6 +921,15 @@ impl Cluster {
         }
     }
 
+    /// All client writes acknowledged so far (applied with their own payload).
+    pub fn writes_acknowledged(&self) -> u64 {
+        self.history
+            .iter()
+            .flatten()
+            .filter(|o| matches!(o.input, KvInput::Put { .. }) && o.output.is_some())
+            .count() as u64
+    }
+
     /// Panics with the violation (and the seed) if one was found.
     pub fn assert_ok(&self) {
         if let Some(v) = &self.violation {
@@ -961,9 +956,11 @@ impl Cluster {
         if tear && self.opts.async_persist && !self.nodes[i].write_queue.is_empty() {
             let r = self.rng.next_u64();
             self.tear_queued_writes(i, r);
+            self.torn_writes += 1;
         } else if tear && self.nodes[i].raw.as_ref().expect("up").has_ready() {
             let r = self.rng.next_u64();
             self.handle_ready(i, Some(r));
+            self.torn_writes += 1;
         }
         self.nodes[i].write_queue.clear();
         let node = &mut self.nodes[i];
@@ -1000,6 +997,23 @@ impl Cluster {
         let id = self.nodes[i].id;
         self.checker.node_restarted(id);
         self.start_node(i);
+    }
+
+    /// A fault Raft does not tolerate, for tests that must see a violation: down node `i`'s
+    /// disk loses its log (back to the bootstrap snapshot) but keeps its term and vote.
+    pub fn lose_log(&mut self, i: usize) {
+        let old = self.nodes[i]
+            .disk
+            .take()
+            .expect("lose_log needs a down node");
+        let snap = raft::Storage::snapshot(&old).expect("mem storage snapshot");
+        let mut disk = MemStorage::new_bootstrap(snap.metadata.conf_state);
+        let hs = old.hard_state();
+        let commit = disk.hard_state().commit;
+        disk.set_hard_state(raft::HardState { commit, ..hs });
+        self.nodes[i].disk = Some(disk);
+        // A new disk: its persisted commit index starts again.
+        self.checker.disk_replaced(self.nodes[i].id);
     }
 
     /// Unplugs node `i` from the network, both directions.
@@ -1560,6 +1574,14 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.opts.assert_no_violation_on_drop && !std::thread::panicking() {
+            self.assert_ok();
+        }
+    }
+}
+
 /// Uniform float in [0, 1).
 pub fn unit(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -1628,6 +1650,19 @@ mod tests {
     fn settle(c: &mut Cluster) -> usize {
         let all: Vec<usize> = (0..c.n()).collect();
         c.check_one_leader(&all, 5 * SECOND).expect("leader")
+    }
+
+    /// A violation nobody looked at fails the test when the cluster is dropped (a scenario's
+    /// last `run_for` cannot hide one).
+    #[test]
+    #[should_panic(expected = "Election Safety violated")]
+    fn an_unexamined_violation_panics_on_drop() {
+        let mut c = Cluster::new(ClusterOptions::new(3, 1));
+        c.run_for(SECOND);
+        c.fail(Violation {
+            invariant: "Election Safety",
+            detail: "planted".into(),
+        });
     }
 
     /// The two history checks must be able to fail: forge a stale read.

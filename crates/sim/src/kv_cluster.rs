@@ -23,7 +23,8 @@ use kv::{ClientId, Command, KvStateMachine, Request, Response, Sequence};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use lincheck::Operation;
 use raft::{Message, ReadMode, Role, SplitMix64};
-use raft_log::{FaultOp, FaultyFileSystem};
+use raft_log::faulty::TornWrite;
+use raft_log::{FaultOp, FaultyFileSystem, RecoveryMode};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::PathBuf;
@@ -51,6 +52,17 @@ pub struct KvSimOptions {
     /// round's write completes a random time later, and a crash loses the rounds not yet
     /// written). `None`: chosen by the seed (half of them).
     pub deferred_writes: Option<bool>,
+    /// Whether a torn crash may also persist unsynced sectors out of order or fill them with
+    /// garbage (`raft_log::faulty::TornWrite`), not only keep a prefix. `None`: chosen by
+    /// the seed (half of them; the regression seeds found before keep prefixes only).
+    pub torn_write_modes: Option<bool>,
+    /// A deliberate bug for testing the lost-write check: region 0's probe write is
+    /// acknowledged to its client without being sent to any store. The final read of the
+    /// probe key must then be caught missing it.
+    pub mutant_lost_probe_write: bool,
+    /// A deliberate bug for testing the convergence check: one replica's state hash is
+    /// reported off by one. Runs with it must fail.
+    pub mutant_divergent_replica: bool,
 }
 
 impl KvSimOptions {
@@ -61,6 +73,9 @@ impl KvSimOptions {
             print_trace: false,
             mutant_local_reads: false,
             deferred_writes: None,
+            torn_write_modes: None,
+            mutant_lost_probe_write: false,
+            mutant_divergent_replica: false,
         }
     }
 }
@@ -88,7 +103,93 @@ pub struct KvSimOutcome {
     /// Virtual milliseconds from healing until every region served its probe write and the
     /// final reads.
     pub recovery_ms: u64,
+    /// Fault events drawn (each picks one kind among all, enabled or not).
+    pub fault_events: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub restarts: u64,
+    /// Files torn by crashes, by how (`raft_log::faulty::TearCounts`): a strict prefix of
+    /// the unsynced bytes kept, sectors persisted out of order, garbage after the kept bytes.
+    pub tears_prefix: u64,
+    pub tears_reordered: u64,
+    pub tears_garbage: u64,
+    /// Restarts that the log engine refused because of a torn (reordered or garbage) tail it
+    /// took for damage; the store was then reopened in salvage mode (see `Sim::open`).
+    pub recoveries_refused: u64,
+    /// Client writes acknowledged (with a result) and reads answered, final ones included.
+    pub writes_acknowledged: u64,
+    pub reads_completed: u64,
     pub fault_mix: String,
+    /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
+    pub enabled: KvKinds,
+}
+
+/// The fault kinds a whole-cluster seed turns on or off.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvKinds {
+    pub loss: bool,
+    pub duplication: bool,
+    pub crashes: bool,
+    pub partitions: bool,
+    pub pauses: bool,
+    pub transfers: bool,
+    pub snapshots: bool,
+    pub torn_write_modes: bool,
+    /// `drop_rate` and `dup_rate`, for the expected counts.
+    pub drop_rate: f64,
+    pub dup_rate: f64,
+}
+
+impl KvSimOutcome {
+    /// Each fault kind this seed can inject: whether it was on, how often it fired, and how
+    /// often it was sure to (messages lost and duplicated: half of the messages sent times
+    /// the rate, the half for messages a partition cut first; the other kinds are drawn by
+    /// fault events that cannot always act, so only their sums over seeds are checked).
+    pub fn fault_counts(&self) -> Vec<crate::FaultCount> {
+        use crate::FaultCount as F;
+        let k = self.enabled;
+        vec![
+            F::new(
+                "message loss",
+                k.loss,
+                self.messages_dropped,
+                self.messages as f64 * k.drop_rate * 0.5,
+            ),
+            F::new(
+                "duplication",
+                k.duplication,
+                self.messages_duplicated,
+                self.messages as f64 * k.dup_rate * 0.5,
+            ),
+            F::new("crashes", k.crashes, self.crashes, 0.0),
+            F::new("restarts", k.crashes, self.restarts, 0.0),
+            F::new("torn crashes", k.crashes, self.torn_crashes, 0.0),
+            F::new("deaths in fsync", k.crashes, self.fsync_deaths, 0.0),
+            F::new("tears: prefix", k.crashes, self.tears_prefix, 0.0),
+            F::new(
+                "tears: reordered",
+                k.crashes && k.torn_write_modes,
+                self.tears_reordered,
+                0.0,
+            ),
+            F::new(
+                "tears: garbage",
+                k.crashes && k.torn_write_modes,
+                self.tears_garbage,
+                0.0,
+            ),
+            F::new("partitions", k.partitions, self.partitions, 0.0),
+            F::new("pauses", k.pauses, self.pauses, 0.0),
+            F::new("leader transfers", k.transfers, self.transfers, 0.0),
+            F::new("snapshots forced", k.snapshots, self.snapshots_forced, 0.0),
+            F::new(
+                "snapshots installed",
+                k.snapshots,
+                self.snapshots_installed,
+                0.0,
+            ),
+        ]
+    }
 }
 
 /// Base tick period; each store's own period differs from it by its drift.
@@ -287,6 +388,8 @@ struct Sim {
     /// The fault phase is over: a store killed by an injected sync failure restarts.
     healed: bool,
     mutant_local_reads: bool,
+    mutant_lost_probe_write: bool,
+    mutant_divergent_replica: bool,
     out: KvSimOutcome,
 }
 
@@ -346,12 +449,46 @@ impl Sim {
                     self.stores[i].fs.crash_random();
                     self.trace(|| format!("s{} died again during recovery", i + 1));
                 }
-                Err(e) => panic!("store {} failed to reopen after a crash: {e}", i + 1),
+                Err(e) => match self.refused_torn_tail(i, &e) {
+                    // Recovery took a torn tail (sectors out of order, garbage) for damage
+                    // and refused, naming the file and an offset inside the unsynced bytes
+                    // the crash tore. What an operator would do: salvage what is readable
+                    // (the damage lies after everything synced, so nothing acknowledged
+                    // is lost; the history check holds it to that).
+                    Some(why)
+                        if cfg.engine.recovery_mode != RecoveryMode::TolerateAnyCorruption =>
+                    {
+                        self.out.recoveries_refused += 1;
+                        self.trace(|| format!("s{} recovery refused a torn tail: {why}", i + 1));
+                        cfg.engine.recovery_mode = RecoveryMode::TolerateAnyCorruption;
+                    }
+                    _ => panic!("store {} failed to reopen after a crash: {e}", i + 1),
+                },
             }
         };
         self.stores[i].store = Some(s);
+        self.out.restarts += 1;
         self.start_ticking(i);
         self.trace(|| format!("restart s{}", i + 1));
+    }
+
+    /// If `e` is the log engine refusing a segment at an offset that the last crash tore
+    /// out of order or with garbage, that offset and mode.
+    fn refused_torn_tail(&self, i: usize, e: &StoreError) -> Option<String> {
+        let text = e.to_string();
+        let rest = text.split("corrupt file ").nth(1)?;
+        let (file, rest) = rest.split_once(" at byte offset ")?;
+        let offset: u64 = rest.split(':').next()?.parse().ok()?;
+        self.stores[i]
+            .fs
+            .last_tears()
+            .into_iter()
+            .find(|(path, start, mode)| {
+                path.display().to_string() == file && offset >= *start && *mode != TornWrite::Prefix
+            })
+            .map(|(_, start, mode)| {
+                format!("{file} at {offset} (unsynced from {start}, torn {mode:?})")
+            })
     }
 
     fn start_ticking(&mut self, i: usize) {
@@ -411,19 +548,7 @@ impl Sim {
             }
         }
         if let Some(e) = failed {
-            // A storage error is fatal for a store (the server stops it too). Only an
-            // injected failure may cause one.
-            assert!(
-                self.stores[i].failure_armed,
-                "store {} storage error without an injected failure: {e}",
-                i + 1
-            );
-            self.stores[i].failure_armed = false;
-            self.out.fsync_deaths += 1;
-            self.crash(i, true);
-            if self.healed {
-                self.stores[i].down_since = self.now.saturating_sub(MIN_DOWN);
-            }
+            self.storage_failed(i, e);
             return;
         }
         if s.writes_in_flight() > 0 && !self.stores[i].persist_scheduled {
@@ -444,10 +569,15 @@ impl Sim {
         for (to, m) in outbox {
             let t = to.0 as usize - 1;
             self.out.messages += 1;
-            if !self.links[i][t] || unit(&mut self.rng) < self.faults.drop_rate {
+            if !self.links[i][t] {
+                continue;
+            }
+            if unit(&mut self.rng) < self.faults.drop_rate {
+                self.out.messages_dropped += 1;
                 continue;
             }
             if unit(&mut self.rng) < self.faults.dup_rate {
+                self.out.messages_duplicated += 1;
                 let d = self.delay();
                 self.schedule(d, Ev::Deliver(Box::new(m.clone()), t));
             }
@@ -458,6 +588,22 @@ impl Sim {
             if let Some(client) = self.waiting[i].remove(&c.ticket) {
                 self.complete(client, i, c.ticket, c.result);
             }
+        }
+    }
+
+    /// A storage error is fatal for a store (the server stops it too). Only an injected
+    /// failure may cause one.
+    fn storage_failed(&mut self, i: usize, e: StoreError) {
+        assert!(
+            self.stores[i].failure_armed,
+            "store {} storage error without an injected failure: {e}",
+            i + 1
+        );
+        self.stores[i].failure_armed = false;
+        self.out.fsync_deaths += 1;
+        self.crash(i, true);
+        if self.healed {
+            self.stores[i].down_since = self.now.saturating_sub(MIN_DOWN);
         }
     }
 
@@ -544,6 +690,11 @@ impl Sim {
             return;
         }
         let op = self.clients[ci].op.as_ref().expect("started");
+        if self.mutant_lost_probe_write && ci == self.workload_clients && op.write {
+            // The mutant: acknowledged, never sent.
+            self.finish(ci, KvOutput::Put);
+            return;
+        }
         if self.clients[ci].script.is_none() && !op.write && self.now - op.started > GIVE_UP {
             // Give up on a read: it leaves the history. Writes are retried (same sequence)
             // until answered: every write of the history then has a known outcome, which
@@ -787,7 +938,10 @@ impl Sim {
                 if self.stores[i].tick_generation != g || !self.up(i) || self.paused(i) {
                     return true;
                 }
-                self.stores[i].store.as_mut().expect("up").tick();
+                if let Err(e) = self.stores[i].store.as_mut().expect("up").tick() {
+                    self.storage_failed(i, e);
+                    return true;
+                }
                 let period = self.stores[i].tick_period;
                 self.schedule(period, Ev::Tick(i, g));
                 self.drive(i);
@@ -858,10 +1012,18 @@ impl Sim {
             .map_or(0, |until| until.saturating_sub(self.stores[i].paused_since))
             / self.stores[i].tick_period.max(1);
         self.stores[i].paused_until = None;
+        let mut failed = None;
         if let Some(s) = self.stores[i].store.as_mut() {
             for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                s.tick();
+                if let Err(e) = s.tick() {
+                    failed = Some(e);
+                    break;
+                }
             }
+        }
+        if let Some(e) = failed {
+            self.storage_failed(i, e);
+            return;
         }
         let inbox = std::mem::take(&mut self.stores[i].inbox);
         self.trace(|| format!("resume s{} with {} queued", i + 1, inbox.len()));
@@ -896,6 +1058,7 @@ impl Sim {
 
     /// One random fault (or repair) of the kinds this seed enabled.
     fn fault(&mut self) {
+        self.out.fault_events += 1;
         let n = self.stores.len();
         let max_down = (n - 1) / 2;
         match self.rng.below(9) {
@@ -1025,6 +1188,12 @@ impl Sim {
                 .filter_map(|s| s.state_machine(r.id))
                 .map(|m| (m.applied_index(), m.state_hash()))
                 .collect();
+            let mut states = states;
+            if self.mutant_divergent_replica && r.id == self.regions[0].id {
+                if let Some(first) = states.first_mut() {
+                    first.1 = first.1.wrapping_add(1);
+                }
+            }
             if states.len() < r.peers.len() {
                 all = false;
                 continue;
@@ -1112,6 +1281,12 @@ pub fn deferred_writes_by_seed(seed: u64) -> bool {
     SplitMix64::new(seed ^ 0x0064_6566_6572).below(2) == 0
 }
 
+/// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
+/// prefix, when the options leave it to the seed (half of the seeds, from their own stream).
+pub fn torn_write_modes_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x746f_726e_6d6f).below(2) == 0
+}
+
 /// Runs one seed; returns the outcome or a failure description with the replay command.
 pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let mut rng = SplitMix64::new(opts.seed ^ 0x004b_5653_494d);
@@ -1168,7 +1343,11 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let deferred_writes = opts
         .deferred_writes
         .unwrap_or_else(|| deferred_writes_by_seed(opts.seed));
-    let fault_mix = fault_mix + &format!(" deferred_writes={deferred_writes}");
+    let torn_write_modes = opts
+        .torn_write_modes
+        .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
+    let fault_mix = fault_mix
+        + &format!(" deferred_writes={deferred_writes} torn_write_modes={torn_write_modes}");
     let tick_periods: Vec<Micros> = (0..stores)
         .map(|_| {
             if faults.drift {
@@ -1265,6 +1444,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         clients_stopped: false,
         healed: false,
         mutant_local_reads: opts.mutant_local_reads,
+        mutant_lost_probe_write: opts.mutant_lost_probe_write,
+        mutant_divergent_replica: opts.mutant_divergent_replica,
         deferred_writes,
         rng,
         out: KvSimOutcome {
@@ -1273,12 +1454,28 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             regions: region_count,
             clients: workload_clients,
             fault_mix: fault_mix.clone(),
+            enabled: KvKinds {
+                loss: faults.drop_rate > 0.0,
+                duplication: faults.dup_rate > 0.0,
+                crashes: faults.crashes,
+                partitions: faults.partitions,
+                pauses: faults.pauses,
+                transfers: faults.transfers,
+                snapshots: faults.snapshots,
+                torn_write_modes,
+                drop_rate: faults.drop_rate,
+                dup_rate: faults.dup_rate,
+            },
             ..Default::default()
         },
     };
     for i in 0..stores {
+        if torn_write_modes {
+            sim.stores[i].fs.set_torn_writes(&TornWrite::ALL);
+        }
         sim.open(i);
     }
+    sim.out.restarts = 0;
     for ci in 0..workload_clients {
         sim.wake(ci, 200 * MS + ci as u64 * MS);
     }
@@ -1359,6 +1556,17 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // ---- the history, final reads included, must be linearizable per key.
     let ops: Vec<Operation<KvInput, KvOutput>> = sim.history.iter().flatten().cloned().collect();
     sim.out.ops_completed = ops.iter().filter(|o| o.output.is_some()).count();
+    sim.out.writes_acknowledged = ops
+        .iter()
+        .filter(|o| o.output.is_some() && !matches!(o.input, KvInput::Get { .. }))
+        .count() as u64;
+    sim.out.reads_completed = sim.out.ops_completed as u64 - sim.out.writes_acknowledged;
+    for st in &sim.stores {
+        let t = st.fs.tear_counts();
+        sim.out.tears_prefix += t.prefix;
+        sim.out.tears_reordered += t.reordered;
+        sim.out.tears_garbage += t.garbage;
+    }
     sim.out.ops_unknown = ops.len() - sim.out.ops_completed;
     match lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default()) {
         Ok(lincheck::CheckResult::Ok) => {}

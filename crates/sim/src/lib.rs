@@ -20,6 +20,9 @@
 //!   after healing, and that every replica of a region converges to the same state hash.
 //! - [`partition`]: the partition shapes (isolate one, minority/majority, majorities ring,
 //!   bridge, one-way) as link matrices, shared by both simulations.
+//! - [`tally`]: what each seed's faults did (per kind, with whether the seed turned the
+//!   kind on), summed over seeds, printed, and checked: a test or soak fails when a kind it
+//!   claims to inject never fired, or clients had too few writes acknowledged.
 //! - `main.rs` (binary `raftkv-sim`): run or replay seeds from the command line.
 
 pub mod checker;
@@ -27,9 +30,11 @@ pub mod cluster;
 pub mod kv_cluster;
 pub mod partition;
 pub mod swarm;
+pub mod tally;
 
 pub use cluster::{Cluster, ClusterOptions, NetFaults};
 pub use swarm::{run_seed, SwarmOptions, SwarmOutcome};
+pub use tally::{FaultCount, FaultTally};
 
 /// The command that replays one whole-cluster (store + kv + log engine) seed exactly (the
 /// length of the fault phase is part of the seed's schedule, so it is in the command).

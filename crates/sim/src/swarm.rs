@@ -20,6 +20,9 @@ pub struct SwarmOptions {
     /// Asynchronous persistence (`ClusterOptions::async_persist`); `None`: chosen by the
     /// seed (half of them).
     pub async_persist: Option<bool>,
+    /// A deliberate bug for testing the convergence check: after healing, one member's
+    /// state machine gets a register the others never wrote. Runs with it must fail.
+    pub mutant_divergent_member: bool,
 }
 
 impl SwarmOptions {
@@ -31,6 +34,7 @@ impl SwarmOptions {
             record_trace: false,
             print_trace: false,
             async_persist: None,
+            mutant_divergent_member: false,
         }
     }
 }
@@ -46,6 +50,13 @@ pub struct SwarmOutcome {
     pub proposals_accepted: u64,
     pub committed: u64,
     pub crashes: u64,
+    /// Crashes in the middle of a write (part of it on the disk).
+    pub torn_writes: u64,
+    pub restarts: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    /// Client writes acknowledged (applied with their payload) and reads answered.
+    pub writes_acknowledged: u64,
     pub partitions: u64,
     pub conf_changes: u64,
     pub transfers: u64,
@@ -55,7 +66,48 @@ pub struct SwarmOutcome {
     pub history_ops: usize,
     pub checks: u64,
     pub fault_mix: String,
+    /// Which kinds the seed turned on (swarm testing), in `fault_counts` order.
+    pub enabled: SwarmKinds,
     pub trace: Vec<String>,
+}
+
+/// The fault kinds a core seed turns on or off.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SwarmKinds {
+    pub loss: bool,
+    pub duplication: bool,
+    pub crashes: bool,
+    pub torn_writes: bool,
+    pub partitions: bool,
+    pub membership: bool,
+    pub transfers: bool,
+    pub snapshots: bool,
+}
+
+impl SwarmOutcome {
+    /// Each fault kind this seed can inject: whether it was on, how often it fired, and how
+    /// often it was sure to (messages lost and duplicated: messages sent times the rate).
+    pub fn fault_counts(&self) -> Vec<crate::FaultCount> {
+        use crate::FaultCount as F;
+        let k = self.enabled;
+        vec![
+            F::new("message loss", k.loss, self.messages_dropped, 0.0),
+            F::new("duplication", k.duplication, self.messages_duplicated, 0.0),
+            F::new("crashes", k.crashes, self.crashes, 0.0),
+            F::new("restarts", k.crashes, self.restarts, 0.0),
+            F::new("torn writes", k.torn_writes, self.torn_writes, 0.0),
+            F::new("partitions", k.partitions, self.partitions, 0.0),
+            F::new("conf changes", k.membership, self.conf_changes, 0.0),
+            F::new("leader transfers", k.transfers, self.transfers, 0.0),
+            F::new("snapshots", k.snapshots, self.snapshots, 0.0),
+            F::new(
+                "snapshots installed",
+                k.snapshots,
+                self.snapshots_installed,
+                0.0,
+            ),
+        ]
+    }
 }
 
 /// Applies a partition shape (see [`crate::partition`]) to the cluster's links.
@@ -98,6 +150,7 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     co.pre_vote = rng.below(8) != 0;
     co.check_quorum = rng.below(8) != 0;
     co.record_trace = opts.record_trace || opts.print_trace;
+    co.assert_no_violation_on_drop = false;
     co.print_trace = opts.print_trace;
     let crashes_on = rng.below(3) != 0;
     let partitions_on = rng.below(4) != 0;
@@ -119,6 +172,16 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
         seed: opts.seed,
         nodes,
         fault_mix: fault_mix.clone(),
+        enabled: SwarmKinds {
+            loss: net.drop_rate > 0.0,
+            duplication: net.dup_rate > 0.0,
+            crashes: crashes_on,
+            torn_writes: crashes_on && tear_on,
+            partitions: partitions_on,
+            membership: membership_on,
+            transfers: transfers_on,
+            snapshots: snapshots_on,
+        },
         ..Default::default()
     };
     let fail = |c: &Cluster, what: String| -> String {
@@ -216,6 +279,7 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
                     if !down.is_empty() {
                         let i = down[rng.below(down.len() as u64) as usize];
                         c.restart(i);
+                        out.restarts += 1;
                     }
                 }
                 5..=6 if partitions_on => {
@@ -262,39 +326,50 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
             ));
         }
     };
-    // Every member reaches the same applied state.
+    // Convergence: every member of the configuration (voters and learners; a node removed
+    // from it is no member and is left alone) applies the marker, then all of them reach
+    // one applied index (the highest among them) with identical state machines, within the
+    // bound.
     let members: Vec<usize> = match c.leader_conf() {
         Some(cs) => cs.all_nodes().iter().map(|id| id.0 as usize - 1).collect(),
         None => return Err(fail(&c, "leader lost after the marker committed".into())),
     };
     let converged = c.run_until(bound, |c| {
-        members.iter().all(|&m| c.nodes[m].applied_index >= idx)
+        let top = members.iter().map(|&m| c.nodes[m].applied_index).max();
+        members
+            .iter()
+            .all(|&m| c.nodes[m].applied_index >= idx && Some(c.nodes[m].applied_index) == top)
     });
     if !converged {
+        let applied: Vec<String> = members
+            .iter()
+            .map(|&m| format!("n{}: {}", m + 1, c.nodes[m].applied_index))
+            .collect();
         return Err(fail(
             &c,
-            format!("members {members:?} did not all apply index {idx}"),
+            format!(
+                "members did not all reach one applied index at or above {idx} within {}ms: {}",
+                bound / MS,
+                applied.join(", ")
+            ),
         ));
     }
-    // Quiesce, then compare state machines at equal applied indexes.
-    c.run_for(200 * MS);
-    let top = members
-        .iter()
-        .map(|&m| c.nodes[m].applied_index)
-        .max()
-        .unwrap_or_default();
-    if let Some(&r) = members.iter().find(|&&m| c.nodes[m].applied_index == top) {
-        for &m in &members {
-            if c.nodes[m].applied_index == top && c.nodes[m].kv != c.nodes[r].kv {
-                return Err(fail(
-                    &c,
-                    format!(
-                        "node {} state differs from node {} at applied index {top}",
-                        m + 1,
-                        r + 1
-                    ),
-                ));
-            }
+    if opts.mutant_divergent_member {
+        let m = members[members.len() - 1];
+        c.nodes[m].kv.insert(u64::MAX, 1);
+    }
+    let r = members[0];
+    for &m in &members {
+        if c.nodes[m].kv != c.nodes[r].kv {
+            return Err(fail(
+                &c,
+                format!(
+                    "node {} state differs from node {} at applied index {}",
+                    m + 1,
+                    r + 1,
+                    c.nodes[r].applied_index
+                ),
+            ));
         }
     }
     // Every read and write the clients saw is linearizable (per key).
@@ -308,6 +383,10 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     out.virtual_micros = c.now;
     out.events_hash = c.trace_hash;
     out.messages = c.messages_sent;
+    out.messages_dropped = c.messages_dropped;
+    out.messages_duplicated = c.messages_duplicated;
+    out.torn_writes = c.torn_writes;
+    out.writes_acknowledged = c.writes_acknowledged();
     out.committed = c.checker.applied_len().0;
     out.checks = c.checker.checks;
     out.snapshots_installed = c.snapshots_installed;

@@ -5,7 +5,10 @@
 //! how many virtual seconds each, the first seed and the threads (default: 64 × 300 s on all
 //! cores; the CI soak of 256 × 300 s is the release binary, see docs/TESTING.md).
 
-use sim::kv_cluster::{deferred_writes_by_seed, run_kv_seed, run_kv_seeds, KvSimOptions};
+use sim::kv_cluster::{
+    deferred_writes_by_seed, run_kv_seed, run_kv_seeds, torn_write_modes_by_seed, KvSimOptions,
+};
+use sim::FaultTally;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -22,8 +25,9 @@ fn jobs() -> usize {
     env_u64("SIM_KV_JOBS", cores) as usize
 }
 
-/// Runs `seeds` for `seconds` each and fails with every failing seed's replay command.
-fn run(seeds: &[u64], seconds: u64) -> usize {
+/// Runs `seeds` for `seconds` each and fails with every failing seed's replay command;
+/// returns what the seeds' faults did.
+fn run(seeds: &[u64], seconds: u64) -> FaultTally {
     let results = run_kv_seeds(seeds, seconds, jobs(), &|_| {});
     let failures: Vec<&String> = results
         .iter()
@@ -40,11 +44,18 @@ fn run(seeds: &[u64], seconds: u64) -> usize {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    results
-        .iter()
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .map(|o| o.ops_completed)
-        .sum()
+    let mut tally = FaultTally::new();
+    let mut refused = 0;
+    for (seed, r) in &results {
+        let o = r.as_ref().expect("checked above");
+        tally.add(*seed, &o.fault_counts(), o.writes_acknowledged);
+        refused += o.recoveries_refused;
+    }
+    println!(
+        "{}  recoveries that refused a torn tail (then salvaged): {refused}",
+        tally.report()
+    );
+    tally
 }
 
 #[test]
@@ -61,12 +72,57 @@ fn whole_cluster_seeds_stay_linearizable_recover_and_converge() {
         count < 20 || (deferred >= count / 4 && deferred <= count * 3 / 4),
         "{deferred} of {count} seeds deferred their writes: both ways must be covered"
     );
-    let completed = run(&seeds, seconds);
+    let torn_modes = seeds
+        .iter()
+        .filter(|&&seed| torn_write_modes_by_seed(seed))
+        .count() as u64;
     assert!(
-        completed as u64 > count * seconds * 5,
-        "clients completed only {completed} operations"
+        count < 20 || (torn_modes >= count / 4 && torn_modes <= count * 3 / 4),
+        "{torn_modes} of {count} seeds tore writes out of order or with garbage: both ways must be covered"
     );
+    let tally = run(&seeds, seconds);
+    // Every kind some seed turned on fired (each loss or duplication also on every seed
+    // that turned it on), and acknowledged writes reach a floor per seed and virtual second.
+    if let Err(e) = tally.check(count * seconds * ACK_FLOOR_PER_SEED_SECOND) {
+        panic!("{e}");
+    }
+    // Floors per kind for the default run length, per 10 seeds (about a quarter of what
+    // seeds 0-63 x 300 s show), so that a fault silenced on most seeds fails too. Sectors
+    // persisted out of order need a tear of at least two sectors of unsynced log, which is
+    // rare (8 in seeds 0-63): for them the check that they fired at all must do.
+    if seconds >= 300 && count >= 10 {
+        for (kind, per_10) in FLOORS_PER_10_SEEDS {
+            let floor = per_10 * count / 10;
+            let got = tally.count(kind);
+            assert!(
+                got >= floor,
+                "{kind}: {got} over {count} seeds, floor {floor}\n{}",
+                tally.report()
+            );
+        }
+    }
 }
+
+/// Acknowledged client writes per seed and virtual second, on average.
+const ACK_FLOOR_PER_SEED_SECOND: u64 = 20;
+
+/// Per 10 seeds of 300 virtual seconds: (kind, floor).
+const FLOORS_PER_10_SEEDS: [(&str, u64); 14] = [
+    ("message loss", 40_000),
+    ("duplication", 12_000),
+    ("crashes", 60),
+    ("restarts", 60),
+    ("torn crashes", 40),
+    ("deaths in fsync", 20),
+    ("tears: prefix", 25),
+    ("tears: reordered", 0),
+    ("tears: garbage", 2),
+    ("partitions", 120),
+    ("pauses", 35),
+    ("leader transfers", 45),
+    ("snapshots forced", 40),
+    ("snapshots installed", 60),
+];
 
 /// Seeds that once failed, kept so that the bug stays fixed (each with what it found). No
 /// seed has found a bug in store/kv/raft/raft-log yet; these found bugs of the harness.
@@ -94,6 +150,7 @@ fn regression_seeds() {
         let mut o = KvSimOptions::new(seed);
         o.sim_seconds = seconds;
         o.deferred_writes = Some(deferred);
+        o.torn_write_modes = Some(false);
         if let Err(e) = run_kv_seed(&o) {
             panic!("seed {seed} failed:\n{e}");
         }
@@ -123,4 +180,26 @@ fn whole_cluster_checker_catches_stale_local_reads() {
         caught,
         "local reads without ReadIndex went unnoticed on seeds 0-3"
     );
+}
+
+/// The lost-write check can fail: an acknowledged write that never reached a store (the
+/// mutant acknowledges region 0's probe write without sending it) must be caught by the
+/// final read of its key.
+#[test]
+fn whole_cluster_checker_catches_a_lost_acknowledged_write() {
+    let mut o = KvSimOptions::new(3);
+    o.sim_seconds = 5;
+    o.mutant_lost_probe_write = true;
+    let e = run_kv_seed(&o).expect_err("a lost acknowledged write went unnoticed");
+    assert!(e.contains("not linearizable"), "{e}");
+}
+
+/// The convergence check can fail: a replica whose state differs from the others'.
+#[test]
+fn whole_cluster_checker_catches_a_divergent_replica() {
+    let mut o = KvSimOptions::new(3);
+    o.sim_seconds = 5;
+    o.mutant_divergent_replica = true;
+    let e = run_kv_seed(&o).expect_err("a divergent replica went unnoticed");
+    assert!(e.contains("differ"), "{e}");
 }

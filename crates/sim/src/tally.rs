@@ -1,0 +1,168 @@
+//! Proof that the faults happened. Every simulated seed reports, per fault kind, whether it
+//! turned the kind on (swarm testing) and how often it fired; [`FaultTally`] sums that over
+//! seeds together with the acknowledged client writes, prints it, and fails a run in which
+//! a kind that some seed turned on never fired, or in which a kind a seed turned on did not
+//! fire on a seed where it could not have failed to (an expected count of at least
+//! [`SURE`]), or in which too few writes were acknowledged. Without it, a bug that silenced
+//! fault injection (or the workload) would leave every test green.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// An expected count at or above which zero occurrences is taken as a broken injector: with
+/// independent chances, zero has probability below e^-SURE (about 2e-9).
+pub const SURE: f64 = 20.0;
+
+/// One fault kind in one seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultCount {
+    pub kind: &'static str,
+    /// The seed turned this kind on.
+    pub enabled: bool,
+    /// How often it fired.
+    pub count: u64,
+    /// How often it was expected to fire given the seed's schedule (chances times
+    /// probability); `0.0` when not computed.
+    pub expected: f64,
+}
+
+impl FaultCount {
+    pub fn new(kind: &'static str, enabled: bool, count: u64, expected: f64) -> FaultCount {
+        FaultCount {
+            kind,
+            enabled,
+            count,
+            expected,
+        }
+    }
+}
+
+/// Kinds that a seed turned on and that did not fire although they surely should have
+/// (expected count at least [`SURE`]).
+pub fn surely_missing(counts: &[FaultCount]) -> Vec<String> {
+    counts
+        .iter()
+        .filter(|c| c.enabled && c.count == 0 && c.expected >= SURE)
+        .map(|c| format!("{} (expected {:.0})", c.kind, c.expected))
+        .collect()
+}
+
+#[derive(Clone, Debug, Default)]
+struct KindTotal {
+    /// Seeds that turned the kind on.
+    seeds_on: u64,
+    /// Occurrences over all seeds.
+    count: u64,
+    /// Seeds that turned it on and saw none.
+    seeds_on_without: u64,
+}
+
+/// Fault counts and acknowledged writes summed over seeds.
+#[derive(Clone, Debug, Default)]
+pub struct FaultTally {
+    kinds: BTreeMap<&'static str, KindTotal>,
+    pub seeds: u64,
+    pub acknowledged_writes: u64,
+    /// Per-seed misses (see [`surely_missing`]), with the seed.
+    pub sure_misses: Vec<String>,
+}
+
+impl FaultTally {
+    pub fn new() -> FaultTally {
+        FaultTally::default()
+    }
+
+    /// Adds one seed.
+    pub fn add(&mut self, seed: u64, counts: &[FaultCount], acknowledged_writes: u64) {
+        self.seeds += 1;
+        self.acknowledged_writes += acknowledged_writes;
+        for c in counts {
+            let t = self.kinds.entry(c.kind).or_default();
+            t.count += c.count;
+            if c.enabled {
+                t.seeds_on += 1;
+                t.seeds_on_without += u64::from(c.count == 0);
+            }
+        }
+        for m in surely_missing(counts) {
+            self.sure_misses.push(format!("seed {seed}: {m}"));
+        }
+    }
+
+    /// Total occurrences of `kind` over the seeds.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.kinds.get(kind).map_or(0, |t| t.count)
+    }
+
+    /// One line per kind: occurrences, seeds that turned it on, those of them without any.
+    pub fn report(&self) -> String {
+        let mut s = format!(
+            "fault counts over {} seeds ({} acknowledged writes):\n",
+            self.seeds, self.acknowledged_writes
+        );
+        for (kind, t) in &self.kinds {
+            let _ = writeln!(
+                s,
+                "  {kind:<22} {:>9} (on in {} seeds, {} of them without any)",
+                t.count, t.seeds_on, t.seeds_on_without
+            );
+        }
+        s
+    }
+
+    /// Fails when a kind some seed turned on never fired, when a seed surely should have
+    /// seen a kind it turned on and did not, or when fewer than `min_acknowledged_writes`
+    /// writes were acknowledged. The error holds the report.
+    pub fn check(&self, min_acknowledged_writes: u64) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (kind, t) in &self.kinds {
+            if t.seeds_on > 0 && t.count == 0 {
+                problems.push(format!(
+                    "{kind} was turned on in {} seeds but never fired",
+                    t.seeds_on
+                ));
+            }
+        }
+        problems.extend(self.sure_misses.iter().cloned());
+        if self.acknowledged_writes < min_acknowledged_writes {
+            problems.push(format!(
+                "only {} writes acknowledged, fewer than the floor {min_acknowledged_writes}",
+                self.acknowledged_writes
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the run does not prove its faults happened:\n  {}\n{}",
+                problems.join("\n  "),
+                self.report()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_turned_on_that_never_fired_fails_the_check() {
+        let mut t = FaultTally::new();
+        t.add(1, &[FaultCount::new("crashes", true, 0, 3.0)], 10);
+        t.add(2, &[FaultCount::new("crashes", false, 0, 0.0)], 10);
+        let e = t.check(5).unwrap_err();
+        assert!(
+            e.contains("crashes was turned on in 1 seeds but never fired"),
+            "{e}"
+        );
+        t.add(3, &[FaultCount::new("crashes", true, 2, 3.0)], 10);
+        assert!(t.check(5).is_ok());
+        assert!(t.check(100).unwrap_err().contains("only 30 writes"));
+        t.add(4, &[FaultCount::new("crashes", true, 0, 50.0)], 10);
+        assert!(t
+            .check(5)
+            .unwrap_err()
+            .contains("seed 4: crashes (expected 50)"));
+    }
+}
