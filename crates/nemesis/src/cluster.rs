@@ -28,6 +28,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 40;
 /// The raft tick: quick elections (an election timeout is 20 ticks = 400 ms).
 const TICK_MS: &str = "20";
+/// How long a SIGSTOPped store may take to show as stopped, and how often that is polled.
+const STOP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+const STOP_CONFIRM_POLL: Duration = Duration::from_millis(2);
+
+/// The state letter of process `pid` in `/proc/<pid>/stat` (`T` = stopped), if readable.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may hold spaces and parentheses, so split at the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -370,13 +380,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL: the store gets no chance to flush anything.
-    pub fn kill(&mut self, i: usize) {
+    /// SIGKILL: the store gets no chance to flush anything. True if a running store was
+    /// there and its exit status says SIGKILL ended it (the fault really happened).
+    pub fn kill(&mut self, i: usize) -> bool {
+        let mut killed = false;
         if let Some(mut child) = self.procs[i].take() {
             let _ = child.kill(); // SIGKILL ends a stopped process too
-            let _ = child.wait();
+            if let Ok(status) = child.wait() {
+                use std::os::unix::process::ExitStatusExt;
+                killed = status.signal() == Some(libc::SIGKILL);
+            }
         }
         self.paused[i] = false;
+        killed
     }
 
     fn signal(&mut self, i: usize, signal: i32) -> Result<(), ClusterError> {
@@ -397,10 +413,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGSTOP, then waits (bounded) until the kernel shows the store stopped, so a pause
+    /// that is counted really froze the process.
     pub fn pause(&mut self, i: usize) -> Result<(), ClusterError> {
         self.signal(i, libc::SIGSTOP)?;
         self.paused[i] = true;
-        Ok(())
+        let pid = self.procs[i].as_ref().map_or(0, Child::id);
+        let deadline = std::time::Instant::now() + STOP_CONFIRM_TIMEOUT;
+        loop {
+            match process_state(pid) {
+                Some('T') => return Ok(()),
+                state if std::time::Instant::now() >= deadline => {
+                    return Err(ClusterError::Fault(format!(
+                        "store {} (pid {pid}) was sent SIGSTOP but is not stopped after \
+                         {STOP_CONFIRM_TIMEOUT:?} (state {state:?})",
+                        i + 1
+                    )))
+                }
+                _ => std::thread::sleep(STOP_CONFIRM_POLL),
+            }
+        }
     }
 
     pub fn resume(&mut self, i: usize) -> Result<(), ClusterError> {
@@ -411,13 +443,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the delay of both directions between stores `a` and `b`.
-    pub fn set_link_delay(&self, a: usize, b: usize, delay: Duration) {
+    /// Sets the delay of both directions between stores `a` and `b`; true if both
+    /// directions' proxies now have it.
+    pub fn set_link_delay(&self, a: usize, b: usize, delay: Duration) -> bool {
+        let mut set = 0;
         for (from, to) in [(a, b), (b, a)] {
             if let Some(p) = &self.proxies[from][to] {
                 p.set_delay(delay);
+                set += usize::from(p.delay() == delay);
             }
         }
+        set == 2
     }
 
     /// Fails if a store that should be running has exited (a crash is always a bug).

@@ -4,7 +4,7 @@
 
 use crate::cluster::{Cluster, ClusterError, Placement};
 use crate::net::Direction;
-use crate::schedule::{Fault, Schedule, Step};
+use crate::schedule::{Fault, FaultKind, Schedule, Step};
 use crate::workload::{Shared, Workload, FINAL_READER_ID};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use std::collections::BTreeMap;
@@ -23,8 +23,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// Attempts of each final read (each bounded by the client's op timeout).
 const FINAL_READ_ATTEMPTS: u32 = 5;
 const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Wall-clock budget of the linearizability check.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Time allowed on top of the fault schedule for setup, healing, final reads and the check.
 pub const OVERHEAD_BUDGET: Duration = Duration::from_secs(420);
 /// Log lines quoted in a report.
@@ -173,14 +171,23 @@ pub struct Report {
     pub netns_unavailable: Option<String>,
     pub elapsed: Duration,
     pub steps: u64,
-    pub faults: BTreeMap<&'static str, u64>,
-    pub slow_links: u64,
+    /// The fault kinds this run claims to exercise: every kind with namespaces, kills and
+    /// pauses without. The schedule opens with one step of each ([`Schedule`]).
+    pub claimed: Vec<FaultKind>,
+    /// Faults actually executed, per kind: injected, held and healed without error, with
+    /// evidence where the OS gives it (a kill counts once the exit status shows SIGKILL and
+    /// the store was restarted; a pause once `/proc` showed the store stopped and it was
+    /// continued; a slow link once both directions' proxies had the delay).
+    pub executed: BTreeMap<FaultKind, u64>,
     pub ops_invoked: usize,
     pub ops_completed: u64,
     pub ops_unknown: u64,
     pub ops_failed_definite: u64,
     pub grpc_completed: u64,
     pub resp_completed: u64,
+    /// Writes acknowledged as done (a CAS only if it swapped), per protocol.
+    pub grpc_writes_acked: u64,
+    pub resp_writes_acked: u64,
     pub keys_checked: usize,
     pub write_once_checked: usize,
     pub liveness_wait_max: Duration,
@@ -189,6 +196,22 @@ pub struct Report {
     /// a fault it then recovers from), and the first few.
     pub log_errors: usize,
     pub log_error_examples: Vec<String>,
+}
+
+impl Report {
+    /// How many faults of `kind` were executed.
+    pub fn executed(&self, kind: FaultKind) -> u64 {
+        self.executed.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Claimed kinds that were not executed even once (empty in a correct run).
+    pub fn missing_kinds(&self) -> Vec<FaultKind> {
+        self.claimed
+            .iter()
+            .copied()
+            .filter(|&k| self.executed(k) == 0)
+            .collect()
+    }
 }
 
 impl fmt::Display for Report {
@@ -211,11 +234,17 @@ impl fmt::Display for Report {
                 "  NEMESIS: network namespaces were unavailable ({reason}): no partitions, loss or slow links were tested"
             )?;
         }
-        writeln!(
-            f,
-            "  faults: {:?}, slow links: {}",
-            self.faults, self.slow_links
-        )?;
+        let executed: Vec<String> = FaultKind::ALL
+            .iter()
+            .filter(|k| self.claimed.contains(k) || self.executed(**k) > 0)
+            .map(|k| format!("{} {}", k.name(), self.executed(*k)))
+            .collect();
+        writeln!(f, "  faults executed: {}", executed.join(", "))?;
+        let missing = self.missing_kinds();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|k| k.name()).collect();
+            writeln!(f, "  CLAIMED BUT NEVER EXECUTED: {}", names.join(", "))?;
+        }
         writeln!(
             f,
             "  ops: {} invoked, {} completed (gRPC {}, RESP {}), {} unknown, {} failed definitely",
@@ -225,6 +254,11 @@ impl fmt::Display for Report {
             self.resp_completed,
             self.ops_unknown,
             self.ops_failed_definite
+        )?;
+        writeln!(
+            f,
+            "  acknowledged writes: gRPC {}, RESP {}",
+            self.grpc_writes_acked, self.resp_writes_acked
         )?;
         write!(
             f,
@@ -358,10 +392,18 @@ fn describe(step: &Step) -> String {
     s + &format!(" for {:.1}s", step.duration.as_secs_f64())
 }
 
+/// Injects the step's faults; an error if one could not be injected or shows no effect.
 async fn apply(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
     let v = step.victim;
     match step.fault {
-        Fault::KillRestart => cluster.kill(v),
+        Fault::KillRestart => {
+            if !cluster.kill(v) {
+                return Err(NemesisError::StoreCrashed(format!(
+                    "store {} was not running, or exited on its own, when SIGKILL was due",
+                    v + 1
+                )));
+            }
+        }
         Fault::Pause => cluster.pause(v)?,
         Fault::Partition | Fault::PartitionOneWay { .. } | Fault::Loss { .. } => {
             let net = cluster.network().ok_or_else(|| {
@@ -379,7 +421,13 @@ async fn apply(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
         Fault::None => {}
     }
     if let Some(link) = step.slow_link {
-        cluster.set_link_delay(link.a, link.b, link.delay);
+        if !cluster.set_link_delay(link.a, link.b, link.delay) {
+            return Err(NemesisError::Fault(format!(
+                "no proxy took the delay of link {}<->{}",
+                link.a + 1,
+                link.b + 1
+            )));
+        }
     }
     Ok(())
 }
@@ -397,7 +445,13 @@ async fn heal(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
         Fault::None => {}
     }
     if let Some(link) = step.slow_link {
-        cluster.set_link_delay(link.a, link.b, Duration::ZERO);
+        if !cluster.set_link_delay(link.a, link.b, Duration::ZERO) {
+            return Err(NemesisError::Fault(format!(
+                "could not remove the delay of link {}<->{}",
+                link.a + 1,
+                link.b + 1
+            )));
+        }
     }
     Ok(())
 }
@@ -487,6 +541,8 @@ async fn drive(
     report.ops_failed_definite = c.failed_definite.load(Ordering::Relaxed);
     report.grpc_completed = c.grpc_completed.load(Ordering::Relaxed);
     report.resp_completed = c.resp_completed.load(Ordering::Relaxed);
+    report.grpc_writes_acked = c.grpc_writes_acked.load(Ordering::Relaxed);
+    report.resp_writes_acked = c.resp_writes_acked.load(Ordering::Relaxed);
     final_reads(cluster, &shared, report).await?;
     // A panic in any thread is a bug even if the process survived it.
     let (panics, lines) = cluster.log_lines_containing("panicked", REPORT_LOG_LINES_MAX);
@@ -510,9 +566,18 @@ async fn play_schedule(
     report: &mut Report,
 ) -> Result<(), NemesisError> {
     let mut schedule = Schedule::new(cfg.seed, cluster.stores(), report.namespaces);
+    report.claimed = FaultKind::claimed(report.namespaces);
+    let opening: Vec<&str> = schedule.opening().iter().map(|k| k.name()).collect();
+    eprintln!(
+        "NEMESIS: seed {}: the schedule opens with one step of each claimed kind: {}; then random steps until {:?} have passed",
+        cfg.seed,
+        opening.join(", "),
+        cfg.fault_time
+    );
     let started = Instant::now();
     await_progress(cluster, shared, "the start").await?;
-    while started.elapsed() < cfg.fault_time {
+    // The opening steps run even past the requested time: every claimed kind, every run.
+    while schedule.opening_pending() > 0 || started.elapsed() < cfg.fault_time {
         let mut step = schedule.next_step();
         if step.target_leader {
             let key = [b"a", b"h", b"q"][step.victim % 3];
@@ -521,8 +586,6 @@ async fn play_schedule(
             }
         }
         report.steps += 1;
-        *report.faults.entry(step.fault.name()).or_default() += 1;
-        report.slow_links += u64::from(step.slow_link.is_some());
         let what = describe(&step);
         eprintln!(
             "NEMESIS {:6.1}s step {}: {what} (completed ops so far: {})",
@@ -537,6 +600,9 @@ async fn play_schedule(
         // Heal even when a store crashed meanwhile, then report the crash.
         heal(cluster, &step).await?;
         held?;
+        for kind in step.kinds() {
+            *report.executed.entry(kind).or_default() += 1;
+        }
         let waited = await_progress(cluster, shared, &format!("healing ({what})")).await?;
         eprintln!(
             "NEMESIS          healed: {} ops completed during the fault, {} unknown; {} more within {:.2}s of healing",
@@ -631,9 +697,11 @@ async fn final_reads(
 async fn check_history(shared: &Shared, report: &mut Report) -> Result<(), NemesisError> {
     let ops = shared.history.operations();
     let started = Instant::now();
+    // No wall-clock limit: a verdict must not depend on the machine's speed. The state
+    // budget bounds the work, and key rotation bounds every key's history (see below).
     let options = lincheck::CheckOptions {
         max_states_per_partition: MAIN_CHECK_MAX_STATES,
-        max_duration: Some(CHECK_TIMEOUT),
+        max_duration: None,
     };
     let verdict = tokio::task::spawn_blocking(move || lincheck::check(&KvModel, &ops, &options))
         .await
@@ -666,8 +734,10 @@ impl NetnsPolicy {
     }
 }
 
-/// State budget per key of the main check (4× the default; keys rotate every 3 s so a key's
-/// history stays short, but a fast run still puts thousands of operations on one key).
+/// State budget per key of the main check. No key's history is longer than
+/// [`crate::workload::OPS_PER_KEY`] operations plus its final read (keys rotate by operation
+/// count), whatever the machine's speed; such histories need far less than this, which
+/// `the_state_budget_holds_every_history_key_rotation_allows` shows with a 16x margin.
 const MAIN_CHECK_MAX_STATES: u64 = 4_000_000;
 
 /// State budget of the forged-read check (10× the default: proving illegality is exhaustive).
@@ -727,7 +797,7 @@ fn check_catches_forged_stale_read(
     ));
     let options = lincheck::CheckOptions {
         max_states_per_partition: FORGED_CHECK_MAX_STATES,
-        max_duration: Some(CHECK_TIMEOUT),
+        max_duration: None,
     };
     match lincheck::check(&KvModel, &ops, &options) {
         Ok(lincheck::CheckResult::Illegal(_)) => Ok(()),
@@ -735,5 +805,40 @@ fn check_catches_forged_stale_read(
             "the checker did not flag a forged stale read of {}: {other:?}",
             String::from_utf8_lossy(&key)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::OPS_PER_KEY;
+
+    /// The checker's verdict must not depend on the machine: with no wall-clock limit, the
+    /// state budget alone bounds the search, so it must hold every key history the workload
+    /// can make. A key gets at most `OPS_PER_KEY` operations plus its final reads, from at
+    /// most 9 clients (8 workers and the final reader), each with one operation in flight.
+    /// Generated histories far harsher than the real ones (every operation long and
+    /// overlapping, 5 % unknown writes where runs see about 0.1 %) fit in a sixteenth of it
+    /// (the worst of 30 seeds needed 128k states, of 4M).
+    #[test]
+    fn the_state_budget_holds_every_history_key_rotation_allows() {
+        let options = lincheck::CheckOptions {
+            max_states_per_partition: MAIN_CHECK_MAX_STATES / 16,
+            max_duration: None,
+        };
+        for seed in 0..20 {
+            let workload = lincheck::testing::KvWorkload {
+                seed,
+                op_count: OPS_PER_KEY as usize + FINAL_READ_ATTEMPTS as usize,
+                key_count: 1,
+                client_count: 9,
+                unknown_per_mille: 50,
+                value_domain: None,
+                op_duration_max: 200,
+            };
+            let history = lincheck::testing::generate_kv_history(&workload);
+            let verdict = lincheck::check(&KvModel, &history, &options).unwrap();
+            assert!(verdict.is_ok(), "seed {seed}: {verdict}");
+        }
     }
 }

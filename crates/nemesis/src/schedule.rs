@@ -2,6 +2,10 @@
 //! (so at most one of three stores is ever down or cut off: a minority) for 1–5 s, optionally
 //! with a slow link between two stores on top, then a gap. Pure: the same seed always gives
 //! the same schedule, which `cargo test` checks.
+//!
+//! Every run exercises every [`FaultKind`] it claims: the schedule *opens* with one step of
+//! each claimed kind, alone and in a seeded random order ([`Schedule::opening_pending`] tells
+//! the runner it must not stop before they are done), and only then draws steps at random.
 
 use std::time::Duration;
 
@@ -77,6 +81,76 @@ impl Fault {
     }
 }
 
+/// The fault kinds a run claims to exercise, as counted in the report. A one-way partition is
+/// two kinds (inbound, outbound): each direction breaks Raft differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    KillRestart,
+    Pause,
+    Partition,
+    OneWayInbound,
+    OneWayOutbound,
+    Loss,
+    SlowLink,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::KillRestart,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::OneWayInbound,
+        FaultKind::OneWayOutbound,
+        FaultKind::Loss,
+        FaultKind::SlowLink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillRestart => "kill+restart",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::OneWayInbound => "one-way-in",
+            FaultKind::OneWayOutbound => "one-way-out",
+            FaultKind::Loss => "loss",
+            FaultKind::SlowLink => "slow-link",
+        }
+    }
+
+    /// Needs network namespaces (slow links do not strictly, but a run without namespaces
+    /// promises process faults only).
+    pub fn is_network(self) -> bool {
+        !matches!(self, FaultKind::KillRestart | FaultKind::Pause)
+    }
+
+    /// The kinds a run claims: all of them with network faults, else kills and pauses.
+    pub fn claimed(network_faults: bool) -> Vec<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|k| network_faults || !k.is_network())
+            .collect()
+    }
+}
+
+impl Step {
+    /// The kinds this step exercises: its store fault's, and a slow link's if it has one.
+    pub fn kinds(&self) -> Vec<FaultKind> {
+        let mut kinds: Vec<FaultKind> = match self.fault {
+            Fault::KillRestart => vec![FaultKind::KillRestart],
+            Fault::Pause => vec![FaultKind::Pause],
+            Fault::Partition => vec![FaultKind::Partition],
+            Fault::PartitionOneWay { inbound: true } => vec![FaultKind::OneWayInbound],
+            Fault::PartitionOneWay { inbound: false } => vec![FaultKind::OneWayOutbound],
+            Fault::Loss { .. } => vec![FaultKind::Loss],
+            Fault::None => vec![],
+        };
+        if self.slow_link.is_some() {
+            kinds.push(FaultKind::SlowLink);
+        }
+        kinds
+    }
+}
+
 /// A slow link between stores `a` and `b` (both directions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlowLink {
@@ -105,20 +179,90 @@ pub struct Schedule {
     rng: Rng,
     stores: usize,
     network_faults: bool,
+    /// Claimed kinds not yet drawn, in the order the opening steps take them.
+    opening: Vec<FaultKind>,
 }
 
 impl Schedule {
     /// `network_faults: false` (no namespaces) draws only kills and pauses.
     pub fn new(seed: u64, stores: usize, network_faults: bool) -> Schedule {
         assert!(stores >= 3, "a minority fault needs at least 3 stores");
+        let mut rng = Rng::new(seed);
+        // Fisher-Yates; popped from the back, so the opening order is `opening` reversed.
+        let mut opening = FaultKind::claimed(network_faults);
+        for i in (1..opening.len()).rev() {
+            opening.swap(i, rng.range(0, i as u64) as usize);
+        }
         Schedule {
-            rng: Rng::new(seed),
+            rng,
             stores,
             network_faults,
+            opening,
         }
     }
 
+    /// Opening steps still to come: a run must not end before they are done, so that every
+    /// claimed kind is exercised whatever the run's length.
+    pub fn opening_pending(&self) -> usize {
+        self.opening.len()
+    }
+
+    /// The kinds of the opening steps still to come, in the order they will run.
+    pub fn opening(&self) -> Vec<FaultKind> {
+        self.opening.iter().rev().copied().collect()
+    }
+
     pub fn next_step(&mut self) -> Step {
+        match self.opening.pop() {
+            Some(kind) => self.opening_step(kind),
+            None => self.random_step(),
+        }
+    }
+
+    /// A step of exactly `kind`, alone (no slow link on top of a store fault).
+    fn opening_step(&mut self, kind: FaultKind) -> Step {
+        let r = &mut self.rng;
+        let victim = r.range(0, self.stores as u64 - 1) as usize;
+        let fault = match kind {
+            FaultKind::KillRestart => Fault::KillRestart,
+            FaultKind::Pause => Fault::Pause,
+            FaultKind::Partition => Fault::Partition,
+            FaultKind::OneWayInbound => Fault::PartitionOneWay { inbound: true },
+            FaultKind::OneWayOutbound => Fault::PartitionOneWay { inbound: false },
+            FaultKind::Loss => Fault::Loss {
+                percent: r.range(LOSS_PERCENT_MIN.into(), LOSS_PERCENT_MAX.into()) as u32,
+            },
+            FaultKind::SlowLink => Fault::None,
+        };
+        let slow_link = (kind == FaultKind::SlowLink).then(|| self.slow_link());
+        self.finish_step(fault, victim, slow_link)
+    }
+
+    fn slow_link(&mut self) -> SlowLink {
+        let r = &mut self.rng;
+        let a = r.range(0, self.stores as u64 - 1) as usize;
+        let b = (a + r.range(1, self.stores as u64 - 1) as usize) % self.stores;
+        SlowLink {
+            a,
+            b,
+            delay: Duration::from_millis(r.range(SLOW_LINK_MS_MIN, SLOW_LINK_MS_MAX)),
+        }
+    }
+
+    fn finish_step(&mut self, fault: Fault, victim: usize, slow_link: Option<SlowLink>) -> Step {
+        let r = &mut self.rng;
+        let target_leader = r.chance(1, 2);
+        Step {
+            fault,
+            victim,
+            target_leader,
+            slow_link,
+            duration: Duration::from_millis(r.range(FAULT_MS_MIN, FAULT_MS_MAX)),
+            gap: Duration::from_millis(r.range(GAP_MS_MIN, GAP_MS_MAX)),
+        }
+    }
+
+    fn random_step(&mut self) -> Step {
         let r = &mut self.rng;
         let victim = r.range(0, self.stores as u64 - 1) as usize;
         let fault = if self.network_faults {
@@ -141,25 +285,9 @@ impl Schedule {
         };
         // Slow links are userspace, so they work without namespaces too; but without
         // namespaces the run promises process faults only.
-        let slow_link =
-            (self.network_faults && (fault == Fault::None || r.chance(1, 3))).then(|| {
-                let a = r.range(0, self.stores as u64 - 1) as usize;
-                let b = (a + r.range(1, self.stores as u64 - 1) as usize) % self.stores;
-                SlowLink {
-                    a,
-                    b,
-                    delay: Duration::from_millis(r.range(SLOW_LINK_MS_MIN, SLOW_LINK_MS_MAX)),
-                }
-            });
-        let target_leader = r.chance(1, 2);
-        Step {
-            fault,
-            victim,
-            target_leader,
-            slow_link,
-            duration: Duration::from_millis(r.range(FAULT_MS_MIN, FAULT_MS_MAX)),
-            gap: Duration::from_millis(r.range(GAP_MS_MIN, GAP_MS_MAX)),
-        }
+        let slow = self.network_faults && (fault == Fault::None || r.chance(1, 3));
+        let slow_link = slow.then(|| self.slow_link());
+        self.finish_step(fault, victim, slow_link)
     }
 }
 
@@ -195,6 +323,41 @@ mod tests {
             kinds.insert(step.fault.name());
         }
         assert_eq!(kinds.len(), 6, "every fault kind is drawn: {kinds:?}");
+    }
+
+    /// The guarantee the smoke's floors rely on: whatever the seed, the first steps cover
+    /// every claimed kind (and only those), each alone, in an order the seed varies.
+    #[test]
+    fn every_seed_opens_with_one_step_of_each_claimed_kind() {
+        let mut first_kinds = std::collections::BTreeSet::new();
+        for network_faults in [true, false] {
+            let claimed = FaultKind::claimed(network_faults);
+            assert_eq!(claimed.len(), if network_faults { 7 } else { 2 });
+            for seed in 0..2_000 {
+                let mut s = Schedule::new(seed, 3, network_faults);
+                assert_eq!(s.opening_pending(), claimed.len());
+                let mut seen = Vec::new();
+                for n in 0..claimed.len() {
+                    let step = s.next_step();
+                    assert_eq!(s.opening_pending(), claimed.len() - n - 1);
+                    let kinds = step.kinds();
+                    assert_eq!(kinds.len(), 1, "an opening step is one kind: {step:?}");
+                    seen.push(kinds[0]);
+                }
+                if network_faults {
+                    first_kinds.insert(seen[0]);
+                }
+                seen.sort();
+                assert_eq!(seen, claimed, "seed {seed}");
+                // Then the random part, still within the claim.
+                for _ in 0..20 {
+                    for kind in s.next_step().kinds() {
+                        assert!(claimed.contains(&kind), "seed {seed}: {kind:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(first_kinds.len(), 7, "the seed varies the opening order");
     }
 
     #[test]

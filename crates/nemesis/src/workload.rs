@@ -17,11 +17,15 @@
 //! `TRYAGAIN`, which its contract (`crates/server/src/resp_backend.rs`) reserves for requests
 //! never proposed. The nemesis holds the server to that promise.
 //!
-//! Keys rotate: every [`EPOCH`] the clients move to twelve fresh keys (four per region), so each
-//! key's history stays small enough for the checker however long the run, while writes of
-//! earlier epochs that are still unknown stay in their own keys' histories. Besides, 1 in 20
-//! operations is a *write-once* put to a key nobody else writes; every acknowledged one must be
-//! read back at the end (the plainest form of "no acknowledged write is lost").
+//! Keys rotate by operation count, not by time ([`KeyRotation`]): the clients share
+//! [`LIVE_KEYS`] key slots (four per region) and draw one at random per operation; a slot's key
+//! retires after exactly [`OPS_PER_KEY`] operations (from all clients together) and the slot
+//! moves on to a fresh key. So no key's history is ever longer than [`OPS_PER_KEY`] operations
+//! plus its final reads, whatever the machine's speed or the run's length, and the checker's
+//! state budget is sized for that; writes that are still unknown stay in their own keys'
+//! histories. Besides, 1 in 20 operations is a *write-once* put to a key nobody else writes;
+//! every acknowledged one must be read back at the end (the plainest form of "no acknowledged
+//! write is lost").
 
 use crate::cluster::Cluster;
 use crate::schedule::Rng;
@@ -30,14 +34,15 @@ use lincheck::History;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub type KvHistory = History<KvInput, KvOutput>;
 
-/// How long the clients stay on one key set.
-pub const EPOCH: Duration = Duration::from_secs(3);
-/// Register keys per epoch (spread over the three regions split at `g` and `p`).
-pub const KEYS_PER_EPOCH: usize = 12;
+/// Register keys in use at any time (spread over the three regions split at `g` and `p`).
+pub const LIVE_KEYS: usize = 12;
+/// Operations (invocations, reads included, from all clients) a register key receives before
+/// it retires. With 8 clients this is a few seconds of a key's life on a 2-core debug run.
+pub const OPS_PER_KEY: u32 = 100;
 const REGION_PREFIXES: [&str; 3] = ["a", "h", "q"];
 /// One gRPC operation across all its retries.
 /// Shorter than most faults, so that some writes end unknown and the checker has to place
@@ -68,6 +73,48 @@ pub struct Counters {
     pub failed_definite: AtomicU64,
     pub grpc_completed: AtomicU64,
     pub resp_completed: AtomicU64,
+    /// Writes the server acknowledged as done (put, append, delete, write-once put, a CAS
+    /// that swapped; a CAS answered "not swapped" is not a write), per protocol.
+    pub grpc_writes_acked: AtomicU64,
+    pub resp_writes_acked: AtomicU64,
+}
+
+/// The shared key slots: see the module comment.
+#[derive(Debug)]
+pub struct KeyRotation {
+    /// Per slot: (generation, operations charged to its current key).
+    slots: Mutex<[(u64, u32); LIVE_KEYS]>,
+}
+
+impl Default for KeyRotation {
+    fn default() -> Self {
+        KeyRotation {
+            slots: Mutex::new([(0, 0); LIVE_KEYS]),
+        }
+    }
+}
+
+impl KeyRotation {
+    /// The key of slot `slot`'s generation `generation`: region by slot, so each region
+    /// always has [`LIVE_KEYS`]` / 3` live keys.
+    pub fn key(slot: usize, generation: u64) -> Vec<u8> {
+        format!("{}r{generation}k{slot}", REGION_PREFIXES[slot % 3]).into_bytes()
+    }
+
+    /// Charges one operation to a random live key and returns it; the operation that uses
+    /// up a key's [`OPS_PER_KEY`] retires it (the slot's next operation gets a fresh key).
+    pub fn next_key(&self, rng: &mut Rng) -> Vec<u8> {
+        let slot = rng.range(0, LIVE_KEYS as u64 - 1) as usize;
+        let mut slots = lock(&self.slots);
+        let (generation, used) = &mut slots[slot];
+        let key = KeyRotation::key(slot, *generation);
+        *used += 1;
+        if *used == OPS_PER_KEY {
+            *generation += 1;
+            *used = 0;
+        }
+        key
+    }
 }
 
 /// State shared by the clients and read after they stop.
@@ -79,6 +126,7 @@ pub struct Shared {
     pub write_once_acked: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     /// Every register key an operation was invoked on.
     pub register_keys: Mutex<BTreeSet<Vec<u8>>>,
+    pub keys: KeyRotation,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +165,15 @@ impl Op {
     fn is_read(&self) -> bool {
         matches!(self, Op::Get(_))
     }
+
+    /// Whether `out`, this operation's answer, acknowledges a write that took effect.
+    fn acknowledges_write(&self, out: &KvOutput) -> bool {
+        match self {
+            Op::Get(_) => false,
+            Op::Cas(..) => matches!(out, KvOutput::Cas(true)),
+            Op::Put(..) | Op::Append(..) | Op::Delete(_) | Op::WriteOnce(..) => true,
+        }
+    }
 }
 
 /// What came back.
@@ -132,7 +189,6 @@ struct OpSource {
     rng: Rng,
     client: u64,
     sequence: u64,
-    start: Instant,
     /// The value this client last read per key: CAS expects it.
     last_read: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// SET NX is the only compare-and-set Redis has.
@@ -140,14 +196,18 @@ struct OpSource {
 }
 
 impl OpSource {
-    fn next(&mut self) -> Op {
+    fn next(&mut self, keys: &KeyRotation) -> Op {
         self.sequence += 1;
-        let epoch = self.start.elapsed().as_secs() / EPOCH.as_secs();
-        let k = self.rng.range(0, KEYS_PER_EPOCH as u64 - 1) as usize;
-        let key = format!("{}r{epoch}k{k}", REGION_PREFIXES[k % 3]).into_bytes();
         // Unique, so the checker can tell every write apart.
         let value = format!("c{}n{};", self.client, self.sequence).into_bytes();
-        match self.rng.range(0, 99) {
+        let draw = self.rng.range(0, 99);
+        // Write-once puts use their own keys and charge no register key.
+        let key = if draw < 95 {
+            keys.next_key(&mut self.rng)
+        } else {
+            Vec::new()
+        };
+        match draw {
             0..=29 => Op::Get(key),
             30..=49 => Op::Put(key, value),
             50..=69 => Op::Append(key, value),
@@ -258,10 +318,14 @@ fn record(shared: &Shared, op: &Op, id: lincheck::OpId, outcome: &Outcome, resp:
         Outcome::Done(out) => {
             h.complete(id, out.clone());
             c.completed.fetch_add(1, Ordering::Relaxed);
-            if resp {
-                c.resp_completed.fetch_add(1, Ordering::Relaxed);
+            let (done, writes) = if resp {
+                (&c.resp_completed, &c.resp_writes_acked)
             } else {
-                c.grpc_completed.fetch_add(1, Ordering::Relaxed);
+                (&c.grpc_completed, &c.grpc_writes_acked)
+            };
+            done.fetch_add(1, Ordering::Relaxed);
+            if op.acknowledges_write(out) {
+                writes.fetch_add(1, Ordering::Relaxed);
             }
             if let Op::WriteOnce(key, value) = op {
                 lock(&shared.write_once_acked).push((key.clone(), value.clone()));
@@ -289,13 +353,11 @@ impl Workload {
     ) -> Workload {
         let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
         let mut tasks = Vec::new();
         let source = |client: u64, absent_only: bool| OpSource {
             rng: Rng::new(seed ^ (client + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
             client,
             sequence: 0,
-            start,
             last_read: HashMap::new(),
             cas_expects_absent_only: absent_only,
         };
@@ -314,7 +376,7 @@ impl Workload {
                 };
                 let mut backoff = BACKOFF_MIN;
                 while !stop.load(Ordering::Relaxed) {
-                    let op = ops.next();
+                    let op = ops.next(&shared.keys);
                     if !matches!(op, Op::WriteOnce(..)) {
                         lock(&shared.register_keys).insert(op.input().key().to_vec());
                     }
@@ -362,7 +424,7 @@ impl Workload {
                         }
                     }
                     let Some(c) = conn.as_mut() else { continue };
-                    let op = ops.next();
+                    let op = ops.next(&shared.keys);
                     if !matches!(op, Op::WriteOnce(..)) {
                         lock(&shared.register_keys).insert(op.input().key().to_vec());
                     }
@@ -430,4 +492,31 @@ async fn connect_resp(url: &str) -> Option<redis::aio::MultiplexedConnection> {
     .await
     .ok()?
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bound the checker's budget relies on: however the clients draw, no key gets more
+    /// than [`OPS_PER_KEY`] operations, and retired keys are never handed out again.
+    #[test]
+    fn no_key_gets_more_than_ops_per_key_operations() {
+        let keys = KeyRotation::default();
+        let mut rngs: Vec<Rng> = (0..8).map(Rng::new).collect();
+        let mut per_key: HashMap<Vec<u8>, u32> = HashMap::new();
+        let total = 50 * OPS_PER_KEY as usize * LIVE_KEYS;
+        for n in 0..total {
+            *per_key.entry(keys.next_key(&mut rngs[n % 8])).or_default() += 1;
+        }
+        assert!(per_key.values().all(|&n| n <= OPS_PER_KEY), "{per_key:?}");
+        // Fully used keys are the norm: only the live ones are partly used at the end.
+        let full = per_key.values().filter(|&&n| n == OPS_PER_KEY).count();
+        assert!(
+            full + LIVE_KEYS >= per_key.len(),
+            "{full} of {}",
+            per_key.len()
+        );
+        assert!(per_key.len() >= total / OPS_PER_KEY as usize);
+    }
 }

@@ -4,7 +4,10 @@
 
 use nemesis::net::{Direction, Firewall, Network};
 use nemesis::proxy::{LinkProxy, NsRuntime};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,6 +124,176 @@ async fn partitions_cut_and_heal(net: Network) {
     );
     net.heal().unwrap();
     assert!(reaches(&rts[1], at[0]).await);
+}
+
+/// Datagrams per loss measurement: enough that 10 % loss drops about 200 of them, with a
+/// standard deviation of about 13.
+const LOSS_PROBES: u64 = 2_000;
+/// How long the end-of-round marker may take to get through.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A UDP receiver inside a namespace: counts the data datagrams of each round, and notes the
+/// last round whose end marker arrived. A datagram is `[kind, round (8 bytes BE)]`, kind 0 =
+/// data, 1 = marker.
+struct UdpCounter {
+    addr: SocketAddr,
+    received: Arc<Mutex<HashMap<u64, u64>>>,
+    marker: Arc<AtomicU64>,
+}
+
+impl UdpCounter {
+    async fn start(rt: &NsRuntime, ip: IpAddr) -> UdpCounter {
+        let received = Arc::new(Mutex::new(HashMap::new()));
+        let marker = Arc::new(AtomicU64::new(0));
+        let (r, m) = (received.clone(), marker.clone());
+        let addr = rt
+            .run(async move {
+                let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+                // A receive buffer far above a round's datagrams, so the socket itself never
+                // drops one: only the firewall may (the no-loss rounds check this).
+                let size: libc::c_int = 64 << 20;
+                // SAFETY: setsockopt on an open socket with a c_int option value.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&std_socket),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        &size as *const libc::c_int as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+                std_socket.set_nonblocking(true).unwrap();
+                let socket = tokio::net::UdpSocket::from_std(std_socket).unwrap();
+                let addr = socket.local_addr().unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+                        if n != 9 {
+                            continue;
+                        }
+                        let round = u64::from_be_bytes(buf[1..9].try_into().unwrap());
+                        if buf[0] == 0 {
+                            *r.lock().unwrap().entry(round).or_default() += 1;
+                        } else {
+                            m.fetch_max(round, Ordering::SeqCst);
+                        }
+                    }
+                });
+                addr
+            })
+            .await
+            .unwrap();
+        UdpCounter {
+            addr,
+            received,
+            marker,
+        }
+    }
+
+    /// Sends round `round`'s [`LOSS_PROBES`] datagrams from `from`'s namespace, then its end
+    /// marker until it arrives (bounded); returns how many data datagrams arrived. The path
+    /// (veth, bridge, veth) keeps order, so once the marker is in, every datagram of the
+    /// round that was not dropped is in too.
+    async fn round(&self, from: &NsRuntime, round: u64) -> u64 {
+        let target = self.addr;
+        let datagram = move |kind: u8| {
+            let mut d = vec![kind];
+            d.extend_from_slice(&round.to_be_bytes());
+            d
+        };
+        let (data, marker) = (datagram(0), datagram(1));
+        let sender = from
+            .run(async move {
+                let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+                for _ in 0..LOSS_PROBES {
+                    s.send_to(&data, target).await.unwrap();
+                }
+                s
+            })
+            .await
+            .unwrap();
+        let sender = Arc::new(sender);
+        let deadline = Instant::now() + MARKER_TIMEOUT;
+        while self.marker.load(Ordering::SeqCst) < round {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no end marker arrived within {MARKER_TIMEOUT:?}"
+            );
+            let (s, m) = (sender.clone(), marker.clone());
+            from.run(async move { s.send_to(&m, target).await.unwrap() })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let received = self.received.lock().unwrap();
+        received.get(&round).copied().unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_loss_drops_some_but_not_all_packets_with_iptables() {
+    let Some(net) = network_with_or_skip("iptables loss test", Some(Firewall::Iptables)) else {
+        return;
+    };
+    partial_loss_drops_some_but_not_all(net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_loss_drops_some_but_not_all_packets_with_nft() {
+    let Some(net) = network_with_or_skip("nft loss test", Some(Firewall::Nft)) else {
+        return;
+    };
+    partial_loss_drops_some_but_not_all(net).await;
+}
+
+/// The nemesis's loss fault (10–30 %, `LOSS_PERCENT_MIN..=LOSS_PERCENT_MAX`) really drops
+/// packets into the victim, some but not all, at about the rate asked for; other paths and
+/// healing lose nothing.
+async fn partial_loss_drops_some_but_not_all(net: Network) {
+    use nemesis::schedule::{LOSS_PERCENT_MAX, LOSS_PERCENT_MIN};
+    let rts = runtimes(&net);
+    let victim = UdpCounter::start(&rts[0], IpAddr::V4(net.store_addr(0))).await;
+    let bystander = UdpCounter::start(&rts[2], IpAddr::V4(net.store_addr(2))).await;
+    let mut round = 0;
+    let mut next_round = || {
+        round += 1;
+        round
+    };
+    assert_eq!(
+        victim.round(&rts[1], next_round()).await,
+        LOSS_PROBES,
+        "without loss every datagram arrives (else the measurement itself loses some)"
+    );
+    for percent in [LOSS_PERCENT_MIN, LOSS_PERCENT_MAX] {
+        net.loss(0, percent).unwrap();
+        let received = victim.round(&rts[1], next_round()).await;
+        let other = bystander.round(&rts[1], next_round()).await;
+        net.heal().unwrap();
+        let dropped = LOSS_PROBES - received;
+        // Binomial: expect n·p drops; 6 standard deviations either way (a false failure
+        // about once in 10^9 runs).
+        let p = f64::from(percent) / 100.0;
+        let expected = LOSS_PROBES as f64 * p;
+        let slack = 6.0 * (LOSS_PROBES as f64 * p * (1.0 - p)).sqrt();
+        eprintln!(
+            "{percent}% loss ({:?}): {dropped} of {LOSS_PROBES} dropped (expected {expected:.0} ± {slack:.0})",
+            net.firewall()
+        );
+        assert!(
+            dropped > 0 && received > 0,
+            "{percent}% loss must drop some but not all: {dropped} of {LOSS_PROBES} dropped"
+        );
+        assert!(
+            (dropped as f64 - expected).abs() <= slack,
+            "{percent}% loss dropped {dropped} of {LOSS_PROBES}, expected {expected:.0} ± {slack:.0}"
+        );
+        assert_eq!(other, LOSS_PROBES, "loss on store 1 must not touch store 3");
+    }
+    assert_eq!(
+        victim.round(&rts[1], next_round()).await,
+        LOSS_PROBES,
+        "heal ends the loss"
+    );
 }
 
 #[test]
