@@ -231,6 +231,9 @@ pub struct Cluster {
     pub messages_duplicated: u64,
     /// Crashes in the middle of a write: only part of it reached the disk.
     pub torn_writes: u64,
+    /// Nodes that went down (`crash_with`) and came back (`restart`).
+    pub crashes: u64,
+    pub restarts: u64,
     pub bytes_sent: u64,
     pub messages_delivered: u64,
     /// Hash of every event processed, to prove determinism.
@@ -321,6 +324,8 @@ impl Cluster {
             messages_dropped: 0,
             messages_duplicated: 0,
             torn_writes: 0,
+            crashes: 0,
+            restarts: 0,
             bytes_sent: 0,
             messages_delivered: 0,
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -953,6 +958,7 @@ impl Cluster {
             return;
         }
         self.record(|| format!("crash n{}", i + 1), 5000 + i as u64);
+        self.crashes += 1;
         if tear && self.opts.async_persist && !self.nodes[i].write_queue.is_empty() {
             let r = self.rng.next_u64();
             self.tear_queued_writes(i, r);
@@ -993,6 +999,7 @@ impl Cluster {
             return;
         }
         self.record(|| format!("restart n{}", i + 1), 6000 + i as u64);
+        self.restarts += 1;
         self.nodes[i].restarts += 1;
         let id = self.nodes[i].id;
         self.checker.node_restarted(id);

@@ -271,7 +271,6 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
                         let i = up[rng.below(up.len() as u64) as usize];
                         let tear = tear_on && rng.below(2) == 0;
                         c.crash_with(i, tear);
-                        out.crashes += 1;
                     }
                 }
                 3..=4 if crashes_on => {
@@ -279,7 +278,6 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
                     if !down.is_empty() {
                         let i = down[rng.below(down.len() as u64) as usize];
                         c.restart(i);
-                        out.restarts += 1;
                     }
                 }
                 5..=6 if partitions_on => {
@@ -294,6 +292,9 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
     }
 
     // ---- liveness phase: heal everything and require progress within a bound.
+    // What the fault phase did (the nodes' own counts: a silenced crash counts nothing).
+    out.crashes = c.crashes;
+    out.restarts = c.restarts;
     c.heal();
     c.net = NetFaults::reliable();
     for i in 0..c.n() {
