@@ -286,6 +286,17 @@ impl From<ClusterError> for NemesisError {
     }
 }
 
+/// The longest the fault schedule may run: the requested time, or the opening steps (one of
+/// each claimed kind, run whatever the requested time) at their longest, whichever is more;
+/// plus one step begun just before the requested time ran out.
+pub fn schedule_time_max(fault_time: Duration) -> Duration {
+    let step_max =
+        Duration::from_millis(crate::schedule::FAULT_MS_MAX + crate::schedule::GAP_MS_MAX)
+            + LIVENESS_TIMEOUT;
+    let opening_max = step_max * FaultKind::ALL.len() as u32;
+    fault_time.max(opening_max) + step_max
+}
+
 /// Runs the nemesis with an overall time limit; on failure keeps the logs.
 pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
     let mut cluster = match start_cluster(&cfg).await {
@@ -306,7 +317,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, Box<Failure>> {
         netns_unavailable: cluster.1.clone(),
         ..Default::default()
     };
-    let limit = cfg.fault_time + OVERHEAD_BUDGET;
+    let limit = schedule_time_max(cfg.fault_time) + OVERHEAD_BUDGET;
     let _watchdog = Watchdog::arm(limit + WATCHDOG_GRACE);
     let started = Instant::now();
     let outcome = match tokio::time::timeout(limit, drive(&cfg, &mut cluster.0, &mut report)).await
