@@ -39,6 +39,15 @@ pub const MAX_QUEUED_WRITES: usize = 1024;
 pub const GROUP_COMMIT_GATHER_WAIT: Duration = Duration::from_micros(50);
 /// `purge` copies a group's live entries forward in records of at most about this size.
 pub const REWRITE_CHUNK_BYTES: usize = 1 << 20;
+/// Default segment size: small enough that the log's budget
+/// ([`Config::purge_rewrite_threshold_segments`] segments) suits a store with little data,
+/// large enough that rollovers (an fdatasync and a rename each) stay rare.
+pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 16 << 20;
+/// Default most live bytes of one group that `purge` copies forward; a group with more that
+/// pins an old segment is reported in [`PurgeReport::groups_to_compact`] instead (copying a
+/// large log again and again costs more than one snapshot of its region, and the copy is
+/// made while writers wait).
+pub const DEFAULT_REWRITE_MAX_GROUP_BYTES: u64 = 1 << 20;
 
 /// How recovery treats damaged files (compare tikv/raft-engine's `RecoveryMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,9 +81,14 @@ pub struct Config {
     pub segment_size_bytes: u64,
     /// How recovery treats damaged files.
     pub recovery_mode: RecoveryMode,
-    /// `purge` copies forward the live data of groups pinning old segments when more segment
-    /// files than this exist.
+    /// `purge` reclaims the groups pinning old segments when more segment files than this
+    /// exist: small ones (see `purge_rewrite_max_group_bytes`) are copied forward, larger
+    /// ones are named for their owner to compact. With the segment size, this is the log's
+    /// disk budget.
     pub purge_rewrite_threshold_segments: usize,
+    /// The most live bytes (entries and states) of one group that `purge` copies forward;
+    /// above it the group is reported in [`PurgeReport::groups_to_compact`].
+    pub purge_rewrite_max_group_bytes: u64,
     /// Fill each segment with zeros up to `segment_size_bytes` before records are written into
     /// it (etcd's WAL preallocates its files too). Records then overwrite allocated blocks, so
     /// an `fdatasync` writes the data only instead of also committing the file system's
@@ -89,6 +103,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The default configuration with segments of `bytes`: the most a purge copies forward
+    /// per group scales with it (a sixteenth of a segment), so small segments are not
+    /// filled with copies.
+    pub fn with_segment_size(bytes: u64) -> Config {
+        Config {
+            segment_size_bytes: bytes,
+            purge_rewrite_max_group_bytes: (bytes / 16).min(DEFAULT_REWRITE_MAX_GROUP_BYTES),
+            ..Config::default()
+        }
+    }
+
     /// Whether the helper thread zeroes the next segment ahead.
     fn spares_in_background(&self) -> bool {
         self.preallocate_segments && self.prepare_segments_in_background
@@ -98,9 +123,10 @@ impl Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            segment_size_bytes: 64 << 20,
+            segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             recovery_mode: RecoveryMode::default(),
             purge_rewrite_threshold_segments: 8,
+            purge_rewrite_max_group_bytes: DEFAULT_REWRITE_MAX_GROUP_BYTES,
             preallocate_segments: true,
             prepare_segments_in_background: true,
         }
@@ -157,6 +183,12 @@ pub struct PurgeReport {
     pub bytes_rewritten: u64,
     /// Segment files deleted.
     pub segments_deleted: usize,
+    /// Bytes those files held (their length when deleted).
+    pub bytes_deleted: u64,
+    /// Groups that pin a segment purge wanted to free but hold more live data than
+    /// `Config::purge_rewrite_max_group_bytes`: their owner should compact them (snapshot
+    /// and drop the log), after which a later purge frees the segments. Sorted.
+    pub groups_to_compact: Vec<GroupId>,
 }
 
 /// Counters describing the engine now.
@@ -403,6 +435,9 @@ struct Core {
     memtable: RwLock<MemTable>,
     spares: Mutex<Spares>,
     spares_wake: Condvar,
+    /// Segment files on disk (`active_seq - first_seq + 1`), readable without the writer's
+    /// lock, which a group commit holds through its fdatasync.
+    segment_count: std::sync::atomic::AtomicUsize,
 }
 
 /// The shared log of one store. `Send + Sync`: share it with an `Arc`.
@@ -634,6 +669,9 @@ impl LogEngine {
             memtable: RwLock::new(memtable),
             spares: Mutex::new(Spares::default()),
             spares_wake: Condvar::new(),
+            segment_count: std::sync::atomic::AtomicUsize::new(
+                (active_seq - first_seq + 1) as usize,
+            ),
         });
         let worker_core = Arc::clone(&core);
         let worker = std::thread::Builder::new()
@@ -767,9 +805,28 @@ impl LogEngine {
         self.core.stats()
     }
 
+    /// Segment files on disk; never waits for a write in progress (unlike [`Self::stats`]).
+    pub fn segment_count(&self) -> usize {
+        self.core
+            .segment_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the log has outgrown its budget (`purge_rewrite_threshold_segments`), so a
+    /// [`Self::purge`] would reclaim something; cheap enough to ask on every tick.
+    pub fn wants_purge(&self) -> bool {
+        self.segment_count() > self.core.config.purge_rewrite_threshold_segments
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
     /// Reclaims disk space: when more than `purge_rewrite_threshold_segments` segments exist,
-    /// copies the live data (entries and states) of the groups that pin the older half
-    /// forward into the active segment and syncs it; then deletes, oldest first, every
+    /// copies the live data (entries and states) of the small groups that pin the older half
+    /// forward into the active segment and syncs it (larger ones are returned in
+    /// [`PurgeReport::groups_to_compact`] for the caller to compact); then deletes, oldest first, every
     /// segment before the oldest one still holding live data (after syncing the active
     /// segment, so purge makes everything written before it durable whenever it rewrites or
     /// deletes anything). Safe to call at any time
@@ -1246,6 +1303,7 @@ impl Core {
         writer.active_file = file;
         writer.active_seq = seq;
         writer.active_len = len;
+        self.note_segment_count(writer);
         Ok(())
     }
 
@@ -1442,6 +1500,13 @@ impl Core {
         }
     }
 
+    fn note_segment_count(&self, writer: &Writer) {
+        self.segment_count.store(
+            (writer.active_seq - writer.first_seq + 1) as usize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     fn purge(&self) -> Result<PurgeReport> {
         let mut writer = lock(&self.writer);
         if let Some(cause) = &writer.poisoned {
@@ -1506,18 +1571,24 @@ impl Core {
             }
             for seq in writer.first_seq..min_live_seq {
                 let path = segment_path(&self.dir, seq);
+                let bytes = self.fs.file_len(&path).unwrap_or(0);
                 // Oldest first: a crash in the middle leaves a contiguous run of segments.
                 self.fs
                     .remove(&path)
                     .map_err(|error| Error::io("remove", &path, error))?;
                 writer.first_seq = seq + 1;
+                self.note_segment_count(&writer);
                 report.segments_deleted += 1;
+                report.bytes_deleted += bytes;
             }
             self.fs
                 .sync_dir(&self.dir)
                 .map_err(|error| Error::io("sync directory", &self.dir, error))?;
         }
-        if report.segments_deleted > 0 || report.groups_rewritten > 0 {
+        if report.segments_deleted > 0
+            || report.groups_rewritten > 0
+            || !report.groups_to_compact.is_empty()
+        {
             tracing::debug!(?report, "raft-log purge");
         }
         Ok(report)
@@ -1526,15 +1597,24 @@ impl Core {
     /// Batches copying forward every group whose live data starts in a segment `< cutoff`.
     fn rewrite_batches(&self, cutoff: u64, report: &mut PurgeReport) -> Vec<LogBatch> {
         let memtable = read(&self.memtable);
-        let mut groups: Vec<GroupId> = memtable
-            .groups
-            .iter()
-            .filter(|(_, state)| state.min_seq().is_some_and(|seq| seq < cutoff))
-            .map(|(group, _)| *group)
-            .collect();
+        // (group, whether its entries are copied too). A group's entries are copied whole or
+        // not at all: recovery takes a rewrite that starts below the entries it holds for the
+        // whole live log (see `MemTable::apply`), so a copied prefix would drop the rest.
+        let mut groups: Vec<(GroupId, bool)> = Vec::new();
+        for (group, state) in &memtable.groups {
+            let entries_pin = state.entries.iter().any(|entry| entry.seq < cutoff);
+            let states_pin = state.states.values().any(|stored| stored.seq < cutoff);
+            if entries_pin && state.live_bytes() > self.config.purge_rewrite_max_group_bytes {
+                // Its states (a few small keys) are copied once its owner compacted it.
+                report.groups_to_compact.push(*group);
+            } else if entries_pin || states_pin {
+                groups.push((*group, entries_pin));
+            }
+        }
         groups.sort_unstable();
+        report.groups_to_compact.sort_unstable();
         let mut batches = Vec::new();
-        for group in groups {
+        for (group, with_entries) in groups {
             let Some(state) = memtable.group(group) else {
                 continue;
             };
@@ -1543,7 +1623,7 @@ impl Core {
             for (key, stored) in &state.states {
                 batch.push_state_bytes(group, key.clone(), stored.value.clone());
             }
-            if let Some(first) = state.first() {
+            if let Some(first) = state.first().filter(|_| with_entries) {
                 // Not strictly needed (entries below `first` are gone), but it lets recovery
                 // drop stale older copies even if older segments survive a crash mid-purge.
                 batch.compact_to(group, first);

@@ -68,8 +68,9 @@ use bytes::Bytes;
 pub use batch::LogBatch;
 pub use engine::{
     segment_path, Config, LogEngine, PurgeReport, RecoveryMode, RecoveryReport, SkippedCorruption,
-    Stats, TornTail, WriteFuture, GROUP_COMMIT_GATHER_WAIT, LOCK_FILE_NAME, MAX_GROUP_COMMIT_BYTES,
-    MAX_LEADER_ROUNDS, MAX_QUEUED_WRITES, REWRITE_CHUNK_BYTES,
+    Stats, TornTail, WriteFuture, DEFAULT_REWRITE_MAX_GROUP_BYTES, DEFAULT_SEGMENT_SIZE_BYTES,
+    GROUP_COMMIT_GATHER_WAIT, LOCK_FILE_NAME, MAX_GROUP_COMMIT_BYTES, MAX_LEADER_ROUNDS,
+    MAX_QUEUED_WRITES, REWRITE_CHUNK_BYTES,
 };
 pub use error::{Error, Result};
 pub use faulty::{FaultOp, FaultyFileSystem};

@@ -54,6 +54,19 @@ impl GroupState {
         self.entries.is_empty() && self.states.is_empty()
     }
 
+    /// Bytes `purge` would copy to move this group forward: entry payloads with their
+    /// headers, and states.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        let entries = self.entry_bytes as u64
+            + (self.entries.len() * crate::format::ENTRY_HEADER_BYTES) as u64;
+        let states: u64 = self
+            .states
+            .iter()
+            .map(|(key, state)| (key.len() + state.value.len()) as u64)
+            .sum();
+        entries + states
+    }
+
     /// The oldest segment holding something live of this group.
     pub(crate) fn min_seq(&self) -> Option<u64> {
         // Not just the first entry: a partly replayed purge can leave newer copies of the

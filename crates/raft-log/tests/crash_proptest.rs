@@ -138,6 +138,9 @@ fn run(
     let config = Config {
         segment_size_bytes,
         purge_rewrite_threshold_segments: threshold,
+        // Every third seed copies only small groups (larger ones are named for compaction
+        // and only their states are copied); the others copy every pinning group.
+        purge_rewrite_max_group_bytes: if seed % 3 == 0 { 512 } else { u64::MAX },
         // Crashes only ever tear the tail (a prefix of the unsynced bytes survives), so even
         // the strictest mode must always open.
         recovery_mode: if seed % 2 == 0 {

@@ -731,6 +731,8 @@ fn crash_in_the_middle_of_a_purge_rewrite_loses_nothing() {
     let config = Config {
         segment_size_bytes: 8 << 20,
         purge_rewrite_threshold_segments: 2,
+        // Copy it however large (by default a group this size is named for compaction).
+        purge_rewrite_max_group_bytes: u64::MAX,
         ..Config::default()
     };
     let engine = faulty_engine(&fs, config.clone());

@@ -218,6 +218,11 @@ struct ServerArgs {
     /// Payload bytes applied since a region's last snapshot before it snapshots again.
     #[arg(long)]
     snapshot_threshold_bytes: Option<u64>,
+    /// Size of the log's segment files (default 16 MiB). The log is kept within about 8
+    /// segments: past that, the store reclaims space (copies small regions' entries forward,
+    /// snapshots larger ones) and deletes old segments.
+    #[arg(long)]
+    log_segment_bytes: Option<u64>,
     /// Threads serving network I/O (tokio workers; default: one per CPU). The store thread
     /// and the log writer are extra. Lower it when several servers share a machine.
     #[arg(long)]
@@ -240,6 +245,7 @@ struct FileConfig {
     tick_ms: Option<u64>,
     snapshot_threshold_entries: Option<u64>,
     snapshot_threshold_bytes: Option<u64>,
+    log_segment_bytes: Option<u64>,
     worker_threads: Option<usize>,
 }
 
@@ -397,6 +403,9 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     }
     if let Some(t) = a.snapshot_threshold_bytes.or(file.snapshot_threshold_bytes) {
         cfg.snapshot_threshold_bytes = t;
+    }
+    if let Some(b) = a.log_segment_bytes.or(file.log_segment_bytes) {
+        cfg.log_segment_bytes = b;
     }
     cfg.resp_password = a.resp_password.or(file.resp_password);
     if let Some(mode) = a.read_mode.or(file.read_mode) {
@@ -652,7 +661,9 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                 "{:<6} {:<8} {:<16} {:<10} {:<7} {:<6} {:>8} {:>8}",
                 "store", "region", "range", "role", "leader", "term", "commit", "applied"
             );
+            let mut disks = Vec::new();
             for st in sts {
+                disks.push((st.store_id, st.disk.unwrap_or_default()));
                 for r in st.regions {
                     let reg = r.region.unwrap_or_default();
                     let range = format!(
@@ -676,6 +687,23 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                         r.applied
                     );
                 }
+            }
+            println!();
+            println!(
+                "{:<6} {:>10} {:>9} {:>11} {:>6} {:>10}",
+                "store", "disk_MiB", "log_MiB", "segments", "snap_MiB", "snapshots"
+            );
+            let mib = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+            for (store, d) in disks {
+                println!(
+                    "{:<6} {:>10} {:>9} {:>11} {:>6} {:>10}",
+                    store,
+                    mib(d.log_bytes + d.snapshot_bytes + d.other_bytes),
+                    mib(d.log_bytes),
+                    d.log_segments,
+                    mib(d.snapshot_bytes),
+                    d.snapshot_files
+                );
             }
         }
         _ => unreachable!(),
@@ -732,5 +760,7 @@ async fn run_bench(a: BenchArgs) -> Result<()> {
     println!("{}", bench::Report::TABLE_HEADER);
     println!("{}", report.table_row());
     write_json(a.json.as_deref(), &report.to_json())?;
-    report.check_errors(a.max_errors).map_err(anyhow::Error::msg)
+    report
+        .check_errors(a.max_errors)
+        .map_err(anyhow::Error::msg)
 }

@@ -4,6 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Smallest accepted `--log-segment-bytes`: a segment must hold at least one large batch
+/// without rolling over on every write.
+pub const MIN_LOG_SEGMENT_BYTES: u64 = 64 << 10;
+/// Largest accepted `--log-segment-bytes`.
+pub const MAX_LOG_SEGMENT_BYTES: u64 = 1 << 30;
+
 /// Everything one `raftkv server` needs. Built from flags or a TOML file by the binary.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -24,6 +30,9 @@ pub struct ServerConfig {
     pub snapshot_threshold_entries: u64,
     /// ...or once this many payload bytes were applied since its last snapshot.
     pub snapshot_threshold_bytes: u64,
+    /// Size of the log's segment files; the log's disk budget is
+    /// `raft_log::Config::purge_rewrite_threshold_segments` (8) of them.
+    pub log_segment_bytes: u64,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     /// When set, RESP clients must `AUTH` with it first.
@@ -44,8 +53,9 @@ impl ServerConfig {
             election_tick: 20,
             heartbeat_tick: 2,
             request_timeout: Duration::from_secs(5),
-            snapshot_threshold_entries: 10_000,
-            snapshot_threshold_bytes: 64 << 20,
+            snapshot_threshold_entries: store::DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
+            snapshot_threshold_bytes: store::DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+            log_segment_bytes: raft_log::DEFAULT_SEGMENT_SIZE_BYTES,
             max_key_bytes: 8 << 10,
             max_value_bytes: 8 << 20,
             resp_password: None,
@@ -89,6 +99,12 @@ impl ServerConfig {
         }
         if self.tick_ms == 0 || self.election_tick <= self.heartbeat_tick {
             return Err("tick_ms must be > 0 and election_tick > heartbeat_tick".into());
+        }
+        if !(MIN_LOG_SEGMENT_BYTES..=MAX_LOG_SEGMENT_BYTES).contains(&self.log_segment_bytes) {
+            return Err(format!(
+                "--log-segment-bytes must be between {MIN_LOG_SEGMENT_BYTES} and {MAX_LOG_SEGMENT_BYTES} (got {})",
+                self.log_segment_bytes
+            ));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! - [`adapter`]: `KvSm`, the regions' state machine (`kv::KvStateMachine`).
 //! - `store_loop`: the store thread and its command channel.
 //! - [`service`]: the `Kv` gRPC service, request validation, forwarding, error mapping.
+//! - [`disk`]: bytes of the data directory on disk by kind (log, snapshots).
 //! - [`metrics`]: counters and latency histograms in Prometheus text format.
 //! - [`resp_backend`]: the Redis front end's `resp::Backend`, one `ENCODED` Kv request per
 //!   Redis command (so it is routed and forwarded like any gRPC request), with retries.
@@ -21,6 +22,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod disk;
 pub mod metrics;
 pub mod resp_backend;
 pub mod run;

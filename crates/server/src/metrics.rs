@@ -69,7 +69,20 @@ pub struct Metrics {
     pub log_syncs: AtomicU64,
     pub snapshots_created: AtomicU64,
     pub snapshots_installed: AtomicU64,
+    pub snapshots_for_log_space: AtomicU64,
+    /// The log's reclamation (`Store::reclaim_log`).
+    pub log_purges: AtomicU64,
+    pub log_segments_deleted: AtomicU64,
+    pub log_bytes_deleted: AtomicU64,
+    pub log_bytes_rewritten: AtomicU64,
     pub fsync: Histogram,
+    /// How long each snapshot made by this store held its store thread.
+    pub snapshot_stall: Histogram,
+    /// What opening the log read at startup, and how long it took.
+    pub log_recovery_bytes: AtomicU64,
+    pub log_recovery_micros: AtomicU64,
+    /// The store's data directory, measured on each scrape (`disk::usage`).
+    pub data_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Per region: (commit index, applied index, term, is leader).
     pub regions: Mutex<std::collections::BTreeMap<u64, (u64, u64, u64, bool)>>,
     /// Request latency by command name.
@@ -90,6 +103,25 @@ impl Metrics {
             .store(s.snapshots_created, Ordering::Relaxed);
         self.snapshots_installed
             .store(s.snapshots_installed, Ordering::Relaxed);
+        self.snapshots_for_log_space
+            .store(s.snapshots_for_log_space, Ordering::Relaxed);
+        self.log_purges.store(s.log_purges, Ordering::Relaxed);
+        self.log_segments_deleted
+            .store(s.log_segments_deleted, Ordering::Relaxed);
+        self.log_bytes_deleted
+            .store(s.log_bytes_deleted, Ordering::Relaxed);
+        self.log_bytes_rewritten
+            .store(s.log_bytes_rewritten, Ordering::Relaxed);
+    }
+
+    pub fn set_recovery(&self, bytes_read: u64, took: Duration) {
+        self.log_recovery_bytes.store(bytes_read, Ordering::Relaxed);
+        self.log_recovery_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_snapshot_stall(&self, d: Duration) {
+        self.snapshot_stall.observe(d);
     }
 
     pub fn set_engine_stats(&self, s: &raft_log::Stats) {
@@ -137,6 +169,20 @@ impl Metrics {
                 "raftkv_snapshots_installed_total",
                 &self.snapshots_installed,
             ),
+            (
+                "raftkv_snapshots_for_log_space_total",
+                &self.snapshots_for_log_space,
+            ),
+            ("raftkv_log_purges_total", &self.log_purges),
+            (
+                "raftkv_log_segments_deleted_total",
+                &self.log_segments_deleted,
+            ),
+            ("raftkv_log_bytes_reclaimed_total", &self.log_bytes_deleted),
+            (
+                "raftkv_log_bytes_rewritten_total",
+                &self.log_bytes_rewritten,
+            ),
         ];
         for (name, v) in counters {
             let _ = writeln!(
@@ -165,8 +211,37 @@ impl Metrics {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# TYPE raftkv_log_recovery_bytes gauge\nraftkv_log_recovery_bytes {}",
+            self.log_recovery_bytes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE raftkv_log_recovery_seconds gauge\nraftkv_log_recovery_seconds {}",
+            self.log_recovery_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        if let Some(dir) = self.data_dir.get() {
+            let u = crate::disk::usage(dir);
+            let _ = writeln!(out, "# TYPE raftkv_disk_bytes gauge");
+            for (kind, v) in [
+                ("log", u.log_bytes),
+                ("snapshots", u.snapshot_bytes),
+                ("other", u.other_bytes),
+            ] {
+                let _ = writeln!(out, "raftkv_disk_bytes{{kind=\"{kind}\"}} {v}");
+            }
+            let _ = writeln!(
+                out,
+                "# TYPE raftkv_log_segments gauge\nraftkv_log_segments {}",
+                u.log_segments
+            );
+        }
         let _ = writeln!(out, "# TYPE raftkv_fsync_seconds histogram");
         self.fsync.render(&mut out, "raftkv_fsync_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_snapshot_stall_seconds histogram");
+        self.snapshot_stall
+            .render(&mut out, "raftkv_snapshot_stall_seconds", "");
         let _ = writeln!(out, "# TYPE raftkv_request_seconds histogram");
         let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for (cmd, h) in m.iter() {

@@ -85,6 +85,7 @@ impl Server {
         scfg.heartbeat_tick = cfg.heartbeat_tick;
         scfg.snapshot_threshold_entries = cfg.snapshot_threshold_entries;
         scfg.snapshot_threshold_bytes = cfg.snapshot_threshold_bytes;
+        scfg.engine = raft_log::Config::with_segment_size(cfg.log_segment_bytes);
         scfg.read_mode = cfg.read_mode;
         // Spread region leaders over the stores (static preference; see
         // `Store::balance_leaders`), checked once per election timeout.
@@ -94,6 +95,12 @@ impl Server {
                 .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
         let regions = store.regions();
         let metrics = Arc::new(Metrics::default());
+        let _ = metrics.data_dir.set(cfg.data_dir.clone());
+        {
+            // (raft-log logs the recovery itself.)
+            let r = store.engine().recovery_report();
+            metrics.set_recovery(r.bytes_read, r.duration);
+        }
 
         let transport =
             transport::Transport::new(cfg.store_id, transport::TransportConfig::default());

@@ -569,9 +569,20 @@ impl KvService {
             Ok(()) => rx.await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
+        let data_dir = self.cfg.data_dir.clone();
+        let disk = tokio::task::spawn_blocking(move || crate::disk::usage(&data_dir))
+            .await
+            .unwrap_or_default();
         pb::StatusResponse {
             store_id: self.cfg.store_id,
             client_addr: String::new(),
+            disk: Some(pb::DiskUsage {
+                log_bytes: disk.log_bytes,
+                log_segments: disk.log_segments,
+                snapshot_bytes: disk.snapshot_bytes,
+                snapshot_files: disk.snapshot_files,
+                other_bytes: disk.other_bytes,
+            }),
             regions: regions
                 .into_iter()
                 .map(|s| pb::RegionStatus {

@@ -184,7 +184,7 @@ pub fn run(
             let behind = now.duration_since(next_tick).as_nanos() / tick.as_nanos().max(1);
             let missed = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
             for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                store.tick();
+                store.tick()?;
             }
             next_tick = now + tick;
         }
@@ -232,6 +232,9 @@ pub fn run(
         deliver(&mut store, &transport, &mut waiting);
         for d in store.take_write_latencies() {
             metrics.observe_fsync(d);
+        }
+        for d in store.take_snapshot_durations() {
+            metrics.observe_snapshot_stall(d);
         }
         metrics.set_store_stats(&store.stats);
         if !ticked {

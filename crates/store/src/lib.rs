@@ -35,4 +35,6 @@ pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use state_machine::StateMachine;
 pub use store::{
     Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,
+    DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+    DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
 };

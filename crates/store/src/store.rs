@@ -10,13 +10,26 @@ use raft::{
 };
 use raft_log::raft_storage::GroupStorage;
 use raft_log::{FileSystem, LogBatch, LogEngine};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Engine state key under which each group keeps its region descriptor.
 pub const REGION_KEY: &[u8] = b"store/region";
+
+/// Default of [`StoreConfig::snapshot_threshold_entries`].
+pub const DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES: u64 = 10_000;
+/// Default of [`StoreConfig::snapshot_threshold_bytes`]: with the default log budget (8
+/// segments of `raft_log::DEFAULT_SEGMENT_SIZE_BYTES`, 128 MiB) three busy regions compact
+/// by their own thresholds before the log's purge has to force them.
+pub const DEFAULT_SNAPSHOT_THRESHOLD_BYTES: u64 = 32 << 20;
+/// Default of [`StoreConfig::log_purge_every_ticks`]: every tick (the check reads one
+/// counter; a purge runs only once the log is over its budget), so that however fast
+/// segments fill, the log overshoots its budget by at most a tick's writes.
+pub const DEFAULT_LOG_PURGE_EVERY_TICKS: u64 = 1;
+/// Most store-thread snapshot durations kept for the caller's metrics between two reads.
+const MAX_SNAPSHOT_DURATIONS_KEPT: usize = 1024;
 
 /// Tunables of a store.
 #[derive(Clone, Debug)]
@@ -40,6 +53,9 @@ pub struct StoreConfig {
     /// replica when that replica is fully caught up (0 = never). See
     /// [`Store::balance_leaders`].
     pub balance_leaders_every_ticks: u64,
+    /// Every this many ticks the store checks whether its log outgrew its budget and if so
+    /// reclaims space ([`Store::reclaim_log`]; 0 = never, for tests of the engine alone).
+    pub log_purge_every_ticks: u64,
 }
 
 impl StoreConfig {
@@ -48,12 +64,13 @@ impl StoreConfig {
             store_id: StoreId(store_id),
             election_tick: 10,
             heartbeat_tick: 2,
-            snapshot_threshold_entries: 10_000,
-            snapshot_threshold_bytes: 64 << 20,
+            snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
+            snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             max_pending_per_region: 10_000,
             read_mode: ReadMode::Safe,
             engine: raft_log::Config::default(),
             balance_leaders_every_ticks: 0,
+            log_purge_every_ticks: DEFAULT_LOG_PURGE_EVERY_TICKS,
         }
     }
 }
@@ -221,8 +238,17 @@ pub struct StoreStats {
     pub entries_applied: u64,
     pub snapshots_created: u64,
     pub snapshots_installed: u64,
+    /// Of the snapshots created, those made because the log's purge asked for them (a
+    /// region pinning old segments with too much live log to copy forward).
+    pub snapshots_for_log_space: u64,
     /// Messages for unknown regions or peers, dropped.
     pub messages_dropped: u64,
+    /// Log purges run, and what they did.
+    pub log_purges: u64,
+    pub log_segments_deleted: u64,
+    pub log_bytes_deleted: u64,
+    pub log_groups_rewritten: u64,
+    pub log_bytes_rewritten: u64,
 }
 
 /// Status of one region replica, for `raftkv status`.
@@ -254,6 +280,11 @@ pub struct Store<M: StateMachine> {
     round_prepared: bool,
     /// Start-to-durable times of synced round writes, for the caller's metrics.
     write_latencies: Vec<std::time::Duration>,
+    /// How long each snapshot made here held the store thread, for the caller's metrics.
+    snapshot_durations: Vec<std::time::Duration>,
+    /// Regions the log's purge asked to compact, snapshotted as soon as snapshots are
+    /// allowed (see [`Store::reclaim_log`]).
+    compact_wanted: BTreeSet<RegionId>,
     pub stats: StoreStats,
 }
 
@@ -313,6 +344,8 @@ impl<M: StateMachine> Store<M> {
             in_flight: VecDeque::new(),
             round_prepared: false,
             write_latencies: Vec::new(),
+            snapshot_durations: Vec::new(),
+            compact_wanted: BTreeSet::new(),
             stats: StoreStats::default(),
         };
         let groups = store.engine.groups();
@@ -486,7 +519,9 @@ impl<M: StateMachine> Store<M> {
         })
     }
 
-    pub fn tick(&mut self) {
+    /// One tick of every replica's clock, and the store's periodic work (leader balancing,
+    /// log reclamation). An error is a storage error: fatal, as for a round's write.
+    pub fn tick(&mut self) -> Result<(), StoreError> {
         for p in self.peers.values_mut() {
             p.raw.tick();
         }
@@ -495,6 +530,74 @@ impl<M: StateMachine> Store<M> {
         if every > 0 && self.ticks.is_multiple_of(every) {
             self.balance_leaders();
         }
+        let every = self.cfg.log_purge_every_ticks;
+        if every > 0 && self.ticks.is_multiple_of(every) && self.engine.wants_purge() {
+            self.reclaim_log()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the log within its budget: the engine deletes segments nothing live is left
+    /// in and copies small regions' live entries out of old ones (`LogEngine::purge`); the
+    /// regions it names as too large to copy are snapshotted here, which compacts their log
+    /// and frees those segments at a later purge. So an idle region, or one whose own
+    /// snapshot thresholds are far off, cannot pin the whole log.
+    pub fn reclaim_log(&mut self) -> Result<(), StoreError> {
+        let report = self.engine.purge()?;
+        self.stats.log_purges += 1;
+        self.stats.log_segments_deleted += report.segments_deleted as u64;
+        self.stats.log_bytes_deleted += report.bytes_deleted;
+        self.stats.log_groups_rewritten += report.groups_rewritten as u64;
+        self.stats.log_bytes_rewritten += report.bytes_rewritten;
+        for group in report.groups_to_compact {
+            let region = raft::GroupId(group.0);
+            if self.peers.contains_key(&region) {
+                self.compact_wanted.insert(region);
+            }
+        }
+        self.compact_requested()
+    }
+
+    /// Snapshots the regions the log's purge asked to compact, when snapshots are allowed.
+    fn compact_requested(&mut self) -> Result<(), StoreError> {
+        if self.compact_wanted.is_empty() || !self.snapshots_allowed() {
+            return Ok(());
+        }
+        for region in std::mem::take(&mut self.compact_wanted) {
+            let Some(p) = self.peers.get_mut(&region) else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            if p.snapshot()? {
+                Self::record_snapshot(
+                    &mut self.stats,
+                    &mut self.snapshot_durations,
+                    started.elapsed(),
+                );
+                self.stats.snapshots_for_log_space += 1;
+            } else if p.applied > p.raw.persisted_index() {
+                // Not yet possible (its applied index is not durable here): next time.
+                self.compact_wanted.insert(region);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_snapshot(
+        stats: &mut StoreStats,
+        durations: &mut Vec<std::time::Duration>,
+        took: std::time::Duration,
+    ) {
+        stats.snapshots_created += 1;
+        // Bounded: a caller that never reads them (the simulations) keeps only the first.
+        if durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
+            durations.push(took);
+        }
+    }
+
+    /// How long each snapshot made since the last call held the store thread.
+    pub fn take_snapshot_durations(&mut self) -> Vec<std::time::Duration> {
+        std::mem::take(&mut self.snapshot_durations)
     }
 
     /// Static leader balancing until placement exists: each region prefers the replica at
@@ -1054,11 +1157,18 @@ impl<M: StateMachine> Store<M> {
             // Snapshot when the log grows past the thresholds (postponed while rounds are in
             // flight, see `Store::snapshots_allowed`, or while the applied index is not
             // durable here, see `Peer::snapshot`).
-            if snapshots && p.wants_snapshot(&self.cfg) && p.snapshot()? {
-                self.stats.snapshots_created += 1;
+            if snapshots && p.wants_snapshot(&self.cfg) {
+                let started = std::time::Instant::now();
+                if p.snapshot()? {
+                    Self::record_snapshot(
+                        &mut self.stats,
+                        &mut self.snapshot_durations,
+                        started.elapsed(),
+                    );
+                }
             }
         }
-        Ok(())
+        self.compact_requested()
     }
 
     /// Whether a snapshot may be made now: no round is in flight or prepared. A snapshot's
@@ -1081,9 +1191,14 @@ impl<M: StateMachine> Store<M> {
             .peers
             .get_mut(&region)
             .ok_or(StoreError::RegionNotFound(region))?;
+        let started = std::time::Instant::now();
         let made = p.snapshot()?;
         if made {
-            self.stats.snapshots_created += 1;
+            Self::record_snapshot(
+                &mut self.stats,
+                &mut self.snapshot_durations,
+                started.elapsed(),
+            );
         }
         Ok(made)
     }
