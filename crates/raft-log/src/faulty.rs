@@ -93,6 +93,12 @@ pub struct TearCounts {
     pub reordered: u64,
     /// Files that got garbage after their surviving bytes.
     pub garbage: u64,
+    /// Files with unsynced bytes that a torn crash (`crash_random`, `crash_torn`) tore, in
+    /// any mode, and those of them whose unsynced bytes spanned at least two sectors (only
+    /// those can be reordered): the chances each mode had.
+    pub torn_files: u64,
+    /// See `torn_files`.
+    pub multi_sector_files: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -260,6 +266,8 @@ impl State {
         }
         bounds.push(len);
         let sectors = bounds.len() - 1;
+        self.tears.torn_files += 1;
+        self.tears.multi_sector_files += u64::from(sectors >= 2);
         match mode {
             TornWrite::Reordered if sectors >= 2 => {
                 let lost = self.below(sectors - 1);

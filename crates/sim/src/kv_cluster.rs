@@ -113,6 +113,10 @@ pub struct KvSimOutcome {
     pub tears_prefix: u64,
     pub tears_reordered: u64,
     pub tears_garbage: u64,
+    /// The chances of those: files a torn crash found with unsynced bytes, and those of them
+    /// with unsynced bytes over at least two sectors.
+    pub torn_files: u64,
+    pub multi_sector_tears: u64,
     /// Restarts that the log engine refused because of a torn (reordered or garbage) tail it
     /// took for damage; the store was then reopened in salvage mode (see `Sim::open`).
     pub recoveries_refused: u64,
@@ -142,9 +146,10 @@ pub struct KvKinds {
 
 impl KvSimOutcome {
     /// Each fault kind this seed can inject: whether it was on, how often it fired, and how
-    /// often it was sure to (messages lost and duplicated: half of the messages sent times
-    /// the rate, the half for messages a partition cut first; the other kinds are drawn by
-    /// fault events that cannot always act, so only their sums over seeds are checked).
+    /// often it was expected to given its chances (messages lost and duplicated: half of the
+    /// messages sent times the rate, the half for messages a partition cut first; torn
+    /// writes by mode: the files torn); the other kinds are drawn by fault events that
+    /// cannot always act, and must fire at least once over the seeds that turned them on.
     pub fn fault_counts(&self) -> Vec<crate::FaultCount> {
         use crate::FaultCount as F;
         let k = self.enabled;
@@ -153,40 +158,42 @@ impl KvSimOutcome {
                 "message loss",
                 k.loss,
                 self.messages_dropped,
-                self.messages as f64 * k.drop_rate * 0.5,
+                Some(self.messages as f64 * k.drop_rate * 0.5),
             ),
             F::new(
                 "duplication",
                 k.duplication,
                 self.messages_duplicated,
-                self.messages as f64 * k.dup_rate * 0.5,
+                Some(self.messages as f64 * k.dup_rate * 0.5),
             ),
-            F::new("crashes", k.crashes, self.crashes, 0.0),
-            F::new("restarts", k.crashes, self.restarts, 0.0),
-            F::new("torn crashes", k.crashes, self.torn_crashes, 0.0),
-            F::new("deaths in fsync", k.crashes, self.fsync_deaths, 0.0),
-            F::new("tears: prefix", k.crashes, self.tears_prefix, 0.0),
+            F::new("crashes", k.crashes, self.crashes, None),
+            F::new("restarts", k.crashes, self.restarts, None),
+            F::new("torn crashes", k.crashes, self.torn_crashes, None),
+            F::new("deaths in fsync", k.crashes, self.fsync_deaths, None),
+            F::new("tears: prefix", k.crashes, self.tears_prefix, None),
             F::new(
                 "tears: reordered",
                 k.crashes && k.torn_write_modes,
                 self.tears_reordered,
-                0.0,
+                // Each torn file draws one of the three modes; only unsynced bytes spanning
+                // two sectors can be reordered.
+                Some(self.multi_sector_tears as f64 / 3.0),
             ),
             F::new(
                 "tears: garbage",
                 k.crashes && k.torn_write_modes,
                 self.tears_garbage,
-                0.0,
+                Some(self.torn_files as f64 / 3.0),
             ),
-            F::new("partitions", k.partitions, self.partitions, 0.0),
-            F::new("pauses", k.pauses, self.pauses, 0.0),
-            F::new("leader transfers", k.transfers, self.transfers, 0.0),
-            F::new("snapshots forced", k.snapshots, self.snapshots_forced, 0.0),
+            F::new("partitions", k.partitions, self.partitions, None),
+            F::new("pauses", k.pauses, self.pauses, None),
+            F::new("leader transfers", k.transfers, self.transfers, None),
+            F::new("snapshots forced", k.snapshots, self.snapshots_forced, None),
             F::new(
                 "snapshots installed",
                 k.snapshots,
                 self.snapshots_installed,
-                0.0,
+                None,
             ),
         ]
     }
@@ -1566,6 +1573,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         sim.out.tears_prefix += t.prefix;
         sim.out.tears_reordered += t.reordered;
         sim.out.tears_garbage += t.garbage;
+        sim.out.torn_files += t.torn_files;
+        sim.out.multi_sector_tears += t.multi_sector_files;
     }
     sim.out.ops_unknown = ops.len() - sim.out.ops_completed;
     match lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default()) {

@@ -82,29 +82,43 @@ pub struct SwarmKinds {
     pub membership: bool,
     pub transfers: bool,
     pub snapshots: bool,
+    pub drop_rate: f64,
+    pub dup_rate: f64,
 }
 
 impl SwarmOutcome {
     /// Each fault kind this seed can inject: whether it was on, how often it fired, and how
-    /// often it was sure to (messages lost and duplicated: messages sent times the rate).
+    /// often it was expected to given its chances (messages lost and duplicated; the other
+    /// kinds must fire at least once over the seeds that turned them on).
     pub fn fault_counts(&self) -> Vec<crate::FaultCount> {
         use crate::FaultCount as F;
         let k = self.enabled;
         vec![
-            F::new("message loss", k.loss, self.messages_dropped, 0.0),
-            F::new("duplication", k.duplication, self.messages_duplicated, 0.0),
-            F::new("crashes", k.crashes, self.crashes, 0.0),
-            F::new("restarts", k.crashes, self.restarts, 0.0),
-            F::new("torn writes", k.torn_writes, self.torn_writes, 0.0),
-            F::new("partitions", k.partitions, self.partitions, 0.0),
-            F::new("conf changes", k.membership, self.conf_changes, 0.0),
-            F::new("leader transfers", k.transfers, self.transfers, 0.0),
-            F::new("snapshots", k.snapshots, self.snapshots, 0.0),
+            // Half the messages sent times the rate (the half for those a partition cut).
+            F::new(
+                "message loss",
+                k.loss,
+                self.messages_dropped,
+                Some(self.messages as f64 * k.drop_rate * 0.5),
+            ),
+            F::new(
+                "duplication",
+                k.duplication,
+                self.messages_duplicated,
+                Some(self.messages as f64 * k.dup_rate * 0.5),
+            ),
+            F::new("crashes", k.crashes, self.crashes, None),
+            F::new("restarts", k.crashes, self.restarts, None),
+            F::new("torn writes", k.torn_writes, self.torn_writes, None),
+            F::new("partitions", k.partitions, self.partitions, None),
+            F::new("conf changes", k.membership, self.conf_changes, None),
+            F::new("leader transfers", k.transfers, self.transfers, None),
+            F::new("snapshots", k.snapshots, self.snapshots, None),
             F::new(
                 "snapshots installed",
                 k.snapshots,
                 self.snapshots_installed,
-                0.0,
+                None,
             ),
         ]
     }
@@ -181,6 +195,8 @@ pub fn run_seed(opts: &SwarmOptions) -> Result<SwarmOutcome, String> {
             membership: membership_on,
             transfers: transfers_on,
             snapshots: snapshots_on,
+            drop_rate: net.drop_rate,
+            dup_rate: net.dup_rate,
         },
         ..Default::default()
     };

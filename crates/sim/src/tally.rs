@@ -9,9 +9,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// An expected count at or above which zero occurrences is taken as a broken injector: with
-/// independent chances, zero has probability below e^-SURE (about 2e-9).
+/// An expected count at or above which zero occurrences in one seed is taken as a broken
+/// injector: with independent chances, zero has probability below e^-SURE (about 2e-9).
 pub const SURE: f64 = 20.0;
+
+/// Over many seeds, a kind whose count is estimated from its chances must have fired once
+/// its expected total reaches this (zero then has probability below e^-5, under 1 %).
+pub const SURE_OVER_SEEDS: f64 = 5.0;
 
 /// One fault kind in one seed.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,13 +25,14 @@ pub struct FaultCount {
     pub enabled: bool,
     /// How often it fired.
     pub count: u64,
-    /// How often it was expected to fire given the seed's schedule (chances times
-    /// probability); `0.0` when not computed.
-    pub expected: f64,
+    /// How often it was expected to fire given its chances in this seed (chances times
+    /// probability), for kinds whose chances are counted; `None` for the others, which must
+    /// fire at least once over the seeds that turned them on.
+    pub expected: Option<f64>,
 }
 
 impl FaultCount {
-    pub fn new(kind: &'static str, enabled: bool, count: u64, expected: f64) -> FaultCount {
+    pub fn new(kind: &'static str, enabled: bool, count: u64, expected: Option<f64>) -> FaultCount {
         FaultCount {
             kind,
             enabled,
@@ -42,8 +47,8 @@ impl FaultCount {
 pub fn surely_missing(counts: &[FaultCount]) -> Vec<String> {
     counts
         .iter()
-        .filter(|c| c.enabled && c.count == 0 && c.expected >= SURE)
-        .map(|c| format!("{} (expected {:.0})", c.kind, c.expected))
+        .filter(|c| c.enabled && c.count == 0 && c.expected.unwrap_or(0.0) >= SURE)
+        .map(|c| format!("{} (expected {:.0})", c.kind, c.expected.unwrap_or(0.0)))
         .collect()
 }
 
@@ -55,6 +60,8 @@ struct KindTotal {
     count: u64,
     /// Seeds that turned it on and saw none.
     seeds_on_without: u64,
+    /// Sum of the expected counts, if the kind's chances are counted.
+    expected: Option<f64>,
 }
 
 /// Fault counts and acknowledged writes summed over seeds.
@@ -82,6 +89,9 @@ impl FaultTally {
             if c.enabled {
                 t.seeds_on += 1;
                 t.seeds_on_without += u64::from(c.count == 0);
+                if let Some(e) = c.expected {
+                    *t.expected.get_or_insert(0.0) += e;
+                }
             }
         }
         for m in surely_missing(counts) {
@@ -101,24 +111,34 @@ impl FaultTally {
             self.seeds, self.acknowledged_writes
         );
         for (kind, t) in &self.kinds {
+            let expected = t
+                .expected
+                .map(|e| format!(", {e:.1} expected from its chances"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {kind:<22} {:>9} (on in {} seeds, {} of them without any)",
+                "  {kind:<22} {:>9} (on in {} seeds, {} of them without any{expected})",
                 t.count, t.seeds_on, t.seeds_on_without
             );
         }
         s
     }
 
-    /// Fails when a kind some seed turned on never fired, when a seed surely should have
-    /// seen a kind it turned on and did not, or when fewer than `min_acknowledged_writes`
-    /// writes were acknowledged. The error holds the report.
+    /// Fails when a kind some seed turned on never fired (for a kind whose chances are
+    /// counted: once its expected total reaches [`SURE_OVER_SEEDS`]), when a seed surely
+    /// should have seen a kind it turned on and did not, or when fewer than
+    /// `min_acknowledged_writes` writes were acknowledged. The error holds the report.
     pub fn check(&self, min_acknowledged_writes: u64) -> Result<(), String> {
         let mut problems = Vec::new();
         for (kind, t) in &self.kinds {
-            if t.seeds_on > 0 && t.count == 0 {
+            let claimed = t.seeds_on > 0 && t.expected.is_none_or(|e| e >= SURE_OVER_SEEDS);
+            if claimed && t.count == 0 {
+                let expected = t
+                    .expected
+                    .map(|e| format!(" ({e:.1} expected from its chances)"))
+                    .unwrap_or_default();
                 problems.push(format!(
-                    "{kind} was turned on in {} seeds but never fired",
+                    "{kind} was turned on in {} seeds but never fired{expected}",
                     t.seeds_on
                 ));
             }
@@ -149,20 +169,24 @@ mod tests {
     #[test]
     fn a_kind_turned_on_that_never_fired_fails_the_check() {
         let mut t = FaultTally::new();
-        t.add(1, &[FaultCount::new("crashes", true, 0, 3.0)], 10);
-        t.add(2, &[FaultCount::new("crashes", false, 0, 0.0)], 10);
+        t.add(1, &[FaultCount::new("crashes", true, 0, None)], 10);
+        t.add(2, &[FaultCount::new("crashes", false, 0, None)], 10);
         let e = t.check(5).unwrap_err();
         assert!(
             e.contains("crashes was turned on in 1 seeds but never fired"),
             "{e}"
         );
-        t.add(3, &[FaultCount::new("crashes", true, 2, 3.0)], 10);
+        t.add(3, &[FaultCount::new("crashes", true, 2, None)], 10);
         assert!(t.check(5).is_ok());
         assert!(t.check(100).unwrap_err().contains("only 30 writes"));
-        t.add(4, &[FaultCount::new("crashes", true, 0, 50.0)], 10);
-        assert!(t
-            .check(5)
-            .unwrap_err()
-            .contains("seed 4: crashes (expected 50)"));
+        // A kind counted by its chances: checked once they make a zero implausible.
+        t.add(4, &[FaultCount::new("reorders", true, 0, Some(3.0))], 10);
+        assert!(t.check(5).is_ok());
+        t.add(5, &[FaultCount::new("reorders", true, 0, Some(3.0))], 10);
+        let e = t.check(5).unwrap_err();
+        assert!(e.contains("reorders was turned on in 2 seeds"), "{e}");
+        t.add(6, &[FaultCount::new("loss", true, 0, Some(50.0))], 10);
+        let e = t.check(5).unwrap_err();
+        assert!(e.contains("seed 6: loss (expected 50)"), "{e}");
     }
 }
