@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -48,6 +49,8 @@ pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 16 << 20;
 /// large log again and again costs more than one snapshot of its region, and the copy is
 /// made while writers wait).
 pub const DEFAULT_REWRITE_MAX_GROUP_BYTES: u64 = 1 << 20;
+/// Default of [`Config::no_space_retry`].
+pub const DEFAULT_NO_SPACE_RETRY: Duration = Duration::from_millis(100);
 
 /// How recovery treats damaged files (compare tikv/raft-engine's `RecoveryMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +103,20 @@ pub struct Config {
     /// so that starting a segment costs a rename, not the zeroing, on the write path. Off,
     /// a segment is zeroed by the writer when it starts (deterministic: the simulator).
     pub prepare_segments_in_background: bool,
+    /// What a group commit does when the disk is full (`ENOSPC`/`EDQUOT` from a write, a
+    /// segment's creation or its preallocation; never from an `fdatasync`, which stays fatal):
+    /// it cuts off what it wrote of the failed record, so nothing partial is left for later
+    /// records to follow, and then
+    /// - `Some(interval)`: retries the same group every `interval` until it is written (the
+    ///   writer lock is released in between, so `purge` can free space), holding back every
+    ///   request queued behind it; [`LogEngine::is_out_of_space`] says so meanwhile. Writes
+    ///   keep their order and none is reported written before it is;
+    /// - `None`: fails the group's requests with [`Error::Full`] without poisoning the
+    ///   engine; later writes are tried again (the caller decides what to resubmit).
+    ///
+    /// The spare-segment thread retries a spare that failed for lack of space at the same
+    /// interval (or [`DEFAULT_NO_SPACE_RETRY`]).
+    pub no_space_retry: Option<Duration>,
 }
 
 impl Config {
@@ -129,6 +146,7 @@ impl Default for Config {
             purge_rewrite_max_group_bytes: DEFAULT_REWRITE_MAX_GROUP_BYTES,
             preallocate_segments: true,
             prepare_segments_in_background: true,
+            no_space_retry: Some(DEFAULT_NO_SPACE_RETRY),
         }
     }
 }
@@ -189,6 +207,8 @@ pub struct PurgeReport {
     /// `Config::purge_rewrite_max_group_bytes`: their owner should compact them (snapshot
     /// and drop the log), after which a later purge frees the segments. Sorted.
     pub groups_to_compact: Vec<GroupId>,
+    /// The disk was full: copying stopped early (what was copied is kept; nothing partial).
+    pub stopped_for_space: bool,
 }
 
 /// Counters describing the engine now.
@@ -438,6 +458,30 @@ struct Core {
     /// Segment files on disk (`active_seq - first_seq + 1`), readable without the writer's
     /// lock, which a group commit holds through its fdatasync.
     segment_count: std::sync::atomic::AtomicUsize,
+    /// A group commit failed for lack of space and waits to be retried.
+    write_no_space: AtomicBool,
+    /// The spare-segment thread could not make the next segment for lack of space: the
+    /// active segment's remaining room is all the log has.
+    spare_no_space: AtomicBool,
+}
+
+/// Why an append failed, and whether the engine may go on.
+enum AppendFailure {
+    /// The disk is full; nothing partial was left behind, the same bytes may be retried.
+    NoSpace(Error),
+    /// Anything else: what is on disk is unknown, the engine poisons itself.
+    Fatal(Error),
+}
+
+impl AppendFailure {
+    /// Classifies an error of a step after which a full disk is recoverable.
+    fn of(error: Error) -> AppendFailure {
+        if error.is_no_space() {
+            AppendFailure::NoSpace(error)
+        } else {
+            AppendFailure::Fatal(error)
+        }
+    }
 }
 
 /// The shared log of one store. `Send + Sync`: share it with an `Arc`.
@@ -672,6 +716,8 @@ impl LogEngine {
             segment_count: std::sync::atomic::AtomicUsize::new(
                 (active_seq - first_seq + 1) as usize,
             ),
+            write_no_space: AtomicBool::new(false),
+            spare_no_space: AtomicBool::new(false),
         });
         let worker_core = Arc::clone(&core);
         let worker = std::thread::Builder::new()
@@ -816,6 +862,16 @@ impl LogEngine {
     /// [`Self::purge`] would reclaim something; cheap enough to ask on every tick.
     pub fn wants_purge(&self) -> bool {
         self.segment_count() > self.core.config.purge_rewrite_threshold_segments
+    }
+
+    /// Whether the disk is full as far as the log knows: a group commit is waiting for space
+    /// (see [`Config::no_space_retry`]) or the next segment could not be made for lack of
+    /// space (the active segment's remaining room is all that is left). Lock-free; clears by
+    /// itself once a retry succeeds. An owner should refuse new work that would need log
+    /// space while it is set.
+    pub fn is_out_of_space(&self) -> bool {
+        self.core.write_no_space.load(Ordering::Relaxed)
+            || self.core.spare_no_space.load(Ordering::Relaxed)
     }
 
     /// The configuration the engine was opened with.
@@ -1190,7 +1246,51 @@ impl Core {
         }
         writer.group_commits += 1;
         writer.batches_written += accepted.len() as u64;
-        let outcome = self.append_to_active(&mut writer, &buf, need_sync);
+        let mut waited_for_space = false;
+        let outcome = loop {
+            match self.try_append_to_active(&mut writer, &buf, need_sync) {
+                Ok(seq) => {
+                    if waited_for_space {
+                        self.write_no_space.store(false, Ordering::Relaxed);
+                        tracing::warn!("raft-log: disk space available again; writes resumed");
+                    }
+                    break Ok(seq);
+                }
+                Err(AppendFailure::Fatal(error)) => {
+                    tracing::error!(%error, "raft-log write failed; the engine refuses further writes until reopened");
+                    writer.poisoned = Some(error.to_string());
+                    break Err(error);
+                }
+                Err(AppendFailure::NoSpace(error)) => {
+                    let Some(interval) = self.config.no_space_retry else {
+                        tracing::warn!(%error, "raft-log: disk full; the group commit failed (nothing of it was kept)");
+                        break Err(error);
+                    };
+                    if !waited_for_space {
+                        waited_for_space = true;
+                        self.write_no_space.store(true, Ordering::Relaxed);
+                        tracing::warn!(%error, retry_ms = interval.as_millis() as u64, "raft-log: disk full; the group commit is held and retried until space is freed");
+                    }
+                    // Let `purge` (which frees space), `sync` and `stats` in meanwhile.
+                    drop(writer);
+                    let shutdown = self.sleep_unless_shutdown(interval);
+                    writer = lock(&self.writer);
+                    if let Some(cause) = &writer.poisoned {
+                        break Err(Error::Poisoned {
+                            cause: cause.clone(),
+                        });
+                    }
+                    if shutdown {
+                        // Nothing later may be written without this group: refuse all.
+                        self.write_no_space.store(false, Ordering::Relaxed);
+                        writer.poisoned = Some(format!(
+                            "closed while a write was waiting for disk space ({error})"
+                        ));
+                        break Err(error);
+                    }
+                }
+            }
+        };
         let written = buf.len();
         writer.buf = buf;
         match outcome {
@@ -1217,28 +1317,53 @@ impl Core {
         results
     }
 
-    /// Appends `bytes` (whole records) to the active segment, rolling over first if needed.
-    /// Returns the segment's sequence number. Any failure poisons the engine.
-    fn append_to_active(&self, writer: &mut Writer, bytes: &[u8], sync: bool) -> Result<u64> {
-        let result = self.try_append_to_active(writer, bytes, sync);
-        if let Err(error) = &result {
-            tracing::error!(%error, "raft-log write failed; the engine refuses further writes until reopened");
-            writer.poisoned = Some(error.to_string());
+    /// Sleeps `interval` (in short steps) unless the engine is being dropped; returns whether
+    /// it is.
+    fn sleep_unless_shutdown(&self, interval: Duration) -> bool {
+        let deadline = Instant::now() + interval;
+        loop {
+            if lock(&self.queue).shutdown {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
         }
-        result
     }
 
-    fn try_append_to_active(&self, writer: &mut Writer, bytes: &[u8], sync: bool) -> Result<u64> {
+    /// Appends `bytes` (whole records) to the active segment, rolling over first if needed.
+    /// Returns the segment's sequence number. A full disk ([`AppendFailure::NoSpace`]) leaves
+    /// the log as it was before the call (a record cut short is truncated off, a segment that
+    /// could not be made is removed), so the same bytes can be appended again; the caller
+    /// poisons the engine on any other failure.
+    fn try_append_to_active(
+        &self,
+        writer: &mut Writer,
+        bytes: &[u8],
+        sync: bool,
+    ) -> std::result::Result<u64, AppendFailure> {
         if writer.active_len > format::SEGMENT_HEADER_BYTES as u64
             && writer.active_len + bytes.len() as u64 > self.config.segment_size_bytes
         {
             self.rollover(writer)?;
         }
         let path = segment_path(&self.dir, writer.active_seq);
-        writer
-            .active_file
-            .write_all(bytes)
-            .map_err(|error| Error::io("write", &path, error))?;
+        if let Err(error) = writer.active_file.write_all(bytes) {
+            let error = Error::io("write", &path, error);
+            if !error.is_no_space() {
+                return Err(AppendFailure::Fatal(error));
+            }
+            // Cut off what reached the file of this record: the next record goes where it
+            // began, so no later record can follow a partial one. Not durable until the next
+            // sync, and until then a crash finds at most a torn tail, never acknowledged.
+            writer
+                .active_file
+                .truncate(writer.active_len)
+                .map_err(|error| AppendFailure::Fatal(Error::io("truncate", &path, error)))?;
+            return Err(AppendFailure::NoSpace(error));
+        }
         writer.active_len += bytes.len() as u64;
         if self.config.spares_in_background()
             && writer.active_len.saturating_mul(2) >= self.config.segment_size_bytes
@@ -1250,15 +1375,17 @@ impl Core {
         }
         if sync {
             writer.syncs += 1;
+            // Fatal whatever the errno, ENOSPC included: after a failed fdatasync the kernel
+            // may have dropped the dirty pages, so what the file holds is unknown.
             writer
                 .active_file
                 .sync_data()
-                .map_err(|error| Error::io("fdatasync", &path, error))?;
+                .map_err(|error| AppendFailure::Fatal(Error::io("fdatasync", &path, error)))?;
         }
         Ok(writer.active_seq)
     }
 
-    fn rollover(&self, writer: &mut Writer) -> Result<()> {
+    fn rollover(&self, writer: &mut Writer) -> std::result::Result<(), AppendFailure> {
         // Make the old segment complete on disk first: recovery accepts a torn tail (or
         // preallocated zeros) only in the last segment, so no earlier segment may ever end in
         // unsynced bytes or zeros. The truncation is made durable by the same fdatasync.
@@ -1267,23 +1394,23 @@ impl Core {
             writer
                 .active_file
                 .truncate(writer.active_len)
-                .map_err(|error| Error::io("truncate", &old_path, error))?;
+                .map_err(|error| AppendFailure::Fatal(Error::io("truncate", &old_path, error)))?;
         }
         writer
             .active_file
             .sync_data()
-            .map_err(|error| Error::io("fdatasync", &old_path, error))?;
+            .map_err(|error| AppendFailure::Fatal(Error::io("fdatasync", &old_path, error)))?;
         let seq = writer.active_seq + 1;
         let spare = lock(&self.spares).ready.take();
         let (file, len) = match spare {
             Some(spare) if spare.seq == seq => {
                 let path = segment_path(&self.dir, seq);
-                self.fs
-                    .rename(&spare.path, &path)
-                    .map_err(|error| Error::io("rename", &spare.path, error))?;
-                self.fs
-                    .sync_dir(&self.dir)
-                    .map_err(|error| Error::io("sync directory", &self.dir, error))?;
+                self.fs.rename(&spare.path, &path).map_err(|error| {
+                    AppendFailure::Fatal(Error::io("rename", &spare.path, error))
+                })?;
+                self.fs.sync_dir(&self.dir).map_err(|error| {
+                    AppendFailure::Fatal(Error::io("sync directory", &self.dir, error))
+                })?;
                 (spare.file, format::SEGMENT_HEADER_BYTES as u64)
             }
             other => {
@@ -1297,7 +1424,35 @@ impl Core {
                 let prealloc = (self.config.preallocate_segments
                     && !self.config.spares_in_background())
                 .then_some(self.config.segment_size_bytes);
-                create_segment(self.fs.as_ref(), &self.dir, seq, prealloc)?
+                let path = segment_path(&self.dir, seq);
+                match new_segment_file(self.fs.as_ref(), &path, seq, prealloc) {
+                    Ok(file) => {
+                        self.fs.sync_dir(&self.dir).map_err(|error| {
+                            AppendFailure::Fatal(Error::io("sync directory", &self.dir, error))
+                        })?;
+                        (file, format::SEGMENT_HEADER_BYTES as u64)
+                    }
+                    Err(error) => {
+                        let failure = AppendFailure::of(error);
+                        if let AppendFailure::NoSpace(_) = failure {
+                            // Give the space back and leave no half-made segment behind (a
+                            // crash before this is durable finds at most a torn last
+                            // segment, which recovery drops: nothing was written to it).
+                            // The writer stays in the old segment and retries the rollover.
+                            if let Err(error) = self.fs.remove(&path) {
+                                if error.kind() != std::io::ErrorKind::NotFound {
+                                    return Err(AppendFailure::Fatal(Error::io(
+                                        "remove", &path, error,
+                                    )));
+                                }
+                            }
+                            self.fs.sync_dir(&self.dir).map_err(|error| {
+                                AppendFailure::Fatal(Error::io("sync directory", &self.dir, error))
+                            })?;
+                        }
+                        return Err(failure);
+                    }
+                }
             }
         };
         writer.active_file = file;
@@ -1332,11 +1487,37 @@ impl Core {
                 let _ = self.fs.remove(&stale.path);
             }
             let made = self.make_spare(seq);
+            if made.is_err() {
+                // Give back whatever the half-made spare holds (a full disk needs it most).
+                let _ = self.fs.remove(&spare_path(&self.dir, seq));
+            }
             spares = lock(&self.spares);
             match made {
                 Ok(spare) => {
                     spares.ready = Some(spare);
                     spares.prepared += 1;
+                    if self.spare_no_space.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            seq,
+                            "raft-log: disk space available again; next segment prepared"
+                        );
+                    }
+                }
+                Err(error) if error.is_no_space() => {
+                    if !self.spare_no_space.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, seq, "raft-log: disk full, the next segment cannot be made; retrying until space is freed");
+                    }
+                    if spares.wanted.is_none() {
+                        spares.wanted = Some(seq);
+                    }
+                    let interval = self.config.no_space_retry.unwrap_or(DEFAULT_NO_SPACE_RETRY);
+                    if !spares.shutdown {
+                        spares = self
+                            .spares_wake
+                            .wait_timeout(spares, interval)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, seq, "raft-log could not prepare the next segment; it will be started without preallocation")
@@ -1527,9 +1708,24 @@ impl Core {
                 for batch in batches {
                     let mut record = Vec::with_capacity(batch.encoded_len());
                     batch.encode_record(&mut record);
-                    let seq = self.append_to_active(&mut writer, &record, false)?;
-                    report.bytes_rewritten += record.len() as u64;
-                    applied.push((batch, seq));
+                    match self.try_append_to_active(&mut writer, &record, false) {
+                        Ok(seq) => {
+                            report.bytes_rewritten += record.len() as u64;
+                            applied.push((batch, seq));
+                        }
+                        Err(AppendFailure::NoSpace(error)) => {
+                            // No room to copy more (nothing partial was kept): keep the copies
+                            // made so far and still delete what is already free below.
+                            tracing::warn!(%error, "raft-log purge: disk full, copying stopped");
+                            report.stopped_for_space = true;
+                            break;
+                        }
+                        Err(AppendFailure::Fatal(error)) => {
+                            tracing::error!(%error, "raft-log purge failed to write; the engine refuses further writes until reopened");
+                            writer.poisoned = Some(error.to_string());
+                            return Err(error);
+                        }
+                    }
                 }
                 // The copies must be durable before the originals are deleted.
                 let path = segment_path(&self.dir, writer.active_seq);

@@ -38,8 +38,10 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The disk (or quota) is full.
-    #[error("no space left while doing {op} on {path}: free disk space, then reopen the engine")]
+    /// The disk (or quota) is full (`ENOSPC`, `EDQUOT`). Not fatal where it comes from a
+    /// write, a segment's creation or preallocation: nothing partial is kept and the write
+    /// can be retried once space is freed (see `Config::no_space_retry`).
+    #[error("no space left on device during {op} on {path}: free disk space; writes resume by themselves once there is room")]
     Full {
         /// Which operation failed.
         op: &'static str,
@@ -120,6 +122,11 @@ impl Error {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// Whether this is a full disk ([`Error::Full`]).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Full { .. })
     }
 
     pub(crate) fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {

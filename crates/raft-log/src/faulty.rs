@@ -32,6 +32,9 @@
 //!   returns an error, as the "old process" must not write after its death.
 //! * [`FaultyFileSystem::flip_bit`] damages durable and current contents alike (bit rot).
 //! * [`FaultyFileSystem::fail_next`] makes the next operation of a kind fail (once).
+//! * [`FaultyFileSystem::set_capacity`] makes the disk hold at most that many bytes (over
+//!   every existing file, written bytes and preallocated zeros): a write or preallocation
+//!   that would go past it stores what fits and fails with `ENOSPC`, as a full disk does.
 //!
 //! [`crash_tearing`]: FaultyFileSystem::crash_tearing
 //! [`crash_random`]: FaultyFileSystem::crash_random
@@ -172,13 +175,43 @@ struct State {
     tears: TearCounts,
     /// The files the last crash tore: path, offset of their first unsynced byte, mode.
     last_tears: Vec<(PathBuf, u64, TornWrite)>,
+    /// Bytes the disk holds at most (`set_capacity`); `None`: unlimited.
+    capacity: Option<u64>,
+    /// `ENOSPC` failures returned so far.
+    no_space_failures: u64,
+    /// Operations whose next call fails with `ENOSPC` (`fail_next_no_space`).
+    no_space_next: Vec<FaultOp>,
 }
 
 impl State {
+    /// Bytes in use: every named file's length (written bytes or preallocation).
+    fn used_bytes(&self) -> u64 {
+        self.names
+            .values()
+            .filter_map(|id| self.inodes.get(id))
+            .map(|inode| inode.visible_len() as u64)
+            .sum()
+    }
+
+    /// How far the file `inode` may grow: its current length plus the free space.
+    fn growth_limit(&self, inode: u64) -> usize {
+        let Some(capacity) = self.capacity else {
+            return usize::MAX;
+        };
+        let own = self.inodes.get(&inode).map_or(0, Inode::visible_len);
+        let free = capacity.saturating_sub(self.used_bytes());
+        own.saturating_add(usize::try_from(free).unwrap_or(usize::MAX))
+    }
+
     fn take_failure(&mut self, op: FaultOp) -> io::Result<()> {
         if let Some(position) = self.failures.iter().position(|failure| *failure == op) {
             self.failures.remove(position);
             return Err(io::Error::other(format!("injected {op:?} failure")));
+        }
+        if let Some(position) = self.no_space_next.iter().position(|failure| *failure == op) {
+            self.no_space_next.remove(position);
+            self.no_space_failures += 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         Ok(())
     }
@@ -346,6 +379,9 @@ impl FaultyFileSystem {
                 torn_writes: vec![TornWrite::Prefix],
                 tears: TearCounts::default(),
                 last_tears: Vec::new(),
+                capacity: None,
+                no_space_failures: 0,
+                no_space_next: Vec::new(),
             })),
             sync_delay: Arc::new(Mutex::new(Duration::ZERO)),
         }
@@ -491,6 +527,29 @@ impl FaultyFileSystem {
         Ok(())
     }
 
+    /// Limits the disk to `bytes` (`None`: unlimited): writes and preallocations that would
+    /// use more store what fits and fail with `ENOSPC` (a real disk's partial write). Lower it
+    /// below what is used to fill the disk at once; raise it to free space.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.lock().capacity = bytes;
+    }
+
+    /// Bytes the existing files take (written bytes and preallocated zeros).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
+    /// `ENOSPC` failures returned since the disk was made.
+    pub fn no_space_failures(&self) -> u64 {
+        self.lock().no_space_failures
+    }
+
+    /// Makes the next operation of kind `op` fail once with `ENOSPC` (nothing done), e.g. an
+    /// `fdatasync` that reports a full disk.
+    pub fn fail_next_no_space(&self, op: FaultOp) {
+        self.lock().no_space_next.push(op);
+    }
+
     /// Makes the next operation of kind `op` fail once.
     pub fn fail_next(&self, op: FaultOp) {
         self.lock().failures.push(op);
@@ -555,10 +614,23 @@ impl FaultyFile {
 
 impl WritableFile for FaultyFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let ((), mut state) = self.with_inode(FaultOp::Write, |inode| {
-            inode.data.extend_from_slice(buf);
+        let limit = self.fs.lock().growth_limit(self.inode);
+        let (full, mut state) = self.with_inode(FaultOp::Write, |inode| {
+            // Overwriting preallocated zeros takes no new space; growing the file does.
+            let fits = limit.saturating_sub(inode.data.len()).min(buf.len());
+            let fits = if inode.data.len() + buf.len() <= inode.alloc {
+                buf.len()
+            } else {
+                fits
+            };
+            inode.data.extend_from_slice(&buf[..fits]);
+            fits < buf.len()
         })?;
         state.write_count += 1;
+        if full {
+            state.no_space_failures += 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         Ok(())
     }
 
@@ -590,13 +662,23 @@ impl WritableFile for FaultyFile {
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        let ((), mut state) = self.with_inode(FaultOp::Write, |inode| {
+        let limit = self.fs.lock().growth_limit(self.inode);
+        let (full, mut state) = self.with_inode(FaultOp::Write, |inode| {
             if len > inode.visible_len() {
-                inode.alloc = len;
+                // What fits is allocated (zeros written chunk by chunk until the disk filled).
+                inode.alloc = len.min(limit.max(inode.visible_len()));
+                if inode.alloc < len {
+                    return true;
+                }
             }
             // Durable on return, like the real one (zeros written, then fdatasync).
             inode.mark_synced();
+            false
         })?;
+        if full {
+            state.no_space_failures += 1;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         state.sync_count += 1;
         Ok(())
     }

@@ -9,7 +9,9 @@
 //!    the file length (like `fdatasync`); `preallocate` is durable when it returns `Ok`;
 //! 3. make directory changes (create, rename, remove) durable only when `sync_dir` of the
 //!    parent directory returns `Ok`; the engine never relies on them earlier;
-//! 4. report every failure, in particular of `sync_data` (the engine then poisons itself);
+//! 4. report every failure, in particular of `sync_data` (the engine then poisons itself), and
+//!    a full disk as `ENOSPC` (the engine then cuts the partial record off with `truncate`
+//!    and retries later); after a failed `write_all` the position is where the write began;
 //! 5. make `lock_exclusive` fail with `io::ErrorKind::WouldBlock` while another holder (of
 //!    this or another process) holds the lock.
 
@@ -85,7 +87,12 @@ const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
 impl WritableFile for StdWritableFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
+        if let Err(error) = self.file.write_all(buf) {
+            // Part of `buf` may have been written (ENOSPC midway): put the cursor back where
+            // the write began, so that a `truncate` there and the next write start clean.
+            self.file.seek(SeekFrom::Start(self.position))?;
+            return Err(error);
+        }
         self.position += buf.len() as u64;
         Ok(())
     }
@@ -96,7 +103,7 @@ impl WritableFile for StdWritableFile {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
-        if self.position > len {
+        if self.position >= len {
             self.file.seek(SeekFrom::Start(len))?;
             self.position = len;
         }

@@ -153,6 +153,7 @@ fn run(
         // state at a crash must not depend on thread timing.
         preallocate_segments: seed % 3 != 0,
         prepare_segments_in_background: false,
+        no_space_retry: raft_log::Config::default().no_space_retry,
     };
     let keys: Vec<Vec<u8>> = (0..3).map(key).collect();
     let open = || LogEngine::open(&dir, config.clone(), Arc::new(fs.clone()));
