@@ -14,8 +14,6 @@ use tokio::sync::oneshot;
 
 /// Commands waiting in the channel before senders are refused (`Busy`).
 pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
-/// Most ticks replayed after a stall (more than any election timeout or lease, in ticks).
-const MAX_CATCH_UP_TICKS: u64 = 100;
 /// Commands handled between two Ready rounds, so a flood cannot starve ticks.
 const MAX_COMMANDS_PER_ROUND: usize = 4_096;
 
@@ -152,14 +150,25 @@ pub fn run(
         tx: wake,
         queued: std::sync::atomic::AtomicBool::new(false),
     });
-    let waker = std::task::Waker::from(write_waker.clone());
+    let mut writer = store::EngineWriter {
+        waker: std::task::Waker::from(write_waker.clone()),
+    };
     let mut waiting: HashMap<Ticket, ReplyTx> = HashMap::new();
-    let mut next_tick = Instant::now() + tick;
+    // The driver counts time in microseconds since the loop started.
+    let epoch = Instant::now();
+    let micros = |at: Instant| at.duration_since(epoch).as_micros() as u64;
+    let mut driver = store::Driver::new(tick.as_micros().max(1) as u64, micros(epoch + tick));
     let mut leaders_seen: HashMap<RegionId, Option<store::StoreId>> = HashMap::new();
     // A command taken from the queue to see whether it was empty, handled next.
     let mut peeked: Option<Cmd> = None;
+    // Rounds left ready by the driver's per-call bound: come back without waiting.
+    let mut more_rounds = false;
     loop {
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let timeout = if more_rounds {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(driver.next_tick().saturating_sub(micros(Instant::now())))
+        };
         let first = match peeked.take() {
             Some(c) => Some(c),
             None => match rx.recv_timeout(timeout) {
@@ -168,26 +177,9 @@ pub fn run(
                 Err(RecvTimeoutError::Disconnected) => return store.wait_writes(),
             },
         };
-        // Time first. Ticks measure real time: leases and election timeouts are counted in
-        // ticks, so after a stall (a long fsync, SIGSTOP, a descheduled process) the missed
-        // ticks are replayed, capped (past every timeout more change nothing), *before* the
-        // messages that queued up meanwhile are handled. Otherwise a paused leader would
-        // resume believing its lease still holds; and a follower would acknowledge a fresh
-        // heartbeat (renewing the leader's lease) and only then catch up on ticks, believe its
-        // leader silent and vote for another inside that lease (the whole-cluster simulation
-        // found this order bug: regression seed 20108). The price: a leader whose fsync stalled
-        // for a whole election timeout may step down (CheckQuorum) before it reads the
-        // acknowledgements that did arrive.
-        let now = Instant::now();
-        let ticked = now >= next_tick;
-        if ticked {
-            let behind = now.duration_since(next_tick).as_nanos() / tick.as_nanos().max(1);
-            let missed = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
-            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                store.tick()?;
-            }
-            next_tick = now + tick;
-        }
+        // Time first (see `Driver::catch_up`): the ticks that came due, before the messages
+        // that queued up meanwhile.
+        let ticked = driver.catch_up(&mut store, micros(Instant::now()))? > 0;
         let mut handled = 0;
         let mut next = first;
         while let Some(cmd) = next.take() {
@@ -207,29 +199,19 @@ pub fn run(
             }
             next = rx.try_recv().ok();
         }
-        // Rounds whose writes are durable: their held messages, Raft told.
-        store.poll_writes(&waker)?;
-        while store.has_ready() {
-            // Leader messages and finished requests go out before this round's write is
-            // durable (see `Store::prepare_ready`); the rest when `poll_writes` finishes it.
-            let pending = store.prepare_ready()?;
-            deliver(&mut store, &transport, &mut waiting);
-            let idle = store.writes_in_flight() == 0 && peeked.is_none() && {
-                peeked = rx.try_recv().ok();
-                peeked.is_none()
-            };
-            if idle {
-                // Idle: nothing queued behind this round and no write in flight, so nothing
-                // would overlap with its fsync. This thread writes it itself, which saves
-                // the hand-off to the writer thread and back (two thread wake-ups; at one
-                // client the p50 write was 0.401 ms asynchronous vs 0.383 ms like this,
-                // three runs each). Any other time the write is asynchronous.
-                store.finish_ready(pending)?;
-            } else {
-                store.submit_ready(pending, &waker)?;
-            }
-        }
-        deliver(&mut store, &transport, &mut waiting);
+        // Rounds whose writes are durable, then every Ready: written here when idle (nothing
+        // in flight, nothing queued behind it), else handed to the engine's writer thread.
+        more_rounds = driver.run_rounds(
+            &mut store,
+            &mut writer,
+            &mut || {
+                if peeked.is_none() {
+                    peeked = rx.try_recv().ok();
+                }
+                peeked.is_some()
+            },
+            &mut |s| deliver(s, &transport, &mut waiting),
+        )?;
         for d in store.take_write_latencies() {
             metrics.observe_fsync(d);
         }

@@ -29,7 +29,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use store::{Region, Reply, Store, StoreConfig, StoreError, StoreId, Ticket};
+use store::{
+    Driver, DriverStats, PendingWrite, Region, Reply, RoundWriter, Store, StoreConfig, StoreError,
+    StoreId, Ticket,
+};
 
 /// Virtual microseconds (fine enough for ±5 % of a 10 ms tick).
 type Micros = u64;
@@ -48,9 +51,12 @@ pub struct KvSimOptions {
     /// A deliberate bug for testing the checker: serve reads from the local replica without
     /// ReadIndex. Runs with it must fail the linearizability check.
     pub mutant_local_reads: bool,
-    /// Whether stores persist asynchronously, as the server does (`Store::queue_ready`: a
-    /// round's write completes a random time later, and a crash loses the rounds not yet
-    /// written). `None`: chosen by the seed (half of them).
+    /// How stores write their rounds. `None` (every seed by default): exactly as the server
+    /// does, by the shared `store::Driver` — a round is written inline when the store is idle
+    /// (nothing in flight, nothing queued: a coin with the seed's `queued_chance`) and
+    /// otherwise queued to a disk that completes it a random time later (a crash loses the
+    /// rounds not yet written). `Some(false)`: every round inline; `Some(true)`: every round
+    /// queued (the two modes of the regression seeds found before the shared driver).
     pub deferred_writes: Option<bool>,
     /// Whether a torn crash may also persist unsynced sectors out of order or fill them with
     /// garbage (`raft_log::faulty::TornWrite`), not only keep a prefix. `None`: chosen by
@@ -123,6 +129,13 @@ pub struct KvSimOutcome {
     /// Client writes acknowledged (with a result) and reads answered, final ones included.
     pub writes_acknowledged: u64,
     pub reads_completed: u64,
+    /// The shared driver's counters over every store's lives: rounds written inline (idle)
+    /// and handed to the (simulated) writer, ticks replayed after a stall.
+    pub driver: DriverStats,
+    /// Log reclamation over every store's lives (`Store::reclaim_log`).
+    pub log_purges: u64,
+    pub log_segments_deleted: u64,
+    pub snapshots_for_log_space: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -195,6 +208,39 @@ impl KvSimOutcome {
                 self.snapshots_installed,
                 None,
             ),
+            // The production loop's paths, run by the shared driver.
+            F::new(
+                "rounds written inline",
+                true,
+                self.driver.rounds_written_inline,
+                None,
+            ),
+            F::new(
+                "rounds handed to the writer",
+                true,
+                self.driver.rounds_submitted,
+                None,
+            ),
+            F::new(
+                "ticks caught up",
+                k.pauses,
+                self.driver.ticks_caught_up,
+                None,
+            ),
+            // Every seed writes far more than its stores' 8 x 64 KiB log budget.
+            F::new("log purges", true, self.log_purges, None),
+            F::new(
+                "log segments deleted",
+                true,
+                self.log_segments_deleted,
+                None,
+            ),
+            F::new(
+                "snapshots for log space",
+                true,
+                self.snapshots_for_log_space,
+                None,
+            ),
         ]
     }
 }
@@ -219,14 +265,39 @@ const CONVERGENCE_BOUND: Micros = 10 * SECOND;
 /// lease it acknowledged, so it must not be back (and voting) before that lease ran out
 /// (8 ticks); 300 ms is also a realistic process restart.
 const MIN_DOWN: Micros = 300 * MS;
-/// Most ticks a store replays after a pause (the server's `MAX_CATCH_UP_TICKS`).
-const MAX_CATCH_UP_TICKS: u64 = 100;
 
 /// Messages and requests a paused store queues (its socket buffers); later ones are lost.
 const MAX_INBOX: usize = 4096;
-/// Ready rounds handled per store event, so a bug that keeps producing Readies fails the
-/// seed instead of hanging it.
-const MAX_READY_ROUNDS: usize = 64;
+/// `Driver::run_rounds` calls per store event (each up to `store::driver::MAX_ROUNDS_PER_CALL`
+/// rounds), so a bug that keeps producing Readies fails the seed instead of hanging it.
+const MAX_DRIVES_PER_WAKE_UP: usize = 4;
+
+/// The simulated disk behind a store's asynchronous writes: a submitted round is queued
+/// (`Store::queue_ready`) and written when a `Persist` event says the disk finished it
+/// (`durable` rounds, `Store::persist_queued`). With `inline` (regression seeds pinned to
+/// synchronous writes) a submitted round is written at once instead.
+struct SimWriter {
+    durable: usize,
+    inline: bool,
+}
+
+impl RoundWriter<SimKv> for SimWriter {
+    fn submit(
+        &mut self,
+        store: &mut Store<SimKv>,
+        pending: PendingWrite,
+    ) -> Result<(), StoreError> {
+        if self.inline {
+            store.finish_ready(pending)
+        } else {
+            store.queue_ready(pending)
+        }
+    }
+
+    fn poll(&mut self, store: &mut Store<SimKv>) -> Result<usize, StoreError> {
+        store.persist_queued(std::mem::take(&mut self.durable))
+    }
+}
 /// Workload operations recorded per seed before the clients stop starting new ones: bounds
 /// the history the checker has to search (about 10 times what a 300 s seed produces).
 const MAX_HISTORY_OPS: usize = 1_000_000;
@@ -299,7 +370,6 @@ struct SimStore {
     down_since: Micros,
     /// Paused (SIGSTOP) until then; `pause_number` identifies the pause.
     paused_until: Option<Micros>,
-    paused_since: Micros,
     pause_number: u64,
     inbox: VecDeque<Deferred>,
     /// A sync failure is injected: the store dies at its next storage error, with the
@@ -309,6 +379,8 @@ struct SimStore {
     incarnation: u64,
     /// A `Persist` event of this incarnation is scheduled.
     persist_scheduled: bool,
+    /// The store's loop, the server's own (`store::Driver`); a new one per life.
+    driver: Option<Driver>,
 }
 
 /// One client's operation in flight.
@@ -380,8 +452,15 @@ struct Sim {
     /// `links[from][to]`: whether messages from `from` reach `to`.
     links: Vec<Vec<bool>>,
     faults: Faults,
-    /// Stores persist asynchronously (see `KvSimOptions::deferred_writes`).
-    deferred_writes: bool,
+    /// How rounds are written (see `KvSimOptions::deferred_writes`).
+    deferred_writes: Option<bool>,
+    /// The chance that a command is queued behind a round (the server's loop writes a round
+    /// inline only when nothing is), drawn per seed.
+    queued_chance: f64,
+    /// Driver counters of the stores' ended lives.
+    driver_stats: DriverStats,
+    /// (log purges, segments deleted, snapshots for log space) of the stores' ended lives.
+    log_stats: (u64, u64, u64),
     clients: Vec<Client>,
     /// How many of `clients` are workload clients (the rest are probes).
     workload_clients: usize,
@@ -474,6 +553,9 @@ impl Sim {
             }
         };
         self.stores[i].store = Some(s);
+        let period = self.stores[i].tick_period;
+        let first = self.now + 1 + self.rng.below(period);
+        self.stores[i].driver = Some(Driver::new(period, first));
         self.out.restarts += 1;
         self.start_ticking(i);
         self.trace(|| format!("restart s{}", i + 1));
@@ -498,18 +580,29 @@ impl Sim {
             })
     }
 
+    /// A new tick chain for store `i`, firing when its driver's next tick is due.
     fn start_ticking(&mut self, i: usize) {
         self.stores[i].tick_generation += 1;
         let g = self.stores[i].tick_generation;
-        let first = 1 + self.rng.below(self.stores[i].tick_period);
-        self.schedule(first, Ev::Tick(i, g));
+        let at = self.stores[i]
+            .driver
+            .as_ref()
+            .map_or(self.now, |d| d.next_tick());
+        self.schedule(at.saturating_sub(self.now).max(1), Ev::Tick(i, g));
     }
 
     /// Kills store `i`: what was not synced is lost, or (`torn`) a random prefix of it
     /// survives.
     fn crash(&mut self, i: usize, torn: bool) {
-        if self.stores[i].store.take().is_none() {
+        let Some(ended) = self.stores[i].store.take() else {
             return;
+        };
+        self.log_stats.0 += ended.stats.log_purges;
+        self.log_stats.1 += ended.stats.log_segments_deleted;
+        self.log_stats.2 += ended.stats.snapshots_for_log_space;
+        drop(ended);
+        if let Some(d) = self.stores[i].driver.take() {
+            self.driver_stats.add(&d.stats);
         }
         if torn {
             self.stores[i].fs.crash_random();
@@ -536,28 +629,40 @@ impl Sim {
     /// [`Sim::drive`], after first writing and finishing the `persist` oldest rounds in
     /// flight (deferred writes).
     fn drive_after(&mut self, i: usize, persist: usize) {
-        let deferred = self.deferred_writes;
-        let Some(s) = self.stores[i].store.as_mut() else {
-            return;
+        let mode = self.deferred_writes;
+        let chance = self.queued_chance;
+        let mut writer = SimWriter {
+            durable: persist,
+            inline: mode == Some(false),
         };
-        let mut failed = s.persist_queued(persist).err();
-        for _ in 0..MAX_READY_ROUNDS {
-            if failed.is_some() || !s.has_ready() {
-                break;
-            }
-            let r = if deferred {
-                s.prepare_ready().and_then(|pending| s.queue_ready(pending))
-            } else {
-                s.process_ready()
+        let mut outbox = Vec::new();
+        let mut completions = Vec::new();
+        let result = {
+            let rng = &mut self.rng;
+            let st = &mut self.stores[i];
+            let (Some(s), Some(driver)) = (st.store.as_mut(), st.driver.as_mut()) else {
+                return;
             };
-            if let Err(e) = r {
-                failed = Some(e);
+            let mut queued = || mode == Some(true) || unit(rng) < chance;
+            let mut deliver = |s: &mut Store<SimKv>| {
+                outbox.extend(s.take_outbox());
+                completions.extend(s.take_completions());
+            };
+            let mut result = Ok(true);
+            // Like the server's loop, which comes back at once while rounds are left ready.
+            for _ in 0..MAX_DRIVES_PER_WAKE_UP {
+                result = driver.run_rounds(s, &mut writer, &mut queued, &mut deliver);
+                if !matches!(result, Ok(true)) {
+                    break;
+                }
             }
-        }
-        if let Some(e) = failed {
+            result
+        };
+        if let Err(e) = result {
             self.storage_failed(i, e);
             return;
         }
+        let s = self.stores[i].store.as_mut().expect("up");
         if s.writes_in_flight() > 0 && !self.stores[i].persist_scheduled {
             // A disk's write latency: mostly short, sometimes long enough for the store to
             // run many rounds (and answer, and apply) ahead of it.
@@ -570,9 +675,6 @@ impl Sim {
             let n = self.stores[i].incarnation;
             self.schedule(d, Ev::Persist(i, n));
         }
-        let s = self.stores[i].store.as_mut().expect("up");
-        let outbox = s.take_outbox();
-        let completions = s.take_completions();
         for (to, m) in outbox {
             let t = to.0 as usize - 1;
             self.out.messages += 1;
@@ -945,12 +1047,17 @@ impl Sim {
                 if self.stores[i].tick_generation != g || !self.up(i) || self.paused(i) {
                     return true;
                 }
-                if let Err(e) = self.stores[i].store.as_mut().expect("up").tick() {
+                let now = self.now;
+                let st = &mut self.stores[i];
+                let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) else {
+                    return true;
+                };
+                if let Err(e) = d.catch_up(s, now) {
                     self.storage_failed(i, e);
                     return true;
                 }
-                let period = self.stores[i].tick_period;
-                self.schedule(period, Ev::Tick(i, g));
+                let at = d.next_tick();
+                self.schedule(at.saturating_sub(now).max(1), Ev::Tick(i, g));
                 self.drive(i);
             }
             Ev::Deliver(m, to) => {
@@ -999,7 +1106,6 @@ impl Sim {
             return;
         }
         self.stores[i].paused_until = Some(self.now + length);
-        self.stores[i].paused_since = self.now;
         self.stores[i].pause_number += 1;
         let n = self.stores[i].pause_number;
         self.schedule(length, Ev::Resume(i, n));
@@ -1014,23 +1120,14 @@ impl Sim {
     /// old leader's lease (seed 20108); a leader's lease runs out before any stale
     /// acknowledgement is counted.
     fn resume(&mut self, i: usize) {
-        let missed = self.stores[i]
-            .paused_until
-            .map_or(0, |until| until.saturating_sub(self.stores[i].paused_since))
-            / self.stores[i].tick_period.max(1);
         self.stores[i].paused_until = None;
-        let mut failed = None;
-        if let Some(s) = self.stores[i].store.as_mut() {
-            for _ in 0..missed.min(MAX_CATCH_UP_TICKS) {
-                if let Err(e) = s.tick() {
-                    failed = Some(e);
-                    break;
-                }
+        let now = self.now;
+        let st = &mut self.stores[i];
+        if let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) {
+            if let Err(e) = d.catch_up(s, now) {
+                self.storage_failed(i, e);
+                return;
             }
-        }
-        if let Some(e) = failed {
-            self.storage_failed(i, e);
-            return;
         }
         let inbox = std::mem::take(&mut self.stores[i].inbox);
         self.trace(|| format!("resume s{} with {} queued", i + 1, inbox.len()));
@@ -1282,10 +1379,11 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
     }
 }
 
-/// Whether `seed` defers its stores' writes when the options leave it to the seed (half of
-/// the seeds, from their own random stream).
-pub fn deferred_writes_by_seed(seed: u64) -> bool {
-    SplitMix64::new(seed ^ 0x0064_6566_6572).below(2) == 0
+/// The chance, per Ready round of an idle store, that a command is already queued behind it
+/// (the server's loop then hands the round to the writer thread instead of writing it
+/// inline), from the seed's own random stream: rarely, sometimes or mostly.
+pub fn queued_chance_by_seed(seed: u64) -> f64 {
+    [0.05, 0.3, 0.7][SplitMix64::new(seed ^ 0x0064_6566_6572).below(3) as usize]
 }
 
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
@@ -1316,7 +1414,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     } else {
         1_000
     };
-    cfg.engine.segment_size_bytes = 64 << 10;
+    // Small segments: the log's budget is 8 of them, so purges (copies of small regions'
+    // entries, snapshots of regions named too large to copy) run often, crashes included.
+    cfg.engine = raft_log::Config::with_segment_size(64 << 10);
     // Segments are preallocated as on a server, but zeroed by the writer itself: a helper
     // thread would make the disk's state at a crash depend on thread timing.
     cfg.engine.prepare_segments_in_background = false;
@@ -1347,14 +1447,20 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         cfg.snapshot_threshold_entries
     ) + &format!(" balance_every={}", cfg.balance_leaders_every_ticks);
     // From its own stream, so that adding it kept every earlier seed's other choices.
-    let deferred_writes = opts
-        .deferred_writes
-        .unwrap_or_else(|| deferred_writes_by_seed(opts.seed));
+    let deferred_writes = opts.deferred_writes;
+    let queued_chance = queued_chance_by_seed(opts.seed);
     let torn_write_modes = opts
         .torn_write_modes
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
-        + &format!(" deferred_writes={deferred_writes} torn_write_modes={torn_write_modes}");
+        + &format!(
+            " writes={} torn_write_modes={torn_write_modes}",
+            match deferred_writes {
+                None => format!("driver(queued_chance={queued_chance})"),
+                Some(false) => "all-inline".to_string(),
+                Some(true) => "all-queued".to_string(),
+            }
+        );
     let tick_periods: Vec<Micros> = (0..stores)
         .map(|_| {
             if faults.drift {
@@ -1429,7 +1535,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 tick_period: tick_periods[i],
                 down_since: 0,
                 paused_until: None,
-                paused_since: 0,
+                driver: None,
                 pause_number: 0,
                 inbox: VecDeque::new(),
                 failure_armed: false,
@@ -1454,6 +1560,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         mutant_lost_probe_write: opts.mutant_lost_probe_write,
         mutant_divergent_replica: opts.mutant_divergent_replica,
         deferred_writes,
+        queued_chance,
+        driver_stats: DriverStats::default(),
+        log_stats: (0, 0, 0),
         rng,
         out: KvSimOutcome {
             seed: opts.seed,
@@ -1588,6 +1697,20 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .filter_map(|s| s.store.as_ref())
         .map(|s| s.stats.snapshots_installed)
         .sum();
+    sim.out.driver = sim.driver_stats;
+    for st in &sim.stores {
+        if let Some(d) = &st.driver {
+            sim.out.driver.add(&d.stats);
+        }
+    }
+    sim.out.log_purges += sim.log_stats.0;
+    sim.out.log_segments_deleted += sim.log_stats.1;
+    sim.out.snapshots_for_log_space += sim.log_stats.2;
+    for s in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
+        sim.out.log_purges += s.stats.log_purges;
+        sim.out.log_segments_deleted += s.stats.log_segments_deleted;
+        sim.out.snapshots_for_log_space += s.stats.snapshots_for_log_space;
+    }
     sim.out.virtual_micros = sim.now;
     Ok(sim.out)
 }

@@ -16,6 +16,9 @@
 //! - [`store`]: `Store` — bootstrap/open, routing messages by region, proposals and reads
 //!   with epoch checks, the Ready round with cross-region group commit, applying,
 //!   snapshotting when a log grows past a threshold, installing received snapshots.
+//! - [`driver`]: `Driver` — the one loop that runs a store (tick catch-up, Ready rounds,
+//!   writing a round inline when idle or handing it to a `RoundWriter`), used by the server's
+//!   store thread and by the whole-cluster simulator alike.
 //! - [`error`]: what a request can be refused with (`EpochNotMatch` carries the current
 //!   region so that a client re-routes).
 //!
@@ -25,11 +28,13 @@
 //! persisted with sync; followers acknowledge only after their sync. So an acknowledged
 //! write is on the disks of a majority.
 
+pub mod driver;
 pub mod error;
 pub mod region;
 pub mod state_machine;
 pub mod store;
 
+pub use driver::{Driver, DriverStats, EngineWriter, RoundWriter};
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use state_machine::StateMachine;
