@@ -211,11 +211,14 @@ async fn concurrent_clients_stay_linearizable_while_stores_are_killed_and_restar
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                // 16 keys for 8 clients: still contended, but each key's history stays small
-                // enough for the checker (with 4 keys a fast machine produced ~4,000 operations
-                // per key and the search exceeded its state budget without a verdict).
+                // 16 keys for 8 clients, contended, and retired by operation count: a client's
+                // operations n..n+64 use generation n/64 of the keys, 4 per key, so no key's
+                // history exceeds 8 x 4 operations however fast the machine (with 4 fixed
+                // keys a fast machine produced ~4,000 operations per key and the search
+                // exceeded its state budget without a verdict).
                 let k = (n * 7 + w as u64) % 16;
-                let key = format!("{}{k}", PREFIX[(k % 3) as usize]).into_bytes();
+                let generation = n / 64;
+                let key = format!("{}{k}g{generation}", PREFIX[(k % 3) as usize]).into_bytes();
                 let val = format!("{w}.{n};").into_bytes();
                 ops.begin(w, n, &key, !n.is_multiple_of(4));
                 let ok = match n % 4 {
