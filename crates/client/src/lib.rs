@@ -226,7 +226,15 @@ pub enum ClientError {
     Server { code: i32, message: String },
     #[error("bad endpoint {0}: use host:port")]
     BadEndpoint(String),
+    /// The leader's disk is full: the write was refused before it was proposed, so it was not
+    /// applied (unless an earlier attempt of it timed out, which is reported as `Timeout`).
+    /// Not retried beyond a few attempts: it lasts until an operator frees space.
+    #[error("{0}")]
+    NoSpace(String),
 }
+
+/// Attempts of a write refused with `NO_SPACE` before [`ClientError::NoSpace`] is returned.
+pub const MAX_NO_SPACE_ATTEMPTS: u32 = 3;
 
 /// Client tunables.
 #[derive(Clone, Debug)]
@@ -427,6 +435,9 @@ impl Client {
         // Redirects to a hinted leader are retried at once, a few times in a row; beyond
         // that (stores pointing at each other during an election) the backoff applies.
         let mut quick_redirects = 0;
+        let mut no_space_refusals = 0;
+        // Whether an attempt may have reached the log (timeout, lost answer).
+        let mut uncertain = false;
         // Bounded by the deadline; the attempt count bound is a second guard.
         for _attempt in 0..10_000 {
             if Instant::now() >= deadline {
@@ -481,13 +492,29 @@ impl Client {
                         Code::EpochNotMatch | Code::RegionNotFound => self.refresh_routes().await,
                         // The leader is right but overloaded: back off, same place.
                         Code::Busy => {}
+                        // A full disk: a few tries with backoff (a leader change may move the
+                        // region to a store with room), then give up rather than spin until the
+                        // deadline. An earlier attempt with an unknown outcome makes the whole
+                        // outcome unknown.
+                        Code::NoSpace => {
+                            no_space_refusals += 1;
+                            if no_space_refusals >= MAX_NO_SPACE_ATTEMPTS {
+                                return Err(if uncertain {
+                                    ClientError::Timeout(e.message)
+                                } else {
+                                    ClientError::NoSpace(e.message)
+                                });
+                            }
+                        }
                         _ => {
                             // Leader unknown, timeout, busy: rotate and back off.
+                            uncertain |= e.code == Code::Timeout as i32;
                             self.note_leader(&key, 0);
                         }
                     }
                 }
                 Err(why) => {
+                    uncertain = true;
                     last = why;
                     self.note_leader(&key, 0);
                     self.next_endpoint = i + 1;

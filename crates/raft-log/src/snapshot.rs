@@ -104,12 +104,21 @@ pub fn write_snapshot_parts(
     let mut file = fs
         .create(&temp_path)
         .map_err(|error| Error::io("create", &temp_path, error))?;
-    file.write_all(&header)
+    let written = file
+        .write_all(&header)
         .and_then(|()| parts.iter().try_for_each(|part| file.write_all(part)))
-        .map_err(|error| Error::io("write", &temp_path, error))?;
-    file.sync_data()
-        .map_err(|error| Error::io("fdatasync", &temp_path, error))?;
+        .map_err(|error| Error::io("write", &temp_path, error))
+        .and_then(|()| {
+            file.sync_data()
+                .map_err(|error| Error::io("fdatasync", &temp_path, error))
+        });
     drop(file);
+    if let Err(error) = written {
+        // The temporary file is never read: give its space back (a full disk needs it) and
+        // report. Nothing else changed, so a full disk here is not fatal to the caller.
+        let _ = fs.remove(&temp_path);
+        return Err(error);
+    }
     fs.rename(&temp_path, &final_path)
         .map_err(|error| Error::io("rename", &temp_path, error))?;
     fs.sync_dir(dir)

@@ -89,6 +89,10 @@ pub enum BackendError {
     /// The outcome is unknown.
     #[error("timed out; the command may or may not have been applied")]
     Timeout,
+    /// The store's disk is full: the write was refused before it was proposed (not applied).
+    /// The text starts with "no space left on device".
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{0}")]
     Other(String),
 }

@@ -107,6 +107,11 @@ impl RaftBackend {
                 // sending, a store that stopped): retrying with the same sequence is safe.
                 Code::Timeout | Code::Internal => maybe_applied = true,
                 Code::NotLeader if error.message.starts_with("forwarding") => maybe_applied = true,
+                // The disk is full: refused before proposing. Not retried (it lasts until an
+                // operator frees space), unless an earlier attempt may have been applied: then
+                // the honest answer is that the outcome is unknown.
+                Code::NoSpace if maybe_applied => return Err(BackendError::Timeout),
+                Code::NoSpace => return Err(BackendError::NoSpace(error.message)),
                 // Refused before proposing: nothing applied.
                 Code::NotLeader
                 | Code::EpochNotMatch

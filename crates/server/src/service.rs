@@ -107,6 +107,7 @@ fn store_error(e: StoreError) -> pb::KvResponse {
         StoreError::KeyNotInRegion { .. } => err(Code::EpochNotMatch, e.to_string()),
         StoreError::Busy { .. } => err(Code::Busy, e.to_string()),
         StoreError::Dropped => err(Code::Timeout, e.to_string()),
+        StoreError::NoSpace { .. } => err(Code::NoSpace, e.to_string()),
         _ => err(Code::Internal, e.to_string()),
     }
 }

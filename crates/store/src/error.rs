@@ -24,6 +24,10 @@ pub enum StoreError {
     Busy { region: RegionId, limit: usize },
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The store's disk is full: the write was refused before it was proposed (certainly not
+    /// applied). Reads are still served; writes are accepted again once space is freed.
+    #[error("no space left on device on store {store}: write refused, not applied; free disk space on that store (reads are still served, writes resume by themselves)")]
+    NoSpace { store: u64 },
     #[error("invalid store configuration: {0}")]
     Config(String),
 }

@@ -219,10 +219,17 @@ impl<M: StateMachine> Peer<M> {
         let data = self.sm.snapshot();
         self.last_snapshot_bytes = data.len() as u64;
         let cs = self.raw.status().conf_state;
-        self.raw
+        match self
+            .raw
             .storage_mut()
-            .create_snapshot(self.applied, cs, data)?;
-        Ok(true)
+            .create_snapshot(self.applied, cs, data)
+        {
+            Ok(()) => Ok(true),
+            // The snapshot file did not fit (it was removed; the log is unchanged): the log
+            // stays as it is, a later snapshot tries again.
+            Err(e) if e.is_no_space() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -285,6 +292,10 @@ pub struct Store<M: StateMachine> {
     /// Regions the log's purge asked to compact, snapshotted as soon as snapshots are
     /// allowed (see [`Store::reclaim_log`]).
     compact_wanted: BTreeSet<RegionId>,
+    /// The waker of the last [`Store::submit_ready`] or [`Store::poll_writes`]: while the disk
+    /// is full, [`Store::finish_ready`] hands its round to the engine's writer with it
+    /// instead of blocking the store thread until space is freed.
+    write_waker: Option<std::task::Waker>,
     pub stats: StoreStats,
 }
 
@@ -346,6 +357,7 @@ impl<M: StateMachine> Store<M> {
             write_latencies: Vec::new(),
             snapshot_durations: Vec::new(),
             compact_wanted: BTreeSet::new(),
+            write_waker: None,
             stats: StoreStats::default(),
         };
         let groups = store.engine.groups();
@@ -696,6 +708,13 @@ impl<M: StateMachine> Store<M> {
         data: Bytes,
     ) -> Result<Ticket, StoreError> {
         self.check_request(region, epoch, key)?;
+        if self.engine.is_out_of_space() {
+            // Refused before proposing (certainly not applied): the log has no room for it.
+            // What is already proposed is written once space is freed (the engine holds it).
+            return Err(StoreError::NoSpace {
+                store: self.cfg.store_id.0,
+            });
+        }
         let ticket = self.ticket();
         let p = self.peers.get_mut(&region).expect("checked");
         match p.raw.propose(data) {
@@ -939,6 +958,14 @@ impl<M: StateMachine> Store<M> {
     /// whose log grew past the threshold. A storage error is fatal for the store (the caller
     /// must stop it): the disk may no longer hold what was acknowledged.
     pub fn finish_ready(&mut self, pending: PendingWrite) -> Result<(), StoreError> {
+        if self.engine.is_out_of_space() && !self.in_flight_staged() {
+            if let Some(waker) = self.write_waker.clone() {
+                // The disk is full: this write may wait in the engine until space is freed.
+                // Handed to the engine's writer thread instead, so the store thread goes on
+                // serving reads; the round finishes through `poll_writes` like any other.
+                return self.submit_ready(pending, &waker);
+            }
+        }
         // Rounds complete in order: an earlier asynchronous one first.
         self.wait_writes()?;
         let PendingWrite {
@@ -998,6 +1025,20 @@ impl<M: StateMachine> Store<M> {
         pending: PendingWrite,
         start: impl FnOnce(LogBatch, bool) -> Result<RoundWrite, StoreError>,
     ) -> Result<(), StoreError> {
+        if pending.batch.is_empty()
+            && self.in_flight.len() >= MAX_WRITES_IN_FLIGHT
+            && self.engine.is_out_of_space()
+        {
+            if let Some(last) = self.in_flight.back_mut() {
+                // The disk is full and the rounds in flight wait for space: a round that
+                // writes nothing (read confirmations, a leader's heartbeats) finishes right
+                // after the last one anyway, so it rides along with it instead of blocking
+                // the store thread (and its reads) until space is freed.
+                last.held.extend(pending.held);
+                self.round_prepared = false;
+                return Ok(());
+            }
+        }
         while self.in_flight.len() >= MAX_WRITES_IN_FLIGHT {
             self.wait_oldest()?;
         }
@@ -1043,6 +1084,13 @@ impl<M: StateMachine> Store<M> {
     /// Finishes, in order, the submitted rounds whose writes are durable; returns how many.
     /// Stops at a round queued with [`Store::queue_ready`].
     pub fn poll_writes(&mut self, waker: &std::task::Waker) -> Result<usize, StoreError> {
+        if !self
+            .write_waker
+            .as_ref()
+            .is_some_and(|known| known.will_wake(waker))
+        {
+            self.write_waker = Some(waker.clone());
+        }
         let mut cx = std::task::Context::from_waker(waker);
         let mut done = 0;
         while let Some(f) = self.in_flight.front_mut() {
@@ -1062,6 +1110,14 @@ impl<M: StateMachine> Store<M> {
             done += 1;
         }
         Ok(done)
+    }
+
+    /// Whether a round queued with [`Store::queue_ready`] is unwritten (then every later
+    /// round must be queued too).
+    fn in_flight_staged(&self) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| matches!(f.write, RoundWrite::Staged { .. }))
     }
 
     /// Rounds submitted or queued and not finished yet.

@@ -17,6 +17,8 @@ pub struct TestCluster {
     pub resp_ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     extra: Vec<String>,
+    /// Where the stores' data directories go (`dir` unless [`TestCluster::start_with_data_root`]).
+    data_root: Option<PathBuf>,
 }
 
 /// A port to listen on, below Linux's ephemeral range (32768+): a port from `bind(0)` is
@@ -39,6 +41,12 @@ fn free_port() -> u16 {
 
 impl TestCluster {
     pub fn start(extra: &[&str]) -> TestCluster {
+        TestCluster::start_with_data_root(None, extra)
+    }
+
+    /// Like [`TestCluster::start`], with the stores' data directories under `data_root`
+    /// (`store1`..`store3`; e.g. a small tmpfs) while their logs stay in the temp dir.
+    pub fn start_with_data_root(data_root: Option<PathBuf>, extra: &[&str]) -> TestCluster {
         let mut ports = Vec::new();
         while ports.len() < 3 {
             let p = (free_port(), free_port(), free_port());
@@ -53,6 +61,7 @@ impl TestCluster {
             resp_ports,
             procs: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            data_root,
         };
         for i in 0..3 {
             c.spawn(i);
@@ -77,7 +86,15 @@ impl TestCluster {
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("store{}", i + 1))
+        let root = self.data_root.as_deref().unwrap_or(self.dir.path());
+        root.join(format!("store{}", i + 1))
+    }
+
+    /// How store `i`'s process ended, if it did (never started or killed by the test: None).
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.procs[i]
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn spawn(&mut self, i: usize) {

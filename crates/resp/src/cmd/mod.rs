@@ -492,6 +492,8 @@ pub(crate) fn backend_error_frame(error: BackendError) -> Frame {
             "ERR timed out; the command may or may not have been applied".to_string()
         }
         BackendError::Other(reason) => format!("ERR {reason}"),
+        // Not TRYAGAIN: retrying at once does not help until an operator frees space.
+        BackendError::NoSpace(reason) => format!("ERR {reason}"),
     };
     Frame::error(text)
 }
