@@ -17,8 +17,9 @@ pub struct TestCluster {
     pub resp_ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     extra: Vec<String>,
-    /// Where the stores' data directories go (`dir` unless [`TestCluster::start_with_data_root`]).
-    data_root: Option<PathBuf>,
+    /// Each store's data directory, where not the default `dir/store{i}`
+    /// ([`TestCluster::start_with_data_dirs`]).
+    data_dirs: Vec<Option<PathBuf>>,
 }
 
 /// A port to listen on, below Linux's ephemeral range (32768+): a port from `bind(0)` is
@@ -47,6 +48,20 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with the stores' data directories under `data_root`
     /// (`store1`..`store3`; e.g. a small tmpfs) while their logs stay in the temp dir.
     pub fn start_with_data_root(data_root: Option<PathBuf>, extra: &[&str]) -> TestCluster {
+        let dirs = (1..=3)
+            .map(|i| {
+                data_root
+                    .as_ref()
+                    .map(|root| root.join(format!("store{i}")))
+            })
+            .collect();
+        TestCluster::start_with_data_dirs(dirs, extra)
+    }
+
+    /// Like [`TestCluster::start`], with store `i`'s data directory at `data_dirs[i]` where
+    /// that is given (e.g. only one store's on a small tmpfs).
+    pub fn start_with_data_dirs(data_dirs: Vec<Option<PathBuf>>, extra: &[&str]) -> TestCluster {
+        assert_eq!(data_dirs.len(), 3, "one entry per store");
         let mut ports = Vec::new();
         while ports.len() < 3 {
             let p = (free_port(), free_port(), free_port());
@@ -61,7 +76,7 @@ impl TestCluster {
             resp_ports,
             procs: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            data_root,
+            data_dirs,
         };
         for i in 0..3 {
             c.spawn(i);
@@ -86,8 +101,10 @@ impl TestCluster {
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        let root = self.data_root.as_deref().unwrap_or(self.dir.path());
-        root.join(format!("store{}", i + 1))
+        match &self.data_dirs[i] {
+            Some(dir) => dir.clone(),
+            None => self.dir.path().join(format!("store{}", i + 1)),
+        }
     }
 
     /// How store `i`'s process ended, if it did (never started or killed by the test: None).
