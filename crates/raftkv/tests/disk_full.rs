@@ -114,7 +114,7 @@ impl Writes {
                     message.contains("no space left on device"),
                     "NO_SPACE error without a clear message: {message}"
                 );
-                if self.refused.len() < 3 || self.refused.len() % 50 == 0 {
+                if self.refused.len() < 3 || self.refused.len().is_multiple_of(50) {
                     eprintln!("{key} refused: {message}");
                 }
                 self.refused.insert(key);
