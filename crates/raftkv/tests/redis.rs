@@ -373,7 +373,31 @@ async fn leader_kill_during_a_pipeline_loses_and_duplicates_nothing() {
         "the pipelines ended before the leader was killed; make them longer"
     );
     c.kill(leader);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Down until the others have taken over: the counter moves on without the old leader
+    // (a new leader was elected and the in-flight INCRs were retried), or the pipelines end.
+    let at_kill: i64 = cmd("GET")
+        .arg(key)
+        .query_async::<Option<i64>>(&mut other)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Option<i64> = cmd("GET")
+            .arg(key)
+            .query_async(&mut other)
+            .await
+            .unwrap_or(None);
+        if v.unwrap_or(0) > at_kill || writer.is_finished() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no INCR applied within 30 s of the leader's kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     c.spawn(leader);
     let (replies, keys_set) = tokio::time::timeout(Duration::from_secs(120), writer)
         .await
