@@ -1251,7 +1251,6 @@ impl Core {
             match self.try_append_to_active(&mut writer, &buf, need_sync) {
                 Ok(seq) => {
                     if waited_for_space {
-                        self.write_no_space.store(false, Ordering::Relaxed);
                         tracing::warn!("raft-log: disk space available again; writes resumed");
                     }
                     break Ok(seq);
@@ -1282,7 +1281,6 @@ impl Core {
                     }
                     if shutdown {
                         // Nothing later may be written without this group: refuse all.
-                        self.write_no_space.store(false, Ordering::Relaxed);
                         writer.poisoned = Some(format!(
                             "closed while a write was waiting for disk space ({error})"
                         ));
@@ -1291,6 +1289,10 @@ impl Core {
                 }
             }
         };
+        if waited_for_space {
+            // Written, or given up for good (poisoned): either way no longer waiting.
+            self.write_no_space.store(false, Ordering::Relaxed);
+        }
         let written = buf.len();
         writer.buf = buf;
         match outcome {
