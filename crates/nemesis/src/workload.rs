@@ -233,7 +233,9 @@ fn grpc_outcome(op: &Op, e: &client::ClientError) -> Outcome {
     use client::ClientError::*;
     match e {
         _ if op.is_read() => Outcome::Definite,
-        KeyTooLarge(_) | ValueTooLarge(_) | InvalidArgument(_) | BadEndpoint(_) => {
+        // NoSpace: refused before proposing (the client reports Timeout when an earlier
+        // attempt's outcome was unknown).
+        KeyTooLarge(_) | ValueTooLarge(_) | InvalidArgument(_) | BadEndpoint(_) | NoSpace(_) => {
             Outcome::Definite
         }
         Timeout(_) | Server { .. } => Outcome::Unknown,
