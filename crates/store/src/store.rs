@@ -215,16 +215,21 @@ impl<M: StateMachine> Peer<M> {
         {
             return Ok(false);
         }
-        self.bytes_since_snapshot = 0;
         let data = self.sm.snapshot();
-        self.last_snapshot_bytes = data.len() as u64;
+        let data_len = data.len() as u64;
         let cs = self.raw.status().conf_state;
         match self
             .raw
             .storage_mut()
             .create_snapshot(self.applied, cs, data)
         {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // Only a snapshot made resets the log's growth: a skipped one is retried at
+                // the next round that finds the thresholds passed.
+                self.bytes_since_snapshot = 0;
+                self.last_snapshot_bytes = data_len;
+                Ok(true)
+            }
             // The snapshot file did not fit (it was removed; the log is unchanged): the log
             // stays as it is, a later snapshot tries again.
             Err(e) if e.is_no_space() => Ok(false),
@@ -296,6 +301,9 @@ pub struct Store<M: StateMachine> {
     /// is full, [`Store::finish_ready`] hands its round to the engine's writer with it
     /// instead of blocking the store thread until space is freed.
     write_waker: Option<std::task::Waker>,
+    /// The segment count at which the last purge reclaimed nothing (see
+    /// [`Store::reclaim_log`]).
+    fruitless_purge_at: Option<usize>,
     pub stats: StoreStats,
 }
 
@@ -358,6 +366,7 @@ impl<M: StateMachine> Store<M> {
             snapshot_durations: Vec::new(),
             compact_wanted: BTreeSet::new(),
             write_waker: None,
+            fruitless_purge_at: None,
             stats: StoreStats::default(),
         };
         let groups = store.engine.groups();
@@ -543,7 +552,11 @@ impl<M: StateMachine> Store<M> {
             self.balance_leaders();
         }
         let every = self.cfg.log_purge_every_ticks;
-        if every > 0 && self.ticks.is_multiple_of(every) && self.engine.wants_purge() {
+        if every > 0
+            && self.ticks.is_multiple_of(every)
+            && self.engine.wants_purge()
+            && self.fruitless_purge_at != Some(self.engine.segment_count())
+        {
             self.reclaim_log()?;
         }
         Ok(())
@@ -556,6 +569,11 @@ impl<M: StateMachine> Store<M> {
     /// snapshot thresholds are far off, cannot pin the whole log.
     pub fn reclaim_log(&mut self) -> Result<(), StoreError> {
         let report = self.engine.purge()?;
+        // A purge that freed and copied nothing is not repeated until the log has another
+        // segment: a region it names may be unable to compact for a while (its pinning
+        // entries not yet applied), and each purge holds the engine's writer.
+        self.fruitless_purge_at = (report.segments_deleted == 0 && report.groups_rewritten == 0)
+            .then(|| self.engine.segment_count());
         self.stats.log_purges += 1;
         self.stats.log_segments_deleted += report.segments_deleted as u64;
         self.stats.log_bytes_deleted += report.bytes_deleted;
