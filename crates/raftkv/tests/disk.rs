@@ -21,25 +21,9 @@ const VALUE_BYTES: usize = 1024;
 const WRITES: usize = 12_000;
 const WRITERS: usize = 16;
 
-/// `du -s` of a directory: allocated bytes of every file under it.
+/// `du -s` of a data directory (allocated bytes of the log, the snapshots and the rest).
 fn du(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(meta) = e.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += meta.blocks() * 512;
-            }
-        }
-    }
-    total
+    server::disk::usage(dir).total_bytes()
 }
 
 /// Every file under `dir` with its allocated and apparent size, for failure messages.

@@ -166,19 +166,14 @@ impl KvSimOutcome {
     pub fn fault_counts(&self) -> Vec<crate::FaultCount> {
         use crate::FaultCount as F;
         let k = self.enabled;
+        let [loss, duplication] = crate::tally::network_counts(
+            self.messages,
+            (k.loss, k.drop_rate, self.messages_dropped),
+            (k.duplication, k.dup_rate, self.messages_duplicated),
+        );
         vec![
-            F::new(
-                "message loss",
-                k.loss,
-                self.messages_dropped,
-                Some(self.messages as f64 * k.drop_rate * 0.5),
-            ),
-            F::new(
-                "duplication",
-                k.duplication,
-                self.messages_duplicated,
-                Some(self.messages as f64 * k.dup_rate * 0.5),
-            ),
+            loss,
+            duplication,
             F::new("crashes", k.crashes, self.crashes, None),
             F::new("restarts", k.crashes, self.restarts, None),
             F::new("torn crashes", k.crashes, self.torn_crashes, None),

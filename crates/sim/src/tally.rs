@@ -42,6 +42,29 @@ impl FaultCount {
     }
 }
 
+/// The two network kinds both simulators inject, held to their expected counts: half the
+/// messages sent times the rate (the half for those a partition cut first).
+pub fn network_counts(
+    messages: u64,
+    (loss, drop_rate, dropped): (bool, f64, u64),
+    (duplication, dup_rate, duplicated): (bool, f64, u64),
+) -> [FaultCount; 2] {
+    [
+        FaultCount::new(
+            "message loss",
+            loss,
+            dropped,
+            Some(messages as f64 * drop_rate * 0.5),
+        ),
+        FaultCount::new(
+            "duplication",
+            duplication,
+            duplicated,
+            Some(messages as f64 * dup_rate * 0.5),
+        ),
+    ]
+}
+
 /// Kinds that a seed turned on and that did not fire although they surely should have
 /// (expected count at least [`SURE`]).
 pub fn surely_missing(counts: &[FaultCount]) -> Vec<String> {

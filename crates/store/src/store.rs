@@ -325,6 +325,25 @@ fn block_on(write: &mut raft_log::WriteFuture) -> Result<u64, StoreError> {
     }
 }
 
+/// [`Peer::snapshot`], counted in `stats` and timed into `durations` when one was made (a
+/// field-wise helper: the peer is borrowed from the store's map).
+fn timed_snapshot<M: StateMachine>(
+    p: &mut Peer<M>,
+    stats: &mut StoreStats,
+    durations: &mut Vec<std::time::Duration>,
+) -> Result<bool, StoreError> {
+    let started = std::time::Instant::now();
+    let made = p.snapshot()?;
+    if made {
+        stats.snapshots_created += 1;
+        // Bounded: a caller that never reads them (the simulations) keeps only the first.
+        if durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
+            durations.push(started.elapsed());
+        }
+    }
+    Ok(made)
+}
+
 fn engine_group(id: RegionId) -> raft_log::GroupId {
     raft_log::GroupId(id.0)
 }
@@ -597,13 +616,7 @@ impl<M: StateMachine> Store<M> {
             let Some(p) = self.peers.get_mut(&region) else {
                 continue;
             };
-            let started = std::time::Instant::now();
-            if p.snapshot()? {
-                Self::record_snapshot(
-                    &mut self.stats,
-                    &mut self.snapshot_durations,
-                    started.elapsed(),
-                );
+            if timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)? {
                 self.stats.snapshots_for_log_space += 1;
             } else if p.applied > p.raw.persisted_index() {
                 // Not yet possible (its applied index is not durable here): next time.
@@ -611,18 +624,6 @@ impl<M: StateMachine> Store<M> {
             }
         }
         Ok(())
-    }
-
-    fn record_snapshot(
-        stats: &mut StoreStats,
-        durations: &mut Vec<std::time::Duration>,
-        took: std::time::Duration,
-    ) {
-        stats.snapshots_created += 1;
-        // Bounded: a caller that never reads them (the simulations) keeps only the first.
-        if durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
-            durations.push(took);
-        }
     }
 
     /// How long each snapshot made since the last call held the store thread.
@@ -1232,14 +1233,7 @@ impl<M: StateMachine> Store<M> {
             // flight, see `Store::snapshots_allowed`, or while the applied index is not
             // durable here, see `Peer::snapshot`).
             if snapshots && p.wants_snapshot(&self.cfg) {
-                let started = std::time::Instant::now();
-                if p.snapshot()? {
-                    Self::record_snapshot(
-                        &mut self.stats,
-                        &mut self.snapshot_durations,
-                        started.elapsed(),
-                    );
-                }
+                timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)?;
             }
         }
         self.compact_requested()
@@ -1265,16 +1259,7 @@ impl<M: StateMachine> Store<M> {
             .peers
             .get_mut(&region)
             .ok_or(StoreError::RegionNotFound(region))?;
-        let started = std::time::Instant::now();
-        let made = p.snapshot()?;
-        if made {
-            Self::record_snapshot(
-                &mut self.stats,
-                &mut self.snapshot_durations,
-                started.elapsed(),
-            );
-        }
-        Ok(made)
+        timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)
     }
 
     pub fn take_outbox(&mut self) -> Vec<(StoreId, Message)> {
