@@ -140,6 +140,30 @@ async fn disk_stays_bounded_under_load_and_a_restart_reads_only_live_data() {
         );
     }
 
+    // `raftkv status` shows each store's disk use: the log's segments that are on disk now.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(["status", "--endpoints", &c.endpoints().join(",")])
+        .output()
+        .expect("run raftkv status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "raftkv status failed: {text}");
+    let disk_rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("store") || !l.contains("disk_MiB"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() == 6)
+        .collect();
+    assert_eq!(disk_rows.len(), 3, "a disk row per store:\n{text}");
+    for row in &disk_rows {
+        let segments: u64 = row[3].parse().expect("segments column");
+        let mib: f64 = row[1].parse().expect("disk_MiB column");
+        assert!(
+            segments >= 1 && mib * 1048576.0 <= bound as f64,
+            "status disk row {row:?} (bound {bound} B)\n{text}"
+        );
+    }
+
     // SIGKILL store 3 and restart it on its data dir: it must answer a local read soon,
     // having read only the live part of its log.
     c.kill(2);
