@@ -2,8 +2,6 @@
 //! when the client was last seen (in log time). Expiry and eviction rules are documented on
 //! [`crate::SessionPolicy`].
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::command::{ClientId, Sequence};
 use crate::response::{CommandError, Response};
 
@@ -19,13 +17,14 @@ pub struct Session {
 }
 
 /// Sessions keyed by client, plus an index by age so that expiry and eviction cost
-/// O(log n) per removed session instead of a scan of the whole table on every entry.
+/// O(log n) per removed session instead of a scan of the whole table on every entry. Both
+/// are persistent maps, so cloning the table (a snapshot's point-in-time copy) is O(1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SessionTable {
-    by_client: BTreeMap<ClientId, Session>,
+    by_client: imbl::OrdMap<ClientId, Session>,
     /// `(last_seen_ms, client)`, ordered oldest first; the client id breaks ties so the
     /// eviction order is the same on every replica.
-    by_age: BTreeSet<(u64, ClientId)>,
+    by_age: imbl::OrdSet<(u64, ClientId)>,
 }
 
 impl SessionTable {
@@ -43,7 +42,7 @@ impl SessionTable {
 
     /// Drops every session with `last_seen_ms + ttl_ms < now_ms`.
     pub(crate) fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
-        while let Some(&(last_seen_ms, client)) = self.by_age.first() {
+        while let Some(&(last_seen_ms, client)) = self.by_age.get_min() {
             if last_seen_ms.saturating_add(ttl_ms) >= now_ms {
                 break;
             }
@@ -84,7 +83,7 @@ impl SessionTable {
             return;
         }
         while self.by_client.len() >= max_sessions.max(1) {
-            let Some(&(_, oldest)) = self.by_age.first() else {
+            let Some(&(_, oldest)) = self.by_age.get_min() else {
                 break;
             };
             self.remove(oldest);
@@ -125,13 +124,18 @@ impl SessionTable {
 
 /// Moves `client`'s entry in the age index from `from_ms` to `to_ms` (nothing to do when they
 /// are equal). Panics if the entry is missing: the index no longer mirrors the table.
-fn move_age(by_age: &mut BTreeSet<(u64, ClientId)>, client: ClientId, from_ms: u64, to_ms: u64) {
+fn move_age(
+    by_age: &mut imbl::OrdSet<(u64, ClientId)>,
+    client: ClientId,
+    from_ms: u64,
+    to_ms: u64,
+) {
     if from_ms == to_ms {
         return;
     }
     let moved = by_age.remove(&(from_ms, client));
     assert!(
-        moved,
+        moved.is_some(),
         "session age index has no entry for {client:?} seen at {from_ms}"
     );
     by_age.insert((to_ms, client));

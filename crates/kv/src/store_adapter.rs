@@ -29,8 +29,15 @@ impl StateMachine for KvStateMachine {
         KvStateMachine::read(self, query)
     }
 
-    fn snapshot(&self) -> Bytes {
-        KvStateMachine::snapshot(self)
+    /// A clone: O(1), the table and the sessions are persistent maps.
+    type View = KvStateMachine;
+
+    fn view(&self) -> KvStateMachine {
+        self.clone()
+    }
+
+    fn serialize(view: &KvStateMachine) -> Bytes {
+        view.snapshot()
     }
 
     fn restore(data: &[u8]) -> Result<Self, String> {

@@ -1,25 +1,32 @@
 //! [`Table`]: a region's keys and values, ordered by key, stored compactly.
 //!
 //! Memory is the constraint here (a store holds every region replica it hosts in RAM), so
-//! each pair is **one** heap allocation, `[key_len: u32 LE][key][value]`, kept in a
-//! `BTreeSet` ordered by the key alone. A `BTreeMap<Bytes, Bytes>` cost two allocations per
-//! pair plus two 32-byte `Bytes` handles in the tree and, once a value was cloned into a
-//! response, a shared header per handle: about 300 bytes for an 11-byte key and a 100-byte
-//! value, against about 150 here. Reads copy the value out (a value is at most the value
-//! limit, and reads were going to be encoded into a response anyway).
+//! each pair is **one** heap allocation, `[key_len: u32 LE][key][value]`, ordered by the key
+//! alone. A `BTreeMap<Bytes, Bytes>` cost two allocations per pair plus two 32-byte `Bytes`
+//! handles in the tree and, once a value was cloned into a response, a shared header per
+//! handle: about 300 bytes for an 11-byte key and a 100-byte value, against about 150 here.
+//! Reads copy the value out (a value is at most the value limit, and reads were going to be
+//! encoded into a response anyway).
+//!
+//! The tree is a persistent B-tree (`imbl::OrdSet`, nodes shared by reference count) and each
+//! pair is reference-counted, so [`Table::clone`] is O(1): a snapshot takes a point-in-time
+//! copy on the store thread and serializes it on another, while writes that follow copy only
+//! the nodes on their path that the copy still shares (a copied node clones its pairs'
+//! handles, not their bytes). Snapshotting a region used to stall its store thread for the
+//! whole serialization.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 const LEN_BYTES: usize = 4;
 
-/// One pair in one allocation.
+/// One pair in one allocation, shared (not copied) by the table's clones.
 #[derive(Clone)]
-pub struct Pair(Box<[u8]>);
+pub struct Pair(Arc<[u8]>);
 
 impl Pair {
     fn new(key: &[u8], value: &[u8]) -> Pair {
@@ -29,7 +36,7 @@ impl Pair {
         buf.extend_from_slice(&key_len.to_le_bytes());
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
-        Pair(buf.into_boxed_slice())
+        Pair(Arc::from(buf))
     }
 
     fn key_len(&self) -> usize {
@@ -81,9 +88,10 @@ impl Borrow<[u8]> for Pair {
 }
 
 /// A region's data. Equality compares keys *and* values (unlike [`Pair`]'s ordering).
+/// Cloning is O(1) (see the module docs).
 #[derive(Clone, Default)]
 pub struct Table {
-    pairs: BTreeSet<Pair>,
+    pairs: imbl::OrdSet<Pair>,
 }
 
 impl PartialEq for Table {
@@ -128,12 +136,12 @@ impl Table {
 
     /// Sets `key` to `value`; returns the pair it replaced (one B-tree operation).
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Pair> {
-        self.pairs.replace(Pair::new(key, value))
+        self.pairs.insert(Pair::new(key, value))
     }
 
     /// Removes `key`; returns the pair it held.
     pub fn remove(&mut self, key: &[u8]) -> Option<Pair> {
-        self.pairs.take(key)
+        self.pairs.remove(key)
     }
 
     /// All pairs in key order.
@@ -149,23 +157,27 @@ impl Table {
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         self.pairs
-            .range::<[u8], _>((Bound::Included(start), upper))
+            .range::<_, [u8]>((Bound::Included(start), upper))
             .map(|p| (p.key(), p.value()))
     }
 
     /// Moves every pair with `key >= at` into a new table.
     pub fn split_off(&mut self, at: &[u8]) -> Table {
-        Table {
-            pairs: self.pairs.split_off(at),
+        let at_pair = self.pairs.get(at).cloned();
+        let (left, mut right) = std::mem::take(&mut self.pairs).split(at);
+        if let Some(pair) = at_pair {
+            right.insert(pair);
         }
+        self.pairs = left;
+        Table { pairs: right }
     }
 
     pub fn first_key(&self) -> Option<&[u8]> {
-        self.pairs.first().map(Pair::key)
+        self.pairs.get_min().map(Pair::key)
     }
 
     pub fn last_key(&self) -> Option<&[u8]> {
-        self.pairs.last().map(Pair::key)
+        self.pairs.get_max().map(Pair::key)
     }
 }
 
@@ -215,6 +227,41 @@ mod tests {
         assert!(t.last_key().unwrap() < &b"k2"[..]);
         assert!(right.first_key().unwrap() >= &b"k2"[..]);
         assert_eq!(t.len() + right.len(), model.len());
+    }
+
+    #[test]
+    fn split_off_keeps_the_split_key_on_the_right() {
+        let mut t = Table::new();
+        for k in [&b"a"[..], b"b", b"c"] {
+            t.insert(k, k);
+        }
+        let right = t.split_off(b"b");
+        assert_eq!(t.iter().map(|(k, _)| k).collect::<Vec<_>>(), [&b"a"[..]]);
+        assert_eq!(
+            right.iter().collect::<Vec<_>>(),
+            [(&b"b"[..], &b"b"[..]), (&b"c"[..], &b"c"[..])]
+        );
+    }
+
+    #[test]
+    fn a_clone_is_a_point_in_time_copy() {
+        let mut t = Table::new();
+        for i in 0..1_000u32 {
+            t.insert(&i.to_be_bytes(), b"old");
+        }
+        let copy = t.clone();
+        for i in 0..1_000u32 {
+            if i % 2 == 0 {
+                t.insert(&i.to_be_bytes(), b"new");
+            } else {
+                t.remove(&i.to_be_bytes());
+            }
+        }
+        t.insert(b"extra", b"x");
+        assert_eq!(copy.len(), 1_000);
+        assert!(copy.iter().all(|(_, v)| v == b"old"));
+        assert_eq!(t.len(), 501);
+        assert_eq!(t.get(&0u32.to_be_bytes()), Some(&b"new"[..]));
     }
 
     #[test]

@@ -76,7 +76,10 @@ pub use error::{Error, Result};
 pub use faulty::{FaultOp, FaultyFileSystem};
 pub use format::MAX_RECORD_PAYLOAD_BYTES;
 pub use fs::{FileSystem, LockGuard, StdFileSystem, WritableFile};
-pub use snapshot::{read_snapshot, write_snapshot, write_snapshot_parts, SnapshotFile};
+pub use snapshot::{
+    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, write_snapshot,
+    write_snapshot_parts, PreparedSnapshot, SnapshotFile,
+};
 
 /// Identifies one Raft group (region) within the shared log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

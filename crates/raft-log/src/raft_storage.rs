@@ -36,7 +36,9 @@ use raft::{
 
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
-use crate::snapshot::{read_snapshot, write_snapshot_parts};
+use crate::snapshot::{
+    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, PreparedSnapshot,
+};
 use crate::{GroupId, LogBatch, LogEngine, LogEntry};
 
 /// State key of the hard state.
@@ -253,12 +255,35 @@ impl GroupStorage {
     /// persisted commit index is raised to `index` if below (a snapshot covers only
     /// committed entries), so that a snapshot completed by [`GroupStorage::open`] after a
     /// crash is treated the same whichever way it was made.
+    ///
+    /// The same as [`GroupStorage::snapshot_term`], [`prepare_snapshot_file`] and
+    /// [`GroupStorage::commit_prepared`] in a row; a caller that serializes on another thread
+    /// calls them itself.
     pub fn create_snapshot(
         &mut self,
         index: LogIndex,
         conf_state: ConfState,
         data: Bytes,
     ) -> Result<()> {
+        let term = self.snapshot_term(index)?;
+        let prepared = prepare_snapshot_file(
+            self.fs.as_ref(),
+            &self.dir,
+            self.group,
+            SnapshotMetadata {
+                index,
+                term,
+                conf_state: conf_state.clone(),
+            },
+            &data,
+        )?;
+        self.commit_prepared(&prepared, conf_state)?;
+        Ok(())
+    }
+
+    /// The term of the entry at `index`, for a snapshot to be made there: `index` must lie
+    /// between the current snapshot index and the last index.
+    pub fn snapshot_term(&self, index: LogIndex) -> Result<Term> {
         if index < self.snapshot_index() || index > self.last() {
             return Err(Error::InvalidArgument(format!(
                 "snapshot of group {} at {} outside the log [{}, {}]",
@@ -268,38 +293,59 @@ impl GroupStorage {
                 self.last()
             )));
         }
-        let term = self.term(index).map_err(|e| {
+        self.term(index).map_err(|e| {
             Error::InvalidArgument(format!("snapshot of group {} at {index}: {e}", self.group))
-        })?;
-        let snapshot = Snapshot {
+        })
+    }
+
+    /// The directory and file system this group's snapshot files live in, for a snapshot
+    /// prepared on another thread ([`prepare_snapshot_file`]).
+    pub fn snapshot_location(&self) -> (PathBuf, Arc<dyn FileSystem>) {
+        (self.dir.clone(), self.fs.clone())
+    }
+
+    /// Publishes a snapshot prepared (written and synced under a temporary name) at the
+    /// index and term [`GroupStorage::snapshot_term`] gave, and compacts the log up to it,
+    /// as [`GroupStorage::create_snapshot`] does. Returns false, discarding the file, when the
+    /// snapshot is no longer newer than the group's (one was installed meanwhile) or the log
+    /// no longer holds its entry with its term.
+    pub fn commit_prepared(
+        &mut self,
+        prepared: &PreparedSnapshot,
+        conf_state: ConfState,
+    ) -> Result<bool> {
+        assert_eq!(
+            prepared.group, self.group,
+            "snapshot of group {} committed to group {}",
+            prepared.group, self.group
+        );
+        let index = LogIndex(prepared.index);
+        let term = Term(prepared.term);
+        if index <= self.snapshot_index() || index > self.last() || self.term(index) != Ok(term) {
+            discard_snapshot(self.fs.as_ref(), prepared);
+            return Ok(false);
+        }
+        publish_snapshot(self.fs.as_ref(), prepared)?;
+        self.commit_snapshot(Snapshot {
             metadata: SnapshotMetadata {
                 index,
                 term,
                 conf_state,
             },
-            data,
-        };
-        self.write_snapshot_file(&snapshot)?;
-        self.commit_snapshot(snapshot)
+            data: Bytes::new(),
+        })?;
+        Ok(true)
     }
 
     fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<()> {
-        let meta = &snapshot.metadata;
-        let mut conf = Vec::new();
-        encode_conf_state(&meta.conf_state, &mut conf);
-        // The file's data is `varint(conf len) | conf | state`, written in parts (the state is
-        // not copied).
-        let mut prefix = Vec::with_capacity(conf.len() + 10);
-        put_varint(&mut prefix, conf.len() as u64);
-        prefix.extend_from_slice(&conf);
-        write_snapshot_parts(
+        let prepared = prepare_snapshot_file(
             self.fs.as_ref(),
             &self.dir,
             self.group,
-            meta.index.0,
-            meta.term.0,
-            &[&prefix, &snapshot.data],
+            snapshot.metadata.clone(),
+            &snapshot.data,
         )?;
+        publish_snapshot(self.fs.as_ref(), &prepared)?;
         Ok(())
     }
 
@@ -335,6 +381,25 @@ impl GroupStorage {
         };
         Ok(())
     }
+}
+
+/// Writes and syncs, under a temporary name, the snapshot file of `group` for `meta` holding
+/// the application's `data` (the file's payload is `varint(conf len) | conf | data`, written in
+/// parts so the state is not copied). Callable from any thread; the group's owner publishes it
+/// with [`GroupStorage::commit_prepared`].
+pub fn prepare_snapshot_file(
+    fs: &dyn FileSystem,
+    dir: &std::path::Path,
+    group: GroupId,
+    meta: SnapshotMetadata,
+    data: &[u8],
+) -> Result<PreparedSnapshot> {
+    let mut conf = Vec::new();
+    encode_conf_state(&meta.conf_state, &mut conf);
+    let mut prefix = Vec::with_capacity(conf.len() + 10);
+    put_varint(&mut prefix, conf.len() as u64);
+    prefix.extend_from_slice(&conf);
+    prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &[&prefix, data])
 }
 
 fn storage_error(error: Error) -> StorageError {

@@ -81,11 +81,57 @@ pub fn write_snapshot_parts(
     term: u64,
     parts: &[&[u8]],
 ) -> Result<PathBuf> {
+    let prepared = prepare_snapshot_parts(fs, dir, group, index, term, parts)?;
+    publish_snapshot(fs, &prepared)
+}
+
+/// A snapshot file written and synced under its temporary name, not yet published: a
+/// snapshot built on another thread waits in this state until its owner commits it (see
+/// [`publish_snapshot`] and [`discard_snapshot`]). Until then readers see the group's
+/// previous snapshot, and a crash leaves only a temporary file, removed by the group's next
+/// snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedSnapshot {
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// Index of the last entry it covers.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// Bytes of the whole file (header and data).
+    pub file_bytes: u64,
+    dir: PathBuf,
+    name: String,
+}
+
+impl PreparedSnapshot {
+    fn temp_path(&self) -> PathBuf {
+        self.dir.join(format!("{}{TEMP_SUFFIX}", self.name))
+    }
+}
+
+/// The first half of [`write_snapshot_parts`]: writes the file under its temporary name and
+/// syncs it. On error the temporary file is removed (a full disk needs the space back) and
+/// nothing else has changed, so a full disk here is not fatal to the caller.
+pub fn prepare_snapshot_parts(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    group: GroupId,
+    index: u64,
+    term: u64,
+    parts: &[&[u8]],
+) -> Result<PreparedSnapshot> {
     fs.create_dir_all(dir)
         .map_err(|error| Error::io("create directory", dir, error))?;
-    let name = snapshot_name(group, index, term);
-    let final_path = dir.join(&name);
-    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let prepared = PreparedSnapshot {
+        group,
+        index,
+        term,
+        file_bytes: (SNAPSHOT_HEADER_BYTES + parts.iter().map(|p| p.len()).sum::<usize>()) as u64,
+        dir: dir.to_path_buf(),
+        name: snapshot_name(group, index, term),
+    };
+    let temp_path = prepared.temp_path();
 
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
@@ -114,11 +160,28 @@ pub fn write_snapshot_parts(
         });
     drop(file);
     if let Err(error) = written {
-        // The temporary file is never read: give its space back (a full disk needs it) and
-        // report. Nothing else changed, so a full disk here is not fatal to the caller.
+        // The temporary file is never read: give its space back and report.
         let _ = fs.remove(&temp_path);
         return Err(error);
     }
+    Ok(prepared)
+}
+
+/// Removes a prepared snapshot that will not be published (a newer one got there first).
+/// Best effort: a file left behind is removed by the group's next published snapshot.
+pub fn discard_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) {
+    let _ = fs.remove(&prepared.temp_path());
+}
+
+/// The second half of [`write_snapshot_parts`]: renames the prepared file to its final name,
+/// syncs the directory, then deletes the group's older snapshots and stale temporary files.
+/// Returns the final path.
+pub fn publish_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) -> Result<PathBuf> {
+    let dir = prepared.dir.as_path();
+    let group = prepared.group;
+    let name = prepared.name.as_str();
+    let temp_path = prepared.temp_path();
+    let final_path = dir.join(name);
     fs.rename(&temp_path, &final_path)
         .map_err(|error| Error::io("rename", &temp_path, error))?;
     fs.sync_dir(dir)

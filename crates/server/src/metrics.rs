@@ -78,6 +78,9 @@ pub struct Metrics {
     pub fsync: Histogram,
     /// How long each snapshot made by this store held its store thread.
     pub snapshot_stall: Histogram,
+    /// How long each snapshot took to serialize, and to write and sync, off the store thread.
+    pub snapshot_serialize: Histogram,
+    pub snapshot_write: Histogram,
     /// What opening the log read at startup, and how long it took.
     pub log_recovery_bytes: AtomicU64,
     pub log_recovery_micros: AtomicU64,
@@ -122,6 +125,11 @@ impl Metrics {
 
     pub fn observe_snapshot_stall(&self, d: Duration) {
         self.snapshot_stall.observe(d);
+    }
+
+    pub fn observe_snapshot_build(&self, serialize: Duration, write: Duration) {
+        self.snapshot_serialize.observe(serialize);
+        self.snapshot_write.observe(write);
     }
 
     pub fn set_engine_stats(&self, s: &raft_log::Stats) {
@@ -242,6 +250,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE raftkv_snapshot_stall_seconds histogram");
         self.snapshot_stall
             .render(&mut out, "raftkv_snapshot_stall_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_snapshot_serialize_seconds histogram");
+        self.snapshot_serialize
+            .render(&mut out, "raftkv_snapshot_serialize_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_snapshot_write_seconds histogram");
+        self.snapshot_write
+            .render(&mut out, "raftkv_snapshot_write_seconds", "");
         let _ = writeln!(out, "# TYPE raftkv_request_seconds histogram");
         let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for (cmd, h) in m.iter() {

@@ -153,6 +153,13 @@ pub fn run(
     let mut writer = store::EngineWriter {
         waker: std::task::Waker::from(write_waker.clone()),
     };
+    // Snapshots are serialized and written on their own thread, which wakes this one like a
+    // finished log write does.
+    let mut snapshots = store::ThreadBuilder::new(
+        format!("snapshot-{}", store.id()),
+        std::task::Waker::from(write_waker.clone()),
+    )
+    .map_err(|e| StoreError::Storage(format!("starting the snapshot thread: {e}")))?;
     let mut waiting: HashMap<Ticket, ReplyTx> = HashMap::new();
     // The driver counts time in microseconds since the loop started.
     let epoch = Instant::now();
@@ -204,6 +211,7 @@ pub fn run(
         more_rounds = driver.run_rounds(
             &mut store,
             &mut writer,
+            &mut snapshots,
             &mut || {
                 if peeked.is_none() {
                     peeked = rx.try_recv().ok();
@@ -217,6 +225,9 @@ pub fn run(
         }
         for d in store.take_snapshot_durations() {
             metrics.observe_snapshot_stall(d);
+        }
+        for (serialize, write) in store.take_snapshot_build_times() {
+            metrics.observe_snapshot_build(serialize, write);
         }
         metrics.set_store_stats(&store.stats);
         if !ticked {

@@ -136,6 +136,12 @@ pub struct KvSimOutcome {
     pub log_purges: u64,
     pub log_segments_deleted: u64,
     pub snapshots_for_log_space: u64,
+    /// Background snapshots (`store::snapshot_job`): jobs built at a later `run_rounds` call
+    /// than the one that started them (rounds ran in between), jobs lost in a crash before they were built, and built ones
+    /// discarded at commit because a newer snapshot got there first.
+    pub snapshots_built_later: u64,
+    pub snapshot_jobs_lost: u64,
+    pub snapshots_overtaken: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -236,6 +242,24 @@ impl KvSimOutcome {
                 self.snapshots_for_log_space,
                 None,
             ),
+            F::new(
+                "snapshots built later",
+                true,
+                self.snapshots_built_later,
+                None,
+            ),
+            F::new(
+                "snapshot jobs lost",
+                k.crashes,
+                self.snapshot_jobs_lost,
+                None,
+            ),
+            F::new(
+                "snapshots overtaken",
+                k.snapshots,
+                self.snapshots_overtaken,
+                None,
+            ),
         ]
     }
 }
@@ -291,6 +315,37 @@ impl RoundWriter<SimKv> for SimWriter {
 
     fn poll(&mut self, store: &mut Store<SimKv>) -> Result<usize, StoreError> {
         store.persist_queued(std::mem::take(&mut self.durable))
+    }
+}
+
+/// The simulated snapshot thread: a job started at one wake-up of its store is built at a
+/// later one (each wake-up builds each waiting job with probability 1/2), so rounds, received
+/// snapshots and crashes fall between a snapshot's view and its commit, as they may in the
+/// server, where a background thread builds it.
+struct SimSnapshots<'a> {
+    waiting: &'a mut Vec<store::SnapshotJob<SimKv>>,
+    rng: SplitMix64,
+    /// Jobs built (always at a later `run_rounds` call than the one that started them).
+    built_later: u64,
+}
+
+impl store::SnapshotBuilder<SimKv> for SimSnapshots<'_> {
+    fn start(&mut self, job: store::SnapshotJob<SimKv>) {
+        self.waiting.push(job);
+    }
+
+    fn finished(&mut self) -> Vec<store::BuiltSnapshot> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.rng.below(2) == 0 {
+                done.push(self.waiting.remove(i).run());
+                self.built_later += 1;
+            } else {
+                i += 1;
+            }
+        }
+        done
     }
 }
 /// Workload operations recorded per seed before the clients stop starting new ones: bounds
@@ -376,6 +431,9 @@ struct SimStore {
     persist_scheduled: bool,
     /// The store's loop, the server's own (`store::Driver`); a new one per life.
     driver: Option<Driver>,
+    /// Snapshot jobs handed to the simulated snapshot thread and not yet built
+    /// ([`SimSnapshots`]); lost in a crash.
+    snapshot_jobs: Vec<store::SnapshotJob<SimKv>>,
 }
 
 /// One client's operation in flight.
@@ -455,7 +513,7 @@ struct Sim {
     /// Driver counters of the stores' ended lives.
     driver_stats: DriverStats,
     /// (log purges, segments deleted, snapshots for log space) of the stores' ended lives.
-    log_stats: (u64, u64, u64),
+    log_stats: (u64, u64, u64, u64),
     clients: Vec<Client>,
     /// How many of `clients` are workload clients (the rest are probes).
     workload_clients: usize,
@@ -595,6 +653,7 @@ impl Sim {
         self.log_stats.0 += ended.stats.log_purges;
         self.log_stats.1 += ended.stats.log_segments_deleted;
         self.log_stats.2 += ended.stats.snapshots_for_log_space;
+        self.log_stats.3 += ended.stats.snapshots_overtaken;
         drop(ended);
         if let Some(d) = self.stores[i].driver.take() {
             self.driver_stats.add(&d.stats);
@@ -607,6 +666,8 @@ impl Sim {
         }
         self.waiting[i].clear();
         self.stores[i].inbox.clear();
+        self.out.snapshot_jobs_lost += self.stores[i].snapshot_jobs.len() as u64;
+        self.stores[i].snapshot_jobs.clear();
         self.stores[i].incarnation += 1;
         self.stores[i].persist_scheduled = false;
         self.stores[i].paused_until = None;
@@ -632,11 +693,17 @@ impl Sim {
         };
         let mut outbox = Vec::new();
         let mut completions = Vec::new();
+        let snapshot_seed = self.rng.next_u64();
         let result = {
             let rng = &mut self.rng;
             let st = &mut self.stores[i];
             let (Some(s), Some(driver)) = (st.store.as_mut(), st.driver.as_mut()) else {
                 return;
+            };
+            let mut snapshots = SimSnapshots {
+                waiting: &mut st.snapshot_jobs,
+                rng: SplitMix64::new(snapshot_seed),
+                built_later: 0,
             };
             let mut queued = || mode == Some(true) || unit(rng) < chance;
             let mut deliver = |s: &mut Store<SimKv>| {
@@ -646,11 +713,13 @@ impl Sim {
             let mut result = Ok(true);
             // Like the server's loop, which comes back at once while rounds are left ready.
             for _ in 0..MAX_DRIVES_PER_WAKE_UP {
-                result = driver.run_rounds(s, &mut writer, &mut queued, &mut deliver);
+                result =
+                    driver.run_rounds(s, &mut writer, &mut snapshots, &mut queued, &mut deliver);
                 if !matches!(result, Ok(true)) {
                     break;
                 }
             }
+            self.out.snapshots_built_later += snapshots.built_later;
             result
         };
         if let Err(e) = result {
@@ -1531,6 +1600,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 down_since: 0,
                 paused_until: None,
                 driver: None,
+                snapshot_jobs: Vec::new(),
                 pause_number: 0,
                 inbox: VecDeque::new(),
                 failure_armed: false,
@@ -1557,7 +1627,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         deferred_writes,
         queued_chance,
         driver_stats: DriverStats::default(),
-        log_stats: (0, 0, 0),
+        log_stats: (0, 0, 0, 0),
         rng,
         out: KvSimOutcome {
             seed: opts.seed,
@@ -1701,7 +1771,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     sim.out.log_purges += sim.log_stats.0;
     sim.out.log_segments_deleted += sim.log_stats.1;
     sim.out.snapshots_for_log_space += sim.log_stats.2;
+    sim.out.snapshots_overtaken += sim.log_stats.3;
     for s in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
+        sim.out.snapshots_overtaken += s.stats.snapshots_overtaken;
         sim.out.log_purges += s.stats.log_purges;
         sim.out.log_segments_deleted += s.stats.log_segments_deleted;
         sim.out.snapshots_for_log_space += s.stats.snapshots_for_log_space;

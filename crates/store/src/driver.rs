@@ -13,9 +13,11 @@
 //!    is prepared, its early messages and answers delivered, and its write either done here
 //!    (the store is idle: nothing in flight and nothing queued, so nothing could overlap the
 //!    fsync, and the hand-off to a writer thread and back would cost two wake-ups) or
-//!    submitted to the writer.
+//!    submitted to the writer. Snapshots built meanwhile are handed back to the store first,
+//!    and the snapshot jobs the store started go to the [`SnapshotBuilder`] last.
 
 use crate::error::StoreError;
+use crate::snapshot_job::SnapshotBuilder;
 use crate::state_machine::StateMachine;
 use crate::store::{PendingWrite, Store};
 
@@ -124,10 +126,14 @@ impl Driver {
         &mut self,
         store: &mut Store<M>,
         writer: &mut dyn RoundWriter<M>,
+        builder: &mut dyn SnapshotBuilder<M>,
         queued: &mut dyn FnMut() -> bool,
         deliver: &mut dyn FnMut(&mut Store<M>),
     ) -> Result<bool, StoreError> {
         writer.poll(store)?;
+        for built in builder.finished() {
+            store.finish_snapshot(built)?;
+        }
         for _ in 0..MAX_ROUNDS_PER_CALL {
             if !store.has_ready() {
                 break;
@@ -149,6 +155,9 @@ impl Driver {
             }
         }
         deliver(store);
+        for job in store.take_snapshot_jobs() {
+            builder.start(job);
+        }
         Ok(store.has_ready())
     }
 }

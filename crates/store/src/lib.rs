@@ -16,6 +16,9 @@
 //! - [`store`]: `Store` — bootstrap/open, routing messages by region, proposals and reads
 //!   with epoch checks, the Ready round with cross-region group commit, applying,
 //!   snapshotting when a log grows past a threshold, installing received snapshots.
+//! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
+//!   it, serialized and written by a `SnapshotBuilder` (`ThreadBuilder` in the server),
+//!   published and compacted to back on it.
 //! - [`driver`]: `Driver` — the one loop that runs a store (tick catch-up, Ready rounds,
 //!   writing a round inline when idle or handing it to a `RoundWriter`), used by the server's
 //!   store thread and by the whole-cluster simulator alike.
@@ -31,12 +34,17 @@
 pub mod driver;
 pub mod error;
 pub mod region;
+pub mod snapshot_job;
 pub mod state_machine;
 pub mod store;
 
 pub use driver::{Driver, DriverStats, EngineWriter, RoundWriter};
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
+pub use snapshot_job::{
+    BuiltSnapshot, InlineBuilder, SnapshotBuilder, SnapshotJob, ThreadBuilder,
+    MAX_SNAPSHOTS_BUILDING,
+};
 pub use state_machine::StateMachine;
 pub use store::{
     Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,

@@ -24,8 +24,20 @@ pub trait StateMachine: Sized {
     fn apply_noop(&mut self, _index: u64) {}
     /// Answers a read-only query against the current state.
     fn read(&self, query: &Self::Query) -> Self::ReadOutput;
-    /// Serializes the whole state (for snapshots).
-    fn snapshot(&self) -> Bytes;
+    /// A point-in-time copy of the whole state that another thread serializes while this one
+    /// goes on applying (see [`crate::snapshot_job`]).
+    type View: Send + 'static;
+
+    /// Takes the view. Called on the store thread, so it must be cheap whatever the size of
+    /// the state: O(1) for a persistent structure (the store's stall per snapshot is this
+    /// plus publishing the file).
+    fn view(&self) -> Self::View;
+    /// Serializes a view; equal to [`StateMachine::snapshot`] of the state it was taken from.
+    fn serialize(view: &Self::View) -> Bytes;
+    /// Serializes the whole state now, on this thread.
+    fn snapshot(&self) -> Bytes {
+        Self::serialize(&self.view())
+    }
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
     fn restore(data: &[u8]) -> Result<Self, String>;
 }

@@ -2,6 +2,7 @@
 
 use crate::error::StoreError;
 use crate::region::{Region, RegionEpoch, RegionId, StoreId};
+use crate::snapshot_job::{BuiltSnapshot, SnapshotJob, MAX_SNAPSHOTS_BUILDING};
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
 use raft::{
@@ -169,6 +170,9 @@ struct Peer<M: StateMachine> {
     /// Size of the state machine's serialized state at the last snapshot made or installed
     /// (0 before any): what the next snapshot will cost, about (see [`Peer::wants_snapshot`]).
     last_snapshot_bytes: u64,
+    /// A snapshot of this region is being built (see [`crate::snapshot_job`]): the value of
+    /// `bytes_since_snapshot` when its view was taken, which its commit subtracts.
+    building_snapshot: Option<u64>,
     /// Term and vote of the last hard state known durable (not merely staged): a leader's
     /// messages may leave before their round's write only while the term and vote they
     /// speak for are on disk (a single-voter leader wins inside `campaign`, before the
@@ -205,36 +209,37 @@ impl<M: StateMachine> Peer<M> {
                     .saturating_mul(SNAPSHOT_MAX_ENTRIES_FACTOR)
     }
 
-    /// Snapshots the state machine at the applied index and compacts the log up to it;
-    /// false when nothing was applied since the last snapshot, or when the applied index is
-    /// not durable in this replica's own log yet (with writes in flight a replica may apply
-    /// committed entries before its copy is written; the snapshot's term must come from the
-    /// entry on disk, and the log it compacts must reach it).
-    fn snapshot(&mut self) -> Result<bool, StoreError> {
-        if self.applied < self.raw.status().first_index || self.applied > self.raw.persisted_index()
+    /// Takes a view of the state machine at the applied index for a snapshot built off the
+    /// store thread (see [`crate::snapshot_job`]); None when one is already being built,
+    /// nothing was applied since the last snapshot, or the applied index is not durable in
+    /// this replica's own log yet (with writes in flight a replica may apply committed
+    /// entries before its copy is written; the snapshot's term must come from the entry on
+    /// disk, and the log it compacts must reach it).
+    fn start_snapshot(
+        &mut self,
+        dir: &Path,
+        fs: &Arc<dyn FileSystem>,
+    ) -> Result<Option<SnapshotJob<M>>, StoreError> {
+        if self.building_snapshot.is_some()
+            || self.applied < self.raw.status().first_index
+            || self.applied > self.raw.persisted_index()
         {
-            return Ok(false);
+            return Ok(None);
         }
-        let data = self.sm.snapshot();
-        let data_len = data.len() as u64;
-        let cs = self.raw.status().conf_state;
-        match self
-            .raw
-            .storage_mut()
-            .create_snapshot(self.applied, cs, data)
-        {
-            Ok(()) => {
-                // Only a snapshot made resets the log's growth: a skipped one is retried at
-                // the next round that finds the thresholds passed.
-                self.bytes_since_snapshot = 0;
-                self.last_snapshot_bytes = data_len;
-                Ok(true)
-            }
-            // The snapshot file did not fit (it was removed; the log is unchanged): the log
-            // stays as it is, a later snapshot tries again.
-            Err(e) if e.is_no_space() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let started = std::time::Instant::now();
+        let term = self.raw.storage().snapshot_term(self.applied)?;
+        let view = self.sm.view();
+        self.building_snapshot = Some(self.bytes_since_snapshot);
+        Ok(Some(SnapshotJob::new(
+            self.region.id,
+            self.applied,
+            term,
+            self.raw.status().conf_state,
+            view,
+            dir.to_path_buf(),
+            fs.clone(),
+            started.elapsed(),
+        )))
     }
 }
 
@@ -253,6 +258,9 @@ pub struct StoreStats {
     /// Of the snapshots created, those made because the log's purge asked for them (a
     /// region pinning old segments with too much live log to copy forward).
     pub snapshots_for_log_space: u64,
+    /// Snapshots built but not committed: a newer one was installed (or the region left)
+    /// while they were being built.
+    pub snapshots_overtaken: u64,
     /// Messages for unknown regions or peers, dropped.
     pub messages_dropped: u64,
     /// Log purges run, and what they did.
@@ -294,6 +302,15 @@ pub struct Store<M: StateMachine> {
     write_latencies: Vec<std::time::Duration>,
     /// How long each snapshot made here held the store thread, for the caller's metrics.
     snapshot_durations: Vec<std::time::Duration>,
+    /// Serialize and write times of the snapshots made, for the caller's metrics.
+    snapshot_build_times: Vec<(std::time::Duration, std::time::Duration)>,
+    /// Snapshot jobs started and not yet handed to a builder ([`Store::take_snapshot_jobs`]).
+    snapshot_jobs: Vec<SnapshotJob<M>>,
+    /// Jobs out (queued here, building, or built and not yet committed); at most
+    /// [`MAX_SNAPSHOTS_BUILDING`].
+    snapshots_building: usize,
+    /// Built snapshots waiting for a moment with no log write in flight to be committed.
+    snapshots_built: Vec<BuiltSnapshot>,
     /// Regions the log's purge asked to compact, snapshotted as soon as snapshots are
     /// allowed (see [`Store::reclaim_log`]).
     compact_wanted: BTreeSet<RegionId>,
@@ -323,25 +340,6 @@ fn block_on(write: &mut raft_log::WriteFuture) -> Result<u64, StoreError> {
         }
         std::thread::park();
     }
-}
-
-/// [`Peer::snapshot`], counted in `stats` and timed into `durations` when one was made (a
-/// field-wise helper: the peer is borrowed from the store's map).
-fn timed_snapshot<M: StateMachine>(
-    p: &mut Peer<M>,
-    stats: &mut StoreStats,
-    durations: &mut Vec<std::time::Duration>,
-) -> Result<bool, StoreError> {
-    let started = std::time::Instant::now();
-    let made = p.snapshot()?;
-    if made {
-        stats.snapshots_created += 1;
-        // Bounded: a caller that never reads them (the simulations) keeps only the first.
-        if durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
-            durations.push(started.elapsed());
-        }
-    }
-    Ok(made)
 }
 
 fn engine_group(id: RegionId) -> raft_log::GroupId {
@@ -383,6 +381,10 @@ impl<M: StateMachine> Store<M> {
             round_prepared: false,
             write_latencies: Vec::new(),
             snapshot_durations: Vec::new(),
+            snapshot_build_times: Vec::new(),
+            snapshot_jobs: Vec::new(),
+            snapshots_building: 0,
+            snapshots_built: Vec::new(),
             compact_wanted: BTreeSet::new(),
             write_waker: None,
             fruitless_purge_at: None,
@@ -490,6 +492,7 @@ impl<M: StateMachine> Store<M> {
                 reads: Vec::new(),
                 bytes_since_snapshot: 0,
                 last_snapshot_bytes: snap.data.len() as u64,
+                building_snapshot: None,
                 durable_term_vote: (durable.term, durable.vote),
             },
         );
@@ -607,28 +610,149 @@ impl<M: StateMachine> Store<M> {
         self.compact_requested()
     }
 
-    /// Snapshots the regions the log's purge asked to compact, when snapshots are allowed.
+    /// Starts snapshots of the regions the log's purge asked to compact, as far as the
+    /// limit on snapshots building allows; the rest wait for the next call.
     fn compact_requested(&mut self) -> Result<(), StoreError> {
-        if self.compact_wanted.is_empty() || !self.snapshots_allowed() {
-            return Ok(());
-        }
         for region in std::mem::take(&mut self.compact_wanted) {
-            let Some(p) = self.peers.get_mut(&region) else {
+            if !self.peers.contains_key(&region) {
                 continue;
-            };
-            if timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)? {
+            }
+            if self.start_snapshot(region)? {
                 self.stats.snapshots_for_log_space += 1;
-            } else if p.applied > p.raw.persisted_index() {
-                // Not yet possible (its applied index is not durable here): next time.
-                self.compact_wanted.insert(region);
+            } else {
+                let p = &self.peers[&region];
+                if p.applied > p.raw.persisted_index()
+                    || p.building_snapshot.is_some()
+                    || self.snapshots_building >= MAX_SNAPSHOTS_BUILDING
+                {
+                    // Not yet possible: next time.
+                    self.compact_wanted.insert(region);
+                }
             }
         }
         Ok(())
     }
 
-    /// How long each snapshot made since the last call held the store thread.
+    /// Starts a snapshot of `region` if one may start now (see [`Peer::start_snapshot`] and
+    /// [`MAX_SNAPSHOTS_BUILDING`]); returns whether it did.
+    fn start_snapshot(&mut self, region: RegionId) -> Result<bool, StoreError> {
+        if self.snapshots_building >= MAX_SNAPSHOTS_BUILDING {
+            return Ok(false);
+        }
+        let Some(p) = self.peers.get_mut(&region) else {
+            return Ok(false);
+        };
+        match p.start_snapshot(&self.snap_dir, &self.fs)? {
+            Some(job) => {
+                self.snapshots_building += 1;
+                self.snapshot_jobs.push(job);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The snapshot jobs started since the last call, for the caller's
+    /// [`SnapshotBuilder`](crate::SnapshotBuilder); each must come back through
+    /// [`Store::finish_snapshot`].
+    pub fn take_snapshot_jobs(&mut self) -> Vec<SnapshotJob<M>> {
+        std::mem::take(&mut self.snapshot_jobs)
+    }
+
+    /// A snapshot job is done: it is committed (published, the log compacted to it) now if
+    /// no log write is in flight, else once none is. An I/O error other than a full disk,
+    /// in the job or in the commit, is fatal as for any log write.
+    pub fn finish_snapshot(&mut self, built: BuiltSnapshot) -> Result<(), StoreError> {
+        self.snapshots_built.push(built);
+        self.commit_snapshots()
+    }
+
+    /// Builds every started snapshot on this thread and commits it (tests, and callers with
+    /// no builder of their own).
+    pub fn build_snapshots_here(&mut self) -> Result<usize, StoreError> {
+        let jobs = self.take_snapshot_jobs();
+        let n = jobs.len();
+        for job in jobs {
+            self.finish_snapshot(job.run())?;
+        }
+        Ok(n)
+    }
+
+    /// Commits the built snapshots, if no log write is in flight (see
+    /// [`Store::snapshots_allowed`]).
+    fn commit_snapshots(&mut self) -> Result<(), StoreError> {
+        if self.snapshots_built.is_empty() || !self.snapshots_allowed() {
+            return Ok(());
+        }
+        for built in std::mem::take(&mut self.snapshots_built) {
+            assert!(
+                self.snapshots_building > 0,
+                "snapshot of region {} finished but none was building",
+                built.region
+            );
+            self.snapshots_building -= 1;
+            let started = std::time::Instant::now();
+            let Some(p) = self.peers.get_mut(&built.region) else {
+                // The region left this store meanwhile.
+                if let Ok(prepared) = &built.file {
+                    raft_log::discard_snapshot(self.fs.as_ref(), prepared);
+                }
+                self.stats.snapshots_overtaken += 1;
+                continue;
+            };
+            let base = p.building_snapshot.take().unwrap_or_else(|| {
+                panic!(
+                    "snapshot of region {} built but the region was not building one",
+                    built.region
+                )
+            });
+            let prepared = match built.file {
+                Ok(prepared) => prepared,
+                // The file did not fit (it was removed; the log is unchanged): the log stays
+                // as it is, and the next round past the thresholds tries again.
+                Err(e) if e.is_no_space() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let committed = match p
+                .raw
+                .storage_mut()
+                .commit_prepared(&prepared, built.conf_state)
+            {
+                Ok(committed) => committed,
+                Err(e) if e.is_no_space() => {
+                    raft_log::discard_snapshot(self.fs.as_ref(), &prepared);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !committed {
+                self.stats.snapshots_overtaken += 1;
+                continue;
+            }
+            p.bytes_since_snapshot = p.bytes_since_snapshot.saturating_sub(base);
+            p.last_snapshot_bytes = built.data_bytes;
+            self.stats.snapshots_created += 1;
+            // Bounded: a caller that never reads them (the simulations) keeps only the first.
+            if self.snapshot_durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
+                self.snapshot_durations
+                    .push(built.stall + started.elapsed());
+                self.snapshot_build_times
+                    .push((built.serialize, built.write));
+            }
+        }
+        Ok(())
+    }
+
+    /// How long each snapshot made since the last call held the store thread (taking its
+    /// view, then publishing it and compacting the log).
     pub fn take_snapshot_durations(&mut self) -> Vec<std::time::Duration> {
         std::mem::take(&mut self.snapshot_durations)
+    }
+
+    /// How long each snapshot made since the last call took to serialize, and to write and
+    /// sync, off the store thread.
+    pub fn take_snapshot_build_times(&mut self) -> Vec<(std::time::Duration, std::time::Duration)> {
+        std::mem::take(&mut self.snapshot_build_times)
     }
 
     /// Static leader balancing until placement exists: each region prefers the replica at
@@ -1214,7 +1338,7 @@ impl<M: StateMachine> Store<M> {
     /// A round's write is durable: its held messages go out, Raft learns what is persisted,
     /// and regions whose log grew past the threshold are snapshotted.
     fn complete(&mut self, held: Vec<Held>) -> Result<(), StoreError> {
-        let snapshots = self.snapshots_allowed();
+        let mut want_snapshot = Vec::new();
         for h in held {
             let Some(p) = self.peers.get_mut(&h.region) else {
                 continue;
@@ -1229,13 +1353,17 @@ impl<M: StateMachine> Store<M> {
             if let Some(tv) = h.term_vote {
                 p.durable_term_vote = tv;
             }
-            // Snapshot when the log grows past the thresholds (postponed while rounds are in
-            // flight, see `Store::snapshots_allowed`, or while the applied index is not
-            // durable here, see `Peer::snapshot`).
-            if snapshots && p.wants_snapshot(&self.cfg) {
-                timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)?;
+            // Snapshot when the log grows past the thresholds (postponed while one is being
+            // built, or while the applied index is not durable here, see
+            // `Peer::start_snapshot`).
+            if p.building_snapshot.is_none() && p.wants_snapshot(&self.cfg) {
+                want_snapshot.push(h.region);
             }
         }
+        for region in want_snapshot {
+            self.start_snapshot(region)?;
+        }
+        self.commit_snapshots()?;
         self.compact_requested()
     }
 
@@ -1247,19 +1375,16 @@ impl<M: StateMachine> Store<M> {
         self.in_flight.is_empty() && !self.round_prepared
     }
 
-    /// Snapshots this store's replica of `region` at its applied index now and compacts its
-    /// log, whatever the thresholds say (operators, tests, the simulator's snapshots at
-    /// random points). Returns false when nothing was applied since the last snapshot, or
-    /// while log writes are in flight (see [`Store::snapshots_allowed`]).
+    /// Starts a snapshot of this store's replica of `region` at its applied index,
+    /// whatever the thresholds say (operators, tests, the simulator's snapshots at random
+    /// points); it is built like any other ([`Store::take_snapshot_jobs`]) and compacts the
+    /// log when committed. Returns false when none could start (see
+    /// [`Store::start_snapshot`]).
     pub fn snapshot_now(&mut self, region: RegionId) -> Result<bool, StoreError> {
-        if !self.snapshots_allowed() {
-            return Ok(false);
+        if !self.peers.contains_key(&region) {
+            return Err(StoreError::RegionNotFound(region));
         }
-        let p = self
-            .peers
-            .get_mut(&region)
-            .ok_or(StoreError::RegionNotFound(region))?;
-        timed_snapshot(p, &mut self.stats, &mut self.snapshot_durations)
+        self.start_snapshot(region)
     }
 
     pub fn take_outbox(&mut self) -> Vec<(StoreId, Message)> {

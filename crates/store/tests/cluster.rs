@@ -44,9 +44,14 @@ impl StateMachine for MapSm {
     fn read(&self, q: &Vec<u8>) -> Bytes {
         Bytes::from(self.0.get(q).cloned().unwrap_or_default())
     }
-    fn snapshot(&self) -> Bytes {
+    // A test state machine: the view is a full copy (the kv crate's is O(1)).
+    type View = BTreeMap<Vec<u8>, Vec<u8>>;
+    fn view(&self) -> Self::View {
+        self.0.clone()
+    }
+    fn serialize(view: &Self::View) -> Bytes {
         let mut v = Vec::new();
-        for (k, val) in &self.0 {
+        for (k, val) in view {
             v.extend_from_slice(&(k.len() as u32).to_le_bytes());
             v.extend_from_slice(k);
             v.extend_from_slice(&(val.len() as u32).to_le_bytes());
@@ -150,6 +155,10 @@ impl Cluster {
             for s in self.stores.iter_mut().flatten() {
                 if s.has_ready() {
                     s.process_ready().unwrap();
+                    moved = true;
+                }
+                // Snapshots started are built here, on the test's thread.
+                if s.build_snapshots_here().unwrap() > 0 {
                     moved = true;
                 }
                 mail.extend(s.take_outbox());
@@ -559,28 +568,37 @@ fn with_writes_in_flight_a_follower_acks_only_what_is_durable() {
 }
 
 #[test]
-fn snapshot_now_compacts_at_once_and_a_restart_recovers_from_it() {
+fn snapshot_now_is_a_point_in_time_and_a_restart_recovers_from_it() {
     let mut c = Cluster::new(u64::MAX);
     let r0 = c.regions[0].id;
     for i in 0..10u32 {
         c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
     }
     let before = c.store(0).status()[0].first_index;
+    let viewed_at = c.store(0).status()[0].applied;
     assert!(c.store(0).snapshot_now(r0).unwrap());
-    assert_eq!(c.store(0).stats.snapshots_created, 1);
-    let after = c.store(0).status()[0].first_index;
-    assert!(
-        after > before,
-        "log not compacted: first index {before} -> {after}"
-    );
     assert!(
         !c.store(0).snapshot_now(r0).unwrap(),
-        "a second snapshot at the same applied index"
+        "a second snapshot of a region while one is building"
     );
+    assert_eq!(c.store(0).stats.snapshots_created, 0, "not built yet");
+    // Writes between the view and the build are not in the snapshot: the log keeps them.
+    for i in 10..15u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
+    }
+    c.pump();
+    assert_eq!(c.store(0).stats.snapshots_created, 1);
+    let after = c.store(0).status()[0].first_index;
+    assert_eq!(
+        after,
+        viewed_at.next(),
+        "log compacted to the view's index (first index was {before})"
+    );
+    assert!(after > before);
     c.stop(0);
     c.start(0);
     c.tick(5);
-    assert_eq!(c.store(0).state_machine(r0).unwrap().0.len(), 10);
+    assert_eq!(c.store(0).state_machine(r0).unwrap().0.len(), 15);
 }
 
 /// With balancing on, regions all led by one store move to their preferred stores (region

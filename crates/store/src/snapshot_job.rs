@@ -1,0 +1,232 @@
+//! Snapshots built off the store thread.
+//!
+//! Serializing a region of tens of MiB and writing it took the store thread 100–450 ms per
+//! snapshot (docs/BENCHMARKS.md), which every other region of the store waited through. Now:
+//! 1. the store thread takes a point-in-time view of the region's state machine
+//!    ([`StateMachine::view`], O(1) for the KV state machine's persistent maps) and the term of
+//!    the applied entry, and queues a [`SnapshotJob`];
+//! 2. the caller hands the job to a [`SnapshotBuilder`]: [`ThreadBuilder`] (the server's, one
+//!    background thread) or [`InlineBuilder`] (tests; the simulator has its own, which runs
+//!    jobs at random later wake-ups);
+//! 3. [`SnapshotJob::run`], on whichever thread, serializes the view, checksums it and writes
+//!    the file under a temporary name, synced ([`raft_log::PreparedSnapshot`]);
+//! 4. the store thread gets the [`BuiltSnapshot`] back (`Store::finish_snapshot`), and once no
+//!    log write is in flight publishes the file (rename, directory sync) and compacts the
+//!    region's log to it in one engine write. A snapshot overtaken meanwhile (a newer one
+//!    installed from the leader, the region gone) is discarded.
+//!
+//! A crash anywhere before the publish leaves only a temporary file (removed by the group's
+//! next snapshot) and the log as it was; after it, `GroupStorage::open` finishes the commit.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft::{ConfState, LogIndex, SnapshotMetadata, Term};
+use raft_log::{FileSystem, PreparedSnapshot};
+
+use crate::region::RegionId;
+use crate::state_machine::StateMachine;
+
+/// Most snapshots a store builds at once. Each holds a view, and a view keeps alive every
+/// version of the state that writes have replaced since it was taken (up to a second copy of
+/// the region under an overwrite-everything load), so this bounds the memory as well as the
+/// builder's queue.
+pub const MAX_SNAPSHOTS_BUILDING: usize = 2;
+
+/// One region's snapshot to build: its view and where the file goes.
+pub struct SnapshotJob<M: StateMachine> {
+    pub region: RegionId,
+    pub(crate) index: LogIndex,
+    pub(crate) term: Term,
+    pub(crate) conf_state: ConfState,
+    view: M::View,
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    /// When the store thread started on it (the view taken).
+    pub(crate) stall: Duration,
+}
+
+impl<M: StateMachine> std::fmt::Debug for SnapshotJob<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("region", &self.region)
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job's outcome, handed back to the store thread.
+#[derive(Debug)]
+pub struct BuiltSnapshot {
+    pub region: RegionId,
+    pub(crate) conf_state: ConfState,
+    /// The prepared file, or why it could not be written (a full disk is not fatal: the log
+    /// stays, a later snapshot tries again; any other I/O error is).
+    pub(crate) file: Result<PreparedSnapshot, raft_log::Error>,
+    /// Size of the serialized state.
+    pub data_bytes: u64,
+    /// Time the store thread spent on the job before handing it out.
+    pub(crate) stall: Duration,
+    /// Time to serialize the view, and to write and sync the file.
+    pub serialize: Duration,
+    pub write: Duration,
+}
+
+impl<M: StateMachine> SnapshotJob<M> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        region: RegionId,
+        index: LogIndex,
+        term: Term,
+        conf_state: ConfState,
+        view: M::View,
+        dir: PathBuf,
+        fs: Arc<dyn FileSystem>,
+        stall: Duration,
+    ) -> Self {
+        SnapshotJob {
+            region,
+            index,
+            term,
+            conf_state,
+            view,
+            dir,
+            fs,
+            stall,
+        }
+    }
+
+    /// Serializes, checksums and writes the snapshot (any thread).
+    pub fn run(self) -> BuiltSnapshot {
+        let started = Instant::now();
+        let data = M::serialize(&self.view);
+        // The view pins replaced versions of the state: release them before the write.
+        drop(self.view);
+        let serialize = started.elapsed();
+        let started = Instant::now();
+        let file = raft_log::raft_storage::prepare_snapshot_file(
+            self.fs.as_ref(),
+            &self.dir,
+            raft_log::GroupId(self.region.0),
+            SnapshotMetadata {
+                index: self.index,
+                term: self.term,
+                conf_state: self.conf_state.clone(),
+            },
+            &data,
+        );
+        BuiltSnapshot {
+            region: self.region,
+            conf_state: self.conf_state,
+            file,
+            data_bytes: data.len() as u64,
+            stall: self.stall,
+            serialize,
+            write: started.elapsed(),
+        }
+    }
+}
+
+/// Where snapshot jobs run.
+pub trait SnapshotBuilder<M: StateMachine> {
+    /// Starts a job without waiting for it.
+    fn start(&mut self, job: SnapshotJob<M>);
+    /// The jobs finished since the last call.
+    fn finished(&mut self) -> Vec<BuiltSnapshot>;
+}
+
+/// Runs each job on the calling thread as it is started: for tests and tools, where a stall
+/// does not matter.
+#[derive(Default)]
+pub struct InlineBuilder {
+    done: Vec<BuiltSnapshot>,
+}
+
+impl<M: StateMachine> SnapshotBuilder<M> for InlineBuilder {
+    fn start(&mut self, job: SnapshotJob<M>) {
+        self.done.push(job.run());
+    }
+
+    fn finished(&mut self) -> Vec<BuiltSnapshot> {
+        std::mem::take(&mut self.done)
+    }
+}
+
+/// The server's builder: one background thread (snapshots are rare and each is written with
+/// one fdatasync, so one thread keeps up; two would only compete for the disk with the log).
+/// It wakes the store thread through `waker` when a job is done. The thread stops when the
+/// builder is dropped, after the job it is on.
+pub struct ThreadBuilder<M: StateMachine> {
+    tx: Option<SyncSender<SnapshotJob<M>>>,
+    done: Arc<Mutex<Vec<BuiltSnapshot>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<M: StateMachine + 'static> ThreadBuilder<M> {
+    pub fn new(name: String, waker: std::task::Waker) -> std::io::Result<Self> {
+        // The store never has more than MAX_SNAPSHOTS_BUILDING jobs out, so this never fills.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SnapshotJob<M>>(MAX_SNAPSHOTS_BUILDING);
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let out = done.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || build_loop(rx, out, waker))?;
+        Ok(ThreadBuilder {
+            tx: Some(tx),
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn build_loop<M: StateMachine>(
+    rx: Receiver<SnapshotJob<M>>,
+    done: Arc<Mutex<Vec<BuiltSnapshot>>>,
+    waker: std::task::Waker,
+) {
+    while let Ok(job) = rx.recv() {
+        let built = job.run();
+        done.lock().unwrap_or_else(|e| e.into_inner()).push(built);
+        waker.wake_by_ref();
+    }
+}
+
+impl<M: StateMachine + 'static> SnapshotBuilder<M> for ThreadBuilder<M> {
+    fn start(&mut self, job: SnapshotJob<M>) {
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("the builder's thread runs until drop");
+        match tx.try_send(job) {
+            Ok(()) => {}
+            // The store bounds its jobs to the channel's capacity (see MAX_SNAPSHOTS_BUILDING).
+            Err(TrySendError::Full(job)) => {
+                panic!("more than {MAX_SNAPSHOTS_BUILDING} snapshots building at once: {job:?}")
+            }
+            // The thread died (it panicked): build here rather than lose the job.
+            Err(TrySendError::Disconnected(job)) => {
+                let built = job.run();
+                self.done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(built);
+            }
+        }
+    }
+
+    fn finished(&mut self) -> Vec<BuiltSnapshot> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<M: StateMachine> Drop for ThreadBuilder<M> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
