@@ -77,8 +77,8 @@ pub use faulty::{FaultOp, FaultyFileSystem};
 pub use format::MAX_RECORD_PAYLOAD_BYTES;
 pub use fs::{FileSystem, LockGuard, StdFileSystem, WritableFile};
 pub use snapshot::{
-    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, write_snapshot,
-    write_snapshot_parts, PreparedSnapshot, SnapshotFile,
+    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, read_snapshot_at,
+    remove_older_snapshots, write_snapshot, write_snapshot_parts, PreparedSnapshot, SnapshotFile,
 };
 
 /// Identifies one Raft group (region) within the shared log.

@@ -19,9 +19,11 @@
 //! A snapshot (created or applied) is written to its file first (durable), then one engine
 //! batch commits it: metadata, hard state (applied: commit raised), and the compaction (or,
 //! when the log does not hold the snapshot's entry, `clean_group` to drop the unrelated
-//! log). The metadata key is the commit point. If a crash falls between the two,
-//! [`GroupStorage::open`] finds a snapshot file newer than the metadata and completes the
-//! commit from the file. `clean_group` drops every state key of the group, so a
+//! log). The metadata key is the commit point; the group's older files are removed after it.
+//! If a crash falls between the file and the metadata, [`GroupStorage::open`] finds a
+//! snapshot file newer than the metadata and completes the commit from the file. A snapshot
+//! built on another thread ([`prepare_snapshot_file`]) sits published but uncommitted for a
+//! while; readers always read the file the metadata names, never merely the newest. `clean_group` drops every state key of the group, so a
 //! `GroupStorage` owns its group in the engine: other state keys of the group must be
 //! rewritten by their owner after an applied snapshot.
 
@@ -37,7 +39,8 @@ use raft::{
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::snapshot::{
-    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, PreparedSnapshot,
+    discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, read_snapshot_at,
+    remove_older_snapshots, PreparedSnapshot,
 };
 use crate::{GroupId, LogBatch, LogEngine, LogEntry};
 
@@ -246,8 +249,15 @@ impl GroupStorage {
         if snapshot.metadata.index <= self.snapshot_index() {
             return Ok(());
         }
-        self.write_snapshot_file(&snapshot)?;
-        self.commit_snapshot(snapshot)
+        let prepared = prepare_snapshot_file(
+            self.fs.as_ref(),
+            &self.dir,
+            self.group,
+            snapshot.metadata.clone(),
+            &snapshot.data,
+        )?;
+        self.commit_snapshot(snapshot)?;
+        remove_older_snapshots(self.fs.as_ref(), &prepared)
     }
 
     /// Records a snapshot of the application at `index` (between the current snapshot index
@@ -256,9 +266,9 @@ impl GroupStorage {
     /// committed entries), so that a snapshot completed by [`GroupStorage::open`] after a
     /// crash is treated the same whichever way it was made.
     ///
-    /// The same as [`GroupStorage::snapshot_term`], [`prepare_snapshot_file`] and
-    /// [`GroupStorage::commit_prepared`] in a row; a caller that serializes on another thread
-    /// calls them itself.
+    /// The same as [`GroupStorage::snapshot_term`], [`prepare_snapshot_file`] (which also
+    /// publishes) and [`GroupStorage::commit_prepared`] in a row; a caller that serializes on
+    /// another thread calls them itself.
     pub fn create_snapshot(
         &mut self,
         index: LogIndex,
@@ -304,11 +314,17 @@ impl GroupStorage {
         (self.dir.clone(), self.fs.clone())
     }
 
-    /// Publishes a snapshot prepared (written and synced under a temporary name) at the
-    /// index and term [`GroupStorage::snapshot_term`] gave, and compacts the log up to it,
-    /// as [`GroupStorage::create_snapshot`] does. Returns false, discarding the file, when the
-    /// snapshot is no longer newer than the group's (one was installed meanwhile) or the log
-    /// no longer holds its entry with its term.
+    /// Whether a snapshot at (`index`, `term`) could still be committed: it is newer than the
+    /// group's (none was installed meanwhile) and the log still holds its entry with its term.
+    pub fn can_commit_snapshot(&self, index: LogIndex, term: Term) -> bool {
+        index > self.snapshot_index() && index <= self.last() && self.term(index) == Ok(term)
+    }
+
+    /// Commits a snapshot prepared and published ([`prepare_snapshot_file`]) at the index and
+    /// term [`GroupStorage::snapshot_term`] gave: compacts the log up to it in one synced
+    /// engine write (the metadata names it from then on), then removes the group's older
+    /// snapshot files, as [`GroupStorage::create_snapshot`] does. Returns false, discarding
+    /// the file, when it can no longer be committed ([`GroupStorage::can_commit_snapshot`]).
     pub fn commit_prepared(
         &mut self,
         prepared: &PreparedSnapshot,
@@ -321,11 +337,10 @@ impl GroupStorage {
         );
         let index = LogIndex(prepared.index);
         let term = Term(prepared.term);
-        if index <= self.snapshot_index() || index > self.last() || self.term(index) != Ok(term) {
+        if !self.can_commit_snapshot(index, term) {
             discard_snapshot(self.fs.as_ref(), prepared);
             return Ok(false);
         }
-        publish_snapshot(self.fs.as_ref(), prepared)?;
         self.commit_snapshot(Snapshot {
             metadata: SnapshotMetadata {
                 index,
@@ -334,19 +349,8 @@ impl GroupStorage {
             },
             data: Bytes::new(),
         })?;
+        remove_older_snapshots(self.fs.as_ref(), prepared)?;
         Ok(true)
-    }
-
-    fn write_snapshot_file(&self, snapshot: &Snapshot) -> Result<()> {
-        let prepared = prepare_snapshot_file(
-            self.fs.as_ref(),
-            &self.dir,
-            self.group,
-            snapshot.metadata.clone(),
-            &snapshot.data,
-        )?;
-        publish_snapshot(self.fs.as_ref(), &prepared)?;
-        Ok(())
     }
 
     /// The engine half of installing a snapshot whose file is already durable.
@@ -383,10 +387,11 @@ impl GroupStorage {
     }
 }
 
-/// Writes and syncs, under a temporary name, the snapshot file of `group` for `meta` holding
-/// the application's `data` (the file's payload is `varint(conf len) | conf | data`, written in
-/// parts so the state is not copied). Callable from any thread; the group's owner publishes it
-/// with [`GroupStorage::commit_prepared`].
+/// Writes and syncs the snapshot file of `group` for `meta` holding the application's `data`
+/// (the file's payload is `varint(conf len) | conf | data`, written in parts so the state is
+/// not copied), then publishes it under its final name. Callable from any thread: until the
+/// group's owner commits it ([`GroupStorage::commit_prepared`]) readers of the group's
+/// snapshot read the one its metadata names. On error nothing is left behind.
 pub fn prepare_snapshot_file(
     fs: &dyn FileSystem,
     dir: &std::path::Path,
@@ -399,7 +404,13 @@ pub fn prepare_snapshot_file(
     let mut prefix = Vec::with_capacity(conf.len() + 10);
     put_varint(&mut prefix, conf.len() as u64);
     prefix.extend_from_slice(&conf);
-    prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &[&prefix, data])
+    let prepared =
+        prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &[&prefix, data])?;
+    if let Err(e) = publish_snapshot(fs, &prepared) {
+        discard_snapshot(fs, &prepared);
+        return Err(e);
+    }
+    Ok(prepared)
 }
 
 fn storage_error(error: Error) -> StorageError {
@@ -525,9 +536,14 @@ impl Storage for GroupStorage {
                 self.group, metadata.index
             ))
         };
-        let file = read_snapshot(self.fs.as_ref(), &self.dir, self.group)
-            .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| failed("the file is missing".into()))?;
+        let file = read_snapshot_at(
+            self.fs.as_ref(),
+            &self.dir,
+            self.group,
+            metadata.index.0,
+            metadata.term.0,
+        )
+        .map_err(|e| failed(e.to_string()))?;
         let (conf_state, data) =
             decode_snapshot_payload(&file.data).map_err(|e| failed(e.to_string()))?;
         let found = SnapshotMetadata {

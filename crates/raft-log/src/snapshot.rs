@@ -82,14 +82,18 @@ pub fn write_snapshot_parts(
     parts: &[&[u8]],
 ) -> Result<PathBuf> {
     let prepared = prepare_snapshot_parts(fs, dir, group, index, term, parts)?;
-    publish_snapshot(fs, &prepared)
+    let path = publish_snapshot(fs, &prepared)?;
+    remove_older_snapshots(fs, &prepared)?;
+    Ok(path)
 }
 
-/// A snapshot file written and synced under its temporary name, not yet published: a
-/// snapshot built on another thread waits in this state until its owner commits it (see
-/// [`publish_snapshot`] and [`discard_snapshot`]). Until then readers see the group's
-/// previous snapshot, and a crash leaves only a temporary file, removed by the group's next
-/// snapshot.
+/// A snapshot file written and synced under its temporary name ([`prepare_snapshot_parts`]),
+/// then published under its final name ([`publish_snapshot`]): a snapshot built on another
+/// thread waits in that state until its owner commits it (the group's metadata names it) or
+/// discards it ([`discard_snapshot`]). Readers of the committed snapshot ask for it by index
+/// ([`read_snapshot_at`]), so a newer file beside it changes nothing for them; a crash before
+/// the commit leaves a file newer than the metadata, which the group's owner may complete the
+/// commit from (`GroupStorage::open`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedSnapshot {
     /// The group it belongs to.
@@ -167,28 +171,34 @@ pub fn prepare_snapshot_parts(
     Ok(prepared)
 }
 
-/// Removes a prepared snapshot that will not be published (a newer one got there first).
-/// Best effort: a file left behind is removed by the group's next published snapshot.
+/// Removes a prepared snapshot that will not be committed (a newer one got there first),
+/// under whichever name it has. Best effort: a file left behind is removed by the group's
+/// next committed snapshot.
 pub fn discard_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) {
     let _ = fs.remove(&prepared.temp_path());
+    let _ = fs.remove(&prepared.dir.join(&prepared.name));
 }
 
-/// The second half of [`write_snapshot_parts`]: renames the prepared file to its final name,
-/// syncs the directory, then deletes the group's older snapshots and stale temporary files.
-/// Returns the final path.
+/// The second step of [`write_snapshot_parts`]: renames the prepared file to its final name
+/// and syncs the directory, so the file survives a crash. Returns the final path.
 pub fn publish_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) -> Result<PathBuf> {
     let dir = prepared.dir.as_path();
-    let group = prepared.group;
-    let name = prepared.name.as_str();
     let temp_path = prepared.temp_path();
-    let final_path = dir.join(name);
+    let final_path = dir.join(&prepared.name);
     fs.rename(&temp_path, &final_path)
         .map_err(|error| Error::io("rename", &temp_path, error))?;
     fs.sync_dir(dir)
         .map_err(|error| Error::io("sync directory", dir, error))?;
+    Ok(final_path)
+}
 
-    // Only now that the new one is durable may the old ones go.
-    let mut removed = false;
+/// The last step, once the group's metadata names `kept`: deletes the group's other
+/// snapshot files and its stale temporary ones. The directory is not synced: a deleted file
+/// that a crash brings back is older than the one kept, which is the one a reader picks.
+pub fn remove_older_snapshots(fs: &dyn FileSystem, kept: &PreparedSnapshot) -> Result<()> {
+    let dir = kept.dir.as_path();
+    let group = kept.group;
+    let name = kept.name.as_str();
     for other in fs
         .list_dir(dir)
         .map_err(|error| Error::io("list directory", dir, error))?
@@ -204,14 +214,9 @@ pub fn publish_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) -> Res
             let path = dir.join(&other);
             fs.remove(&path)
                 .map_err(|error| Error::io("remove", &path, error))?;
-            removed = true;
         }
     }
-    if removed {
-        fs.sync_dir(dir)
-            .map_err(|error| Error::io("sync directory", dir, error))?;
-    }
-    Ok(final_path)
+    Ok(())
 }
 
 /// Reads the latest snapshot of `group` in `dir`, if any. A damaged file is an
@@ -230,12 +235,25 @@ pub fn read_snapshot(
         .into_iter()
         .filter_map(|name| {
             let (other_group, index, term) = parse_snapshot_name(&name)?;
-            (other_group == group).then_some((index, term, name))
+            (other_group == group).then_some((index, term))
         })
         .max();
-    let Some((index, term, name)) = latest else {
+    let Some((index, term)) = latest else {
         return Ok(None);
     };
+    read_snapshot_at(fs, dir, group, index, term).map(Some)
+}
+
+/// Reads the snapshot of `group` at (`index`, `term`): the one the group's metadata names,
+/// whatever newer file is being committed beside it. A missing or damaged file is an error.
+pub fn read_snapshot_at(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    group: GroupId,
+    index: u64,
+    term: u64,
+) -> Result<SnapshotFile> {
+    let name = snapshot_name(group, index, term);
     let path = dir.join(name);
     let bytes = fs
         .read_all(&path)
@@ -293,10 +311,10 @@ pub fn read_snapshot(
             "snapshot data checksum mismatch",
         ));
     }
-    Ok(Some(SnapshotFile {
+    Ok(SnapshotFile {
         group,
         index,
         term,
         data: Bytes::from(bytes).slice(SNAPSHOT_HEADER_BYTES..),
-    }))
+    })
 }

@@ -8,15 +8,17 @@
 //! 2. the caller hands the job to a [`SnapshotBuilder`]: [`ThreadBuilder`] (the server's, one
 //!    background thread) or [`InlineBuilder`] (tests; the simulator has its own, which runs
 //!    jobs at random later wake-ups);
-//! 3. [`SnapshotJob::run`], on whichever thread, serializes the view, checksums it and writes
-//!    the file under a temporary name, synced ([`raft_log::PreparedSnapshot`]);
+//! 3. [`SnapshotJob::run`], on whichever thread, serializes the view, checksums it, writes the
+//!    file under a temporary name, syncs it, renames it to its final name and syncs the
+//!    directory ([`raft_log::PreparedSnapshot`]);
 //! 4. the store thread gets the [`BuiltSnapshot`] back (`Store::finish_snapshot`), and once no
-//!    log write is in flight publishes the file (rename, directory sync) and compacts the
-//!    region's log to it in one engine write. A snapshot overtaken meanwhile (a newer one
-//!    installed from the leader, the region gone) is discarded.
+//!    log write is in flight commits it: one synced engine write of the metadata and the
+//!    compaction, then the region's older files are unlinked. A snapshot overtaken meanwhile
+//!    (a newer one installed from the leader, the region gone) is discarded.
 //!
-//! A crash anywhere before the publish leaves only a temporary file (removed by the group's
-//! next snapshot) and the log as it was; after it, `GroupStorage::open` finishes the commit.
+//! A crash before the rename leaves only a temporary file (removed by the group's next
+//! snapshot) and the log as it was; after it, `GroupStorage::open` finds the file newer than
+//! the metadata and finishes the commit.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -62,6 +64,8 @@ impl<M: StateMachine> std::fmt::Debug for SnapshotJob<M> {
 #[derive(Debug)]
 pub struct BuiltSnapshot {
     pub region: RegionId,
+    pub(crate) index: LogIndex,
+    pub(crate) term: Term,
     pub(crate) conf_state: ConfState,
     /// The prepared file, or why it could not be written (a full disk is not fatal: the log
     /// stays, a later snapshot tries again; any other I/O error is).
@@ -120,6 +124,8 @@ impl<M: StateMachine> SnapshotJob<M> {
         );
         BuiltSnapshot {
             region: self.region,
+            index: self.index,
+            term: self.term,
             conf_state: self.conf_state,
             file,
             data_bytes: data.len() as u64,

@@ -706,6 +706,15 @@ impl<M: StateMachine> Store<M> {
                     built.region
                 )
             });
+            // Overtaken first: a snapshot installed meanwhile may have removed this one's
+            // file under it, so its error would mean nothing.
+            if !p.raw.storage().can_commit_snapshot(built.index, built.term) {
+                if let Ok(prepared) = &built.file {
+                    raft_log::discard_snapshot(self.fs.as_ref(), prepared);
+                }
+                self.stats.snapshots_overtaken += 1;
+                continue;
+            }
             let prepared = match built.file {
                 Ok(prepared) => prepared,
                 // The file did not fit (it was removed; the log is unchanged): the log stays
@@ -713,21 +722,21 @@ impl<M: StateMachine> Store<M> {
                 Err(e) if e.is_no_space() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let committed = match p
+            match p
                 .raw
                 .storage_mut()
                 .commit_prepared(&prepared, built.conf_state)
             {
-                Ok(committed) => committed,
+                Ok(committed) => assert!(
+                    committed,
+                    "snapshot of region {} at {} could be committed and then could not",
+                    built.region, built.index
+                ),
                 Err(e) if e.is_no_space() => {
                     raft_log::discard_snapshot(self.fs.as_ref(), &prepared);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
-            };
-            if !committed {
-                self.stats.snapshots_overtaken += 1;
-                continue;
             }
             p.bytes_since_snapshot = p.bytes_since_snapshot.saturating_sub(base);
             p.last_snapshot_bytes = built.data_bytes;
