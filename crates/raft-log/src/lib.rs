@@ -59,6 +59,7 @@ pub mod format;
 pub mod fs;
 mod memtable;
 pub mod raft_storage;
+mod reclaim;
 pub mod snapshot;
 
 use std::fmt;

@@ -110,6 +110,18 @@ impl GroupState {
             return;
         }
         self.compacted_to = index;
+        let n = usize::try_from(index.saturating_sub(self.first_index))
+            .unwrap_or(usize::MAX)
+            .min(self.entries.len());
+        if n >= DROP_ELSEWHERE_ENTRIES {
+            // Many entries, each its own allocation: keep the (short) rest and free the
+            // prefix on the reclaim thread (see `crate::reclaim`).
+            let kept = self.entries.split_off(n);
+            let dropped = std::mem::replace(&mut self.entries, kept);
+            self.entry_bytes -= dropped.iter().map(|e| e.data.len()).sum::<usize>();
+            self.first_index += n as u64;
+            crate::reclaim::drop_elsewhere(dropped);
+        }
         while !self.entries.is_empty() && self.first_index < index {
             if let Some(entry) = self.entries.pop_front() {
                 self.entry_bytes -= entry.data.len();
@@ -122,6 +134,9 @@ impl GroupState {
         }
     }
 }
+
+/// Compactions dropping at least this many entries free them on the reclaim thread.
+const DROP_ELSEWHERE_ENTRIES: usize = 4096;
 
 #[derive(Debug, Default)]
 pub(crate) struct MemTable {
@@ -294,6 +309,44 @@ mod tests {
                 data: Bytes::from(vec![term as u8; 3]),
             })
             .collect()
+    }
+
+    /// A compaction of many entries (freed on the reclaim thread) and one of a few (freed
+    /// here) leave the same first index, entries and byte count.
+    #[test]
+    fn large_and_small_compactions_agree() {
+        let count = 3 * DROP_ELSEWHERE_ENTRIES as u64;
+        for cut in [5, 2 * DROP_ELSEWHERE_ENTRIES as u64 + 7, count + 10] {
+            let mut table = MemTable::default();
+            let group = GroupId(1);
+            table
+                .apply(
+                    Op::Append {
+                        group,
+                        entries: entries(1, count, 1),
+                    },
+                    1,
+                )
+                .expect("append");
+            table
+                .apply(Op::CompactTo { group, index: cut }, 2)
+                .expect("compact");
+            let state = table.group(group).expect("group");
+            let left = count.saturating_sub(cut - 1);
+            assert_eq!(
+                state.live_bytes(),
+                left * (3 + crate::format::ENTRY_HEADER_BYTES as u64),
+                "cut {cut}"
+            );
+            if left > 0 {
+                assert_eq!(state.first(), Some(cut), "cut {cut}");
+                assert_eq!(state.last(), Some(count));
+                assert!(state.entry(cut - 1).is_none());
+                assert_eq!(state.entry(cut).map(|e| e.term), Some(1));
+            } else {
+                assert_eq!(state.first(), None, "cut {cut}");
+            }
+        }
     }
 
     #[test]

@@ -288,7 +288,7 @@ impl GroupStorage {
             &data,
         )?;
         self.commit_prepared(&prepared, conf_state)?;
-        Ok(())
+        remove_older_snapshots(self.fs.as_ref(), &prepared)
     }
 
     /// The term of the entry at `index`, for a snapshot to be made there: `index` must lie
@@ -321,10 +321,12 @@ impl GroupStorage {
     }
 
     /// Commits a snapshot prepared and published ([`prepare_snapshot_file`]) at the index and
-    /// term [`GroupStorage::snapshot_term`] gave: compacts the log up to it in one synced
-    /// engine write (the metadata names it from then on), then removes the group's older
-    /// snapshot files, as [`GroupStorage::create_snapshot`] does. Returns false, discarding
-    /// the file, when it can no longer be committed ([`GroupStorage::can_commit_snapshot`]).
+    /// term [`GroupStorage::snapshot_term`] gave: compacts the log up to it in one engine
+    /// write, not waited for to be synced (see [`GroupStorage::commit_snapshot_with`]); the
+    /// metadata names it from then on. The group's older files are left for the caller to
+    /// remove ([`remove_older_snapshots`], which may run on another thread: unlinking a file of
+    /// tens of MiB took milliseconds under load). Returns false, discarding the file, when it
+    /// can no longer be committed ([`GroupStorage::can_commit_snapshot`]).
     pub fn commit_prepared(
         &mut self,
         prepared: &PreparedSnapshot,
@@ -341,20 +343,30 @@ impl GroupStorage {
             discard_snapshot(self.fs.as_ref(), prepared);
             return Ok(false);
         }
-        self.commit_snapshot(Snapshot {
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                conf_state,
+        self.commit_snapshot_with(
+            Snapshot {
+                metadata: SnapshotMetadata {
+                    index,
+                    term,
+                    conf_state,
+                },
+                data: Bytes::new(),
             },
-            data: Bytes::new(),
-        })?;
-        remove_older_snapshots(self.fs.as_ref(), prepared)?;
+            false,
+        )?;
         Ok(true)
     }
 
-    /// The engine half of installing a snapshot whose file is already durable.
+    /// The engine half of installing a snapshot whose file is already durable, synced.
     fn commit_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.commit_snapshot_with(snapshot, true)
+    }
+
+    /// [`GroupStorage::commit_snapshot`], with or without waiting for the fdatasync. Unsynced
+    /// is safe because the file is durable and the engine writes in order: until a later
+    /// synced write carries the commit, a crash leaves the file newer than the metadata,
+    /// and [`GroupStorage::open`] completes the commit from it.
+    fn commit_snapshot_with(&mut self, snapshot: Snapshot, sync: bool) -> Result<()> {
         let meta = &snapshot.metadata;
         let keep_suffix = meta.index <= self.last() && self.term(meta.index) == Ok(meta.term);
         let mut hard_state = self.hard_state;
@@ -369,7 +381,7 @@ impl GroupStorage {
         batch.compact_to(self.group, meta.index.0 + 1);
         batch.put_state(self.group, HARD_STATE_KEY, &encode_hard_state(&hard_state));
         batch.put_state(self.group, SNAPSHOT_META_KEY, &encode_meta(meta));
-        self.engine.write(&mut batch, true)?;
+        self.engine.write(&mut batch, sync)?;
         self.hard_state = hard_state;
         if !keep_suffix {
             // The log is gone; appends staged before this (the caller waited for them) are

@@ -192,25 +192,25 @@ pub fn publish_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) -> Res
     Ok(final_path)
 }
 
-/// The last step, once the group's metadata names `kept`: deletes the group's other
-/// snapshot files and its stale temporary ones. The directory is not synced: a deleted file
-/// that a crash brings back is older than the one kept, which is the one a reader picks.
+/// The last step, once the group's metadata names `kept` durably: deletes the group's older
+/// snapshot files and older temporary ones (newer ones may belong to a snapshot being built
+/// or committed meanwhile). The directory is not synced: a deleted file that a crash brings
+/// back is older than the one kept, which is the one a reader picks.
 pub fn remove_older_snapshots(fs: &dyn FileSystem, kept: &PreparedSnapshot) -> Result<()> {
     let dir = kept.dir.as_path();
     let group = kept.group;
-    let name = kept.name.as_str();
+    let kept_id = (kept.index, kept.term);
+    let older = |name: &str| {
+        parse_snapshot_name(name).is_some_and(|(other_group, index, term)| {
+            other_group == group && index <= kept.index && (index, term) != kept_id
+        })
+    };
     for other in fs
         .list_dir(dir)
         .map_err(|error| Error::io("list directory", dir, error))?
     {
-        let stale_temp = other.ends_with(TEMP_SUFFIX)
-            && other
-                .strip_suffix(TEMP_SUFFIX)
-                .and_then(parse_snapshot_name)
-                .is_some_and(|(other_group, ..)| other_group == group);
-        let older = parse_snapshot_name(&other)
-            .is_some_and(|(other_group, ..)| other_group == group && other != name);
-        if stale_temp || older {
+        let stale_temp = other.strip_suffix(TEMP_SUFFIX).is_some_and(older);
+        if stale_temp || older(&other) {
             let path = dir.join(&other);
             fs.remove(&path)
                 .map_err(|error| Error::io("remove", &path, error))?;

@@ -323,15 +323,15 @@ impl RoundWriter<SimKv> for SimWriter {
 /// snapshots and crashes fall between a snapshot's view and its commit, as they may in the
 /// server, where a background thread builds it.
 struct SimSnapshots<'a> {
-    waiting: &'a mut Vec<store::SnapshotJob<SimKv>>,
+    waiting: &'a mut Vec<store::SnapshotWork<SimKv>>,
     rng: SplitMix64,
     /// Jobs built (always at a later `run_rounds` call than the one that started them).
     built_later: u64,
 }
 
 impl store::SnapshotBuilder<SimKv> for SimSnapshots<'_> {
-    fn start(&mut self, job: store::SnapshotJob<SimKv>) {
-        self.waiting.push(job);
+    fn start(&mut self, work: store::SnapshotWork<SimKv>) {
+        self.waiting.push(work);
     }
 
     fn finished(&mut self) -> Vec<store::BuiltSnapshot> {
@@ -339,8 +339,10 @@ impl store::SnapshotBuilder<SimKv> for SimSnapshots<'_> {
         let mut i = 0;
         while i < self.waiting.len() {
             if self.rng.below(2) == 0 {
-                done.push(self.waiting.remove(i).run());
-                self.built_later += 1;
+                if let Some(built) = self.waiting.remove(i).run() {
+                    done.push(built);
+                    self.built_later += 1;
+                }
             } else {
                 i += 1;
             }
@@ -433,7 +435,7 @@ struct SimStore {
     driver: Option<Driver>,
     /// Snapshot jobs handed to the simulated snapshot thread and not yet built
     /// ([`SimSnapshots`]); lost in a crash.
-    snapshot_jobs: Vec<store::SnapshotJob<SimKv>>,
+    snapshot_jobs: Vec<store::SnapshotWork<SimKv>>,
 }
 
 /// One client's operation in flight.
@@ -666,7 +668,11 @@ impl Sim {
         }
         self.waiting[i].clear();
         self.stores[i].inbox.clear();
-        self.out.snapshot_jobs_lost += self.stores[i].snapshot_jobs.len() as u64;
+        self.out.snapshot_jobs_lost += self.stores[i]
+            .snapshot_jobs
+            .iter()
+            .filter(|w| matches!(w, store::SnapshotWork::Build(_)))
+            .count() as u64;
         self.stores[i].snapshot_jobs.clear();
         self.stores[i].incarnation += 1;
         self.stores[i].persist_scheduled = false;

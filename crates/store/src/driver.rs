@@ -14,7 +14,7 @@
 //!    (the store is idle: nothing in flight and nothing queued, so nothing could overlap the
 //!    fsync, and the hand-off to a writer thread and back would cost two wake-ups) or
 //!    submitted to the writer. Snapshots built meanwhile are handed back to the store first,
-//!    and the snapshot jobs the store started go to the [`SnapshotBuilder`] last.
+//!    and the snapshot work the store started goes to the [`SnapshotBuilder`] last.
 
 use crate::error::StoreError;
 use crate::snapshot_job::SnapshotBuilder;
@@ -155,8 +155,8 @@ impl Driver {
             }
         }
         deliver(store);
-        for job in store.take_snapshot_jobs() {
-            builder.start(job);
+        for work in store.take_snapshot_work() {
+            builder.start(work);
         }
         Ok(store.has_ready())
     }

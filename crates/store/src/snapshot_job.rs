@@ -12,9 +12,14 @@
 //!    file under a temporary name, syncs it, renames it to its final name and syncs the
 //!    directory ([`raft_log::PreparedSnapshot`]);
 //! 4. the store thread gets the [`BuiltSnapshot`] back (`Store::finish_snapshot`), and once no
-//!    log write is in flight commits it: one synced engine write of the metadata and the
-//!    compaction, then the region's older files are unlinked. A snapshot overtaken meanwhile
-//!    (a newer one installed from the leader, the region gone) is discarded.
+//!    log write is in flight commits it: one engine write of the metadata and the compaction,
+//!    not waited for to be synced (the file is durable; the next round's fdatasync carries
+//!    it). A snapshot overtaken meanwhile (a newer one installed from the leader, the region
+//!    gone) is discarded;
+//! 5. once a later round's fdatasync has made the commit durable (until then a crash falls
+//!    back to the older file), unlinking the region's older files goes back to the builder
+//!    ([`SnapshotWork::RemoveOlder`]): unlinking tens of MiB took the store thread
+//!    milliseconds under load.
 //!
 //! A crash before the rename leaves only a temporary file (removed by the group's next
 //! snapshot) and the log as it was; after it, `GroupStorage::open` finds the file newer than
@@ -136,11 +141,36 @@ impl<M: StateMachine> SnapshotJob<M> {
     }
 }
 
-/// Where snapshot jobs run.
+/// What the store hands its builder.
+pub enum SnapshotWork<M: StateMachine> {
+    /// Build a snapshot; its [`BuiltSnapshot`] goes back to the store.
+    Build(SnapshotJob<M>),
+    /// A snapshot's commit is durable: remove its group's older files. Best effort: what is
+    /// left is removed after the group's next snapshot.
+    RemoveOlder {
+        kept: PreparedSnapshot,
+        fs: Arc<dyn FileSystem>,
+    },
+}
+
+impl<M: StateMachine> SnapshotWork<M> {
+    /// Does the work here; a build's outcome is returned.
+    pub fn run(self) -> Option<BuiltSnapshot> {
+        match self {
+            SnapshotWork::Build(job) => Some(job.run()),
+            SnapshotWork::RemoveOlder { kept, fs } => {
+                let _ = raft_log::remove_older_snapshots(fs.as_ref(), &kept);
+                None
+            }
+        }
+    }
+}
+
+/// Where snapshot work runs.
 pub trait SnapshotBuilder<M: StateMachine> {
-    /// Starts a job without waiting for it.
-    fn start(&mut self, job: SnapshotJob<M>);
-    /// The jobs finished since the last call.
+    /// Starts a piece of work without waiting for it.
+    fn start(&mut self, work: SnapshotWork<M>);
+    /// The builds finished since the last call.
     fn finished(&mut self) -> Vec<BuiltSnapshot>;
 }
 
@@ -152,8 +182,8 @@ pub struct InlineBuilder {
 }
 
 impl<M: StateMachine> SnapshotBuilder<M> for InlineBuilder {
-    fn start(&mut self, job: SnapshotJob<M>) {
-        self.done.push(job.run());
+    fn start(&mut self, work: SnapshotWork<M>) {
+        self.done.extend(work.run());
     }
 
     fn finished(&mut self) -> Vec<BuiltSnapshot> {
@@ -166,15 +196,16 @@ impl<M: StateMachine> SnapshotBuilder<M> for InlineBuilder {
 /// It wakes the store thread through `waker` when a job is done. The thread stops when the
 /// builder is dropped, after the job it is on.
 pub struct ThreadBuilder<M: StateMachine> {
-    tx: Option<SyncSender<SnapshotJob<M>>>,
+    tx: Option<SyncSender<SnapshotWork<M>>>,
     done: Arc<Mutex<Vec<BuiltSnapshot>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl<M: StateMachine + 'static> ThreadBuilder<M> {
     pub fn new(name: String, waker: std::task::Waker) -> std::io::Result<Self> {
-        // The store never has more than MAX_SNAPSHOTS_BUILDING jobs out, so this never fills.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<SnapshotJob<M>>(MAX_SNAPSHOTS_BUILDING);
+        // Builds are bounded by the store (MAX_SNAPSHOTS_BUILDING) and removals by the builds
+        // committed; when it is full anyway, `start` removes on the caller's thread.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SnapshotWork<M>>(2 * MAX_SNAPSHOTS_BUILDING);
         let done = Arc::new(Mutex::new(Vec::new()));
         let out = done.clone();
         let thread = std::thread::Builder::new()
@@ -189,36 +220,35 @@ impl<M: StateMachine + 'static> ThreadBuilder<M> {
 }
 
 fn build_loop<M: StateMachine>(
-    rx: Receiver<SnapshotJob<M>>,
+    rx: Receiver<SnapshotWork<M>>,
     done: Arc<Mutex<Vec<BuiltSnapshot>>>,
     waker: std::task::Waker,
 ) {
-    while let Ok(job) = rx.recv() {
-        let built = job.run();
-        done.lock().unwrap_or_else(|e| e.into_inner()).push(built);
-        waker.wake_by_ref();
+    while let Ok(work) = rx.recv() {
+        if let Some(built) = work.run() {
+            done.lock().unwrap_or_else(|e| e.into_inner()).push(built);
+            waker.wake_by_ref();
+        }
     }
 }
 
 impl<M: StateMachine + 'static> SnapshotBuilder<M> for ThreadBuilder<M> {
-    fn start(&mut self, job: SnapshotJob<M>) {
+    fn start(&mut self, work: SnapshotWork<M>) {
         let tx = self
             .tx
             .as_ref()
             .expect("the builder's thread runs until drop");
-        match tx.try_send(job) {
+        match tx.try_send(work) {
             Ok(()) => {}
-            // The store bounds its jobs to the channel's capacity (see MAX_SNAPSHOTS_BUILDING).
-            Err(TrySendError::Full(job)) => {
-                panic!("more than {MAX_SNAPSHOTS_BUILDING} snapshots building at once: {job:?}")
-            }
-            // The thread died (it panicked): build here rather than lose the job.
-            Err(TrySendError::Disconnected(job)) => {
-                let built = job.run();
-                self.done
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(built);
+            // Full (removals queued behind builds) or the thread died (it panicked): do it
+            // here rather than lose it.
+            Err(TrySendError::Full(work)) | Err(TrySendError::Disconnected(work)) => {
+                if let Some(built) = work.run() {
+                    self.done
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(built);
+                }
             }
         }
     }

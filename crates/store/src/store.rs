@@ -2,7 +2,7 @@
 
 use crate::error::StoreError;
 use crate::region::{Region, RegionEpoch, RegionId, StoreId};
-use crate::snapshot_job::{BuiltSnapshot, SnapshotJob, MAX_SNAPSHOTS_BUILDING};
+use crate::snapshot_job::{BuiltSnapshot, SnapshotJob, SnapshotWork, MAX_SNAPSHOTS_BUILDING};
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
 use raft::{
@@ -304,13 +304,17 @@ pub struct Store<M: StateMachine> {
     snapshot_durations: Vec<std::time::Duration>,
     /// Serialize and write times of the snapshots made, for the caller's metrics.
     snapshot_build_times: Vec<(std::time::Duration, std::time::Duration)>,
-    /// Snapshot jobs started and not yet handed to a builder ([`Store::take_snapshot_jobs`]).
-    snapshot_jobs: Vec<SnapshotJob<M>>,
+    /// Snapshot work (jobs started, older files to remove) not yet handed to a builder
+    /// ([`Store::take_snapshot_work`]).
+    snapshot_work: Vec<SnapshotWork<M>>,
     /// Jobs out (queued here, building, or built and not yet committed); at most
     /// [`MAX_SNAPSHOTS_BUILDING`].
     snapshots_building: usize,
     /// Built snapshots waiting for a moment with no log write in flight to be committed.
     snapshots_built: Vec<BuiltSnapshot>,
+    /// Snapshots committed by an unsynced write: their groups' older files are removed once a
+    /// later round's fdatasync made the commit durable (see [`Store::finish_round`]).
+    snapshots_unsynced: Vec<raft_log::PreparedSnapshot>,
     /// Regions the log's purge asked to compact, snapshotted as soon as snapshots are
     /// allowed (see [`Store::reclaim_log`]).
     compact_wanted: BTreeSet<RegionId>,
@@ -382,9 +386,10 @@ impl<M: StateMachine> Store<M> {
             write_latencies: Vec::new(),
             snapshot_durations: Vec::new(),
             snapshot_build_times: Vec::new(),
-            snapshot_jobs: Vec::new(),
+            snapshot_work: Vec::new(),
             snapshots_building: 0,
             snapshots_built: Vec::new(),
+            snapshots_unsynced: Vec::new(),
             compact_wanted: BTreeSet::new(),
             write_waker: None,
             fruitless_purge_at: None,
@@ -645,18 +650,18 @@ impl<M: StateMachine> Store<M> {
         match p.start_snapshot(&self.snap_dir, &self.fs)? {
             Some(job) => {
                 self.snapshots_building += 1;
-                self.snapshot_jobs.push(job);
+                self.snapshot_work.push(SnapshotWork::Build(job));
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    /// The snapshot jobs started since the last call, for the caller's
-    /// [`SnapshotBuilder`](crate::SnapshotBuilder); each must come back through
+    /// The snapshot work since the last call, for the caller's
+    /// [`SnapshotBuilder`](crate::SnapshotBuilder); each build must come back through
     /// [`Store::finish_snapshot`].
-    pub fn take_snapshot_jobs(&mut self) -> Vec<SnapshotJob<M>> {
-        std::mem::take(&mut self.snapshot_jobs)
+    pub fn take_snapshot_work(&mut self) -> Vec<SnapshotWork<M>> {
+        std::mem::take(&mut self.snapshot_work)
     }
 
     /// A snapshot job is done: it is committed (published, the log compacted to it) now if
@@ -670,10 +675,12 @@ impl<M: StateMachine> Store<M> {
     /// Builds every started snapshot on this thread and commits it (tests, and callers with
     /// no builder of their own).
     pub fn build_snapshots_here(&mut self) -> Result<usize, StoreError> {
-        let jobs = self.take_snapshot_jobs();
-        let n = jobs.len();
-        for job in jobs {
-            self.finish_snapshot(job.run())?;
+        let work = self.take_snapshot_work();
+        let n = work.len();
+        for w in work {
+            if let Some(built) = w.run() {
+                self.finish_snapshot(built)?;
+            }
         }
         Ok(n)
     }
@@ -727,11 +734,14 @@ impl<M: StateMachine> Store<M> {
                 .storage_mut()
                 .commit_prepared(&prepared, built.conf_state)
             {
-                Ok(committed) => assert!(
-                    committed,
-                    "snapshot of region {} at {} could be committed and then could not",
-                    built.region, built.index
-                ),
+                Ok(committed) => {
+                    assert!(
+                        committed,
+                        "snapshot of region {} at {} could be committed and then could not",
+                        built.region, built.index
+                    );
+                    self.snapshots_unsynced.push(prepared);
+                }
                 Err(e) if e.is_no_space() => {
                     raft_log::discard_snapshot(self.fs.as_ref(), &prepared);
                     continue;
@@ -1319,6 +1329,16 @@ impl<M: StateMachine> Store<M> {
         // Bounded: a caller that never reads them (the simulations) keeps only the first.
         if synced && self.write_latencies.len() < MAX_WRITE_LATENCIES_KEPT {
             self.write_latencies.push(submitted.elapsed());
+        }
+        if synced {
+            // Snapshot commits are written with nothing in flight, so this round came after
+            // them in the log and its fdatasync made them durable.
+            for kept in self.snapshots_unsynced.drain(..) {
+                self.snapshot_work.push(SnapshotWork::RemoveOlder {
+                    kept,
+                    fs: self.fs.clone(),
+                });
+            }
         }
         self.complete(held)
     }
