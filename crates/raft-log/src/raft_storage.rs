@@ -69,6 +69,10 @@ pub struct GroupStorage {
     /// that persists asynchronously stages the next append before the previous one reaches
     /// the engine, so validation must count the staged ones.
     staged_last: Option<LogIndex>,
+    /// The checksum of the current snapshot's payload read so far by
+    /// [`Storage::snapshot_chunk`]: (index, payload bytes covered, crc32c), so a transfer read
+    /// in order is verified when its last chunk is read, without holding the snapshot.
+    chunk_crc: std::cell::Cell<(LogIndex, u64, u32)>,
 }
 
 impl GroupStorage {
@@ -107,6 +111,7 @@ impl GroupStorage {
                 data: Bytes::new(),
             },
             staged_last: None,
+            chunk_crc: std::cell::Cell::new((LogIndex::ZERO, 0, 0)),
         };
         match file {
             None if meta.index == LogIndex::ZERO => {}
@@ -411,11 +416,7 @@ pub fn prepare_snapshot_file(
     meta: SnapshotMetadata,
     data: &[u8],
 ) -> Result<PreparedSnapshot> {
-    let mut conf = Vec::new();
-    encode_conf_state(&meta.conf_state, &mut conf);
-    let mut prefix = Vec::with_capacity(conf.len() + 10);
-    put_varint(&mut prefix, conf.len() as u64);
-    prefix.extend_from_slice(&conf);
+    let prefix = snapshot_prefix(&meta.conf_state);
     let prepared =
         prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &[&prefix, data])?;
     if let Err(e) = publish_snapshot(fs, &prepared) {
@@ -423,6 +424,17 @@ pub fn prepare_snapshot_file(
         return Err(e);
     }
     Ok(prepared)
+}
+
+/// The part of a snapshot file's payload before the application's data: `varint(conf len) |
+/// conf`.
+fn snapshot_prefix(conf_state: &ConfState) -> Vec<u8> {
+    let mut conf = Vec::new();
+    encode_conf_state(conf_state, &mut conf);
+    let mut prefix = Vec::with_capacity(conf.len() + 10);
+    put_varint(&mut prefix, conf.len() as u64);
+    prefix.extend_from_slice(&conf);
+    prefix
 }
 
 fn storage_error(error: Error) -> StorageError {
@@ -567,6 +579,96 @@ impl Storage for GroupStorage {
             return Err(failed(format!("the file holds {found:?}")));
         }
         Ok(Snapshot { metadata, data })
+    }
+    fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
+        let metadata = self.snapshot.metadata.clone();
+        if metadata.index == LogIndex::ZERO {
+            return Ok((metadata, self.snapshot.data.len() as u64));
+        }
+        let info = self.snapshot_file(&metadata)?;
+        let prefix = snapshot_prefix(&metadata.conf_state).len() as u64;
+        let data_len = info.payload_len.checked_sub(prefix).ok_or_else(|| {
+            StorageError::Other(format!(
+                "snapshot of group {} at {}: payload of {} bytes is shorter than its conf state",
+                self.group, metadata.index, info.payload_len
+            ))
+        })?;
+        Ok((metadata, data_len))
+    }
+
+    fn snapshot_chunk(
+        &self,
+        index: LogIndex,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let metadata = &self.snapshot.metadata;
+        if index != metadata.index || index == LogIndex::ZERO {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        let info = self.snapshot_file(metadata)?;
+        let prefix = snapshot_prefix(&metadata.conf_state);
+        let data_len = info.payload_len.saturating_sub(prefix.len() as u64);
+        let start = offset.min(data_len);
+        let len = len.min(data_len - start);
+        let mut buf = vec![0u8; len as usize];
+        self.fs
+            .read_at(
+                &info.path,
+                info.payload_offset + prefix.len() as u64 + start,
+                &mut buf,
+            )
+            .map_err(|e| {
+                StorageError::Other(format!(
+                    "reading the snapshot of group {} at {index}: {e}",
+                    self.group
+                ))
+            })?;
+        // Verify the payload's checksum over chunks read in order.
+        let (at, covered, crc) = self.chunk_crc.get();
+        let (covered, crc) = if start == 0 {
+            (0, crc32c::crc32c(&prefix))
+        } else if at == index {
+            (covered, crc)
+        } else {
+            (u64::MAX, 0) // not from the start: not verified
+        };
+        if covered == start {
+            let crc = crc32c::crc32c_append(crc, &buf);
+            let covered = start + len;
+            self.chunk_crc.set((index, covered, crc));
+            if covered == data_len && crc != info.payload_crc {
+                return Err(StorageError::Other(format!(
+                    "snapshot of group {} at {index}: checksum mismatch in {} (stored {:#010x}, computed {crc:#010x}): corrupt",
+                    self.group,
+                    info.path.display(),
+                    info.payload_crc
+                )));
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl GroupStorage {
+    /// The header of the file of the snapshot `metadata` names.
+    fn snapshot_file(
+        &self,
+        metadata: &SnapshotMetadata,
+    ) -> Result<crate::snapshot::SnapshotFileInfo, StorageError> {
+        crate::snapshot::snapshot_file_info(
+            self.fs.as_ref(),
+            &self.dir,
+            self.group,
+            metadata.index.0,
+            metadata.term.0,
+        )
+        .map_err(|e| {
+            StorageError::Other(format!(
+                "reading the snapshot of group {} at {}: {e}",
+                self.group, metadata.index
+            ))
+        })
     }
 }
 

@@ -244,6 +244,67 @@ pub fn read_snapshot(
     read_snapshot_at(fs, dir, group, index, term).map(Some)
 }
 
+/// Where the payload of a snapshot file lies and what its header says about it, for reading
+/// it a chunk at a time ([`snapshot_file_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFileInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Offset of the payload in the file.
+    pub payload_offset: u64,
+    /// Length of the payload.
+    pub payload_len: u64,
+    /// crc32c of the whole payload.
+    pub payload_crc: u32,
+}
+
+/// Reads and checks the header of the snapshot file of `group` at (`index`, `term`), without
+/// its payload.
+pub fn snapshot_file_info(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    group: GroupId,
+    index: u64,
+    term: u64,
+) -> Result<SnapshotFileInfo> {
+    let path = dir.join(snapshot_name(group, index, term));
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    fs.read_at(&path, 0, &mut header)
+        .map_err(|error| Error::io("read", &path, error))?;
+    if header[..8] != SNAPSHOT_MAGIC || crc32c::crc32c(&header[..44]) != read_u32(&header, 44) {
+        return Err(Error::corruption(&path, 0, "bad snapshot header"));
+    }
+    if (
+        read_u64(&header, 8),
+        read_u64(&header, 16),
+        read_u64(&header, 24),
+    ) != (group.0, index, term)
+    {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "snapshot header disagrees with the file name",
+        ));
+    }
+    let payload_len = read_u64(&header, 32);
+    let file_len = fs
+        .file_len(&path)
+        .map_err(|error| Error::io("stat", &path, error))?;
+    if file_len != SNAPSHOT_HEADER_BYTES as u64 + payload_len {
+        return Err(Error::corruption(
+            &path,
+            32,
+            format!("snapshot header claims {payload_len} data bytes, the file has {file_len} bytes in all"),
+        ));
+    }
+    Ok(SnapshotFileInfo {
+        path,
+        payload_offset: SNAPSHOT_HEADER_BYTES as u64,
+        payload_len,
+        payload_crc: read_u32(&header, 40),
+    })
+}
+
 /// Reads the snapshot of `group` at (`index`, `term`): the one the group's metadata names,
 /// whatever newer file is being committed beside it. A missing or damaged file is an error.
 pub fn read_snapshot_at(

@@ -188,3 +188,78 @@ fn a_crash_between_snapshot_file_and_metadata_is_completed_on_open() {
     // A snapshot only covers committed entries, so completing it raises the commit index.
     assert_eq!(storage.hard_state().commit, LogIndex(4));
 }
+
+/// A leader reads a snapshot chunk by chunk from its file: the chunks put together are the
+/// snapshot's data, a chunk of a snapshot that a newer one replaced is refused as
+/// temporarily unavailable (the leader starts over), and a corrupt file fails its last chunk.
+#[test]
+fn snapshot_chunks_come_from_the_file_and_are_verified() {
+    let faulty = FaultyFileSystem::new(5);
+    let fs: Arc<dyn FileSystem> = Arc::new(faulty.clone());
+    let mut storage = open(&fs, std::path::Path::new("/store"));
+    storage
+        .append(&raft::storage_suite::entries(1, 10, 2))
+        .expect("append");
+    let data: Bytes = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let conf_state = ConfState::from_voters([1, 2, 3]);
+    storage
+        .create_snapshot(LogIndex(5), conf_state.clone(), data.clone())
+        .expect("snapshot");
+    let (metadata, len) = storage.snapshot_metadata().expect("metadata");
+    assert_eq!(metadata.index, LogIndex(5));
+    assert_eq!(metadata.conf_state, conf_state);
+    assert_eq!(len, data.len() as u64);
+    let mut joined = Vec::new();
+    let mut offset = 0;
+    while offset < len {
+        let chunk = storage
+            .snapshot_chunk(LogIndex(5), offset, 4096)
+            .expect("chunk");
+        assert!(!chunk.is_empty() && chunk.len() <= 4096);
+        offset += chunk.len() as u64;
+        joined.extend_from_slice(&chunk);
+    }
+    assert_eq!(Bytes::from(joined), data);
+
+    // A newer snapshot replaces it: the old index is refused.
+    storage
+        .create_snapshot(LogIndex(8), conf_state.clone(), data.clone())
+        .expect("snapshot");
+    assert_eq!(
+        storage.snapshot_chunk(LogIndex(5), 0, 4096),
+        Err(StorageError::SnapshotTemporarilyUnavailable)
+    );
+
+    // One flipped byte in the file's data: reading in order fails at the last chunk.
+    let name = fs
+        .list_dir(std::path::Path::new("/store/snap"))
+        .expect("list")
+        .into_iter()
+        .find(|n| n.ends_with(".snap"))
+        .expect("a snapshot file");
+    let path = std::path::Path::new("/store/snap").join(name);
+    let mut bytes = fs.read_all(&path).expect("read");
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    let mut file = fs.create(&path).expect("rewrite");
+    file.write_all(&bytes).expect("write");
+    file.sync_data().expect("sync");
+    drop(file);
+    let (_, len) = storage.snapshot_metadata().expect("metadata");
+    let mut offset = 0;
+    let mut failed = None;
+    while offset < len {
+        match storage.snapshot_chunk(LogIndex(8), offset, 4096) {
+            Ok(chunk) => offset += chunk.len() as u64,
+            Err(e) => {
+                failed = Some((offset, e));
+                break;
+            }
+        }
+    }
+    let (offset, e) = failed.expect("the corrupt file must fail");
+    assert!(
+        offset + 4096 >= len && e.to_string().contains("checksum mismatch"),
+        "failed at {offset} of {len}: {e}"
+    );
+}

@@ -3,7 +3,8 @@
 //! commit and apply cursors.
 
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, LogIndex, Snapshot, Term};
+use crate::types::{Entry, LogIndex, Snapshot, SnapshotMetadata, Term};
+use bytes::Bytes;
 
 /// Entries and a snapshot not yet persisted by the caller.
 ///
@@ -401,12 +402,31 @@ impl<S: Storage> RaftLog<S> {
         self.unstable.snapshot_handed_out = false;
     }
 
-    /// The snapshot to send to a lagging follower.
-    pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
+    /// The metadata and data length of the snapshot to send to a lagging follower (the
+    /// unstable one if any, else the storage's), without its data.
+    pub fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
         if let Some(s) = &self.unstable.snapshot {
-            return Ok(s.clone());
+            return Ok((s.metadata.clone(), s.data.len() as u64));
         }
-        self.storage.snapshot()
+        self.storage.snapshot_metadata()
+    }
+
+    /// A chunk of the data of the snapshot at `index` (see [`Storage::snapshot_chunk`]).
+    pub fn snapshot_chunk(
+        &self,
+        index: LogIndex,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        if let Some(s) = self
+            .unstable
+            .snapshot
+            .as_ref()
+            .filter(|s| s.metadata.index == index)
+        {
+            return Ok(crate::storage::slice_chunk(&s.data, offset, len));
+        }
+        self.storage.snapshot_chunk(index, offset, len)
     }
 }
 

@@ -136,10 +136,12 @@ struct IncomingSnapshot {
     data: BytesMut,
 }
 
-/// A snapshot being sent to one follower.
+/// A snapshot being sent to one follower: where it is, not its data (each chunk is read from
+/// storage when it is sent, so a leader holds no snapshot in memory).
 #[derive(Debug, Clone)]
 pub(crate) struct OutgoingSnapshot {
-    snapshot: Snapshot,
+    metadata: SnapshotMetadata,
+    total_bytes: u64,
     offset: u64,
 }
 
@@ -1313,23 +1315,24 @@ impl<S: Storage> Raft<S> {
     // ---------------------------------------------------------------- snapshots
 
     fn start_snapshot(&mut self, to: NodeId) -> bool {
-        let snapshot = match self.log.snapshot() {
-            Ok(s) => s,
+        let (metadata, total_bytes) = match self.log.snapshot_metadata() {
+            Ok(m) => m,
             Err(StorageError::SnapshotTemporarilyUnavailable) => return false,
             Err(e) => panic!("reading snapshot for node {to}: {e}"),
         };
         assert!(
-            !snapshot.is_empty(),
+            metadata.index != LogIndex::ZERO,
             "log compacted but storage has no snapshot (node {to})"
         );
-        let index = snapshot.metadata.index;
+        let index = metadata.index;
         if let Some(pr) = self.tracker.progress.get_mut(&to) {
             pr.become_snapshot(index);
         }
         self.outgoing_snapshots.insert(
             to,
             OutgoingSnapshot {
-                snapshot,
+                metadata,
+                total_bytes,
                 offset: 0,
             },
         );
@@ -1345,11 +1348,28 @@ impl<S: Storage> Raft<S> {
             }
             return;
         };
-        let total = out.snapshot.data.len() as u64;
+        let total = out.total_bytes;
         let start = out.offset.min(total);
-        let end = (start + self.cfg.snapshot_chunk_bytes).min(total);
-        let data = out.snapshot.data.slice(start as usize..end as usize);
-        let metadata = out.snapshot.metadata.clone();
+        let want = self.cfg.snapshot_chunk_bytes.min(total - start);
+        let data = match self.log.snapshot_chunk(out.metadata.index, start, want) {
+            Ok(data) if data.len() as u64 == want => data,
+            Ok(data) => panic!(
+                "snapshot {} for node {to}: storage returned {} bytes at {start}, asked {want}",
+                out.metadata.index,
+                data.len()
+            ),
+            // A newer snapshot replaced this one: start over with it.
+            Err(StorageError::SnapshotTemporarilyUnavailable) => {
+                self.outgoing_snapshots.remove(&to);
+                if let Some(pr) = self.tracker.progress.get_mut(&to) {
+                    pr.become_probe();
+                }
+                return;
+            }
+            Err(e) => panic!("reading snapshot for node {to}: {e}"),
+        };
+        let end = start + want;
+        let metadata = out.metadata.clone();
         self.send(
             to,
             MessageBody::Snapshot {
@@ -1372,10 +1392,10 @@ impl<S: Storage> Raft<S> {
         let Some(out) = self.outgoing_snapshots.get_mut(&from) else {
             return;
         };
-        if out.snapshot.metadata.index != index {
+        if out.metadata.index != index {
             return; // A response to an older transfer.
         }
-        let total = out.snapshot.data.len() as u64;
+        let total = out.total_bytes;
         out.offset = if reject { 0 } else { next_offset.min(total) };
         if reject || next_offset < total {
             self.send_snapshot_chunk(from);

@@ -2,6 +2,7 @@
 //! in-memory implementation used by tests, benchmarks and the simulator.
 
 use crate::types::{ConfState, Entry, HardState, LogIndex, Snapshot, SnapshotMetadata, Term};
+use bytes::Bytes;
 use thiserror::Error;
 
 /// Index of the bootstrap snapshot of a group's founding replicas (see
@@ -66,6 +67,42 @@ pub trait Storage {
     fn last_index(&self) -> Result<LogIndex, StorageError>;
     /// The most recent snapshot, to send to a follower that is too far behind.
     fn snapshot(&self) -> Result<Snapshot, StorageError>;
+
+    /// The most recent snapshot's metadata and the length of its data, without the data: a
+    /// leader sends a snapshot chunk by chunk ([`Storage::snapshot_chunk`]), so a storage that
+    /// keeps snapshots on disk need not hold a whole one in memory. The default reads the
+    /// whole snapshot.
+    fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
+        let snapshot = self.snapshot()?;
+        Ok((snapshot.metadata, snapshot.data.len() as u64))
+    }
+
+    /// Bytes `[offset, offset + len)` of the data of the snapshot at `index` (fewer at its
+    /// end). [`StorageError::SnapshotTemporarilyUnavailable`] when the most recent snapshot is
+    /// no longer at `index` (a newer one replaced it: the leader starts over with that one).
+    /// Chunks are asked for in order from offset 0 (again from 0 when a transfer restarts), so
+    /// a storage may verify the data's checksum as it goes and fail the last chunk when it
+    /// does not match. The default reads the whole snapshot.
+    fn snapshot_chunk(
+        &self,
+        index: LogIndex,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        let snapshot = self.snapshot()?;
+        if snapshot.metadata.index != index {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        Ok(slice_chunk(&snapshot.data, offset, len))
+    }
+}
+
+/// `[offset, offset + len)` of `data`, clipped to its end.
+pub(crate) fn slice_chunk(data: &Bytes, offset: u64, len: u64) -> Bytes {
+    let total = data.len() as u64;
+    let start = offset.min(total);
+    let end = start.saturating_add(len).min(total);
+    data.slice(start as usize..end as usize)
 }
 
 /// An in-memory [`Storage`], also writable by the caller (the "disk" of tests).

@@ -319,12 +319,15 @@ impl RoundWriter<SimKv> for SimWriter {
 }
 
 /// The simulated snapshot thread: a job started at one wake-up of its store is built at a
-/// later one (each wake-up builds each waiting job with probability 1/2), so rounds, received
-/// snapshots and crashes fall between a snapshot's view and its commit, as they may in the
-/// server, where a background thread builds it.
+/// later one (each wake-up builds each waiting job with the seed's
+/// [`snapshot_build_chance_by_seed`]), so rounds, received snapshots and crashes fall between a
+/// snapshot's view and its commit, as they may in the server, where a background thread
+/// builds it.
 struct SimSnapshots<'a> {
     waiting: &'a mut Vec<store::SnapshotWork<SimKv>>,
     rng: SplitMix64,
+    /// Chance per wake-up that a waiting job is done.
+    chance: f64,
     /// Jobs built (always at a later `run_rounds` call than the one that started them).
     built_later: u64,
 }
@@ -338,7 +341,7 @@ impl store::SnapshotBuilder<SimKv> for SimSnapshots<'_> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < self.waiting.len() {
-            if self.rng.below(2) == 0 {
+            if unit(&mut self.rng) < self.chance {
                 if let Some(built) = self.waiting.remove(i).run() {
                     done.push(built);
                     self.built_later += 1;
@@ -512,6 +515,8 @@ struct Sim {
     /// The chance that a command is queued behind a round (the server's loop writes a round
     /// inline only when nothing is), drawn per seed.
     queued_chance: f64,
+    /// See [`snapshot_build_chance_by_seed`].
+    snapshot_build_chance: f64,
     /// Driver counters of the stores' ended lives.
     driver_stats: DriverStats,
     /// (log purges, segments deleted, snapshots for log space) of the stores' ended lives.
@@ -709,6 +714,7 @@ impl Sim {
             let mut snapshots = SimSnapshots {
                 waiting: &mut st.snapshot_jobs,
                 rng: SplitMix64::new(snapshot_seed),
+                chance: self.snapshot_build_chance,
                 built_later: 0,
             };
             let mut queued = || mode == Some(true) || unit(rng) < chance;
@@ -1456,6 +1462,13 @@ pub fn queued_chance_by_seed(seed: u64) -> f64 {
     [0.05, 0.3, 0.7][SplitMix64::new(seed ^ 0x0064_6566_6572).below(3) as usize]
 }
 
+/// The chance, per wake-up of a store, that its simulated snapshot thread finishes a job it
+/// holds: quick (about a round later) or slow (tens of wake-ups, so received snapshots and
+/// crashes often overtake it), from the seed's own stream.
+pub fn snapshot_build_chance_by_seed(seed: u64) -> f64 {
+    [0.5, 0.05][SplitMix64::new(seed ^ 0x736e_6170_6275).below(2) as usize]
+}
+
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
 /// prefix, when the options leave it to the seed (half of the seeds, from their own stream).
 pub fn torn_write_modes_by_seed(seed: u64) -> bool {
@@ -1519,12 +1532,13 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // From its own stream, so that adding it kept every earlier seed's other choices.
     let deferred_writes = opts.deferred_writes;
     let queued_chance = queued_chance_by_seed(opts.seed);
+    let snapshot_build_chance = snapshot_build_chance_by_seed(opts.seed);
     let torn_write_modes = opts
         .torn_write_modes
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " writes={} torn_write_modes={torn_write_modes}",
+            " writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
             match deferred_writes {
                 None => format!("driver(queued_chance={queued_chance})"),
                 Some(false) => "all-inline".to_string(),
@@ -1632,6 +1646,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         mutant_divergent_replica: opts.mutant_divergent_replica,
         deferred_writes,
         queued_chance,
+        snapshot_build_chance,
         driver_stats: DriverStats::default(),
         log_stats: (0, 0, 0, 0),
         rng,
