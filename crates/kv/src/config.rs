@@ -6,6 +6,9 @@
 
 use bytes::Bytes;
 
+use crate::command::Command;
+use crate::response::CommandError;
+
 /// Default [`Limits::max_key_bytes`]: 8 KiB, TiKV's default.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 8 * 1024;
 /// Default [`Limits::max_value_bytes`]: 8 MiB, so a value fits in one Raft entry.
@@ -40,6 +43,58 @@ impl Default for Limits {
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_scan_limit: DEFAULT_MAX_SCAN_LIMIT,
         }
+    }
+}
+
+impl Limits {
+    /// The checks of a command that need no state: every key, value, batch and pipeline
+    /// length, and the scan limit. The front end runs them before proposing, so a command the
+    /// state machine would refuse for its size never reaches the log; the state machine runs
+    /// the same ones when applying (entries written by an older build), plus the checks that
+    /// depend on the state (a value grown by `Append`/`SetRange`).
+    pub fn check(&self, command: &Command) -> Result<(), CommandError> {
+        for key in command.keys() {
+            if key.len() > self.max_key_bytes {
+                return Err(CommandError::KeyTooLarge {
+                    size: key.len() as u64,
+                    max: self.max_key_bytes as u64,
+                });
+            }
+        }
+        for value in command.values() {
+            if value.len() > self.max_value_bytes {
+                return Err(CommandError::ValueTooLarge {
+                    size: value.len() as u64,
+                    max: self.max_value_bytes as u64,
+                });
+            }
+        }
+        self.check_counts(command)
+    }
+
+    fn check_counts(&self, command: &Command) -> Result<(), CommandError> {
+        let batch = match command {
+            Command::BatchGet { keys } | Command::DeleteMany { keys } => keys.len(),
+            Command::BatchPut { pairs } | Command::MSetNx { pairs } => pairs.len(),
+            Command::Pipeline { commands } => commands.len(),
+            Command::Scan { limit, .. } if *limit > self.max_scan_limit => {
+                return Err(CommandError::ScanLimitTooLarge {
+                    limit: u64::from(*limit),
+                    max: u64::from(self.max_scan_limit),
+                })
+            }
+            _ => 0,
+        };
+        if batch > self.max_batch_keys {
+            return Err(CommandError::BatchTooLarge {
+                size: batch as u64,
+                max: self.max_batch_keys as u64,
+            });
+        }
+        if let Command::Pipeline { commands } = command {
+            commands.iter().try_for_each(|c| self.check_counts(c))?;
+        }
+        Ok(())
     }
 }
 

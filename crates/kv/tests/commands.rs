@@ -826,3 +826,77 @@ fn a_large_pipeline_answer_is_not_kept_for_a_retry() {
     );
     assert_eq!(m.get(b"n"), Some(b("1")), "the retry must not apply again");
 }
+
+/// `Limits::check` (what the front end runs before proposing) refuses exactly what applying
+/// refuses for size, with the same error, so an oversized command never reaches the log.
+#[test]
+fn limits_check_at_the_edge_agrees_with_apply() {
+    let limits = *small_limits_machine().limits();
+    let pair = |k: &str, v: &str| (b(k), b(v));
+    let get = |k: &str| Command::Get { key: b(k) };
+    let cases = vec![
+        (
+            Command::Put {
+                key: b("kkkkk"),
+                value: b("v"),
+                options: PutOptions::default(),
+            },
+            Some(CommandError::KeyTooLarge { size: 5, max: 4 }),
+        ),
+        (
+            Command::Put {
+                key: b("k"),
+                value: b("123456789"),
+                options: PutOptions::default(),
+            },
+            Some(CommandError::ValueTooLarge { size: 9, max: 8 }),
+        ),
+        (
+            Command::BatchPut {
+                pairs: vec![pair("a", "1"), pair("b", "2"), pair("c", "3")],
+            },
+            Some(CommandError::BatchTooLarge { size: 3, max: 2 }),
+        ),
+        (
+            Command::BatchPut {
+                pairs: vec![pair("a", "1"), pair("b", "2")],
+            },
+            None,
+        ),
+        (
+            Command::Pipeline {
+                commands: vec![get("a"), get("b"), get("c")],
+            },
+            Some(CommandError::BatchTooLarge { size: 3, max: 2 }),
+        ),
+        (
+            Command::Scan {
+                start: b("a"),
+                end: None,
+                limit: 4,
+            },
+            Some(CommandError::ScanLimitTooLarge { limit: 4, max: 3 }),
+        ),
+        (
+            Command::Scan {
+                start: b("a"),
+                end: None,
+                limit: 3,
+            },
+            None,
+        ),
+    ];
+    for (i, (command, refused)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            limits.check(&command).err(),
+            refused,
+            "case {i}: {command:?}"
+        );
+        let mut m = small_limits_machine();
+        let applied = exec(&mut m, command.clone());
+        match refused {
+            Some(e) => assert_eq!(applied, Err(ApplyError::Command(e)), "case {i}"),
+            None => assert!(applied.is_ok(), "case {i}: {applied:?}"),
+        }
+    }
+}

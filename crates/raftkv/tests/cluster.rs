@@ -498,6 +498,65 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         assert_eq!(code(got), want as i32, "case {i}: {}", e.message);
         assert!(!e.message.is_empty(), "case {i}: error without a message");
     }
+    // One past the state machine's batch limit is refused at the edge, by the same rule
+    // (`kv::Limits`), not proposed and then refused at apply on every replica: typed
+    // (BatchPut) and encoded (a pipeline, as the Redis port sends). Before, the edge allowed
+    // 10,000.
+    let max = kv::config::DEFAULT_MAX_BATCH_KEYS;
+    let get_key = |k: &[u8]| pb::Command {
+        kind: Kind::Get as i32,
+        key: k.to_vec(),
+        ..Default::default()
+    };
+    let pairs: Vec<pb::KeyValue> = (0..=max)
+        .map(|i| pb::KeyValue {
+            key: format!("a{i:05}").into_bytes(),
+            value: b"v".to_vec(),
+        })
+        .collect();
+    let puts = kv::Command::Pipeline {
+        commands: (0..=max)
+            .map(|i| kv::Command::Put {
+                key: bytes::Bytes::from(format!("a{i:05}")),
+                value: bytes::Bytes::from_static(b"v"),
+                options: kv::PutOptions::default(),
+            })
+            .collect(),
+    };
+    for (what, command, want) in [
+        (
+            "BatchPut",
+            pb::Command {
+                kind: Kind::BatchPut as i32,
+                pairs,
+                ..Default::default()
+            },
+            format!("a batch holds 1..={max} pairs"),
+        ),
+        (
+            "encoded pipeline",
+            pb::Command {
+                kind: Kind::Encoded as i32,
+                encoded: puts.encode().to_vec(),
+                ..Default::default()
+            },
+            "refused before proposing".to_string(),
+        ),
+    ] {
+        let got = raw
+            .execute(run(header(8, 1), Some(command)))
+            .await
+            .expect("rpc ok")
+            .into_inner();
+        let e = got.error.clone().unwrap_or_default();
+        assert_eq!(e.code, Code::InvalidArgument as i32, "{what}: {e:?}");
+        assert!(e.message.contains(&want), "{what}: {}", e.message);
+    }
+    // And nothing of them was written.
+    let probe = run(header(0, 0), Some(get_key(b"a00000")));
+    let got = raw.execute(probe).await.expect("rpc ok").into_inner();
+    assert!(got.error.is_none(), "{got:?}");
+    assert!(!got.found, "a refused batch wrote a00000: {got:?}");
     // Beyond the gRPC message limit, gRPC itself refuses with a clear status.
     let huge = run(header(7, 1), Some(put(b"a1".to_vec(), vec![0; 20 << 20])));
     let status = raw

@@ -33,8 +33,6 @@ pub struct ServerConfig {
     /// Size of the log's segment files; the log's disk budget is
     /// `raft_log::Config::purge_rewrite_threshold_segments` (8) of them.
     pub log_segment_bytes: u64,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
     /// When set, RESP clients must `AUTH` with it first.
     pub resp_password: Option<String>,
     /// How linearizable reads are confirmed: `Lease` (default; served by the leader while its
@@ -56,8 +54,6 @@ impl ServerConfig {
             snapshot_threshold_entries: store::DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             snapshot_threshold_bytes: store::DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             log_segment_bytes: raft_log::DEFAULT_SEGMENT_SIZE_BYTES,
-            max_key_bytes: 8 << 10,
-            max_value_bytes: 8 << 20,
             resp_password: None,
             read_mode: raft::ReadMode::Lease,
         }

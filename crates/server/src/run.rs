@@ -148,11 +148,12 @@ impl Server {
         }));
         if let Some(l) = resp_listener {
             let backend = Arc::new(crate::resp_backend::RaftBackend::new(svc.clone()));
+            let limits = svc.limits;
             let resp_cfg = resp::RespConfig {
                 password: cfg.resp_password.clone(),
-                max_bulk_bytes: cfg.max_value_bytes.max(cfg.max_key_bytes),
-                max_key_bytes: cfg.max_key_bytes,
-                max_value_bytes: cfg.max_value_bytes,
+                max_bulk_bytes: limits.max_value_bytes.max(limits.max_key_bytes),
+                max_key_bytes: limits.max_key_bytes,
+                max_value_bytes: limits.max_value_bytes,
                 ..resp::RespConfig::default()
             };
             let stop = wait(shutdown_rx.clone());

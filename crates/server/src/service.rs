@@ -14,10 +14,6 @@ use store::{Region, RegionEpoch, Reply, StoreError};
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest scan page a client may ask for.
-pub const MAX_SCAN_LIMIT: u32 = 10_000;
-/// Largest batch (keys of BatchGet / pairs of BatchPut).
-pub const MAX_BATCH_KEYS: usize = 10_000;
 /// Most requests in one `BatchRequest` message.
 pub const MAX_STREAM_BATCH: usize = 1024;
 /// Most requests of one `Batch` stream in flight at once; past it the server stops reading
@@ -44,6 +40,13 @@ fn response_bytes(r: &pb::KvResponse) -> usize {
 pub struct KvService {
     pub(crate) handle: StoreHandle,
     pub(crate) cfg: Arc<ServerConfig>,
+    /// The size limits of every command: the state machines' own (`kv::Limits::default()`,
+    /// which every replica of a region must share and its snapshots carry), checked here
+    /// before anything is proposed (`Limits::check`), so nothing the state machine would
+    /// refuse for its size reaches the log. Before, this service allowed 10,000 keys in a
+    /// batch and the state machine 1,024: a 2,000-pair BatchPut was replicated and then
+    /// refused at apply on every replica.
+    pub(crate) limits: kv::Limits,
     pub(crate) metrics: Arc<Metrics>,
     forward: Arc<Mutex<HashMap<u64, pb::kv_client::KvClient<Channel>>>>,
 }
@@ -151,17 +154,18 @@ impl KvService {
             cfg,
             metrics,
             forward: Arc::new(Mutex::new(HashMap::new())),
+            limits: kv::Limits::default(),
         }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
-        if key.len() > self.cfg.max_key_bytes {
+        if key.len() > self.limits.max_key_bytes {
             return Err(refuse(
                 Code::KeyTooLarge,
                 format!(
                     "key of {} bytes exceeds the limit of {} bytes",
                     key.len(),
-                    self.cfg.max_key_bytes
+                    self.limits.max_key_bytes
                 ),
             ));
         }
@@ -169,13 +173,13 @@ impl KvService {
     }
 
     fn check_value(&self, v: &[u8]) -> Result<(), Refusal> {
-        if v.len() > self.cfg.max_value_bytes {
+        if v.len() > self.limits.max_value_bytes {
             return Err(refuse(
                 Code::ValueTooLarge,
                 format!(
                     "value of {} bytes exceeds the limit of {} bytes",
                     v.len(),
-                    self.cfg.max_value_bytes
+                    self.limits.max_value_bytes
                 ),
             ));
         }
@@ -229,10 +233,11 @@ impl KvService {
                 }
             }
             Kind::Scan => {
-                if c.limit == 0 || c.limit > MAX_SCAN_LIMIT {
+                let max = self.limits.max_scan_limit;
+                if c.limit == 0 || c.limit > max {
                     return Err(refuse(
                         Code::InvalidArgument,
-                        format!("scan limit must be in 1..={MAX_SCAN_LIMIT}"),
+                        format!("scan limit must be in 1..={max}"),
                     ));
                 }
                 Command::Scan {
@@ -242,10 +247,11 @@ impl KvService {
                 }
             }
             Kind::BatchGet => {
-                if c.keys.is_empty() || c.keys.len() > MAX_BATCH_KEYS {
+                let max = self.limits.max_batch_keys;
+                if c.keys.is_empty() || c.keys.len() > max {
                     return Err(refuse(
                         Code::InvalidArgument,
-                        format!("a batch holds 1..={MAX_BATCH_KEYS} keys"),
+                        format!("a batch holds 1..={max} keys"),
                     ));
                 }
                 for k in &c.keys {
@@ -257,10 +263,11 @@ impl KvService {
             }
             Kind::Encoded => unreachable!("handled above"),
             Kind::BatchPut => {
-                if c.pairs.is_empty() || c.pairs.len() > MAX_BATCH_KEYS {
+                let max = self.limits.max_batch_keys;
+                if c.pairs.is_empty() || c.pairs.len() > max {
                     return Err(refuse(
                         Code::InvalidArgument,
-                        format!("a batch holds 1..={MAX_BATCH_KEYS} pairs"),
+                        format!("a batch holds 1..={max} pairs"),
                     ));
                 }
                 for p in &c.pairs {
@@ -303,27 +310,22 @@ impl KvService {
                 ));
             }
         }
-        let keys = cmd.keys();
-        if keys.len() > MAX_BATCH_KEYS {
+        // The state machine's own size rules, checked here so that nothing it would refuse
+        // for its size is proposed.
+        self.limits.check(&cmd).map_err(|e| {
+            let mut refusal = command_error(&e);
+            if let Some(error) = refusal.error.as_mut() {
+                error.message = format!("{e} (refused before proposing: nothing was applied)");
+            }
+            Box::new(refusal)
+        })?;
+        if let Command::Scan { limit: 0, .. } = &cmd {
             return Err(refuse(
                 Code::InvalidArgument,
-                format!("a batch holds 1..={MAX_BATCH_KEYS} keys"),
+                format!("scan limit must be in 1..={}", self.limits.max_scan_limit),
             ));
         }
-        for k in &keys {
-            self.check_key(k)?;
-        }
-        for v in cmd.values() {
-            self.check_value(v)?;
-        }
-        if let Command::Scan { limit, .. } = &cmd {
-            if *limit == 0 || *limit > MAX_SCAN_LIMIT {
-                return Err(refuse(
-                    Code::InvalidArgument,
-                    format!("scan limit must be in 1..={MAX_SCAN_LIMIT}"),
-                ));
-            }
-        }
+        let keys = cmd.keys();
         if keys.is_empty() && !matches!(cmd, Command::Count) {
             return Err(refuse(Code::InvalidArgument, "the command names no key"));
         }

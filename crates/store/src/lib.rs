@@ -42,7 +42,7 @@ pub use driver::{Driver, DriverStats, EngineWriter, RoundWriter};
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use snapshot_job::{
-    BuiltSnapshot, InlineBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
+    BuiltSnapshot, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
     MAX_SNAPSHOTS_BUILDING,
 };
 pub use state_machine::StateMachine;

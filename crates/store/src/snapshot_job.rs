@@ -6,8 +6,8 @@
 //!    ([`StateMachine::view`], O(1) for the KV state machine's persistent maps) and the term of
 //!    the applied entry, and queues a [`SnapshotJob`];
 //! 2. the caller hands the job to a [`SnapshotBuilder`]: [`ThreadBuilder`] (the server's, one
-//!    background thread) or [`InlineBuilder`] (tests; the simulator has its own, which runs
-//!    jobs at random later wake-ups);
+//!    background thread) or the simulator's, which runs jobs at random later wake-ups (tests
+//!    that drive a store by hand build them in place: `Store::build_snapshots_here`);
 //! 3. [`SnapshotJob::run`], on whichever thread, serializes the view, checksums it, writes the
 //!    file under a temporary name, syncs it, renames it to its final name and syncs the
 //!    directory ([`raft_log::PreparedSnapshot`]);
@@ -172,23 +172,6 @@ pub trait SnapshotBuilder<M: StateMachine> {
     fn start(&mut self, work: SnapshotWork<M>);
     /// The builds finished since the last call.
     fn finished(&mut self) -> Vec<BuiltSnapshot>;
-}
-
-/// Runs each job on the calling thread as it is started: for tests and tools, where a stall
-/// does not matter.
-#[derive(Default)]
-pub struct InlineBuilder {
-    done: Vec<BuiltSnapshot>,
-}
-
-impl<M: StateMachine> SnapshotBuilder<M> for InlineBuilder {
-    fn start(&mut self, work: SnapshotWork<M>) {
-        self.done.extend(work.run());
-    }
-
-    fn finished(&mut self) -> Vec<BuiltSnapshot> {
-        std::mem::take(&mut self.done)
-    }
 }
 
 /// The server's builder: one background thread (snapshots are rare and each is written with

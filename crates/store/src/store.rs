@@ -1406,7 +1406,7 @@ impl<M: StateMachine> Store<M> {
 
     /// Starts a snapshot of this store's replica of `region` at its applied index,
     /// whatever the thresholds say (operators, tests, the simulator's snapshots at random
-    /// points); it is built like any other ([`Store::take_snapshot_jobs`]) and compacts the
+    /// points); it is built like any other ([`Store::take_snapshot_work`]) and compacts the
     /// log when committed. Returns false when none could start (see
     /// [`Store::start_snapshot`]).
     pub fn snapshot_now(&mut self, region: RegionId) -> Result<bool, StoreError> {
