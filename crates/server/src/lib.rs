@@ -6,7 +6,8 @@
 //!   one fsync for all regions per round) and hands completions back to waiting requests;
 //! - the `Kv` gRPC service ([`service`]) turns client requests into state-machine commands,
 //!   proposes writes on the region leader (forwarding once to the leader's store when this
-//!   store does not lead) and serves linearizable reads on any replica with ReadIndex;
+//!   store does not lead) and serves linearizable reads on the leader, under its lease or
+//!   with ReadIndex (`ServerConfig::read_mode`; lease by default);
 //! - the `transport` crate carries Raft messages between stores, one TCP connection per pair.
 //!
 //! ## Module map

@@ -243,7 +243,13 @@ impl Backend for RaftBackend {
             ),
             (
                 "raftkv_linearizable".into(),
-                "yes (writes through Raft, reads by ReadIndex)".into(),
+                match cfg.read_mode {
+                    raft::ReadMode::Lease => {
+                        "yes (writes through Raft, reads under the leader's lease or by ReadIndex)"
+                    }
+                    raft::ReadMode::Safe => "yes (writes through Raft, reads by ReadIndex)",
+                }
+                .into(),
             ),
         ]
     }

@@ -108,7 +108,7 @@ fn store_error(e: StoreError) -> pb::KvResponse {
         }
         StoreError::RegionNotFound(_) => err(Code::RegionNotFound, e.to_string()),
         StoreError::KeyNotInRegion { .. } => err(Code::EpochNotMatch, e.to_string()),
-        StoreError::Busy { .. } => err(Code::Busy, e.to_string()),
+        StoreError::Busy { .. } | StoreError::QueueFull { .. } => err(Code::Busy, e.to_string()),
         StoreError::Dropped => err(Code::Timeout, e.to_string()),
         StoreError::NoSpace { .. } => err(Code::NoSpace, e.to_string()),
         _ => err(Code::Internal, e.to_string()),

@@ -99,17 +99,15 @@ impl StoreHandle {
         }
     }
 
-    /// Sends without blocking; a full queue is reported as `Busy`.
+    /// Sends without blocking; a full queue is `QueueFull` (the client's `BUSY`), a stopped
+    /// store `Stopped`.
     pub fn send(&self, cmd: Cmd) -> Result<(), StoreError> {
         match self.tx.try_send(cmd) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(StoreError::Busy {
-                region: raft::GroupId(0),
+            Err(TrySendError::Full(_)) => Err(StoreError::QueueFull {
                 limit: COMMAND_QUEUE_CAPACITY,
             }),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(StoreError::Storage("the store has stopped".into()))
-            }
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Stopped),
         }
     }
 
@@ -341,4 +339,26 @@ fn handle(
         Cmd::Shutdown => return false,
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full queue is `QueueFull` (not `Busy` of some region), a stopped store is
+    /// `Stopped` (not a storage failure).
+    #[test]
+    fn send_reports_a_full_queue_and_a_stopped_store_for_what_they_are() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let handle = StoreHandle::new(tx, Vec::new());
+        assert_eq!(handle.send(Cmd::WriteDone), Ok(()));
+        assert_eq!(
+            handle.send(Cmd::WriteDone),
+            Err(StoreError::QueueFull {
+                limit: COMMAND_QUEUE_CAPACITY
+            })
+        );
+        drop(rx);
+        assert_eq!(handle.send(Cmd::WriteDone), Err(StoreError::Stopped));
+    }
 }

@@ -22,6 +22,12 @@ pub enum StoreError {
     Proposal(String),
     #[error("too many requests in flight on region {region} (limit {limit}); retry later")]
     Busy { region: RegionId, limit: usize },
+    /// The store thread's command queue is full (all regions of the store together).
+    #[error("the store's request queue is full ({limit} queued); retry later")]
+    QueueFull { limit: usize },
+    /// The store thread has stopped (shutting down, or a fatal storage error stopped it).
+    #[error("the store has stopped; retry on another store")]
+    Stopped,
     #[error("storage failure: {0}")]
     Storage(String),
     /// The store's disk is full: the write was refused before it was proposed (certainly not
