@@ -40,7 +40,9 @@ impl StateMachine for KvStateMachine {
         view.snapshot()
     }
 
-    fn restore(data: &[u8]) -> Result<Self, String> {
-        KvStateMachine::restore(data).map_err(|e| e.to_string())
+    type RestoreError = crate::SnapshotError;
+
+    fn restore(data: &[u8]) -> Result<Self, crate::SnapshotError> {
+        KvStateMachine::restore(data)
     }
 }

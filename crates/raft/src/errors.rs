@@ -58,11 +58,34 @@ pub enum StepError {
     WrongNode { expected: NodeId, got: NodeId },
 }
 
+/// What [`crate::Config::validate`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("id must not be 0")]
+    ZeroId,
+    #[error("heartbeat_tick must be at least 1")]
+    ZeroHeartbeatTick,
+    #[error(
+        "election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})"
+    )]
+    ElectionNotAboveHeartbeat {
+        election_tick: u32,
+        heartbeat_tick: u32,
+    },
+    #[error("lease_drift_ticks ({lease_drift_ticks}) must be smaller than election_tick ({election_tick})")]
+    LeaseDriftTooLarge {
+        lease_drift_ticks: u32,
+        election_tick: u32,
+    },
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
 /// The core could not be created.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum InitError {
     #[error("invalid config: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("reading initial state from storage: {0}")]
     Storage(#[from] StorageError),
     #[error(

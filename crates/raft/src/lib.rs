@@ -81,7 +81,7 @@ pub mod storage_suite;
 pub mod types;
 
 pub use conf_change::{ConfChange, ConfChangeItem, ConfChangeKind};
-pub use errors::{InitError, ProposeError, ReadError, StepError, TransferError};
+pub use errors::{ConfigError, InitError, ProposeError, ReadError, StepError, TransferError};
 pub use progress::ProgressState;
 pub use raft::{Config, ReadMode};
 pub use raw_node::{Persisted, RawNode, Ready, Status};

@@ -3,7 +3,7 @@
 //! `Ready` for the caller.
 
 use crate::conf_change::{self, ConfChange};
-use crate::errors::{ProposeError, ReadError, TransferError};
+use crate::errors::{ConfigError, ProposeError, ReadError, TransferError};
 use crate::log::RaftLog;
 use crate::progress::{ProgressState, Tracker, VoteResult};
 use crate::rng::SplitMix64;
@@ -85,33 +85,36 @@ impl Config {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == NodeId::NONE {
-            return Err("id must not be 0".into());
+            return Err(ConfigError::ZeroId);
         }
         if self.heartbeat_tick == 0 {
-            return Err("heartbeat_tick must be at least 1".into());
+            return Err(ConfigError::ZeroHeartbeatTick);
         }
         if self.election_tick <= self.heartbeat_tick {
-            return Err(format!(
-                "election_tick ({}) must be greater than heartbeat_tick ({})",
-                self.election_tick, self.heartbeat_tick
-            ));
+            return Err(ConfigError::ElectionNotAboveHeartbeat {
+                election_tick: self.election_tick,
+                heartbeat_tick: self.heartbeat_tick,
+            });
         }
         if self.lease_drift_ticks >= self.election_tick {
-            return Err(format!(
-                "lease_drift_ticks ({}) must be smaller than election_tick ({})",
-                self.lease_drift_ticks, self.election_tick
-            ));
+            return Err(ConfigError::LeaseDriftTooLarge {
+                lease_drift_ticks: self.lease_drift_ticks,
+                election_tick: self.election_tick,
+            });
         }
-        if self.max_inflight_msgs == 0 || self.max_entries_per_msg == 0 {
-            return Err("max_inflight_msgs and max_entries_per_msg must be at least 1".into());
+        if self.max_inflight_msgs == 0 {
+            return Err(ConfigError::Zero("max_inflight_msgs"));
+        }
+        if self.max_entries_per_msg == 0 {
+            return Err(ConfigError::Zero("max_entries_per_msg"));
         }
         if self.snapshot_chunk_bytes == 0 {
-            return Err("snapshot_chunk_bytes must be at least 1".into());
+            return Err(ConfigError::Zero("snapshot_chunk_bytes"));
         }
         if self.max_pending_reads == 0 {
-            return Err("max_pending_reads must be at least 1".into());
+            return Err(ConfigError::Zero("max_pending_reads"));
         }
         Ok(())
     }
@@ -184,7 +187,7 @@ pub struct Raft<S: Storage> {
 
 impl<S: Storage> Raft<S> {
     pub fn new(cfg: &Config, storage: S) -> Result<Raft<S>, crate::errors::InitError> {
-        cfg.validate().map_err(crate::errors::InitError::Config)?;
+        cfg.validate()?;
         let state = storage.initial_state()?;
         let mut log = RaftLog::new(storage)?;
         let hs = state.hard_state;

@@ -441,9 +441,7 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         ),
         None => None,
     };
-    let handle = server::Server::start(cfg, peer, client, metrics, resp)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let handle = server::Server::start(cfg, peer, client, metrics, resp).await?;
     tracing::info!(id, %peer_addr, %client_addr, ?metrics_addr, ?resp_addr, "raftkv server started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut check = tokio::time::interval(Duration::from_millis(200));

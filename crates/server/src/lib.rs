@@ -31,4 +31,4 @@ pub mod service;
 mod store_loop;
 
 pub use config::{parse_initial_cluster, ServerConfig};
-pub use run::{Server, ServerHandle};
+pub use run::{Server, ServerHandle, StartError};

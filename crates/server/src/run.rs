@@ -9,7 +9,7 @@ use api::pb::kv_server::KvServer;
 use raft_log::StdFileSystem;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{Region, Store, StoreConfig, StoreId};
+use store::{Region, Store, StoreConfig, StoreError, StoreId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,6 +59,25 @@ pub struct ServerHandle {
     pub metrics: Arc<Metrics>,
 }
 
+/// Why [`Server::start`] failed; nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot create data dir {}: {source}", dir.display())]
+    DataDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {}: {source}", dir.display())]
+    Store {
+        dir: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot start the store thread: {0}")]
+    Thread(std::io::Error),
+}
+
 impl Server {
     /// Opens the store in `cfg.data_dir` (bootstrapping it on first start) and serves the
     /// Raft and Kv services on `peer`, the Kv service on `client`, Redis (RESP2) on `resp`,
@@ -69,11 +88,13 @@ impl Server {
         client: TcpListener,
         metrics_listener: Option<TcpListener>,
         resp_listener: Option<TcpListener>,
-    ) -> Result<ServerHandle, String> {
-        cfg.validate()?;
+    ) -> Result<ServerHandle, StartError> {
+        cfg.validate().map_err(StartError::Config)?;
         let cfg = Arc::new(cfg);
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StartError::DataDir {
+            dir: cfg.data_dir.clone(),
+            source: e,
+        })?;
         let stores: Vec<StoreId> = cfg
             .initial_cluster
             .iter()
@@ -91,8 +112,12 @@ impl Server {
         // `Store::balance_leaders`), checked once per election timeout.
         scfg.balance_leaders_every_ticks = u64::from(cfg.election_tick);
         let store: Store<KvSm> =
-            Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial)
-                .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
+            Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial).map_err(|e| {
+                StartError::Store {
+                    dir: cfg.data_dir.clone(),
+                    source: e,
+                }
+            })?;
         let regions = store.regions();
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.data_dir.set(cfg.data_dir.clone());
@@ -124,7 +149,7 @@ impl Server {
                 }
                 r
             })
-            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+            .map_err(StartError::Thread)?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -24,6 +24,9 @@ pub trait StateMachine: Sized {
     fn apply_noop(&mut self, _index: u64) {}
     /// Answers a read-only query against the current state.
     fn read(&self, query: &Self::Query) -> Self::ReadOutput;
+    /// Why [`StateMachine::restore`] refused its input (a store reports it, with the region,
+    /// as a storage failure).
+    type RestoreError: std::fmt::Display;
     /// A point-in-time copy of the whole state that another thread serializes while this one
     /// goes on applying (see [`crate::snapshot_job`]).
     type View: Send + 'static;
@@ -39,5 +42,5 @@ pub trait StateMachine: Sized {
         Self::serialize(&self.view())
     }
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
-    fn restore(data: &[u8]) -> Result<Self, String>;
+    fn restore(data: &[u8]) -> Result<Self, Self::RestoreError>;
 }

@@ -59,6 +59,7 @@ impl StateMachine for MapSm {
         }
         Bytes::from(v)
     }
+    type RestoreError = String;
     fn restore(mut d: &[u8]) -> Result<Self, String> {
         let mut m = BTreeMap::new();
         let take = |d: &mut &[u8]| -> Result<Vec<u8>, String> {
