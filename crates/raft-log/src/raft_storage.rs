@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use raft::{
-    ConfState, Entry, EntryKind, HardState, LogIndex, NodeId, RaftState, Snapshot,
+    ConfState, Entry, EntryKind, HardState, LogIndex, NodeId, RaftState, Snapshot, SnapshotInfo,
     SnapshotMetadata, Storage, StorageError, Term,
 };
 
@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::snapshot::{
     discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, read_snapshot_at,
-    remove_older_snapshots, PreparedSnapshot,
+    remove_older_snapshots, PreparedSnapshot, StreamedSnapshot,
 };
 use crate::{GroupId, LogBatch, LogEngine, LogEntry};
 
@@ -99,6 +99,8 @@ impl GroupStorage {
             Some(bytes) => decode_meta(&bytes).map_err(|e| corrupt("snapshot metadata", e))?,
             None => SnapshotMetadata::default(),
         };
+        // A transfer in progress when the store stopped starts over (the leader restarts it).
+        crate::snapshot::remove_receiving(fs.as_ref(), &dir, group)?;
         let file = read_snapshot(fs.as_ref(), &dir, group)?;
         let mut storage = GroupStorage {
             engine,
@@ -265,6 +267,60 @@ impl GroupStorage {
         remove_older_snapshots(self.fs.as_ref(), &prepared)
     }
 
+    /// Starts receiving the snapshot `metadata` names, whose data (without this storage's
+    /// prefix) is `data_len` bytes with crc32c `data_crc` as the leader announced: a file
+    /// the caller appends each chunk to ([`SnapshotReceiver::write`]) and installs with
+    /// [`GroupStorage::install_received`]. Memory: none beyond a chunk.
+    pub fn receive_snapshot(
+        &self,
+        metadata: SnapshotMetadata,
+        data_len: u64,
+        data_crc: u32,
+    ) -> Result<SnapshotReceiver> {
+        let prefix = snapshot_prefix(&metadata.conf_state);
+        let prefix_crc = crc32c::crc32c(&prefix);
+        let payload_crc = crc32c::crc32c_combine(prefix_crc, data_crc, data_len as usize);
+        let mut file = StreamedSnapshot::create(
+            self.fs.as_ref(),
+            &self.dir,
+            self.group,
+            metadata.index.0,
+            metadata.term.0,
+            prefix.len() as u64 + data_len,
+            payload_crc,
+        )?;
+        if let Err(e) = file.write(&prefix) {
+            file.discard(self.fs.as_ref());
+            return Err(e);
+        }
+        Ok(SnapshotReceiver {
+            file,
+            metadata,
+            prefix_len: prefix.len() as u64,
+            data_len,
+            fs: self.fs.clone(),
+        })
+    }
+
+    /// Installs a snapshot received in full ([`GroupStorage::receive_snapshot`]): its file is
+    /// checked against the announced checksum, synced and published, then the log is replaced
+    /// as by [`GroupStorage::apply_snapshot`] (synced) and older files go. Returns false,
+    /// removing the file, when the snapshot is not newer than the current one.
+    pub fn install_received(&mut self, receiver: SnapshotReceiver) -> Result<bool> {
+        let metadata = receiver.metadata.clone();
+        let prepared = receiver.file.finish(self.fs.as_ref())?;
+        if metadata.index <= self.snapshot_index() {
+            discard_snapshot(self.fs.as_ref(), &prepared);
+            return Ok(false);
+        }
+        self.commit_snapshot(Snapshot {
+            metadata,
+            data: Bytes::new(),
+        })?;
+        remove_older_snapshots(self.fs.as_ref(), &prepared)?;
+        Ok(true)
+    }
+
     /// Records a snapshot of the application at `index` (between the current snapshot index
     /// and the last index) and compacts the log up to it. As for an applied snapshot, the
     /// persisted commit index is raised to `index` if below (a snapshot covers only
@@ -404,6 +460,44 @@ impl GroupStorage {
     }
 }
 
+/// A snapshot being received chunk by chunk into its file
+/// ([`GroupStorage::receive_snapshot`]).
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    file: StreamedSnapshot,
+    metadata: SnapshotMetadata,
+    prefix_len: u64,
+    data_len: u64,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl SnapshotReceiver {
+    /// Appends the next chunk of the data.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.file.write(chunk)
+    }
+
+    /// The snapshot being received.
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
+    }
+
+    /// Data bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.file.written() - self.prefix_len
+    }
+
+    /// Length of the whole data.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Gives the transfer up and removes its file.
+    pub fn discard(self) {
+        self.file.discard(self.fs.as_ref());
+    }
+}
+
 /// Writes and syncs the snapshot file of `group` for `meta` holding the application's `data`
 /// (the file's payload is `varint(conf len) | conf | data`, written in parts so the state is
 /// not copied), then publishes it under its final name. Callable from any thread: until the
@@ -424,6 +518,13 @@ pub fn prepare_snapshot_file(
         return Err(e);
     }
     Ok(prepared)
+}
+
+/// The crc32c of a snapshot's data, from the crc32c of its file's payload (`prefix | data`)
+/// without reading the data: crc32c is linear, crc(p | d) = shift(crc(p), |d|) ^ crc(d), and
+/// `crc32c_combine(x, 0, n)` is that shift.
+fn data_crc(payload_crc: u32, prefix: &[u8], data_len: u64) -> u32 {
+    payload_crc ^ crc32c::crc32c_combine(crc32c::crc32c(prefix), 0, data_len as usize)
 }
 
 /// The part of a snapshot file's payload before the application's data: `varint(conf len) |
@@ -580,20 +681,31 @@ impl Storage for GroupStorage {
         }
         Ok(Snapshot { metadata, data })
     }
-    fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
+    fn snapshot_info(&self) -> Result<SnapshotInfo, StorageError> {
         let metadata = self.snapshot.metadata.clone();
         if metadata.index == LogIndex::ZERO {
-            return Ok((metadata, self.snapshot.data.len() as u64));
+            return Ok(SnapshotInfo {
+                metadata,
+                total_bytes: self.snapshot.data.len() as u64,
+                checksum: crc32c::crc32c(&self.snapshot.data),
+            });
         }
         let info = self.snapshot_file(&metadata)?;
-        let prefix = snapshot_prefix(&metadata.conf_state).len() as u64;
-        let data_len = info.payload_len.checked_sub(prefix).ok_or_else(|| {
-            StorageError::Other(format!(
+        let prefix = snapshot_prefix(&metadata.conf_state);
+        let data_len = info
+            .payload_len
+            .checked_sub(prefix.len() as u64)
+            .ok_or_else(|| {
+                StorageError::Other(format!(
                 "snapshot of group {} at {}: payload of {} bytes is shorter than its conf state",
                 self.group, metadata.index, info.payload_len
             ))
-        })?;
-        Ok((metadata, data_len))
+            })?;
+        Ok(SnapshotInfo {
+            metadata,
+            total_bytes: data_len,
+            checksum: data_crc(info.payload_crc, &prefix, data_len),
+        })
     }
 
     fn snapshot_chunk(

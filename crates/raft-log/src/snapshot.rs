@@ -24,6 +24,9 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"RKVSNAP1";
 const SNAPSHOT_HEADER_BYTES: usize = 48;
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".tmp";
+/// A snapshot being received from a leader ([`StreamedSnapshot`]); never read, removed when
+/// its group opens.
+const RECEIVING_SUFFIX: &str = ".recv";
 
 /// A snapshot read back from disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +115,10 @@ impl PreparedSnapshot {
     fn temp_path(&self) -> PathBuf {
         self.dir.join(format!("{}{TEMP_SUFFIX}", self.name))
     }
+
+    fn receiving_path(&self) -> PathBuf {
+        self.dir.join(format!("{}{RECEIVING_SUFFIX}", self.name))
+    }
 }
 
 /// The first half of [`write_snapshot_parts`]: writes the file under its temporary name and
@@ -137,19 +144,11 @@ pub fn prepare_snapshot_parts(
     };
     let temp_path = prepared.temp_path();
 
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
-    header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    header[8..16].copy_from_slice(&group.0.to_le_bytes());
-    header[16..24].copy_from_slice(&index.to_le_bytes());
-    header[24..32].copy_from_slice(&term.to_le_bytes());
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let crc = parts
         .iter()
         .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
-    header[32..40].copy_from_slice(&(len as u64).to_le_bytes());
-    header[40..44].copy_from_slice(&crc.to_le_bytes());
-    let header_crc = crc32c::crc32c(&header[..44]);
-    header[44..48].copy_from_slice(&header_crc.to_le_bytes());
+    let header = snapshot_header(group, index, term, len as u64, crc);
 
     let mut file = fs
         .create(&temp_path)
@@ -169,6 +168,186 @@ pub fn prepare_snapshot_parts(
         return Err(error);
     }
     Ok(prepared)
+}
+
+/// A snapshot file written as its payload arrives (a snapshot received from a leader chunk
+/// by chunk): the header goes first, with the payload's length and checksum as the sender
+/// announced them, then each piece is appended while a running checksum is kept; `finish`
+/// refuses a payload that is short, long or does not match, syncs the file and publishes it
+/// ([`publish_snapshot`]). Memory: none beyond the caller's piece. The file lives under a
+/// name of its own (`….snap.recv`), which nothing reads; a crash leaves it for
+/// [`remove_receiving`] when the group opens again.
+#[derive(Debug)]
+pub struct StreamedSnapshot {
+    prepared: PreparedSnapshot,
+    file: Box<dyn crate::fs::WritableFile>,
+    payload_len: u64,
+    payload_crc: u32,
+    written: u64,
+    crc: u32,
+}
+
+impl StreamedSnapshot {
+    /// Creates the file of `group`'s snapshot at (`index`, `term`) whose payload will be
+    /// `payload_len` bytes with crc32c `payload_crc`.
+    pub fn create(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        group: GroupId,
+        index: u64,
+        term: u64,
+        payload_len: u64,
+        payload_crc: u32,
+    ) -> Result<StreamedSnapshot> {
+        fs.create_dir_all(dir)
+            .map_err(|error| Error::io("create directory", dir, error))?;
+        let prepared = PreparedSnapshot {
+            group,
+            index,
+            term,
+            file_bytes: SNAPSHOT_HEADER_BYTES as u64 + payload_len,
+            dir: dir.to_path_buf(),
+            name: snapshot_name(group, index, term),
+        };
+        let path = prepared.receiving_path();
+        let mut file = fs
+            .create(&path)
+            .map_err(|error| Error::io("create", &path, error))?;
+        let header = snapshot_header(group, index, term, payload_len, payload_crc);
+        if let Err(error) = file.write_all(&header) {
+            drop(file);
+            let _ = fs.remove(&path);
+            return Err(Error::io("write", &path, error));
+        }
+        Ok(StreamedSnapshot {
+            prepared,
+            file,
+            payload_len,
+            payload_crc,
+            written: 0,
+            crc: 0,
+        })
+    }
+
+    /// Appends the next piece of the payload. More than the announced length is refused.
+    pub fn write(&mut self, piece: &[u8]) -> Result<()> {
+        let path = self.prepared.receiving_path();
+        if self.written + piece.len() as u64 > self.payload_len {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} payload bytes written, {} more would pass the announced {}",
+                path.display(),
+                self.written,
+                piece.len(),
+                self.payload_len
+            )));
+        }
+        self.file
+            .write_all(piece)
+            .map_err(|error| Error::io("write", &path, error))?;
+        self.written += piece.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, piece);
+        Ok(())
+    }
+
+    /// Payload bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The group, index and term the file is for.
+    pub fn id(&self) -> (GroupId, u64, u64) {
+        (self.prepared.group, self.prepared.index, self.prepared.term)
+    }
+
+    /// Checks length and checksum, syncs the file and publishes it under its final name. On
+    /// error the file is removed.
+    pub fn finish(mut self, fs: &dyn FileSystem) -> Result<PreparedSnapshot> {
+        let path = self.prepared.receiving_path();
+        let checked = if self.written != self.payload_len {
+            Err(Error::InvalidArgument(format!(
+                "{}: {} payload bytes written, {} announced",
+                path.display(),
+                self.written,
+                self.payload_len
+            )))
+        } else if self.crc != self.payload_crc {
+            Err(Error::corruption(
+                &path,
+                SNAPSHOT_HEADER_BYTES as u64,
+                format!(
+                    "received payload has crc32c {:#010x}, the sender announced {:#010x}",
+                    self.crc, self.payload_crc
+                ),
+            ))
+        } else {
+            self.file
+                .sync_data()
+                .map_err(|error| Error::io("fdatasync", &path, error))
+        };
+        drop(self.file);
+        let published = checked.and_then(|()| {
+            let final_path = self.prepared.dir.join(&self.prepared.name);
+            fs.rename(&path, &final_path)
+                .map_err(|error| Error::io("rename", &path, error))?;
+            let dir = self.prepared.dir.as_path();
+            fs.sync_dir(dir)
+                .map_err(|error| Error::io("sync directory", dir, error))
+        });
+        if let Err(error) = published {
+            let _ = fs.remove(&path);
+            return Err(error);
+        }
+        Ok(self.prepared)
+    }
+
+    /// Gives the transfer up and removes its file (best effort).
+    pub fn discard(self, fs: &dyn FileSystem) {
+        let path = self.prepared.receiving_path();
+        drop(self.file);
+        let _ = fs.remove(&path);
+    }
+}
+
+/// Removes the files of snapshots `group` was receiving when its store stopped (a transfer
+/// does not survive a restart: the leader starts it over).
+pub fn remove_receiving(fs: &dyn FileSystem, dir: &Path, group: GroupId) -> Result<()> {
+    let names = match fs.list_dir(dir) {
+        Ok(names) => names,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(Error::io("list directory", dir, error)),
+    };
+    for name in names {
+        let ours = name
+            .strip_suffix(RECEIVING_SUFFIX)
+            .and_then(parse_snapshot_name)
+            .is_some_and(|(other, _, _)| other == group);
+        if ours {
+            let path = dir.join(&name);
+            fs.remove(&path)
+                .map_err(|error| Error::io("remove", &path, error))?;
+        }
+    }
+    Ok(())
+}
+
+/// The 48-byte header of a snapshot file.
+fn snapshot_header(
+    group: GroupId,
+    index: u64,
+    term: u64,
+    payload_len: u64,
+    payload_crc: u32,
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..16].copy_from_slice(&group.0.to_le_bytes());
+    header[16..24].copy_from_slice(&index.to_le_bytes());
+    header[24..32].copy_from_slice(&term.to_le_bytes());
+    header[32..40].copy_from_slice(&payload_len.to_le_bytes());
+    header[40..44].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&header[..44]);
+    header[44..48].copy_from_slice(&header_crc.to_le_bytes());
+    header
 }
 
 /// Removes a prepared snapshot that will not be committed (a newer one got there first),

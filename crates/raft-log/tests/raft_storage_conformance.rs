@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raft::storage_suite::{run_all, StorageUnderTest};
 use raft::{
-    ConfState, Entry, HardState, LogIndex, RaftState, Snapshot, Storage, StorageError, Term,
+    ConfState, Entry, HardState, LogIndex, RaftState, Snapshot, SnapshotMetadata, Storage,
+    StorageError, Term,
 };
 use raft_log::raft_storage::GroupStorage;
 use raft_log::{Config, FaultyFileSystem, FileSystem, GroupId, LogEngine, StdFileSystem};
@@ -205,10 +206,13 @@ fn snapshot_chunks_come_from_the_file_and_are_verified() {
     storage
         .create_snapshot(LogIndex(5), conf_state.clone(), data.clone())
         .expect("snapshot");
-    let (metadata, len) = storage.snapshot_metadata().expect("metadata");
+    let info = storage.snapshot_info().expect("metadata");
+    let (metadata, len) = (info.metadata, info.total_bytes);
     assert_eq!(metadata.index, LogIndex(5));
     assert_eq!(metadata.conf_state, conf_state);
     assert_eq!(len, data.len() as u64);
+    // The data's checksum, derived from the file header's without reading the data.
+    assert_eq!(info.checksum, crc32c::crc32c(&data));
     let mut joined = Vec::new();
     let mut offset = 0;
     while offset < len {
@@ -245,7 +249,7 @@ fn snapshot_chunks_come_from_the_file_and_are_verified() {
     file.write_all(&bytes).expect("write");
     file.sync_data().expect("sync");
     drop(file);
-    let (_, len) = storage.snapshot_metadata().expect("metadata");
+    let len = storage.snapshot_info().expect("metadata").total_bytes;
     let mut offset = 0;
     let mut failed = None;
     while offset < len {
@@ -262,4 +266,109 @@ fn snapshot_chunks_come_from_the_file_and_are_verified() {
         offset + 4096 >= len && e.to_string().contains("checksum mismatch"),
         "failed at {offset} of {len}: {e}"
     );
+}
+
+/// Receiving a snapshot chunk by chunk: the file it makes is the one the sender has (chunks
+/// come back byte for byte, with the same checksum), the log is replaced, a damaged or short
+/// transfer installs nothing, and a transfer cut off by a restart leaves no file.
+#[test]
+fn a_snapshot_received_in_chunks_is_checked_and_installed_from_its_file() {
+    let faulty = FaultyFileSystem::new(6);
+    let fs: Arc<dyn FileSystem> = Arc::new(faulty.clone());
+    let mut sender = open(&fs, std::path::Path::new("/a"));
+    sender
+        .append(&raft::storage_suite::entries(1, 40, 3))
+        .expect("append");
+    let data: Bytes = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let conf_state = ConfState::from_voters([1, 2, 3]);
+    sender
+        .create_snapshot(LogIndex(30), conf_state.clone(), data.clone())
+        .expect("snapshot");
+    let info = sender.snapshot_info().expect("info");
+
+    let mut receiver_storage = open(&fs, std::path::Path::new("/b"));
+    receiver_storage
+        .append(&raft::storage_suite::entries(1, 5, 1))
+        .expect("append");
+    let send = |receiver: &mut raft_log::raft_storage::SnapshotReceiver, damage: bool| {
+        let mut offset = 0;
+        while offset < info.total_bytes {
+            let mut chunk = sender
+                .snapshot_chunk(LogIndex(30), offset, 7_000)
+                .expect("chunk")
+                .to_vec();
+            if damage && offset == 14_000 {
+                chunk[3] ^= 1;
+            }
+            receiver.write(&chunk).expect("write");
+            offset += chunk.len() as u64;
+        }
+    };
+
+    // Damaged on the way: refused as corruption, nothing installed, no file left.
+    let mut receiver = receiver_storage
+        .receive_snapshot(info.metadata.clone(), info.total_bytes, info.checksum)
+        .expect("receive");
+    send(&mut receiver, true);
+    let e = receiver_storage
+        .install_received(receiver)
+        .expect_err("damaged data installed");
+    assert!(e.to_string().contains("crc32c"), "{e}");
+    assert_eq!(receiver_storage.last_index(), Ok(LogIndex(5)));
+    let left: Vec<String> = fs.list_dir(std::path::Path::new("/b/snap")).unwrap();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+
+    // Short: refused.
+    let mut receiver = receiver_storage
+        .receive_snapshot(info.metadata.clone(), info.total_bytes, info.checksum)
+        .expect("receive");
+    receiver.write(&data[..100]).expect("write");
+    assert_eq!(receiver.received(), 100);
+    assert!(receiver_storage.install_received(receiver).is_err());
+    assert_eq!(receiver_storage.last_index(), Ok(LogIndex(5)));
+
+    // More than announced: refused at the write.
+    let mut receiver = receiver_storage
+        .receive_snapshot(info.metadata.clone(), 10, crc32c::crc32c(&data[..10]))
+        .expect("receive");
+    assert!(receiver.write(&data[..11]).is_err());
+    receiver.discard();
+
+    // Whole: installed from its file, and sent on chunk by chunk exactly as received.
+    let mut receiver = receiver_storage
+        .receive_snapshot(info.metadata.clone(), info.total_bytes, info.checksum)
+        .expect("receive");
+    send(&mut receiver, false);
+    assert_eq!(receiver.received(), info.total_bytes);
+    assert!(receiver_storage
+        .install_received(receiver)
+        .expect("install"));
+    assert_eq!(receiver_storage.first_index(), Ok(LogIndex(31)));
+    assert_eq!(receiver_storage.last_index(), Ok(LogIndex(30)));
+    let installed = receiver_storage.snapshot().expect("snapshot");
+    assert_eq!(installed.metadata, info.metadata);
+    assert_eq!(installed.data, data);
+    assert_eq!(receiver_storage.snapshot_info().expect("info"), info);
+
+    // A transfer cut off by a crash leaves no file once the group opens again.
+    let mut receiver = receiver_storage
+        .receive_snapshot(
+            SnapshotMetadata {
+                index: LogIndex(35),
+                ..info.metadata.clone()
+            },
+            info.total_bytes,
+            info.checksum,
+        )
+        .expect("receive");
+    receiver.write(&data[..1000]).expect("write");
+    std::mem::forget(receiver);
+    drop(receiver_storage);
+    let reopened = open(&fs, std::path::Path::new("/b"));
+    let names = fs.list_dir(std::path::Path::new("/b/snap")).unwrap();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".recv")),
+        "a partial transfer survived a restart: {names:?}"
+    );
+    assert_eq!(reopened.snapshot().expect("snapshot").data, data);
 }

@@ -3,7 +3,7 @@
 //! commit and apply cursors.
 
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, LogIndex, Snapshot, SnapshotMetadata, Term};
+use crate::types::{Entry, LogIndex, Snapshot, SnapshotInfo, Term};
 use bytes::Bytes;
 
 /// Entries and a snapshot not yet persisted by the caller.
@@ -18,6 +18,9 @@ struct Unstable {
     snapshot: Option<Snapshot>,
     /// Whether `snapshot` was handed out (and is being persisted).
     snapshot_handed_out: bool,
+    /// Whether `snapshot`'s data is with the caller (streamed to it in chunks), not in
+    /// `snapshot.data`: until it is persisted this peer cannot send it on.
+    snapshot_streamed: bool,
     /// `entries[i].index == offset + i`.
     entries: Vec<Entry>,
     offset: LogIndex,
@@ -388,11 +391,13 @@ impl<S: Storage> RaftLog<S> {
         {
             self.unstable.snapshot = None;
             self.unstable.snapshot_handed_out = false;
+            self.unstable.snapshot_streamed = false;
         }
     }
 
-    /// Replaces the log with a snapshot received from the leader.
-    pub fn restore(&mut self, snapshot: Snapshot) {
+    /// Replaces the log with a snapshot received from the leader; `streamed`: its data went to
+    /// the caller in chunks and `snapshot.data` is empty.
+    pub fn restore(&mut self, snapshot: Snapshot, streamed: bool) {
         let index = snapshot.metadata.index;
         self.committed = index;
         self.unstable.offset = index.next();
@@ -400,15 +405,24 @@ impl<S: Storage> RaftLog<S> {
         self.unstable.entries.clear();
         self.unstable.snapshot = Some(snapshot);
         self.unstable.snapshot_handed_out = false;
+        self.unstable.snapshot_streamed = streamed;
     }
 
-    /// The metadata and data length of the snapshot to send to a lagging follower (the
-    /// unstable one if any, else the storage's), without its data.
-    pub fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
+    /// The metadata, data length and checksum of the snapshot to send to a lagging follower
+    /// (the unstable one if any, else the storage's), without its data. An unstable snapshot
+    /// whose data was streamed to the caller is temporarily unavailable until persisted.
+    pub fn snapshot_info(&self) -> Result<SnapshotInfo, StorageError> {
         if let Some(s) = &self.unstable.snapshot {
-            return Ok((s.metadata.clone(), s.data.len() as u64));
+            if self.unstable.snapshot_streamed {
+                return Err(StorageError::SnapshotTemporarilyUnavailable);
+            }
+            return Ok(SnapshotInfo {
+                metadata: s.metadata.clone(),
+                total_bytes: s.data.len() as u64,
+                checksum: crc32c::crc32c(&s.data),
+            });
         }
-        self.storage.snapshot_metadata()
+        self.storage.snapshot_info()
     }
 
     /// A chunk of the data of the snapshot at `index` (see [`Storage::snapshot_chunk`]).
@@ -424,6 +438,9 @@ impl<S: Storage> RaftLog<S> {
             .as_ref()
             .filter(|s| s.metadata.index == index)
         {
+            if self.unstable.snapshot_streamed {
+                return Err(StorageError::SnapshotTemporarilyUnavailable);
+            }
             return Ok(crate::storage::slice_chunk(&s.data, offset, len));
         }
         self.storage.snapshot_chunk(index, offset, len)

@@ -18,7 +18,12 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Step 1: persist, with `snapshot` and `entries`, before sending anything.
     pub hard_state: Option<HardState>,
-    /// Step 1: a snapshot from the leader to persist and load into the state machine.
+    /// Step 1, first: chunks of a snapshot being received, in order, for the caller to append
+    /// to its copy (only with [`crate::Config::stream_snapshot_chunks`]; see
+    /// [`SnapshotChunk`]). Their acknowledgements are among `messages`.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Step 1: a snapshot from the leader to persist and load into the state machine (its
+    /// `data` empty when it came in `snapshot_chunks`).
     pub snapshot: Option<Snapshot>,
     /// Step 1: entries to append to stable storage (truncating any conflicting tail).
     pub entries: Vec<Entry>,
@@ -158,6 +163,7 @@ impl<S: Storage> RawNode<S> {
             || !r.msgs.is_empty()
             || !r.log.entries_to_hand_out().is_empty()
             || r.log.snapshot_to_hand_out().is_some()
+            || !r.snapshot_chunks.is_empty()
             || r.log.has_next_committed_entries()
             || !r.read_states.is_empty()
             || r.hard_state() != self.prev_hard_state
@@ -187,6 +193,7 @@ impl<S: Storage> RawNode<S> {
         if hs != self.prev_hard_state {
             rd.hard_state = Some(hs);
         }
+        rd.snapshot_chunks = std::mem::take(&mut r.snapshot_chunks);
         if let Some(s) = r.log.snapshot_to_hand_out() {
             rd.snapshot_index = s.metadata.index;
             rd.snapshot = Some(s.clone());

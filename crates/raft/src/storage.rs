@@ -1,7 +1,9 @@
 //! The `Storage` trait through which the core reads the persisted log, and `MemStorage`, an
 //! in-memory implementation used by tests, benchmarks and the simulator.
 
-use crate::types::{ConfState, Entry, HardState, LogIndex, Snapshot, SnapshotMetadata, Term};
+use crate::types::{
+    ConfState, Entry, HardState, LogIndex, Snapshot, SnapshotInfo, SnapshotMetadata, Term,
+};
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -68,13 +70,17 @@ pub trait Storage {
     /// The most recent snapshot, to send to a follower that is too far behind.
     fn snapshot(&self) -> Result<Snapshot, StorageError>;
 
-    /// The most recent snapshot's metadata and the length of its data, without the data: a
-    /// leader sends a snapshot chunk by chunk ([`Storage::snapshot_chunk`]), so a storage that
-    /// keeps snapshots on disk need not hold a whole one in memory. The default reads the
-    /// whole snapshot.
-    fn snapshot_metadata(&self) -> Result<(SnapshotMetadata, u64), StorageError> {
+    /// The most recent snapshot's metadata, the length of its data and the data's crc32c,
+    /// without the data: a leader sends a snapshot chunk by chunk
+    /// ([`Storage::snapshot_chunk`]), so a storage that keeps snapshots on disk need not hold
+    /// a whole one in memory. The default reads the whole snapshot.
+    fn snapshot_info(&self) -> Result<SnapshotInfo, StorageError> {
         let snapshot = self.snapshot()?;
-        Ok((snapshot.metadata, snapshot.data.len() as u64))
+        Ok(SnapshotInfo {
+            checksum: crc32c::crc32c(&snapshot.data),
+            total_bytes: snapshot.data.len() as u64,
+            metadata: snapshot.metadata,
+        })
     }
 
     /// Bytes `[offset, offset + len)` of the data of the snapshot at `index` (fewer at its

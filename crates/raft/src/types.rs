@@ -209,6 +209,59 @@ impl Snapshot {
     }
 }
 
+/// What a leader needs to start sending a snapshot, without its data
+/// ([`crate::Storage::snapshot_info`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub metadata: SnapshotMetadata,
+    /// Length of the snapshot's data.
+    pub total_bytes: u64,
+    /// crc32c of the whole data.
+    pub checksum: u32,
+}
+
+/// A chunk of a snapshot being received, handed out in [`crate::Ready::snapshot_chunks`]
+/// when [`crate::Config::stream_snapshot_chunks`] is set: the caller appends it to a file of
+/// its own, so a follower never holds a whole snapshot in memory. The core hands out a
+/// transfer's chunks in order without gaps, each once: a chunk at offset 0 starts a new
+/// transfer (drop whatever an earlier one left). The transfer's last chunk is followed by
+/// [`crate::Ready::snapshot`] in the same `Ready` (its `data` then empty: the caller has it)
+/// once the chunks matched `checksum`; a transfer that did not finish or was not installed
+/// is simply followed by another one's chunk at offset 0, or by nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub metadata: SnapshotMetadata,
+    /// Length of the whole snapshot's data.
+    pub total_bytes: u64,
+    /// crc32c of the whole data, as the sender announced it.
+    pub checksum: u32,
+    /// Where `data` starts in the snapshot's data.
+    pub offset: u64,
+    pub data: Bytes,
+}
+
+impl SnapshotChunk {
+    /// Whether this chunk ends the snapshot's data.
+    pub fn is_last(&self) -> bool {
+        self.offset + self.data.len() as u64 == self.total_bytes
+    }
+}
+
+impl fmt::Debug for SnapshotChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SnapshotChunk{{i:{} t:{} [{}, {}) of {}B crc {:#010x}}}",
+            self.metadata.index,
+            self.metadata.term,
+            self.offset,
+            self.offset + self.data.len() as u64,
+            self.total_bytes,
+            self.checksum
+        )
+    }
+}
+
 /// Why a follower refused an append: the hint lets the leader skip a whole term of
 /// conflicting entries at once (fast backtracking) instead of one index per round trip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -281,6 +334,10 @@ pub enum MessageBody {
         metadata: SnapshotMetadata,
         offset: u64,
         total_bytes: u64,
+        /// crc32c of the snapshot's whole data, as the sender's storage knows it before the
+        /// first chunk ([`crate::SnapshotInfo::checksum`]): the receiver checks the chunks it
+        /// put together against it before it installs anything.
+        checksum: u32,
         data: Bytes,
         done: bool,
     },

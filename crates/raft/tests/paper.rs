@@ -523,12 +523,13 @@ fn same_seed_same_outputs() {
     );
 }
 
+/// The chunk `data` at `offset` of the snapshot whose whole data is `whole`.
 fn snapshot_chunk(
     from: u64,
     term: u64,
     index: u64,
     offset: u64,
-    total: u64,
+    whole: &[u8],
     data: &[u8],
     done: bool,
 ) -> Message {
@@ -543,7 +544,8 @@ fn snapshot_chunk(
                 conf_state: ConfState::from_voters([1, 2, 3]),
             },
             offset,
-            total_bytes: total,
+            total_bytes: whole.len() as u64,
+            checksum: crc32c::crc32c(whole),
             data: Bytes::copy_from_slice(data),
             done,
         },
@@ -568,15 +570,15 @@ fn snapshot_chunk_of_an_unknown_transfer_is_rejected_so_the_leader_restarts() {
     let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
     // A middle chunk arrives without its start (the follower restarted, or the first chunk
     // was lost): reject, so the leader restarts the transfer from offset 0.
-    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+    n.step(snapshot_chunk(1, 2, 50, 4, b"abcdefgh", b"efgh", true))
         .unwrap();
     let msgs = take_msgs(&mut n);
     assert_eq!(snapshot_responses(&msgs), vec![(50, 0, true)]);
     // The transfer from the start completes and installs.
-    n.step(snapshot_chunk(1, 2, 50, 0, 8, b"abcd", false))
+    n.step(snapshot_chunk(1, 2, 50, 0, b"abcdefgh", b"abcd", false))
         .unwrap();
     assert_eq!(snapshot_responses(&take_msgs(&mut n)), vec![(50, 4, false)]);
-    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+    n.step(snapshot_chunk(1, 2, 50, 4, b"abcdefgh", b"efgh", true))
         .unwrap();
     let rd = n.ready();
     let snap = rd.snapshot.clone().expect("snapshot installed");
@@ -588,13 +590,107 @@ fn snapshot_chunk_of_an_unknown_transfer_is_rejected_so_the_leader_restarts() {
 }
 
 #[test]
+fn a_snapshot_whose_chunks_miss_the_announced_checksum_is_refused() {
+    let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 0, b"abcdefgh", b"abcd", false))
+        .unwrap();
+    let _ = take_msgs(&mut n);
+    // The second half was damaged on the way: the transfer restarts, nothing is installed.
+    n.step(snapshot_chunk(1, 2, 50, 4, b"abcdefgh", b"efgX", true))
+        .unwrap();
+    let rd = n.ready();
+    assert!(rd.snapshot.is_none(), "a damaged snapshot was installed");
+    assert_eq!(snapshot_responses(&rd.messages), vec![(50, 0, true)]);
+    n.advance(rd);
+    assert!(n.commit_index() < LogIndex(50), "{}", n.commit_index());
+    assert!(n.storage().snapshot().unwrap().is_empty());
+}
+
+#[test]
+fn streamed_chunks_are_handed_out_in_order_once_and_the_snapshot_comes_without_data() {
+    let mut cfg = config(2);
+    cfg.stream_snapshot_chunks = true;
+    let mut n = RawNode::new(&cfg, storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
+    let whole = b"abcdefghij";
+    n.step(snapshot_chunk(1, 2, 50, 0, whole, b"abcd", false))
+        .unwrap();
+    // The same chunk again (a resend after a lost response) is not handed out twice, and a
+    // chunk past the next offset is not handed out at all.
+    n.step(snapshot_chunk(1, 2, 50, 0, whole, b"abcd", false))
+        .unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 8, whole, b"ij", true))
+        .unwrap();
+    let rd = n.ready();
+    let chunks: Vec<(u64, Vec<u8>)> = rd
+        .snapshot_chunks
+        .iter()
+        .map(|c| (c.offset, c.data.to_vec()))
+        .collect();
+    assert_eq!(chunks, vec![(0, b"abcd".to_vec())]);
+    assert_eq!(rd.snapshot_chunks[0].checksum, crc32c::crc32c(whole));
+    assert_eq!(rd.snapshot_chunks[0].total_bytes, 10);
+    assert!(!rd.snapshot_chunks[0].is_last());
+    assert!(rd.snapshot.is_none());
+    n.advance(rd);
+    n.step(snapshot_chunk(1, 2, 50, 4, whole, b"efgh", false))
+        .unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 8, whole, b"ij", true))
+        .unwrap();
+    let rd = n.ready();
+    let offsets: Vec<u64> = rd.snapshot_chunks.iter().map(|c| c.offset).collect();
+    assert_eq!(offsets, vec![4, 8]);
+    assert!(rd.snapshot_chunks[1].is_last());
+    let snap = rd
+        .snapshot
+        .clone()
+        .expect("the snapshot follows its last chunk");
+    assert_eq!(snap.metadata.index, LogIndex(50));
+    assert!(
+        snap.data.is_empty(),
+        "a streamed snapshot's data stays with the caller"
+    );
+    assert_eq!(
+        snapshot_responses(&rd.messages),
+        vec![(50, 8, false), (50, 10, false)]
+    );
+    n.advance(rd);
+    assert_eq!(n.commit_index(), LogIndex(50));
+}
+
+#[test]
+fn a_streamed_transfer_with_a_bad_checksum_hands_out_no_snapshot() {
+    let mut cfg = config(2);
+    cfg.stream_snapshot_chunks = true;
+    let mut n = RawNode::new(&cfg, storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 0, b"abcdefgh", b"abcd", false))
+        .unwrap();
+    n.step(snapshot_chunk(1, 2, 50, 4, b"abcdefgh", b"XXXX", true))
+        .unwrap();
+    let rd = n.ready();
+    assert_eq!(rd.snapshot_chunks.len(), 2);
+    assert!(rd.snapshot.is_none(), "a damaged snapshot was installed");
+    assert_eq!(
+        snapshot_responses(&rd.messages),
+        vec![(50, 4, false), (50, 0, true)]
+    );
+    n.advance(rd);
+    // The restarted transfer's first chunk comes out again at offset 0.
+    n.step(snapshot_chunk(1, 2, 50, 0, b"abcdefgh", b"abcd", false))
+        .unwrap();
+    let rd = n.ready();
+    assert_eq!(rd.snapshot_chunks.len(), 1);
+    assert_eq!(rd.snapshot_chunks[0].offset, 0);
+    n.advance(rd);
+}
+
+#[test]
 fn a_newer_transfer_replaces_an_interrupted_one() {
     let mut n = RawNode::new(&config(2), storage_with_terms(&[1, 2, 3], &[1], 2)).unwrap();
-    n.step(snapshot_chunk(1, 2, 50, 0, 8, b"abcd", false))
+    n.step(snapshot_chunk(1, 2, 50, 0, b"abcdefgh", b"abcd", false))
         .unwrap();
     let _ = take_msgs(&mut n);
     // The leader compacted again and starts over with a newer snapshot.
-    n.step(snapshot_chunk(1, 2, 60, 0, 4, b"wxyz", true))
+    n.step(snapshot_chunk(1, 2, 60, 0, b"wxyz", b"wxyz", true))
         .unwrap();
     let rd = n.ready();
     let snap = rd.snapshot.clone().expect("newer snapshot installed");
@@ -606,7 +702,7 @@ fn a_newer_transfer_replaces_an_interrupted_one() {
     n.advance(rd);
     // A late chunk of the abandoned transfer is covered by what we have: it is acknowledged
     // as complete (so the leader stops sending it) and changes nothing.
-    n.step(snapshot_chunk(1, 2, 50, 4, 8, b"efgh", true))
+    n.step(snapshot_chunk(1, 2, 50, 4, b"abcdefgh", b"efgh", true))
         .unwrap();
     let msgs = take_msgs(&mut n);
     assert_eq!(snapshot_responses(&msgs), vec![(50, 8, false)]);
@@ -632,7 +728,7 @@ fn stale_snapshot_below_the_commit_index_is_ignored() {
     let last = net.node(2).last_index();
     let term = net.node(2).term().0;
     net.node(2)
-        .step(snapshot_chunk(1, term, 3, 0, 4, b"old!", true))
+        .step(snapshot_chunk(1, term, 3, 0, b"old!", b"old!", true))
         .unwrap();
     let msgs = take_msgs(net.node(2));
     assert!(msgs.iter().any(|m| m.body

@@ -81,6 +81,12 @@ pub struct Metrics {
     /// How long each snapshot took to serialize, and to write and sync, off the store thread.
     pub snapshot_serialize: Histogram,
     pub snapshot_write: Histogram,
+    /// Of each snapshot received: first chunk to installed, and the install alone.
+    pub snapshot_receive: Histogram,
+    pub snapshot_install: Histogram,
+    pub snapshot_chunks_received: AtomicU64,
+    pub snapshot_transfers_dropped: AtomicU64,
+    pub snapshot_receiving_bytes: AtomicU64,
     /// What opening the log read at startup, and how long it took.
     pub log_recovery_bytes: AtomicU64,
     pub log_recovery_micros: AtomicU64,
@@ -108,6 +114,12 @@ impl Metrics {
             .store(s.snapshots_installed, Ordering::Relaxed);
         self.snapshots_for_log_space
             .store(s.snapshots_for_log_space, Ordering::Relaxed);
+        self.snapshot_chunks_received
+            .store(s.snapshot_chunks_received, Ordering::Relaxed);
+        self.snapshot_transfers_dropped
+            .store(s.snapshot_transfers_dropped, Ordering::Relaxed);
+        self.snapshot_receiving_bytes
+            .store(s.snapshot_receiving_bytes, Ordering::Relaxed);
         self.log_purges.store(s.log_purges, Ordering::Relaxed);
         self.log_segments_deleted
             .store(s.log_segments_deleted, Ordering::Relaxed);
@@ -130,6 +142,11 @@ impl Metrics {
     pub fn observe_snapshot_build(&self, serialize: Duration, write: Duration) {
         self.snapshot_serialize.observe(serialize);
         self.snapshot_write.observe(write);
+    }
+
+    pub fn observe_snapshot_received(&self, transfer: Duration, install: Duration) {
+        self.snapshot_receive.observe(transfer);
+        self.snapshot_install.observe(install);
     }
 
     pub fn set_engine_stats(&self, s: &raft_log::Stats) {
@@ -181,6 +198,14 @@ impl Metrics {
                 "raftkv_snapshots_for_log_space_total",
                 &self.snapshots_for_log_space,
             ),
+            (
+                "raftkv_snapshot_chunks_received_total",
+                &self.snapshot_chunks_received,
+            ),
+            (
+                "raftkv_snapshot_transfers_dropped_total",
+                &self.snapshot_transfers_dropped,
+            ),
             ("raftkv_log_purges_total", &self.log_purges),
             (
                 "raftkv_log_segments_deleted_total",
@@ -199,6 +224,11 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# TYPE raftkv_snapshot_receiving_bytes gauge\nraftkv_snapshot_receiving_bytes {}",
+            self.snapshot_receiving_bytes.load(Ordering::Relaxed)
+        );
         {
             let m = self.regions.lock().unwrap_or_else(|e| e.into_inner());
             for (name, pick) in [
@@ -256,6 +286,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE raftkv_snapshot_write_seconds histogram");
         self.snapshot_write
             .render(&mut out, "raftkv_snapshot_write_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_snapshot_receive_seconds histogram");
+        self.snapshot_receive
+            .render(&mut out, "raftkv_snapshot_receive_seconds", "");
+        let _ = writeln!(out, "# TYPE raftkv_snapshot_install_seconds histogram");
+        self.snapshot_install
+            .render(&mut out, "raftkv_snapshot_install_seconds", "");
         let _ = writeln!(out, "# TYPE raftkv_request_seconds histogram");
         let m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for (cmd, h) in m.iter() {

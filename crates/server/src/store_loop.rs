@@ -227,6 +227,9 @@ pub fn run(
         for (serialize, write) in store.take_snapshot_build_times() {
             metrics.observe_snapshot_build(serialize, write);
         }
+        for (transfer, install) in store.take_snapshot_receive_times() {
+            metrics.observe_snapshot_received(transfer, install);
+        }
         metrics.set_store_stats(&store.stats);
         if !ticked {
             continue;

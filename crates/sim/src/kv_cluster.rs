@@ -22,7 +22,7 @@ use bytes::Bytes;
 use kv::{ClientId, Command, KvStateMachine, Request, Response, Sequence};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use lincheck::Operation;
-use raft::{Message, ReadMode, Role, SplitMix64};
+use raft::{Message, MessageBody, ReadMode, Role, SplitMix64};
 use raft_log::faulty::TornWrite;
 use raft_log::{FaultOp, FaultyFileSystem, RecoveryMode};
 use std::cmp::Reverse;
@@ -142,6 +142,11 @@ pub struct KvSimOutcome {
     pub snapshots_built_later: u64,
     pub snapshot_jobs_lost: u64,
     pub snapshots_overtaken: u64,
+    /// Streamed snapshot transfers: chunks written to their file, and transfers a crash cut
+    /// off before their install (the file is removed when the store reopens; the leader
+    /// starts over).
+    pub snapshot_chunks_received: u64,
+    pub snapshot_transfers_cut: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -258,6 +263,18 @@ impl KvSimOutcome {
                 "snapshots overtaken",
                 k.snapshots,
                 self.snapshots_overtaken,
+                None,
+            ),
+            F::new(
+                "snapshot chunks received",
+                k.snapshots,
+                self.snapshot_chunks_received,
+                None,
+            ),
+            F::new(
+                "snapshot transfers cut by a crash",
+                k.crashes && k.snapshots,
+                self.snapshot_transfers_cut,
                 None,
             ),
         ]
@@ -661,6 +678,8 @@ impl Sim {
         self.log_stats.1 += ended.stats.log_segments_deleted;
         self.log_stats.2 += ended.stats.snapshots_for_log_space;
         self.log_stats.3 += ended.stats.snapshots_overtaken;
+        self.out.snapshot_chunks_received += ended.stats.snapshot_chunks_received;
+        self.out.snapshot_transfers_cut += ended.snapshots_receiving() as u64;
         drop(ended);
         if let Some(d) = self.stores[i].driver.take() {
             self.driver_stats.add(&d.stats);
@@ -685,6 +704,25 @@ impl Sim {
         self.stores[i].down_since = self.now;
         self.out.crashes += 1;
         self.trace(|| format!("crash s{} torn={torn}", i + 1));
+    }
+
+    /// Whether to crash store `to` instead of delivering `m`, a chunk after the first of a
+    /// snapshot it is receiving (1 in 16 such chunks, when crashes and snapshots are on and a
+    /// minority would be down): transfers take a few simulated milliseconds, and crashes
+    /// drawn at random times almost never cut one.
+    fn cuts_transfer(&mut self, to: usize, m: &Message) -> bool {
+        if !(self.faults.crashes && self.faults.snapshots)
+            || !matches!(m.body, MessageBody::Snapshot { offset, .. } if offset > 0)
+            || !self.stores[to]
+                .store
+                .as_ref()
+                .is_some_and(|s| s.snapshots_receiving() > 0)
+        {
+            return false;
+        }
+        let n = self.stores.len();
+        let down = (0..n).filter(|&i| !self.up(i)).count();
+        down < (n - 1) / 2 && self.rng.below(16) == 0
     }
 
     /// Processes store `i`'s Readies, sends its messages through the network and hands
@@ -1139,6 +1177,11 @@ impl Sim {
             Ev::Deliver(m, to) => {
                 if self.paused(to) {
                     self.defer(to, Deferred::Message(*m));
+                } else if self.cuts_transfer(to, &m) {
+                    // A crash in the middle of a streamed snapshot install: the store has
+                    // written part of the snapshot's file (see `Sim::cuts_transfer`).
+                    let torn = self.rng.below(2) == 0;
+                    self.crash(to, torn);
                 } else if let Some(s) = self.stores[to].store.as_mut() {
                     let _ = s.step(*m);
                     self.drive(to);
@@ -1503,6 +1546,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // Segments are preallocated as on a server, but zeroed by the writer itself: a helper
     // thread would make the disk's state at a crash depend on thread timing.
     cfg.engine.prepare_segments_in_background = false;
+    // Snapshots here are hundreds of bytes to a few KiB: small chunks make a transfer take
+    // several round trips, so that crashes, partitions and leader changes land in the middle
+    // of streamed installs.
+    cfg.snapshot_chunk_bytes = 64;
     if faults.lease_reads {
         cfg.read_mode = ReadMode::Lease;
     }
@@ -1794,6 +1841,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     sim.out.snapshots_for_log_space += sim.log_stats.2;
     sim.out.snapshots_overtaken += sim.log_stats.3;
     for s in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
+        sim.out.snapshot_chunks_received += s.stats.snapshot_chunks_received;
         sim.out.snapshots_overtaken += s.stats.snapshots_overtaken;
         sim.out.log_purges += s.stats.log_purges;
         sim.out.log_segments_deleted += s.stats.log_segments_deleted;

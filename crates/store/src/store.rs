@@ -9,7 +9,7 @@ use raft::{
     ConfState, Config, EntryKind, HardState, LogIndex, Message, NodeId, Persisted, RawNode,
     ReadMode, Role, Snapshot, SnapshotMetadata, Term, INIT_LOG_INDEX, INIT_TERM,
 };
-use raft_log::raft_storage::GroupStorage;
+use raft_log::raft_storage::{GroupStorage, SnapshotReceiver};
 use raft_log::{FileSystem, LogBatch, LogEngine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -57,6 +57,9 @@ pub struct StoreConfig {
     /// Every this many ticks the store checks whether its log outgrew its budget and if so
     /// reclaims space ([`Store::reclaim_log`]; 0 = never, for tests of the engine alone).
     pub log_purge_every_ticks: u64,
+    /// Chunk size of snapshots sent to followers (the core's default; the simulator makes it
+    /// small so that transfers take many round trips and crashes cut them).
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl StoreConfig {
@@ -72,6 +75,7 @@ impl StoreConfig {
             engine: raft_log::Config::default(),
             balance_leaders_every_ticks: 0,
             log_purge_every_ticks: DEFAULT_LOG_PURGE_EVERY_TICKS,
+            snapshot_chunk_bytes: Config::new(1, 1).snapshot_chunk_bytes,
         }
     }
 }
@@ -173,6 +177,9 @@ struct Peer<M: StateMachine> {
     /// A snapshot of this region is being built (see [`crate::snapshot_job`]): the value of
     /// `bytes_since_snapshot` when its view was taken, which its commit subtracts.
     building_snapshot: Option<u64>,
+    /// A snapshot being received from the leader, chunk by chunk into its file, and when its
+    /// first chunk came (see [`Store::receive_snapshot_chunks`]).
+    receiving: Option<(SnapshotReceiver, std::time::Instant)>,
     /// Term and vote of the last hard state known durable (not merely staged): a leader's
     /// messages may leave before their round's write only while the term and vote they
     /// speak for are on disk (a single-voter leader wins inside `campaign`, before the
@@ -255,6 +262,12 @@ pub struct StoreStats {
     pub entries_applied: u64,
     pub snapshots_created: u64,
     pub snapshots_installed: u64,
+    /// Snapshot chunks received and written to their file, and transfers given up before
+    /// their install (a newer transfer started, or the log caught up instead).
+    pub snapshot_chunks_received: u64,
+    pub snapshot_transfers_dropped: u64,
+    /// A gauge: data bytes written so far of the transfers not yet installed or dropped.
+    pub snapshot_receiving_bytes: u64,
     /// Of the snapshots created, those made because the log's purge asked for them (a
     /// region pinning old segments with too much live log to copy forward).
     pub snapshots_for_log_space: u64,
@@ -304,6 +317,9 @@ pub struct Store<M: StateMachine> {
     snapshot_durations: Vec<std::time::Duration>,
     /// Serialize and write times of the snapshots made, for the caller's metrics.
     snapshot_build_times: Vec<(std::time::Duration, std::time::Duration)>,
+    /// Of each snapshot received: first chunk to installed, and the install alone (checking
+    /// and syncing the file, replacing the log, restoring the state machine from the file).
+    snapshot_receive_times: Vec<(std::time::Duration, std::time::Duration)>,
     /// Snapshot work (jobs started, older files to remove) not yet handed to a builder
     /// ([`Store::take_snapshot_work`]).
     snapshot_work: Vec<SnapshotWork<M>>,
@@ -385,6 +401,7 @@ impl<M: StateMachine> Store<M> {
             round_prepared: false,
             write_latencies: Vec::new(),
             snapshot_durations: Vec::new(),
+            snapshot_receive_times: Vec::new(),
             snapshot_build_times: Vec::new(),
             snapshot_work: Vec::new(),
             snapshots_building: 0,
@@ -482,6 +499,9 @@ impl<M: StateMachine> Store<M> {
         // losing a tick on each side to quantization.
         rc.lease_drift_ticks = (self.cfg.election_tick / 5).max(2);
         rc.applied = snap.metadata.index;
+        // A received snapshot goes to its file chunk by chunk, never whole into memory.
+        rc.stream_snapshot_chunks = true;
+        rc.snapshot_chunk_bytes = self.cfg.snapshot_chunk_bytes;
         // Different stores must not time out in lockstep.
         rc.seed = me.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
         let durable = storage.hard_state();
@@ -498,6 +518,7 @@ impl<M: StateMachine> Store<M> {
                 bytes_since_snapshot: 0,
                 last_snapshot_bytes: snap.data.len() as u64,
                 building_snapshot: None,
+                receiving: None,
                 durable_term_vote: (durable.term, durable.vote),
             },
         );
@@ -768,6 +789,22 @@ impl<M: StateMachine> Store<M> {
         std::mem::take(&mut self.snapshot_durations)
     }
 
+    /// Regions receiving a snapshot right now (a transfer started and not yet installed).
+    pub fn snapshots_receiving(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.receiving.is_some())
+            .count()
+    }
+
+    /// Of each snapshot received since the last call: how long from its first chunk to its
+    /// install, and how long the install took (on the store thread).
+    pub fn take_snapshot_receive_times(
+        &mut self,
+    ) -> Vec<(std::time::Duration, std::time::Duration)> {
+        std::mem::take(&mut self.snapshot_receive_times)
+    }
+
     /// How long each snapshot made since the last call took to serialize, and to write and
     /// sync, off the store thread.
     pub fn take_snapshot_build_times(&mut self) -> Vec<(std::time::Duration, std::time::Duration)> {
@@ -938,6 +975,45 @@ impl<M: StateMachine> Store<M> {
         }
     }
 
+    /// Writes the chunks of a snapshot being received to its file ([`raft::SnapshotChunk`]):
+    /// a chunk at offset 0 starts a new file (dropping an unfinished one), every other chunk
+    /// continues the current one where it ended (the core hands them out in order).
+    fn receive_snapshot_chunks(
+        id: RegionId,
+        p: &mut Peer<M>,
+        chunks: &[raft::SnapshotChunk],
+        stats: &mut StoreStats,
+    ) -> Result<(), StoreError> {
+        for chunk in chunks {
+            if chunk.offset == 0 {
+                if let Some((old, _)) = p.receiving.take() {
+                    stats.snapshot_receiving_bytes -= old.received();
+                    old.discard();
+                    stats.snapshot_transfers_dropped += 1;
+                }
+                let receiver = p.raw.storage().receive_snapshot(
+                    chunk.metadata.clone(),
+                    chunk.total_bytes,
+                    chunk.checksum,
+                )?;
+                p.receiving = Some((receiver, std::time::Instant::now()));
+            }
+            let (receiver, _) = p.receiving.as_mut().unwrap_or_else(|| {
+                panic!("region {id}: snapshot chunk {chunk:?} without a transfer started")
+            });
+            assert!(
+                receiver.metadata() == &chunk.metadata && receiver.received() == chunk.offset,
+                "region {id}: snapshot chunk {chunk:?} does not continue {:?} at {}",
+                receiver.metadata(),
+                receiver.received()
+            );
+            receiver.write(&chunk.data)?;
+            stats.snapshot_chunks_received += 1;
+            stats.snapshot_receiving_bytes += chunk.data.len() as u64;
+        }
+        Ok(())
+    }
+
     pub fn has_ready(&self) -> bool {
         self.peers.values().any(|p| p.raw.has_ready())
     }
@@ -987,22 +1063,61 @@ impl<M: StateMachine> Store<M> {
                 continue;
             }
             let mut rd = p.raw.ready();
+            Self::receive_snapshot_chunks(*id, p, &rd.snapshot_chunks, &mut self.stats)?;
             if let Some(snap) = &rd.snapshot {
                 // Rare and large: written on its own (file + metadata, synced) before the rest.
-                p.raw.storage_mut().apply_snapshot(snap.clone())?;
-                p.sm = M::restore(&snap.data).map_err(|e| {
+                let install_started = std::time::Instant::now();
+                let (receiver, first_chunk) = p.receiving.take().unwrap_or_else(|| {
+                    panic!(
+                        "region {id}: snapshot {:?} handed out without its chunks",
+                        snap.metadata
+                    )
+                });
+                assert_eq!(
+                    receiver.metadata(),
+                    &snap.metadata,
+                    "region {id}: the snapshot handed out is not the one received"
+                );
+                let data_bytes = receiver.data_len();
+                self.stats.snapshot_receiving_bytes -= receiver.received();
+                p.raw.storage_mut().install_received(receiver)?;
+                // Restored from the file just written (read back once, checksum verified).
+                let installed = raft::Storage::snapshot(p.raw.storage())
+                    .map_err(|e| StoreError::Storage(format!("region {id}: {e}")))?;
+                assert_eq!(
+                    installed.metadata, snap.metadata,
+                    "region {id}: the installed snapshot is not the one received"
+                );
+                p.sm = M::restore(&installed.data).map_err(|e| {
                     StoreError::Storage(format!("received snapshot of region {id}: {e}"))
                 })?;
+                drop(installed);
                 p.applied = snap.metadata.index;
-                p.last_snapshot_bytes = snap.data.len() as u64;
+                p.last_snapshot_bytes = data_bytes;
                 p.bytes_since_snapshot = 0;
                 self.stats.snapshots_installed += 1;
+                if self.snapshot_receive_times.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
+                    self.snapshot_receive_times
+                        .push((first_chunk.elapsed(), install_started.elapsed()));
+                }
                 // Installing a snapshot may clean the group's state keys: restore ours at
                 // once (not in this round's write, which may land later: a crash in between
                 // would leave a group the store no longer knows as its region).
                 let mut b = LogBatch::new();
                 b.put_state(engine_group(*id), REGION_KEY, &p.region.encode());
                 self.engine.write(&mut b, true)?;
+            } else if p
+                .receiving
+                .as_ref()
+                .is_some_and(|(r, _)| r.metadata().index <= p.raw.commit_index())
+            {
+                // The log got there first (or the snapshot was older than what we have, or its
+                // last entry was in our log already): nothing to install.
+                if let Some((receiver, _)) = p.receiving.take() {
+                    self.stats.snapshot_receiving_bytes -= receiver.received();
+                    receiver.discard();
+                    self.stats.snapshot_transfers_dropped += 1;
+                }
             }
             let persisted = p.raw.storage().hard_state();
             let after = rd.hard_state.unwrap_or(persisted);

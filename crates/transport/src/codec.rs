@@ -32,7 +32,7 @@ use thiserror::Error;
 
 /// The format version written by [`encode`]. A decoder refuses other versions instead of
 /// guessing, so a mixed-version cluster fails loudly per message rather than misroutes.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
 /// Most entries one encoded message may carry. The Raft core bounds Append size by bytes
 /// far below this; the cap only stops a hostile count from driving allocation.
@@ -85,6 +85,8 @@ pub enum CodecError {
     InvalidBool { what: &'static str, value: u8 },
     #[error("invalid option flag {value} in {what}")]
     InvalidOption { what: &'static str, value: u8 },
+    #[error("{what} out of range")]
+    OutOfRange { what: &'static str },
     #[error("invalid entry kind {0}")]
     InvalidEntryKind(u8),
     #[error("{what}: count {count} exceeds limit {limit}")]
@@ -192,6 +194,7 @@ pub fn encode_into(m: &Message, buf: &mut Vec<u8>) {
             metadata,
             offset,
             total_bytes,
+            checksum,
             data,
             done,
         } => {
@@ -200,6 +203,7 @@ pub fn encode_into(m: &Message, buf: &mut Vec<u8>) {
             put_conf_state(buf, &metadata.conf_state);
             put_varint(buf, *offset);
             put_varint(buf, *total_bytes);
+            put_varint(buf, u64::from(*checksum));
             put_bool(buf, *done);
             put_bytes(buf, data);
         }
@@ -315,6 +319,10 @@ pub fn decode(b: &[u8]) -> Result<Message, CodecError> {
             let conf_state = r.conf_state()?;
             let offset = r.varint("offset")?;
             let total_bytes = r.varint("total_bytes")?;
+            let checksum =
+                u32::try_from(r.varint("checksum")?).map_err(|_| CodecError::OutOfRange {
+                    what: "snapshot checksum",
+                })?;
             let done = r.bool("done")?;
             let data = r.bytes("snapshot data")?;
             MessageBody::Snapshot {
@@ -325,6 +333,7 @@ pub fn decode(b: &[u8]) -> Result<Message, CodecError> {
                 },
                 offset,
                 total_bytes,
+                checksum,
                 data,
                 done,
             }
@@ -639,11 +648,12 @@ mod tests {
                 arb_conf_state(),
                 any::<u64>(),
                 any::<u64>(),
+                any::<u32>(),
                 arb_bytes(),
                 any::<bool>()
             )
                 .prop_map(
-                    |(index, term, conf_state, offset, total_bytes, data, done)| {
+                    |(index, term, conf_state, offset, total_bytes, checksum, data, done)| {
                         MessageBody::Snapshot {
                             metadata: SnapshotMetadata {
                                 index,
@@ -652,6 +662,7 @@ mod tests {
                             },
                             offset,
                             total_bytes,
+                            checksum,
                             data,
                             done,
                         }

@@ -178,6 +178,7 @@ fn snapshot_msg(to: u64, chunk: u64) -> Message {
             },
             offset: chunk * 1024,
             total_bytes: 3 * 1024,
+            checksum: 0x1234_5678,
             data: Bytes::from(vec![chunk as u8; 1024]),
             done: chunk == 2,
         },

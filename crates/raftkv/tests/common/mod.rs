@@ -144,6 +144,11 @@ impl TestCluster {
         self.procs[i] = Some(child);
     }
 
+    /// The process id of store `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: the process gets no chance to flush anything.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.procs[i].take() {
