@@ -711,13 +711,13 @@ impl Sim {
     /// minority would be down): transfers take a few simulated milliseconds, and crashes
     /// drawn at random times almost never cut one.
     fn cuts_transfer(&mut self, to: usize, m: &Message) -> bool {
-        if !(self.faults.crashes && self.faults.snapshots)
-            || !matches!(m.body, MessageBody::Snapshot { offset, .. } if offset > 0)
-            || !self.stores[to]
-                .store
-                .as_ref()
-                .is_some_and(|s| s.snapshots_receiving() > 0)
-        {
+        let mid_transfer = matches!(m.body, MessageBody::Snapshot { offset, .. } if offset > 0);
+        let receiving = self.stores[to]
+            .store
+            .as_ref()
+            .is_some_and(|s| s.snapshots_receiving() > 0);
+        let wanted = self.faults.crashes && self.faults.snapshots && mid_transfer && receiving;
+        if !wanted {
             return false;
         }
         let n = self.stores.len();
