@@ -21,7 +21,8 @@
 //! - [`run`]: one run end to end, the [`run::Report`] and the [`run::Failure`].
 //!
 //! The test `tests/smoke.rs` runs 60 s of faults (`NEMESIS_SECONDS` for more); the binary
-//! `nemesis` runs long soaks.
+//! `nemesis` runs long soaks. Both fail a run that did not test what it claims: a claimed
+//! fault kind never executed or too few acknowledged writes per protocol.
 
 pub mod cluster;
 pub mod net;
@@ -30,7 +31,10 @@ pub mod run;
 pub mod schedule;
 pub mod workload;
 
-pub use run::{run, Failure, NemesisError, NetnsPolicy, Report, RunConfig};
+pub use run::{
+    acked_writes_floor, run, Failure, NemesisError, NetnsPolicy, Report, RunConfig,
+    MIN_ACKED_WRITES_PER_CLIENT_MINUTE,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -212,6 +212,58 @@ impl Report {
             .filter(|&k| self.executed(k) == 0)
             .collect()
     }
+
+    /// Why a run that broke no invariant still tested less than it claims: a fault kind
+    /// never executed (of [`Report::claimed`] and of the kinds a run with or without
+    /// namespaces must claim, [`FaultKind::claimed`], so an empty claim cannot hide one),
+    /// fewer acknowledged writes over gRPC or RESP than `min_grpc_writes` /
+    /// `min_resp_writes`, or no register key or write-once put read back at the end. Empty
+    /// for a run that counts.
+    pub fn shortfalls(&self, min_grpc_writes: u64, min_resp_writes: u64) -> Vec<String> {
+        let mut kinds = FaultKind::claimed(self.namespaces);
+        for kind in &self.claimed {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+        let mut shortfalls: Vec<String> = kinds
+            .into_iter()
+            .filter(|&k| self.executed(k) == 0)
+            .map(|k| format!("claimed fault kind {} was never executed", k.name()))
+            .collect();
+        for (protocol, acked, min) in [
+            ("gRPC", self.grpc_writes_acked, min_grpc_writes),
+            ("RESP", self.resp_writes_acked, min_resp_writes),
+        ] {
+            if acked < min {
+                shortfalls.push(format!(
+                    "{acked} acknowledged writes over {protocol}, fewer than the floor of {min}"
+                ));
+            }
+        }
+        if self.keys_checked == 0 || self.write_once_checked == 0 {
+            shortfalls.push(format!(
+                "nothing to read back: {} register keys and {} acknowledged write-once puts",
+                self.keys_checked, self.write_once_checked
+            ));
+        }
+        shortfalls
+    }
+}
+
+/// Acknowledged writes a run must reach over each protocol, per client of that protocol and
+/// minute of fault time ([`acked_writes_floor`]). Four clients and 60 s make 500, the floor
+/// `tests/smoke.rs` asserts; 60 s debug smokes on 2 shared cores acknowledged 2,682 to
+/// 15,417 per protocol (docs/TESTING.md, "Results").
+pub const MIN_ACKED_WRITES_PER_CLIENT_MINUTE: u64 = 125;
+
+/// The floor of acknowledged writes over one protocol with `clients` clients of it and
+/// `fault_time` of faults: [`MIN_ACKED_WRITES_PER_CLIENT_MINUTE`] per client and minute,
+/// rounded up (0 without clients).
+pub fn acked_writes_floor(clients: usize, fault_time: Duration) -> u64 {
+    let per_minute = MIN_ACKED_WRITES_PER_CLIENT_MINUTE * clients as u64;
+    let millis = u64::try_from(fault_time.as_millis()).unwrap_or(u64::MAX);
+    per_minute.saturating_mul(millis).div_ceil(60_000)
 }
 
 impl fmt::Display for Report {
@@ -654,12 +706,13 @@ async fn final_reads(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let mut lost = Vec::new();
+    // What the final read of each acknowledged write-once put returned, in its order.
+    let mut read_back = Vec::with_capacity(write_once.len());
     let keys = registers
         .iter()
-        .map(|k| (k, None))
-        .chain(write_once.iter().map(|(k, v)| (k, Some(v))));
-    for (key, expected) in keys {
+        .map(|k| (k, false))
+        .chain(write_once.iter().map(|(k, _)| (k, true)));
+    for (key, is_write_once) in keys {
         let mut value = None;
         for _ in 0..FINAL_READ_ATTEMPTS {
             let id = shared
@@ -680,25 +733,46 @@ async fn final_reads(
                 String::from_utf8_lossy(key)
             )));
         };
-        if let Some(expected) = expected {
-            if value.as_ref() != Some(expected) {
-                lost.push(format!(
-                    "{} = {:?} acknowledged, read back {:?}",
-                    String::from_utf8_lossy(key),
-                    String::from_utf8_lossy(expected),
-                    value.as_deref().map(String::from_utf8_lossy)
-                ));
-            }
+        if is_write_once {
+            read_back.push(value);
         }
     }
     report.keys_checked = registers.len();
     report.write_once_checked = write_once.len();
+    check_write_once_read_back(&write_once, &read_back)
+}
+
+/// The lost-write check: `read_back[i]` is what the final (linearizable, after healing) read
+/// of `acked[i]`'s key returned. A write-once key is written by one put only, so anything
+/// but its acknowledged value, absent or another value, is an acknowledged write lost.
+pub fn check_write_once_read_back(
+    acked: &[(Vec<u8>, Vec<u8>)],
+    read_back: &[Option<Vec<u8>>],
+) -> Result<(), NemesisError> {
+    if acked.len() != read_back.len() {
+        return Err(NemesisError::CheckInconclusive(format!(
+            "{} acknowledged write-once puts but {} final reads of them",
+            acked.len(),
+            read_back.len()
+        )));
+    }
+    let mut lost = Vec::new();
+    for ((key, expected), value) in acked.iter().zip(read_back) {
+        if value.as_ref() != Some(expected) {
+            lost.push(format!(
+                "{} = {:?} acknowledged, read back {:?}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(expected),
+                value.as_deref().map(String::from_utf8_lossy)
+            ));
+        }
+    }
     if !lost.is_empty() {
         let n = lost.len();
         lost.truncate(REPORT_LOST_MAX);
         return Err(NemesisError::LostWrite(format!(
             "{n} of {} write-once keys: {}",
-            write_once.len(),
+            acked.len(),
             lost.join("; ")
         )));
     }
@@ -823,6 +897,101 @@ fn check_catches_forged_stale_read(
 mod tests {
     use super::*;
     use crate::workload::OPS_PER_KEY;
+
+    fn pairs(entries: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        entries
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn the_write_once_read_back_passes_when_every_acknowledged_put_is_read_back() {
+        let acked = pairs(&[("w1", "a"), ("w2", "b"), ("w3", "c")]);
+        let read_back: Vec<Option<Vec<u8>>> = acked.iter().map(|(_, v)| Some(v.clone())).collect();
+        check_write_once_read_back(&acked, &read_back).expect("nothing lost");
+        check_write_once_read_back(&[], &[]).expect("nothing acknowledged, nothing lost");
+    }
+
+    /// A planted lost write (the key reads back absent) and a planted overwrite (another
+    /// value) must each fail the check, naming the key.
+    #[test]
+    fn the_write_once_read_back_catches_a_planted_lost_write() {
+        let acked = pairs(&[("w1", "a"), ("w2", "b"), ("w3", "c")]);
+        let lost = vec![Some(b"a".to_vec()), None, Some(b"c".to_vec())];
+        match check_write_once_read_back(&acked, &lost) {
+            Err(NemesisError::LostWrite(m)) => {
+                assert!(m.starts_with("1 of 3 write-once keys"), "{m}");
+                assert!(m.contains("w2"), "{m}");
+            }
+            other => panic!("a lost write passed the check: {other:?}"),
+        }
+        let overwritten = vec![
+            Some(b"a".to_vec()),
+            Some(b"b".to_vec()),
+            Some(b"x".to_vec()),
+        ];
+        match check_write_once_read_back(&acked, &overwritten) {
+            Err(NemesisError::LostWrite(m)) => assert!(m.contains("w3"), "{m}"),
+            other => panic!("an overwritten write-once key passed the check: {other:?}"),
+        }
+        assert!(
+            check_write_once_read_back(&acked, &lost[..2]).is_err(),
+            "a missing final read passed the check"
+        );
+    }
+
+    /// The binary's floor matches the smoke test's: 500 for 4 clients and 60 s.
+    #[test]
+    fn the_acknowledged_write_floor_scales_with_clients_and_fault_time() {
+        assert_eq!(acked_writes_floor(4, Duration::from_secs(60)), 500);
+        assert_eq!(acked_writes_floor(4, Duration::from_secs(600)), 5_000);
+        assert_eq!(acked_writes_floor(1, Duration::from_secs(1)), 3);
+        assert_eq!(acked_writes_floor(0, Duration::from_secs(600)), 0);
+    }
+
+    fn counted_report() -> Report {
+        let claimed = FaultKind::claimed(true);
+        Report {
+            namespaces: true,
+            executed: claimed.iter().map(|&k| (k, 1)).collect(),
+            claimed,
+            grpc_writes_acked: 500,
+            resp_writes_acked: 500,
+            keys_checked: 12,
+            write_once_checked: 40,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_run_that_tested_less_than_it_claims_has_shortfalls() {
+        assert_eq!(counted_report().shortfalls(500, 500), Vec::<String>::new());
+
+        let mut no_loss = counted_report();
+        no_loss.executed.remove(&FaultKind::Loss);
+        assert_eq!(no_loss.missing_kinds(), vec![FaultKind::Loss]);
+        let shortfalls = no_loss.shortfalls(500, 500);
+        assert_eq!(shortfalls.len(), 1, "{shortfalls:?}");
+        assert!(shortfalls[0].contains("loss"), "{shortfalls:?}");
+
+        // An empty claim does not hide a kind a run with namespaces must execute.
+        let mut no_claim = counted_report();
+        no_claim.claimed.clear();
+        no_claim.executed.remove(&FaultKind::KillRestart);
+        assert!(no_claim.missing_kinds().is_empty());
+        assert_eq!(no_claim.shortfalls(500, 500).len(), 1);
+
+        let mut few_writes = counted_report();
+        few_writes.resp_writes_acked = 499;
+        let shortfalls = few_writes.shortfalls(500, 500);
+        assert_eq!(shortfalls.len(), 1, "{shortfalls:?}");
+        assert!(shortfalls[0].contains("RESP"), "{shortfalls:?}");
+
+        let mut nothing_read = counted_report();
+        nothing_read.write_once_checked = 0;
+        assert_eq!(nothing_read.shortfalls(500, 500).len(), 1);
+    }
 
     /// The checker's verdict must not depend on the machine: with no wall-clock limit, the
     /// state budget alone bounds the search, so it must hold every key history the workload

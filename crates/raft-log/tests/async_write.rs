@@ -106,44 +106,109 @@ fn many_async_writers_on_many_groups_survive_reopen() {
     }
 }
 
+/// Power loss while 16 async writers keep writing (two in three of their writes synced): the
+/// crash comes only once every writer had `10 + 10 * seed` synced writes acknowledged (so the
+/// crash point moves with the seed), and must hit writes in flight (submitted and unresolved
+/// just before and just after it; each then fails or, if it was done before the crash,
+/// resolves). Every acknowledged synced write survives recovery.
 #[test]
 fn every_resolved_future_is_durable_after_a_crash() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// No write in flight (a writer's indexes start at 1).
+    const IDLE: u64 = 0;
     for seed in 0..8u64 {
         const GROUPS: u64 = 16;
+        let acked_before_crash = 10 + 10 * seed;
         let fs = FaultyFileSystem::new(100 + seed);
         fs.set_sync_delay(Duration::from_micros(200));
         let engine = Arc::new(open(&fs));
-        // Highest acknowledged index per group.
-        let acked = Arc::new(Mutex::new(vec![0u64; GROUPS as usize]));
-        runtime(2).block_on(async {
+        // Per group: the highest acknowledged synced index, the highest index resolved
+        // successfully (synced or not), and the index being written now.
+        let acked: Arc<Vec<AtomicU64>> = Arc::new((0..GROUPS).map(|_| AtomicU64::new(0)).collect());
+        let resolved: Arc<Vec<AtomicU64>> =
+            Arc::new((0..GROUPS).map(|_| AtomicU64::new(0)).collect());
+        let writing: Arc<Vec<AtomicU64>> =
+            Arc::new((0..GROUPS).map(|_| AtomicU64::new(IDLE)).collect());
+        let (in_flight, failed) = runtime(2).block_on(async {
             let mut tasks = Vec::new();
             for group in 0..GROUPS {
-                let (engine, acked) = (Arc::clone(&engine), Arc::clone(&acked));
+                let engine = Arc::clone(&engine);
+                let (acked, resolved, writing) =
+                    (Arc::clone(&acked), Arc::clone(&resolved), Arc::clone(&writing));
                 tasks.push(tokio::spawn(async move {
+                    let g = group as usize;
+                    // Writes until the crash fails one; returns that index.
                     for index in 1.. {
                         // Some unsynced writes in between: they may or may not survive.
                         let sync = index % 3 != 0;
-                        match engine.write_async(batch(group, index, 1), sync).await {
-                            Ok(_) if sync => {
-                                acked.lock().expect("acked")[group as usize] = index;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
+                        writing[g].store(index, Ordering::SeqCst);
+                        let result = engine.write_async(batch(group, index, 1), sync).await;
+                        writing[g].store(IDLE, Ordering::SeqCst);
+                        if result.is_err() {
+                            return Some(index);
+                        }
+                        resolved[g].store(index, Ordering::SeqCst);
+                        if sync {
+                            acked[g].store(index, Ordering::SeqCst);
                         }
                     }
+                    None
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(20 + seed * 7)).await;
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while acked
+                .iter()
+                .any(|a| a.load(Ordering::SeqCst) < acked_before_crash)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "seed {seed}: not every writer had {acked_before_crash} writes acknowledged within {TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let outstanding = || -> Vec<(usize, u64)> {
+                writing
+                    .iter()
+                    .enumerate()
+                    .map(|(g, w)| (g, w.load(Ordering::SeqCst)))
+                    .filter(|&(_, index)| index != IDLE)
+                    .collect()
+            };
+            let before = outstanding();
             // Power loss while writes are in flight: the engine's file handles die, queued
             // and later writes fail.
             fs.crash();
+            let after = outstanding();
+            let in_flight: Vec<(usize, u64)> =
+                before.into_iter().filter(|w| after.contains(w)).collect();
+            let mut failed = Vec::new();
             for task in tasks {
-                tokio::time::timeout(TIMEOUT, task)
-                    .await
-                    .expect("writers stop after the crash")
-                    .expect("writer task");
+                failed.push(
+                    tokio::time::timeout(TIMEOUT, task)
+                        .await
+                        .expect("writers stop after the crash")
+                        .expect("writer task"),
+                );
             }
+            (in_flight, failed)
         });
+        assert!(
+            !in_flight.is_empty(),
+            "seed {seed}: no write was in flight at the crash"
+        );
+        for &(group, index) in &in_flight {
+            // Failed, or resolved because it was done before the crash.
+            assert!(
+                failed[group] == Some(index) || resolved[group].load(Ordering::SeqCst) >= index,
+                "seed {seed}: group {group}'s write {index}, in flight at the crash, neither failed nor resolved"
+            );
+        }
+        for (group, result) in failed.iter().enumerate() {
+            assert!(
+                result.is_some(),
+                "seed {seed}: group {group}'s writer never saw the crash"
+            );
+        }
         let error = engine
             .write(&mut batch(0, 1_000_000, 1), true)
             .expect_err("poisoned or dead after the crash");
@@ -153,13 +218,14 @@ fn every_resolved_future_is_durable_after_a_crash() {
         );
         drop(Arc::into_inner(engine).expect("tasks done"));
         let engine = open(&fs);
-        let acked = acked.lock().expect("acked").clone();
-        assert!(acked.iter().any(|&index| index > 0), "nothing acknowledged");
-        for (group, &index) in acked.iter().enumerate() {
+        eprintln!(
+            "seed {seed}: crash after {acked_before_crash}+ acknowledged writes per group; {} writes in flight",
+            in_flight.len()
+        );
+        for (group, index) in acked.iter().enumerate() {
+            let index = index.load(Ordering::SeqCst);
             let group = group as u64;
-            if index == 0 {
-                continue;
-            }
+            assert!(index >= acked_before_crash);
             let last = engine.last_index(GroupId(group)).unwrap_or(0);
             assert!(
                 last >= index,

@@ -221,7 +221,14 @@ fn with_retry_a_full_disk_holds_writes_in_order_until_space_is_freed() {
         engine.is_out_of_space()
     });
     let mut queued = engine.write_async(batch(last + 2), true);
-    std::thread::sleep(Duration::from_millis(50));
+    // The held group commit is retried (every 5 ms) and each retry meets the full disk:
+    // once two more retries failed after the second write was queued, neither may be done.
+    let failures = fs.no_space_failures();
+    wait_until(
+        "two more retries of the held write to fail for lack of space",
+        || fs.no_space_failures() >= failures + 2,
+    );
+    assert!(engine.is_out_of_space());
     assert!(
         !blocked.is_finished(),
         "a write returned while the disk is full"

@@ -348,6 +348,34 @@ pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() ->
     }
 }
 
+/// The lost-write check of a read-back: `read_back[i]` is what the final read of
+/// `acked[i]`'s key returned. Callers write each key once, so anything but the acknowledged
+/// value (absent, or another value) is an acknowledged write lost. Returns one line per lost
+/// write, empty when none was lost.
+pub fn lost_writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    acked: &[(K, V)],
+    read_back: &[Option<Vec<u8>>],
+) -> Vec<String> {
+    assert_eq!(
+        acked.len(),
+        read_back.len(),
+        "one read-back value per acknowledged write"
+    );
+    acked
+        .iter()
+        .zip(read_back)
+        .filter(|((_, value), got)| got.as_deref() != Some(value.as_ref()))
+        .map(|((key, value), got)| {
+            format!(
+                "{} = {:?} acknowledged, read back {:?}",
+                String::from_utf8_lossy(key.as_ref()),
+                String::from_utf8_lossy(value.as_ref()),
+                got.as_deref().map(String::from_utf8_lossy)
+            )
+        })
+        .collect()
+}
+
 /// The seed of a test's random choices: `RAFTKV_TEST_SEED` if set, else a fresh one. Printed
 /// (shown when the test fails) with the command that replays the same choices.
 pub fn test_seed(test: &str) -> u64 {
