@@ -19,7 +19,7 @@
 //! - [`table`]: [`table::Table`], the region's pairs, one allocation per pair (memory).
 //! - `session`: the session table (client → last sequence, cached reply, last seen).
 //! - [`snapshot`]: the checksummed snapshot format, `restore`, and the state hash.
-//! - `store_adapter`: `KvStateMachine` implements `store::StateMachine`, so a store hosts
+//! - `store_adapter`: `KvStateMachine` implements `types::StateMachine`, so a store hosts
 //!   KV regions directly.
 //! - `codec`: varints, length-prefixed bytes and a bounds-checked reader shared by every
 //!   format; [`DecodeError`].

@@ -1,9 +1,9 @@
-//! `KvStateMachine` as a store region's state machine (`store::StateMachine`): the one
+//! `KvStateMachine` as a store region's state machine (`types::StateMachine`): the one
 //! adapter used by the server and the whole-cluster simulator.
 
 use crate::{ApplyOutcome, Command, CommandError, KvStateMachine, RegionRange, Response};
 use bytes::Bytes;
-use store::{Region, StateMachine};
+use types::{Region, StateMachine};
 
 impl StateMachine for KvStateMachine {
     type Output = ApplyOutcome;

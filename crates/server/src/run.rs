@@ -128,10 +128,10 @@ impl Server {
         }
 
         let transport =
-            transport::Transport::new(cfg.store_id, transport::TransportConfig::default());
+            transport::Transport::new(StoreId(cfg.store_id), transport::TransportConfig::default());
         for (id, addr) in &cfg.initial_cluster {
             if *id != cfg.store_id {
-                transport.set_peer_address(*id, addr.clone());
+                transport.set_peer_address(StoreId(*id), addr.clone());
             }
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);

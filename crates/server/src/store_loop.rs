@@ -267,11 +267,11 @@ fn deliver(
     }
     // One frame per destination: on an idle connection the transport writes it from this
     // thread, one syscall, no hand-off to the network thread (see `Transport::send_batch`).
-    let mut by_store: Vec<(u64, Vec<raft::Message>)> = Vec::new();
+    let mut by_store: Vec<(store::StoreId, Vec<raft::Message>)> = Vec::new();
     for (to, m) in store.take_outbox() {
-        match by_store.iter_mut().find(|(s, _)| *s == to.0) {
+        match by_store.iter_mut().find(|(s, _)| *s == to) {
             Some((_, msgs)) => msgs.push(m),
-            None => by_store.push((to.0, vec![m])),
+            None => by_store.push((to, vec![m])),
         }
     }
     for (to, msgs) in by_store {

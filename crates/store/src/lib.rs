@@ -10,9 +10,8 @@
 //! tokio shell and under the deterministic simulator.
 //!
 //! ## Module map
-//! - [`region`]: `StoreId`, `RegionId`, `RegionEpoch`, `Region` (key range, epoch, peers)
-//!   and its persistent encoding.
-//! - [`state_machine`]: the `StateMachine` trait a region applies committed entries to.
+//! - [`region`], [`state_machine`]: re-exported from the `types` crate (ids, `Region`, the
+//!   `StateMachine` trait), which the crates that need only the vocabulary use directly.
 //! - [`store`]: `Store` — bootstrap/open, routing messages by region, proposals and reads
 //!   with epoch checks, the Ready round with cross-region group commit, applying,
 //!   snapshotting when a log grows past a threshold, installing received snapshots.
@@ -33,10 +32,9 @@
 
 pub mod driver;
 pub mod error;
-pub mod region;
 pub mod snapshot_job;
-pub mod state_machine;
 pub mod store;
+pub use types::{region, state_machine};
 
 pub use driver::{Driver, DriverStats, EngineWriter, RoundWriter};
 pub use error::StoreError;

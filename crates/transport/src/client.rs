@@ -19,6 +19,7 @@ use raft::{Message, MessageBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use types::StoreId;
 
 use crate::wire::{self, FrameBuilder};
 use crate::TransportError;
@@ -174,13 +175,17 @@ impl Transport {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub fn new(my_store: u64, config: TransportConfig) -> Transport {
+    pub fn new(my_store: StoreId, config: TransportConfig) -> Transport {
         Transport::try_new(my_store, config).expect("Transport::new outside a tokio runtime")
     }
 
     /// Like [`Transport::new`], returning an error outside a tokio runtime or on a config
     /// that cannot work.
-    pub fn try_new(my_store: u64, config: TransportConfig) -> Result<Transport, TransportError> {
+    pub fn try_new(
+        my_store: StoreId,
+        config: TransportConfig,
+    ) -> Result<Transport, TransportError> {
+        let my_store = my_store.0;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
         if config.queue_capacity == 0
@@ -210,16 +215,16 @@ impl Transport {
     }
 
     /// The store this transport sends from.
-    pub fn my_store(&self) -> u64 {
-        self.inner.my_store
+    pub fn my_store(&self) -> StoreId {
+        StoreId(self.inner.my_store)
     }
 
     /// Sets (or changes) the address of `store`, e.g. `10.0.0.7:20160` (an `http://`
     /// prefix is accepted and ignored). A change makes open connections to the old address
     /// reconnect to the new one.
-    pub fn set_peer_address(&self, store: u64, addr: String) {
+    pub fn set_peer_address(&self, store: StoreId, addr: String) {
         let mut peers = self.lock_peers();
-        let peer = self.peer_entry(&mut peers, store);
+        let peer = self.peer_entry(&mut peers, store.0);
         let addr = addr
             .strip_prefix("http://")
             .map(str::to_string)
@@ -231,17 +236,17 @@ impl Transport {
     /// message is dropped and counted: Raft tolerates loss, and the caller (the store's
     /// Ready loop) must never wait on a slow peer. Messages for a store whose address is not
     /// known yet wait in the queue.
-    pub fn send(&self, to_store: u64, msg: Message) {
+    pub fn send(&self, to_store: StoreId, msg: Message) {
         self.send_batch(to_store, vec![msg]);
     }
 
     /// Sends `msgs` to `to_store` in order, like [`Transport::send`] for each; when the
     /// connection is idle they go out as one frame written by the calling thread (see the
     /// module docs), without waking the connection's task. Never blocks.
-    pub fn send_batch(&self, to_store: u64, msgs: Vec<Message>) {
+    pub fn send_batch(&self, to_store: StoreId, msgs: Vec<Message>) {
         let (normal, snapshot, direct) = {
             let mut peers = self.lock_peers();
-            let peer = self.peer_entry(&mut peers, to_store);
+            let peer = self.peer_entry(&mut peers, to_store.0);
             (
                 peer.normal.clone(),
                 peer.snapshot.clone(),

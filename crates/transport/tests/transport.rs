@@ -18,6 +18,7 @@ use transport::wire::{self, FrameBuilder};
 use transport::{
     codec, serve_peer_listener, IngressStats, RaftIngress, Transport, TransportConfig,
 };
+use types::StoreId;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -215,16 +216,16 @@ async fn two_stores_exchange_ten_thousand_messages_in_order() {
     let (tx2, mut rx2) = mpsc::channel(1024);
     let s1 = TestServer::start("127.0.0.1:0".parse().unwrap(), tx1);
     let s2 = TestServer::start("127.0.0.1:0".parse().unwrap(), tx2);
-    let t1 = Transport::new(1, config());
-    let t2 = Transport::new(2, config());
+    let t1 = Transport::new(StoreId(1), config());
+    let t2 = Transport::new(StoreId(2), config());
     // Queue everything before the addresses are known: nothing can go directly, so the
     // connection tasks must carry all of it, batched (timing cannot change that).
     for seq in 0..N {
-        t1.send(2, msg(1, 2, seq));
-        t2.send(1, msg(2, 1, seq));
+        t1.send(StoreId(2), msg(1, 2, seq));
+        t2.send(StoreId(1), msg(2, 1, seq));
     }
-    t1.set_peer_address(2, s2.url());
-    t2.set_peer_address(1, s1.url());
+    t1.set_peer_address(StoreId(2), s2.url());
+    t2.set_peer_address(StoreId(1), s1.url());
     let (at2, at1) = tokio::join!(recv_n(&mut rx2, N as usize), recv_n(&mut rx1, N as usize));
 
     for (got, from, to) in [(&at2, 1, 2), (&at1, 2, 1)] {
@@ -269,10 +270,10 @@ async fn direct_writes_keep_order_when_the_socket_fills() {
                            // its socket and the sender's send buffer fills.
     let (tx2, mut rx2) = mpsc::channel(16);
     let s2 = TestServer::start("127.0.0.1:0".parse().unwrap(), tx2);
-    let t1 = Transport::new(1, config());
-    t1.set_peer_address(2, s2.url());
+    let t1 = Transport::new(StoreId(1), config());
+    t1.set_peer_address(StoreId(2), s2.url());
     // Wait for the connection (an idle connection is what the direct path writes to).
-    t1.send(2, big_msg(0));
+    t1.send(StoreId(2), big_msg(0));
     let first = recv_n(&mut rx2, 1).await;
     assert_eq!(first[0], big_msg(0));
     wait_for("the first frame written", || t1.stats().sent == 1).await;
@@ -281,7 +282,7 @@ async fn direct_writes_keep_order_when_the_socket_fills() {
         std::thread::spawn(move || {
             for start in (1..N).step_by(BATCH as usize) {
                 let batch: Vec<Message> = (start..(start + BATCH).min(N)).map(big_msg).collect();
-                t1.send_batch(2, batch);
+                t1.send_batch(StoreId(2), batch);
             }
         })
     };
@@ -331,11 +332,11 @@ async fn sender_reconnects_after_receiver_restarts() {
     let (tx, mut rx) = mpsc::channel(1024);
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx.clone());
     let addr = server.addr;
-    let t = Transport::new(1, config());
-    t.set_peer_address(2, server.url());
+    let t = Transport::new(StoreId(1), config());
+    t.set_peer_address(StoreId(2), server.url());
 
     for seq in 0..100 {
-        t.send(2, msg(1, 2, seq));
+        t.send(StoreId(2), msg(1, 2, seq));
     }
     let got = recv_n(&mut rx, 100).await;
     assert_eq!(got.last().unwrap().term, Term(99));
@@ -350,7 +351,7 @@ async fn sender_reconnects_after_receiver_restarts() {
     let deadline = Instant::now() + DEADLINE;
     let mut probe = 1_000u64;
     let first = loop {
-        t.send(2, msg(1, 2, probe));
+        t.send(StoreId(2), msg(1, 2, probe));
         probe += 1;
         match timeout(Duration::from_millis(20), rx.recv()).await {
             Ok(Some(m)) => break m,
@@ -364,7 +365,7 @@ async fn sender_reconnects_after_receiver_restarts() {
     // On the re-established stream nothing is lost and order holds.
     const BASE: u64 = 1_000_000;
     for seq in BASE..BASE + 1_000 {
-        t.send(2, msg(1, 2, seq));
+        t.send(StoreId(2), msg(1, 2, seq));
     }
     let deadline = Instant::now() + DEADLINE;
     let mut next = BASE;
@@ -388,19 +389,19 @@ async fn snapshots_travel_within_the_concurrency_limit() {
     const CHUNKS: u64 = 3;
     let mut servers = Vec::new();
     let mut inbounds = Vec::new();
-    let t = Transport::new(1, config()); // snapshot_concurrency = 2
+    let t = Transport::new(StoreId(1), config()); // snapshot_concurrency = 2
     for store in 2..2 + DESTS {
         // Capacity 1 and nobody reading yet: each receiving server stalls on its first
         // chunks, so the snapshot streams to it stay open and hold their permits.
         let (tx, rx) = mpsc::channel(1);
         let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
-        t.set_peer_address(store, server.url());
+        t.set_peer_address(StoreId(store), server.url());
         servers.push(server);
         inbounds.push(rx);
     }
     for store in 2..2 + DESTS {
         for chunk in 0..CHUNKS {
-            t.send(store, snapshot_msg(store, chunk));
+            t.send(StoreId(store), snapshot_msg(store, chunk));
         }
     }
 
@@ -438,11 +439,11 @@ async fn snapshots_travel_within_the_concurrency_limit() {
 async fn a_snapshot_sent_chunk_by_chunk_uses_one_connection() {
     let (tx, mut rx) = mpsc::channel(16);
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
-    let t = Transport::new(1, config());
-    t.set_peer_address(2, server.url());
+    let t = Transport::new(StoreId(1), config());
+    t.set_peer_address(StoreId(2), server.url());
     // Like Raft: the next chunk only after the previous one arrived (was acknowledged).
     for chunk in 0..3 {
-        t.send(2, snapshot_msg(2, chunk));
+        t.send(StoreId(2), snapshot_msg(2, chunk));
         assert_eq!(recv_n(&mut rx, 1).await, vec![snapshot_msg(2, chunk)]);
     }
     // Two connections: the normal one (opened as soon as the address is known) and one for

@@ -3,6 +3,24 @@
 
 use std::fmt;
 
+/// Most peers a stored region descriptor may name (a guard against a corrupt count).
+pub const MAX_PEERS: u64 = 64;
+
+/// Why a stored region descriptor could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown region encoding version {0}")]
+    Version(u8),
+    #[error("truncated region descriptor: needs {needed} more bytes, {left} left")]
+    Truncated { needed: usize, left: usize },
+    #[error("bad end-key flag {0}")]
+    EndKeyFlag(u8),
+    #[error("region descriptor claims {0} peers (at most {MAX_PEERS})")]
+    TooManyPeers(u64),
+    #[error("{0} trailing bytes after the region descriptor")]
+    TrailingBytes(usize),
+}
+
 /// A store (one server process, one data directory).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct StoreId(pub u64);
@@ -114,25 +132,26 @@ impl Region {
         b
     }
 
-    pub fn decode(mut data: &[u8]) -> Result<Region, String> {
+    pub fn decode(mut data: &[u8]) -> Result<Region, DecodeError> {
         let d = &mut data;
-        if take(d, 1)?[0] != 1 {
-            return Err("unknown region encoding version".into());
+        let version = take(d, 1)?[0];
+        if version != 1 {
+            return Err(DecodeError::Version(version));
         }
         let id = raft::GroupId(get_u64(d)?);
         let start_key = get_bytes(d)?;
         let end_key = match take(d, 1)?[0] {
             0 => None,
             1 => Some(get_bytes(d)?),
-            x => return Err(format!("bad end-key flag {x}")),
+            x => return Err(DecodeError::EndKeyFlag(x)),
         };
         let epoch = RegionEpoch {
             conf_version: get_u64(d)?,
             version: get_u64(d)?,
         };
         let n = get_u64(d)?;
-        if n > 64 {
-            return Err(format!("region claims {n} peers"));
+        if n > MAX_PEERS {
+            return Err(DecodeError::TooManyPeers(n));
         }
         let mut peers = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -142,7 +161,7 @@ impl Region {
             });
         }
         if !d.is_empty() {
-            return Err(format!("{} trailing bytes after region", d.len()));
+            return Err(DecodeError::TrailingBytes(d.len()));
         }
         Ok(Region {
             id,
@@ -163,24 +182,30 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
-fn take<'a>(d: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+fn take<'a>(d: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
     if d.len() < n {
-        return Err(format!("truncated: need {n} bytes, have {}", d.len()));
+        return Err(DecodeError::Truncated {
+            needed: n,
+            left: d.len(),
+        });
     }
     let (a, rest) = d.split_at(n);
     *d = rest;
     Ok(a)
 }
 
-fn get_u64(d: &mut &[u8]) -> Result<u64, String> {
+fn get_u64(d: &mut &[u8]) -> Result<u64, DecodeError> {
     let b = take(d, 8)?;
     Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
-fn get_bytes(d: &mut &[u8]) -> Result<Vec<u8>, String> {
+fn get_bytes(d: &mut &[u8]) -> Result<Vec<u8>, DecodeError> {
     let n = get_u64(d)?;
     if n > d.len() as u64 {
-        return Err(format!("length {n} exceeds the {} bytes left", d.len()));
+        return Err(DecodeError::Truncated {
+            needed: usize::try_from(n).unwrap_or(usize::MAX),
+            left: d.len(),
+        });
     }
     Ok(take(d, n as usize)?.to_vec())
 }

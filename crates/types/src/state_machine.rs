@@ -28,7 +28,7 @@ pub trait StateMachine: Sized {
     /// as a storage failure).
     type RestoreError: std::fmt::Display;
     /// A point-in-time copy of the whole state that another thread serializes while this one
-    /// goes on applying (see [`crate::snapshot_job`]).
+    /// goes on applying (see the store's `snapshot_job`).
     type View: Send + 'static;
 
     /// Takes the view. Called on the store thread, so it must be cheap whatever the size of

@@ -1,0 +1,17 @@
+//! # types — the vocabulary every RaftKV crate speaks
+//!
+//! Ids, region descriptors and the state-machine trait, under everything else: the store
+//! hosts regions, `kv` is a region's state machine, the transport, the client and (next) the
+//! placement service name stores and regions, and none of them needs another's code to say
+//! so.
+//!
+//! ## Module map
+//! - [`region`]: `StoreId`, `RegionId`, `RegionEpoch`, `PeerMeta`, `Region` (key range,
+//!   epoch, peers) and its persistent encoding (`DecodeError` when stored bytes are bad).
+//! - [`state_machine`]: the `StateMachine` trait a region applies committed entries to.
+
+pub mod region;
+pub mod state_machine;
+
+pub use region::{DecodeError, PeerMeta, Region, RegionEpoch, RegionId, StoreId, MAX_PEERS};
+pub use state_machine::StateMachine;
