@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
+pub use types::StoreId;
 
 /// The URL tonic wants for a `host:port` endpoint (kept as is when it has a scheme).
 pub fn grpc_url(endpoint: &str) -> String {
@@ -616,23 +617,16 @@ impl Client {
         out
     }
 
-    /// Waits (polling `Status`, bounded by `timeout`) until exactly `stores` servers answer
-    /// and each reports `regions` regions, every one with a known leader. For tests and
-    /// tools that must not start before the cluster settled.
-    pub async fn wait_until_led(
-        &mut self,
-        stores: usize,
-        regions: usize,
-        timeout: Duration,
-    ) -> bool {
+    /// Waits (polling `Status`, bounded by `timeout`) until exactly `stores` servers answer,
+    /// the regions they report tile the whole key space (no gap, no overlap) and every
+    /// replica they report knows its region's leader. For tests and tools that must not
+    /// start before the cluster settled. Assumes no layout: a store may hold any subset of
+    /// the regions, and the number of regions is whatever the reports add up to.
+    pub async fn wait_until_led(&mut self, stores: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let st = self.status().await;
-            if st.len() == stores
-                && st.iter().all(|s| {
-                    s.regions.len() == regions && s.regions.iter().all(|r| r.leader_store_id != 0)
-                })
-            {
+            if st.len() == stores && settled(&st) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -642,14 +636,14 @@ impl Client {
 
     /// The store id leading the region that holds `key`, as the first server that knows it
     /// reports.
-    pub async fn leader_store_of(&mut self, key: &[u8]) -> Option<u64> {
+    pub async fn leader_store_of(&mut self, key: &[u8]) -> Option<StoreId> {
         for st in self.status().await {
             for r in st.regions {
                 let reg = r.region.unwrap_or_default();
                 let inside = key >= reg.start_key.as_slice()
                     && (!reg.has_end || key < reg.end_key.as_slice());
                 if inside && r.leader_store_id != 0 {
-                    return Some(r.leader_store_id);
+                    return Some(StoreId(r.leader_store_id));
                 }
             }
         }
@@ -657,9 +651,83 @@ impl Client {
     }
 }
 
+/// Whether status reports show a settled cluster: every replica knows its leader, and the
+/// distinct regions reported tile the key space from the empty key to the end.
+fn settled(reports: &[pb::StatusResponse]) -> bool {
+    let mut ranges: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    for r in reports.iter().flat_map(|s| &s.regions) {
+        if r.leader_store_id == 0 {
+            return false;
+        }
+        let reg = r.region.clone().unwrap_or_default();
+        let range = (reg.id, reg.start_key, reg.has_end.then_some(reg.end_key));
+        if !ranges.contains(&range) {
+            ranges.push(range);
+        }
+    }
+    ranges.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut next: Option<Vec<u8>> = Some(Vec::new());
+    for (_, start, end) in ranges {
+        if next.as_ref() != Some(&start) {
+            return false; // a gap, an overlap, or something after the unbounded end
+        }
+        next = end;
+    }
+    next.is_none() && !reports.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(regions: &[(u64, &str, Option<&str>, u64)]) -> pb::StatusResponse {
+        pb::StatusResponse {
+            regions: regions
+                .iter()
+                .map(|&(id, start, end, leader)| pb::RegionStatus {
+                    region: Some(pb::Region {
+                        id,
+                        start_key: start.as_bytes().to_vec(),
+                        end_key: end.unwrap_or("").as_bytes().to_vec(),
+                        has_end: end.is_some(),
+                        ..Default::default()
+                    }),
+                    leader_store_id: leader,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settled_needs_the_key_space_tiled_and_every_leader_known() {
+        let whole = [
+            report(&[(1, "", Some("g"), 1), (2, "g", None, 2)]),
+            // Another store holds only one of them.
+            report(&[(2, "g", None, 2)]),
+        ];
+        assert!(settled(&whole));
+        // A gap between the regions.
+        assert!(!settled(&[report(&[
+            (1, "", Some("g"), 1),
+            (2, "h", None, 2)
+        ])]));
+        // The end of the key space missing.
+        assert!(!settled(&[report(&[(1, "", Some("g"), 1)])]));
+        // An overlap (a stale descriptor beside the split halves).
+        assert!(!settled(&[report(&[
+            (1, "", None, 1),
+            (1, "", Some("g"), 1),
+            (2, "g", None, 1)
+        ])]));
+        // A replica that does not know its leader.
+        assert!(!settled(&[
+            report(&[(1, "", None, 1)]),
+            report(&[(1, "", None, 0)])
+        ]));
+        assert!(!settled(&[]));
+    }
 
     fn put(value_len: usize) -> pb::KvRequest {
         pb::KvRequest {

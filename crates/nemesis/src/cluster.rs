@@ -496,13 +496,13 @@ impl Cluster {
             return false;
         };
         let live = (0..self.stores()).filter(|&i| self.is_up(i)).count();
-        c.wait_until_led(live, 3, timeout).await
+        c.wait_until_led(live, timeout).await
     }
 
     /// The store (0-based) leading the region that holds `key`, as some store reports it.
     pub async fn leader_of(&self, key: &[u8]) -> Option<usize> {
         let mut c = client::Client::connect(self.endpoints()).await.ok()?;
-        c.leader_store_of(key).await.map(|s| s as usize - 1)
+        c.leader_store_of(key).await.map(|s| s.0 as usize - 1)
     }
 
     /// Lines of every store's log (all lives) that contain `needle`, at most `max`.
