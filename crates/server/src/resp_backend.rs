@@ -20,9 +20,8 @@ use api::pb;
 use api::pb::error::Code;
 use bytes::Bytes;
 use resp::{Backend, BackendError, BoxFuture};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::Region;
+use store::{LiveRegions, Region};
 
 /// Most attempts of one command (each bounded by the request timeout).
 pub const MAX_ATTEMPTS: u32 = 64;
@@ -35,23 +34,19 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct RaftBackend {
     svc: KvService,
-    /// Every region of the cluster, by start key (each store hosts a replica of all of them
-    /// today; with placement this becomes the routing table).
-    regions: Arc<Vec<Region>>,
+    /// The store's regions: the store thread's one live map (each store hosts a replica of
+    /// every region today; with placement this becomes the routing table).
+    regions: LiveRegions,
 }
 
 impl RaftBackend {
     pub fn new(svc: KvService) -> Self {
-        let mut regions: Vec<Region> = svc.handle.regions.iter().cloned().collect();
-        regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
-        RaftBackend {
-            svc,
-            regions: Arc::new(regions),
-        }
+        let regions = svc.handle.regions.clone();
+        RaftBackend { svc, regions }
     }
 
-    fn region_for(&self, key: &[u8]) -> Option<&Region> {
-        self.regions.iter().find(|r| r.contains(key))
+    fn region_for(&self, key: &[u8]) -> Option<Region> {
+        self.regions.load().region_for_key(key).cloned()
     }
 
     /// One command to one region (`region_id` 0 = route by key), with retries (module docs).
@@ -141,8 +136,8 @@ impl RaftBackend {
     ) -> Result<kv::Response, BackendError> {
         let mut pairs = Vec::new();
         // Each pass moves to the next region, so this ends after at most one pass per region.
-        for _ in 0..=self.regions.len() {
-            let Some(region) = self.region_for(&start).cloned() else {
+        for _ in 0..=self.regions.load().len() {
+            let Some(region) = self.region_for(&start) else {
                 break;
             };
             let want = limit - pairs.len() as u32;
@@ -218,7 +213,7 @@ impl Backend for RaftBackend {
         let this = self.clone();
         Box::pin(async move {
             let mut total = 0u64;
-            for region in this.regions.iter() {
+            for region in this.regions.load().iter() {
                 match this.call(0, 0, region.id.0, &kv::Command::Count).await? {
                     kv::Response::Integer(n) => total += u64::try_from(n).unwrap_or(0),
                     other => {
@@ -236,7 +231,10 @@ impl Backend for RaftBackend {
         let cfg = &self.svc.cfg;
         vec![
             ("raftkv_store_id".into(), cfg.store_id.to_string()),
-            ("raftkv_regions".into(), self.regions.len().to_string()),
+            (
+                "raftkv_regions".into(),
+                self.regions.load().len().to_string(),
+            ),
             (
                 "raftkv_cluster_stores".into(),
                 cfg.initial_cluster.len().to_string(),

@@ -118,7 +118,7 @@ impl Server {
                     source: e,
                 }
             })?;
-        let regions = store.regions();
+        let regions = store::LiveRegions::new(store::RegionMap::new(store.regions()));
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.data_dir.set(cfg.data_dir.clone());
         {

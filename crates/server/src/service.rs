@@ -397,8 +397,8 @@ impl KvService {
             match self
                 .handle
                 .regions
-                .iter()
-                .find(|r| r.id.0 == header.region_id)
+                .load()
+                .get(raft::GroupId(header.region_id))
             {
                 Some(r) => {
                     let mut r = r.clone();
@@ -420,7 +420,7 @@ impl KvService {
             }
         } else {
             match self.handle.region_for_key(&key) {
-                Some(r) => r.clone(),
+                Some(r) => r,
                 None => {
                     return err(
                         Code::RegionNotFound,

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{Region, RegionEpoch, RegionId, RegionStatus, Reply, Store, StoreError, Ticket};
+use store::{
+    LiveRegions, Region, RegionEpoch, RegionId, RegionStatus, Reply, Store, StoreError, Ticket,
+};
 use tokio::sync::oneshot;
 
 /// Commands waiting in the channel before senders are refused (`Busy`).
@@ -73,7 +75,8 @@ impl std::task::Wake for WriteWaker {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: SyncSender<Cmd>,
-    pub regions: Arc<Vec<Region>>,
+    /// The store's regions, as its thread last published them (the one region map).
+    pub regions: LiveRegions,
     /// Stops the store thread when the last handle is dropped. The thread's queue never
     /// disconnects by itself (the loop's write waker holds a sender of it), so this is how
     /// a server dropped without `shutdown` still stops its store.
@@ -91,11 +94,11 @@ impl Drop for StopOnDrop {
 }
 
 impl StoreHandle {
-    pub fn new(tx: SyncSender<Cmd>, regions: Vec<Region>) -> Self {
+    pub fn new(tx: SyncSender<Cmd>, regions: LiveRegions) -> Self {
         StoreHandle {
             _stop: Arc::new(StopOnDrop(tx.clone())),
             tx,
-            regions: Arc::new(regions),
+            regions,
         }
     }
 
@@ -120,8 +123,9 @@ impl StoreHandle {
         }
     }
 
-    pub fn region_for_key(&self, key: &[u8]) -> Option<&Region> {
-        self.regions.iter().find(|r| r.contains(key))
+    /// The region of this store holding `key`, from the current map (O(log n)).
+    pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
+        self.regions.load().region_for_key(key).cloned()
     }
 }
 
@@ -353,7 +357,7 @@ mod tests {
     #[test]
     fn send_reports_a_full_queue_and_a_stopped_store_for_what_they_are() {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let handle = StoreHandle::new(tx, Vec::new());
+        let handle = StoreHandle::new(tx, LiveRegions::default());
         assert_eq!(handle.send(Cmd::WriteDone), Ok(()));
         assert_eq!(
             handle.send(Cmd::WriteDone),

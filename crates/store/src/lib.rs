@@ -49,3 +49,4 @@ pub use store::{
     DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
     DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
 };
+pub use types::{LiveRegions, RegionMap};

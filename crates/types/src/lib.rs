@@ -8,10 +8,14 @@
 //! ## Module map
 //! - [`region`]: `StoreId`, `RegionId`, `RegionEpoch`, `PeerMeta`, `Region` (key range,
 //!   epoch, peers) and its persistent encoding (`DecodeError` when stored bytes are bad).
+//! - [`region_map`]: `RegionMap` (regions by start key and by id) and `LiveRegions`, the one
+//!   live map the store thread publishes and every router reads.
 //! - [`state_machine`]: the `StateMachine` trait a region applies committed entries to.
 
 pub mod region;
+pub mod region_map;
 pub mod state_machine;
 
 pub use region::{DecodeError, PeerMeta, Region, RegionEpoch, RegionId, StoreId, MAX_PEERS};
+pub use region_map::{LiveRegions, RegionMap};
 pub use state_machine::StateMachine;
