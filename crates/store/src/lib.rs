@@ -13,8 +13,14 @@
 //! - [`region`], [`state_machine`]: re-exported from the `types` crate (ids, `Region`, the
 //!   `StateMachine` trait), which the crates that need only the vocabulary use directly.
 //! - [`store`]: `Store` — bootstrap/open, routing messages by region, proposals and reads
-//!   with epoch checks, the Ready round with cross-region group commit, applying,
-//!   snapshotting when a log grows past a threshold, installing received snapshots.
+//!   with epoch checks, ticks, status. Its other jobs are `impl Store` blocks in private
+//!   modules, whose public items are re-exported from [`store`] (the main ones from the root):
+//!   - `config`: `StoreConfig`, a store's tunables, and their defaults.
+//!   - `peer`: `Peer`, one region replica, and when it wants a snapshot.
+//!   - `ready`: the Ready round with cross-region group commit, applying, serving reads.
+//!   - `snapshots`: snapshotting past the thresholds, committing, installing received ones.
+//!   - `balance`: static leader balancing (`Store::balance_leaders`).
+//!   - `reclaim`: keeping the shared log within its budget (`Store::reclaim_log`).
 //! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
 //!   it, serialized and written by a `SnapshotBuilder` (`ThreadBuilder` in the server),
 //!   published and compacted to back on it.
@@ -29,6 +35,14 @@
 //! happens only after it was committed, which the leader counts only after its own copy was
 //! persisted with sync; followers acknowledge only after their sync. So an acknowledged
 //! write is on the disks of a majority.
+
+// `Store`'s jobs besides the store itself, one module each (see the module map above).
+mod balance;
+mod config;
+mod peer;
+mod ready;
+mod reclaim;
+mod snapshots;
 
 pub mod driver;
 pub mod error;
