@@ -48,14 +48,14 @@ impl ServerConfig {
             initial_cluster,
             split_keys: Vec::new(),
             tick_ms: 50,
-            election_tick: 20,
-            heartbeat_tick: 2,
+            election_tick: store::DEFAULT_ELECTION_TICK,
+            heartbeat_tick: store::DEFAULT_HEARTBEAT_TICK,
             request_timeout: Duration::from_secs(5),
             snapshot_threshold_entries: store::DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             snapshot_threshold_bytes: store::DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             log_segment_bytes: raft_log::DEFAULT_SEGMENT_SIZE_BYTES,
             resp_password: None,
-            read_mode: raft::ReadMode::Lease,
+            read_mode: store::DEFAULT_READ_MODE,
         }
     }
 

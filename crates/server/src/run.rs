@@ -108,8 +108,9 @@ impl Server {
         scfg.snapshot_threshold_bytes = cfg.snapshot_threshold_bytes;
         scfg.engine = raft_log::Config::with_segment_size(cfg.log_segment_bytes);
         scfg.read_mode = cfg.read_mode;
-        // Spread region leaders over the stores (static preference; see
-        // `Store::balance_leaders`), checked once per election timeout.
+        // Spread a new cluster's region leaders over the stores (once, for the store's first
+        // `balance_leaders_for_ticks` after bootstrap; see `Store::balance_leaders`), checked
+        // once per election timeout.
         scfg.balance_leaders_every_ticks = u64::from(cfg.election_tick);
         let store: Store<KvSm> =
             Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial).map_err(|e| {
@@ -118,7 +119,7 @@ impl Server {
                     source: e,
                 }
             })?;
-        let regions = store::LiveRegions::new(store::RegionMap::new(store.regions()));
+        let regions = store.live_regions();
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.data_dir.set(cfg.data_dir.clone());
         {

@@ -1550,11 +1550,19 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // several round trips, so that crashes, partitions and leader changes land in the middle
     // of streamed installs.
     cfg.snapshot_chunk_bytes = 64;
-    if faults.lease_reads {
-        cfg.read_mode = ReadMode::Lease;
-    }
-    // Half the seeds balance leaders (as the server does), which adds leader transfers that
-    // race with everything else.
+    // The simulator's own timing (a 20 ms tick, see `TICK`, and the lease arithmetic above
+    // it), not the server's defaults.
+    cfg.election_tick = 10;
+    cfg.heartbeat_tick = 2;
+    cfg.read_mode = if faults.lease_reads {
+        ReadMode::Lease
+    } else {
+        ReadMode::Safe
+    };
+    // Half the seeds balance leaders (the server does for a new cluster's first 30 s), which
+    // adds leader transfers that race with everything else: here for the whole run.
+    cfg.balance_leaders_every_ticks = 0;
+    cfg.balance_leaders_for_ticks = u64::MAX;
     if rng.below(2) == 0 {
         cfg.balance_leaders_every_ticks = 5 + rng.below(50);
     }

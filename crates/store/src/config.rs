@@ -3,6 +3,16 @@
 use crate::region::StoreId;
 use raft::{Config, ReadMode};
 
+/// Default of [`StoreConfig::election_tick`]: the server's clock ticks every 50 ms by
+/// default, so elections time out after 1–2 s.
+pub const DEFAULT_ELECTION_TICK: u32 = 20;
+/// Default of [`StoreConfig::heartbeat_tick`].
+pub const DEFAULT_HEARTBEAT_TICK: u32 = 2;
+/// Default of [`StoreConfig::read_mode`]: a leader serves linearizable reads on its lease
+/// (ReadIndex when the lease cannot be trusted).
+pub const DEFAULT_READ_MODE: ReadMode = ReadMode::Lease;
+/// Default of [`StoreConfig::balance_leaders_for_ticks`]: 30 s at the default tick.
+pub const DEFAULT_BALANCE_LEADERS_FOR_TICKS: u64 = 600;
 /// Default of [`StoreConfig::snapshot_threshold_entries`].
 pub const DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES: u64 = 10_000;
 /// Default of [`StoreConfig::snapshot_threshold_bytes`]: with the default log budget (8
@@ -36,11 +46,16 @@ pub struct StoreConfig {
     /// Engine configuration (segment size, recovery mode).
     pub engine: raft_log::Config,
     /// Every this many ticks, a leader hands each region it leads to the region's preferred
-    /// replica when that replica is fully caught up (0 = never). See
-    /// [`Store::balance_leaders`].
+    /// founding replica when that replica is fully caught up (0 = never). See
+    /// [`Store::balance_leaders`]...
     ///
     /// [`Store::balance_leaders`]: crate::Store::balance_leaders
     pub balance_leaders_every_ticks: u64,
+    /// ...but only during this many ticks after the store bootstrapped its regions (a fresh
+    /// data directory), never after a restart: leaders are spread over a new cluster's stores
+    /// once, and from then on stay wherever elections and `transfer-leader` put them (the
+    /// placement service balances them, issue 18).
+    pub balance_leaders_for_ticks: u64,
     /// Every this many ticks the store checks whether its log outgrew its budget and if so
     /// reclaims space ([`Store::reclaim_log`]; 0 = never, for tests of the engine alone).
     ///
@@ -55,14 +70,15 @@ impl StoreConfig {
     pub fn new(store_id: u64) -> StoreConfig {
         StoreConfig {
             store_id: StoreId(store_id),
-            election_tick: 10,
-            heartbeat_tick: 2,
+            election_tick: DEFAULT_ELECTION_TICK,
+            heartbeat_tick: DEFAULT_HEARTBEAT_TICK,
             snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
             snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             max_pending_per_region: 10_000,
-            read_mode: ReadMode::Safe,
+            read_mode: DEFAULT_READ_MODE,
             engine: raft_log::Config::default(),
-            balance_leaders_every_ticks: 0,
+            balance_leaders_every_ticks: DEFAULT_ELECTION_TICK as u64,
+            balance_leaders_for_ticks: DEFAULT_BALANCE_LEADERS_FOR_TICKS,
             log_purge_every_ticks: DEFAULT_LOG_PURGE_EVERY_TICKS,
             snapshot_chunk_bytes: Config::new(1, 1).snapshot_chunk_bytes,
         }

@@ -19,7 +19,9 @@
 //!   - `peer`: `Peer`, one region replica, and when it wants a snapshot.
 //!   - `ready`: the Ready round with cross-region group commit, applying, serving reads.
 //!   - `snapshots`: snapshotting past the thresholds, committing, installing received ones.
-//!   - `balance`: static leader balancing (`Store::balance_leaders`).
+//!   - `balance`: spreading a new cluster's leaders over its stores, once
+//!     (`Store::balance_leaders`).
+//!   - (the live region map, `types::LiveRegions`, is published by `store`.)
 //!   - `reclaim`: keeping the shared log within its budget (`Store::reclaim_log`).
 //! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
 //!   it, serialized and written by a `SnapshotBuilder` (`ThreadBuilder` in the server),
@@ -60,7 +62,8 @@ pub use snapshot_job::{
 pub use state_machine::StateMachine;
 pub use store::{
     Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,
-    DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+    DEFAULT_BALANCE_LEADERS_FOR_TICKS, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK,
+    DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_READ_MODE, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
     DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
 };
 pub use types::{LiveRegions, RegionMap};

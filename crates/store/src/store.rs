@@ -20,10 +20,12 @@ use raft_log::{FileSystem, LogBatch, LogEngine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use types::{LiveRegions, RegionMap};
 
 // The items that moved out of this module keep their paths here (`store::store::…`).
 pub use crate::config::{
-    StoreConfig, DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+    StoreConfig, DEFAULT_BALANCE_LEADERS_FOR_TICKS, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK,
+    DEFAULT_LOG_PURGE_EVERY_TICKS, DEFAULT_READ_MODE, DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
     DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
 };
 pub use crate::peer::{SNAPSHOT_AMORTIZATION, SNAPSHOT_MAX_ENTRIES_FACTOR};
@@ -148,6 +150,11 @@ pub struct Store<M: StateMachine> {
     /// The segment count at which the last purge reclaimed nothing (see
     /// [`Store::reclaim_log`]).
     pub(crate) fruitless_purge_at: Option<usize>,
+    /// This open bootstrapped the store's regions (a fresh data directory): leaders are
+    /// balanced for `balance_leaders_for_ticks` (see [`StoreConfig`]).
+    pub(crate) bootstrapped: bool,
+    /// The one region map: published whenever a descriptor changes, read by the routers.
+    pub(crate) live_regions: LiveRegions,
     pub stats: StoreStats,
 }
 
@@ -199,6 +206,8 @@ impl<M: StateMachine> Store<M> {
             compact_wanted: BTreeSet::new(),
             write_waker: None,
             fruitless_purge_at: None,
+            bootstrapped: false,
+            live_regions: LiveRegions::default(),
             stats: StoreStats::default(),
         };
         let groups = store.engine.groups();
@@ -206,6 +215,7 @@ impl<M: StateMachine> Store<M> {
             for r in initial_regions {
                 if r.peer_on(store.cfg.store_id).is_some() {
                     store.bootstrap_region(r)?;
+                    store.bootstrapped = true;
                 }
             }
         }
@@ -218,7 +228,20 @@ impl<M: StateMachine> Store<M> {
             })?;
             store.open_peer(region)?;
         }
+        store.publish_regions();
         Ok(store)
+    }
+
+    /// The live region map (see [`LiveRegions`]): what routers outside the store thread read.
+    pub fn live_regions(&self) -> LiveRegions {
+        self.live_regions.clone()
+    }
+
+    /// Publishes the current descriptors; called whenever one changes.
+    pub(crate) fn publish_regions(&self) {
+        self.live_regions.publish(RegionMap::new(
+            self.peers.values().map(|p| p.region.clone()),
+        ));
     }
 
     fn bootstrap_region(&mut self, r: &Region) -> Result<(), StoreError> {
@@ -385,7 +408,11 @@ impl<M: StateMachine> Store<M> {
         }
         self.ticks += 1;
         let every = self.cfg.balance_leaders_every_ticks;
-        if every > 0 && self.ticks.is_multiple_of(every) {
+        if every > 0
+            && self.bootstrapped
+            && self.ticks <= self.cfg.balance_leaders_for_ticks
+            && self.ticks.is_multiple_of(every)
+        {
             self.balance_leaders();
         }
         let every = self.cfg.log_purge_every_ticks;

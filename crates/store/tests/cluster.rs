@@ -107,6 +107,10 @@ impl Cluster {
         let ids = [StoreId(1), StoreId(2), StoreId(3)];
         let regions = Region::presplit(&[b"g".to_vec(), b"p".to_vec()], 1, &ids);
         let mut cfg = StoreConfig::new(0);
+        // These tests count ticks against a 10-tick election timeout and expect ReadIndex.
+        cfg.election_tick = 10;
+        cfg.read_mode = raft::ReadMode::Safe;
+        cfg.balance_leaders_every_ticks = 0;
         tune(&mut cfg);
         let mut c = Cluster {
             dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
@@ -633,6 +637,53 @@ fn leaders_move_to_their_preferred_stores() {
     }
     c.write(1, 1, b"h", b"x").unwrap();
     assert_eq!(c.read(2, 1, b"h").unwrap(), Bytes::from_static(b"x"));
+}
+
+/// Leaders are balanced by the store's ticks only for a new cluster's first
+/// `balance_leaders_for_ticks` (bootstrap), never later and never after a restart: a leader
+/// moved by hand afterwards stays where it was put (issue 17: nothing fights
+/// `transfer-leader`; placement balances leaders later).
+#[test]
+fn leaders_are_balanced_only_in_a_new_clusters_first_ticks() {
+    let leaders = |c: &mut Cluster| -> Vec<u64> {
+        let st = c.store(0).status();
+        st.iter().map(|s| s.leader.map_or(0, |l| l.0)).collect()
+    };
+    let move_all_to_store_1 = |c: &mut Cluster| {
+        for i in 1..3 {
+            let r = c.regions[i].id;
+            c.store(i).transfer_leader(r, StoreId(1)).unwrap();
+            c.pump();
+        }
+        c.tick(3);
+    };
+    let mut c = Cluster::with_config(|cfg| {
+        cfg.balance_leaders_every_ticks = 2;
+        cfg.balance_leaders_for_ticks = 40;
+    });
+    // Inside the window: moved back by the stores themselves.
+    move_all_to_store_1(&mut c);
+    c.tick(20);
+    assert_eq!(leaders(&mut c), vec![1, 2, 3], "balanced inside the window");
+    // Past it: a hand-made layout stays.
+    c.tick(40);
+    move_all_to_store_1(&mut c);
+    assert_eq!(leaders(&mut c), vec![1, 1, 1]);
+    c.tick(60);
+    assert_eq!(leaders(&mut c), vec![1, 1, 1], "balanced after the window");
+    // A restarted store did not bootstrap: its first ticks balance nothing either.
+    for i in 0..3 {
+        c.stop(i);
+        c.start(i);
+    }
+    for i in 0..3 {
+        let r = c.regions[i].id;
+        c.store(0).campaign(r);
+        c.pump();
+    }
+    assert_eq!(leaders(&mut c), vec![1, 1, 1]);
+    c.tick(20);
+    assert_eq!(leaders(&mut c), vec![1, 1, 1], "balanced after a restart");
 }
 
 /// A region whose state is large next to its log's growth waits with its snapshot: the
