@@ -162,6 +162,21 @@ impl Driver {
     }
 }
 
+/// A writer that writes every round on the caller's thread at once (tests, and tools that
+/// drive a store without a writer thread): the driver's rules still run, only no round is
+/// ever in flight.
+pub struct InlineWriter;
+
+impl<M: StateMachine> RoundWriter<M> for InlineWriter {
+    fn submit(&mut self, store: &mut Store<M>, pending: PendingWrite) -> Result<(), StoreError> {
+        store.finish_ready(pending)
+    }
+
+    fn poll(&mut self, _store: &mut Store<M>) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
+
 /// The server's writer: the log engine's own writer thread, which wakes the store thread
 /// through `waker` when a write is durable.
 pub struct EngineWriter {

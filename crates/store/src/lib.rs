@@ -52,11 +52,11 @@ pub mod snapshot_job;
 pub mod store;
 pub use types::{region, state_machine};
 
-pub use driver::{Driver, DriverStats, EngineWriter, RoundWriter};
+pub use driver::{Driver, DriverStats, EngineWriter, InlineWriter, RoundWriter};
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use snapshot_job::{
-    BuiltSnapshot, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
+    BuiltSnapshot, HereBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
     MAX_SNAPSHOTS_BUILDING,
 };
 pub use state_machine::StateMachine;

@@ -174,6 +174,41 @@ pub trait SnapshotBuilder<M: StateMachine> {
     fn finished(&mut self) -> Vec<BuiltSnapshot>;
 }
 
+/// A builder that builds each snapshot on the caller's thread when it is started and hands
+/// it back at the driver's next call (tests, and tools without a builder thread).
+pub struct HereBuilder {
+    built: Vec<BuiltSnapshot>,
+}
+
+impl HereBuilder {
+    pub fn new() -> HereBuilder {
+        HereBuilder { built: Vec::new() }
+    }
+
+    /// Whether built snapshots wait to be handed back.
+    pub fn has_finished(&self) -> bool {
+        !self.built.is_empty()
+    }
+}
+
+impl Default for HereBuilder {
+    fn default() -> Self {
+        HereBuilder::new()
+    }
+}
+
+impl<M: StateMachine> SnapshotBuilder<M> for HereBuilder {
+    fn start(&mut self, work: SnapshotWork<M>) {
+        if let Some(built) = work.run() {
+            self.built.push(built);
+        }
+    }
+
+    fn finished(&mut self) -> Vec<BuiltSnapshot> {
+        std::mem::take(&mut self.built)
+    }
+}
+
 /// The server's builder: one background thread (snapshots are rare and each is written with
 /// one fdatasync, so one thread keeps up; two would only compete for the disk with the log).
 /// It wakes the store thread through `waker` when a job is done. The thread stops when the

@@ -7,7 +7,8 @@ use raft_log::StdFileSystem;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use store::{
-    Completion, Region, Reply, StateMachine, Store, StoreConfig, StoreError, StoreId, Ticket,
+    Completion, Driver, HereBuilder, InlineWriter, Region, Reply, StateMachine, Store, StoreConfig,
+    StoreError, StoreId, Ticket,
 };
 
 /// A map state machine: `P <u32 key len> key value` puts; a read query is a key.
@@ -83,9 +84,18 @@ impl StateMachine for MapSm {
     }
 }
 
+/// Virtual microseconds per tick of the stores' drivers.
+const TICK_MICROS: u64 = 20_000;
+
+/// Three stores in one process, each run by the one `store::Driver` (as the server and the
+/// simulator run theirs), writing rounds inline and building snapshots on the test's thread.
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     stores: Vec<Option<Store<MapSm>>>,
+    drivers: Vec<Driver>,
+    builders: Vec<HereBuilder>,
+    /// Virtual time, advanced by `tick`.
+    now: u64,
     regions: Vec<Region>,
     cfg: StoreConfig,
     done: BTreeMap<Ticket, Result<Reply<MapSm>, StoreError>>,
@@ -115,6 +125,11 @@ impl Cluster {
         let mut c = Cluster {
             dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
             stores: vec![None, None, None],
+            drivers: (0..3)
+                .map(|_| Driver::new(TICK_MICROS, TICK_MICROS))
+                .collect(),
+            builders: (0..3).map(|_| HereBuilder::new()).collect(),
+            now: 0,
             regions,
             cfg,
             done: BTreeMap::new(),
@@ -142,6 +157,8 @@ impl Cluster {
         )
         .unwrap();
         self.stores[i] = Some(s);
+        self.drivers[i] = Driver::new(TICK_MICROS, self.now + TICK_MICROS);
+        self.builders[i] = HereBuilder::new();
     }
 
     fn stop(&mut self, i: usize) {
@@ -152,24 +169,35 @@ impl Cluster {
         self.stores[i].as_mut().expect("store is up")
     }
 
-    /// Processes Readies and delivers messages until quiet (bounded).
+    /// Runs every store's rounds (the driver's) and delivers messages until quiet (bounded).
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut moved = false;
             let mut mail = Vec::new();
-            for s in self.stores.iter_mut().flatten() {
-                if s.has_ready() {
-                    s.process_ready().unwrap();
-                    moved = true;
-                }
-                // Snapshots started are built here, on the test's thread.
-                if s.build_snapshots_here().unwrap() > 0 {
-                    moved = true;
-                }
-                mail.extend(s.take_outbox());
-                for Completion { ticket, result } in s.take_completions() {
-                    self.done.insert(ticket, result);
-                }
+            let mut done = Vec::new();
+            for (i, slot) in self.stores.iter_mut().enumerate() {
+                let Some(s) = slot.as_mut() else {
+                    continue;
+                };
+                moved |= s.has_ready() || self.builders[i].has_finished();
+                let mut deliver = |s: &mut Store<MapSm>| {
+                    mail.extend(s.take_outbox());
+                    done.extend(s.take_completions());
+                };
+                self.drivers[i]
+                    .run_rounds(
+                        s,
+                        &mut InlineWriter,
+                        &mut self.builders[i],
+                        &mut || false,
+                        &mut deliver,
+                    )
+                    .unwrap();
+                moved |= self.builders[i].has_finished();
+            }
+            moved |= !done.is_empty();
+            for Completion { ticket, result } in done {
+                self.done.insert(ticket, result);
             }
             for (to, m) in mail {
                 moved = true;
@@ -184,10 +212,14 @@ impl Cluster {
         panic!("cluster did not quiesce");
     }
 
+    /// `n` ticks of virtual time: each store's driver runs the ticks that came due.
     fn tick(&mut self, n: usize) {
         for _ in 0..n {
-            for s in self.stores.iter_mut().flatten() {
-                s.tick().expect("tick");
+            self.now += TICK_MICROS;
+            for (i, slot) in self.stores.iter_mut().enumerate() {
+                if let Some(s) = slot.as_mut() {
+                    self.drivers[i].catch_up(s, self.now).expect("tick");
+                }
             }
             self.pump();
         }
