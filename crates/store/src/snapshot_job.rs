@@ -6,8 +6,8 @@
 //!    ([`StateMachine::view`], O(1) for the KV state machine's persistent maps) and the term of
 //!    the applied entry, and queues a [`SnapshotJob`];
 //! 2. the caller hands the job to a [`SnapshotBuilder`]: [`ThreadBuilder`] (the server's, one
-//!    background thread) or the simulator's, which runs jobs at random later wake-ups (tests
-//!    that drive a store by hand build them in place: `Store::build_snapshots_here`);
+//!    background thread), [`HereBuilder`] (on the caller's thread: tests) or the simulator's,
+//!    which runs jobs at random later wake-ups;
 //! 3. [`SnapshotJob::run`], on whichever thread, serializes the view, checksums it, writes the
 //!    file under a temporary name, syncs it, renames it to its final name and syncs the
 //!    directory ([`raft_log::PreparedSnapshot`]);

@@ -85,19 +85,6 @@ impl<M: StateMachine> Store<M> {
         self.commit_snapshots()
     }
 
-    /// Builds every started snapshot on this thread and commits it (tests, and callers with
-    /// no builder of their own).
-    pub fn build_snapshots_here(&mut self) -> Result<usize, StoreError> {
-        let work = self.take_snapshot_work();
-        let n = work.len();
-        for w in work {
-            if let Some(built) = w.run() {
-                self.finish_snapshot(built)?;
-            }
-        }
-        Ok(n)
-    }
-
     /// Whether a snapshot may be made now: no round is in flight or prepared. A snapshot's
     /// metadata write carries the group's hard state as staged, and with a round in flight
     /// that may name a commit index beyond what the log has durable (a crash would then
