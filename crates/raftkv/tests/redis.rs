@@ -411,10 +411,20 @@ async fn leader_kill_during_a_pipeline_loses_and_duplicates_nothing() {
     let mut check = connect(&c, leader).await;
     let v: i64 = cmd("GET").arg(key).query_async(&mut check).await.unwrap();
     assert_eq!(v, (PIPELINES * DEPTH) as i64);
-    for (i, k) in keys_set.iter().enumerate() {
-        let v: i64 = cmd("GET").arg(k).query_async(&mut check).await.unwrap();
-        assert_eq!(v, i as i64, "acknowledged SET {k} lost");
+    // Every acknowledged SET (key i was set to i) read back through the checker that is
+    // fed a planted lost write (`common::lost_writes`).
+    let acked: Vec<(String, String)> = keys_set
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), i.to_string()))
+        .collect();
+    let mut read_back = Vec::new();
+    for (k, _) in &acked {
+        let v: Option<Vec<u8>> = cmd("GET").arg(k).query_async(&mut check).await.unwrap();
+        read_back.push(v);
     }
+    let lost = common::lost_writes(&acked, &read_back);
+    assert!(lost.is_empty(), "acknowledged SETs lost: {lost:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
