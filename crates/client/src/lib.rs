@@ -14,7 +14,7 @@
 //!   leave in one message. A broken stream fails its in-flight requests (retried like any
 //!   transport error) and the next request opens a new one.
 
-use api::pb;
+pub use api::pb;
 use api::pb::error::Code;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

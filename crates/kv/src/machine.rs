@@ -125,6 +125,11 @@ impl KvStateMachine {
         self.data.len()
     }
 
+    /// Key plus value bytes of every key (O(1); sessions not counted).
+    pub fn data_bytes(&self) -> u64 {
+        self.data.bytes()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

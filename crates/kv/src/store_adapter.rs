@@ -29,6 +29,13 @@ impl StateMachine for KvStateMachine {
         KvStateMachine::read(self, query)
     }
 
+    fn approximate_size(&self) -> types::ApproximateSize {
+        types::ApproximateSize {
+            keys: self.len() as u64,
+            bytes: self.data_bytes(),
+        }
+    }
+
     /// A clone: O(1), the table and the sessions are persistent maps.
     type View = KvStateMachine;
 

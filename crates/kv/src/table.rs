@@ -92,6 +92,12 @@ impl Borrow<[u8]> for Pair {
 #[derive(Clone, Default)]
 pub struct Table {
     pairs: imbl::OrdSet<Pair>,
+    /// Key plus value bytes of every pair (the region's approximate size).
+    bytes: u64,
+}
+
+fn pair_bytes(p: &Pair) -> u64 {
+    (p.key().len() + p.value().len()) as u64
 }
 
 impl PartialEq for Table {
@@ -120,6 +126,11 @@ impl Table {
         self.pairs.is_empty()
     }
 
+    /// Key plus value bytes of every pair, kept as pairs come and go (O(1)).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The value of `key`, borrowed.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.pairs.get(key).map(Pair::value)
@@ -136,12 +147,21 @@ impl Table {
 
     /// Sets `key` to `value`; returns the pair it replaced (one B-tree operation).
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<Pair> {
-        self.pairs.insert(Pair::new(key, value))
+        self.bytes += (key.len() + value.len()) as u64;
+        let old = self.pairs.insert(Pair::new(key, value));
+        if let Some(old) = &old {
+            self.bytes -= pair_bytes(old);
+        }
+        old
     }
 
     /// Removes `key`; returns the pair it held.
     pub fn remove(&mut self, key: &[u8]) -> Option<Pair> {
-        self.pairs.remove(key)
+        let old = self.pairs.remove(key);
+        if let Some(old) = &old {
+            self.bytes -= pair_bytes(old);
+        }
+        old
     }
 
     /// All pairs in key order.
@@ -169,7 +189,13 @@ impl Table {
             right.insert(pair);
         }
         self.pairs = left;
-        Table { pairs: right }
+        // O(pairs moved): splits are rare, and the count must stay exact on both sides.
+        let moved: u64 = right.iter().map(pair_bytes).sum();
+        self.bytes -= moved;
+        Table {
+            pairs: right,
+            bytes: moved,
+        }
     }
 
     pub fn first_key(&self) -> Option<&[u8]> {
@@ -210,6 +236,8 @@ mod tests {
             }
             assert_eq!(t.get(&key), model.get(&key).map(|v| v.as_slice()));
             assert_eq!(t.len(), model.len());
+            let model_bytes: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert_eq!(t.bytes(), model_bytes as u64, "the size count drifted");
         }
         let ours: Vec<_> = t.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         let theirs: Vec<_> = model.clone().into_iter().collect();
@@ -223,10 +251,18 @@ mod tests {
             .map(|(k, _)| k.clone())
             .collect();
         assert_eq!(ours, theirs);
+        let total = t.bytes();
         let right = t.split_off(b"k2");
         assert!(t.last_key().unwrap() < &b"k2"[..]);
         assert!(right.first_key().unwrap() >= &b"k2"[..]);
         assert_eq!(t.len() + right.len(), model.len());
+        let count = |t: &Table| {
+            t.iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>()
+        };
+        assert_eq!((t.bytes(), right.bytes()), (count(&t), count(&right)));
+        assert_eq!(t.bytes() + right.bytes(), total);
     }
 
     #[test]

@@ -74,6 +74,10 @@ enum Cmd {
     },
     /// Show stores, regions, leaders and applied indexes.
     Status {
+        /// Print one JSON object for scripts instead of tables: `{"stores": [...],
+        /// "regions": [...]}`, each region once, as its leader describes it.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -578,7 +582,7 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         | Cmd::Append { conn, .. }
         | Cmd::Cas { conn, .. }
         | Cmd::Scan { conn, .. }
-        | Cmd::Status { conn } => conn,
+        | Cmd::Status { conn, .. } => conn,
         _ => unreachable!("server commands handled above"),
     };
     let endpoints: Vec<String> = conn
@@ -650,10 +654,14 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                 println!("{}\t{}", show(&k), show(&v));
             }
         }
-        Cmd::Status { .. } => {
+        Cmd::Status { json, .. } => {
             let sts = c.status().await;
             if sts.is_empty() {
                 bail!("no server answered at {}", c.endpoints().join(","));
+            }
+            if json {
+                println!("{}", status_json(&sts));
+                return Ok(());
             }
             println!(
                 "{:<6} {:<8} {:<16} {:<10} {:<7} {:<6} {:>8} {:>8}",
@@ -707,6 +715,74 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         _ => unreachable!(),
     }
     Ok(())
+}
+
+/// `raftkv status --json`: every store any answering server knows of (state `Up` when it
+/// answered, `Down` otherwise) and every region once, from its leader's report (from the
+/// report with the newest epoch when no leader is known; `leader_store` is then null). Keys
+/// are UTF-8 strings (lossy), `""` as an end key meaning the end of the key space.
+fn status_json(reports: &[client::pb::StatusResponse]) -> serde_json::Value {
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    let mut stores: BTreeMap<u64, (String, String, bool)> = BTreeMap::new();
+    for st in reports {
+        for s in &st.stores {
+            stores
+                .entry(s.id)
+                .or_insert_with(|| (s.peer_addr.clone(), String::new(), false));
+        }
+        let e = stores
+            .entry(st.store_id)
+            .or_insert_with(|| (st.peer_addr.clone(), String::new(), false));
+        if e.0.is_empty() {
+            e.0 = st.peer_addr.clone();
+        }
+        e.1 = st.client_addr.clone();
+        e.2 = true;
+    }
+    // Per region: (from its leader's report, epoch (version, conf_version), status).
+    let mut regions: BTreeMap<u64, (bool, (u64, u64), &client::pb::RegionStatus)> = BTreeMap::new();
+    for st in reports {
+        for r in &st.regions {
+            let Some(reg) = &r.region else { continue };
+            let epoch = reg.epoch.map_or((0, 0), |e| (e.version, e.conf_version));
+            let from_leader = r.leader_store_id != 0 && r.leader_store_id == st.store_id;
+            let better = match regions.get(&reg.id) {
+                None => true,
+                Some((l, e, _)) => (from_leader, epoch) > (*l, *e),
+            };
+            if better {
+                regions.insert(reg.id, (from_leader, epoch, r));
+            }
+        }
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    json!({
+        "stores": stores.iter().map(|(id, (peer, client, up))| json!({
+            "id": id,
+            "peer_addr": peer,
+            "client_addr": client,
+            "state": if *up { "Up" } else { "Down" },
+        })).collect::<Vec<_>>(),
+        "regions": regions.values().map(|(_, _, r)| {
+            let reg = r.region.clone().unwrap_or_default();
+            let epoch = reg.epoch.unwrap_or_default();
+            json!({
+                "id": reg.id,
+                "start_key": text(&reg.start_key),
+                "end_key": if reg.has_end { text(&reg.end_key) } else { String::new() },
+                "epoch": {"conf_version": epoch.conf_version, "version": epoch.version},
+                "replicas": reg.peers.iter().map(|p| json!({
+                    "store": p.store_id,
+                    "peer_id": p.id,
+                    "role": if p.learner { "learner" } else { "voter" },
+                })).collect::<Vec<_>>(),
+                "leader_store": (r.leader_store_id != 0).then_some(r.leader_store_id),
+                "approximate_bytes": r.approximate_bytes,
+                "approximate_keys": r.approximate_keys,
+            })
+        }).collect::<Vec<_>>(),
+    })
 }
 
 fn write_json(to: Option<&str>, json: &str) -> Result<()> {

@@ -159,7 +159,12 @@ impl Server {
         // requests forwarded by other servers.
         let h = handle.clone();
         let ingress = transport::RaftIngress::direct(Arc::new(move |m| h.send_raft(m)));
-        let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone());
+        let client_addr = client
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone())
+            .with_client_addr(client_addr);
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };

@@ -49,6 +49,9 @@ pub struct KvService {
     pub(crate) limits: kv::Limits,
     pub(crate) metrics: Arc<Metrics>,
     forward: Arc<Mutex<HashMap<u64, pb::kv_client::KvClient<Channel>>>>,
+    /// The address clients reach this server at, as its listener is bound (reported by
+    /// `Status`).
+    client_addr: String,
 }
 
 fn err(code: Code, message: impl Into<String>) -> pb::KvResponse {
@@ -78,6 +81,7 @@ pub fn region_to_pb(r: &Region) -> pb::Region {
             .map(|p| pb::Peer {
                 id: p.id.0,
                 store_id: p.store.0,
+                learner: false,
             })
             .collect(),
     }
@@ -155,7 +159,14 @@ impl KvService {
             metrics,
             forward: Arc::new(Mutex::new(HashMap::new())),
             limits: kv::Limits::default(),
+            client_addr: String::new(),
         }
+    }
+
+    /// Sets the client address `Status` reports.
+    pub fn with_client_addr(mut self, addr: String) -> Self {
+        self.client_addr = addr;
+        self
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
@@ -578,7 +589,21 @@ impl KvService {
             .unwrap_or_default();
         pb::StatusResponse {
             store_id: self.cfg.store_id,
-            client_addr: String::new(),
+            client_addr: self.client_addr.clone(),
+            peer_addr: self
+                .cfg
+                .peer_addr_of(self.cfg.store_id)
+                .unwrap_or_default()
+                .to_string(),
+            stores: self
+                .cfg
+                .initial_cluster
+                .iter()
+                .map(|(id, addr)| pb::StoreAddress {
+                    id: *id,
+                    peer_addr: addr.clone(),
+                })
+                .collect(),
             disk: Some(pb::DiskUsage {
                 log_bytes: disk.log_bytes,
                 log_segments: disk.log_segments,
@@ -595,6 +620,8 @@ impl KvService {
                     term: s.term.0,
                     commit: s.commit.0,
                     applied: s.applied.0,
+                    approximate_keys: s.approximate.keys,
+                    approximate_bytes: s.approximate.bytes,
                 })
                 .collect(),
         }

@@ -102,6 +102,9 @@ pub struct RegionStatus {
     pub applied: LogIndex,
     pub first_index: LogIndex,
     pub last_index: LogIndex,
+    /// This replica's state machine's count of keys and bytes (see
+    /// [`StateMachine::approximate_size`]).
+    pub approximate: types::ApproximateSize,
 }
 
 pub struct Store<M: StateMachine> {
@@ -368,6 +371,7 @@ impl<M: StateMachine> Store<M> {
                     applied: p.applied,
                     first_index: st.first_index,
                     last_index: st.last_index,
+                    approximate: p.sm.approximate_size(),
                 }
             })
             .collect()

@@ -24,6 +24,12 @@ fn put(key: &[u8], value: &[u8]) -> Bytes {
 }
 
 impl StateMachine for MapSm {
+    fn approximate_size(&self) -> store::state_machine::ApproximateSize {
+        store::state_machine::ApproximateSize {
+            keys: self.0.len() as u64,
+            bytes: self.0.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+        }
+    }
     type Output = Bytes;
     type Query = Vec<u8>;
     type ReadOutput = Bytes;

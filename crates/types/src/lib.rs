@@ -18,4 +18,4 @@ pub mod state_machine;
 
 pub use region::{DecodeError, PeerMeta, Region, RegionEpoch, RegionId, StoreId, MAX_PEERS};
 pub use region_map::{LiveRegions, RegionMap};
-pub use state_machine::StateMachine;
+pub use state_machine::{ApproximateSize, StateMachine};

@@ -1,6 +1,13 @@
 //! The state machine each region replica applies committed entries to.
 
 use crate::region::Region;
+
+/// A region's size as its state machine counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApproximateSize {
+    pub keys: u64,
+    pub bytes: u64,
+}
 use bytes::Bytes;
 
 /// A deterministic state machine: the same entries in the same order give the same state and
@@ -41,6 +48,9 @@ pub trait StateMachine: Sized {
     fn snapshot(&self) -> Bytes {
         Self::serialize(&self.view())
     }
+    /// The number of keys and their bytes (keys plus values), cheaply (it is asked for on
+    /// every status request): what `raftkv status` reports as the region's approximate size.
+    fn approximate_size(&self) -> ApproximateSize;
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
     fn restore(data: &[u8]) -> Result<Self, Self::RestoreError>;
 }
