@@ -173,7 +173,7 @@ pub(crate) struct OutgoingSnapshot {
 /// flight, before it sends that chunk again. Resending at every heartbeat response made every
 /// duplicate's acknowledgement send yet another chunk: the copies in flight grew by one per
 /// heartbeat, and a leader sending a 64 MiB snapshot grew by 235 MiB (measured).
-pub(crate) const SNAPSHOT_RESEND_HEARTBEATS: u32 = 3;
+pub(crate) const SNAPSHOT_RESEND_HEARTBEATS: u32 = 5;
 
 pub struct Raft<S: Storage> {
     pub(crate) id: NodeId,

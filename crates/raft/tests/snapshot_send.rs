@@ -106,9 +106,9 @@ fn the_acknowledgement_of_a_duplicate_chunk_sends_nothing() {
 fn a_chunk_is_sent_again_only_after_heartbeats_without_its_acknowledgement() {
     let (mut net, _lost) = leader_starting_a_transfer();
     // The chunk was lost. Heartbeats come and go; the chunk goes again only on the
-    // third response without its acknowledgement, then waits three more.
+    // fifth response without its acknowledgement, then waits five more.
     let mut resent_at = Vec::new();
-    for response in 1..=7 {
+    for response in 1..=11 {
         // One heartbeat round to node 3 and back.
         let mut heartbeat = None;
         for _ in 0..10 {
@@ -136,5 +136,5 @@ fn a_chunk_is_sent_again_only_after_heartbeats_without_its_acknowledgement() {
             resent_at.push(response);
         }
     }
-    assert_eq!(resent_at, vec![3, 6]);
+    assert_eq!(resent_at, vec![5, 10]);
 }

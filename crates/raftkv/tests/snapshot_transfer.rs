@@ -64,18 +64,22 @@ fn value_of(i: usize) -> Vec<u8> {
 async fn a_large_snapshot_is_streamed_without_growing_either_store() {
     let region_mib = region_mib();
     let values = region_mib as usize;
-    // Snapshots by entry count only (every eighth of the load or so, as the byte threshold is
-    // out of reach), and segments large enough that the log's purge never asks for one during
-    // the transfer: the leader's last snapshot is made before the load ends (it covers at
-    // least 7/8 of it), and the transfer sends it.
-    let threshold = (values / 8).max(4).to_string();
+    // Snapshots by bytes only, every eighth of the load (so the last one is made within an
+    // eighth of its end, whatever the interleaving of the writers and the leaders' empty
+    // entries; with the entry threshold and its amortization rule it could stop at 3/4).
+    // The log's budget is 8 segments: with segments of a quarter of the load it holds the
+    // whole load twice, so the purge never asks for a snapshot of the region (which would
+    // serialize all of it into memory while the transfer is being measured: a CI run saw the
+    // sender grow by 89 MiB with 64 MiB segments and a 512 MiB load).
+    let threshold = ((region_mib / 8).max(1) * MIB).to_string();
+    let segment = (region_mib / 4).clamp(64, 1024) * MIB;
     let mut c = TestCluster::start(&[
         "--snapshot-threshold-entries",
-        &threshold,
+        "1000000000",
         "--snapshot-threshold-bytes",
-        &(64 * 1024 * MIB).to_string(),
+        &threshold,
         "--log-segment-bytes",
-        &(64 * MIB).to_string(),
+        &segment.to_string(),
     ]);
     assert!(
         c.wait_ready(Duration::from_secs(60)).await,
@@ -107,15 +111,36 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
     }
     eprintln!("loaded {region_mib} MiB in {:?}", started.elapsed());
 
-    // Both live stores' snapshots must cover nearly all of it before store 3 comes back
-    // (either may be the leader that sends).
-    let wanted = (region_mib - region_mib / 8) * MIB;
+    // Both live stores' snapshots must cover most of it before store 3 comes back (either
+    // may be the leader that sends), and no snapshot may still be building: a build
+    // serializes the whole region into memory, which would land in the measurement.
+    let wanted = (region_mib - region_mib / 4) * MIB;
+    let building = |c: &TestCluster, i: usize| c.metric(i, "raftkv_snapshots_building");
+    let created = |c: &TestCluster, i: usize| {
+        c.metric(i, "raftkv_snapshots_created_total")
+            .expect("snapshots created")
+    };
     common::wait_until(
         "the live stores' snapshots cover the load",
         Duration::from_secs(120),
         || (0..2).all(|i| largest_snapshot_file(&c, i) >= wanted),
     )
     .await;
+    let mut settled = [created(&c, 0), created(&c, 1)];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = [created(&c, 0), created(&c, 1)];
+        let idle = (0..2).all(|i| building(&c, i) == Some(0));
+        if now == settled && idle {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots never stopped being made"
+        );
+        settled = now;
+    }
     let leader = c.leader_of(b"a").await.expect("a leader for region 1");
     assert!(leader < 2, "store 3 is down but leads region 1");
     let snapshot_bytes = largest_snapshot_file(&c, leader);
@@ -125,6 +150,7 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
     let sender_pid = c.pid(leader).expect("leader pid");
     let other = 1 - leader;
     let other_pid = c.pid(other).expect("pid");
+    let created_before = settled;
     let sender_base = rss(sender_pid).expect("sender rss");
     let other_base = rss(other_pid).expect("rss");
 
@@ -155,6 +181,14 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
         }
         if let (Some(s), Some(o), Some(r), Some(receiving)) = (s, o, r, receiving) {
             if receiving > 0 && receiving + 2 * MIB < snapshot_bytes {
+                if s > sender_max && s > sender_base + 32 * MIB {
+                    // Which kind of memory grew (anonymous, file-backed), for the log.
+                    let status = std::fs::read_to_string(format!("/proc/{sender_pid}/status"))
+                        .unwrap_or_default();
+                    let kinds: Vec<&str> =
+                        status.lines().filter(|l| l.starts_with("Rss")).collect();
+                    eprintln!("sender at {} MiB: {kinds:?}", s / MIB);
+                }
                 sender_max = sender_max.max(s);
                 other_max = other_max.max(o);
                 receiver_max = receiver_max.max(r);
@@ -165,6 +199,25 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Nothing else took memory on the live stores meanwhile: no snapshot was built there
+    // (a build serializes the whole region into memory, which is not what this measures).
+    assert_eq!(
+        [created(&c, 0), created(&c, 1)],
+        created_before,
+        "a live store built a snapshot during the transfer"
+    );
+    assert!(
+        (0..2).all(|i| building(&c, i) == Some(0)),
+        "a live store is building a snapshot"
+    );
+    let sent = |name: &str| c.metric(leader, name).unwrap_or(0);
+    eprintln!(
+        "sender's transport: {} snapshot chunks sent, {} messages dropped (queue full), {} dropped (unreachable), {} sent in all",
+        sent("raftkv_transport_snapshot_chunks_sent_total"),
+        sent("raftkv_transport_dropped_queue_full_total"),
+        sent("raftkv_transport_dropped_unreachable_total"),
+        sent("raftkv_transport_messages_sent_total"),
+    );
     let chunks = c
         .metric(2, "raftkv_snapshot_chunks_received_total")
         .unwrap_or(0)
@@ -208,18 +261,27 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
         growth(receiver_max, receiver_base) / MIB
     );
 
-    // What was installed is the region: read back from store 3 alone, stale (no leader).
+    // What was installed is the region: read back from store 3 alone, stale (no leader),
+    // once it caught up past the snapshot with the log's tail (bounded).
     let mut only3 = client::Client::connect(vec![c.endpoint(2)])
         .await
         .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
     for i in [0, values / 2, values - 1] {
-        let got = only3
-            .get_stale(format!("a{i:05}").as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("stale get a{i:05} from store 3: {e}"));
-        assert!(
-            got.as_deref() == Some(&value_of(i)[..]),
-            "store 3 has the wrong value for a{i:05}"
-        );
+        let key = format!("a{i:05}");
+        loop {
+            let got = only3
+                .get_stale(key.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("stale get {key} from store 3: {e}"));
+            if got.as_deref() == Some(&value_of(i)[..]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "store 3 still has the wrong value for {key} 60 s after the install"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

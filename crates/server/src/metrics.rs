@@ -87,6 +87,13 @@ pub struct Metrics {
     pub snapshot_chunks_received: AtomicU64,
     pub snapshot_transfers_dropped: AtomicU64,
     pub snapshot_receiving_bytes: AtomicU64,
+    /// Snapshots being built now (a gauge).
+    pub snapshots_building: AtomicU64,
+    /// The transport's counters (`transport::TransportStats`), set once per tick.
+    pub transport_sent: AtomicU64,
+    pub transport_snapshot_sent: AtomicU64,
+    pub transport_dropped_queue_full: AtomicU64,
+    pub transport_dropped_unreachable: AtomicU64,
     /// What opening the log read at startup, and how long it took.
     pub log_recovery_bytes: AtomicU64,
     pub log_recovery_micros: AtomicU64,
@@ -149,6 +156,16 @@ impl Metrics {
         self.snapshot_install.observe(install);
     }
 
+    pub fn set_transport_stats(&self, s: &transport::TransportStats) {
+        self.transport_sent.store(s.sent, Ordering::Relaxed);
+        self.transport_snapshot_sent
+            .store(s.snapshot_sent, Ordering::Relaxed);
+        self.transport_dropped_queue_full
+            .store(s.dropped_queue_full, Ordering::Relaxed);
+        self.transport_dropped_unreachable
+            .store(s.dropped_snapshot_unreachable, Ordering::Relaxed);
+    }
+
     pub fn set_engine_stats(&self, s: &raft_log::Stats) {
         self.log_group_commits
             .store(s.group_commits, Ordering::Relaxed);
@@ -206,6 +223,19 @@ impl Metrics {
                 "raftkv_snapshot_transfers_dropped_total",
                 &self.snapshot_transfers_dropped,
             ),
+            ("raftkv_transport_messages_sent_total", &self.transport_sent),
+            (
+                "raftkv_transport_snapshot_chunks_sent_total",
+                &self.transport_snapshot_sent,
+            ),
+            (
+                "raftkv_transport_dropped_queue_full_total",
+                &self.transport_dropped_queue_full,
+            ),
+            (
+                "raftkv_transport_dropped_unreachable_total",
+                &self.transport_dropped_unreachable,
+            ),
             ("raftkv_log_purges_total", &self.log_purges),
             (
                 "raftkv_log_segments_deleted_total",
@@ -228,6 +258,11 @@ impl Metrics {
             out,
             "# TYPE raftkv_snapshot_receiving_bytes gauge\nraftkv_snapshot_receiving_bytes {}",
             self.snapshot_receiving_bytes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE raftkv_snapshots_building gauge\nraftkv_snapshots_building {}",
+            self.snapshots_building.load(Ordering::Relaxed)
         );
         {
             let m = self.regions.lock().unwrap_or_else(|e| e.into_inner());

@@ -235,6 +235,10 @@ pub fn run(
             metrics.observe_snapshot_received(transfer, install);
         }
         metrics.set_store_stats(&store.stats);
+        metrics.snapshots_building.store(
+            store.snapshots_building() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if !ticked {
             continue;
         }
@@ -243,6 +247,7 @@ pub fn run(
         // allocations per second for numbers nobody reads faster than a tick. (A leader change
         // undone within one tick is not counted.)
         metrics.set_engine_stats(&store.engine().stats());
+        metrics.set_transport_stats(&transport.stats());
         let status = store.status();
         metrics.set_regions(&status);
         for st in status {

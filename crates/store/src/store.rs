@@ -235,6 +235,11 @@ impl<M: StateMachine> Store<M> {
         Ok(store)
     }
 
+    /// Snapshots being built (started, not yet committed or discarded).
+    pub fn snapshots_building(&self) -> usize {
+        self.snapshots_building
+    }
+
     /// The live region map (see [`LiveRegions`]): what routers outside the store thread read.
     pub fn live_regions(&self) -> LiveRegions {
         self.live_regions.clone()

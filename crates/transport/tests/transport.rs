@@ -118,6 +118,7 @@ impl Drop for TestServer {
 fn config() -> TransportConfig {
     TransportConfig {
         queue_capacity: 16_384,
+        snapshot_queue_capacity: 16,
         max_batch_messages: 128,
         max_batch_bytes: 64 << 10,
         reconnect_backoff_min: Duration::from_millis(5),
@@ -458,6 +459,30 @@ async fn a_snapshot_sent_chunk_by_chunk_uses_one_connection() {
         t.stats().snapshot_streams_active == 0
     })
     .await;
+}
+
+/// The snapshot queue holds at most `snapshot_queue_capacity` chunks per destination: more
+/// chunks for a store that is not reading are dropped and counted, not held (each may be a
+/// MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_chunks_beyond_the_queue_capacity_are_dropped() {
+    let mut cfg = config();
+    cfg.snapshot_queue_capacity = 4;
+    // The connection task takes at most one frame off the queue while it waits for an
+    // address; one message per frame makes that one chunk.
+    cfg.max_batch_messages = 1;
+    let t = Transport::new(StoreId(1), cfg);
+    // No address for store 2: nothing is sent.
+    for chunk in 0..20 {
+        t.send(StoreId(2), snapshot_msg(2, chunk));
+    }
+    // 4 queued, at most 1 taken into the waiting frame: the other 15 or 16 are dropped.
+    let st = t.stats();
+    assert!(
+        (15..=16).contains(&st.dropped_queue_full),
+        "dropped {} of 20 with room for 4: {st:?}",
+        st.dropped_queue_full
+    );
 }
 
 /// Opens a raw store-to-store connection to `server` and writes the preface.
