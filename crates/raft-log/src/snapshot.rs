@@ -112,6 +112,28 @@ pub struct PreparedSnapshot {
 }
 
 impl PreparedSnapshot {
+    /// The snapshot of `group` at (`index`, `term`) in `dir`, whose payload is `payload_len`
+    /// bytes; creates `dir` if missing.
+    fn new(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        group: GroupId,
+        index: u64,
+        term: u64,
+        payload_len: u64,
+    ) -> Result<PreparedSnapshot> {
+        fs.create_dir_all(dir)
+            .map_err(|error| Error::io("create directory", dir, error))?;
+        Ok(PreparedSnapshot {
+            group,
+            index,
+            term,
+            file_bytes: SNAPSHOT_HEADER_BYTES as u64 + payload_len,
+            dir: dir.to_path_buf(),
+            name: snapshot_name(group, index, term),
+        })
+    }
+
     fn temp_path(&self) -> PathBuf {
         self.dir.join(format!("{}{TEMP_SUFFIX}", self.name))
     }
@@ -132,23 +154,14 @@ pub fn prepare_snapshot_parts(
     term: u64,
     parts: &[&[u8]],
 ) -> Result<PreparedSnapshot> {
-    fs.create_dir_all(dir)
-        .map_err(|error| Error::io("create directory", dir, error))?;
-    let prepared = PreparedSnapshot {
-        group,
-        index,
-        term,
-        file_bytes: (SNAPSHOT_HEADER_BYTES + parts.iter().map(|p| p.len()).sum::<usize>()) as u64,
-        dir: dir.to_path_buf(),
-        name: snapshot_name(group, index, term),
-    };
+    let payload_len = parts.iter().map(|p| p.len() as u64).sum();
+    let prepared = PreparedSnapshot::new(fs, dir, group, index, term, payload_len)?;
     let temp_path = prepared.temp_path();
 
-    let len: usize = parts.iter().map(|p| p.len()).sum();
     let crc = parts
         .iter()
         .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
-    let header = snapshot_header(group, index, term, len as u64, crc);
+    let header = snapshot_header(group, index, term, payload_len, crc);
 
     let mut file = fs
         .create(&temp_path)
@@ -199,16 +212,7 @@ impl StreamedSnapshot {
         payload_len: u64,
         payload_crc: u32,
     ) -> Result<StreamedSnapshot> {
-        fs.create_dir_all(dir)
-            .map_err(|error| Error::io("create directory", dir, error))?;
-        let prepared = PreparedSnapshot {
-            group,
-            index,
-            term,
-            file_bytes: SNAPSHOT_HEADER_BYTES as u64 + payload_len,
-            dir: dir.to_path_buf(),
-            name: snapshot_name(group, index, term),
-        };
+        let prepared = PreparedSnapshot::new(fs, dir, group, index, term, payload_len)?;
         let path = prepared.receiving_path();
         let mut file = fs
             .create(&path)
@@ -254,11 +258,6 @@ impl StreamedSnapshot {
         self.written
     }
 
-    /// The group, index and term the file is for.
-    pub fn id(&self) -> (GroupId, u64, u64) {
-        (self.prepared.group, self.prepared.index, self.prepared.term)
-    }
-
     /// Checks length and checksum, syncs the file and publishes it under its final name. On
     /// error the file is removed.
     pub fn finish(mut self, fs: &dyn FileSystem) -> Result<PreparedSnapshot> {
@@ -285,14 +284,7 @@ impl StreamedSnapshot {
                 .map_err(|error| Error::io("fdatasync", &path, error))
         };
         drop(self.file);
-        let published = checked.and_then(|()| {
-            let final_path = self.prepared.dir.join(&self.prepared.name);
-            fs.rename(&path, &final_path)
-                .map_err(|error| Error::io("rename", &path, error))?;
-            let dir = self.prepared.dir.as_path();
-            fs.sync_dir(dir)
-                .map_err(|error| Error::io("sync directory", dir, error))
-        });
+        let published = checked.and_then(|()| publish_from(fs, &self.prepared, &path));
         if let Err(error) = published {
             let _ = fs.remove(&path);
             return Err(error);
@@ -361,11 +353,16 @@ pub fn discard_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) {
 /// The second step of [`write_snapshot_parts`]: renames the prepared file to its final name
 /// and syncs the directory, so the file survives a crash. Returns the final path.
 pub fn publish_snapshot(fs: &dyn FileSystem, prepared: &PreparedSnapshot) -> Result<PathBuf> {
+    publish_from(fs, prepared, &prepared.temp_path())
+}
+
+/// Renames `from` (a prepared or received file) to `prepared`'s final name and syncs the
+/// directory. Returns the final path.
+fn publish_from(fs: &dyn FileSystem, prepared: &PreparedSnapshot, from: &Path) -> Result<PathBuf> {
     let dir = prepared.dir.as_path();
-    let temp_path = prepared.temp_path();
     let final_path = dir.join(&prepared.name);
-    fs.rename(&temp_path, &final_path)
-        .map_err(|error| Error::io("rename", &temp_path, error))?;
+    fs.rename(from, &final_path)
+        .map_err(|error| Error::io("rename", from, error))?;
     fs.sync_dir(dir)
         .map_err(|error| Error::io("sync directory", dir, error))?;
     Ok(final_path)

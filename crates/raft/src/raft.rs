@@ -1496,28 +1496,14 @@ impl<S: Storage> Raft<S> {
     ) {
         let index = metadata.index;
         if total_bytes > self.cfg.max_snapshot_bytes {
-            self.send(
-                from,
-                MessageBody::SnapshotResponse {
-                    index,
-                    next_offset: 0,
-                    reject: true,
-                },
-            );
+            self.snapshot_response(from, index, 0, true);
             return;
         }
         if index <= self.log.committed {
             // We already have everything the snapshot covers.
             self.incoming_snapshot = None;
             let committed = self.log.committed;
-            self.send(
-                from,
-                MessageBody::SnapshotResponse {
-                    index,
-                    next_offset: total_bytes,
-                    reject: false,
-                },
-            );
+            self.snapshot_response(from, index, total_bytes, false);
             self.send(
                 from,
                 MessageBody::AppendResponse {
@@ -1538,14 +1524,7 @@ impl<S: Storage> Raft<S> {
             if offset != 0 {
                 // A chunk of a transfer we are not receiving: make the sender restart.
                 self.incoming_snapshot = None;
-                self.send(
-                    from,
-                    MessageBody::SnapshotResponse {
-                        index,
-                        next_offset: 0,
-                        reject: true,
-                    },
-                );
+                self.snapshot_response(from, index, 0, true);
                 return;
             }
             self.incoming_snapshot = Some(IncomingSnapshot {
@@ -1581,42 +1560,21 @@ impl<S: Storage> Raft<S> {
         }
         let have = inc.received;
         if have < total_bytes || !done {
-            self.send(
-                from,
-                MessageBody::SnapshotResponse {
-                    index,
-                    next_offset: have,
-                    reject: false,
-                },
-            );
+            self.snapshot_response(from, index, have, false);
             return;
         }
         let inc = self.incoming_snapshot.take().expect("set above");
         if inc.crc != inc.checksum {
             // Damaged on the way (or at the sender): start over. A streaming caller sees the
             // next transfer's chunk at offset 0 and drops what it wrote.
-            self.send(
-                from,
-                MessageBody::SnapshotResponse {
-                    index,
-                    next_offset: 0,
-                    reject: true,
-                },
-            );
+            self.snapshot_response(from, index, 0, true);
             return;
         }
         let snapshot = Snapshot {
             metadata: inc.metadata,
             data: inc.data.freeze(),
         };
-        self.send(
-            from,
-            MessageBody::SnapshotResponse {
-                index,
-                next_offset: total_bytes,
-                reject: false,
-            },
-        );
+        self.snapshot_response(from, index, total_bytes, false);
         self.restore(snapshot, stream);
         let last = self.log.last_index();
         self.send(
@@ -1624,6 +1582,18 @@ impl<S: Storage> Raft<S> {
             MessageBody::AppendResponse {
                 index: last,
                 reject: None,
+            },
+        );
+    }
+
+    /// Answers a snapshot chunk: the offset we want next, or a rejection (restart from 0).
+    fn snapshot_response(&mut self, to: NodeId, index: LogIndex, next_offset: u64, reject: bool) {
+        self.send(
+            to,
+            MessageBody::SnapshotResponse {
+                index,
+                next_offset,
+                reject,
             },
         );
     }

@@ -101,6 +101,21 @@ struct Writes {
 }
 
 impl Writes {
+    /// Every acknowledged write is there (through `common::lost_writes`), no refused one is.
+    async fn check_read_back(&self, kv: &mut client::Client) {
+        let acked: Vec<(&String, &Vec<u8>)> = self.acked.iter().collect();
+        let mut read_back = Vec::new();
+        for (key, _) in &acked {
+            read_back.push(kv.get(key.as_bytes()).await.expect("read"));
+        }
+        let lost = common::lost_writes(&acked, &read_back);
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        for key in &self.refused {
+            let got = kv.get(key.as_bytes()).await.expect("read");
+            assert_eq!(got, None, "refused {key} was applied");
+        }
+    }
+
     /// Puts `key`; returns whether it was refused for lack of space.
     async fn put(&mut self, c: &mut client::Client, key: String) -> bool {
         let v = value(&key);
@@ -324,17 +339,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_is_free
     writes.acked.insert(key.to_string(), value(key));
 
     // 5. Every acknowledged write is there, no refused one is.
-    let acked: Vec<(&String, &Vec<u8>)> = writes.acked.iter().collect();
-    let mut read_back = Vec::new();
-    for (key, _) in &acked {
-        read_back.push(kv.get(key.as_bytes()).await.expect("read"));
-    }
-    let lost = common::lost_writes(&acked, &read_back);
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    for key in &writes.refused {
-        let got = kv.get(key.as_bytes()).await.expect("read");
-        assert_eq!(got, None, "refused {key} was applied");
-    }
+    writes.check_read_back(&mut kv).await;
     assert_all_up(&mut c, "at the end");
     eprintln!(
         "{} acknowledged writes all present, {} refused ones absent, {} unknown",
@@ -460,17 +465,7 @@ async fn a_store_whose_log_write_is_held_for_space_resumes_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let acked: Vec<(&String, &Vec<u8>)> = writes.acked.iter().collect();
-    let mut read_back = Vec::new();
-    for (key, _) in &acked {
-        read_back.push(kv.get(key.as_bytes()).await.expect("read"));
-    }
-    let lost = common::lost_writes(&acked, &read_back);
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    for key in &writes.refused {
-        let got = kv.get(key.as_bytes()).await.expect("read");
-        assert_eq!(got, None, "refused {key} was applied");
-    }
+    writes.check_read_back(&mut kv).await;
     assert_all_up(&mut c, "at the end");
     eprintln!(
         "{} acknowledged writes all present, {} refused ones absent, {} unknown",

@@ -234,7 +234,12 @@ impl<M: StateMachine> Store<M> {
         );
         let data_bytes = receiver.data_len();
         stats.snapshot_receiving_bytes -= receiver.received();
-        p.raw.storage_mut().install_received(receiver)?;
+        let newer = p.raw.storage_mut().install_received(receiver)?;
+        assert!(
+            newer,
+            "region {id}: the core handed out snapshot {:?}, not newer than the stored one",
+            snap.metadata
+        );
         // Restored from the file just written (read back once, checksum verified).
         let installed = raft::Storage::snapshot(p.raw.storage())
             .map_err(|e| StoreError::Storage(format!("region {id}: {e}")))?;
