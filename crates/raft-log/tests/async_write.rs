@@ -174,11 +174,25 @@ fn every_resolved_future_is_durable_after_a_crash() {
                     .filter(|&(_, index)| index != IDLE)
                     .collect()
             };
+            // Slow the disk down so that writes stay in flight across the crash: once a sync
+            // completes after the change, any sync running is a slow one, and the writes
+            // waiting on it cannot resolve between the two looks below (with 200 µs syncs, a
+            // loaded machine let every write in flight finish in between).
+            fs.set_sync_delay(Duration::from_millis(200));
+            let syncs = fs.sync_count();
+            while fs.sync_count() == syncs {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "seed {seed}: no sync completed within {TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let before = outstanding();
             // Power loss while writes are in flight: the engine's file handles die, queued
             // and later writes fail.
             fs.crash();
             let after = outstanding();
+            fs.set_sync_delay(Duration::from_micros(200));
             let in_flight: Vec<(usize, u64)> =
                 before.into_iter().filter(|w| after.contains(w)).collect();
             let mut failed = Vec::new();
