@@ -25,6 +25,14 @@ impl StateMachine for KvStateMachine {
         KvStateMachine::apply_noop(self, index)
     }
 
+    fn split_off(&mut self, at_key: &[u8], right: &Region, applied: u64) -> Self {
+        let mut r = KvStateMachine::split_off(self, Bytes::copy_from_slice(at_key))
+            .unwrap_or_else(|e| panic!("split of a region the store checked: {e}"));
+        debug_assert_eq!(r.region().end.as_deref(), right.end_key.as_deref());
+        r.applied_index = applied;
+        r
+    }
+
     fn read(&self, query: &Command) -> Result<Response, CommandError> {
         KvStateMachine::read(self, query)
     }

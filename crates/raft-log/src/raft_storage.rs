@@ -261,7 +261,7 @@ impl GroupStorage {
             &self.dir,
             self.group,
             snapshot.metadata.clone(),
-            &snapshot.data,
+            &[&snapshot.data],
         )?;
         self.commit_snapshot(snapshot)?;
         remove_older_snapshots(self.fs.as_ref(), &prepared)
@@ -346,7 +346,7 @@ impl GroupStorage {
                 term,
                 conf_state: conf_state.clone(),
             },
-            &data,
+            &[&data],
         )?;
         self.commit_prepared(&prepared, conf_state)?;
         remove_older_snapshots(self.fs.as_ref(), &prepared)
@@ -498,9 +498,9 @@ impl SnapshotReceiver {
     }
 }
 
-/// Writes and syncs the snapshot file of `group` for `meta` holding the application's `data`
-/// (the file's payload is `varint(conf len) | conf | data`, written in parts so the state is
-/// not copied), then publishes it under its final name. Callable from any thread: until the
+/// Writes and syncs the snapshot file of `group` for `meta` holding the application's data,
+/// the concatenation of `data` (the file's payload is `varint(conf len) | conf | data...`,
+/// written in parts so the state is not copied), then publishes it under its final name. Callable from any thread: until the
 /// group's owner commits it ([`GroupStorage::commit_prepared`]) readers of the group's
 /// snapshot read the one its metadata names. On error nothing is left behind.
 pub fn prepare_snapshot_file(
@@ -508,11 +508,13 @@ pub fn prepare_snapshot_file(
     dir: &std::path::Path,
     group: GroupId,
     meta: SnapshotMetadata,
-    data: &[u8],
+    data: &[&[u8]],
 ) -> Result<PreparedSnapshot> {
     let prefix = snapshot_prefix(&meta.conf_state);
-    let prepared =
-        prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &[&prefix, data])?;
+    let mut parts = Vec::with_capacity(1 + data.len());
+    parts.push(prefix.as_slice());
+    parts.extend_from_slice(data);
+    let prepared = prepare_snapshot_parts(fs, dir, group, meta.index.0, meta.term.0, &parts)?;
     if let Err(e) = publish_snapshot(fs, &prepared) {
         discard_snapshot(fs, &prepared);
         return Err(e);

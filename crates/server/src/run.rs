@@ -158,7 +158,7 @@ impl Server {
         // queue drops the message: Raft retransmits). The peer port also serves gRPC, for
         // requests forwarded by other servers.
         let h = handle.clone();
-        let ingress = transport::RaftIngress::direct(Arc::new(move |m| h.send_raft(m)));
+        let ingress = transport::RaftIngress::direct(Arc::new(move |from, m| h.send_raft(from, m)));
         let client_addr = client
             .local_addr()
             .map(|a| a.to_string())

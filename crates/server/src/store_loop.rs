@@ -10,7 +10,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{
-    LiveRegions, Region, RegionEpoch, RegionId, RegionStatus, Reply, Store, StoreError, Ticket,
+    LiveRegions, Region, RegionEpoch, RegionId, RegionStatus, Reply, Store, StoreError, StoreId,
+    Ticket,
 };
 use tokio::sync::oneshot;
 
@@ -22,7 +23,8 @@ const MAX_COMMANDS_PER_ROUND: usize = 4_096;
 pub type ReplyTx = oneshot::Sender<Result<Reply<KvSm>, StoreError>>;
 
 pub enum Cmd {
-    Raft(raft::Message),
+    /// A message and the store it came from.
+    Raft(StoreId, raft::Message),
     Propose {
         region: RegionId,
         epoch: RegionEpoch,
@@ -115,8 +117,8 @@ impl StoreHandle {
     }
 
     /// Hands a message from another store to the store thread without blocking.
-    pub fn send_raft(&self, m: raft::Message) -> Result<(), transport::Rejected> {
-        match self.tx.try_send(Cmd::Raft(m)) {
+    pub fn send_raft(&self, from: StoreId, m: raft::Message) -> Result<(), transport::Rejected> {
+        match self.tx.try_send(Cmd::Raft(from, m)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(transport::Rejected::Full),
             Err(TrySendError::Disconnected(_)) => Err(transport::Rejected::Closed),
@@ -296,8 +298,8 @@ fn handle(
     metrics: &Metrics,
 ) -> bool {
     match cmd {
-        Cmd::Raft(m) => {
-            let _ = store.step(m);
+        Cmd::Raft(from, m) => {
+            let _ = store.step(from, m);
         }
         Cmd::Propose {
             region,

@@ -378,7 +378,8 @@ enum Ev {
     /// A store's tick timer; only the newest chain (generation) per store is live.
     Tick(usize, u64),
     /// A message (boxed: the heap moves its entries around) reaching a store.
-    Deliver(Box<Message>, usize),
+    /// A message, the store it came from, and the index of the store it goes to.
+    Deliver(Box<(StoreId, Message)>, usize),
     /// A client's next step; only the newest generation per client is live.
     Client(usize, u64),
     /// A paused store wakes up (pause number).
@@ -411,7 +412,7 @@ impl Ord for Sched {
 
 /// What reaches a paused store and waits in its inbox.
 enum Deferred {
-    Message(Message),
+    Message(StoreId, Message),
     /// A client's request: the client, the history slot of its operation, and what to send.
     Request {
         client: usize,
@@ -789,6 +790,7 @@ impl Sim {
             let n = self.stores[i].incarnation;
             self.schedule(d, Ev::Persist(i, n));
         }
+        let from = StoreId(i as u64 + 1);
         for (to, m) in outbox {
             let t = to.0 as usize - 1;
             self.out.messages += 1;
@@ -802,10 +804,10 @@ impl Sim {
             if unit(&mut self.rng) < self.faults.dup_rate {
                 self.out.messages_duplicated += 1;
                 let d = self.delay();
-                self.schedule(d, Ev::Deliver(Box::new(m.clone()), t));
+                self.schedule(d, Ev::Deliver(Box::new((from, m.clone())), t));
             }
             let d = self.delay();
-            self.schedule(d, Ev::Deliver(Box::new(m), t));
+            self.schedule(d, Ev::Deliver(Box::new((from, m)), t));
         }
         for c in completions {
             if let Some(client) = self.waiting[i].remove(&c.ticket) {
@@ -1176,14 +1178,16 @@ impl Sim {
             }
             Ev::Deliver(m, to) => {
                 if self.paused(to) {
-                    self.defer(to, Deferred::Message(*m));
-                } else if self.cuts_transfer(to, &m) {
+                    let (from, m) = *m;
+                    self.defer(to, Deferred::Message(from, m));
+                } else if self.cuts_transfer(to, &m.1) {
                     // A crash in the middle of a streamed snapshot install: the store has
                     // written part of the snapshot's file (see `Sim::cuts_transfer`).
                     let torn = self.rng.below(2) == 0;
                     self.crash(to, torn);
                 } else if let Some(s) = self.stores[to].store.as_mut() {
-                    let _ = s.step(*m);
+                    let (from, m) = *m;
+                    let _ = s.step(from, m);
                     self.drive(to);
                 }
             }
@@ -1255,9 +1259,9 @@ impl Sim {
                 break; // an injected failure killed it while catching up
             }
             match d {
-                Deferred::Message(m) => {
+                Deferred::Message(from, m) => {
                     let s = self.stores[i].store.as_mut().expect("up");
-                    let _ = s.step(m);
+                    let _ = s.step(from, m);
                 }
                 Deferred::Request {
                     client,

@@ -23,6 +23,11 @@
 //!     (`Store::balance_leaders`).
 //!   - (the live region map, `types::LiveRegions`, is published by `store`.)
 //!   - `reclaim`: keeping the shared log within its budget (`Store::reclaim_log`).
+//!   - `split`: regions that change shape at runtime: `Store::propose_split`, the effects
+//!     of applied admin entries (`Store::apply_effects`), cluster-unique ids
+//!     (`Store::alloc_id`), replicas created by a leader's first message.
+//!   - `entry`: what a normal log entry carries (a command with the region version it was
+//!     routed with, or an admin command); `snapshot_data`: a snapshot's descriptor + state.
 //! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
 //!   it, serialized and written by a `SnapshotBuilder` (`ThreadBuilder` in the server),
 //!   published and compacted to back on it.
@@ -41,10 +46,13 @@
 // `Store`'s jobs besides the store itself, one module each (see the module map above).
 mod balance;
 mod config;
+mod entry;
 mod peer;
 mod ready;
 mod reclaim;
+mod snapshot_data;
 mod snapshots;
+mod split;
 
 pub mod driver;
 pub mod error;
@@ -53,12 +61,14 @@ pub mod store;
 pub use types::{region, state_machine};
 
 pub use driver::{Driver, DriverStats, EngineWriter, InlineWriter, RoundWriter};
+pub use entry::AdminCommand;
 pub use error::StoreError;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use snapshot_job::{
     BuiltSnapshot, HereBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
     MAX_SNAPSHOTS_BUILDING,
 };
+pub use split::{ID_BATCH, ID_COUNTER_BITS, MAX_STORE_ID};
 pub use state_machine::StateMachine;
 pub use store::{
     Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,

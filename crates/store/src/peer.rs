@@ -3,7 +3,7 @@
 
 use crate::config::StoreConfig;
 use crate::error::StoreError;
-use crate::region::Region;
+use crate::region::{PeerMeta, Region, RegionEpoch, StoreId};
 use crate::snapshot_job::SnapshotJob;
 use crate::state_machine::StateMachine;
 use crate::store::Ticket;
@@ -17,13 +17,21 @@ use std::sync::Arc;
 pub(crate) struct PendingRead<Q> {
     pub(crate) ticket: Ticket,
     pub(crate) query: Q,
+    /// The key the read is about: checked against the region again when it is served (a
+    /// split applied meanwhile may have moved it to another region).
+    pub(crate) key: Vec<u8>,
     /// Set once the ReadIndex round answered: serve when applied reaches it.
     pub(crate) index: Option<LogIndex>,
 }
 
 /// One region replica.
 pub(crate) struct Peer<M: StateMachine> {
+    /// The descriptor; an uninitialized replica (created by a leader's message, waiting for
+    /// its first snapshot) has epoch 0 and no key range (see [`Peer::initialized`]).
     pub(crate) region: Region,
+    /// Peers of the region the descriptor does not name yet, learned from the store their
+    /// messages came from: where an uninitialized replica's answers go.
+    pub(crate) learned: Vec<PeerMeta>,
     pub(crate) raw: RawNode<GroupStorage>,
     pub(crate) sm: M,
     pub(crate) applied: LogIndex,
@@ -63,7 +71,43 @@ pub const SNAPSHOT_AMORTIZATION: u64 = 4;
 /// compacted: the log's entries live in memory.
 pub const SNAPSHOT_MAX_ENTRIES_FACTOR: u64 = 10;
 
+/// The descriptor of a replica created by a message, before its first snapshot: no key
+/// range, epoch 0, only itself as a peer.
+pub(crate) fn uninitialized_region(id: crate::region::RegionId, me: PeerMeta) -> Region {
+    Region {
+        id,
+        start_key: Vec::new(),
+        end_key: Some(Vec::new()),
+        epoch: RegionEpoch::default(),
+        peers: vec![me],
+    }
+}
+
 impl<M: StateMachine> Peer<M> {
+    /// Whether the replica has a descriptor (bootstrapped, created by a split, or installed
+    /// from a snapshot); an uninitialized one serves nothing and is not in the region map.
+    pub(crate) fn initialized(&self) -> bool {
+        self.region.epoch != RegionEpoch::default()
+    }
+
+    /// The store hosting peer `id` of this region, from the descriptor or learned.
+    pub(crate) fn store_of(&self, id: NodeId) -> Option<StoreId> {
+        self.region
+            .peer(id)
+            .or_else(|| self.learned.iter().copied().find(|p| p.id == id))
+            .map(|p| p.store)
+    }
+
+    /// Remembers that peer `id` lives on `store` when the descriptor does not say.
+    pub(crate) fn learn(&mut self, id: NodeId, store: StoreId) {
+        if id != NodeId::NONE
+            && self.region.peer(id).is_none()
+            && !self.learned.iter().any(|p| p.id == id)
+            && self.learned.len() < types::MAX_PEERS as usize
+        {
+            self.learned.push(PeerMeta { id, store });
+        }
+    }
     /// Whether the log has grown enough to be worth a snapshot (see [`SNAPSHOT_AMORTIZATION`]):
     /// past the byte threshold, or past the entry threshold and large enough next to the state
     /// it would serialize, or far past the entry threshold whatever the state.
@@ -101,7 +145,7 @@ impl<M: StateMachine> Peer<M> {
         let view = self.sm.view();
         self.building_snapshot = Some(self.bytes_since_snapshot);
         Ok(Some(SnapshotJob::new(
-            self.region.id,
+            &self.region,
             self.applied,
             term,
             self.raw.status().conf_state,

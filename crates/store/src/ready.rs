@@ -3,13 +3,18 @@
 //! written — on the store thread, handed to the engine's writer, or queued for the caller —
 //! and finished once durable (held messages out, Raft told what is persisted).
 
+use crate::entry::{self, AdminCommand, StoreEntry};
 use crate::error::StoreError;
 use crate::peer::Peer;
+use crate::region::RegionEpoch;
 use crate::region::{Region, RegionId, StoreId};
 use crate::snapshot_job::SnapshotWork;
+use crate::split::Effect;
 use crate::state_machine::StateMachine;
 use crate::store::{Completion, Reply, Store, StoreStats};
-use raft::{Entry, EntryKind, Message, NodeId, Persisted, ReadState, Ready, Role, Term};
+use raft::{
+    Entry, EntryKind, Message, NodeId, Persisted, ReadState, Ready, Role, Term, INIT_LOG_INDEX,
+};
 use raft_log::LogBatch;
 use std::future::Future;
 use std::sync::Arc;
@@ -64,17 +69,17 @@ const MAX_WRITE_LATENCIES_KEPT: usize = 4096;
 /// and on how far the state machines run ahead of the disk).
 pub const MAX_WRITES_IN_FLIGHT: usize = 64;
 
-/// Hands `messages` from a replica of `region` to the outbox, each addressed to the store of
-/// its peer; one to a peer the region does not have is dropped.
-fn send_messages(
-    region: &Region,
+/// Hands `messages` from a replica to the outbox, each addressed to the store of its peer
+/// (see [`Peer::store_of`]); one to a peer of unknown store is dropped.
+fn send_messages<M: StateMachine>(
+    p: &Peer<M>,
     messages: Vec<Message>,
     outbox: &mut Vec<(StoreId, Message)>,
     stats: &mut StoreStats,
 ) {
     for m in messages {
-        match region.peer(m.to) {
-            Some(peer) => outbox.push((peer.store, m)),
+        match p.store_of(m.to) {
+            Some(store) => outbox.push((store, m)),
             None => stats.messages_dropped += 1,
         }
     }
@@ -143,6 +148,9 @@ impl<M: StateMachine> Store<M> {
             must_sync: false,
         };
         self.round_prepared = true;
+        let mut effects = Vec::new();
+        // A snapshot installed: its descriptor may differ (see `install_received_snapshot`).
+        let mut reshaped = false;
         for (id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
                 continue;
@@ -150,6 +158,7 @@ impl<M: StateMachine> Store<M> {
             let mut rd = p.raw.ready();
             Self::receive_snapshot_chunks(*id, p, &rd.snapshot_chunks, &mut self.stats)?;
             if let Some(snap) = &rd.snapshot {
+                reshaped = true;
                 // Rare and large: written on its own (file + metadata, synced) before the rest.
                 Self::install_received_snapshot(
                     *id,
@@ -166,7 +175,7 @@ impl<M: StateMachine> Store<M> {
             Self::stage_ready(p, &rd, &mut pending)?;
             if early {
                 let messages = std::mem::take(&mut rd.messages);
-                send_messages(&p.region, messages, &mut self.outbox, &mut self.stats);
+                send_messages(p, messages, &mut self.outbox, &mut self.stats);
             }
             if let Some(ss) = rd.soft_state {
                 if ss.role != Role::Leader {
@@ -178,6 +187,7 @@ impl<M: StateMachine> Store<M> {
                 &rd.committed_entries,
                 &mut self.completions,
                 &mut self.stats,
+                &mut effects,
             );
             let read_states = std::mem::take(&mut rd.read_states);
             Self::serve_ready_reads(p, read_states, &mut self.completions);
@@ -189,6 +199,10 @@ impl<M: StateMachine> Store<M> {
                 term_vote: rd.hard_state.map(|hs| (hs.term, hs.vote)),
             });
         }
+        if reshaped {
+            self.publish_regions();
+        }
+        self.apply_effects(effects)?;
         Ok(pending)
     }
 
@@ -252,15 +266,17 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Applies a replica's committed entries to its state machine, in order, and completes
-    /// the proposals they decide.
+    /// the proposals they decide. What an admin entry asks of the store (a new region's peer)
+    /// goes to `effects`, for [`Store::apply_effects`] after the round's applies.
     fn apply_committed(
         p: &mut Peer<M>,
         entries: &[Entry],
         completions: &mut Vec<Completion<M>>,
         stats: &mut StoreStats,
+        effects: &mut Vec<Effect<M>>,
     ) {
         for e in entries {
-            let result = Self::apply_entry(p, e);
+            let result = Self::apply_entry(p, e, effects);
             p.applied = e.index;
             p.bytes_since_snapshot += e.data.len() as u64;
             stats.entries_applied += 1;
@@ -268,15 +284,40 @@ impl<M: StateMachine> Store<M> {
         }
     }
 
-    /// Applies one committed entry; returns the state machine's output, or None for an entry
-    /// that is not a command (a leader's empty entry, a membership change).
-    fn apply_entry(p: &mut Peer<M>, e: &Entry) -> Option<M::Output> {
+    /// Applies one committed entry; returns what its proposer gets (`Reply::Empty` for an
+    /// entry that is not a command: a leader's empty entry, a membership change).
+    fn apply_entry(
+        p: &mut Peer<M>,
+        e: &Entry,
+        effects: &mut Vec<Effect<M>>,
+    ) -> Result<Reply<M>, StoreError> {
         match e.kind {
             EntryKind::Normal if e.data.is_empty() => {
                 p.sm.apply_noop(e.index.0);
-                None
+                Ok(Reply::Empty)
             }
-            EntryKind::Normal => Some(p.sm.apply(e.index.0, &e.data)),
+            EntryKind::Normal => match entry::decode(&e.data) {
+                // Checked again at apply: a command routed before a split or merge and
+                // committed after it must not land in a region that no longer holds its key
+                // (TiKV checks the version the same way).
+                StoreEntry::Command { version, .. } if version != p.region.epoch.version => {
+                    p.sm.apply_noop(e.index.0);
+                    Err(StoreError::EpochNotMatch {
+                        current: Box::new(p.region.clone()),
+                    })
+                }
+                StoreEntry::Command { payload, .. } | StoreEntry::Legacy(payload) => {
+                    Ok(Reply::Applied(p.sm.apply(e.index.0, payload)))
+                }
+                StoreEntry::Admin(admin) => {
+                    p.sm.apply_noop(e.index.0);
+                    Self::apply_admin(p, admin, effects)
+                }
+                StoreEntry::BadAdmin => {
+                    p.sm.apply_noop(e.index.0);
+                    Err(StoreError::Proposal("undecodable admin entry".into()))
+                }
+            },
             EntryKind::ConfChange => {
                 // Membership is static in this version; a committed change still
                 // updates Raft's view.
@@ -284,7 +325,62 @@ impl<M: StateMachine> Store<M> {
                     p.raw.apply_conf_change(&cc);
                 }
                 p.sm.apply_noop(e.index.0);
-                None
+                Ok(Reply::Empty)
+            }
+        }
+    }
+
+    /// Executes an admin entry on this replica. Every replica decides the same way from the
+    /// same state, so a refusal (the region changed since the command was proposed) is a
+    /// no-op everywhere.
+    fn apply_admin(
+        p: &mut Peer<M>,
+        admin: AdminCommand,
+        effects: &mut Vec<Effect<M>>,
+    ) -> Result<Reply<M>, StoreError> {
+        match admin {
+            AdminCommand::Split {
+                epoch,
+                split_key,
+                new_region,
+                new_peers,
+            } => {
+                let current = &p.region;
+                let same_stores = new_peers.len() == current.peers.len()
+                    && current
+                        .peers
+                        .iter()
+                        .zip(&new_peers)
+                        .all(|(a, b)| a.store == b.store);
+                if current.epoch != epoch || !same_stores {
+                    return Err(StoreError::EpochNotMatch {
+                        current: Box::new(current.clone()),
+                    });
+                }
+                if !current.contains(&split_key) || split_key == current.start_key {
+                    return Err(StoreError::KeyNotInRegion { region: current.id });
+                }
+                let version = current.epoch.version + 1;
+                let right = Region {
+                    id: new_region,
+                    start_key: split_key.clone(),
+                    end_key: current.end_key.clone(),
+                    epoch: RegionEpoch {
+                        conf_version: current.epoch.conf_version,
+                        version,
+                    },
+                    peers: new_peers,
+                };
+                let right_sm = p.sm.split_off(&split_key, &right, INIT_LOG_INDEX.0);
+                p.region.end_key = Some(split_key);
+                p.region.epoch.version = version;
+                effects.push(Effect::Split {
+                    left: p.region.clone(),
+                    right,
+                    right_sm,
+                    campaign: p.raw.role() == Role::Leader,
+                });
+                Ok(Reply::Empty)
             }
         }
     }
@@ -294,9 +390,10 @@ impl<M: StateMachine> Store<M> {
     fn complete_proposals(
         p: &mut Peer<M>,
         e: &Entry,
-        result: Option<M::Output>,
+        result: Result<Reply<M>, StoreError>,
         completions: &mut Vec<Completion<M>>,
     ) {
+        let mut result = Some(result);
         while let Some(&(index, term, ticket)) = p.proposals.front() {
             if index > e.index {
                 break;
@@ -305,9 +402,8 @@ impl<M: StateMachine> Store<M> {
             let ok = index == e.index && term == e.term;
             completions.push(Completion {
                 ticket,
-                result: match (&result, ok) {
-                    (Some(r), true) => Ok(Reply::Applied(r.clone())),
-                    (None, true) => Ok(Reply::Empty),
+                result: match result.take() {
+                    Some(r) if ok => r,
                     _ => Err(StoreError::Dropped),
                 },
             });
@@ -329,11 +425,20 @@ impl<M: StateMachine> Store<M> {
         }
         let applied = p.applied;
         let sm = &p.sm;
+        let region = &p.region;
         p.reads.retain(|r| match r.index {
             Some(i) if i <= applied => {
+                // A split applied since the read was routed may have moved its key away.
+                let result = if region.contains(&r.key) {
+                    Ok(Reply::Read(sm.read(&r.query)))
+                } else {
+                    Err(StoreError::EpochNotMatch {
+                        current: Box::new(region.clone()),
+                    })
+                };
                 completions.push(Completion {
                     ticket: r.ticket,
-                    result: Ok(Reply::Read(sm.read(&r.query))),
+                    result,
                 });
                 false
             }
@@ -598,7 +703,7 @@ impl<M: StateMachine> Store<M> {
             let Some(p) = self.peers.get_mut(&h.region) else {
                 continue;
             };
-            send_messages(&p.region, h.messages, &mut self.outbox, &mut self.stats);
+            send_messages(p, h.messages, &mut self.outbox, &mut self.stats);
             p.raw.on_persisted(h.persisted);
             if let Some(tv) = h.term_vote {
                 p.durable_term_vote = tv;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use raft::{ConfState, LogIndex, SnapshotMetadata, Term};
 use raft_log::{FileSystem, PreparedSnapshot};
 
-use crate::region::RegionId;
+use crate::region::{Region, RegionId};
 use crate::state_machine::StateMachine;
 
 /// Most snapshots a store builds at once. Each holds a view, and a view keeps alive every
@@ -48,6 +48,9 @@ pub struct SnapshotJob<M: StateMachine> {
     pub(crate) index: LogIndex,
     pub(crate) term: Term,
     pub(crate) conf_state: ConfState,
+    /// The region's descriptor at `index`, written before the state (see
+    /// [`crate::snapshot_data`]).
+    header: Vec<u8>,
     view: M::View,
     dir: PathBuf,
     fs: Arc<dyn FileSystem>,
@@ -87,7 +90,7 @@ pub struct BuiltSnapshot {
 impl<M: StateMachine> SnapshotJob<M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        region: RegionId,
+        descriptor: &Region,
         index: LogIndex,
         term: Term,
         conf_state: ConfState,
@@ -97,7 +100,8 @@ impl<M: StateMachine> SnapshotJob<M> {
         stall: Duration,
     ) -> Self {
         SnapshotJob {
-            region,
+            region: descriptor.id,
+            header: crate::snapshot_data::header(descriptor),
             index,
             term,
             conf_state,
@@ -125,7 +129,7 @@ impl<M: StateMachine> SnapshotJob<M> {
                 term: self.term,
                 conf_state: self.conf_state.clone(),
             },
-            &data,
+            &[&self.header, &data],
         );
         BuiltSnapshot {
             region: self.region,

@@ -247,8 +247,21 @@ impl<M: StateMachine> Store<M> {
             installed.metadata, snap.metadata,
             "region {id}: the installed snapshot is not the one received"
         );
-        p.sm = M::restore(&installed.data)
+        let (descriptor, sm_data) = crate::snapshot_data::parse(&installed.data)
             .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
+        p.sm = M::restore(sm_data)
+            .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
+        if let Some(descriptor) = descriptor {
+            // The region as of the snapshot's index: this replica may have missed the entries
+            // that reshaped it, or (created by a message) had no descriptor at all.
+            assert_eq!(
+                descriptor.id, id,
+                "region {id} installed a snapshot of region {}",
+                descriptor.id
+            );
+            p.region = descriptor;
+            p.learned.clear();
+        }
         drop(installed);
         p.applied = snap.metadata.index;
         p.last_snapshot_bytes = data_bytes;

@@ -89,6 +89,12 @@ pub struct StoreStats {
     pub log_bytes_deleted: u64,
     pub log_groups_rewritten: u64,
     pub log_bytes_rewritten: u64,
+    /// Splits applied on this store, and of them those whose new region's replica was here
+    /// already (created by its leader's messages, or a replay after a restart).
+    pub splits_applied: u64,
+    pub split_peers_existing: u64,
+    /// Replicas created by a message from a leader of a region this store did not have.
+    pub peers_created_by_message: u64,
 }
 
 /// Status of one region replica, for `raftkv status`.
@@ -158,6 +164,13 @@ pub struct Store<M: StateMachine> {
     pub(crate) bootstrapped: bool,
     /// The one region map: published whenever a descriptor changes, read by the routers.
     pub(crate) live_regions: LiveRegions,
+    /// The id allocator: the next id and the persisted limit (see [`Store::alloc_id`]).
+    pub(crate) next_id: (u64, u64),
+    /// Vote requests for regions this store does not have, with the store they came from,
+    /// oldest first, at most [`crate::split::MAX_STASHED_VOTES`]: a split's new region
+    /// campaigns on the old leader's store as soon as it applies the split, usually before
+    /// the other stores have applied it; their new replicas answer these once created.
+    pub(crate) stashed_votes: VecDeque<(StoreId, Message)>,
     pub stats: StoreStats,
 }
 
@@ -211,13 +224,16 @@ impl<M: StateMachine> Store<M> {
             fruitless_purge_at: None,
             bootstrapped: false,
             live_regions: LiveRegions::default(),
+            next_id: (0, 0),
+            stashed_votes: VecDeque::new(),
             stats: StoreStats::default(),
         };
+        store.next_id = store.load_next_id();
         let groups = store.engine.groups();
         if groups.is_empty() {
             for r in initial_regions {
                 if r.peer_on(store.cfg.store_id).is_some() {
-                    store.bootstrap_region(r)?;
+                    store.bootstrap_region(r, M::empty(r).snapshot())?;
                     store.bootstrapped = true;
                 }
             }
@@ -245,22 +261,48 @@ impl<M: StateMachine> Store<M> {
         self.live_regions.clone()
     }
 
-    /// Publishes the current descriptors; called whenever one changes.
+    /// Publishes the current descriptors; called whenever one changes. Uninitialized
+    /// replicas have no range and are left out. Two replicas of this store may overlap for a
+    /// while (a new region's replica created before the old region applied its split here):
+    /// the newer epoch wins the range and the older region is left out until it catches up.
     pub(crate) fn publish_regions(&self) {
-        self.live_regions.publish(RegionMap::new(
-            self.peers.values().map(|p| p.region.clone()),
-        ));
+        let mut by_version: Vec<&Region> = self
+            .peers
+            .values()
+            .filter(|p| p.initialized())
+            .map(|p| &p.region)
+            .collect();
+        by_version.sort_by_key(|r| std::cmp::Reverse(r.epoch.version));
+        let mut kept: BTreeMap<&[u8], &Region> = BTreeMap::new();
+        for r in by_version {
+            let before = kept.range(..r.start_key.as_slice()).next_back();
+            let overlaps_before = before.is_some_and(|(_, b)| b.contains(&r.start_key));
+            let after = kept.range(r.start_key.as_slice()..).next();
+            let overlaps_after = after
+                .is_some_and(|(start, _)| r.end_key.as_ref().is_none_or(|e| e.as_slice() > *start));
+            if !overlaps_before && !overlaps_after {
+                kept.insert(&r.start_key, r);
+            }
+        }
+        self.live_regions
+            .publish(RegionMap::new(kept.into_values().cloned()));
     }
 
-    fn bootstrap_region(&mut self, r: &Region) -> Result<(), StoreError> {
+    /// Creates a region's replica here from its first state, `data` (the state machine's
+    /// bytes): a snapshot at `INIT_LOG_INDEX` holding the descriptor and the data, as every
+    /// founding replica of a region starts (see `raft::MemStorage::new_bootstrap`). A replica
+    /// that existed uninitialized keeps its term and vote.
+    pub(crate) fn bootstrap_region(&mut self, r: &Region, data: Bytes) -> Result<(), StoreError> {
         let mut storage = GroupStorage::open(
             self.engine.clone(),
             engine_group(r.id),
             &self.snap_dir,
             self.fs.clone(),
         )?;
-        // Founding replicas start from a snapshot at INIT_LOG_INDEX holding the membership
-        // (see raft::MemStorage::new_bootstrap).
+        let prior = storage.hard_state();
+        let mut with_header = crate::snapshot_data::header(r);
+        with_header.extend_from_slice(&data);
+        drop(data);
         storage.apply_snapshot(Snapshot {
             metadata: SnapshotMetadata {
                 index: INIT_LOG_INDEX,
@@ -270,43 +312,59 @@ impl<M: StateMachine> Store<M> {
                     ..Default::default()
                 },
             },
-            data: M::empty(r).snapshot(),
+            data: Bytes::from(with_header),
         })?;
         storage.set_hard_state(HardState {
-            term: INIT_TERM,
-            vote: NodeId::NONE,
+            term: prior.term.max(INIT_TERM),
+            vote: if prior.term >= INIT_TERM {
+                prior.vote
+            } else {
+                NodeId::NONE
+            },
             commit: INIT_LOG_INDEX,
         })?;
         self.write_region(r)?;
         Ok(())
     }
 
-    fn write_region(&self, r: &Region) -> Result<(), StoreError> {
+    pub(crate) fn write_region(&self, r: &Region) -> Result<(), StoreError> {
         let mut b = LogBatch::new();
         b.put_state(engine_group(r.id), REGION_KEY, &r.encode());
         self.engine.write(&mut b, true)?;
         Ok(())
     }
 
-    fn open_peer(&mut self, region: Region) -> Result<(), StoreError> {
+    /// Opens the replica of `region` (its stored descriptor) from its storage. The descriptor
+    /// it serves with is the one its snapshot carries, at the snapshot's index: the log's
+    /// admin entries after it are applied again and bring it up to date, so the epoch checked
+    /// at apply is the same on every replica at every index.
+    pub(crate) fn open_peer(&mut self, stored: Region) -> Result<(), StoreError> {
+        let storage = GroupStorage::open(
+            self.engine.clone(),
+            engine_group(stored.id),
+            &self.snap_dir,
+            self.fs.clone(),
+        )?;
+        let snap =
+            raft::Storage::snapshot(&storage).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let (carried, sm_data) = crate::snapshot_data::parse(&snap.data)
+            .map_err(|e| StoreError::Storage(format!("snapshot of region {}: {e}", stored.id)))?;
+        let region = carried.unwrap_or(stored);
         let me = region.peer_on(self.cfg.store_id).ok_or_else(|| {
             StoreError::Storage(format!(
                 "region {} has no peer on store {}",
                 region.id, self.cfg.store_id
             ))
         })?;
-        let storage = GroupStorage::open(
-            self.engine.clone(),
-            engine_group(region.id),
-            &self.snap_dir,
-            self.fs.clone(),
-        )?;
-        let snap =
-            raft::Storage::snapshot(&storage).map_err(|e| StoreError::Storage(e.to_string()))?;
-        let sm = if snap.data.is_empty() {
-            M::empty(&region)
+        let sm = if sm_data.is_empty() {
+            // Uninitialized (no snapshot yet): a placeholder over the whole key space, never
+            // read or applied to before the first snapshot replaces it.
+            M::empty(&Region {
+                end_key: None,
+                ..region.clone()
+            })
         } else {
-            M::restore(&snap.data).map_err(|e| {
+            M::restore(sm_data).map_err(|e| {
                 StoreError::Storage(format!("snapshot of region {}: {e}", region.id))
             })?
         };
@@ -331,6 +389,7 @@ impl<M: StateMachine> Store<M> {
             Peer {
                 applied: snap.metadata.index,
                 region,
+                learned: Vec::new(),
                 raw,
                 sm,
                 proposals: VecDeque::new(),
@@ -349,21 +408,25 @@ impl<M: StateMachine> Store<M> {
         self.cfg.store_id
     }
 
+    /// The descriptors of this store's (initialized) replicas.
     pub fn regions(&self) -> Vec<Region> {
-        self.peers.values().map(|p| p.region.clone()).collect()
-    }
-
-    /// The region of this store containing `key`, if any.
-    pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
         self.peers
             .values()
-            .find(|p| p.region.contains(key))
+            .filter(|p| p.initialized())
             .map(|p| p.region.clone())
+            .collect()
     }
 
+    /// The region of this store containing `key`, if any (from the published map).
+    pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
+        self.live_regions.load().region_for_key(key).cloned()
+    }
+
+    /// Status of this store's initialized replicas.
     pub fn status(&self) -> Vec<RegionStatus> {
         self.peers
             .values()
+            .filter(|p| p.initialized())
             .map(|p| {
                 let st = p.raw.status();
                 let leader = p.region.peer(st.soft_state.leader).map(|l| l.store);
@@ -435,12 +498,19 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
-    /// Routes a message from another store to the replica of its region.
-    pub fn step(&mut self, m: Message) -> Result<(), StoreError> {
-        let Some(p) = self.peers.get_mut(&m.group) else {
+    /// Routes a message from store `from` to the replica of its region; a leader's message
+    /// for a region this store does not have creates an uninitialized replica (see
+    /// [`Store::maybe_create_peer`]).
+    pub fn step(&mut self, from: StoreId, m: Message) -> Result<(), StoreError> {
+        if !self.peers.contains_key(&m.group) && !self.maybe_create_peer(from, &m)? {
+            if self.stash_vote(from, &m) {
+                return Ok(());
+            }
             self.stats.messages_dropped += 1;
             return Err(StoreError::RegionNotFound(m.group));
-        };
+        }
+        let p = self.peers.get_mut(&m.group).expect("present or created");
+        p.learn(m.from, from);
         if let Err(e) = p.raw.step(m) {
             self.stats.messages_dropped += 1;
             return Err(StoreError::Proposal(e.to_string()));
@@ -449,7 +519,7 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Refuses a request routed to the wrong region, epoch or key range.
-    fn check_route(
+    pub(crate) fn check_route(
         &self,
         region: RegionId,
         epoch: RegionEpoch,
@@ -458,6 +528,7 @@ impl<M: StateMachine> Store<M> {
         let p = self
             .peers
             .get(&region)
+            .filter(|p| p.initialized())
             .ok_or(StoreError::RegionNotFound(region))?;
         if p.region.epoch != epoch {
             return Err(StoreError::EpochNotMatch {
@@ -502,6 +573,18 @@ impl<M: StateMachine> Store<M> {
         data: Bytes,
     ) -> Result<Ticket, StoreError> {
         self.check_request(region, epoch, key)?;
+        // The version travels with the command and is checked again at apply.
+        let data = crate::entry::encode_command(epoch.version, &data);
+        self.propose_entry(region, data)
+    }
+
+    /// Proposes an entry (already wrapped, see [`crate::entry`]) on this store's replica of
+    /// `region`, which the caller checked exists.
+    pub(crate) fn propose_entry(
+        &mut self,
+        region: RegionId,
+        data: Bytes,
+    ) -> Result<Ticket, StoreError> {
         if self.engine.is_out_of_space() {
             // Refused before proposing (certainly not applied): the log has no room for it.
             // What is already proposed is written once space is freed (the engine holds it).
@@ -556,6 +639,7 @@ impl<M: StateMachine> Store<M> {
                 p.reads.push(PendingRead {
                     ticket,
                     query,
+                    key: key.to_vec(),
                     index: None,
                 });
                 Ok(ticket)

@@ -48,6 +48,9 @@ impl StateMachine for MapSm {
         self.0.insert(d[5..5 + n].to_vec(), d[5 + n..].to_vec());
         Bytes::from_static(b"OK")
     }
+    fn split_off(&mut self, at_key: &[u8], _: &Region, _: u64) -> Self {
+        MapSm(self.0.split_off(at_key))
+    }
     fn read(&self, q: &Vec<u8>) -> Bytes {
         Bytes::from(self.0.get(q).cloned().unwrap_or_default())
     }
@@ -186,8 +189,9 @@ impl Cluster {
                     continue;
                 };
                 moved |= s.has_ready() || self.builders[i].has_finished();
+                let from = StoreId(i as u64 + 1);
                 let mut deliver = |s: &mut Store<MapSm>| {
-                    mail.extend(s.take_outbox());
+                    mail.extend(s.take_outbox().into_iter().map(|(to, m)| (from, to, m)));
                     done.extend(s.take_completions());
                 };
                 self.drivers[i]
@@ -205,10 +209,10 @@ impl Cluster {
             for Completion { ticket, result } in done {
                 self.done.insert(ticket, result);
             }
-            for (to, m) in mail {
+            for (from, to, m) in mail {
                 moved = true;
                 if let Some(s) = self.stores[to.0 as usize - 1].as_mut() {
-                    let _ = s.step(m);
+                    let _ = s.step(from, m);
                 }
             }
             if !moved {
@@ -505,7 +509,7 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     assert!(c.store(0).engine().stats().syncs > syncs_before);
     // A follower: its append response waits for its own write.
     for (to, m) in early {
-        let _ = c.store(to.0 as usize - 1).step(m);
+        let _ = c.store(to.0 as usize - 1).step(StoreId(1), m);
     }
     let pending = c.store(1).prepare_ready().unwrap();
     let before_write = c.store(1).take_outbox();
@@ -521,7 +525,7 @@ fn leader_replicates_before_its_own_fsync_and_followers_ack_only_after_theirs() 
     // The ack commits the entry; the leader answers in prepare, before any write of that
     // round.
     for (_, m) in after {
-        let _ = c.store(0).step(m);
+        let _ = c.store(0).step(StoreId(2), m);
     }
     let pending = c.store(0).prepare_ready().unwrap();
     let answered: Vec<_> = c.store(0).take_completions();
@@ -552,7 +556,7 @@ fn with_writes_in_flight_a_follower_acks_only_what_is_durable() {
     c.store(0).queue_ready(pending).unwrap();
     assert_eq!(c.store(0).writes_in_flight(), 1);
     for (to, m) in early {
-        let _ = c.store(to.0 as usize - 1).step(m);
+        let _ = c.store(to.0 as usize - 1).step(StoreId(1), m);
     }
     // Follower store 2 queues its write: no acknowledgement yet, and a second round (a
     // tick's worth of nothing) does not release it either.
@@ -581,7 +585,7 @@ fn with_writes_in_flight_a_follower_acks_only_what_is_durable() {
     // One follower's durable copy and the leader's unwritten one are not a quorum: the
     // write is not answered until the leader's own write completes.
     for (_, m) in acks {
-        let _ = c.store(0).step(m);
+        let _ = c.store(0).step(StoreId(2), m);
     }
     let pending = c.store(0).prepare_ready().unwrap();
     assert!(c.store(0).take_completions().iter().all(|d| d.ticket != t));
@@ -822,4 +826,188 @@ fn the_log_stays_within_its_budget_whatever_the_regions_do() {
     };
     assert_eq!((sm(&mut c, 0), sm(&mut c, 1), sm(&mut c, 2)), (100, 40, 3));
     assert_eq!(c.read(0, 2, b"q2").unwrap().as_ref(), b"idle");
+}
+
+impl Cluster {
+    /// Splits region `region` (index into `regions`) at `key` on store `store`, waits for it,
+    /// and records the two halves: the left keeps its index, the right is appended.
+    fn split(&mut self, store: usize, region: usize, key: &[u8]) -> Result<(), StoreError> {
+        let r = self.regions[region].clone();
+        let t = self.store(store).propose_split(r.id, r.epoch, key)?;
+        self.pump();
+        match self.done.remove(&t).expect("split completed")? {
+            Reply::Empty => {}
+            other => panic!("unexpected reply {other:?}"),
+        }
+        let map = self.store(store).live_regions().load();
+        let left = map.get(r.id).expect("left half in the map").clone();
+        let right = map
+            .region_for_key(key)
+            .expect("right half in the map")
+            .clone();
+        assert_ne!(left.id, right.id);
+        self.regions[region] = left;
+        self.regions.push(right);
+        Ok(())
+    }
+
+    fn regions_on(&mut self, store: usize) -> Vec<Region> {
+        let mut rs = self.store(store).regions();
+        rs.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        rs
+    }
+}
+
+/// A split goes through the region's log: every store ends with both halves (same ids,
+/// ranges and epochs), each half holds exactly its keys, the new region elects a leader (the
+/// old leader's store campaigns at once) and serves, and both survive a restart of every
+/// store. A request routed with the old epoch is refused with the current region.
+#[test]
+fn a_split_divides_the_region_on_every_store_and_survives_restarts() {
+    let mut c = Cluster::new(10_000);
+    for k in ["a", "b", "c", "d", "e", "f"] {
+        c.write(0, 0, k.as_bytes(), b"v").unwrap();
+    }
+    let old = c.regions[0].clone();
+    c.split(0, 0, b"c").unwrap();
+    let (left, right) = (c.regions[0].clone(), c.regions[3].clone());
+    assert_eq!(left.end_key.as_deref(), Some(&b"c"[..]));
+    assert_eq!(right.start_key, b"c".to_vec());
+    assert_eq!(right.end_key, old.end_key);
+    assert_eq!(left.epoch.version, old.epoch.version + 1);
+    assert_eq!(right.epoch.version, old.epoch.version + 1);
+    assert!(
+        right.id.0 >= 1 << store::ID_COUNTER_BITS,
+        "allocated id {}",
+        right.id
+    );
+    let stores: Vec<StoreId> = right.peers.iter().map(|p| p.store).collect();
+    assert_eq!(stores, vec![StoreId(1), StoreId(2), StoreId(3)]);
+    c.tick(3);
+    for s in 0..3 {
+        let rs = c.regions_on(s);
+        assert_eq!(rs.len(), 4, "store {s}: {rs:?}");
+        assert!(
+            rs.contains(&left) && rs.contains(&right),
+            "store {s}: {rs:?}"
+        );
+        let l = c.store(s).state_machine(left.id).unwrap();
+        assert_eq!(
+            l.0.keys().cloned().collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let r = c.store(s).state_machine(right.id).unwrap();
+        assert_eq!(r.0.len(), 4, "store {s}: the right half holds c..f");
+    }
+    // The old epoch is refused, with the current region to re-route by.
+    match c.store(0).propose(old.id, old.epoch, b"a", put(b"a", b"x")) {
+        Err(StoreError::EpochNotMatch { current }) => assert_eq!(*current, left),
+        other => panic!("expected EpochNotMatch, got {other:?}"),
+    }
+    // The new region has a leader (store 1's replica campaigned) and serves writes and reads.
+    assert_eq!(c.write(0, 3, b"d", b"v2").unwrap().as_ref(), b"OK");
+    for s in 0..3 {
+        assert_eq!(c.read(s, 3, b"d").unwrap().as_ref(), b"v2");
+    }
+    // A split key outside the region, or at its start, changes nothing.
+    let left_now = c.regions[0].clone();
+    assert!(matches!(
+        c.store(0).propose_split(left_now.id, left_now.epoch, b"x"),
+        Err(StoreError::KeyNotInRegion { .. })
+    ));
+    assert!(matches!(
+        c.store(0).propose_split(left_now.id, left_now.epoch, b""),
+        Err(StoreError::KeyNotInRegion { .. })
+    ));
+    for i in 0..3 {
+        c.stop(i);
+    }
+    for i in 0..3 {
+        c.start(i);
+    }
+    c.tick(60);
+    for s in 0..3 {
+        let rs = c.regions_on(s);
+        assert!(
+            rs.contains(&left) && rs.contains(&right),
+            "store {s} after restart: {rs:?}"
+        );
+    }
+    let leader = (0..3)
+        .find(|&i| c.write(i, 3, b"e", b"after").is_ok())
+        .expect("the new region has a leader after a full restart");
+    assert_eq!(c.read(leader, 3, b"d").unwrap().as_ref(), b"v2");
+    assert_eq!(c.read(leader, 3, b"f").unwrap().as_ref(), b"v");
+}
+
+/// A write routed with the region's epoch before a split and committed after it is refused
+/// at apply (its version no longer matches), on every replica alike: nothing lands.
+#[test]
+fn a_write_proposed_before_a_split_and_applied_after_it_is_refused() {
+    let mut c = Cluster::new(10_000);
+    let r = c.regions[0].clone();
+    let split = c.store(0).propose_split(r.id, r.epoch, b"c").unwrap();
+    let write = c
+        .store(0)
+        .propose(r.id, r.epoch, b"a", put(b"a", b"late"))
+        .unwrap();
+    c.pump();
+    assert_eq!(c.done.remove(&split).unwrap().unwrap(), Reply::Empty);
+    match c.done.remove(&write).unwrap() {
+        Err(StoreError::EpochNotMatch { current }) => {
+            assert_eq!(current.end_key.as_deref(), Some(&b"c"[..]))
+        }
+        other => panic!("expected EpochNotMatch at apply, got {other:?}"),
+    }
+    for s in 0..3 {
+        assert!(
+            c.store(s).state_machine(r.id).unwrap().0.is_empty(),
+            "store {s}"
+        );
+    }
+}
+
+/// A store that was down during a split, and whose old region's log was compacted past the
+/// split meanwhile, catches up by snapshot: the old region's snapshot narrows it, and the new
+/// region's leader creates the new replica there by its first message and fills it with a
+/// snapshot. Every store ends with the same regions and data.
+#[test]
+fn a_store_down_during_a_split_gets_the_new_region_from_its_leader() {
+    let mut c = Cluster::new(20);
+    for k in ["a", "d"] {
+        c.write(0, 0, k.as_bytes(), b"v").unwrap();
+    }
+    c.stop(2);
+    c.split(0, 0, b"c").unwrap();
+    c.tick(3);
+    // Enough writes on both halves that their logs are compacted past the split.
+    for i in 0..60u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"l").unwrap();
+        c.tick(1);
+        (0..2)
+            .find(|&s| c.write(s, 3, format!("d{i:02}").as_bytes(), b"r").is_ok())
+            .expect("the new region has a leader");
+    }
+    c.start(2);
+    c.tick(60);
+    let (left, right) = (c.regions[0].id, c.regions[3].id);
+    for s in 0..3 {
+        let rs = c.regions_on(s);
+        assert!(
+            rs.contains(&c.regions[0]) && rs.contains(&c.regions[3]),
+            "store {s}: {rs:?}"
+        );
+    }
+    let want_left = c.store(0).state_machine(left).unwrap().0.clone();
+    let want_right = c.store(0).state_machine(right).unwrap().0.clone();
+    assert_eq!(want_left.len(), 61);
+    assert_eq!(want_right.len(), 61);
+    assert_eq!(c.store(2).state_machine(left).unwrap().0, want_left);
+    assert_eq!(c.store(2).state_machine(right).unwrap().0, want_right);
+    // The old region's log no longer held the split: store 3 never applied it; the new
+    // region's leader created the replica there.
+    let stats = c.store(2).stats;
+    assert_eq!(stats.splits_applied, 0, "{stats:?}");
+    assert_eq!(stats.peers_created_by_message, 1, "{stats:?}");
+    assert!(stats.snapshots_installed >= 2, "{stats:?}");
 }

@@ -15,6 +15,7 @@ use raft::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use types::StoreId;
 
 use crate::{codec, wire};
 
@@ -77,12 +78,15 @@ pub enum Rejected {
     Closed,
 }
 
-/// A synchronous hand-off into the store (the server's bounded store channel).
-pub type SinkFn = dyn Fn(Message) -> Result<(), Rejected> + Send + Sync;
+/// A synchronous hand-off into the store (the server's bounded store channel), with the
+/// store the message came from (the connection's preface names it): a replica that does not
+/// know its peers yet answers there.
+pub type SinkFn = dyn Fn(StoreId, Message) -> Result<(), Rejected> + Send + Sync;
 
 #[derive(Clone)]
 enum Sink {
-    /// Awaits space: backpressure reaches the sender through TCP (tests use this).
+    /// Awaits space: backpressure reaches the sender through TCP (tests use this; the
+    /// sending store is not passed on).
     Channel(mpsc::Sender<Message>),
     /// Never waits: a full store queue drops the message. Used by the server, where this
     /// saves a task hand-off per message on the path of every write.
@@ -126,10 +130,10 @@ impl RaftIngress {
         self.stats.clone()
     }
 
-    async fn deliver(&self, m: Message) -> Result<(), Rejected> {
+    async fn deliver(&self, from: StoreId, m: Message) -> Result<(), Rejected> {
         let r = match &self.sink {
             Sink::Channel(tx) => tx.send(m).await.map_err(|_| Rejected::Closed),
-            Sink::Direct(f) => f(m),
+            Sink::Direct(f) => f(from, m),
         };
         match r {
             Ok(()) => {
@@ -191,7 +195,7 @@ impl RaftIngress {
                 let raw = raw?;
                 match codec::decode(raw) {
                     Ok(msg) => {
-                        if self.deliver(msg).await.is_err() {
+                        if self.deliver(StoreId(from_store), msg).await.is_err() {
                             return Err(std::io::Error::other("the store is shutting down").into());
                         }
                     }

@@ -29,6 +29,12 @@ pub trait StateMachine: Sized {
     /// An entry without a payload for the state machine (a leader's empty entry, a
     /// membership change) was committed at `index`.
     fn apply_noop(&mut self, _index: u64) {}
+    /// Splits the state at `at_key`, which the caller checked lies strictly inside the
+    /// region: `self` keeps the keys below it, the returned state holds the keys from it on as
+    /// the first state of the new region `right`, whose log starts after index `applied`
+    /// (it must accept entries from `applied + 1`). Deterministic like `apply`: every replica
+    /// splits at the same entry and gets the same halves.
+    fn split_off(&mut self, at_key: &[u8], right: &Region, applied: u64) -> Self;
     /// Answers a read-only query against the current state.
     fn read(&self, query: &Self::Query) -> Self::ReadOutput;
     /// Why [`StateMachine::restore`] refused its input (a store reports it, with the region,
