@@ -263,7 +263,16 @@ impl Default for ClientConfig {
 struct RegionRoute {
     start: Vec<u8>,
     end: Option<Vec<u8>>,
+    /// The region's epoch version as reported: stores that have not applied a split yet
+    /// report the older, wider range; the newest one wins.
+    version: u64,
     leader_store: u64,
+}
+
+impl RegionRoute {
+    fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_ref().is_none_or(|e| key < e.as_slice())
+    }
 }
 
 pub struct Client {
@@ -377,11 +386,18 @@ impl Client {
             self.store_endpoint.insert(st.store_id, i);
             for rs in st.regions {
                 let Some(region) = rs.region else { continue };
+                let version = region.epoch.map_or(0, |e| e.version);
                 let e = routes.entry(region.id).or_insert(RegionRoute {
                     start: region.start_key.clone(),
                     end: region.has_end.then(|| region.end_key.clone()),
+                    version,
                     leader_store: 0,
                 });
+                if version > e.version {
+                    e.start = region.start_key.clone();
+                    e.end = region.has_end.then(|| region.end_key.clone());
+                    e.version = version;
+                }
                 if rs.leader_store_id != 0 {
                     e.leader_store = rs.leader_store_id;
                 }
@@ -393,12 +409,13 @@ impl Client {
     }
 
     fn endpoint_for(&mut self, key: &[u8]) -> usize {
+        // Ranges may overlap while a split spreads (a route from a store that has not applied
+        // it yet): the newest holds the key.
         let leader = self
             .routes
             .iter()
-            .find(|r| {
-                key >= r.start.as_slice() && r.end.as_ref().is_none_or(|e| key < e.as_slice())
-            })
+            .filter(|r| r.contains(key))
+            .max_by_key(|r| r.version)
             .map(|r| r.leader_store);
         if let Some(i) = leader.and_then(|l| self.store_endpoint.get(&l)) {
             return *i;
@@ -409,10 +426,13 @@ impl Client {
     }
 
     fn note_leader(&mut self, key: &[u8], store: u64) {
-        for r in &mut self.routes {
-            if key >= r.start.as_slice() && r.end.as_ref().is_none_or(|e| key < e.as_slice()) {
-                r.leader_store = store;
-            }
+        if let Some(r) = self
+            .routes
+            .iter_mut()
+            .filter(|r| r.contains(key))
+            .max_by_key(|r| r.version)
+        {
+            r.leader_store = store;
         }
     }
 

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod region_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "raftkv",
@@ -80,6 +82,11 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Reshape regions at runtime: split, transfer leadership.
+    Region {
+        #[command(subcommand)]
+        cmd: region_cmd::RegionCmd,
     },
     /// Load generator: a workload against RaftKV (gRPC or its Redis port), redis-server or
     /// etcd; prints throughput and latency percentiles (HDR histogram), optionally as JSON.
@@ -165,7 +172,7 @@ fn parse_distribution(s: &str) -> Result<bench::Distribution, String> {
 }
 
 #[derive(clap::Args)]
-struct Conn {
+pub(crate) struct Conn {
     /// Client addresses of the servers (host:port,...). Default: $RAFTKV_ENDPOINTS, else the
     /// playground's default ports.
     #[arg(
@@ -173,7 +180,18 @@ struct Conn {
         env = "RAFTKV_ENDPOINTS",
         default_value = "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"
     )]
-    endpoints: String,
+    pub(crate) endpoints: String,
+}
+
+impl Conn {
+    /// The endpoints, in the order given.
+    pub(crate) fn list(&self) -> Vec<String> {
+        self.endpoints
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }
 
 #[derive(clap::Args, Default)]
@@ -324,6 +342,7 @@ fn main() -> Result<()> {
                 );
                 write_json(json.as_deref(), &serde_json::to_string_pretty(&r)?)
             }
+            Cmd::Region { cmd } => region_cmd::run(cmd).await,
             other => run_client(other).await,
         }
     })
@@ -585,13 +604,7 @@ async fn run_client(cmd: Cmd) -> Result<()> {
         | Cmd::Status { conn, .. } => conn,
         _ => unreachable!("server commands handled above"),
     };
-    let endpoints: Vec<String> = conn
-        .endpoints
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let mut c = client::Client::connect(endpoints).await?;
+    let mut c = client::Client::connect(conn.list()).await?;
     match cmd {
         Cmd::Get { key, stale, .. } => {
             let v = if stale {

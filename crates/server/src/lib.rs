@@ -22,6 +22,7 @@
 //! - [`run`]: starting and stopping a server on passed-in listeners.
 
 pub mod adapter;
+pub mod admin;
 pub mod config;
 pub mod disk;
 pub mod metrics;

@@ -22,6 +22,12 @@ const METRICS_REQUEST_MAX_BYTES: usize = 4096;
 /// and framing. Larger messages are refused by gRPC itself with a clear status.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 << 20;
 
+fn admin_server(
+    svc: crate::admin::AdminService,
+) -> api::pb::admin_server::AdminServer<crate::admin::AdminGrpc> {
+    api::pb::admin_server::AdminServer::new(crate::admin::AdminGrpc(svc))
+}
+
 fn kv_server(svc: KvService) -> KvServer<KvGrpc> {
     KvServer::new(KvGrpc(svc))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -169,8 +175,10 @@ impl Server {
             let _ = rx.wait_for(|v| *v).await;
         };
         let peer_incoming = transport::serve_peer_listener(peer, ingress, shutdown_rx.clone());
+        let admin = crate::admin::AdminService::new(handle.clone(), cfg.clone());
         let peer_server = tonic::transport::Server::builder()
             .add_service(kv_server(svc.clone()))
+            .add_service(admin_server(admin.clone()))
             .serve_with_incoming_shutdown(peer_incoming, wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
@@ -194,6 +202,7 @@ impl Server {
         }
         let client_server = tonic::transport::Server::builder()
             .add_service(kv_server(svc))
+            .add_service(admin_server(admin))
             .serve_with_incoming_shutdown(nodelay(client), wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = client_server.await {

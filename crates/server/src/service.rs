@@ -95,28 +95,38 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 }
 
 fn store_error(e: StoreError) -> pb::KvResponse {
+    pb::KvResponse {
+        error: Some(store_error_pb(e)),
+        ..Default::default()
+    }
+}
+
+/// The wire form of a store's refusal (shared with the `Admin` service).
+pub(crate) fn store_error_pb(e: StoreError) -> pb::Error {
+    let code = match e {
+        StoreError::NotLeader { .. } => Code::NotLeader,
+        StoreError::EpochNotMatch { .. } | StoreError::KeyNotInRegion { .. } => Code::EpochNotMatch,
+        StoreError::RegionNotFound(_) => Code::RegionNotFound,
+        StoreError::Busy { .. } | StoreError::QueueFull { .. } => Code::Busy,
+        StoreError::Dropped => Code::Timeout,
+        StoreError::NoSpace { .. } => Code::NoSpace,
+        _ => Code::Internal,
+    };
+    let mut error = pb::Error {
+        code: code as i32,
+        message: e.to_string(),
+        ..Default::default()
+    };
     match e {
         StoreError::NotLeader { leader, .. } => {
-            let mut r = err(Code::NotLeader, e.to_string());
-            if let Some(error) = r.error.as_mut() {
-                error.leader_store_id = leader.map_or(0, |l| l.store.0);
-            }
-            r
+            error.leader_store_id = leader.map_or(0, |l| l.store.0)
         }
-        StoreError::EpochNotMatch { ref current } => {
-            let mut r = err(Code::EpochNotMatch, e.to_string());
-            if let Some(error) = r.error.as_mut() {
-                error.current_regions = vec![region_to_pb(current)];
-            }
-            r
+        StoreError::EpochNotMatch { current } => {
+            error.current_regions = vec![region_to_pb(&current)]
         }
-        StoreError::RegionNotFound(_) => err(Code::RegionNotFound, e.to_string()),
-        StoreError::KeyNotInRegion { .. } => err(Code::EpochNotMatch, e.to_string()),
-        StoreError::Busy { .. } | StoreError::QueueFull { .. } => err(Code::Busy, e.to_string()),
-        StoreError::Dropped => err(Code::Timeout, e.to_string()),
-        StoreError::NoSpace { .. } => err(Code::NoSpace, e.to_string()),
-        _ => err(Code::Internal, e.to_string()),
+        _ => {}
     }
+    error
 }
 
 fn command_error(e: &CommandError) -> pb::KvResponse {
@@ -516,6 +526,18 @@ impl KvService {
                 leader: Some(l), ..
             }) if !header.forwarded && l.store.0 != self.cfg.store_id => {
                 return self.forward(l.store.0, req).await;
+            }
+            Err(e @ StoreError::EpochNotMatch { .. }) => {
+                // After a split the key may be in the other half: name that region too.
+                let mut r = store_error(e);
+                if let (Some(error), Some(holder)) =
+                    (r.error.as_mut(), self.handle.region_for_key(&key))
+                {
+                    if error.current_regions.iter().all(|c| c.id != holder.id.0) {
+                        error.current_regions.push(region_to_pb(&holder));
+                    }
+                }
+                r
             }
             Err(e) => store_error(e),
         };

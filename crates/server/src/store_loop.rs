@@ -47,6 +47,19 @@ pub enum Cmd {
         reply: ReplyTx,
     },
     Status(oneshot::Sender<Vec<RegionStatus>>),
+    /// Split a region at `key` (see `Store::propose_split`); answered once applied here.
+    Split {
+        region: RegionId,
+        epoch: RegionEpoch,
+        key: Vec<u8>,
+        reply: ReplyTx,
+    },
+    /// Start handing a region's leadership to the replica on store `to`.
+    TransferLeader {
+        region: RegionId,
+        to: StoreId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// A log write submitted by this loop finished (sent by the engine's writer thread).
     WriteDone,
     Shutdown,
@@ -348,6 +361,22 @@ fn handle(
         }
         Cmd::Status(tx) => {
             let _ = tx.send(store.status());
+        }
+        Cmd::Split {
+            region,
+            epoch,
+            key,
+            reply,
+        } => match store.propose_split(region, epoch, &key) {
+            Ok(t) => {
+                waiting.insert(t, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
+        Cmd::TransferLeader { region, to, reply } => {
+            let _ = reply.send(store.transfer_leader(region, to));
         }
         Cmd::WriteDone => {}
         Cmd::Shutdown => return false,

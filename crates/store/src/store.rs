@@ -458,11 +458,11 @@ impl<M: StateMachine> Store<M> {
         let p = self
             .peers
             .get_mut(&region)
+            .filter(|p| p.initialized())
             .ok_or(StoreError::RegionNotFound(region))?;
-        let target = p
-            .region
-            .peer_on(to)
-            .ok_or(StoreError::RegionNotFound(region))?;
+        let target = p.region.peer_on(to).ok_or_else(|| {
+            StoreError::Proposal(format!("region {region} has no replica on store {to}"))
+        })?;
         p.raw.transfer_leader(target.id).map_err(|e| match e {
             raft::TransferError::NotLeader { leader } => StoreError::NotLeader {
                 region,

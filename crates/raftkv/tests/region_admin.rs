@@ -1,0 +1,306 @@
+//! Regions reshaped at runtime with real processes (issue 17): while 8 clients (6 gRPC, 2 on
+//! the Redis port) run a linearizability-checked workload over all three bootstrap regions,
+//! `raftkv region split` splits two of them and `raftkv region transfer-leader` moves a new
+//! region's leadership; no client sees an error, the history is linearizable, every region
+//! ends with a leader, and bad admin input is refused with a clear error and changes nothing.
+
+mod common;
+
+use common::{wait_until, TestCluster};
+use lincheck::kv::{KvInput, KvModel, KvOutput};
+use serde_json::Value;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLIENTS: usize = 8;
+/// Of them, the ones speaking the Redis protocol.
+const RESP_CLIENTS: usize = 2;
+const PREFIX: [&str; 3] = ["c", "k", "t"];
+
+/// Runs the `raftkv` binary: (success, stdout, stderr).
+fn raftkv(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+        .args(args)
+        .output()
+        .expect("run raftkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(endpoints: &str) -> Value {
+    let (ok, out, err) = raftkv(&["status", "--json", "--endpoints", endpoints]);
+    assert!(ok, "raftkv status failed: {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// The id of the region holding `key` in a status report.
+fn region_of(st: &Value, key: &str) -> Value {
+    st["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            let start = r["start_key"].as_str().unwrap();
+            let end = r["end_key"].as_str().unwrap();
+            key >= start && (end.is_empty() || key < end)
+        })
+        .unwrap_or_else(|| panic!("no region holds {key:?}: {st}"))
+        .clone()
+}
+
+enum Conn {
+    Grpc(client::Client),
+    Resp(redis::aio::MultiplexedConnection),
+}
+
+impl Conn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Conn::Grpc(c) => c
+                .get(key)
+                .await
+                .map(|v| v.map(|b| b.to_vec()))
+                .map_err(|e| e.to_string()),
+            Conn::Resp(c) => redis::cmd("GET")
+                .arg(key)
+                .query_async(c)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn put(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Grpc(c) => c.put(key, val).await.map_err(|e| e.to_string()),
+            Conn::Resp(c) => redis::cmd("SET")
+                .arg(key)
+                .arg(val)
+                .query_async::<()>(c)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn append(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Grpc(c) => c
+                .append(key, val)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Conn::Resp(c) => redis::cmd("APPEND")
+                .arg(key)
+                .arg(val)
+                .query_async::<i64>(c)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_error() {
+    let c = TestCluster::start(&[]);
+    assert!(
+        c.wait_ready(Duration::from_secs(30)).await,
+        "cluster not ready\n{}",
+        c.logs()
+    );
+    let endpoints = c.endpoints().join(",");
+    let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
+    let completed = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..CLIENTS {
+        let mut conn = if w < RESP_CLIENTS {
+            let client = redis::Client::open(c.redis_url(w % 3)).expect("redis url");
+            Conn::Resp(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis connection"),
+            )
+        } else {
+            let cfg = client::ClientConfig {
+                op_timeout: Duration::from_secs(15),
+                attempt_timeout: Duration::from_secs(3),
+                ..Default::default()
+            };
+            Conn::Grpc(
+                client::Client::with_config(c.endpoints(), cfg)
+                    .await
+                    .expect("client"),
+            )
+        };
+        let (h, completed, errors, stop) = (
+            history.clone(),
+            completed.clone(),
+            errors.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // 30 keys, 10 per bootstrap region and on both sides of each split key
+                // ("c5", "k5"), retired every 64 operations of a client (bounded histories).
+                let k = (n * 7 + w as u64) % 30;
+                let key = format!("{}{}g{}", PREFIX[(k % 3) as usize], k / 3, n / 64).into_bytes();
+                let val = format!("{w}.{n};").into_bytes();
+                let result = match n % 3 {
+                    0 => {
+                        let id = h.invoke(w as u64, KvInput::Get { key: key.clone() });
+                        conn.get(&key)
+                            .await
+                            .map(|v| (id, KvOutput::Get(v)))
+                            .map_err(|e| (id, false, e))
+                    }
+                    1 => {
+                        let input = KvInput::Put {
+                            key: key.clone(),
+                            value: val.clone(),
+                        };
+                        let id = h.invoke(w as u64, input);
+                        conn.put(&key, &val)
+                            .await
+                            .map(|_| (id, KvOutput::Put))
+                            .map_err(|e| (id, true, e))
+                    }
+                    _ => {
+                        let input = KvInput::Append {
+                            key: key.clone(),
+                            value: val.clone(),
+                        };
+                        let id = h.invoke(w as u64, input);
+                        conn.append(&key, &val)
+                            .await
+                            .map(|_| (id, KvOutput::Append))
+                            .map_err(|e| (id, true, e))
+                    }
+                };
+                match result {
+                    Ok((id, out)) => {
+                        h.complete(id, out);
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err((id, write, e)) => {
+                        if write {
+                            h.fail_unknown(id);
+                        } else {
+                            h.fail_definite(id);
+                        }
+                        errors.lock().unwrap().push(format!("client {w}: {e}"));
+                    }
+                }
+            }
+        }));
+    }
+    let done = || completed.load(Ordering::Relaxed);
+    let progress = |what: &'static str| {
+        let since = done();
+        wait_until(what, Duration::from_secs(60), move || done() >= since + 100)
+    };
+    progress("100 operations before the first split").await;
+
+    // Split region [..g) at "c5" and [g, p) at "k5", under load.
+    for key in ["c5", "k5"] {
+        let (ok, out, err) = raftkv(&["region", "split", key, "--endpoints", &endpoints]);
+        assert!(
+            ok,
+            "split at {key} failed: {err}
+{}",
+            c.logs()
+        );
+        assert!(out.contains("region"), "{out}");
+        progress("100 operations after a split").await;
+    }
+    let st = status(&endpoints);
+    assert_eq!(st["regions"].as_array().unwrap().len(), 5, "{st}");
+    let right = region_of(&st, "c5");
+    assert_eq!(right["start_key"], "c5", "{st}");
+    assert_eq!(region_of(&st, "c4")["end_key"], "c5", "{st}");
+    assert_eq!(region_of(&st, "k5")["start_key"], "k5", "{st}");
+
+    // Move the new region's leadership to another store, under load.
+    let id = right["id"].as_u64().unwrap();
+    let leader = right["leader_store"]
+        .as_u64()
+        .expect("the new region has a leader");
+    let to = leader % 3 + 1;
+    let (ok, out, err) = raftkv(&[
+        "region",
+        "transfer-leader",
+        &id.to_string(),
+        &to.to_string(),
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(
+        ok,
+        "transfer-leader failed: {err}
+{}",
+        c.logs()
+    );
+    assert!(
+        out.contains(&format!("store {to} leads region {id}")),
+        "{out}"
+    );
+    progress("100 operations after the transfer").await;
+
+    // Bad input: refused with a reason, nothing changes.
+    for (args, why) in [
+        (vec!["region", "split", "c5"], "already starts"),
+        (
+            vec!["region", "transfer-leader", &id.to_string(), "9"],
+            "no replica on store 9",
+        ),
+        (
+            vec!["region", "transfer-leader", "12345", "1"],
+            "not on this store",
+        ),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--endpoints", &endpoints]);
+        let (ok, _, err) = raftkv(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    assert_eq!(status(&endpoints)["regions"].as_array().unwrap().len(), 5);
+
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("client finished")
+            .unwrap();
+    }
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "clients saw errors: {errors:?}\n{}",
+        c.logs()
+    );
+    let st = status(&endpoints);
+    for r in st["regions"].as_array().unwrap() {
+        assert!(
+            r["leader_store"].is_u64(),
+            "a region without a leader: {st}"
+        );
+    }
+    let ops = history.operations();
+    eprintln!("{} operations, {} completed", ops.len(), done());
+    let r = lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default())
+        .expect("well-formed history");
+    assert!(
+        r.is_ok(),
+        "history of {} ops is not linearizable: {r}",
+        ops.len()
+    );
+}
