@@ -147,6 +147,14 @@ pub struct KvSimOutcome {
     /// starts over).
     pub snapshot_chunks_received: u64,
     pub snapshot_transfers_cut: u64,
+    /// Regions split at runtime: proposed by the fault schedule, applied (per replica, over
+    /// every store's lives), and replicas of a new region created by its leader's
+    /// message on a store that had not applied the split.
+    pub splits_proposed: u64,
+    pub splits_applied: u64,
+    pub peers_created_by_message: u64,
+    /// Regions at the end of the run.
+    pub regions_at_end: usize,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -162,6 +170,7 @@ pub struct KvKinds {
     pub pauses: bool,
     pub transfers: bool,
     pub snapshots: bool,
+    pub splits: bool,
     pub torn_write_modes: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
@@ -275,6 +284,14 @@ impl KvSimOutcome {
                 "snapshot transfers cut by a crash",
                 k.crashes && k.snapshots,
                 self.snapshot_transfers_cut,
+                None,
+            ),
+            F::new("splits proposed", k.splits, self.splits_proposed, None),
+            F::new("splits applied", k.splits, self.splits_applied, None),
+            F::new(
+                "replicas created by a leader's message",
+                k.splits && k.crashes,
+                self.peers_created_by_message,
                 None,
             ),
         ]
@@ -424,8 +441,6 @@ enum Deferred {
 /// One request as sent to a store.
 #[derive(Clone)]
 struct Attempt {
-    /// Index into `Sim::regions`.
-    region: usize,
     key: Vec<u8>,
     /// The encoded session request of a write; `None` for a read.
     write: Option<Bytes>,
@@ -464,8 +479,6 @@ struct InFlight {
     input: KvInput,
     command: Command,
     key: Vec<u8>,
-    /// Index into `Sim::regions` (cached: the key never moves in this version).
-    region: usize,
     write: bool,
     sequence: u64,
     slot: usize,
@@ -510,6 +523,8 @@ struct Faults {
     drift: bool,
     transfers: bool,
     snapshots: bool,
+    /// Regions split at runtime (drawn from the seed's own stream).
+    splits: bool,
     /// The largest gap between two fault events (the intensity).
     fault_gap_max: Micros,
     lease_reads: bool,
@@ -521,7 +536,13 @@ struct Sim {
     queue: BinaryHeap<Reverse<Sched>>,
     rng: SplitMix64,
     stores: Vec<SimStore>,
+    /// The layout the stores were bootstrapped with.
+    bootstrap: Vec<Region>,
+    /// The routing table, as a placement service would keep it: per region the newest
+    /// descriptor any store reported (see [`Sim::refresh_routes`]); regions split at runtime.
     regions: Vec<Region>,
+    /// Splits proposed so far (at most [`MAX_SPLITS`]).
+    splits_proposed: u64,
     /// Workload keys by region index.
     keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
@@ -561,13 +582,8 @@ fn dir() -> PathBuf {
     PathBuf::from("/store")
 }
 
-/// The region index of `key`.
-fn region_of(regions: &[Region], key: &[u8]) -> usize {
-    regions
-        .iter()
-        .position(|r| r.contains(key))
-        .expect("the regions cover the key space")
-}
+/// Most splits a seed proposes: regions multiply, and each costs a few KiB of snapshot.
+const MAX_SPLITS: u64 = 12;
 
 impl Sim {
     fn schedule(&mut self, after: Micros, ev: Ev) {
@@ -605,7 +621,7 @@ impl Sim {
         cfg.store_id = StoreId(i as u64 + 1);
         let fs: Arc<dyn raft_log::FileSystem> = Arc::new(self.stores[i].fs.clone());
         let s = loop {
-            match Store::open(&dir(), fs.clone(), cfg.clone(), &self.regions) {
+            match Store::open(&dir(), fs.clone(), cfg.clone(), &self.bootstrap) {
                 Ok(s) => break s,
                 // The injected sync failure hit recovery itself: crash again and retry.
                 Err(_) if self.stores[i].failure_armed => {
@@ -681,6 +697,8 @@ impl Sim {
         self.log_stats.3 += ended.stats.snapshots_overtaken;
         self.out.snapshot_chunks_received += ended.stats.snapshot_chunks_received;
         self.out.snapshot_transfers_cut += ended.snapshots_receiving() as u64;
+        self.out.splits_applied += ended.stats.splits_applied;
+        self.out.peers_created_by_message += ended.stats.peers_created_by_message;
         drop(ended);
         if let Some(d) = self.stores[i].driver.take() {
             self.driver_stats.add(&d.stats);
@@ -717,7 +735,14 @@ impl Sim {
             .store
             .as_ref()
             .is_some_and(|s| s.snapshots_receiving() > 0);
-        let wanted = self.faults.crashes && self.faults.snapshots && mid_transfer && receiving;
+        // Not after healing, when no fault is injected any more: with many regions (splits) a
+        // store that was down receives hundreds of chunks, and a 1-in-16 crash per chunk
+        // never let it finish (seed 127).
+        let wanted = self.faults.crashes
+            && self.faults.snapshots
+            && !self.healed
+            && mid_transfer
+            && receiving;
         if !wanted {
             return false;
         }
@@ -838,11 +863,63 @@ impl Sim {
         self.faults.delay_min + self.rng.below(span)
     }
 
-    /// A random store hosting a replica of region `r` (index into `regions`).
-    fn random_peer(&mut self, r: usize) -> usize {
-        let n = self.regions[r].peers.len() as u64;
-        let p = self.regions[r].peers[self.rng.below(n) as usize];
-        p.store.0 as usize - 1
+    /// The region holding `key` by the routing table: the newest descriptor that contains
+    /// it (while a split spreads, a store that has not applied it reports the older, wider
+    /// range).
+    fn route(&self, key: &[u8]) -> &Region {
+        self.regions
+            .iter()
+            .filter(|r| r.contains(key))
+            .max_by_key(|r| r.epoch.version)
+            .unwrap_or_else(|| panic!("no region holds {key:?}: {:?}", self.regions))
+    }
+
+    /// Rebuilds the routing table from the live stores' region maps: per region, the newest
+    /// descriptor known (the table's own included, for regions whose replicas are all down).
+    fn refresh_routes(&mut self) {
+        let mut newest: BTreeMap<store::RegionId, Region> = BTreeMap::new();
+        let live = self
+            .stores
+            .iter()
+            .filter_map(|s| s.store.as_ref())
+            .flat_map(|s| s.live_regions().load().iter().cloned().collect::<Vec<_>>());
+        for r in self.regions.drain(..).chain(live) {
+            match newest.get(&r.id) {
+                Some(known) if known.epoch.version >= r.epoch.version => {}
+                _ => {
+                    newest.insert(r.id, r);
+                }
+            }
+        }
+        self.regions = newest.into_values().collect();
+    }
+
+    /// Whether the routing table's regions partition the key space exactly (every key in one
+    /// region): true once every store has applied every split.
+    fn routes_partition(&self) -> Result<(), String> {
+        let mut rs: Vec<&Region> = self.regions.iter().collect();
+        rs.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        let mut expect: Option<Vec<u8>> = Some(Vec::new());
+        for r in &rs {
+            if expect.as_ref() != Some(&r.start_key) {
+                return Err(format!(
+                    "regions do not partition the key space at {expect:?}: {rs:?}"
+                ));
+            }
+            expect = r.end_key.clone();
+        }
+        match expect {
+            None => Ok(()),
+            Some(e) => Err(format!("no region holds keys from {e:?}: {rs:?}")),
+        }
+    }
+
+    /// A random store hosting a replica of the region holding `key`.
+    fn random_peer(&mut self, key: &[u8]) -> usize {
+        let r = self.route(key);
+        let n = r.peers.len() as u64;
+        let i = self.rng.below(n) as usize;
+        self.route(key).peers[i].store.0 as usize - 1
     }
 
     fn complete(
@@ -900,12 +977,20 @@ impl Sim {
     /// Picks the next store for client `ci` after a refusal: the leader it was told about,
     /// or any replica of the region.
     fn reroute(&mut self, ci: usize, e: &StoreError) {
-        let region = self.clients[ci].op.as_ref().expect("in flight").region;
+        let key = self.clients[ci].op.as_ref().expect("in flight").key.clone();
+        if matches!(
+            e,
+            StoreError::EpochNotMatch { .. }
+                | StoreError::KeyNotInRegion { .. }
+                | StoreError::RegionNotFound(_)
+        ) {
+            self.refresh_routes();
+        }
         let target = match e {
             StoreError::NotLeader {
                 leader: Some(l), ..
             } => l.store.0 as usize - 1,
-            _ => self.random_peer(region),
+            _ => self.random_peer(&key),
         };
         self.clients[ci].op.as_mut().expect("in flight").target = target;
     }
@@ -933,7 +1018,6 @@ impl Sim {
         // If still waiting, this step is the retry timer: re-send (same sequence); the old
         // ticket's answer is then ignored.
         let attempt = Attempt {
-            region: op.region,
             key: op.key.clone(),
             write: op.write.then(|| {
                 Request {
@@ -951,7 +1035,7 @@ impl Sim {
         op.pending = None;
         if !self.up(target) {
             // Connection refused: try another replica soon.
-            let t = self.random_peer(attempt.region);
+            let t = self.random_peer(&attempt.key);
             self.clients[ci].op.as_mut().expect("started").target = t;
             self.wake(ci, 10 * MS);
             return;
@@ -959,7 +1043,7 @@ impl Sim {
         if self.paused(target) {
             // The request sits in the stopped process's socket until it resumes; the client
             // retries elsewhere after its timeout.
-            let region = attempt.region;
+            let key = attempt.key.clone();
             self.defer(
                 target,
                 Deferred::Request {
@@ -968,7 +1052,7 @@ impl Sim {
                     attempt,
                 },
             );
-            let t = self.random_peer(region);
+            let t = self.random_peer(&key);
             self.clients[ci].op.as_mut().expect("started").target = t;
             self.wake(ci, RETRY);
             return;
@@ -993,7 +1077,12 @@ impl Sim {
             .store
             .as_mut()
             .expect("submit to a live store");
-        let r = &self.regions[attempt.region];
+        let r = self
+            .regions
+            .iter()
+            .filter(|r| r.contains(&attempt.key))
+            .max_by_key(|r| r.epoch.version)
+            .expect("the routing table covers the key space");
         let (region, epoch, key) = (r.id, r.epoch, &attempt.key);
         let r = match &attempt.write {
             Some(data) => s.propose(region, epoch, key, data.clone()),
@@ -1078,13 +1167,11 @@ impl Sim {
             input.clone(),
             self.clock,
         )));
-        let region = region_of(&self.regions, &key);
-        let target = self.random_peer(region);
+        let target = self.random_peer(&key);
         self.clients[ci].op = Some(InFlight {
             input,
             command,
             key,
-            region,
             write,
             sequence,
             slot: self.history.len() - 1,
@@ -1323,8 +1410,9 @@ impl Sim {
             7 if self.faults.transfers => self.transfer_random_leader(),
             8 if self.faults.snapshots => {
                 let region = self.rng.below(self.regions.len() as u64) as usize;
-                let i = self.random_peer(region);
-                let r = self.regions[region].id;
+                let key = self.regions[region].start_key.clone();
+                let i = self.random_peer(&key);
+                let r = self.route(&key).id;
                 let paused = self.paused(i);
                 if let Some(s) = self.stores[i].store.as_mut().filter(|_| !paused) {
                     match s.snapshot_now(r) {
@@ -1349,6 +1437,10 @@ impl Sim {
             }
             _ => {}
         }
+        // Drawn apart from the kinds above, so seeds without splits keep their schedules.
+        if self.faults.splits && self.rng.below(3) == 0 {
+            self.split_random_region();
+        }
     }
 
     fn heal_links(&mut self) {
@@ -1363,6 +1455,53 @@ impl Sim {
             if !self.up(i) && self.now >= self.stores[i].down_since + MIN_DOWN {
                 self.open(i);
             }
+        }
+    }
+
+    /// The store whose replica of `r` believes it leads with the highest term, among the
+    /// live and running ones.
+    fn leader_of(&self, r: &Region) -> Option<usize> {
+        let mut leader: Option<(u64, usize)> = None;
+        for p in &r.peers {
+            let i = p.store.0 as usize - 1;
+            let Some(s) = self.stores[i].store.as_ref() else {
+                continue;
+            };
+            if self.stores[i].paused_until.is_some() {
+                continue;
+            }
+            if let Some(st) = s.status().into_iter().find(|st| st.region.id == r.id) {
+                if st.role == Role::Leader && leader.is_none_or(|(t, _)| st.term.0 > t) {
+                    leader = Some((st.term.0, i));
+                }
+            }
+        }
+        leader.map(|(_, i)| i)
+    }
+
+    /// Asks the leader of the region holding a random workload key to split it at that key
+    /// (unless the key already starts a region), routed by the table (which may be stale:
+    /// the store then refuses it, as a real one would).
+    fn split_random_region(&mut self) {
+        if self.splits_proposed >= MAX_SPLITS {
+            return;
+        }
+        self.refresh_routes();
+        let group = self.rng.below(self.keys.len() as u64) as usize;
+        let key = self.keys[group][self.rng.below(self.keys[group].len() as u64) as usize].clone();
+        let r = self.route(&key).clone();
+        if r.start_key == key {
+            return;
+        }
+        let Some(i) = self.leader_of(&r) else {
+            return;
+        };
+        let s = self.stores[i].store.as_mut().expect("up");
+        if s.propose_split(r.id, r.epoch, &key).is_ok() {
+            self.splits_proposed += 1;
+            self.out.splits_proposed += 1;
+            self.trace(|| format!("split region {} at {key:?} on s{}", r.id, i + 1));
+            self.drive(i);
         }
     }
 
@@ -1401,6 +1540,46 @@ impl Sim {
             self.trace(|| format!("transfer region {} s{} -> s{to}", r.id, from + 1));
             self.drive(from);
         }
+    }
+
+    /// Per region that has not converged: each replica's applied index and state hash, or
+    /// why it has none.
+    fn convergence_report(&self) -> String {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let states: Vec<String> = r
+                .peers
+                .iter()
+                .map(|p| {
+                    let i = p.store.0 as usize - 1;
+                    match self.stores[i].store.as_ref() {
+                        None => format!("s{}: down", i + 1),
+                        Some(s) => match (s.state_machine(r.id), s.status().into_iter().find(|st| st.region.id == r.id)) {
+                            (Some(m), Some(st)) => format!(
+                                "s{}: applied {} hash {:x} {:?} term {} commit {} log {}..{} epoch v{}",
+                                i + 1,
+                                m.applied_index(),
+                                m.state_hash(),
+                                st.role,
+                                st.term.0,
+                                st.commit.0,
+                                st.first_index.0,
+                                st.last_index.0,
+                                st.region.epoch.version
+                            ),
+                            _ => format!("s{}: no initialized replica (regions here: {:?})", i + 1, s.regions().iter().map(|r| (r.id, r.epoch.version)).collect::<Vec<_>>()),
+                        },
+                    }
+                })
+                .collect();
+            out.push(format!(
+                "region {} v{}: {}",
+                r.id,
+                r.epoch.version,
+                states.join("; ")
+            ));
+        }
+        out.join("\n  ")
     }
 
     /// Whether every replica of every region has applied the same index with the same state
@@ -1499,6 +1678,7 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
         snapshots: rng.below(2) == 0,
         fault_gap_max: [500 * MS, 2 * SECOND, 5 * SECOND][rng.below(3) as usize],
         lease_reads,
+        splits: false,
     }
 }
 
@@ -1514,6 +1694,12 @@ pub fn queued_chance_by_seed(seed: u64) -> f64 {
 /// crashes often overtake it), from the seed's own stream.
 pub fn snapshot_build_chance_by_seed(seed: u64) -> f64 {
     [0.5, 0.05][SplitMix64::new(seed ^ 0x736e_6170_6275).below(2) as usize]
+}
+
+/// Whether `seed` splits regions at runtime (half of the seeds, from their own stream, so
+/// every other choice of a seed stays what it was).
+pub fn splits_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x7370_6c69_7473).below(2) == 0
 }
 
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
@@ -1537,7 +1723,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         })
         .collect();
     let workload_clients = 4 + rng.below(9) as usize;
-    let faults = choose_faults(&mut rng);
+    let mut faults = choose_faults(&mut rng);
+    faults.splits = splits_by_seed(opts.seed);
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -1597,7 +1784,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            " splits={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            faults.splits,
             match deferred_writes {
                 None => format!("driver(queued_chance={queued_chance})"),
                 Some(false) => "all-inline".to_string(),
@@ -1687,7 +1875,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 persist_scheduled: false,
             })
             .collect(),
+        bootstrap: regions.clone(),
         regions,
+        splits_proposed: 0,
         keys,
         cfg,
         links: vec![vec![true; stores]; stores],
@@ -1723,6 +1913,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 pauses: faults.pauses,
                 transfers: faults.transfers,
                 snapshots: faults.snapshots,
+                splits: faults.splits,
                 torn_write_modes,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
@@ -1784,7 +1975,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.op.is_some() || c.script.as_ref().is_some_and(|s| !s.is_empty()))
-            .map(|(r, _)| format!("region {}", sim.regions[r].id))
+            .map(|(r, _)| format!("probe {r}"))
             .collect();
         return Err(fail(format!(
             "not serving again {}s after healing: {} did not finish a write and its reads (workload ops still in flight: {})",
@@ -1801,18 +1992,33 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         sim.restart_due();
         let t = sim.now + 50 * MS;
         sim.run_until(t);
+        sim.refresh_routes();
         match sim.replicas_converged() {
             Ok(true) => break,
             Ok(false) if sim.now > converge_by => {
                 return Err(fail(format!(
-                    "replicas did not converge within {}s after the final reads",
-                    CONVERGENCE_BOUND / SECOND
+                    "replicas did not converge within {}s after the final reads: {}",
+                    CONVERGENCE_BOUND / SECOND,
+                    sim.convergence_report()
                 )))
             }
             Ok(false) => {}
             Err(e) => return Err(fail(e)),
         }
     }
+
+    // ---- each key in exactly one region, and each region's replicas hold only its keys.
+    if let Err(e) = sim.routes_partition() {
+        return Err(fail(e));
+    }
+    for st in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
+        for r in st.regions() {
+            st.state_machine(r.id)
+                .expect("a replica's state machine")
+                .assert_invariants();
+        }
+    }
+    sim.out.regions_at_end = sim.regions.len();
 
     // ---- the history, final reads included, must be linearizable per key.
     let ops: Vec<Operation<KvInput, KvOutput>> = sim.history.iter().flatten().cloned().collect();
@@ -1853,6 +2059,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     sim.out.snapshots_for_log_space += sim.log_stats.2;
     sim.out.snapshots_overtaken += sim.log_stats.3;
     for s in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
+        sim.out.splits_applied += s.stats.splits_applied;
+        sim.out.peers_created_by_message += s.stats.peers_created_by_message;
         sim.out.snapshot_chunks_received += s.stats.snapshot_chunks_received;
         sim.out.snapshots_overtaken += s.stats.snapshots_overtaken;
         sim.out.log_purges += s.stats.log_purges;

@@ -676,7 +676,10 @@ impl<M: StateMachine> Store<M> {
 
     /// The state machine of a region (tests, status).
     pub fn state_machine(&self, region: RegionId) -> Option<&M> {
-        self.peers.get(&region).map(|p| &p.sm)
+        self.peers
+            .get(&region)
+            .filter(|p| p.initialized())
+            .map(|p| &p.sm)
     }
 
     pub fn engine(&self) -> &Arc<LogEngine> {
