@@ -79,8 +79,9 @@ pub use format::MAX_RECORD_PAYLOAD_BYTES;
 pub use fs::{FileSystem, LockGuard, StdFileSystem, WritableFile};
 pub use snapshot::{
     discard_snapshot, prepare_snapshot_parts, publish_snapshot, read_snapshot, read_snapshot_at,
-    remove_older_snapshots, remove_receiving, snapshot_file_info, write_snapshot,
-    write_snapshot_parts, PreparedSnapshot, SnapshotFile, SnapshotFileInfo, StreamedSnapshot,
+    remove_group_snapshots, remove_older_snapshots, remove_receiving, snapshot_file_info,
+    write_snapshot, write_snapshot_parts, PreparedSnapshot, SnapshotFile, SnapshotFileInfo,
+    StreamedSnapshot,
 };
 
 /// Identifies one Raft group (region) within the shared log.

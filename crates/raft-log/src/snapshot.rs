@@ -322,6 +322,36 @@ pub fn remove_receiving(fs: &dyn FileSystem, dir: &Path, group: GroupId) -> Resu
     Ok(())
 }
 
+/// Removes every snapshot file (published, being written, being received) of the groups
+/// `keep` says no to: a region destroyed on this store, once the write that cleaned its group
+/// is durable, or at open the files of groups the log no longer has (a crash between the two).
+/// Returns how many files went.
+pub fn remove_group_snapshots(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    keep: &dyn Fn(GroupId) -> bool,
+) -> Result<usize> {
+    let names = match fs.list_dir(dir) {
+        Ok(names) => names,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(Error::io("list directory", dir, error)),
+    };
+    let mut removed = 0;
+    for name in names {
+        let base = name
+            .strip_suffix(TEMP_SUFFIX)
+            .or_else(|| name.strip_suffix(RECEIVING_SUFFIX))
+            .unwrap_or(&name);
+        if parse_snapshot_name(base).is_some_and(|(group, _, _)| !keep(group)) {
+            let path = dir.join(&name);
+            fs.remove(&path)
+                .map_err(|error| Error::io("remove", &path, error))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The 48-byte header of a snapshot file.
 fn snapshot_header(
     group: GroupId,

@@ -30,9 +30,18 @@ pub struct ConfChangeItem {
 pub struct ConfChange {
     pub changes: Vec<ConfChangeItem>,
     pub joint: bool,
+    /// Opaque to Raft: what the application needs to apply the change (etcd's
+    /// `ConfChangeV2.Context`), e.g. the stores of the nodes added. At most
+    /// [`MAX_CONF_CHANGE_CONTEXT`] bytes.
+    pub context: Bytes,
 }
 
+/// Without a context.
 const ENCODING_VERSION: u8 = 1;
+/// With a context after the items: `u32 len | bytes`.
+const ENCODING_VERSION_CONTEXT: u8 = 2;
+/// Largest context a conf change may carry.
+pub const MAX_CONF_CHANGE_CONTEXT: usize = 64 * 1024;
 /// A change touching more nodes than this is refused; groups are small.
 pub const MAX_CONF_CHANGE_ITEMS: usize = 64;
 
@@ -53,6 +62,7 @@ impl ConfChange {
                 node: NodeId(node),
             }],
             joint: false,
+            context: Bytes::new(),
         }
     }
     /// The request to leave a joint configuration.
@@ -65,8 +75,12 @@ impl ConfChange {
     }
 
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(6 + self.changes.len() * 9);
-        b.put_u8(ENCODING_VERSION);
+        let mut b = BytesMut::with_capacity(10 + self.changes.len() * 9 + self.context.len());
+        b.put_u8(if self.context.is_empty() {
+            ENCODING_VERSION
+        } else {
+            ENCODING_VERSION_CONTEXT
+        });
         b.put_u8(self.joint as u8);
         b.put_u32(self.changes.len() as u32);
         for c in &self.changes {
@@ -77,6 +91,10 @@ impl ConfChange {
             });
             b.put_u64(c.node.0);
         }
+        if !self.context.is_empty() {
+            b.put_u32(self.context.len() as u32);
+            b.extend_from_slice(&self.context);
+        }
         b.freeze()
     }
 
@@ -86,12 +104,18 @@ impl ConfChange {
             return Err(format!("conf change of {} bytes is truncated", data.len()));
         }
         let version = data.get_u8();
-        if version != ENCODING_VERSION {
+        if version != ENCODING_VERSION && version != ENCODING_VERSION_CONTEXT {
             return Err(format!("unknown conf change encoding version {version}"));
         }
         let joint = data.get_u8() != 0;
         let n = data.get_u32() as usize;
-        if n > MAX_CONF_CHANGE_ITEMS || data.len() != n * 9 {
+        let items_len = n.saturating_mul(9);
+        let fits = if version == ENCODING_VERSION {
+            data.len() == items_len
+        } else {
+            data.len() >= items_len.saturating_add(4)
+        };
+        if n > MAX_CONF_CHANGE_ITEMS || !fits {
             return Err(format!(
                 "conf change claims {n} items but carries {} bytes",
                 data.len()
@@ -111,7 +135,22 @@ impl ConfChange {
             }
             changes.push(ConfChangeItem { kind, node });
         }
-        Ok(ConfChange { changes, joint })
+        let mut context = Bytes::new();
+        if version == ENCODING_VERSION_CONTEXT {
+            let len = data.get_u32() as usize;
+            if len == 0 || len > MAX_CONF_CHANGE_CONTEXT || data.len() != len {
+                return Err(format!(
+                    "conf change context of {len} bytes with {} bytes left",
+                    data.len()
+                ));
+            }
+            context = Bytes::copy_from_slice(data);
+        }
+        Ok(ConfChange {
+            changes,
+            joint,
+            context,
+        })
     }
 }
 
@@ -221,8 +260,18 @@ mod tests {
                 },
             ],
             joint: true,
+            context: Default::default(),
         };
         assert_eq!(ConfChange::decode(&cc.encode()), Ok(cc.clone()));
+        let with_context = ConfChange {
+            context: Bytes::from_static(b"stores"),
+            ..cc.clone()
+        };
+        let enc2 = with_context.encode();
+        assert_eq!(ConfChange::decode(&enc2), Ok(with_context.clone()));
+        for n in 0..enc2.len() {
+            assert!(ConfChange::decode(&enc2[..n]).is_err(), "cut at {n}");
+        }
         let enc = cc.encode();
         assert!(ConfChange::decode(&enc[..enc.len() - 1]).is_err());
         assert!(ConfChange::decode(&[9, 0, 0, 0, 0, 0]).is_err());
@@ -252,6 +301,7 @@ mod tests {
                 },
             ],
             joint: false,
+            context: Default::default(),
         };
         let joint = apply(&cs, &cc).unwrap();
         assert_eq!(joint.voters, ids(&[2, 3, 4]));

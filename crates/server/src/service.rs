@@ -81,7 +81,7 @@ pub fn region_to_pb(r: &Region) -> pb::Region {
             .map(|p| pb::Peer {
                 id: p.id.0,
                 store_id: p.store.0,
-                learner: false,
+                learner: p.learner,
             })
             .collect(),
     }

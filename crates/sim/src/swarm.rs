@@ -454,18 +454,22 @@ fn random_conf_change(c: &Cluster, rng: &mut SplitMix64) -> Option<ConfChange> {
         0 if !outsiders.is_empty() => Some(ConfChange {
             changes: vec![item(ConfChangeKind::AddLearner, pick(&outsiders, rng))],
             joint: false,
+            context: Default::default(),
         }),
         1 if !cs.learners.is_empty() => Some(ConfChange {
             changes: vec![item(ConfChangeKind::AddVoter, pick(&cs.learners, rng))],
             joint: false,
+            context: Default::default(),
         }),
         2 if cs.voters.len() > 3 => Some(ConfChange {
             changes: vec![item(ConfChangeKind::RemoveNode, pick(&cs.voters, rng))],
             joint: false,
+            context: Default::default(),
         }),
         3 if cs.voters.len() > 3 => Some(ConfChange {
             changes: vec![item(ConfChangeKind::AddLearner, pick(&cs.voters, rng))],
             joint: false,
+            context: Default::default(),
         }),
         4 if !cs.learners.is_empty() => {
             // Replace a voter by a learner in one joint change.
@@ -484,6 +488,7 @@ fn random_conf_change(c: &Cluster, rng: &mut SplitMix64) -> Option<ConfChange> {
                     ),
                 ],
                 joint: true,
+                context: Default::default(),
             })
         }
         _ => None,

@@ -276,6 +276,7 @@ fn enter_and_leave_joint_replacing_a_voter() {
             },
         ],
         joint: true,
+        context: Default::default(),
     };
     c.propose_conf_change(l, &cc).unwrap();
     let mut saw_joint = false;
@@ -527,6 +528,7 @@ fn new_leader_finishes_a_joint_change_its_predecessor_started() {
             },
         ],
         joint: true,
+        context: Default::default(),
     };
     c.propose_conf_change(l, &cc).unwrap();
     // Crash the leader as soon as any follower applied the joint configuration: the leave

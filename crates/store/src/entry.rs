@@ -41,7 +41,8 @@ pub(crate) enum StoreEntry<'a> {
 pub enum AdminCommand {
     /// Split the region at `split_key`: the region keeps `[start, split_key)`, a new region
     /// `new_region` gets `[split_key, end)` with one peer per store of the region
-    /// (`new_peers`, in the region's peer order). Refused at apply unless the region's epoch
+    /// (`new_peers`, in the region's peer order; each takes the role of the region's peer on
+    /// its store, which the encoding does not carry). Refused at apply unless the region's epoch
     /// is still `epoch` and the key still lies strictly inside it.
     Split {
         epoch: RegionEpoch,
@@ -49,6 +50,53 @@ pub enum AdminCommand {
         new_region: RegionId,
         new_peers: Vec<PeerMeta>,
     },
+}
+
+/// The store's part of a membership change (the `context` of a `raft::ConfChange`): the
+/// region's conf version it was proposed against (refused at apply if it changed) and the
+/// replicas it adds, so every replica learns their stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChangeContext {
+    pub(crate) conf_version: u64,
+    pub(crate) added: Vec<PeerMeta>,
+}
+
+impl ChangeContext {
+    pub(crate) fn encode(&self) -> bytes::Bytes {
+        let mut b = Vec::with_capacity(16 + 17 * self.added.len());
+        put_u64(&mut b, self.conf_version);
+        put_u64(&mut b, self.added.len() as u64);
+        for p in &self.added {
+            put_u64(&mut b, p.id.0);
+            put_u64(&mut b, p.store.0);
+            b.push(p.learner as u8);
+        }
+        b.into()
+    }
+
+    pub(crate) fn decode(mut d: &[u8]) -> Option<ChangeContext> {
+        let d = &mut d;
+        let conf_version = get_u64(d)?;
+        let n = usize::try_from(get_u64(d)?).ok()?;
+        if n > MAX_SPLIT_PEERS {
+            return None;
+        }
+        let mut added = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = NodeId(get_u64(d)?);
+            let store = StoreId(get_u64(d)?);
+            let learner = match take(d, 1)?[0] {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            added.push(PeerMeta { id, store, learner });
+        }
+        d.is_empty().then_some(ChangeContext {
+            conf_version,
+            added,
+        })
+    }
 }
 
 pub(crate) fn encode_command(version: u64, payload: &[u8]) -> bytes::Bytes {
@@ -116,10 +164,7 @@ impl AdminCommand {
                 }
                 let mut new_peers = Vec::with_capacity(n);
                 for _ in 0..n {
-                    new_peers.push(PeerMeta {
-                        id: NodeId(get_u64(d)?),
-                        store: StoreId(get_u64(d)?),
-                    });
+                    new_peers.push(PeerMeta::voter(NodeId(get_u64(d)?), StoreId(get_u64(d)?)));
                 }
                 d.is_empty().then_some(AdminCommand::Split {
                     epoch,
@@ -163,14 +208,8 @@ mod tests {
             split_key: b"m".to_vec(),
             new_region: raft::GroupId(1 << 40),
             new_peers: vec![
-                PeerMeta {
-                    id: NodeId(11),
-                    store: StoreId(1),
-                },
-                PeerMeta {
-                    id: NodeId(12),
-                    store: StoreId(5000),
-                },
+                PeerMeta::voter(NodeId(11), StoreId(1)),
+                PeerMeta::voter(NodeId(12), StoreId(5000)),
             ],
         }
     }
@@ -187,6 +226,23 @@ mod tests {
         );
         assert_eq!(decode(&split().encode()), StoreEntry::Admin(split()));
         assert_eq!(decode(b"\x01old"), StoreEntry::Legacy(b"\x01old"));
+    }
+
+    #[test]
+    fn change_contexts_round_trip_and_refuse_truncation() {
+        let c = ChangeContext {
+            conf_version: 4,
+            added: vec![PeerMeta {
+                id: NodeId(77),
+                store: StoreId(3),
+                learner: true,
+            }],
+        };
+        let enc = c.encode();
+        assert_eq!(ChangeContext::decode(&enc), Some(c));
+        for n in 0..enc.len() {
+            assert_eq!(ChangeContext::decode(&enc[..n]), None, "cut at {n}");
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //!   - `split`: regions that change shape at runtime: `Store::propose_split`, the effects
 //!     of applied admin entries (`Store::apply_effects`), cluster-unique ids
 //!     (`Store::alloc_id`), replicas created by a leader's first message.
+//!   - `membership`: replica changes (`Store::propose_replica_change`), applying them to
+//!     the descriptor, destroying a removed replica (tombstone, data deleted).
 //!   - `entry`: what a normal log entry carries (a command with the region version it was
 //!     routed with, or an admin command); `snapshot_data`: a snapshot's descriptor + state.
 //! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
@@ -47,6 +49,7 @@
 mod balance;
 mod config;
 mod entry;
+mod membership;
 mod peer;
 mod ready;
 mod reclaim;
@@ -63,6 +66,7 @@ pub use types::{region, state_machine};
 pub use driver::{Driver, DriverStats, EngineWriter, InlineWriter, RoundWriter};
 pub use entry::AdminCommand;
 pub use error::StoreError;
+pub use membership::ReplicaChange;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use snapshot_job::{
     BuiltSnapshot, HereBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,

@@ -105,7 +105,7 @@ impl<M: StateMachine> Peer<M> {
             && !self.learned.iter().any(|p| p.id == id)
             && self.learned.len() < types::MAX_PEERS as usize
         {
-            self.learned.push(PeerMeta { id, store });
+            self.learned.push(PeerMeta::voter(id, store));
         }
     }
     /// Whether the log has grown enough to be worth a snapshot (see [`SNAPSHOT_AMORTIZATION`]):

@@ -36,6 +36,15 @@ pub struct PendingWrite {
     must_sync: bool,
 }
 
+impl PendingWrite {
+    /// Removes `group` from the log as this round's last word on it (a destroyed replica:
+    /// whatever the round staged for it before must not outlive the clean).
+    pub(crate) fn clean_group(&mut self, group: raft_log::GroupId) {
+        self.batch.clean_group(group);
+        self.must_sync = true;
+    }
+}
+
 /// One region's part of a round that waits for the round's write.
 struct Held {
     region: RegionId,
@@ -202,7 +211,7 @@ impl<M: StateMachine> Store<M> {
         if reshaped {
             self.publish_regions();
         }
-        self.apply_effects(effects)?;
+        self.apply_effects(effects, &mut pending)?;
         Ok(pending)
     }
 
@@ -319,13 +328,8 @@ impl<M: StateMachine> Store<M> {
                 }
             },
             EntryKind::ConfChange => {
-                // Membership is static in this version; a committed change still
-                // updates Raft's view.
-                if let Ok(cc) = raft::ConfChange::decode(&e.data) {
-                    p.raw.apply_conf_change(&cc);
-                }
                 p.sm.apply_noop(e.index.0);
-                Ok(Reply::Empty)
+                Self::apply_membership(p, &e.data, effects)
             }
         }
     }
@@ -361,6 +365,10 @@ impl<M: StateMachine> Store<M> {
                     return Err(StoreError::KeyNotInRegion { region: current.id });
                 }
                 let version = current.epoch.version + 1;
+                let mut new_peers = new_peers;
+                for (new, old) in new_peers.iter_mut().zip(&current.peers) {
+                    new.learner = old.learner;
+                }
                 let right = Region {
                     id: new_region,
                     start_key: split_key.clone(),

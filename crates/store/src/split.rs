@@ -54,6 +54,9 @@ pub(crate) enum Effect<M> {
         right_sm: M,
         campaign: bool,
     },
+    /// A membership change was applied: write the new descriptor, or destroy this store's
+    /// replica if it left the region.
+    Membership { region: Region, removed_here: bool },
 }
 
 /// Bits of an allocated id below the store id.
@@ -118,10 +121,7 @@ impl<M: StateMachine> Store<M> {
         let new_region = raft::GroupId(self.alloc_id()?);
         let mut new_peers = Vec::with_capacity(stores.len());
         for store in stores {
-            new_peers.push(PeerMeta {
-                id: NodeId(self.alloc_id()?),
-                store,
-            });
+            new_peers.push(PeerMeta::voter(NodeId(self.alloc_id()?), store));
         }
         let data = AdminCommand::Split {
             epoch,
@@ -134,7 +134,11 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Acts on the effects of the round's admin entries (see the module docs).
-    pub(crate) fn apply_effects(&mut self, effects: Vec<Effect<M>>) -> Result<(), StoreError> {
+    pub(crate) fn apply_effects(
+        &mut self,
+        effects: Vec<Effect<M>>,
+        pending: &mut crate::ready::PendingWrite,
+    ) -> Result<(), StoreError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -159,6 +163,11 @@ impl<M: StateMachine> Store<M> {
                     self.write_region(&left)?;
                     self.stats.splits_applied += 1;
                 }
+                Effect::Membership {
+                    region,
+                    removed_here: true,
+                } => self.destroy_peer(region.id, Some(&mut *pending))?,
+                Effect::Membership { region, .. } => self.write_region(&region)?,
             }
         }
         self.publish_regions();
@@ -212,13 +221,7 @@ impl<M: StateMachine> Store<M> {
         if !leader_message || m.to == NodeId::NONE || from == self.cfg.store_id {
             return Ok(false);
         }
-        let region = uninitialized_region(
-            m.group,
-            PeerMeta {
-                id: m.to,
-                store: self.cfg.store_id,
-            },
-        );
+        let region = uninitialized_region(m.group, PeerMeta::voter(m.to, self.cfg.store_id));
         self.write_region(&region)?;
         self.open_peer(region)?;
         self.stats.peers_created_by_message += 1;

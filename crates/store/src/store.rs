@@ -95,6 +95,10 @@ pub struct StoreStats {
     pub split_peers_existing: u64,
     /// Replicas created by a message from a leader of a region this store did not have.
     pub peers_created_by_message: u64,
+    /// Replicas destroyed here (removed from their region), and messages dropped because
+    /// they were for a destroyed replica.
+    pub peers_destroyed: u64,
+    pub messages_to_tombstones: u64,
 }
 
 /// Status of one region replica, for `raftkv status`.
@@ -171,6 +175,9 @@ pub struct Store<M: StateMachine> {
     /// campaigns on the old leader's store as soon as it applies the split, usually before
     /// the other stores have applied it; their new replicas answer these once created.
     pub(crate) stashed_votes: VecDeque<(StoreId, Message)>,
+    /// Replicas destroyed here, `(region, peer id)`: never created again (see
+    /// [`crate::membership`]).
+    pub(crate) tombstones: BTreeSet<(RegionId, NodeId)>,
     pub stats: StoreStats,
 }
 
@@ -226,6 +233,7 @@ impl<M: StateMachine> Store<M> {
             live_regions: LiveRegions::default(),
             next_id: (0, 0),
             stashed_votes: VecDeque::new(),
+            tombstones: BTreeSet::new(),
             stats: StoreStats::default(),
         };
         store.next_id = store.load_next_id();
@@ -238,6 +246,7 @@ impl<M: StateMachine> Store<M> {
                 }
             }
         }
+        store.load_tombstones()?;
         for g in store.engine.groups() {
             let Some(raw) = store.engine.get_state(g, REGION_KEY) else {
                 continue; // a group without a descriptor is not a region of ours
@@ -308,7 +317,13 @@ impl<M: StateMachine> Store<M> {
                 index: INIT_LOG_INDEX,
                 term: INIT_TERM,
                 conf_state: ConfState {
-                    voters: r.peers.iter().map(|p| p.id).collect(),
+                    voters: r
+                        .peers
+                        .iter()
+                        .filter(|p| !p.learner)
+                        .map(|p| p.id)
+                        .collect(),
+                    learners: r.peers.iter().filter(|p| p.learner).map(|p| p.id).collect(),
                     ..Default::default()
                 },
             },
@@ -349,13 +364,16 @@ impl<M: StateMachine> Store<M> {
             raft::Storage::snapshot(&storage).map_err(|e| StoreError::Storage(e.to_string()))?;
         let (carried, sm_data) = crate::snapshot_data::parse(&snap.data)
             .map_err(|e| StoreError::Storage(format!("snapshot of region {}: {e}", stored.id)))?;
-        let region = carried.unwrap_or(stored);
-        let me = region.peer_on(self.cfg.store_id).ok_or_else(|| {
+        // This replica's own id comes from the stored descriptor, which always names it: a
+        // replica added after its snapshot was taken is not in the snapshot's descriptor
+        // (it becomes a member again when the log replays its addition).
+        let me = stored.peer_on(self.cfg.store_id).ok_or_else(|| {
             StoreError::Storage(format!(
                 "region {} has no peer on store {}",
-                region.id, self.cfg.store_id
+                stored.id, self.cfg.store_id
             ))
         })?;
+        let region = carried.unwrap_or(stored);
         let sm = if sm_data.is_empty() {
             // Uninitialized (no snapshot yet): a placeholder over the whole key space, never
             // read or applied to before the first snapshot replaces it.
@@ -502,6 +520,10 @@ impl<M: StateMachine> Store<M> {
     /// for a region this store does not have creates an uninitialized replica (see
     /// [`Store::maybe_create_peer`]).
     pub fn step(&mut self, from: StoreId, m: Message) -> Result<(), StoreError> {
+        if self.tombstoned(m.group, m.to) {
+            self.stats.messages_to_tombstones += 1;
+            return Err(StoreError::RegionNotFound(m.group));
+        }
         if !self.peers.contains_key(&m.group) && !self.maybe_create_peer(from, &m)? {
             if self.stash_vote(from, &m) {
                 return Ok(());
@@ -557,7 +579,7 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
-    fn ticket(&mut self) -> Ticket {
+    pub(crate) fn ticket(&mut self) -> Ticket {
         let t = Ticket(self.next_ticket);
         self.next_ticket += 1;
         t

@@ -1011,3 +1011,163 @@ fn a_store_down_during_a_split_gets_the_new_region_from_its_leader() {
     assert_eq!(stats.peers_created_by_message, 1, "{stats:?}");
     assert!(stats.snapshots_installed >= 2, "{stats:?}");
 }
+
+impl Cluster {
+    /// Proposes `change` to region `region` on store `store` and waits; updates `regions`.
+    fn change(
+        &mut self,
+        store: usize,
+        region: usize,
+        change: store::ReplicaChange,
+    ) -> Result<(), StoreError> {
+        let r = self.regions[region].clone();
+        let t = self
+            .store(store)
+            .propose_replica_change(r.id, r.epoch, change)?;
+        self.pump();
+        match self.done.remove(&t).expect("change completed")? {
+            Reply::Empty => {}
+            other => panic!("unexpected reply {other:?}"),
+        }
+        self.regions[region] = self
+            .store(store)
+            .live_regions()
+            .load()
+            .get(r.id)
+            .expect("still here")
+            .clone();
+        Ok(())
+    }
+}
+
+/// A replica removed from a store is destroyed there (its log group and snapshot files go, a
+/// tombstone keeps a late message from bringing it back); added again it comes back as a new
+/// peer that its leader's message creates and a snapshot fills, first as a learner, then
+/// promoted once caught up. The descriptor follows every change on every replica.
+#[test]
+fn a_replica_removed_and_added_back_moves_its_data_and_leaves_nothing_behind() {
+    use store::ReplicaChange::{AddLearner, Promote, Remove};
+    let mut c = Cluster::new(20);
+    for i in 0..30u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
+    }
+    let before = c.regions[0].clone();
+    let old_peer = before.peer_on(StoreId(3)).unwrap().id;
+    let snap_dir = c.dirs[2].path().join("snap");
+    let group_files = |dir: &std::path::Path, id: u64| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name().into_string().unwrap();
+                name.starts_with(&format!("{id:016x}")) || name.starts_with(&format!("{id}-"))
+            })
+            .count()
+    };
+    c.change(0, 0, Remove(StoreId(3))).unwrap();
+    c.tick(3);
+    let after = c.regions[0].clone();
+    assert_eq!(after.peers.len(), 2, "{after:?}");
+    assert_eq!(after.epoch.conf_version, before.epoch.conf_version + 1);
+    for s in 0..2 {
+        assert!(
+            c.regions_on(s).contains(&after),
+            "store {s}: {:?}",
+            c.regions_on(s)
+        );
+    }
+    // Gone from store 3: no replica, no log group, no snapshot file.
+    assert!(c.regions_on(2).iter().all(|r| r.id != before.id));
+    assert!(c.store(2).state_machine(before.id).is_none());
+    assert!(!c
+        .store(2)
+        .engine()
+        .groups()
+        .contains(&raft_log::GroupId(before.id.0)));
+    assert_eq!(group_files(&snap_dir, before.id.0), 0);
+    assert_eq!(c.store(2).stats.peers_destroyed, 1);
+    // A late message for the removed peer is dropped, not a new replica.
+    let late = raft::Message {
+        group: before.id,
+        from: before.peer_on(StoreId(1)).unwrap().id,
+        to: old_peer,
+        term: raft::Term(1),
+        body: raft::MessageBody::Heartbeat {
+            commit: raft::LogIndex(0),
+            read_context: None,
+            lease_tick: 0,
+        },
+    };
+    assert!(c.store(2).step(StoreId(1), late.clone()).is_err());
+    assert_eq!(c.store(2).stats.messages_to_tombstones, 1);
+    assert!(c.store(2).state_machine(before.id).is_none());
+    // The region still serves with two replicas.
+    c.write(0, 0, b"b", b"two").unwrap();
+    // Back on store 3 as a new peer: a learner filled by a snapshot, then a voter.
+    c.change(0, 0, AddLearner(StoreId(3))).unwrap();
+    let learner = c.regions[0].peer_on(StoreId(3)).expect("added");
+    assert!(learner.learner);
+    assert_ne!(learner.id, old_peer);
+    c.tick(20);
+    let (stats, leader) = (
+        c.store(2).stats,
+        c.store(0)
+            .status()
+            .into_iter()
+            .find(|st| st.region.id == before.id),
+    );
+    assert_eq!(
+        c.store(2).state_machine(before.id).map(|m| m.0.len()),
+        Some(31),
+        "the learner caught up: {stats:?} {leader:?}"
+    );
+    assert_eq!(c.store(2).stats.peers_created_by_message, 1);
+    let mut promoted = false;
+    for _ in 0..20 {
+        match c.change(0, 0, Promote(StoreId(3))) {
+            Ok(()) => {
+                promoted = true;
+                break;
+            }
+            Err(StoreError::Proposal(why)) if why.contains("not caught up") => c.tick(1),
+            Err(e) => panic!("promote: {e}"),
+        }
+    }
+    assert!(promoted, "the learner was never caught up");
+    let r = c.regions[0].clone();
+    assert_eq!(r.peers.len(), 3);
+    assert!(r.peers.iter().all(|p| !p.learner), "{r:?}");
+    assert_eq!(r.epoch.conf_version, before.epoch.conf_version + 3);
+    c.tick(3);
+    for s in 0..3 {
+        assert!(
+            c.regions_on(s).contains(&r),
+            "store {s}: {:?}",
+            c.regions_on(s)
+        );
+    }
+    // Store 3 now votes: with store 2 down, stores 1 and 3 still commit.
+    c.stop(1);
+    c.write(0, 0, b"c", b"with-3").unwrap();
+    // The tombstone survives a restart; the new peer too.
+    c.stop(2);
+    c.start(2);
+    c.start(1);
+    c.tick(30);
+    assert!(c.store(2).step(StoreId(1), late).is_err());
+    assert_eq!(c.store(2).stats.messages_to_tombstones, 1);
+    assert_eq!(
+        c.store(2).state_machine(before.id).map(|m| m.0.len()),
+        Some(32)
+    );
+    // Bad changes are refused and change nothing.
+    assert!(matches!(
+        c.store(0)
+            .propose_replica_change(r.id, r.epoch, AddLearner(StoreId(2))),
+        Err(StoreError::Proposal(_))
+    ));
+    assert!(matches!(
+        c.store(0)
+            .propose_replica_change(r.id, r.epoch, Remove(StoreId(9))),
+        Err(StoreError::Proposal(_))
+    ));
+}

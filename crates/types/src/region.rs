@@ -15,6 +15,8 @@ pub enum DecodeError {
     Truncated { needed: usize, left: usize },
     #[error("bad end-key flag {0}")]
     EndKeyFlag(u8),
+    #[error("bad peer role flag {0}")]
+    RoleFlag(u8),
     #[error("region descriptor claims {0} peers (at most {MAX_PEERS})")]
     TooManyPeers(u64),
     #[error("{0} trailing bytes after the region descriptor")]
@@ -48,11 +50,24 @@ pub struct RegionEpoch {
     pub version: u64,
 }
 
-/// A replica of a region: its Raft node id and the store hosting it.
+/// A replica of a region: its Raft node id, the store hosting it, and whether it is a
+/// learner (receives the log, does not vote; a replica being added catches up as one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerMeta {
     pub id: raft::NodeId,
     pub store: StoreId,
+    pub learner: bool,
+}
+
+impl PeerMeta {
+    /// A voting replica.
+    pub fn voter(id: raft::NodeId, store: StoreId) -> PeerMeta {
+        PeerMeta {
+            id,
+            store,
+            learner: false,
+        }
+    }
 }
 
 /// A region's descriptor.
@@ -99,20 +114,18 @@ impl Region {
                 },
                 peers: stores
                     .iter()
-                    .map(|s| PeerMeta {
-                        id: raft::NodeId(id * 1000 + s.0),
-                        store: *s,
-                    })
+                    .map(|s| PeerMeta::voter(raft::NodeId(id * 1000 + s.0), *s))
                     .collect(),
             });
         }
         out
     }
 
-    /// Compact binary encoding (stored in the log engine with each group).
+    /// Compact binary encoding (stored in the log engine with each group, and in each
+    /// snapshot). Version 2 adds each peer's role; version 1 (all voters) still decodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64 + self.start_key.len());
-        b.push(1); // version
+        b.push(2); // version
         put_u64(&mut b, self.id.0);
         put_bytes(&mut b, &self.start_key);
         match &self.end_key {
@@ -128,6 +141,7 @@ impl Region {
         for p in &self.peers {
             put_u64(&mut b, p.id.0);
             put_u64(&mut b, p.store.0);
+            b.push(p.learner as u8);
         }
         b
     }
@@ -135,7 +149,7 @@ impl Region {
     pub fn decode(mut data: &[u8]) -> Result<Region, DecodeError> {
         let d = &mut data;
         let version = take(d, 1)?[0];
-        if version != 1 {
+        if version != 1 && version != 2 {
             return Err(DecodeError::Version(version));
         }
         let id = raft::GroupId(get_u64(d)?);
@@ -155,10 +169,17 @@ impl Region {
         }
         let mut peers = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            peers.push(PeerMeta {
-                id: raft::NodeId(get_u64(d)?),
-                store: StoreId(get_u64(d)?),
-            });
+            let id = raft::NodeId(get_u64(d)?);
+            let store = StoreId(get_u64(d)?);
+            let learner = match version {
+                1 => false,
+                _ => match take(d, 1)?[0] {
+                    0 => false,
+                    1 => true,
+                    x => return Err(DecodeError::RoleFlag(x)),
+                },
+            };
+            peers.push(PeerMeta { id, store, learner });
         }
         if !d.is_empty() {
             return Err(DecodeError::TrailingBytes(d.len()));
