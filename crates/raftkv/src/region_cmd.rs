@@ -8,6 +8,10 @@ use clap::Subcommand;
 use client::pb;
 use std::time::{Duration, Instant};
 
+/// How long `add-replica` waits for the new replica to catch up and be promoted, and
+/// `remove-replica` for it to be gone.
+const CHANGE_WAIT: Duration = Duration::from_secs(60);
+
 /// How long `transfer-leader` waits for the target store to lead (it may first have to catch
 /// up with the log).
 const TRANSFER_WAIT: Duration = Duration::from_secs(10);
@@ -18,6 +22,22 @@ pub(crate) enum RegionCmd {
     /// regions exist.
     Split {
         key: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add a replica of REGION on STORE: a learner that catches up by snapshot, then is
+    /// promoted; returns once it is a voter.
+    AddReplica {
+        region: u64,
+        store: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove REGION's replica on STORE (leadership moves off it first); returns once it is
+    /// gone.
+    RemoveReplica {
+        region: u64,
+        store: u64,
         #[command(flatten)]
         conn: Conn,
     },
@@ -85,8 +105,192 @@ where
     bail!("no server answered ({last})")
 }
 
+/// The region as its leader (else the newest report) describes it, and its leader's store.
+fn region_view(reports: &[pb::StatusResponse], region: u64) -> Option<(pb::Region, u64)> {
+    let mut best: Option<(bool, u64, pb::Region, u64)> = None;
+    for st in reports {
+        for r in &st.regions {
+            let Some(g) = r.region.as_ref().filter(|g| g.id == region) else {
+                continue;
+            };
+            let from_leader = r.leader_store_id == st.store_id;
+            let version = g
+                .epoch
+                .map_or(0, |e| e.conf_version * (1 << 32) + e.version);
+            if best
+                .as_ref()
+                .is_none_or(|(l, v, _, _)| (from_leader, version) > (*l, *v))
+            {
+                best = Some((from_leader, version, g.clone(), r.leader_store_id));
+            }
+        }
+    }
+    best.map(|(_, _, g, l)| (g, l))
+}
+
+async fn change_replica(
+    conn: &Conn,
+    region: u64,
+    store: u64,
+    kind: pb::change_replica_request::Kind,
+) -> Result<pb::AdminResponse> {
+    let req = pb::ChangeReplicaRequest {
+        region_id: region,
+        store_id: store,
+        kind: kind as i32,
+        forwarded: false,
+    };
+    first_answer(conn, |mut c| async move { c.change_replica(req).await }).await
+}
+
+/// Moves REGION's leadership to STORE and waits until STORE reports leading it.
+async fn transfer_leader(conn: &Conn, region: u64, store: u64) -> Result<()> {
+    let deadline = Instant::now() + TRANSFER_WAIT;
+    let mut c = client::Client::connect(conn.list()).await?;
+    loop {
+        let req = pb::TransferLeaderRequest {
+            region_id: region,
+            to_store: store,
+            forwarded: false,
+        };
+        let r = first_answer(conn, |mut c| async move { c.transfer_leader(req).await }).await?;
+        if let Some(e) = &r.error {
+            let retryable = [pb::error::Code::NotLeader, pb::error::Code::Timeout]
+                .iter()
+                .any(|c| *c as i32 == e.code);
+            if !retryable || Instant::now() >= deadline {
+                bail!(
+                    "transfer of region {region} to store {store} refused: {}",
+                    describe(e)
+                );
+            }
+        }
+        // Started (or retrying): wait a while for the store to report leading it.
+        let round = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < round.min(deadline) {
+            let leads = c.status().await.iter().any(|st| {
+                st.store_id == store
+                    && st.regions.iter().any(|r| {
+                        r.region.as_ref().is_some_and(|g| g.id == region)
+                            && r.leader_store_id == store
+                    })
+            });
+            if leads {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "store {store} did not become the leader of region {region} within {} s",
+                TRANSFER_WAIT.as_secs()
+            );
+        }
+    }
+}
+
 pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
+    use pb::change_replica_request::Kind;
     match cmd {
+        RegionCmd::AddReplica {
+            region,
+            store,
+            conn,
+        } => {
+            let r = change_replica(&conn, region, store, Kind::AddLearner).await?;
+            if let Some(e) = &r.error {
+                bail!(
+                    "adding a replica of region {region} on store {store} refused: {}",
+                    describe(e)
+                );
+            }
+            // Promoted once caught up (the leader refuses before).
+            let deadline = Instant::now() + CHANGE_WAIT;
+            loop {
+                let r = change_replica(&conn, region, store, Kind::Promote).await?;
+                match &r.error {
+                    None => break,
+                    Some(e) if Instant::now() >= deadline => bail!(
+                        "the new replica of region {region} on store {store} was not promoted within {} s: {}",
+                        CHANGE_WAIT.as_secs(),
+                        describe(e)
+                    ),
+                    Some(e)
+                        if e.message.contains("not caught up")
+                            || e.code == pb::error::Code::NotLeader as i32
+                            || e.code == pb::error::Code::Timeout as i32 =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Some(e) => bail!("promoting the replica of region {region} on store {store} refused: {}", describe(e)),
+                }
+            }
+            println!("store {store} holds a voting replica of region {region}");
+        }
+        RegionCmd::RemoveReplica {
+            region,
+            store,
+            conn,
+        } => {
+            let mut c = client::Client::connect(conn.list()).await?;
+            let Some((desc, leader)) = region_view(&c.status().await, region) else {
+                bail!("no server reports region {region}");
+            };
+            if !desc.peers.iter().any(|p| p.store_id == store) {
+                bail!("region {region} has no replica on store {store}");
+            }
+            if leader == store {
+                let Some(to) = desc
+                    .peers
+                    .iter()
+                    .find(|p| p.store_id != store && !p.learner)
+                    .map(|p| p.store_id)
+                else {
+                    bail!("region {region} has no other voter to lead it");
+                };
+                transfer_leader(&conn, region, to).await?;
+            }
+            let deadline = Instant::now() + CHANGE_WAIT;
+            loop {
+                let r = change_replica(&conn, region, store, Kind::Remove).await?;
+                match &r.error {
+                    None => break,
+                    Some(e)
+                        if Instant::now() < deadline
+                            && (e.code == pb::error::Code::NotLeader as i32
+                                || e.code == pb::error::Code::Timeout as i32) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Some(e) => bail!(
+                        "removing the replica of region {region} on store {store} refused: {}",
+                        describe(e)
+                    ),
+                }
+            }
+            // Gone: the store (if it answers) no longer reports the region.
+            loop {
+                let reports = c.status().await;
+                let still = reports.iter().any(|st| {
+                    st.store_id == store
+                        && st
+                            .regions
+                            .iter()
+                            .any(|r| r.region.as_ref().is_some_and(|g| g.id == region))
+                });
+                if !still {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "store {store} still holds region {region} after {} s",
+                        CHANGE_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("region {region} has no replica on store {store}");
+        }
         RegionCmd::Split { key, conn } => {
             let req = pb::SplitRegionRequest {
                 split_key: key.clone().into_bytes(),
@@ -112,50 +316,8 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
             store,
             conn,
         } => {
-            let deadline = Instant::now() + TRANSFER_WAIT;
-            let mut c = client::Client::connect(conn.list()).await?;
-            loop {
-                let req = pb::TransferLeaderRequest {
-                    region_id: region,
-                    to_store: store,
-                    forwarded: false,
-                };
-                let r = first_answer(&conn, |mut c| async move { c.transfer_leader(req).await })
-                    .await?;
-                if let Some(e) = &r.error {
-                    let retryable = [pb::error::Code::NotLeader, pb::error::Code::Timeout]
-                        .iter()
-                        .any(|c| *c as i32 == e.code);
-                    if !retryable || Instant::now() >= deadline {
-                        bail!(
-                            "transfer of region {region} to store {store} refused: {}",
-                            describe(e)
-                        );
-                    }
-                }
-                // Started (or retrying): wait a while for the store to report leading it.
-                let round = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < round.min(deadline) {
-                    let leads = c.status().await.iter().any(|st| {
-                        st.store_id == store
-                            && st.regions.iter().any(|r| {
-                                r.region.as_ref().is_some_and(|g| g.id == region)
-                                    && r.leader_store_id == store
-                            })
-                    });
-                    if leads {
-                        println!("store {store} leads region {region}");
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if Instant::now() >= deadline {
-                    bail!(
-                        "store {store} did not become the leader of region {region} within {} s",
-                        TRANSFER_WAIT.as_secs()
-                    );
-                }
-            }
+            transfer_leader(&conn, region, store).await?;
+            println!("store {store} leads region {region}");
         }
     }
     Ok(())

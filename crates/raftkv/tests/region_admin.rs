@@ -1,7 +1,8 @@
 //! Regions reshaped at runtime with real processes (issue 17): while 8 clients (6 gRPC, 2 on
 //! the Redis port) run a linearizability-checked workload over all three bootstrap regions,
-//! `raftkv region split` splits two of them and `raftkv region transfer-leader` moves a new
-//! region's leadership; no client sees an error, the history is linearizable, every region
+//! `raftkv region split` splits two of them, `raftkv region transfer-leader` moves a new
+//! region's leadership, and `remove-replica` / `add-replica` move a replica off a store and
+//! back after that store restarted; no client sees an error, the history is linearizable, every region
 //! ends with a leader, and bad admin input is refused with a clear error and changes nothing.
 
 mod common;
@@ -106,7 +107,7 @@ impl Conn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_error() {
-    let c = TestCluster::start(&[]);
+    let mut c = TestCluster::start(&[]);
     assert!(
         c.wait_ready(Duration::from_secs(30)).await,
         "cluster not ready\n{}",
@@ -253,6 +254,50 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
         "{out}"
     );
     progress("100 operations after the transfer").await;
+
+    // Move a replica: off store 3 (its data goes), store 3 restarted, back onto it.
+    let moved = region_of(&status(&endpoints), "k5")["id"].as_u64().unwrap();
+    let moved_arg = moved.to_string();
+    let (ok, out, err) = raftkv(&[
+        "region",
+        "remove-replica",
+        &moved_arg,
+        "3",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(ok, "remove-replica failed: {err}\n{}", c.logs());
+    assert!(out.contains("no replica on store 3"), "{out}");
+    let st = status(&endpoints);
+    let r = region_of(&st, "k5");
+    assert_eq!(r["replicas"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(r["epoch"]["conf_version"], 2, "{st}");
+    progress("100 operations after the removal").await;
+    c.kill(2);
+    c.spawn(2);
+    assert!(
+        c.wait_ready(Duration::from_secs(30)).await,
+        "not ready after store 3 restarted: {}\n{}",
+        raftkv(&["status", "--endpoints", &endpoints]).1,
+        c.logs()
+    );
+    let (ok, out, err) = raftkv(&[
+        "region",
+        "add-replica",
+        &moved_arg,
+        "3",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(ok, "add-replica failed: {err}\n{}", c.logs());
+    assert!(out.contains("store 3 holds a voting replica"), "{out}");
+    let st = status(&endpoints);
+    let r = region_of(&st, "k5");
+    let replicas = r["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{st}");
+    assert!(replicas.iter().all(|p| p["role"] == "voter"), "{st}");
+    assert_eq!(r["epoch"]["conf_version"], 4, "{st}");
+    progress("100 operations after the replica came back").await;
 
     // Bad input: refused with a reason, nothing changes.
     for (args, why) in [

@@ -145,6 +145,79 @@ impl AdminService {
         }
     }
 
+    pub async fn change_replica(&self, req: pb::ChangeReplicaRequest) -> pb::AdminResponse {
+        use pb::change_replica_request::Kind;
+        let region_id = raft::GroupId(req.region_id);
+        let Some(region) = self.handle.regions.load().get(region_id).cloned() else {
+            return refused(
+                Code::RegionNotFound,
+                format!("region {region_id} is not on this store"),
+            );
+        };
+        let store = StoreId(req.store_id);
+        let change = match Kind::try_from(req.kind) {
+            Ok(Kind::AddLearner) => store::ReplicaChange::AddLearner(store),
+            Ok(Kind::Promote) => store::ReplicaChange::Promote(store),
+            Ok(Kind::Remove) => store::ReplicaChange::Remove(store),
+            Err(_) => {
+                return refused(
+                    Code::InvalidArgument,
+                    format!("unknown replica change kind {}", req.kind),
+                )
+            }
+        };
+        if matches!(change, store::ReplicaChange::AddLearner(_))
+            && self.cfg.peer_addr_of(req.store_id).is_none()
+        {
+            return refused(
+                Code::InvalidArgument,
+                format!("store {store} is not in the cluster"),
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.handle.send(Cmd::ChangeReplica {
+            region: region.id,
+            epoch: region.epoch,
+            change,
+            reply: tx,
+        }) {
+            return from_store(e);
+        }
+        match self.answer(rx).await {
+            Ok(_) => pb::AdminResponse {
+                error: None,
+                regions: self
+                    .handle
+                    .regions
+                    .load()
+                    .get(region_id)
+                    .map(region_to_pb)
+                    .into_iter()
+                    .collect(),
+            },
+            Err(resp) => match Self::leader_of(&resp) {
+                Some(leader) if !req.forwarded && leader != self.cfg.store_id => {
+                    let mut client = match self.client_of(leader) {
+                        Ok(c) => c,
+                        Err(r) => return r,
+                    };
+                    let forwarded = pb::ChangeReplicaRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    match client.change_replica(forwarded).await {
+                        Ok(r) => r.into_inner(),
+                        Err(s) => refused(
+                            Code::NotLeader,
+                            format!("forwarding to store {leader} failed: {}", s.message()),
+                        ),
+                    }
+                }
+                _ => resp,
+            },
+        }
+    }
+
     pub async fn transfer_leader(&self, req: pb::TransferLeaderRequest) -> pb::AdminResponse {
         let (tx, rx) = oneshot::channel();
         if let Err(e) = self.handle.send(Cmd::TransferLeader {
@@ -192,6 +265,15 @@ impl pb::admin_server::Admin for AdminGrpc {
     ) -> Result<tonic::Response<pb::AdminResponse>, tonic::Status> {
         Ok(tonic::Response::new(
             self.0.split_region(req.into_inner()).await,
+        ))
+    }
+
+    async fn change_replica(
+        &self,
+        req: tonic::Request<pb::ChangeReplicaRequest>,
+    ) -> Result<tonic::Response<pb::AdminResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            self.0.change_replica(req.into_inner()).await,
         ))
     }
 

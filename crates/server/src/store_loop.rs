@@ -54,6 +54,13 @@ pub enum Cmd {
         key: Vec<u8>,
         reply: ReplyTx,
     },
+    /// A replica change (see `Store::propose_replica_change`); answered once applied here.
+    ChangeReplica {
+        region: RegionId,
+        epoch: RegionEpoch,
+        change: store::ReplicaChange,
+        reply: ReplyTx,
+    },
     /// Start handing a region's leadership to the replica on store `to`.
     TransferLeader {
         region: RegionId,
@@ -368,6 +375,19 @@ fn handle(
             key,
             reply,
         } => match store.propose_split(region, epoch, &key) {
+            Ok(t) => {
+                waiting.insert(t, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
+        Cmd::ChangeReplica {
+            region,
+            epoch,
+            change,
+            reply,
+        } => match store.propose_replica_change(region, epoch, change) {
             Ok(t) => {
                 waiting.insert(t, reply);
             }

@@ -19,7 +19,7 @@
 //!
 //! A replica that already has the new region (its leader's messages created it, or this is
 //! a replay after a restart) keeps it and drops the right half: that replica catches up from
-//! its own leader. Until the old region applies the split here, the two overlap on this store;
+//! its own leader. One whose new-region replica was removed since (a tombstone) drops it too. Until the old region applies the split here, the two overlap on this store;
 //! the published map prefers the newer epoch (see [`Store::publish_regions`]), and the old
 //! one serves none of the new range: every command carries the version it was routed with,
 //! checked at apply.
@@ -150,7 +150,13 @@ impl<M: StateMachine> Store<M> {
                     right_sm,
                     campaign,
                 } => {
+                    let mine = right.peer_on(self.cfg.store_id).map(|p| p.id);
                     if self.peers.contains_key(&right.id) {
+                        self.stats.split_peers_existing += 1;
+                    } else if mine.is_some_and(|id| self.tombstoned(right.id, id)) {
+                        // The new region's replica here was created, then removed from this
+                        // store (this is the old region replaying its log after a restart):
+                        // it must not come back.
                         self.stats.split_peers_existing += 1;
                     } else {
                         self.bootstrap_region(&right, right_sm.snapshot())?;

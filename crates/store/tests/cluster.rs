@@ -1171,3 +1171,40 @@ fn a_replica_removed_and_added_back_moves_its_data_and_leaves_nothing_behind() {
         Err(StoreError::Proposal(_))
     ));
 }
+
+/// A replica of a split-off region removed from a store stays removed when that store
+/// restarts and its old region replays the split (the tombstone stops the re-creation; a
+/// real-process test found it coming back).
+#[test]
+fn a_removed_split_replica_does_not_come_back_when_the_split_replays() {
+    let mut c = Cluster::new(10_000);
+    c.write(0, 0, b"d", b"v").unwrap();
+    c.split(0, 0, b"c").unwrap();
+    c.tick(3);
+    let right = c.regions[3].clone();
+    let leader = (0..3)
+        .find(|&s| {
+            c.store(s)
+                .status()
+                .iter()
+                .any(|st| st.region.id == right.id && st.role == raft::Role::Leader)
+        })
+        .expect("the new region has a leader");
+    c.change(leader, 3, store::ReplicaChange::Remove(StoreId(3)))
+        .unwrap();
+    c.tick(3);
+    assert!(c.store(2).state_machine(right.id).is_none());
+    c.stop(2);
+    c.start(2);
+    c.tick(30);
+    assert!(
+        c.regions_on(2).iter().all(|r| r.id != right.id),
+        "{:?}",
+        c.regions_on(2)
+    );
+    assert!(
+        c.store(2).stats.split_peers_existing >= 1,
+        "{:?}",
+        c.store(2).stats
+    );
+}
