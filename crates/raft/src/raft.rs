@@ -554,9 +554,15 @@ impl<S: Storage> Raft<S> {
             m.body,
             MessageBody::Vote { .. } | MessageBody::PreVote { .. }
         );
-        if is_vote_request && !self.tracker.progress.contains_key(&m.from) {
+        if is_vote_request
+            && !self.tracker.progress.is_empty()
+            && !self.tracker.progress.contains_key(&m.from)
+        {
             // A node outside our configuration (removed, or not yet added as far as we
-            // know) must not disrupt the group: ignore it entirely, term included.
+            // know) must not disrupt the group: ignore it entirely, term included. A node
+            // with no configuration at all (created by a leader's message, waiting for its
+            // first snapshot) votes like any other: it may be a voter that the group needs
+            // for a quorum (etcd and TiKV let such replicas vote too).
             return;
         }
         if m.term > self.term {

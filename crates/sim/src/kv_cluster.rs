@@ -153,8 +153,16 @@ pub struct KvSimOutcome {
     pub splits_proposed: u64,
     pub splits_applied: u64,
     pub peers_created_by_message: u64,
+    pub peers_created_by_vote: u64,
     /// Regions at the end of the run.
     pub regions_at_end: usize,
+    /// Replica changes proposed by the fault schedule (add a learner, promote, swap through
+    /// a joint configuration, remove), membership changes applied (per replica, over every
+    /// store's lives), and replicas destroyed on the store they were removed from.
+    pub moves_proposed: u64,
+    pub joint_swaps_proposed: u64,
+    pub replica_changes_applied: u64,
+    pub peers_destroyed: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -171,6 +179,7 @@ pub struct KvKinds {
     pub transfers: bool,
     pub snapshots: bool,
     pub splits: bool,
+    pub moves: bool,
     pub torn_write_modes: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
@@ -288,6 +297,26 @@ impl KvSimOutcome {
             ),
             F::new("splits proposed", k.splits, self.splits_proposed, None),
             F::new("splits applied", k.splits, self.splits_applied, None),
+            F::new("replica moves proposed", k.moves, self.moves_proposed, None),
+            F::new(
+                "joint swaps proposed",
+                k.moves,
+                self.joint_swaps_proposed,
+                None,
+            ),
+            F::new(
+                "replica changes applied",
+                k.moves,
+                self.replica_changes_applied,
+                None,
+            ),
+            F::new("replicas destroyed", k.moves, self.peers_destroyed, None),
+            F::new(
+                "replicas created by a vote",
+                k.splits && k.crashes,
+                self.peers_created_by_vote,
+                None,
+            ),
             F::new(
                 "replicas created by a leader's message",
                 k.splits && k.crashes,
@@ -525,6 +554,8 @@ struct Faults {
     snapshots: bool,
     /// Regions split at runtime (drawn from the seed's own stream).
     splits: bool,
+    /// Replicas added, promoted, swapped (joint) and removed at runtime (own stream too).
+    moves: bool,
     /// The largest gap between two fault events (the intensity).
     fault_gap_max: Micros,
     lease_reads: bool,
@@ -698,7 +729,10 @@ impl Sim {
         self.out.snapshot_chunks_received += ended.stats.snapshot_chunks_received;
         self.out.snapshot_transfers_cut += ended.snapshots_receiving() as u64;
         self.out.splits_applied += ended.stats.splits_applied;
+        self.out.replica_changes_applied += ended.stats.replica_changes_applied;
+        self.out.peers_destroyed += ended.stats.peers_destroyed;
         self.out.peers_created_by_message += ended.stats.peers_created_by_message;
+        self.out.peers_created_by_vote += ended.stats.peers_created_by_vote;
         drop(ended);
         if let Some(d) = self.stores[i].driver.take() {
             self.driver_stats.add(&d.stats);
@@ -885,7 +919,7 @@ impl Sim {
             .flat_map(|s| s.live_regions().load().iter().cloned().collect::<Vec<_>>());
         for r in self.regions.drain(..).chain(live) {
             match newest.get(&r.id) {
-                Some(known) if known.epoch.version >= r.epoch.version => {}
+                Some(known) if known.epoch >= r.epoch => {}
                 _ => {
                     newest.insert(r.id, r);
                 }
@@ -1421,6 +1455,9 @@ impl Sim {
                             self.trace(|| format!("snapshot s{} region {r}", i + 1));
                         }
                         Ok(false) => {}
+                        // The routing table may name a store whose replica is not created
+                        // or not initialized yet.
+                        Err(StoreError::RegionNotFound(_)) => {}
                         // The injected sync failure hit the snapshot file: the store dies.
                         Err(e) => {
                             assert!(
@@ -1440,6 +1477,9 @@ impl Sim {
         // Drawn apart from the kinds above, so seeds without splits keep their schedules.
         if self.faults.splits && self.rng.below(3) == 0 {
             self.split_random_region();
+        }
+        if self.faults.moves && self.rng.below(2) == 0 {
+            self.move_random_replica();
         }
     }
 
@@ -1501,6 +1541,63 @@ impl Sim {
             self.splits_proposed += 1;
             self.out.splits_proposed += 1;
             self.trace(|| format!("split region {} at {key:?} on s{}", r.id, i + 1));
+            self.drive(i);
+        }
+    }
+
+    /// One step of a random walk of a random region's replicas, proposed on its leader:
+    /// promote a learner (or swap it for a voter in one joint change), add a learner on a
+    /// store without a replica, or remove a replica (down to 2 voters at the least, from 4
+    /// or, with 3 stores, from 3). Over a run every replica of a region may move.
+    fn move_random_replica(&mut self) {
+        use store::ReplicaChange::{AddLearner, Promote, Remove, Swap};
+        self.refresh_routes();
+        let r = self.regions[self.rng.below(self.regions.len() as u64) as usize].clone();
+        let Some(i) = self.leader_of(&r) else {
+            return;
+        };
+        let voters: Vec<StoreId> = r
+            .peers
+            .iter()
+            .filter(|p| !p.learner)
+            .map(|p| p.store)
+            .collect();
+        let learners: Vec<StoreId> = r
+            .peers
+            .iter()
+            .filter(|p| p.learner)
+            .map(|p| p.store)
+            .collect();
+        let free: Vec<StoreId> = (1..=self.stores.len() as u64)
+            .map(StoreId)
+            .filter(|s| r.peer_on(*s).is_none())
+            .collect();
+        let pick = |v: &[StoreId], rng: &mut SplitMix64| v[rng.below(v.len() as u64) as usize];
+        let change = if let Some(&l) = learners.first() {
+            if voters.len() >= 3 && self.rng.below(2) == 0 {
+                Swap {
+                    promote: l,
+                    remove: pick(&voters, &mut self.rng),
+                }
+            } else {
+                Promote(l)
+            }
+        } else if voters.len() > 3
+            || (voters.len() == 3 && free.is_empty() && self.rng.below(3) == 0)
+        {
+            Remove(pick(&voters, &mut self.rng))
+        } else if !free.is_empty() && voters.len() >= 2 {
+            AddLearner(pick(&free, &mut self.rng))
+        } else {
+            return;
+        };
+        let s = self.stores[i].store.as_mut().expect("up");
+        if s.propose_replica_change(r.id, r.epoch, change).is_ok() {
+            self.out.moves_proposed += 1;
+            if matches!(change, Swap { .. }) {
+                self.out.joint_swaps_proposed += 1;
+            }
+            self.trace(|| format!("region {} {change:?} on s{}", r.id, i + 1));
             self.drive(i);
         }
     }
@@ -1567,7 +1664,7 @@ impl Sim {
                                 st.last_index.0,
                                 st.region.epoch.version
                             ),
-                            _ => format!("s{}: no initialized replica (regions here: {:?})", i + 1, s.regions().iter().map(|r| (r.id, r.epoch.version)).collect::<Vec<_>>()),
+                            _ => format!("s{}: no initialized replica ({:?})", i + 1, s.describe_replica(r.id)),
                         },
                     }
                 })
@@ -1679,6 +1776,7 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
         fault_gap_max: [500 * MS, 2 * SECOND, 5 * SECOND][rng.below(3) as usize],
         lease_reads,
         splits: false,
+        moves: false,
     }
 }
 
@@ -1700,6 +1798,11 @@ pub fn snapshot_build_chance_by_seed(seed: u64) -> f64 {
 /// every other choice of a seed stays what it was).
 pub fn splits_by_seed(seed: u64) -> bool {
     SplitMix64::new(seed ^ 0x7370_6c69_7473).below(2) == 0
+}
+
+/// Whether `seed` moves replicas at runtime (half of the seeds, from their own stream).
+pub fn moves_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x6d6f_7665_7321).below(2) == 0
 }
 
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
@@ -1725,6 +1828,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let workload_clients = 4 + rng.below(9) as usize;
     let mut faults = choose_faults(&mut rng);
     faults.splits = splits_by_seed(opts.seed);
+    faults.moves = moves_by_seed(opts.seed);
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -1784,8 +1888,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " splits={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            " splits={} moves={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
             faults.splits,
+            faults.moves,
             match deferred_writes {
                 None => format!("driver(queued_chance={queued_chance})"),
                 Some(false) => "all-inline".to_string(),
@@ -1914,6 +2019,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 transfers: faults.transfers,
                 snapshots: faults.snapshots,
                 splits: faults.splits,
+                moves: faults.moves,
                 torn_write_modes,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
@@ -1978,10 +2084,14 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             .map(|(r, _)| format!("probe {r}"))
             .collect();
         return Err(fail(format!(
-            "not serving again {}s after healing: {} did not finish a write and its reads (workload ops still in flight: {})",
+            "not serving again {}s after healing: {} did not finish a write and its reads (workload ops still in flight: {})\n  {}",
             LIVENESS_BOUND / SECOND,
             stuck.join(", "),
-            sim.clients[..workload_clients].iter().filter(|c| c.op.is_some()).count()
+            sim.clients[..workload_clients].iter().filter(|c| c.op.is_some()).count(),
+            {
+                sim.refresh_routes();
+                sim.convergence_report()
+            }
         )));
     }
     sim.out.recovery_ms = (sim.now - healed_at) / MS;
@@ -2060,7 +2170,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     sim.out.snapshots_overtaken += sim.log_stats.3;
     for s in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
         sim.out.splits_applied += s.stats.splits_applied;
+        sim.out.replica_changes_applied += s.stats.replica_changes_applied;
+        sim.out.peers_destroyed += s.stats.peers_destroyed;
         sim.out.peers_created_by_message += s.stats.peers_created_by_message;
+        sim.out.peers_created_by_vote += s.stats.peers_created_by_vote;
         sim.out.snapshot_chunks_received += s.stats.snapshot_chunks_received;
         sim.out.snapshots_overtaken += s.stats.snapshots_overtaken;
         sim.out.log_purges += s.stats.log_purges;

@@ -52,6 +52,10 @@ pub enum ReplicaChange {
     Promote(StoreId),
     /// Remove the store's replica, voter or learner.
     Remove(StoreId),
+    /// Promote the learner on `promote` and remove the replica on `remove` in one change:
+    /// two voters change at once, so Raft goes through a joint configuration (both old and
+    /// new voters must agree) and leaves it by itself.
+    Swap { promote: StoreId, remove: StoreId },
 }
 
 impl<M: StateMachine> Store<M> {
@@ -104,6 +108,29 @@ impl<M: StateMachine> Store<M> {
             ReplicaChange::Remove(store) => match on(store) {
                 Some(peer) => (ConfChange::remove_node(peer.id.0), Vec::new()),
                 None => return refuse(format!("region {region} has no replica on store {store}")),
+            },
+            ReplicaChange::Swap { promote, remove } => match (on(promote), on(remove)) {
+                (Some(learner), Some(old)) if learner.learner && !old.learner => {
+                    use raft::{ConfChangeItem, ConfChangeKind};
+                    let cc = ConfChange {
+                        changes: vec![
+                            ConfChangeItem {
+                                kind: ConfChangeKind::AddVoter,
+                                node: learner.id,
+                            },
+                            ConfChangeItem {
+                                kind: ConfChangeKind::RemoveNode,
+                                node: old.id,
+                            },
+                        ],
+                        joint: true,
+                        context: Default::default(),
+                    };
+                    (cc, Vec::new())
+                }
+                _ => return refuse(format!(
+                    "region {region} needs a learner on store {promote} and a voter on store {remove} to swap them"
+                )),
             },
         };
         let cc = ConfChange {

@@ -146,6 +146,7 @@ impl<M: StateMachine> Peer<M> {
         self.building_snapshot = Some(self.bytes_since_snapshot);
         Ok(Some(SnapshotJob::new(
             &self.region,
+            self.raw.id(),
             self.applied,
             term,
             self.raw.status().conf_state,

@@ -45,6 +45,9 @@ pub const MAX_SNAPSHOTS_BUILDING: usize = 2;
 /// One region's snapshot to build: its view and where the file goes.
 pub struct SnapshotJob<M: StateMachine> {
     pub region: RegionId,
+    /// The replica that took the view: one destroyed and replaced meanwhile (a new peer of
+    /// the region on this store) must not commit it.
+    pub(crate) peer: raft::NodeId,
     pub(crate) index: LogIndex,
     pub(crate) term: Term,
     pub(crate) conf_state: ConfState,
@@ -72,6 +75,7 @@ impl<M: StateMachine> std::fmt::Debug for SnapshotJob<M> {
 #[derive(Debug)]
 pub struct BuiltSnapshot {
     pub region: RegionId,
+    pub(crate) peer: raft::NodeId,
     pub(crate) index: LogIndex,
     pub(crate) term: Term,
     pub(crate) conf_state: ConfState,
@@ -91,6 +95,7 @@ impl<M: StateMachine> SnapshotJob<M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         descriptor: &Region,
+        peer: raft::NodeId,
         index: LogIndex,
         term: Term,
         conf_state: ConfState,
@@ -101,6 +106,7 @@ impl<M: StateMachine> SnapshotJob<M> {
     ) -> Self {
         SnapshotJob {
             region: descriptor.id,
+            peer,
             header: crate::snapshot_data::header(descriptor),
             index,
             term,
@@ -133,6 +139,7 @@ impl<M: StateMachine> SnapshotJob<M> {
         );
         BuiltSnapshot {
             region: self.region,
+            peer: self.peer,
             index: self.index,
             term: self.term,
             conf_state: self.conf_state,

@@ -8,7 +8,7 @@ use crate::peer::Peer;
 use crate::region::RegionId;
 use crate::snapshot_job::{BuiltSnapshot, SnapshotWork, MAX_SNAPSHOTS_BUILDING};
 use crate::state_machine::StateMachine;
-use crate::store::{engine_group, Store, StoreStats, REGION_KEY};
+use crate::store::{engine_group, Store, StoreStats, PEER_KEY, REGION_KEY};
 use raft::Snapshot;
 use raft_log::{LogBatch, LogEngine};
 
@@ -107,8 +107,12 @@ impl<M: StateMachine> Store<M> {
             );
             self.snapshots_building -= 1;
             let started = std::time::Instant::now();
-            let Some(p) = self.peers.get_mut(&built.region) else {
-                // The region left this store meanwhile.
+            let Some(p) = self
+                .peers
+                .get_mut(&built.region)
+                .filter(|p| p.raw.id() == built.peer)
+            else {
+                // The region left this store meanwhile (or came back as a new replica).
                 if let Ok(prepared) = &built.file {
                     raft_log::discard_snapshot(self.fs.as_ref(), prepared);
                 }
@@ -275,6 +279,7 @@ impl<M: StateMachine> Store<M> {
         // would leave a group the store no longer knows as its region).
         let mut b = LogBatch::new();
         b.put_state(engine_group(id), REGION_KEY, &p.region.encode());
+        b.put_state(engine_group(id), PEER_KEY, &p.raw.id().0.to_le_bytes());
         engine.write(&mut b, true)?;
         Ok(())
     }

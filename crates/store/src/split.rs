@@ -72,6 +72,14 @@ pub const MAX_STASHED_VOTES: usize = 64;
 pub(crate) const STORE_META_GROUP: raft_log::GroupId = raft_log::GroupId(u64::MAX);
 const NEXT_ID_KEY: &[u8] = b"store/next_id";
 
+/// Whether only a leader sends `m` (what may create a replica, or replace a stale one).
+pub(crate) fn is_leader_message(m: &Message) -> bool {
+    matches!(
+        m.body,
+        MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::Snapshot { .. }
+    )
+}
+
 impl<M: StateMachine> Store<M> {
     /// A new id, unique across the cluster and never reused (see the module docs).
     pub fn alloc_id(&mut self) -> Result<u64, StoreError> {
@@ -151,7 +159,10 @@ impl<M: StateMachine> Store<M> {
                     campaign,
                 } => {
                     let mine = right.peer_on(self.cfg.store_id).map(|p| p.id);
-                    if self.peers.contains_key(&right.id) {
+                    if mine.is_none() {
+                        // This replica is catching up through a split made before it was
+                        // added to the region: the new region never had a replica here.
+                    } else if self.peers.contains_key(&right.id) {
                         self.stats.split_peers_existing += 1;
                     } else if mine.is_some_and(|id| self.tombstoned(right.id, id)) {
                         // The new region's replica here was created, then removed from this
@@ -172,8 +183,14 @@ impl<M: StateMachine> Store<M> {
                 Effect::Membership {
                     region,
                     removed_here: true,
-                } => self.destroy_peer(region.id, Some(&mut *pending))?,
-                Effect::Membership { region, .. } => self.write_region(&region)?,
+                } => {
+                    self.stats.replica_changes_applied += 1;
+                    self.destroy_peer(region.id, Some(&mut *pending))?
+                }
+                Effect::Membership { region, .. } => {
+                    self.stats.replica_changes_applied += 1;
+                    self.write_region(&region)?
+                }
             }
         }
         self.publish_regions();
@@ -181,28 +198,49 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Keeps a vote request for a region this store does not have (yet); returns whether it
-    /// was one.
-    pub(crate) fn stash_vote(&mut self, from: StoreId, m: &Message) -> bool {
+    /// was one. When votes for the region have waited longer than two election timeouts,
+    /// the split that would create its replica here is not coming (this store missed it: it
+    /// was down, and caught up by a snapshot of the old region), and the region may need this
+    /// store's vote to elect a leader at all (one that could create the replica with a
+    /// message): then the vote creates an uninitialized replica, which answers it (TiKV
+    /// creates replicas on votes always).
+    pub(crate) fn stash_vote(&mut self, from: StoreId, m: &Message) -> Result<bool, StoreError> {
         if !matches!(
             m.body,
             MessageBody::PreVote { .. } | MessageBody::Vote { .. }
         ) {
-            return false;
+            return Ok(false);
+        }
+        let waited_since = self
+            .stashed_votes
+            .iter()
+            .filter(|(_, v, _)| v.group == m.group)
+            .map(|(_, _, at)| *at)
+            .min();
+        let patience = 2 * self.cfg.election_tick as u64;
+        if waited_since.is_some_and(|at| self.ticks >= at + patience) && m.to != NodeId::NONE {
+            let region = uninitialized_region(m.group, PeerMeta::voter(m.to, self.cfg.store_id));
+            self.write_region(&region)?;
+            self.open_peer(region)?;
+            self.stats.peers_created_by_vote += 1;
+            self.step_stashed_votes(m.group);
+            self.step(from, m.clone())?;
+            return Ok(true);
         }
         if self.stashed_votes.len() >= MAX_STASHED_VOTES {
             self.stashed_votes.pop_front();
         }
-        self.stashed_votes.push_back((from, m.clone()));
-        true
+        self.stashed_votes.push_back((from, m.clone(), self.ticks));
+        Ok(true)
     }
 
     /// Hands the vote requests kept for `region` to its replica, just created here.
     fn step_stashed_votes(&mut self, region: RegionId) {
         let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stashed_votes)
             .into_iter()
-            .partition(|(_, m)| m.group == region);
+            .partition(|(_, m, _)| m.group == region);
         self.stashed_votes = others.into();
-        for (from, m) in mine {
+        for (from, m, _) in mine {
             // A stale request is refused by Raft like any other.
             let _ = self.step(from, m);
         }
@@ -218,13 +256,7 @@ impl<M: StateMachine> Store<M> {
         from: StoreId,
         m: &Message,
     ) -> Result<bool, StoreError> {
-        let leader_message = matches!(
-            m.body,
-            MessageBody::Append { .. }
-                | MessageBody::Heartbeat { .. }
-                | MessageBody::Snapshot { .. }
-        );
-        if !leader_message || m.to == NodeId::NONE || from == self.cfg.store_id {
+        if !is_leader_message(m) || m.to == NodeId::NONE || from == self.cfg.store_id {
             return Ok(false);
         }
         let region = uninitialized_region(m.group, PeerMeta::voter(m.to, self.cfg.store_id));

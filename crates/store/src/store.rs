@@ -33,6 +33,10 @@ pub use crate::ready::{PendingWrite, MAX_WRITES_IN_FLIGHT};
 
 /// Engine state key under which each group keeps its region descriptor.
 pub const REGION_KEY: &[u8] = b"store/region";
+/// Engine state key under which each group keeps this store's peer id in the region: the
+/// descriptor may not name it (a replica catching up through changes made before it was
+/// added writes descriptors without itself).
+pub const PEER_KEY: &[u8] = b"store/peer";
 
 /// Identifies a request handed to the store; its result comes back as a [`Completion`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,11 +97,19 @@ pub struct StoreStats {
     /// already (created by its leader's messages, or a replay after a restart).
     pub splits_applied: u64,
     pub split_peers_existing: u64,
-    /// Replicas created by a message from a leader of a region this store did not have.
+    /// Replicas created by a message from a leader of a region this store did not have,
+    /// and by vote requests that waited too long for a split to create them (see
+    /// `Store::stash_vote`).
     pub peers_created_by_message: u64,
+    pub peers_created_by_vote: u64,
     /// Replicas destroyed here (removed from their region), and messages dropped because
     /// they were for a destroyed replica.
     pub peers_destroyed: u64,
+    /// Of them, replicas destroyed because the region's leader addressed a newer replica
+    /// on this store (see [`Store::step`]).
+    pub stale_peers_replaced: u64,
+    /// Membership changes applied here (per replica).
+    pub replica_changes_applied: u64,
     pub messages_to_tombstones: u64,
 }
 
@@ -170,11 +182,11 @@ pub struct Store<M: StateMachine> {
     pub(crate) live_regions: LiveRegions,
     /// The id allocator: the next id and the persisted limit (see [`Store::alloc_id`]).
     pub(crate) next_id: (u64, u64),
-    /// Vote requests for regions this store does not have, with the store they came from,
-    /// oldest first, at most [`crate::split::MAX_STASHED_VOTES`]: a split's new region
+    /// Vote requests for regions this store does not have, with the store they came from
+    /// and the tick they arrived at, oldest first, at most [`crate::split::MAX_STASHED_VOTES`]: a split's new region
     /// campaigns on the old leader's store as soon as it applies the split, usually before
     /// the other stores have applied it; their new replicas answer these once created.
-    pub(crate) stashed_votes: VecDeque<(StoreId, Message)>,
+    pub(crate) stashed_votes: VecDeque<(StoreId, Message, u64)>,
     /// Replicas destroyed here, `(region, peer id)`: never created again (see
     /// [`crate::membership`]).
     pub(crate) tombstones: BTreeSet<(RegionId, NodeId)>,
@@ -342,9 +354,19 @@ impl<M: StateMachine> Store<M> {
         Ok(())
     }
 
+    /// Writes (synced) a replica's descriptor, and its own peer id: the open replica's, else
+    /// the one the descriptor names on this store (a replica being created).
     pub(crate) fn write_region(&self, r: &Region) -> Result<(), StoreError> {
         let mut b = LogBatch::new();
         b.put_state(engine_group(r.id), REGION_KEY, &r.encode());
+        let me = self
+            .peers
+            .get(&r.id)
+            .map(|p| p.raw.id())
+            .or_else(|| r.peer_on(self.cfg.store_id).map(|p| p.id));
+        if let Some(me) = me {
+            b.put_state(engine_group(r.id), PEER_KEY, &me.0.to_le_bytes());
+        }
         self.engine.write(&mut b, true)?;
         Ok(())
     }
@@ -367,12 +389,19 @@ impl<M: StateMachine> Store<M> {
         // This replica's own id comes from the stored descriptor, which always names it: a
         // replica added after its snapshot was taken is not in the snapshot's descriptor
         // (it becomes a member again when the log replays its addition).
-        let me = stored.peer_on(self.cfg.store_id).ok_or_else(|| {
-            StoreError::Storage(format!(
-                "region {} has no peer on store {}",
-                stored.id, self.cfg.store_id
-            ))
-        })?;
+        let recorded = self
+            .engine
+            .get_state(engine_group(stored.id), PEER_KEY)
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .map(NodeId);
+        let me = recorded
+            .or_else(|| stored.peer_on(self.cfg.store_id).map(|p| p.id))
+            .ok_or_else(|| {
+                StoreError::Storage(format!(
+                    "region {} has no peer on store {}",
+                    stored.id, self.cfg.store_id
+                ))
+            })?;
         let region = carried.unwrap_or(stored);
         let sm = if sm_data.is_empty() {
             // Uninitialized (no snapshot yet): a placeholder over the whole key space, never
@@ -386,7 +415,7 @@ impl<M: StateMachine> Store<M> {
                 StoreError::Storage(format!("snapshot of region {}: {e}", region.id))
             })?
         };
-        let mut rc = Config::new(me.id.0, region.id.0);
+        let mut rc = Config::new(me.0, region.id.0);
         rc.election_tick = self.cfg.election_tick;
         rc.heartbeat_tick = self.cfg.heartbeat_tick;
         // The lease's safety margin against clock-rate drift and tick quantization: a fifth of
@@ -399,7 +428,7 @@ impl<M: StateMachine> Store<M> {
         rc.stream_snapshot_chunks = true;
         rc.snapshot_chunk_bytes = self.cfg.snapshot_chunk_bytes;
         // Different stores must not time out in lockstep.
-        rc.seed = me.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
+        rc.seed = me.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
         let durable = storage.hard_state();
         let raw = RawNode::new(&rc, storage).map_err(|e| StoreError::Storage(e.to_string()))?;
         self.peers.insert(
@@ -438,6 +467,28 @@ impl<M: StateMachine> Store<M> {
     /// The region of this store containing `key`, if any (from the published map).
     pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
         self.live_regions.load().region_for_key(key).cloned()
+    }
+
+    /// A one-line description of this store's replica of `region`, initialized or not (for
+    /// failure reports).
+    pub fn describe_replica(&self, region: RegionId) -> Option<String> {
+        self.peers.get(&region).map(|p| {
+            let st = p.raw.status();
+            format!(
+                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={}",
+                p.raw.id(),
+                p.initialized(),
+                st.soft_state.role,
+                st.hard_state.term,
+                st.soft_state.leader,
+                st.hard_state.commit,
+                p.applied,
+                st.first_index,
+                st.last_index,
+                p.learned,
+                p.receiving.is_some()
+            )
+        })
     }
 
     /// Status of this store's initialized replicas.
@@ -524,8 +575,19 @@ impl<M: StateMachine> Store<M> {
             self.stats.messages_to_tombstones += 1;
             return Err(StoreError::RegionNotFound(m.group));
         }
+        if self
+            .peers
+            .get(&m.group)
+            .is_some_and(|p| p.raw.id() != m.to && crate::split::is_leader_message(&m))
+        {
+            // The region's leader addresses another replica on this store: ours was removed
+            // without learning it (the change committed without it, and nobody messages a
+            // removed replica), and the region was added back here as a new peer.
+            self.stats.stale_peers_replaced += 1;
+            self.destroy_peer(m.group, None)?;
+        }
         if !self.peers.contains_key(&m.group) && !self.maybe_create_peer(from, &m)? {
-            if self.stash_vote(from, &m) {
+            if self.stash_vote(from, &m)? {
                 return Ok(());
             }
             self.stats.messages_dropped += 1;
