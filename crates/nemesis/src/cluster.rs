@@ -271,6 +271,39 @@ impl Cluster {
         self.network.as_ref()
     }
 
+    /// The `raftkv` binary the stores run (the admin steps run its CLI too).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The id and the replicas' stores of the region holding `key`, as its leader (or any
+    /// server) reports it.
+    pub async fn region_of(&self, key: &[u8]) -> Option<(u64, Vec<u64>)> {
+        let mut c = client::Client::connect(self.endpoints()).await.ok()?;
+        let reports = c.status().await;
+        let mut best: Option<(bool, u64, u64, Vec<u64>)> = None;
+        for st in &reports {
+            for r in &st.regions {
+                let Some(g) = r.region.as_ref() else { continue };
+                let inside =
+                    key >= g.start_key.as_slice() && (!g.has_end || key < g.end_key.as_slice());
+                if !inside {
+                    continue;
+                }
+                let from_leader = r.leader_store_id == st.store_id;
+                let version = g.epoch.map_or(0, |e| (e.version << 32) | e.conf_version);
+                if best
+                    .as_ref()
+                    .is_none_or(|(l, v, _, _)| (from_leader, version) > (*l, *v))
+                {
+                    let stores = g.peers.iter().map(|p| p.store_id).collect();
+                    best = Some((from_leader, version, g.id, stores));
+                }
+            }
+        }
+        best.map(|(_, _, id, stores)| (id, stores))
+    }
+
     pub fn stores(&self) -> usize {
         self.procs.len()
     }

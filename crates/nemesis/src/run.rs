@@ -4,7 +4,7 @@
 
 use crate::cluster::{Cluster, ClusterError, Placement};
 use crate::net::Direction;
-use crate::schedule::{Fault, FaultKind, Schedule, Step};
+use crate::schedule::{AdminAction, Fault, FaultKind, Schedule, Step};
 use crate::workload::{Shared, Workload, FINAL_READER_ID};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use std::collections::BTreeMap;
@@ -443,6 +443,17 @@ fn describe(step: &Step) -> String {
         }
         Fault::Loss { percent } => format!("drop {percent}% of packets into store {store}"),
         Fault::None => "no store fault".to_string(),
+        Fault::Admin(AdminAction::Split { letter }) => {
+            format!("admin: split the region of {:?}", letter as char)
+        }
+        Fault::Admin(AdminAction::TransferLeader { letter }) => format!(
+            "admin: move the leadership of the region of {:?} to store {store}",
+            letter as char
+        ),
+        Fault::Admin(AdminAction::MoveReplica { letter }) => format!(
+            "admin: remove the replica of the region of {:?} on store {store}, add it back after",
+            letter as char
+        ),
     };
     if let Some(link) = step.slow_link {
         s += &format!(
@@ -455,10 +466,81 @@ fn describe(step: &Step) -> String {
     s + &format!(" for {:.1}s", step.duration.as_secs_f64())
 }
 
+/// Runs `raftkv region ARGS...` against the cluster (each waits for its effect); an error
+/// names the command and what it printed.
+async fn admin_command(cluster: &Cluster, args: Vec<String>) -> Result<(), NemesisError> {
+    let bin = cluster.bin().to_path_buf();
+    let endpoints = cluster.endpoints().join(",");
+    let shown = args.join(" ");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .arg("region")
+            .args(&args)
+            .args(["--endpoints", &endpoints])
+            .output()
+    })
+    .await
+    .map_err(|e| NemesisError::Fault(format!("raftkv region {shown}: {e}")))?
+    .map_err(|e| NemesisError::Fault(format!("raftkv region {shown}: {e}")))?;
+    if !out.status.success() {
+        return Err(NemesisError::Fault(format!(
+            "raftkv region {shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The admin step's part at the start; returns the region whose replica it removed (to be
+/// added back by [`heal`]).
+async fn apply_admin(
+    cluster: &Cluster,
+    action: AdminAction,
+    victim: usize,
+    step_no: u64,
+) -> Result<Option<u64>, NemesisError> {
+    let store = victim as u64 + 1;
+    match action {
+        AdminAction::Split { letter } => {
+            let key = format!("{}{step_no:04}", letter as char);
+            admin_command(cluster, vec!["split".into(), key]).await?;
+            Ok(None)
+        }
+        AdminAction::TransferLeader { letter } | AdminAction::MoveReplica { letter } => {
+            let Some((region, stores)) = cluster.region_of(&[letter]).await else {
+                return Err(NemesisError::Fault(format!(
+                    "no server reports the region of {:?}",
+                    letter as char
+                )));
+            };
+            if !stores.contains(&store) {
+                return Ok(None); // no replica there (moved off earlier and not back yet)
+            }
+            let (verb, moved) = match action {
+                AdminAction::TransferLeader { .. } => ("transfer-leader", None),
+                _ => ("remove-replica", Some(region)),
+            };
+            admin_command(
+                cluster,
+                vec![verb.into(), region.to_string(), store.to_string()],
+            )
+            .await?;
+            Ok(moved)
+        }
+    }
+}
+
 /// Injects the step's faults; an error if one could not be injected or shows no effect.
-async fn apply(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
+/// Returns what an admin step must undo at the end.
+async fn apply(
+    cluster: &mut Cluster,
+    step: &Step,
+    step_no: u64,
+) -> Result<Option<u64>, NemesisError> {
     let v = step.victim;
+    let mut moved = None;
     match step.fault {
+        Fault::Admin(action) => moved = apply_admin(cluster, action, v, step_no).await?,
         Fault::KillRestart => {
             if !cluster.kill(v) {
                 return Err(NemesisError::StoreCrashed(format!(
@@ -492,12 +574,24 @@ async fn apply(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
             )));
         }
     }
-    Ok(())
+    Ok(moved)
 }
 
-async fn heal(cluster: &mut Cluster, step: &Step) -> Result<(), NemesisError> {
+async fn heal(cluster: &mut Cluster, step: &Step, moved: Option<u64>) -> Result<(), NemesisError> {
     let v = step.victim;
+    if let Some(region) = moved {
+        admin_command(
+            cluster,
+            vec![
+                "add-replica".into(),
+                region.to_string(),
+                (v + 1).to_string(),
+            ],
+        )
+        .await?;
+    }
     match step.fault {
+        Fault::Admin(_) => {}
         Fault::KillRestart => cluster.spawn(v)?,
         Fault::Pause => cluster.resume(v)?,
         Fault::Partition | Fault::PartitionOneWay { .. } | Fault::Loss { .. } => {
@@ -658,10 +752,10 @@ async fn play_schedule(
         );
         let completed_before = shared.counters.completed.load(Ordering::Relaxed);
         let unknown_before = shared.counters.unknown.load(Ordering::Relaxed);
-        apply(cluster, &step).await?;
+        let moved = apply(cluster, &step, report.steps).await?;
         let held = hold(cluster, step.duration).await;
         // Heal even when a store crashed meanwhile, then report the crash.
-        heal(cluster, &step).await?;
+        heal(cluster, &step, moved).await?;
         held?;
         for kind in step.kinds() {
             *report.executed.entry(kind).or_default() += 1;

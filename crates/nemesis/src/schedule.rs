@@ -58,6 +58,19 @@ pub enum Fault {
     Loss { percent: u32 },
     /// No fault on a store; only the step's slow link (if any).
     None,
+    /// An operator reshaping regions through `raftkv region ...` while the load runs.
+    Admin(AdminAction),
+}
+
+/// What an admin step does, to the region holding keys that start with `letter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Split it at `letter` followed by the step's number (a fresh key every time).
+    Split { letter: u8 },
+    /// Move its leadership to the victim store (if that store has a replica).
+    TransferLeader { letter: u8 },
+    /// Remove its replica on the victim store at the start, add it back at the end.
+    MoveReplica { letter: u8 },
 }
 
 impl Fault {
@@ -77,6 +90,7 @@ impl Fault {
             Fault::PartitionOneWay { .. } => "partition-one-way",
             Fault::Loss { .. } => "loss",
             Fault::None => "none",
+            Fault::Admin(_) => "admin",
         }
     }
 }
@@ -92,10 +106,11 @@ pub enum FaultKind {
     OneWayOutbound,
     Loss,
     SlowLink,
+    Admin,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillRestart,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -103,6 +118,7 @@ impl FaultKind {
         FaultKind::OneWayOutbound,
         FaultKind::Loss,
         FaultKind::SlowLink,
+        FaultKind::Admin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,13 +130,17 @@ impl FaultKind {
             FaultKind::OneWayOutbound => "one-way-out",
             FaultKind::Loss => "loss",
             FaultKind::SlowLink => "slow-link",
+            FaultKind::Admin => "admin",
         }
     }
 
     /// Needs network namespaces (slow links do not strictly, but a run without namespaces
     /// promises process faults only).
     pub fn is_network(self) -> bool {
-        !matches!(self, FaultKind::KillRestart | FaultKind::Pause)
+        !matches!(
+            self,
+            FaultKind::KillRestart | FaultKind::Pause | FaultKind::Admin
+        )
     }
 
     /// The kinds a run claims: all of them with network faults, else kills and pauses.
@@ -143,6 +163,7 @@ impl Step {
             Fault::PartitionOneWay { inbound: false } => vec![FaultKind::OneWayOutbound],
             Fault::Loss { .. } => vec![FaultKind::Loss],
             Fault::None => vec![],
+            Fault::Admin(_) => vec![FaultKind::Admin],
         };
         if self.slow_link.is_some() {
             kinds.push(FaultKind::SlowLink);
@@ -233,9 +254,19 @@ impl Schedule {
                 percent: r.range(LOSS_PERCENT_MIN.into(), LOSS_PERCENT_MAX.into()) as u32,
             },
             FaultKind::SlowLink => Fault::None,
+            FaultKind::Admin => Fault::Admin(Self::admin_action(r)),
         };
         let slow_link = (kind == FaultKind::SlowLink).then(|| self.slow_link());
         self.finish_step(fault, victim, slow_link)
+    }
+
+    fn admin_action(r: &mut Rng) -> AdminAction {
+        let letter = b'a' + r.range(0, 25) as u8;
+        match r.range(0, 2) {
+            0 => AdminAction::Split { letter },
+            1 => AdminAction::TransferLeader { letter },
+            _ => AdminAction::MoveReplica { letter },
+        }
     }
 
     fn slow_link(&mut self) -> SlowLink {
@@ -266,7 +297,7 @@ impl Schedule {
         let r = &mut self.rng;
         let victim = r.range(0, self.stores as u64 - 1) as usize;
         let fault = if self.network_faults {
-            match r.range(0, 5) {
+            match r.range(0, 6) {
                 0 => Fault::KillRestart,
                 1 => Fault::Pause,
                 2 => Fault::Partition,
@@ -276,12 +307,15 @@ impl Schedule {
                 4 => Fault::Loss {
                     percent: r.range(LOSS_PERCENT_MIN.into(), LOSS_PERCENT_MAX.into()) as u32,
                 },
-                _ => Fault::None,
+                5 => Fault::None,
+                _ => Fault::Admin(Self::admin_action(r)),
             }
-        } else if r.chance(1, 2) {
-            Fault::KillRestart
         } else {
-            Fault::Pause
+            match r.range(0, 2) {
+                0 => Fault::KillRestart,
+                1 => Fault::Pause,
+                _ => Fault::Admin(Self::admin_action(r)),
+            }
         };
         // Slow links are userspace, so they work without namespaces too; but without
         // namespaces the run promises process faults only.
@@ -322,7 +356,7 @@ mod tests {
             }
             kinds.insert(step.fault.name());
         }
-        assert_eq!(kinds.len(), 6, "every fault kind is drawn: {kinds:?}");
+        assert_eq!(kinds.len(), 7, "every fault kind is drawn: {kinds:?}");
     }
 
     /// The guarantee the smoke's floors rely on: whatever the seed, the first steps cover
@@ -332,7 +366,7 @@ mod tests {
         let mut first_kinds = std::collections::BTreeSet::new();
         for network_faults in [true, false] {
             let claimed = FaultKind::claimed(network_faults);
-            assert_eq!(claimed.len(), if network_faults { 7 } else { 2 });
+            assert_eq!(claimed.len(), if network_faults { 8 } else { 3 });
             for seed in 0..2_000 {
                 let mut s = Schedule::new(seed, 3, network_faults);
                 assert_eq!(s.opening_pending(), claimed.len());
@@ -357,7 +391,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(first_kinds.len(), 7, "the seed varies the opening order");
+        assert_eq!(first_kinds.len(), 8, "the seed varies the opening order");
     }
 
     #[test]
@@ -365,7 +399,10 @@ mod tests {
         let mut s = Schedule::new(3, 3, false);
         for _ in 0..10_000 {
             let step = s.next_step();
-            assert!(matches!(step.fault, Fault::KillRestart | Fault::Pause));
+            assert!(matches!(
+                step.fault,
+                Fault::KillRestart | Fault::Pause | Fault::Admin(_)
+            ));
             assert!(step.slow_link.is_none());
         }
     }

@@ -83,7 +83,7 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Reshape regions at runtime: split, transfer leadership.
+    /// Reshape regions at runtime: split, add or remove a replica, transfer leadership.
     Region {
         #[command(subcommand)]
         cmd: region_cmd::RegionCmd,

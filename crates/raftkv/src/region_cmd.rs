@@ -85,22 +85,38 @@ fn range(r: &pb::Region) -> String {
 }
 
 /// Sends `call` to the servers in turn until one answers (a server that is down or not
-/// reachable is skipped); the answer's error, if any, is final.
+/// reachable, or that holds no replica of the region, is skipped); the answer's error, if
+/// any, is final.
 async fn first_answer<F, Fut>(conn: &Conn, mut call: F) -> Result<pb::AdminResponse>
 where
     F: FnMut(AdminClient) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<pb::AdminResponse>, tonic::Status>>,
 {
     let mut last = String::from("no endpoints given");
+    // The last answer that the region is not on that server: final only if no server has it.
+    let mut not_here = None;
     for ep in conn.list() {
         let Some(client) = connect(&ep).await else {
             last = format!("{ep}: not reachable");
             continue;
         };
         match call(client).await {
-            Ok(r) => return Ok(r.into_inner()),
+            Ok(r) => {
+                let r = r.into_inner();
+                let elsewhere = r
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.code == pb::error::Code::RegionNotFound as i32);
+                if !elsewhere {
+                    return Ok(r);
+                }
+                not_here = Some(r);
+            }
             Err(s) => last = format!("{ep}: {}", s.message()),
         }
+    }
+    if let Some(r) = not_here {
+        return Ok(r);
     }
     bail!("no server answered ({last})")
 }
