@@ -292,10 +292,11 @@ impl Cluster {
                 }
                 let from_leader = r.leader_store_id == st.store_id;
                 let version = g.epoch.map_or(0, |e| (e.version << 32) | e.conf_version);
-                if best
-                    .as_ref()
-                    .is_none_or(|(l, v, _, _)| (from_leader, version) > (*l, *v))
-                {
+                let better = match &best {
+                    None => true,
+                    Some((l, v, _, _)) => (from_leader, version) > (*l, *v),
+                };
+                if better {
                     let stores = g.peers.iter().map(|p| p.store_id).collect();
                     best = Some((from_leader, version, g.id, stores));
                 }
