@@ -199,7 +199,8 @@ struct ServerArgs {
     /// TOML file with any of the options below (flags win over the file).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// This store's id, 1..=999.
+    /// This store's id, 1..=16777215 (2^24 - 1: allocated region and peer ids are
+    /// `store << 40 | n`).
     #[arg(long)]
     id: Option<u64>,
     /// Data directory (created if missing).

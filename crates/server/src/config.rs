@@ -83,9 +83,12 @@ impl ServerConfig {
         if self
             .initial_cluster
             .iter()
-            .any(|(id, _)| *id == 0 || *id >= 1000)
+            .any(|(id, _)| *id == 0 || *id > store::MAX_STORE_ID)
         {
-            return Err("store ids must be in 1..=999".into());
+            return Err(format!(
+                "store ids must be in 1..={} (allocated ids are store << 40 | n)",
+                store::MAX_STORE_ID
+            ));
         }
         let mut sorted = self.split_keys.clone();
         sorted.sort();
@@ -160,5 +163,30 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.split_keys = vec![b"a".to_vec(), b"b".to_vec()];
         assert!(cfg.validate().is_ok());
+    }
+
+    /// Store ids are no longer limited to 1..=999 (issue 17): any id the id allocator can
+    /// name is accepted, 0 and larger ones are refused.
+    #[test]
+    fn store_ids_up_to_the_allocators_limit_are_accepted() {
+        let big = store::MAX_STORE_ID;
+        let c =
+            parse_initial_cluster(&format!("1000=127.0.0.1:7001,{big}=127.0.0.1:7002")).unwrap();
+        assert!(ServerConfig::new(1000, "/tmp/x".into(), c.clone())
+            .validate()
+            .is_ok());
+        assert!(ServerConfig::new(big, "/tmp/x".into(), c)
+            .validate()
+            .is_ok());
+        for bad in [0, big + 1] {
+            let c = parse_initial_cluster(&format!("{bad}=127.0.0.1:7001")).unwrap();
+            let e = ServerConfig::new(bad, "/tmp/x".into(), c)
+                .validate()
+                .unwrap_err();
+            assert!(
+                e.contains("store ids must be in") || e.contains("at least 1"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

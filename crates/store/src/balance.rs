@@ -22,7 +22,9 @@ impl<M: StateMachine> Store<M> {
             }
             let slot = (p.region.id.0.saturating_sub(1) % p.region.peers.len() as u64) as usize;
             let preferred = p.region.peers[slot];
-            if preferred.store == me {
+            // A learner cannot lead (and a transfer to it would only hold proposals up until
+            // the transfer timed out).
+            if preferred.store == me || preferred.learner {
                 continue;
             }
             if p.raw.follower_match(preferred.id) == Some(p.raw.last_index())

@@ -78,6 +78,12 @@ impl<M: StateMachine> Store<M> {
                 current: Box::new(p.region.clone()),
             });
         }
+        if self.engine.is_out_of_space() {
+            return Err(StoreError::NoSpace {
+                store: self.cfg.store_id.0,
+            });
+        }
+        let p = self.peers.get(&region).expect("checked");
         let on = |store: StoreId| p.region.peer_on(store);
         let conf_version = p.region.epoch.conf_version;
         let refuse = |why: String| Err(StoreError::Proposal(why));
@@ -263,6 +269,12 @@ impl<M: StateMachine> Store<M> {
         }
         self.tombstones.insert((region, me));
         let group = engine_group(region);
+        // A snapshot of the destroyed replica committed but not yet synced must not remove
+        // "older" files later: they would be its successor's.
+        self.snapshots_unsynced.retain(|s| s.group != group);
+        self.snapshot_work.retain(|w| {
+            !matches!(w, crate::snapshot_job::SnapshotWork::RemoveOlder { kept, .. } if kept.group == group)
+        });
         let mut b = LogBatch::new();
         b.clean_group(group);
         b.put_state(STORE_META_GROUP, TOMBSTONES_KEY, &self.encode_tombstones());

@@ -290,6 +290,16 @@ impl<M: StateMachine> Store<M> {
             p.bytes_since_snapshot += e.data.len() as u64;
             stats.entries_applied += 1;
             Self::complete_proposals(p, e, result, completions);
+            let removed = matches!(
+                effects.last(),
+                Some(Effect::Membership { region, removed_here: true }) if region.id == p.region.id
+            );
+            if removed {
+                // This replica left the region: it is destroyed after the round's applies,
+                // and nothing after its removal may write anything for it (a later entry's
+                // effect would write a descriptor into the cleaned group).
+                break;
+            }
         }
     }
 
@@ -360,6 +370,15 @@ impl<M: StateMachine> Store<M> {
                     return Err(StoreError::EpochNotMatch {
                         current: Box::new(current.clone()),
                     });
+                }
+                if !p.raw.status().conf_state.voters_outgoing.is_empty() {
+                    // Mid joint change: the new region would make outgoing voters its own
+                    // voters for good (TiKV refuses too). The same on every replica: the
+                    // configuration at this index is the same everywhere.
+                    return Err(StoreError::Proposal(format!(
+                        "region {} is changing its voters (joint configuration); retry the split",
+                        current.id
+                    )));
                 }
                 if !current.contains(&split_key) || split_key == current.start_key {
                     return Err(StoreError::KeyNotInRegion { region: current.id });

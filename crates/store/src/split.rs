@@ -68,6 +68,8 @@ pub const ID_BATCH: u64 = 1024;
 /// Most vote requests kept for regions this store does not have yet (see
 /// `Store::stashed_votes`); the oldest goes first.
 pub const MAX_STASHED_VOTES: usize = 64;
+/// Most regions whose vote requests are being waited on at once (see `Store::vote_waits`).
+pub const MAX_VOTE_WAITS: usize = 1024;
 /// Engine group of the store's own state (not a region: it has no descriptor).
 pub(crate) const STORE_META_GROUP: raft_log::GroupId = raft_log::GroupId(u64::MAX);
 const NEXT_ID_KEY: &[u8] = b"store/next_id";
@@ -125,6 +127,11 @@ impl<M: StateMachine> Store<M> {
         if split_key == p.region.start_key.as_slice() {
             return Err(StoreError::KeyNotInRegion { region });
         }
+        if self.engine.is_out_of_space() {
+            return Err(StoreError::NoSpace {
+                store: self.cfg.store_id.0,
+            });
+        }
         let stores: Vec<StoreId> = p.region.peers.iter().map(|p| p.store).collect();
         let new_region = raft::GroupId(self.alloc_id()?);
         let mut new_peers = Vec::with_capacity(stores.len());
@@ -176,6 +183,7 @@ impl<M: StateMachine> Store<M> {
                             self.campaign(right.id);
                         }
                         self.step_stashed_votes(right.id);
+                        self.vote_waits.remove(&right.id);
                     }
                     self.write_region(&left)?;
                     self.stats.splits_applied += 1;
@@ -211,14 +219,25 @@ impl<M: StateMachine> Store<M> {
         ) {
             return Ok(false);
         }
-        let waited_since = self
-            .stashed_votes
-            .iter()
-            .filter(|(_, v, _)| v.group == m.group)
-            .map(|(_, _, at)| *at)
-            .min();
+        // When the first vote request for the region came, kept apart from the stash so that
+        // evictions from the (bounded) stash do not restart the wait.
+        if !self.vote_waits.contains_key(&m.group) && self.vote_waits.len() >= MAX_VOTE_WAITS {
+            let oldest = self
+                .vote_waits
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(r, _)| *r);
+            if let Some(r) = oldest {
+                self.vote_waits.remove(&r);
+            }
+        }
+        let waited_since = *self.vote_waits.entry(m.group).or_insert(self.ticks);
         let patience = 2 * self.cfg.election_tick as u64;
-        if waited_since.is_some_and(|at| self.ticks >= at + patience) && m.to != NodeId::NONE {
+        if self.ticks >= waited_since + patience
+            && m.to != NodeId::NONE
+            && !self.engine.is_out_of_space()
+        {
+            self.vote_waits.remove(&m.group);
             let region = uninitialized_region(m.group, PeerMeta::voter(m.to, self.cfg.store_id));
             self.write_region(&region)?;
             self.open_peer(region)?;
@@ -256,7 +275,13 @@ impl<M: StateMachine> Store<M> {
         from: StoreId,
         m: &Message,
     ) -> Result<bool, StoreError> {
-        if !is_leader_message(m) || m.to == NodeId::NONE || from == self.cfg.store_id {
+        if !is_leader_message(m)
+            || m.to == NodeId::NONE
+            || from == self.cfg.store_id
+            || self.engine.is_out_of_space()
+        {
+            // (A full disk: the creation's synced write would wait for space on the store
+            // thread, which frees space; the leader retries.)
             return Ok(false);
         }
         let region = uninitialized_region(m.group, PeerMeta::voter(m.to, self.cfg.store_id));

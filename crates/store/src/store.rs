@@ -187,6 +187,9 @@ pub struct Store<M: StateMachine> {
     /// campaigns on the old leader's store as soon as it applies the split, usually before
     /// the other stores have applied it; their new replicas answer these once created.
     pub(crate) stashed_votes: VecDeque<(StoreId, Message, u64)>,
+    /// Since which tick vote requests have been arriving for a region this store does not
+    /// have (at most [`crate::split::MAX_VOTE_WAITS`] regions; see `Store::stash_vote`).
+    pub(crate) vote_waits: BTreeMap<RegionId, u64>,
     /// Replicas destroyed here, `(region, peer id)`: never created again (see
     /// [`crate::membership`]).
     pub(crate) tombstones: BTreeSet<(RegionId, NodeId)>,
@@ -245,6 +248,7 @@ impl<M: StateMachine> Store<M> {
             live_regions: LiveRegions::default(),
             next_id: (0, 0),
             stashed_votes: VecDeque::new(),
+            vote_waits: BTreeMap::new(),
             tombstones: BTreeSet::new(),
             stats: StoreStats::default(),
         };
@@ -575,11 +579,9 @@ impl<M: StateMachine> Store<M> {
             self.stats.messages_to_tombstones += 1;
             return Err(StoreError::RegionNotFound(m.group));
         }
-        if self
-            .peers
-            .get(&m.group)
-            .is_some_and(|p| p.raw.id() != m.to && crate::split::is_leader_message(&m))
-        {
+        if self.peers.get(&m.group).is_some_and(|p| {
+            p.raw.id() != m.to && crate::split::is_leader_message(&m) && m.term >= p.raw.term()
+        }) {
             // The region's leader addresses another replica on this store: ours was removed
             // without learning it (the change committed without it, and nobody messages a
             // removed replica), and the region was added back here as a new peer.

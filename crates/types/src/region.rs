@@ -96,8 +96,9 @@ impl Region {
     }
 
     /// Splits the key space at the given keys into consecutive regions with ids from
-    /// `first_id`, each replicated on `stores` (peer id = region id * 1000 + store id, so ids
-    /// stay unique across the cluster without a placement service).
+    /// `first_id`, each replicated on `stores` (peer id = region id * 1000 + store id: unique
+    /// within each region whatever the store ids, which is what Raft and the tombstones key
+    /// on; below every allocated id, `store << 40 | n`).
     pub fn presplit(split_keys: &[Vec<u8>], first_id: u64, stores: &[StoreId]) -> Vec<Region> {
         let mut bounds: Vec<Option<Vec<u8>>> = vec![None];
         bounds.extend(split_keys.iter().cloned().map(Some));
