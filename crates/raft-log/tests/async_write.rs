@@ -187,7 +187,35 @@ fn every_resolved_future_is_durable_after_a_crash() {
                 );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let before = outstanding();
+            // The writes that sync resolved may not have been seen by their writers yet
+            // (their indexes still look in flight): wait until a writer has moved on to a
+            // later synced write, which waits for the next slow sync (CI saw seed 5 take its look
+            // while every write "in flight" was one that sync had resolved). Should a slow
+            // sync complete meanwhile, start over from it.
+            let before = loop {
+                let resolved_at = fs.sync_count();
+                let at_sync: Vec<u64> = writing.iter().map(|w| w.load(Ordering::SeqCst)).collect();
+                loop {
+                    // A synced write submitted after that sync completed: it waits for the
+                    // next (slow) one.
+                    let moved_on = writing.iter().zip(&at_sync).any(|(w, &then)| {
+                        let now = w.load(Ordering::SeqCst);
+                        now != IDLE && now > then && now % 3 != 0
+                    });
+                    if moved_on || fs.sync_count() != resolved_at {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "seed {seed}: the writers did not move on within {TIMEOUT:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let before = outstanding();
+                if fs.sync_count() == resolved_at {
+                    break before;
+                }
+            };
             // Power loss while writes are in flight: the engine's file handles die, queued
             // and later writes fail.
             fs.crash();
