@@ -1606,22 +1606,7 @@ impl Sim {
     /// believes it leads) to hand leadership to another replica.
     fn transfer_random_leader(&mut self) {
         let r = self.regions[self.rng.below(self.regions.len() as u64) as usize].clone();
-        let mut leader: Option<(u64, usize)> = None;
-        for p in &r.peers {
-            let i = p.store.0 as usize - 1;
-            let Some(s) = self.stores[i].store.as_ref() else {
-                continue;
-            };
-            if self.stores[i].paused_until.is_some() {
-                continue;
-            }
-            if let Some(st) = s.status().into_iter().find(|st| st.region.id == r.id) {
-                if st.role == Role::Leader && leader.is_none_or(|(t, _)| st.term.0 > t) {
-                    leader = Some((st.term.0, i));
-                }
-            }
-        }
-        let Some((_, from)) = leader else {
+        let Some(from) = self.leader_of(&r) else {
             return;
         };
         let others: Vec<StoreId> = r

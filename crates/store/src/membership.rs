@@ -149,22 +149,8 @@ impl<M: StateMachine> Store<M> {
         };
         let ticket = self.ticket();
         let p = self.peers.get_mut(&region).expect("checked");
-        match p.raw.propose_conf_change(&cc) {
-            Ok(index) => {
-                let term = p.raw.term();
-                p.proposals.push_back((index, term, ticket));
-                Ok(ticket)
-            }
-            Err(raft::ProposeError::NotLeader { leader }) => Err(StoreError::NotLeader {
-                region,
-                leader: leader.and_then(|l| p.region.peer(l)),
-            }),
-            Err(raft::ProposeError::LeaderTransferring { to }) => Err(StoreError::NotLeader {
-                region,
-                leader: p.region.peer(to),
-            }),
-            Err(e) => Err(StoreError::Proposal(e.to_string())),
-        }
+        let proposed = p.raw.propose_conf_change(&cc);
+        crate::store::track_proposal(region, p, ticket, proposed)
     }
 
     /// Applies a committed membership change to a replica (see the module docs).

@@ -196,6 +196,37 @@ pub struct Store<M: StateMachine> {
     pub stats: StoreStats,
 }
 
+/// Records a proposal on its replica (completed when its entry applies) or turns the core's
+/// refusal into the store's error: retryable refusals get retryable errors (during a leader
+/// transfer the transferee is about to lead; the uncommitted-bytes cap is backpressure).
+pub(crate) fn track_proposal<M: StateMachine>(
+    region: RegionId,
+    p: &mut Peer<M>,
+    ticket: Ticket,
+    proposed: Result<LogIndex, raft::ProposeError>,
+) -> Result<Ticket, StoreError> {
+    match proposed {
+        Ok(index) => {
+            let term = p.raw.term();
+            p.proposals.push_back((index, term, ticket));
+            Ok(ticket)
+        }
+        Err(raft::ProposeError::NotLeader { leader }) => Err(StoreError::NotLeader {
+            region,
+            leader: leader.and_then(|l| p.region.peer(l)),
+        }),
+        Err(raft::ProposeError::LeaderTransferring { to }) => Err(StoreError::NotLeader {
+            region,
+            leader: p.region.peer(to),
+        }),
+        Err(raft::ProposeError::UncommittedLimit { max, .. }) => Err(StoreError::Busy {
+            region,
+            limit: usize::try_from(max).unwrap_or(usize::MAX),
+        }),
+        Err(e) => Err(StoreError::Proposal(e.to_string())),
+    }
+}
+
 pub(crate) fn engine_group(id: RegionId) -> raft_log::GroupId {
     raft_log::GroupId(id.0)
 }
@@ -680,29 +711,8 @@ impl<M: StateMachine> Store<M> {
         }
         let ticket = self.ticket();
         let p = self.peers.get_mut(&region).expect("checked");
-        match p.raw.propose(data) {
-            Ok(index) => {
-                let term = p.raw.term();
-                p.proposals.push_back((index, term, ticket));
-                Ok(ticket)
-            }
-            Err(raft::ProposeError::NotLeader { leader }) => Err(StoreError::NotLeader {
-                region,
-                leader: leader.and_then(|l| p.region.peer(l)),
-            }),
-            // Retryable refusals get retryable errors: during a leader transfer the
-            // transferee is about to lead (leader balancing does this routinely), and the
-            // uncommitted-bytes cap is backpressure.
-            Err(raft::ProposeError::LeaderTransferring { to }) => Err(StoreError::NotLeader {
-                region,
-                leader: p.region.peer(to),
-            }),
-            Err(raft::ProposeError::UncommittedLimit { max, .. }) => Err(StoreError::Busy {
-                region,
-                limit: usize::try_from(max).unwrap_or(usize::MAX),
-            }),
-            Err(e) => Err(StoreError::Proposal(e.to_string())),
-        }
+        let proposed = p.raw.propose(data);
+        track_proposal(region, p, ticket, proposed)
     }
 
     /// Starts a linearizable read of `query` (about `key`) on this replica of `region`:
