@@ -234,7 +234,9 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
                     Some(e)
                         if e.message.contains("not caught up")
                             || e.code == pb::error::Code::NotLeader as i32
-                            || e.code == pb::error::Code::Timeout as i32 =>
+                            || e.code == pb::error::Code::Timeout as i32
+                            // The serving store has not applied the learner's addition yet.
+                            || e.code == pb::error::Code::EpochNotMatch as i32 =>
                     {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }
