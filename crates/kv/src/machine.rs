@@ -17,6 +17,12 @@ pub enum SplitError {
     /// otherwise one side would be empty.
     #[error("split key {at_key:?} is not strictly inside the region {region:?}")]
     KeyNotInside { at_key: Bytes, region: RegionRange },
+    /// Regions merge only with a neighbour that shares a boundary.
+    #[error("region {other:?} is not adjacent to {region:?}")]
+    NotAdjacent {
+        region: RegionRange,
+        other: RegionRange,
+    },
 }
 
 /// Largest `Pipeline` answer (encoded) a session keeps for a retry; a retry of a pipeline with
@@ -235,6 +241,44 @@ impl KvStateMachine {
             data: moved,
             sessions: self.sessions.clone(),
         })
+    }
+
+    /// Takes in every key and session of `source`, the region adjacent to this one (on
+    /// either side); this region then spans both. A client known to both keeps the session
+    /// with the higher sequence (its latest request, whichever region applied it). The log
+    /// time is the later of the two.
+    pub fn absorb(&mut self, source: KvStateMachine) -> Result<(), SplitError> {
+        let merged = if self.region.end.as_ref() == Some(&source.region.start) {
+            RegionRange {
+                start: self.region.start.clone(),
+                end: source.region.end.clone(),
+            }
+        } else if source.region.end.as_ref() == Some(&self.region.start) {
+            RegionRange {
+                start: source.region.start.clone(),
+                end: self.region.end.clone(),
+            }
+        } else {
+            return Err(SplitError::NotAdjacent {
+                region: self.region.clone(),
+                other: source.region,
+            });
+        };
+        for (k, v) in source.data.iter() {
+            self.data.insert(k, v);
+        }
+        for (client, session) in source.sessions.iter() {
+            let newer = self
+                .sessions
+                .get(*client)
+                .is_none_or(|mine| session.last_sequence > mine.last_sequence);
+            if newer {
+                self.sessions.insert(*client, session.clone());
+            }
+        }
+        self.clock_ms = self.clock_ms.max(source.clock_ms);
+        self.region = merged;
+        Ok(())
     }
 
     /// Checks every structural invariant and panics, naming the broken one, if any fails:

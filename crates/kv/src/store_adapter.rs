@@ -33,6 +33,12 @@ impl StateMachine for KvStateMachine {
         r
     }
 
+    fn absorb(&mut self, source: Self, merged: &Region) {
+        KvStateMachine::absorb(self, source)
+            .unwrap_or_else(|e| panic!("merge of regions the store checked: {e}"));
+        debug_assert_eq!(self.region().start.as_ref(), merged.start_key.as_slice());
+    }
+
     fn read(&self, query: &Command) -> Result<Response, CommandError> {
         KvStateMachine::read(self, query)
     }

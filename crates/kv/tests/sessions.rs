@@ -306,6 +306,43 @@ fn split_off_refuses_keys_not_strictly_inside() {
 }
 
 #[test]
+fn absorb_takes_the_neighbours_keys_and_newest_sessions() {
+    let mut left = KvStateMachine::with_region(RegionRange::new(b("a"), Some(b("z"))));
+    for (sequence, key) in (1..).zip(["a", "f", "m", "y"]) {
+        submit(&mut left, ClientId(1), sequence, put(key, key), 5);
+    }
+    let mut right = left.split_off(b("m")).expect("m is inside");
+    // Client 1 goes on in the right half only; client 2 writes only on the left.
+    submit(&mut right, ClientId(1), 10, put("n", "n"), 7);
+    submit(&mut left, ClientId(2), 1, put("b", "b"), 6);
+    let (l, r) = (left.clone(), right.clone());
+
+    // Either side can absorb the other.
+    let mut merged = left.clone();
+    merged.absorb(right.clone()).expect("adjacent");
+    let mut merged_right = right;
+    merged_right.absorb(left).expect("adjacent");
+    for m in [&merged, &merged_right] {
+        assert_eq!(m.region(), &RegionRange::new(b("a"), Some(b("z"))));
+        let keys: Vec<_> = m.iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(keys, vec![b("a"), b("b"), b("f"), b("m"), b("n"), b("y")]);
+        assert_eq!(m.session(ClientId(1)).unwrap().last_sequence.0, 10);
+        assert_eq!(m.session(ClientId(2)), l.session(ClientId(2)));
+        assert_eq!(m.clock_ms(), 7);
+        m.assert_invariants();
+    }
+    // The retry of client 1's last request (applied by the right half) is recognised.
+    let mut merged = merged;
+    assert!(submit(&mut merged, ClientId(1), 10, put("n", "n"), 8).duplicate);
+
+    // Regions that do not touch are refused, and nothing changes.
+    let mut far = KvStateMachine::with_region(RegionRange::new(b("za"), None));
+    let before = far.clone();
+    assert!(matches!(far.absorb(r), Err(SplitError::NotAdjacent { .. })));
+    assert_eq!(far, before);
+}
+
+#[test]
 fn apply_request_matches_apply_of_encoded_payload() {
     let request = Request {
         client_id: CLIENT,

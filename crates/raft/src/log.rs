@@ -92,6 +92,9 @@ pub struct RaftLog<S: Storage> {
     pub(crate) committed: LogIndex,
     /// Highest index the caller has applied (reported through `advance`).
     pub(crate) applied: LogIndex,
+    /// No committed entry above this is handed out while set (see
+    /// [`crate::RawNode::set_apply_limit`]).
+    pub(crate) apply_limit: Option<LogIndex>,
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -108,6 +111,7 @@ impl<S: Storage> RaftLog<S> {
             // Everything up to the snapshot is committed and applied by definition.
             committed: first.prev(),
             applied: first.prev(),
+            apply_limit: None,
         })
     }
 
@@ -356,7 +360,9 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn has_next_committed_entries(&self) -> bool {
-        self.committed > self.applied && self.unstable.snapshot.is_none()
+        self.committed > self.applied
+            && self.unstable.snapshot.is_none()
+            && self.apply_limit.is_none_or(|l| self.applied < l)
     }
 
     /// Committed entries not yet applied, at most `max_bytes` (at least one).
@@ -365,7 +371,10 @@ impl<S: Storage> RaftLog<S> {
             return Vec::new();
         }
         let low = self.applied.next().max(self.first_index());
-        self.slice(low, self.committed.next(), max_bytes)
+        let high = self
+            .apply_limit
+            .map_or(self.committed, |l| l.min(self.committed));
+        self.slice(low, high.next(), max_bytes)
             .unwrap_or_else(|e| panic!("committed entries [{low}, {}]: {e}", self.committed))
     }
 

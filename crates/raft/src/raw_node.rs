@@ -40,6 +40,21 @@ pub struct Ready {
     snapshot_index: LogIndex,
 }
 
+impl Ready {
+    /// The caller applied only the first `n` of `committed_entries` (it must stop applying
+    /// for a while, see [`RawNode::set_apply_limit`]): the rest are handed out again by a
+    /// later Ready.
+    pub fn applied_only(&mut self, n: usize) {
+        if n < self.committed_entries.len() {
+            self.committed_entries.truncate(n);
+            self.applied_to = self
+                .committed_entries
+                .last()
+                .map_or(LogIndex::ZERO, |e| e.index);
+        }
+    }
+}
+
 /// A snapshot of a peer's state for observation (tests, status pages).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -150,6 +165,28 @@ impl<S: Storage> RawNode<S> {
     /// aborts after an election timeout.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
         self.raft.transfer_leader(to)
+    }
+
+    /// Stops handing out committed entries above `limit` (None: no limit) — a replica
+    /// waiting for something outside its own log before it may apply further (a merge's
+    /// target waiting for its source to catch up). Everything else goes on: the node
+    /// replicates, votes and commits as usual.
+    pub fn set_apply_limit(&mut self, limit: Option<LogIndex>) {
+        self.raft.log.apply_limit = limit;
+    }
+
+    /// The entry at `index` of term `term` is known committed from outside this group's
+    /// messages (a merge's target committed the proof that the source's entries up to its
+    /// freeze are committed, while this replica may never hear it from a leader again).
+    /// Raises the commit index to `index` if this log holds that very entry; returns
+    /// whether the log holds it (committed before or now).
+    pub fn commit_known(&mut self, index: LogIndex, term: Term) -> bool {
+        let log = &mut self.raft.log;
+        if log.term(index).ok() != Some(term) {
+            return false;
+        }
+        log.commit_to(index);
+        true
     }
 
     /// Whether this leader's lease currently allows lease reads.

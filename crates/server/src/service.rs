@@ -107,7 +107,9 @@ pub(crate) fn store_error_pb(e: StoreError) -> pb::Error {
         StoreError::NotLeader { .. } => Code::NotLeader,
         StoreError::EpochNotMatch { .. } | StoreError::KeyNotInRegion { .. } => Code::EpochNotMatch,
         StoreError::RegionNotFound(_) => Code::RegionNotFound,
-        StoreError::Busy { .. } | StoreError::QueueFull { .. } => Code::Busy,
+        StoreError::Busy { .. } | StoreError::QueueFull { .. } | StoreError::Merging { .. } => {
+            Code::Busy
+        }
         StoreError::Dropped => Code::Timeout,
         StoreError::NoSpace { .. } => Code::NoSpace,
         _ => Code::Internal,

@@ -11,13 +11,16 @@
 //! The state machine's own encodings start with a small version byte (kv's is 1), so the
 //! tags cannot be mistaken for one.
 
-use crate::region::{PeerMeta, RegionEpoch, RegionId, StoreId};
+use crate::region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 use raft::NodeId;
 
 const COMMAND: u8 = 0xC1;
 const ADMIN: u8 = 0xA1;
 /// The only admin command so far.
 const SPLIT: u8 = 1;
+const PREPARE_MERGE: u8 = 2;
+const COMMIT_MERGE: u8 = 3;
+const ROLLBACK_MERGE: u8 = 4;
 /// Most peers a split names (a guard against a corrupt count).
 const MAX_SPLIT_PEERS: usize = types::MAX_PEERS as usize;
 
@@ -50,6 +53,20 @@ pub enum AdminCommand {
         new_region: RegionId,
         new_peers: Vec<PeerMeta>,
     },
+    /// Freezes this region (the merge's source) for a merge into the adjacent `target`, as
+    /// the proposer saw it (see `crate::merge`).
+    PrepareMerge { epoch: RegionEpoch, target: Region },
+    /// Merges `source`, frozen at `prepare_index` (an entry of `prepare_term`) with the
+    /// descriptor `source`, into this region, if this region's epoch is still
+    /// `target_epoch`.
+    CommitMerge {
+        source: Region,
+        prepare_index: u64,
+        prepare_term: u64,
+        target_epoch: RegionEpoch,
+    },
+    /// Unfreezes this region: its merge prepared at `prepare_index` can no longer commit.
+    RollbackMerge { prepare_index: u64 },
 }
 
 /// The store's part of a membership change (the `context` of a `raft::ConfChange`): the
@@ -143,6 +160,29 @@ impl AdminCommand {
                     put_u64(&mut b, p.store.0);
                 }
             }
+            AdminCommand::PrepareMerge { epoch, target } => {
+                b.push(PREPARE_MERGE);
+                put_u64(&mut b, epoch.conf_version);
+                put_u64(&mut b, epoch.version);
+                put_region(&mut b, target);
+            }
+            AdminCommand::CommitMerge {
+                source,
+                prepare_index,
+                prepare_term,
+                target_epoch,
+            } => {
+                b.push(COMMIT_MERGE);
+                put_region(&mut b, source);
+                put_u64(&mut b, *prepare_index);
+                put_u64(&mut b, *prepare_term);
+                put_u64(&mut b, target_epoch.conf_version);
+                put_u64(&mut b, target_epoch.version);
+            }
+            AdminCommand::RollbackMerge { prepare_index } => {
+                b.push(ROLLBACK_MERGE);
+                put_u64(&mut b, *prepare_index);
+            }
         }
         b.into()
     }
@@ -173,6 +213,29 @@ impl AdminCommand {
                     new_peers,
                 })
             }
+            PREPARE_MERGE => {
+                let epoch = get_epoch(d)?;
+                let target = get_region(d)?;
+                d.is_empty()
+                    .then_some(AdminCommand::PrepareMerge { epoch, target })
+            }
+            COMMIT_MERGE => {
+                let source = get_region(d)?;
+                let prepare_index = get_u64(d)?;
+                let prepare_term = get_u64(d)?;
+                let target_epoch = get_epoch(d)?;
+                d.is_empty().then_some(AdminCommand::CommitMerge {
+                    source,
+                    prepare_index,
+                    prepare_term,
+                    target_epoch,
+                })
+            }
+            ROLLBACK_MERGE => {
+                let prepare_index = get_u64(d)?;
+                d.is_empty()
+                    .then_some(AdminCommand::RollbackMerge { prepare_index })
+            }
             _ => None,
         }
     }
@@ -180,6 +243,24 @@ impl AdminCommand {
 
 fn put_u64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_region(b: &mut Vec<u8>, r: &Region) {
+    let enc = r.encode();
+    put_u64(b, enc.len() as u64);
+    b.extend_from_slice(&enc);
+}
+
+fn get_region(d: &mut &[u8]) -> Option<Region> {
+    let len = usize::try_from(get_u64(d)?).ok()?;
+    Region::decode(take(d, len)?).ok()
+}
+
+fn get_epoch(d: &mut &[u8]) -> Option<RegionEpoch> {
+    Some(RegionEpoch {
+        conf_version: get_u64(d)?,
+        version: get_u64(d)?,
+    })
 }
 
 fn take<'a>(d: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -245,14 +326,48 @@ mod tests {
         }
     }
 
+    fn merges() -> Vec<AdminCommand> {
+        let regions = Region::presplit(&[b"m".to_vec()], 1, &[StoreId(1), StoreId(2)]);
+        let epoch = RegionEpoch {
+            conf_version: 2,
+            version: 5,
+        };
+        vec![
+            AdminCommand::PrepareMerge {
+                epoch,
+                target: regions[0].clone(),
+            },
+            AdminCommand::CommitMerge {
+                source: regions[1].clone(),
+                prepare_index: 42,
+                prepare_term: 7,
+                target_epoch: epoch,
+            },
+            AdminCommand::RollbackMerge { prepare_index: 42 },
+        ]
+    }
+
+    #[test]
+    fn merge_entries_round_trip() {
+        for m in merges() {
+            assert_eq!(decode(&m.encode()), StoreEntry::Admin(m.clone()));
+        }
+    }
+
     #[test]
     fn every_truncation_of_an_admin_entry_is_refused() {
-        let full = split().encode();
-        for n in 1..full.len() {
-            assert_eq!(decode(&full[..n]), StoreEntry::BadAdmin, "cut at {n}");
+        for cmd in merges().into_iter().chain([split()]) {
+            let full = cmd.encode();
+            for n in 1..full.len() {
+                assert_eq!(
+                    decode(&full[..n]),
+                    StoreEntry::BadAdmin,
+                    "{cmd:?} cut at {n}"
+                );
+            }
+            let mut longer = full.to_vec();
+            longer.push(0);
+            assert_eq!(decode(&longer), StoreEntry::BadAdmin);
         }
-        let mut longer = full.to_vec();
-        longer.push(0);
-        assert_eq!(decode(&longer), StoreEntry::BadAdmin);
     }
 }

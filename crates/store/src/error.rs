@@ -22,6 +22,10 @@ pub enum StoreError {
     Proposal(String),
     #[error("too many requests in flight on region {region} (limit {limit}); retry later")]
     Busy { region: RegionId, limit: usize },
+    /// The region is being merged into a neighbour: frozen, it takes no requests until the
+    /// merge commits (then its keys belong to the neighbour) or rolls back.
+    #[error("region {region} is being merged; retry shortly (its keys move to the merged region)")]
+    Merging { region: RegionId },
     /// The store thread's command queue is full (all regions of the store together).
     #[error("the store's request queue is full ({limit} queued); retry later")]
     QueueFull { limit: usize },

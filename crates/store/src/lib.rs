@@ -26,6 +26,8 @@
 //!   - `split`: regions that change shape at runtime: `Store::propose_split`, the effects
 //!     of applied admin entries (`Store::apply_effects`), cluster-unique ids
 //!     (`Store::alloc_id`), replicas created by a leader's first message.
+//!   - `merge`: merging a region into its neighbour (`Store::propose_merge`; prepare,
+//!     commit, rollback, destroying the absorbed source).
 //!   - `membership`: replica changes (`Store::propose_replica_change`), applying them to
 //!     the descriptor, destroying a removed replica (tombstone, data deleted).
 //!   - `entry`: what a normal log entry carries (a command with the region version it was
@@ -50,6 +52,7 @@ mod balance;
 mod config;
 mod entry;
 mod membership;
+mod merge;
 mod peer;
 mod ready;
 mod reclaim;
@@ -67,6 +70,7 @@ pub use driver::{Driver, DriverStats, EngineWriter, InlineWriter, RoundWriter};
 pub use entry::AdminCommand;
 pub use error::StoreError;
 pub use membership::ReplicaChange;
+pub use merge::MergeState;
 pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 pub use snapshot_job::{
     BuiltSnapshot, HereBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,

@@ -56,6 +56,15 @@ pub(crate) struct Peer<M: StateMachine> {
     /// speak for are on disk (a single-voter leader wins inside `campaign`, before the
     /// round that records its term is durable).
     pub(crate) durable_term_vote: (Term, NodeId),
+    /// Frozen as the source of a merge (see [`crate::merge`]).
+    pub(crate) merging: Option<crate::merge::MergeState>,
+    /// Absorbed by the target `(region, at its entry)`: silent, out of the region map,
+    /// destroyed once a snapshot of the target covers the merge.
+    pub(crate) merged_into: Option<(crate::region::RegionId, LogIndex)>,
+    /// A merge's target that applied the commit and waits for its source replica here.
+    pub(crate) merge_wait: Option<crate::merge::MergeWait>,
+    /// The tick this frozen source's leader last acted on its merge.
+    pub(crate) merge_driven_at: u64,
 }
 
 /// A snapshot serializes the whole state, so past the entry threshold a region also waits
@@ -135,6 +144,9 @@ impl<M: StateMachine> Peer<M> {
         fs: &Arc<dyn FileSystem>,
     ) -> Result<Option<SnapshotJob<M>>, StoreError> {
         if self.building_snapshot.is_some()
+            // Applied past a merge's commit without the source's state yet.
+            || self.merge_wait.is_some()
+            || self.merged_into.is_some()
             || self.applied < self.raw.status().first_index
             || self.applied > self.raw.persisted_index()
         {
@@ -146,6 +158,7 @@ impl<M: StateMachine> Peer<M> {
         self.building_snapshot = Some(self.bytes_since_snapshot);
         Ok(Some(SnapshotJob::new(
             &self.region,
+            self.merging.as_ref(),
             self.raw.id(),
             self.applied,
             term,

@@ -13,7 +13,8 @@ use crate::split::Effect;
 use crate::state_machine::StateMachine;
 use crate::store::{Completion, Reply, Store, StoreStats};
 use raft::{
-    Entry, EntryKind, Message, NodeId, Persisted, ReadState, Ready, Role, Term, INIT_LOG_INDEX,
+    Entry, EntryKind, LogIndex, Message, NodeId, Persisted, ReadState, Ready, Role, Term,
+    INIT_LOG_INDEX,
 };
 use raft_log::LogBatch;
 use std::future::Future;
@@ -191,13 +192,15 @@ impl<M: StateMachine> Store<M> {
                     Self::fail_unconfirmed_reads(*id, p, ss.leader, &mut self.completions);
                 }
             }
-            Self::apply_committed(
+            let applied = Self::apply_committed(
                 p,
                 &rd.committed_entries,
                 &mut self.completions,
                 &mut self.stats,
                 &mut effects,
             );
+            // A merge's target stops at the commit until its source is absorbed.
+            rd.applied_only(applied);
             let read_states = std::mem::take(&mut rd.read_states);
             Self::serve_ready_reads(p, read_states, &mut self.completions);
             let persisted = p.raw.advance_async(&rd);
@@ -209,9 +212,12 @@ impl<M: StateMachine> Store<M> {
             });
         }
         if reshaped {
+            // A snapshot taken after a merge makes the merged source here dead.
+            self.destroy_contained()?;
             self.publish_regions();
         }
         self.apply_effects(effects, &mut pending)?;
+        self.finish_merges()?;
         Ok(pending)
     }
 
@@ -277,14 +283,16 @@ impl<M: StateMachine> Store<M> {
     /// Applies a replica's committed entries to its state machine, in order, and completes
     /// the proposals they decide. What an admin entry asks of the store (a new region's peer)
     /// goes to `effects`, for [`Store::apply_effects`] after the round's applies.
+    /// Returns how many entries were applied: all, unless the replica left the region or
+    /// stopped at a merge's commit (see `crate::merge`).
     fn apply_committed(
         p: &mut Peer<M>,
         entries: &[Entry],
         completions: &mut Vec<Completion<M>>,
         stats: &mut StoreStats,
         effects: &mut Vec<Effect<M>>,
-    ) {
-        for e in entries {
+    ) -> usize {
+        for (n, e) in entries.iter().enumerate() {
             let result = Self::apply_entry(p, e, effects);
             p.applied = e.index;
             p.bytes_since_snapshot += e.data.len() as u64;
@@ -297,10 +305,15 @@ impl<M: StateMachine> Store<M> {
             if removed {
                 // This replica left the region: it is destroyed after the round's applies,
                 // and nothing after its removal may write anything for it (a later entry's
-                // effect would write a descriptor into the cleaned group).
-                break;
+                // effect would write a descriptor into the cleaned group). What is left is
+                // never applied.
+                return entries.len();
+            }
+            if p.merge_wait.is_some() {
+                return n + 1;
             }
         }
+        entries.len()
     }
 
     /// Applies one committed entry; returns what its proposer gets (`Reply::Empty` for an
@@ -330,13 +343,21 @@ impl<M: StateMachine> Store<M> {
                 }
                 StoreEntry::Admin(admin) => {
                     p.sm.apply_noop(e.index.0);
-                    Self::apply_admin(p, admin, effects)
+                    Self::apply_admin(p, admin, e, effects)
                 }
                 StoreEntry::BadAdmin => {
                     p.sm.apply_noop(e.index.0);
                     Err(StoreError::Proposal("undecodable admin entry".into()))
                 }
             },
+            EntryKind::ConfChange if p.merging.is_some() => {
+                // Frozen for a merge: the region's replicas must stay where they are (the
+                // same on every replica: the freeze is at the same index everywhere).
+                p.sm.apply_noop(e.index.0);
+                Err(StoreError::Merging {
+                    region: p.region.id,
+                })
+            }
             EntryKind::ConfChange => {
                 p.sm.apply_noop(e.index.0);
                 Self::apply_membership(p, &e.data, effects)
@@ -350,9 +371,36 @@ impl<M: StateMachine> Store<M> {
     fn apply_admin(
         p: &mut Peer<M>,
         admin: AdminCommand,
+        e: &Entry,
         effects: &mut Vec<Effect<M>>,
     ) -> Result<Reply<M>, StoreError> {
         match admin {
+            AdminCommand::PrepareMerge { epoch, target } => {
+                Self::apply_prepare_merge(p, epoch, target, e.index, e.term)?;
+                effects.push(Effect::Descriptor(p.region.clone()));
+                Ok(Reply::Empty)
+            }
+            AdminCommand::RollbackMerge { prepare_index } => {
+                Self::apply_rollback_merge(p, LogIndex(prepare_index))?;
+                effects.push(Effect::Descriptor(p.region.clone()));
+                Ok(Reply::Empty)
+            }
+            AdminCommand::CommitMerge {
+                source,
+                prepare_index,
+                prepare_term,
+                target_epoch,
+            } => {
+                Self::apply_commit_merge(
+                    p,
+                    source,
+                    LogIndex(prepare_index),
+                    Term(prepare_term),
+                    target_epoch,
+                    e.index,
+                )?;
+                Ok(Reply::Empty)
+            }
             AdminCommand::Split {
                 epoch,
                 split_key,
@@ -366,6 +414,9 @@ impl<M: StateMachine> Store<M> {
                         .iter()
                         .zip(&new_peers)
                         .all(|(a, b)| a.store == b.store);
+                if p.merging.is_some() {
+                    return Err(StoreError::Merging { region: current.id });
+                }
                 if current.epoch != epoch || !same_stores {
                     return Err(StoreError::EpochNotMatch {
                         current: Box::new(current.clone()),
@@ -450,13 +501,21 @@ impl<M: StateMachine> Store<M> {
                 r.index = Some(rs.index);
             }
         }
+        if p.merge_wait.is_some() {
+            return; // applied past a merge's commit, without the source's state yet
+        }
         let applied = p.applied;
         let sm = &p.sm;
         let region = &p.region;
+        let frozen = p.merging.is_some();
         p.reads.retain(|r| match r.index {
             Some(i) if i <= applied => {
-                // A split applied since the read was routed may have moved its key away.
-                let result = if region.contains(&r.key) {
+                // A split applied since the read was routed may have moved its key away;
+                // a region frozen for a merge serves nothing (its lease ended with the
+                // freeze).
+                let result = if frozen {
+                    Err(StoreError::Merging { region: region.id })
+                } else if region.contains(&r.key) {
                     Ok(Reply::Read(sm.read(&r.query)))
                 } else {
                     Err(StoreError::EpochNotMatch {

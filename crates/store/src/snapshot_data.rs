@@ -3,33 +3,60 @@
 //!
 //! ```text
 //! data := "RKVREGN1" len:u32le descriptor(len bytes) state-machine-bytes
+//!       | "RKVREGN2" len:u32le descriptor(len bytes) merge-state(40 bytes) state-machine-bytes
 //! ```
+//! The second form is a region frozen by a merge at the snapshot's index (its
+//! [`MergeState`]): a replica that catches up by this snapshot must stay frozen.
 //! The descriptor travels with the snapshot because a replica that installs one may have
 //! missed the entries that reshaped the region (a split in the compacted part of the log),
 //! and a replica created from a message has no descriptor at all until its first snapshot.
 //! Data without the magic is a snapshot written before the descriptor was added: only state
 //! machine bytes.
 
+use crate::merge::MergeState;
 use crate::region::Region;
 use types::DecodeError;
 
 const MAGIC: &[u8; 8] = b"RKVREGN1";
+const MAGIC_MERGING: &[u8; 8] = b"RKVREGN2";
+
+/// What a snapshot carries besides the state machine's bytes.
+pub(crate) struct Carried<'a> {
+    /// None for data from before the descriptor was added.
+    pub(crate) region: Option<Region>,
+    pub(crate) merging: Option<MergeState>,
+    pub(crate) sm_data: &'a [u8],
+}
 
 /// The bytes that go before the state machine's in a snapshot of `region`.
-pub(crate) fn header(region: &Region) -> Vec<u8> {
+pub(crate) fn header(region: &Region, merging: Option<&MergeState>) -> Vec<u8> {
     let desc = region.encode();
-    let mut h = Vec::with_capacity(12 + desc.len());
-    h.extend_from_slice(MAGIC);
+    let mut h = Vec::with_capacity(12 + desc.len() + MergeState::ENCODED_LEN);
+    h.extend_from_slice(if merging.is_some() {
+        MAGIC_MERGING
+    } else {
+        MAGIC
+    });
     h.extend_from_slice(&(desc.len() as u32).to_le_bytes());
     h.extend_from_slice(&desc);
+    if let Some(m) = merging {
+        h.extend_from_slice(&m.encode());
+    }
     h
 }
 
-/// Splits snapshot data into the descriptor it carries (None for data from before the
-/// descriptor was added) and the state machine's bytes.
-pub(crate) fn parse(data: &[u8]) -> Result<(Option<Region>, &[u8]), DecodeError> {
-    let Some(rest) = data.strip_prefix(MAGIC.as_slice()) else {
-        return Ok((None, data));
+/// Splits snapshot data into what it carries and the state machine's bytes.
+pub(crate) fn parse(data: &[u8]) -> Result<Carried<'_>, DecodeError> {
+    let (rest, frozen) = if let Some(rest) = data.strip_prefix(MAGIC.as_slice()) {
+        (rest, false)
+    } else if let Some(rest) = data.strip_prefix(MAGIC_MERGING.as_slice()) {
+        (rest, true)
+    } else {
+        return Ok(Carried {
+            region: None,
+            merging: None,
+            sm_data: data,
+        });
     };
     if rest.len() < 4 {
         return Err(DecodeError::Truncated {
@@ -46,7 +73,23 @@ pub(crate) fn parse(data: &[u8]) -> Result<(Option<Region>, &[u8]), DecodeError>
         });
     }
     let region = Region::decode(&rest[..len])?;
-    Ok((Some(region), &rest[len..]))
+    let mut rest = &rest[len..];
+    let mut merging = None;
+    if frozen {
+        if rest.len() < MergeState::ENCODED_LEN {
+            return Err(DecodeError::Truncated {
+                needed: MergeState::ENCODED_LEN,
+                left: rest.len(),
+            });
+        }
+        merging = Some(MergeState::decode(&rest[..MergeState::ENCODED_LEN]));
+        rest = &rest[MergeState::ENCODED_LEN..];
+    }
+    Ok(Carried {
+        region: Some(region),
+        merging,
+        sm_data: rest,
+    })
 }
 
 #[cfg(test)]
@@ -57,13 +100,29 @@ mod tests {
     #[test]
     fn round_trip_and_legacy_and_truncation() {
         let r = Region::presplit(&[b"m".to_vec()], 1, &[StoreId(1), StoreId(2)])[1].clone();
-        let mut data = header(&r);
-        data.extend_from_slice(b"\x01state");
-        assert_eq!(parse(&data).unwrap(), (Some(r), &b"\x01state"[..]));
-        assert_eq!(parse(b"\x01old").unwrap(), (None, &b"\x01old"[..]));
-        let h = header(&Region::presplit(&[], 1, &[StoreId(1)])[0]);
-        for n in MAGIC.len()..h.len() {
-            assert!(parse(&h[..n]).is_err(), "cut at {n}");
+        let m = MergeState {
+            target: raft::GroupId(1),
+            prepare_index: raft::LogIndex(9),
+            prepare_term: raft::Term(3),
+            target_epoch: crate::region::RegionEpoch {
+                conf_version: 1,
+                version: 4,
+            },
+        };
+        for merging in [None, Some(m)] {
+            let mut data = header(&r, merging.as_ref());
+            data.extend_from_slice(b"\x01state");
+            let c = parse(&data).unwrap();
+            assert_eq!(
+                (c.region, c.merging, c.sm_data),
+                (Some(r.clone()), merging, &b"\x01state"[..])
+            );
+            let h = header(&r, merging.as_ref());
+            for n in MAGIC.len()..h.len() {
+                assert!(parse(&h[..n]).is_err(), "cut at {n}");
+            }
         }
+        let legacy = parse(b"\x01old").unwrap();
+        assert_eq!((legacy.region, legacy.sm_data), (None, &b"\x01old"[..]));
     }
 }

@@ -95,6 +95,7 @@ impl<M: StateMachine> SnapshotJob<M> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         descriptor: &Region,
+        merging: Option<&crate::merge::MergeState>,
         peer: raft::NodeId,
         index: LogIndex,
         term: Term,
@@ -107,7 +108,7 @@ impl<M: StateMachine> SnapshotJob<M> {
         SnapshotJob {
             region: descriptor.id,
             peer,
-            header: crate::snapshot_data::header(descriptor),
+            header: crate::snapshot_data::header(descriptor, merging),
             index,
             term,
             conf_state,

@@ -99,6 +99,7 @@ impl<M: StateMachine> Store<M> {
         if self.snapshots_built.is_empty() || !self.snapshots_allowed() {
             return Ok(());
         }
+        let mut merged_targets = Vec::new();
         for built in std::mem::take(&mut self.snapshots_built) {
             assert!(
                 self.snapshots_building > 0,
@@ -162,6 +163,7 @@ impl<M: StateMachine> Store<M> {
             }
             p.bytes_since_snapshot = p.bytes_since_snapshot.saturating_sub(base);
             p.last_snapshot_bytes = built.data_bytes;
+            merged_targets.push((built.region, built.index));
             self.stats.snapshots_created += 1;
             // Bounded: a caller that never reads them (the simulations) keeps only the first.
             if self.snapshot_durations.len() < MAX_SNAPSHOT_DURATIONS_KEPT {
@@ -170,6 +172,11 @@ impl<M: StateMachine> Store<M> {
                 self.snapshot_build_times
                     .push((built.serialize, built.write));
             }
+        }
+        // A merge's source goes once its target's snapshot covers the merge (the synced
+        // write of its destruction also makes the snapshot's commit durable first).
+        for (target, index) in merged_targets {
+            self.destroy_merged_sources(target, index)?;
         }
         Ok(())
     }
@@ -251,7 +258,11 @@ impl<M: StateMachine> Store<M> {
             installed.metadata, snap.metadata,
             "region {id}: the installed snapshot is not the one received"
         );
-        let (descriptor, sm_data) = crate::snapshot_data::parse(&installed.data)
+        let crate::snapshot_data::Carried {
+            region: descriptor,
+            merging,
+            sm_data,
+        } = crate::snapshot_data::parse(&installed.data)
             .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
         p.sm = M::restore(sm_data)
             .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
@@ -266,6 +277,11 @@ impl<M: StateMachine> Store<M> {
             p.region = descriptor;
             p.learned.clear();
         }
+        // The freeze as of the snapshot's index; a merge this replica was waiting on is in
+        // the snapshot already (its source here is then dead, see `crate::merge`).
+        p.merging = merging;
+        p.merge_wait = None;
+        p.raw.set_apply_limit(None);
         drop(installed);
         p.applied = snap.metadata.index;
         p.last_snapshot_bytes = data_bytes;

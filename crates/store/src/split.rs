@@ -57,6 +57,8 @@ pub(crate) enum Effect<M> {
     /// A membership change was applied: write the new descriptor, or destroy this store's
     /// replica if it left the region.
     Membership { region: Region, removed_here: bool },
+    /// The descriptor changed in place (a merge's source frozen or unfrozen): write it.
+    Descriptor(Region),
 }
 
 /// Bits of an allocated id below the store id.
@@ -199,6 +201,7 @@ impl<M: StateMachine> Store<M> {
                     self.stats.replica_changes_applied += 1;
                     self.write_region(&region)?
                 }
+                Effect::Descriptor(region) => self.write_region(&region)?,
             }
         }
         self.publish_regions();

@@ -111,6 +111,15 @@ pub struct StoreStats {
     /// Membership changes applied here (per replica).
     pub replica_changes_applied: u64,
     pub messages_to_tombstones: u64,
+    /// Merges: targets that absorbed their source here, merge commits and rollbacks
+    /// proposed by frozen source leaders, absorbed or dead source replicas destroyed, and
+    /// rounds in which a waiting target found its source replica missing or behind without
+    /// the entries (see `crate::merge`).
+    pub merges_applied: u64,
+    pub merge_commits_proposed: u64,
+    pub merge_rollbacks_proposed: u64,
+    pub merge_sources_destroyed: u64,
+    pub merge_waits_without_source: u64,
 }
 
 /// Status of one region replica, for `raftkv status`.
@@ -303,6 +312,9 @@ impl<M: StateMachine> Store<M> {
             })?;
             store.open_peer(region)?;
         }
+        // A merge source whose target's snapshot already holds it (a crash came between
+        // the two) is dead.
+        store.destroy_contained()?;
         store.publish_regions();
         Ok(store)
     }
@@ -325,7 +337,7 @@ impl<M: StateMachine> Store<M> {
         let mut by_version: Vec<&Region> = self
             .peers
             .values()
-            .filter(|p| p.initialized())
+            .filter(|p| p.initialized() && p.merged_into.is_none())
             .map(|p| &p.region)
             .collect();
         by_version.sort_by_key(|r| std::cmp::Reverse(r.epoch.version));
@@ -356,7 +368,7 @@ impl<M: StateMachine> Store<M> {
             self.fs.clone(),
         )?;
         let prior = storage.hard_state();
-        let mut with_header = crate::snapshot_data::header(r);
+        let mut with_header = crate::snapshot_data::header(r, None);
         with_header.extend_from_slice(&data);
         drop(data);
         storage.apply_snapshot(Snapshot {
@@ -419,7 +431,11 @@ impl<M: StateMachine> Store<M> {
         )?;
         let snap =
             raft::Storage::snapshot(&storage).map_err(|e| StoreError::Storage(e.to_string()))?;
-        let (carried, sm_data) = crate::snapshot_data::parse(&snap.data)
+        let crate::snapshot_data::Carried {
+            region: carried,
+            merging,
+            sm_data,
+        } = crate::snapshot_data::parse(&snap.data)
             .map_err(|e| StoreError::Storage(format!("snapshot of region {}: {e}", stored.id)))?;
         // This replica's own id comes from the stored descriptor, which always names it: a
         // replica added after its snapshot was taken is not in the snapshot's descriptor
@@ -481,6 +497,10 @@ impl<M: StateMachine> Store<M> {
                 building_snapshot: None,
                 receiving: None,
                 durable_term_vote: (durable.term, durable.vote),
+                merging,
+                merged_into: None,
+                merge_wait: None,
+                merge_driven_at: 0,
             },
         );
         Ok(())
@@ -494,7 +514,7 @@ impl<M: StateMachine> Store<M> {
     pub fn regions(&self) -> Vec<Region> {
         self.peers
             .values()
-            .filter(|p| p.initialized())
+            .filter(|p| p.initialized() && p.merged_into.is_none())
             .map(|p| p.region.clone())
             .collect()
     }
@@ -530,7 +550,7 @@ impl<M: StateMachine> Store<M> {
     pub fn status(&self) -> Vec<RegionStatus> {
         self.peers
             .values()
-            .filter(|p| p.initialized())
+            .filter(|p| p.initialized() && p.merged_into.is_none())
             .map(|p| {
                 let st = p.raw.status();
                 let leader = p.region.peer(st.soft_state.leader).map(|l| l.store);
@@ -580,9 +600,12 @@ impl<M: StateMachine> Store<M> {
     /// log reclamation). An error is a storage error: fatal, as for a round's write.
     pub fn tick(&mut self) -> Result<(), StoreError> {
         for p in self.peers.values_mut() {
-            p.raw.tick();
+            if p.merged_into.is_none() {
+                p.raw.tick();
+            }
         }
         self.ticks += 1;
+        self.drive_merges();
         let every = self.cfg.balance_leaders_every_ticks;
         if every > 0
             && self.bootstrapped
@@ -627,6 +650,11 @@ impl<M: StateMachine> Store<M> {
             return Err(StoreError::RegionNotFound(m.group));
         }
         let p = self.peers.get_mut(&m.group).expect("present or created");
+        if p.merged_into.is_some() {
+            // Absorbed by its merge's target: silent until destroyed.
+            self.stats.messages_dropped += 1;
+            return Err(StoreError::RegionNotFound(m.group));
+        }
         p.learn(m.from, from);
         if let Err(e) = p.raw.step(m) {
             self.stats.messages_dropped += 1;
@@ -645,8 +673,11 @@ impl<M: StateMachine> Store<M> {
         let p = self
             .peers
             .get(&region)
-            .filter(|p| p.initialized())
+            .filter(|p| p.initialized() && p.merged_into.is_none())
             .ok_or(StoreError::RegionNotFound(region))?;
+        if p.merging.is_some() {
+            return Err(StoreError::Merging { region });
+        }
         if p.region.epoch != epoch {
             return Err(StoreError::EpochNotMatch {
                 current: Box::new(p.region.clone()),

@@ -51,6 +51,9 @@ impl StateMachine for MapSm {
     fn split_off(&mut self, at_key: &[u8], _: &Region, _: u64) -> Self {
         MapSm(self.0.split_off(at_key))
     }
+    fn absorb(&mut self, source: Self, _: &Region) {
+        self.0.extend(source.0);
+    }
     fn read(&self, q: &Vec<u8>) -> Bytes {
         Bytes::from(self.0.get(q).cloned().unwrap_or_default())
     }
@@ -1207,4 +1210,215 @@ fn a_removed_split_replica_does_not_come_back_when_the_split_replays() {
         "{:?}",
         c.store(2).stats
     );
+}
+
+impl Cluster {
+    /// Proposes merging region `source` into `target` (indexes into `regions`) on store
+    /// `store` and waits for the freeze to apply there.
+    fn prepare_merge(
+        &mut self,
+        store: usize,
+        source: usize,
+        target: usize,
+    ) -> Result<(), StoreError> {
+        let (s, t) = (self.regions[source].clone(), self.regions[target].id);
+        let ticket = self.store(store).propose_merge(s.id, s.epoch, t)?;
+        self.pump();
+        match self.done.remove(&ticket).expect("prepare completed")? {
+            Reply::Empty => Ok(()),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Ticks until every store up holds exactly `want` regions (bounded).
+    fn tick_until_regions(&mut self, want: usize) {
+        for _ in 0..300 {
+            let up: Vec<usize> = (0..3).filter(|&i| self.stores[i].is_some()).collect();
+            let counts: Vec<usize> = up.iter().map(|&i| self.regions_on(i).len()).collect();
+            if counts.iter().all(|&n| n == want) {
+                return;
+            }
+            self.tick(1);
+        }
+        let up: Vec<usize> = (0..3).filter(|&i| self.stores[i].is_some()).collect();
+        let all: Vec<Vec<Region>> = up.iter().map(|&i| self.regions_on(i)).collect();
+        panic!("stores did not reach {want} regions: {all:#?}");
+    }
+}
+
+/// A merge: the source (led by another store than the target) freezes, its leadership moves
+/// to the target leader's store, the target absorbs it on every store, and the source's
+/// replicas are destroyed once the target's snapshot covers the merge. Every key written to
+/// either region is in the merged one on every store, the source's old epoch is refused,
+/// and all of it survives a restart of every store.
+#[test]
+fn a_merge_moves_every_key_into_the_target_and_the_source_goes() {
+    let mut c = Cluster::new(10_000);
+    for k in ["a", "b"] {
+        c.write(0, 0, k.as_bytes(), b"left").unwrap();
+    }
+    for k in ["h", "i", "o"] {
+        c.write(1, 1, k.as_bytes(), b"right").unwrap();
+    }
+    let (target, source) = (c.regions[0].clone(), c.regions[1].clone());
+    // Region 2 is led by store 2, region 1 by store 1.
+    c.prepare_merge(1, 1, 0).unwrap();
+    // Frozen: the source takes no writes (with its new epoch either).
+    let frozen = c
+        .store(1)
+        .regions()
+        .into_iter()
+        .find(|r| r.id == source.id)
+        .unwrap();
+    assert_eq!(frozen.epoch.version, source.epoch.version + 1);
+    assert!(matches!(
+        c.store(1)
+            .propose(frozen.id, frozen.epoch, b"h", put(b"h", b"x")),
+        Err(StoreError::Merging { .. })
+    ));
+    c.tick_until_regions(2);
+    c.tick(5);
+    let merged = c
+        .store(0)
+        .live_regions()
+        .load()
+        .get(target.id)
+        .unwrap()
+        .clone();
+    assert_eq!(merged.start_key, target.start_key);
+    assert_eq!(merged.end_key, source.end_key);
+    assert!(merged.epoch.version > source.epoch.version + 1);
+    let want: Vec<Vec<u8>> = ["a", "b", "h", "i", "o"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    for s in 0..3 {
+        assert!(
+            c.regions_on(s).contains(&merged),
+            "store {s}: {:?}",
+            c.regions_on(s)
+        );
+        let keys: Vec<Vec<u8>> = c
+            .store(s)
+            .state_machine(target.id)
+            .unwrap()
+            .0
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, want, "store {s}");
+        let st = c.store(s).stats;
+        assert_eq!(st.merges_applied, 1, "store {s}: {st:?}");
+        assert_eq!(st.merge_sources_destroyed, 1, "store {s}: {st:?}");
+        assert!(c.store(s).state_machine(source.id).is_none(), "store {s}");
+        assert!(
+            !c.store(s)
+                .engine()
+                .groups()
+                .contains(&raft_log::GroupId(source.id.0)),
+            "store {s}: the source's log group is gone"
+        );
+    }
+    // The source's epochs are refused; the merged region serves the whole range.
+    assert!(c
+        .store(0)
+        .propose(source.id, frozen.epoch, b"h", put(b"h", b"x"))
+        .is_err());
+    c.regions[0] = merged.clone();
+    assert_eq!(c.write(0, 0, b"h", b"merged").unwrap().as_ref(), b"OK");
+    for s in 0..3 {
+        assert_eq!(c.read(s, 0, b"i").unwrap().as_ref(), b"right");
+    }
+    for i in 0..3 {
+        c.stop(i);
+    }
+    for i in 0..3 {
+        c.start(i);
+    }
+    c.tick(60);
+    for s in 0..3 {
+        assert!(c.regions_on(s).contains(&merged), "store {s} after restart");
+        assert_eq!(c.regions_on(s).len(), 2, "store {s} after restart");
+    }
+    let leader = (0..3)
+        .find(|&i| c.write(i, 0, b"j", b"after").is_ok())
+        .expect("the merged region has a leader after a full restart");
+    assert_eq!(c.read(leader, 0, b"h").unwrap().as_ref(), b"merged");
+    assert_eq!(c.read(leader, 0, b"o").unwrap().as_ref(), b"right");
+}
+
+/// A merge prepared while a store is down waits (the source stays frozen: its writes are
+/// refused as retryable) until that store holds the source's log; then it completes on every
+/// store, the late one included.
+#[test]
+fn a_merge_waits_for_a_store_that_is_down_and_then_completes_there() {
+    let mut c = Cluster::new(10_000);
+    c.write(1, 1, b"h", b"v").unwrap();
+    c.write(0, 0, b"a", b"v").unwrap();
+    c.stop(2);
+    c.prepare_merge(1, 1, 0).unwrap();
+    c.tick(40);
+    assert_eq!(c.regions_on(0).len(), 3, "no commit without store 3's copy");
+    assert_eq!(c.store(0).stats.merges_applied, 0);
+    c.start(2);
+    c.tick_until_regions(2);
+    c.tick(5);
+    let target = c.regions[0].id;
+    for s in 0..3 {
+        let keys: Vec<Vec<u8>> = c
+            .store(s)
+            .state_machine(target)
+            .unwrap()
+            .0
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"h".to_vec()], "store {s}");
+    }
+}
+
+/// A merge whose target changed after the prepare (here: split) can never commit: the
+/// source's leader rolls it back, and the source serves again with a newer epoch and all its
+/// keys. Merging non-adjacent regions, or a region with itself, is refused up front.
+#[test]
+fn a_merge_whose_target_changed_rolls_back() {
+    let mut c = Cluster::new(10_000);
+    c.write(1, 1, b"h", b"v").unwrap();
+    let (s, t) = (c.regions[1].clone(), c.regions[2].clone());
+    let far = c.regions[0].clone();
+    assert!(matches!(
+        c.store(1).propose_merge(far.id, far.epoch, t.id),
+        Err(StoreError::RegionNotFound(_) | StoreError::Proposal(_))
+    ));
+    assert!(matches!(
+        c.store(1).propose_merge(s.id, s.epoch, s.id),
+        Err(StoreError::Proposal(_))
+    ));
+    // Source region 2 (store 2 leads) into region 1 (store 1 leads); before any tick (the
+    // commit is driven by ticks) the target splits.
+    c.prepare_merge(1, 1, 0).unwrap();
+    c.split(0, 0, b"c").unwrap();
+    c.tick(60);
+    let st = c.store(1).stats;
+    assert!(st.merge_rollbacks_proposed >= 1, "{st:?}");
+    let now = c
+        .store(1)
+        .regions()
+        .into_iter()
+        .find(|r| r.id == s.id)
+        .unwrap();
+    assert_eq!(
+        now.epoch.version,
+        s.epoch.version + 2,
+        "frozen, then unfrozen"
+    );
+    c.regions[1] = now;
+    for s in 0..3 {
+        assert_eq!(c.store(s).stats.merges_applied, 0);
+        assert_eq!(c.regions_on(s).len(), 4);
+    }
+    let leader = (0..3)
+        .find(|&i| c.write(i, 1, b"i", b"w").is_ok())
+        .expect("serves again");
+    assert_eq!(c.read(leader, 1, b"h").unwrap().as_ref(), b"v");
 }

@@ -35,6 +35,10 @@ pub trait StateMachine: Sized {
     /// (it must accept entries from `applied + 1`). Deterministic like `apply`: every replica
     /// splits at the same entry and gets the same halves.
     fn split_off(&mut self, at_key: &[u8], right: &Region, applied: u64) -> Self;
+    /// Takes in the whole state of `source`, an adjacent region merged into this one (the
+    /// caller checked adjacency); `merged` is the region after the merge. Deterministic like
+    /// `apply`: every replica absorbs the same source state at the same entry.
+    fn absorb(&mut self, source: Self, merged: &Region);
     /// Answers a read-only query against the current state.
     fn read(&self, query: &Self::Query) -> Self::ReadOutput;
     /// Why [`StateMachine::restore`] refused its input (a store reports it, with the region,
