@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// `remove-replica` for it to be gone.
 const CHANGE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long `merge` waits for the merge to commit on the regions' leader.
+const MERGE_WAIT: Duration = Duration::from_secs(30);
+
 /// How long `transfer-leader` waits for the target store to lead (it may first have to catch
 /// up with the log).
 const TRANSFER_WAIT: Duration = Duration::from_secs(10);
@@ -22,6 +25,14 @@ pub(crate) enum RegionCmd {
     /// regions exist.
     Split {
         key: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Merge RIGHT into LEFT, its left neighbour (their replicas must be on the same stores):
+    /// LEFT then spans both and RIGHT is gone; returns once that is so.
+    Merge {
+        left: u64,
+        right: u64,
         #[command(flatten)]
         conn: Conn,
     },
@@ -205,6 +216,82 @@ async fn transfer_leader(conn: &Conn, region: u64, store: u64) -> Result<()> {
     }
 }
 
+fn stores_of(r: &pb::Region) -> std::collections::BTreeSet<u64> {
+    r.peers.iter().map(|p| p.store_id).collect()
+}
+
+/// Merges `right` into `left` and waits until `right` is gone and `left` spans both.
+async fn merge(conn: &Conn, left: u64, right: u64) -> Result<()> {
+    let mut c = client::Client::connect(conn.list()).await?;
+    let reports = c.status().await;
+    let Some((l, _)) = region_view(&reports, left) else {
+        bail!("no server reports region {left}");
+    };
+    let Some((r, _)) = region_view(&reports, right) else {
+        bail!("no server reports region {right}");
+    };
+    if left == right || !l.has_end || l.end_key != r.start_key {
+        bail!(
+            "regions {left} {} and {right} {} are not adjacent (LEFT must end where RIGHT starts)",
+            range(&l),
+            range(&r)
+        );
+    }
+    if stores_of(&l) != stores_of(&r) {
+        bail!(
+            "regions {left} (stores {:?}) and {right} (stores {:?}) have replicas on different stores; move them onto the same stores first",
+            stores_of(&l),
+            stores_of(&r)
+        );
+    }
+    let deadline = Instant::now() + MERGE_WAIT;
+    loop {
+        let req = pb::MergeRegionRequest {
+            source_region_id: right,
+            target_region_id: left,
+            forwarded: false,
+        };
+        let resp = first_answer(conn, |mut c| async move { c.merge_region(req).await }).await?;
+        match &resp.error {
+            None => break,
+            Some(e)
+                if Instant::now() < deadline
+                    && [
+                        pb::error::Code::NotLeader,
+                        pb::error::Code::Timeout,
+                        pb::error::Code::Busy,
+                    ]
+                    .iter()
+                    .any(|c| *c as i32 == e.code) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Some(e) => bail!(
+                "merging region {right} into {left} refused: {}",
+                describe(e)
+            ),
+        }
+    }
+    let frozen_version = r.epoch.map_or(0, |e| e.version) + 1;
+    loop {
+        let reports = c.status().await;
+        match (region_view(&reports, left), region_view(&reports, right)) {
+            (Some((l, _)), None) if l.has_end == r.has_end && l.end_key == r.end_key => {
+                println!("merged region {right} into region {left} {}", range(&l));
+                return Ok(());
+            }
+            (_, Some((now, _))) if now.epoch.map_or(0, |e| e.version) > frozen_version => bail!(
+                "the merge of region {right} into {left} was rolled back (region {left} changed meanwhile)"
+            ),
+            _ if Instant::now() >= deadline => bail!(
+                "region {right} was not merged into {left} within {} s (see `raftkv status`)",
+                MERGE_WAIT.as_secs()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
     use pb::change_replica_request::Kind;
     match cmd {
@@ -329,6 +416,7 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
             println!("  region {} {}", left.id, range(left));
             println!("  region {} {}", right.id, range(right));
         }
+        RegionCmd::Merge { left, right, conn } => merge(&conn, left, right).await?,
         RegionCmd::TransferLeader {
             region,
             store,

@@ -82,6 +82,37 @@ impl AdminService {
             .map(|e| e.leader_store_id)
     }
 
+    /// Forwards a request this store could not serve once to the leader's server, if the
+    /// refusal names one (and the request was not forwarded already); else the refusal.
+    async fn forward<F, Fut>(
+        &self,
+        resp: pb::AdminResponse,
+        forwarded: bool,
+        call: F,
+    ) -> pb::AdminResponse
+    where
+        F: FnOnce(pb::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut:
+            std::future::Future<Output = Result<tonic::Response<pb::AdminResponse>, tonic::Status>>,
+    {
+        match Self::leader_of(&resp) {
+            Some(leader) if !forwarded && leader != self.cfg.store_id => {
+                let client = match self.client_of(leader) {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                match call(client).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => refused(
+                        Code::NotLeader,
+                        format!("forwarding to store {leader} failed: {}", s.message()),
+                    ),
+                }
+            }
+            _ => resp,
+        }
+    }
+
     pub async fn split_region(&self, req: pb::SplitRegionRequest) -> pb::AdminResponse {
         let key = req.split_key.clone();
         let Some(region) = self.handle.region_for_key(&key) else {
@@ -122,26 +153,16 @@ impl AdminService {
                 Code::Internal,
                 format!("unexpected answer to a split: {other:?}"),
             ),
-            Err(resp) => match Self::leader_of(&resp) {
-                Some(leader) if !req.forwarded && leader != self.cfg.store_id => {
-                    let mut client = match self.client_of(leader) {
-                        Ok(c) => c,
-                        Err(r) => return r,
-                    };
-                    let forwarded = pb::SplitRegionRequest {
-                        forwarded: true,
-                        ..req
-                    };
-                    match client.split_region(forwarded).await {
-                        Ok(r) => r.into_inner(),
-                        Err(s) => refused(
-                            Code::NotLeader,
-                            format!("forwarding to store {leader} failed: {}", s.message()),
-                        ),
-                    }
-                }
-                _ => resp,
-            },
+            Err(resp) => {
+                let fwd = pb::SplitRegionRequest {
+                    forwarded: true,
+                    ..req.clone()
+                };
+                self.forward(resp, req.forwarded, |mut c| async move {
+                    c.split_region(fwd).await
+                })
+                .await
+            }
         }
     }
 
@@ -195,26 +216,53 @@ impl AdminService {
                     .into_iter()
                     .collect(),
             },
-            Err(resp) => match Self::leader_of(&resp) {
-                Some(leader) if !req.forwarded && leader != self.cfg.store_id => {
-                    let mut client = match self.client_of(leader) {
-                        Ok(c) => c,
-                        Err(r) => return r,
-                    };
-                    let forwarded = pb::ChangeReplicaRequest {
-                        forwarded: true,
-                        ..req
-                    };
-                    match client.change_replica(forwarded).await {
-                        Ok(r) => r.into_inner(),
-                        Err(s) => refused(
-                            Code::NotLeader,
-                            format!("forwarding to store {leader} failed: {}", s.message()),
-                        ),
-                    }
-                }
-                _ => resp,
-            },
+            Err(resp) => {
+                let fwd = pb::ChangeReplicaRequest {
+                    forwarded: true,
+                    ..req.clone()
+                };
+                self.forward(resp, req.forwarded, |mut c| async move {
+                    c.change_replica(fwd).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Merges the source region into the target (see `Store::propose_merge`); answered once
+    /// the source is frozen on its leader, with both regions as they are then.
+    pub async fn merge_region(&self, req: pb::MergeRegionRequest) -> pb::AdminResponse {
+        let (source_id, target_id) = (
+            raft::GroupId(req.source_region_id),
+            raft::GroupId(req.target_region_id),
+        );
+        let Some(source) = self.handle.regions.load().get(source_id).cloned() else {
+            return refused(
+                Code::RegionNotFound,
+                format!("region {source_id} is not on this store"),
+            );
+        };
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.handle.send(Cmd::Merge {
+            source: source.id,
+            epoch: source.epoch,
+            target: target_id,
+            reply: tx,
+        }) {
+            return from_store(e);
+        }
+        match self.answer(rx).await {
+            Ok(_) => pb::AdminResponse::default(),
+            Err(resp) => {
+                let fwd = pb::MergeRegionRequest {
+                    forwarded: true,
+                    ..req
+                };
+                self.forward(resp, req.forwarded, |mut c| async move {
+                    c.merge_region(fwd).await
+                })
+                .await
+            }
         }
     }
 
@@ -229,27 +277,19 @@ impl AdminService {
         }
         match self.answer(rx).await {
             Ok(()) => pb::AdminResponse::default(),
-            Err(resp) => match Self::leader_of(&resp) {
-                Some(leader) if leader == req.to_store => pb::AdminResponse::default(),
-                Some(leader) if !req.forwarded && leader != self.cfg.store_id => {
-                    let mut client = match self.client_of(leader) {
-                        Ok(c) => c,
-                        Err(r) => return r,
-                    };
-                    let forwarded = pb::TransferLeaderRequest {
-                        forwarded: true,
-                        ..req
-                    };
-                    match client.transfer_leader(forwarded).await {
-                        Ok(r) => r.into_inner(),
-                        Err(s) => refused(
-                            Code::NotLeader,
-                            format!("forwarding to store {leader} failed: {}", s.message()),
-                        ),
-                    }
-                }
-                _ => resp,
-            },
+            Err(resp) if Self::leader_of(&resp) == Some(req.to_store) => {
+                pb::AdminResponse::default()
+            }
+            Err(resp) => {
+                let fwd = pb::TransferLeaderRequest {
+                    forwarded: true,
+                    ..req
+                };
+                self.forward(resp, req.forwarded, |mut c| async move {
+                    c.transfer_leader(fwd).await
+                })
+                .await
+            }
         }
     }
 }
@@ -274,6 +314,15 @@ impl pb::admin_server::Admin for AdminGrpc {
     ) -> Result<tonic::Response<pb::AdminResponse>, tonic::Status> {
         Ok(tonic::Response::new(
             self.0.change_replica(req.into_inner()).await,
+        ))
+    }
+
+    async fn merge_region(
+        &self,
+        req: tonic::Request<pb::MergeRegionRequest>,
+    ) -> Result<tonic::Response<pb::AdminResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            self.0.merge_region(req.into_inner()).await,
         ))
     }
 

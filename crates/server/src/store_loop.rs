@@ -61,6 +61,14 @@ pub enum Cmd {
         change: store::ReplicaChange,
         reply: ReplyTx,
     },
+    /// Merge `source` into `target` (see `Store::propose_merge`); answered once the source
+    /// is frozen here.
+    Merge {
+        source: RegionId,
+        epoch: RegionEpoch,
+        target: RegionId,
+        reply: ReplyTx,
+    },
     /// Start handing a region's leadership to the replica on store `to`.
     TransferLeader {
         region: RegionId,
@@ -219,7 +227,7 @@ pub fn run(
                     .queued
                     .store(false, std::sync::atomic::Ordering::Release);
             }
-            if !handle(&mut store, cmd, &mut waiting, &metrics) {
+            if !handle(&mut store, cmd, &mut waiting, &metrics)? {
                 // Finish the writes in flight (nothing acknowledged depends on them: a
                 // client is answered only for what a quorum has durable).
                 return store.wait_writes();
@@ -310,16 +318,20 @@ fn deliver(
     }
 }
 
-/// Returns false on shutdown.
+/// Returns false on shutdown; a storage error (a replica created or destroyed by a message
+/// writes synced) is fatal like a round's.
 fn handle(
     store: &mut Store<KvSm>,
     cmd: Cmd,
     waiting: &mut HashMap<Ticket, ReplyTx>,
     metrics: &Metrics,
-) -> bool {
+) -> Result<bool, StoreError> {
     match cmd {
         Cmd::Raft(from, m) => {
-            let _ = store.step(from, m);
+            // Other refusals (an unknown region, a message the core rejects) are dropped.
+            if let Err(e @ StoreError::Storage(_)) = store.step(from, m) {
+                return Err(e);
+            }
         }
         Cmd::Propose {
             region,
@@ -395,13 +407,26 @@ fn handle(
                 let _ = reply.send(Err(e));
             }
         },
+        Cmd::Merge {
+            source,
+            epoch,
+            target,
+            reply,
+        } => match store.propose_merge(source, epoch, target) {
+            Ok(t) => {
+                waiting.insert(t, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
         Cmd::TransferLeader { region, to, reply } => {
             let _ = reply.send(store.transfer_leader(region, to));
         }
         Cmd::WriteDone => {}
-        Cmd::Shutdown => return false,
+        Cmd::Shutdown => return Ok(false),
     }
-    true
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -163,6 +163,12 @@ pub struct KvSimOutcome {
     pub joint_swaps_proposed: u64,
     pub replica_changes_applied: u64,
     pub peers_destroyed: u64,
+    /// Merges proposed by the fault schedule (adjacent regions on the same stores), merges
+    /// applied (per target replica, over every store's lives), and rollbacks proposed by
+    /// frozen sources whose target changed first.
+    pub merges_proposed: u64,
+    pub merges_applied: u64,
+    pub merge_rollbacks: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -180,6 +186,7 @@ pub struct KvKinds {
     pub snapshots: bool,
     pub splits: bool,
     pub moves: bool,
+    pub merges: bool,
     pub torn_write_modes: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
@@ -311,6 +318,8 @@ impl KvSimOutcome {
                 None,
             ),
             F::new("replicas destroyed", k.moves, self.peers_destroyed, None),
+            F::new("merges proposed", k.merges, self.merges_proposed, None),
+            F::new("merges applied", k.merges, self.merges_applied, None),
             F::new(
                 "replicas created by a vote",
                 k.splits && k.crashes,
@@ -556,6 +565,8 @@ struct Faults {
     splits: bool,
     /// Replicas added, promoted, swapped (joint) and removed at runtime (own stream too).
     moves: bool,
+    /// Adjacent regions merged at runtime (own stream, and own draws: see `Sim::merge_rng`).
+    merges: bool,
     /// The largest gap between two fault events (the intensity).
     fault_gap_max: Micros,
     lease_reads: bool,
@@ -574,6 +585,9 @@ struct Sim {
     regions: Vec<Region>,
     /// Splits proposed so far (at most [`MAX_SPLITS`]).
     splits_proposed: u64,
+    /// The merge schedule's own draws, so that seeds with merges keep every other draw of
+    /// the fault schedule.
+    merge_rng: SplitMix64,
     /// Workload keys by region index.
     keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
@@ -731,6 +745,8 @@ impl Sim {
         self.out.splits_applied += ended.stats.splits_applied;
         self.out.replica_changes_applied += ended.stats.replica_changes_applied;
         self.out.peers_destroyed += ended.stats.peers_destroyed;
+        self.out.merges_applied += ended.stats.merges_applied;
+        self.out.merge_rollbacks += ended.stats.merge_rollbacks_proposed;
         self.out.peers_created_by_message += ended.stats.peers_created_by_message;
         self.out.peers_created_by_vote += ended.stats.peers_created_by_vote;
         drop(ended);
@@ -925,7 +941,39 @@ impl Sim {
                 }
             }
         }
-        self.regions = newest.into_values().collect();
+        // A region that overlaps a newer region is dead (the owner of a key only ever gets
+        // newer; merged away, see `store::merge`) once no live store holds it unfrozen (while
+        // a split spreads, the old region's table entry may still be the wider range, and
+        // it routes the keys of the half nobody reported yet): it leaves the table. A frozen
+        // replica left behind on a store that was removed from the merged region before it
+        // applied the merge never learns it (stale replicas wait for placement's GC).
+        let held: std::collections::BTreeSet<store::RegionId> = self
+            .stores
+            .iter()
+            .filter_map(|s| s.store.as_ref())
+            .flat_map(|s| {
+                s.regions()
+                    .into_iter()
+                    .filter(|r| s.merge_state(r.id).is_none())
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let all: Vec<Region> = newest.into_values().collect();
+        let overlap = |a: &Region, b: &Region| {
+            a.end_key.as_ref().is_none_or(|e| *e > b.start_key)
+                && b.end_key.as_ref().is_none_or(|e| *e > a.start_key)
+        };
+        self.regions = all
+            .iter()
+            .filter(|s| {
+                held.contains(&s.id)
+                    || !all
+                        .iter()
+                        .any(|t| t.epoch.version > s.epoch.version && overlap(t, s))
+            })
+            .cloned()
+            .collect();
     }
 
     /// Whether the routing table's regions partition the key space exactly (every key in one
@@ -1308,8 +1356,12 @@ impl Sim {
                     self.crash(to, torn);
                 } else if let Some(s) = self.stores[to].store.as_mut() {
                     let (from, m) = *m;
-                    let _ = s.step(from, m);
-                    self.drive(to);
+                    if let Err(e @ StoreError::Storage(_)) = s.step(from, m) {
+                        // A replica created or destroyed by the message writes synced.
+                        self.storage_failed(to, e);
+                    } else {
+                        self.drive(to);
+                    }
                 }
             }
             Ev::Client(ci, g) => {
@@ -1382,7 +1434,9 @@ impl Sim {
             match d {
                 Deferred::Message(from, m) => {
                     let s = self.stores[i].store.as_mut().expect("up");
-                    let _ = s.step(from, m);
+                    if let Err(e @ StoreError::Storage(_)) = s.step(from, m) {
+                        self.storage_failed(i, e);
+                    }
                 }
                 Deferred::Request {
                     client,
@@ -1481,6 +1535,9 @@ impl Sim {
         if self.faults.moves && self.rng.below(2) == 0 {
             self.move_random_replica();
         }
+        if self.faults.merges && self.merge_rng.below(3) == 0 {
+            self.merge_random_regions();
+        }
     }
 
     fn heal_links(&mut self) {
@@ -1537,7 +1594,13 @@ impl Sim {
             return;
         };
         let s = self.stores[i].store.as_mut().expect("up");
-        if s.propose_split(r.id, r.epoch, &key).is_ok() {
+        let proposed = s.propose_split(r.id, r.epoch, &key);
+        if let Err(e @ StoreError::Storage(_)) = proposed {
+            // The id allocator writes synced.
+            self.storage_failed(i, e);
+            return;
+        }
+        if proposed.is_ok() {
             self.splits_proposed += 1;
             self.out.splits_proposed += 1;
             self.trace(|| format!("split region {} at {key:?} on s{}", r.id, i + 1));
@@ -1602,6 +1665,45 @@ impl Sim {
         }
     }
 
+    /// Asks the leader of a random region to merge it into its left neighbour, when both
+    /// have voters only, on the same stores (routed by the table, which may be stale: the
+    /// store then refuses it).
+    fn merge_random_regions(&mut self) {
+        self.refresh_routes();
+        if self.regions.len() < 2 {
+            return;
+        }
+        let mut rs = self.regions.clone();
+        rs.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        let i = 1 + self.merge_rng.below(rs.len() as u64 - 1) as usize;
+        let (target, source) = (&rs[i - 1], &rs[i]);
+        let stores = |r: &Region| {
+            let mut v: Vec<(StoreId, bool)> =
+                r.peers.iter().map(|p| (p.store, p.learner)).collect();
+            v.sort();
+            v
+        };
+        if stores(target) != stores(source) || source.peers.iter().any(|p| p.learner) {
+            return;
+        }
+        let Some(at) = self.leader_of(source) else {
+            return;
+        };
+        let s = self.stores[at].store.as_mut().expect("up");
+        if s.propose_merge(source.id, source.epoch, target.id).is_ok() {
+            self.out.merges_proposed += 1;
+            self.trace(|| {
+                format!(
+                    "merge region {} into {} on s{}",
+                    source.id,
+                    target.id,
+                    at + 1
+                )
+            });
+            self.drive(at);
+        }
+    }
+
     /// Asks the leader of a random region (the live replica with the highest term that
     /// believes it leads) to hand leadership to another replica.
     fn transfer_random_leader(&mut self) {
@@ -1638,7 +1740,7 @@ impl Sim {
                         None => format!("s{}: down", i + 1),
                         Some(s) => match (s.state_machine(r.id), s.status().into_iter().find(|st| st.region.id == r.id)) {
                             (Some(m), Some(st)) => format!(
-                                "s{}: applied {} hash {:x} {:?} term {} commit {} log {}..{} epoch v{}",
+                                "s{}: applied {} hash {:x} {:?} term {} commit {} log {}..{} epoch v{} merging={:?}",
                                 i + 1,
                                 m.applied_index(),
                                 m.state_hash(),
@@ -1647,7 +1749,8 @@ impl Sim {
                                 st.commit.0,
                                 st.first_index.0,
                                 st.last_index.0,
-                                st.region.epoch.version
+                                st.region.epoch.version,
+                                s.merge_state(r.id).map(|m| (m.target, m.prepare_index))
                             ),
                             _ => format!("s{}: no initialized replica ({:?})", i + 1, s.describe_replica(r.id)),
                         },
@@ -1655,9 +1758,13 @@ impl Sim {
                 })
                 .collect();
             out.push(format!(
-                "region {} v{}: {}",
+                "region {} v{} [{:?}, {:?}): {}",
                 r.id,
                 r.epoch.version,
+                String::from_utf8_lossy(&r.start_key),
+                r.end_key
+                    .as_ref()
+                    .map(|e| String::from_utf8_lossy(e).into_owned()),
                 states.join("; ")
             ));
         }
@@ -1762,6 +1869,7 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
         lease_reads,
         splits: false,
         moves: false,
+        merges: false,
     }
 }
 
@@ -1790,6 +1898,11 @@ pub fn moves_by_seed(seed: u64) -> bool {
     SplitMix64::new(seed ^ 0x6d6f_7665_7321).below(2) == 0
 }
 
+/// Whether `seed` merges adjacent regions at runtime (half of the seeds, own stream).
+pub fn merges_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x6d65_7267_6521).below(2) == 0
+}
+
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
 /// prefix, when the options leave it to the seed (half of the seeds, from their own stream).
 pub fn torn_write_modes_by_seed(seed: u64) -> bool {
@@ -1814,6 +1927,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     let mut faults = choose_faults(&mut rng);
     faults.splits = splits_by_seed(opts.seed);
     faults.moves = moves_by_seed(opts.seed);
+    faults.merges = merges_by_seed(opts.seed);
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -1873,9 +1987,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " splits={} moves={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            " splits={} moves={} merges={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
             faults.splits,
             faults.moves,
+            faults.merges,
             match deferred_writes {
                 None => format!("driver(queued_chance={queued_chance})"),
                 Some(false) => "all-inline".to_string(),
@@ -1968,6 +2083,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         bootstrap: regions.clone(),
         regions,
         splits_proposed: 0,
+        merge_rng: SplitMix64::new(opts.seed ^ 0x6d72_6e67_7331),
         keys,
         cfg,
         links: vec![vec![true; stores]; stores],
@@ -2005,6 +2121,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 snapshots: faults.snapshots,
                 splits: faults.splits,
                 moves: faults.moves,
+                merges: faults.merges,
                 torn_write_modes,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
@@ -2157,6 +2274,8 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         sim.out.splits_applied += s.stats.splits_applied;
         sim.out.replica_changes_applied += s.stats.replica_changes_applied;
         sim.out.peers_destroyed += s.stats.peers_destroyed;
+        sim.out.merges_applied += s.stats.merges_applied;
+        sim.out.merge_rollbacks += s.stats.merge_rollbacks_proposed;
         sim.out.peers_created_by_message += s.stats.peers_created_by_message;
         sim.out.peers_created_by_vote += s.stats.peers_created_by_vote;
         sim.out.snapshot_chunks_received += s.stats.snapshot_chunks_received;

@@ -41,6 +41,9 @@ use raft::{ConfChange, NodeId};
 use raft_log::LogBatch;
 
 /// State key (in the store's own group) of the tombstones: `(region, peer id)` pairs.
+/// The peer id under which a tombstone records a region merged away here (no real peer has
+/// it: ids are allocated far below).
+pub(crate) const MERGED_AWAY: NodeId = NodeId(u64::MAX);
 const TOMBSTONES_KEY: &[u8] = b"store/tombstones";
 
 /// A change to a region's replicas, named by store.
@@ -271,10 +274,39 @@ impl<M: StateMachine> Store<M> {
         raft_log::remove_group_snapshots(self.fs.as_ref(), &self.snap_dir, &|g| g != group)?;
         self.compact_wanted.remove(&region);
         self.stats.peers_destroyed += 1;
+        // Merge sources absorbed by this replica were waiting for its snapshot: they go with
+        // it (their state is part of it, wherever the region lives on).
+        let absorbed: Vec<RegionId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.merged_into.is_some_and(|(t, _)| t == region))
+            .map(|(id, _)| *id)
+            .collect();
+        for source in absorbed {
+            self.destroy_merged(source)?;
+        }
         Ok(())
     }
 
-    /// Whether `(region, peer)` was destroyed here: it never comes back.
+    /// Destroys this store's replica of `region`, a region merged away (absorbed by its
+    /// merge's target, or found dead inside a newer region), and records that the region
+    /// is gone for good (see [`Store::merged_away`]).
+    pub(crate) fn destroy_merged(&mut self, region: RegionId) -> Result<(), StoreError> {
+        self.tombstones.insert((region, MERGED_AWAY));
+        self.destroy_peer(region, None)?;
+        self.stats.merge_sources_destroyed += 1;
+        Ok(())
+    }
+
+    /// Whether `region` was merged away on this store: its replica here had applied
+    /// everything up to its own freeze, or its state arrived inside a newer region's
+    /// snapshot (see `crate::merge`).
+    pub(crate) fn merged_away(&self, region: RegionId) -> bool {
+        self.tombstones.contains(&(region, MERGED_AWAY))
+    }
+
+    /// Whether `(region, peer)` was destroyed here: it never comes back. (A region merged
+    /// away is also recorded under the peer id [`MERGED_AWAY`].)
     pub(crate) fn tombstoned(&self, region: RegionId, peer: NodeId) -> bool {
         self.tombstones.contains(&(region, peer))
     }

@@ -35,7 +35,11 @@
 //! `CommitMerge` is refused at apply everywhere and can never be accepted later (epochs only
 //! grow). The source's leader sees this on its own store's target replica (an epoch newer
 //! than recorded, no merge of this source applied) and proposes `RollbackMerge`: the source
-//! unfreezes with `version + 1`.
+//! unfreezes with `version + 1`. If the target was itself merged away on this store (it
+//! applied everything up to its own freeze first, so it would have absorbed this source had
+//! the commit been accepted before), the merge is rolled back too. If this store has no
+//! target replica at all (it left this store), the source's leadership moves on to its next
+//! store, which may know.
 //!
 //! ## Stale replicas
 //! A replica whose range lies inside a newer region of this store is dead (a region's range is
@@ -368,8 +372,7 @@ impl<M: StateMachine> Store<M> {
             .map(|(id, _)| *id)
             .collect();
         for source in done {
-            self.destroy_peer(source, None)?;
-            self.stats.merge_sources_destroyed += 1;
+            self.destroy_merged(source)?;
         }
         Ok(())
     }
@@ -394,8 +397,7 @@ impl<M: StateMachine> Store<M> {
             .map(|s| s.id)
             .collect();
         for id in dead {
-            self.destroy_peer(id, None)?;
-            self.stats.merge_sources_destroyed += 1;
+            self.destroy_merged(id)?;
         }
         Ok(())
     }
@@ -416,6 +418,26 @@ impl<M: StateMachine> Store<M> {
                 continue;
             }
             let Some(t) = self.peers.get(&m.target).filter(|t| t.initialized()) else {
+                if self.merged_away(m.target) {
+                    // The target froze for a merge of its own and is gone: this merge can
+                    // never commit (see the module docs).
+                    actions.push(MergeAction::Rollback(*id, m.prepare_index));
+                } else if !self.peers.contains_key(&m.target) {
+                    // No target here (its replica left this store): another store of the
+                    // source may know more; hand it the leadership, in turn.
+                    let me = s.region.peer(s.raw.id()).map(|p| p.store);
+                    let next = s
+                        .region
+                        .peers
+                        .iter()
+                        .map(|p| p.store)
+                        .skip_while(|st| Some(*st) != me)
+                        .nth(1)
+                        .or_else(|| s.region.peers.first().map(|p| p.store));
+                    if let Some(to) = next.filter(|to| Some(*to) != me) {
+                        actions.push(MergeAction::Transfer(*id, to));
+                    }
+                }
                 continue;
             };
             if t.merge_wait.as_ref().is_some_and(|w| w.source.id == *id) {

@@ -530,7 +530,7 @@ impl<M: StateMachine> Store<M> {
         self.peers.get(&region).map(|p| {
             let st = p.raw.status();
             format!(
-                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={}",
+                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={} merging={:?} merge_wait={:?} merged_into={:?}",
                 p.raw.id(),
                 p.initialized(),
                 st.soft_state.role,
@@ -541,7 +541,10 @@ impl<M: StateMachine> Store<M> {
                 st.first_index,
                 st.last_index,
                 p.learned,
-                p.receiving.is_some()
+                p.receiving.is_some(),
+                p.merging,
+                p.merge_wait.as_ref().map(|w| (w.source.id, w.prepare_index, w.at)),
+                p.merged_into,
             )
         })
     }
@@ -799,6 +802,12 @@ impl<M: StateMachine> Store<M> {
         query: &M::Query,
     ) -> Result<M::ReadOutput, StoreError> {
         Ok(self.check_route(region, epoch, key)?.sm.read(query))
+    }
+
+    /// Whether this store's replica of `region` is frozen as a merge's source, and for which
+    /// merge (status, the simulator's routing table).
+    pub fn merge_state(&self, region: RegionId) -> Option<crate::merge::MergeState> {
+        self.peers.get(&region).and_then(|p| p.merging)
     }
 
     /// The state machine of a region (tests, status).
