@@ -450,6 +450,10 @@ fn describe(step: &Step) -> String {
             "admin: move the leadership of the region of {:?} to store {store}",
             letter as char
         ),
+        Fault::Admin(AdminAction::Merge { letter }) => format!(
+            "admin: merge the region of {:?} with its right neighbour",
+            letter as char
+        ),
         Fault::Admin(AdminAction::MoveReplica { letter }) => format!(
             "admin: remove the replica of the region of {:?} on store {store}, add it back after",
             letter as char
@@ -504,6 +508,29 @@ async fn apply_admin(
         AdminAction::Split { letter } => {
             let key = format!("{}{step_no:04}", letter as char);
             admin_command(cluster, vec!["split".into(), key]).await?;
+            Ok(None)
+        }
+        AdminAction::Merge { letter } => {
+            let Some((left, stores, Some(end))) = cluster.region_holding(&[letter]).await else {
+                return Ok(None); // the last region: no right neighbour
+            };
+            let Some((right, right_stores, _)) = cluster.region_holding(&end).await else {
+                return Err(NemesisError::Fault(format!(
+                    "no server reports the region holding {:?}",
+                    String::from_utf8_lossy(&end)
+                )));
+            };
+            let (mut a, mut b) = (stores, right_stores);
+            a.sort_unstable();
+            b.sort_unstable();
+            if a != b {
+                return Ok(None); // replicas on different stores (a move in progress)
+            }
+            admin_command(
+                cluster,
+                vec!["merge".into(), left.to_string(), right.to_string()],
+            )
+            .await?;
             Ok(None)
         }
         AdminAction::TransferLeader { letter } | AdminAction::MoveReplica { letter } => {

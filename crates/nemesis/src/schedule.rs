@@ -71,6 +71,8 @@ pub enum AdminAction {
     TransferLeader { letter: u8 },
     /// Remove its replica on the victim store at the start, add it back at the end.
     MoveReplica { letter: u8 },
+    /// Merge its right neighbour into it (when there is one on the same stores).
+    Merge { letter: u8 },
 }
 
 impl Fault {
@@ -262,9 +264,10 @@ impl Schedule {
 
     fn admin_action(r: &mut Rng) -> AdminAction {
         let letter = b'a' + r.range(0, 25) as u8;
-        match r.range(0, 2) {
+        match r.range(0, 3) {
             0 => AdminAction::Split { letter },
             1 => AdminAction::TransferLeader { letter },
+            2 => AdminAction::Merge { letter },
             _ => AdminAction::MoveReplica { letter },
         }
     }
