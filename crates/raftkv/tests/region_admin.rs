@@ -200,11 +200,12 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
                         }
                         // Bounded, and no tight loop on a failing server (each failed
                         // operation also stays in the history).
-                        let mut errs = errors.lock().unwrap();
-                        if errs.len() < 100 {
-                            errs.push(format!("client {w}: {e}"));
+                        {
+                            let mut errs = errors.lock().unwrap();
+                            if errs.len() < 100 {
+                                errs.push(format!("client {w}: {e}"));
+                            }
                         }
-                        drop(errs);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -330,9 +331,9 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
 
     // Bad input: refused with a reason, nothing changes.
     for (args, why) in [
-        (vec!["region", "split", "c5"], "already starts"),
+        (vec!["region", "split", "k5"], "already starts"),
         (
-            vec!["region", "transfer-leader", &id.to_string(), "9"],
+            vec!["region", "transfer-leader", &moved_arg, "9"],
             "no replica on store 9",
         ),
         (
