@@ -276,6 +276,9 @@ impl KvStateMachine {
                 self.sessions.insert(*client, session.clone());
             }
         }
+        // The union may exceed the bound (a snapshot holding more would be refused at
+        // restore): the oldest go, as when a new client arrives at a full table.
+        self.sessions.evict_to(self.session_policy.max_sessions);
         self.clock_ms = self.clock_ms.max(source.clock_ms);
         self.region = merged;
         Ok(())

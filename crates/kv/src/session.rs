@@ -92,6 +92,17 @@ impl SessionTable {
         self.by_client.insert(client, session);
     }
 
+    /// Evicts the oldest sessions (by `(last_seen_ms, client)`, the same order on every
+    /// replica) until at most `max_sessions` remain.
+    pub(crate) fn evict_to(&mut self, max_sessions: usize) {
+        while self.by_client.len() > max_sessions.max(1) {
+            let Some(&(_, oldest)) = self.by_age.get_min() else {
+                break;
+            };
+            self.remove(oldest);
+        }
+    }
+
     /// Inserts or replaces a session (also used by snapshot restore).
     pub(crate) fn insert(&mut self, client: ClientId, session: Session) {
         self.remove(client);

@@ -335,6 +335,26 @@ fn absorb_takes_the_neighbours_keys_and_newest_sessions() {
     let mut merged = merged;
     assert!(submit(&mut merged, ClientId(1), 10, put("n", "n"), 8).duplicate);
 
+    // The union of two full session tables is cut back to the bound, oldest first.
+    let policy = SessionPolicy {
+        max_sessions: 2,
+        ..SessionPolicy::default()
+    };
+    let mut a = KvStateMachine::new(
+        RegionRange::new(b("a"), Some(b("m"))),
+        Limits::default(),
+        policy,
+    );
+    let mut bm = KvStateMachine::new(RegionRange::new(b("m"), None), Limits::default(), policy);
+    submit(&mut a, ClientId(1), 1, put("a", "1"), 10);
+    submit(&mut a, ClientId(2), 1, put("b", "1"), 20);
+    submit(&mut bm, ClientId(3), 1, put("n", "1"), 15);
+    submit(&mut bm, ClientId(4), 1, put("o", "1"), 30);
+    a.absorb(bm).expect("adjacent");
+    assert_eq!(a.session_count(), 2);
+    assert!(a.session(ClientId(2)).is_some() && a.session(ClientId(4)).is_some());
+    a.assert_invariants();
+
     // Regions that do not touch are refused, and nothing changes.
     let mut far = KvStateMachine::with_region(RegionRange::new(b("za"), None));
     let before = far.clone();

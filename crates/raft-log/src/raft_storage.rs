@@ -73,9 +73,20 @@ pub struct GroupStorage {
     /// [`Storage::snapshot_chunk`]: (index, payload bytes covered, crc32c), so a transfer read
     /// in order is verified when its last chunk is read, without holding the snapshot.
     chunk_crc: std::cell::Cell<(LogIndex, u64, u32)>,
+    /// No snapshot below this index is handed to the core for sending (see
+    /// [`GroupStorage::set_snapshot_floor`]).
+    snapshot_floor: LogIndex,
 }
 
 impl GroupStorage {
+    /// Snapshots below `index` are not sent to followers until a newer one exists (the
+    /// core's `snapshot_info` says temporarily unavailable): a merge's target whose older
+    /// snapshot predates the merge would make a new replica replay the merge without the
+    /// source it needs on its store.
+    pub fn set_snapshot_floor(&mut self, index: LogIndex) {
+        self.snapshot_floor = self.snapshot_floor.max(index);
+    }
+
     /// Opens the storage of `group` on `engine`, with snapshot files in `snapshot_dir`
     /// (created if missing; may be shared by many groups). Completes a snapshot whose file
     /// was written but whose metadata was not (see the module documentation).
@@ -113,6 +124,7 @@ impl GroupStorage {
                 data: Bytes::new(),
             },
             staged_last: None,
+            snapshot_floor: LogIndex::ZERO,
             chunk_crc: std::cell::Cell::new((LogIndex::ZERO, 0, 0)),
         };
         match file {
@@ -685,6 +697,10 @@ impl Storage for GroupStorage {
     }
     fn snapshot_info(&self) -> Result<SnapshotInfo, StorageError> {
         let metadata = self.snapshot.metadata.clone();
+        if metadata.index < self.snapshot_floor {
+            // Older than what a follower may be sent: the core retries later.
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
         if metadata.index == LogIndex::ZERO {
             return Ok(SnapshotInfo {
                 metadata,

@@ -256,13 +256,15 @@ async fn merge(conn: &Conn, left: u64, right: u64) -> Result<()> {
             None => break,
             Some(e)
                 if Instant::now() < deadline
-                    && [
+                    && ([
                         pb::error::Code::NotLeader,
                         pb::error::Code::Timeout,
                         pb::error::Code::Busy,
                     ]
                     .iter()
-                    .any(|c| *c as i32 == e.code) =>
+                    .any(|c| *c as i32 == e.code)
+                        // A replica of RIGHT trails its leader: it may catch up.
+                        || e.message.contains("not caught up")) =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }

@@ -86,6 +86,7 @@ impl<M: StateMachine> Store<M> {
                 store: self.cfg.store_id.0,
             });
         }
+        self.refuse_legacy(region)?;
         let p = self.peers.get(&region).expect("checked");
         let on = |store: StoreId| p.region.peer_on(store);
         let conf_version = p.region.epoch.conf_version;
@@ -231,7 +232,7 @@ impl<M: StateMachine> Store<M> {
     pub(crate) fn destroy_peer(
         &mut self,
         region: RegionId,
-        pending: Option<&mut PendingWrite>,
+        mut pending: Option<&mut PendingWrite>,
     ) -> Result<(), StoreError> {
         // Earlier rounds (queued or submitted) are written before the clean.
         self.wait_writes()?;
@@ -268,7 +269,7 @@ impl<M: StateMachine> Store<M> {
         b.clean_group(group);
         b.put_state(STORE_META_GROUP, TOMBSTONES_KEY, &self.encode_tombstones());
         self.engine.write(&mut b, true)?;
-        if let Some(pending) = pending {
+        if let Some(pending) = pending.as_deref_mut() {
             pending.clean_group(group);
         }
         raft_log::remove_group_snapshots(self.fs.as_ref(), &self.snap_dir, &|g| g != group)?;
@@ -283,7 +284,7 @@ impl<M: StateMachine> Store<M> {
             .map(|(id, _)| *id)
             .collect();
         for source in absorbed {
-            self.destroy_merged(source)?;
+            self.destroy_merged(source, pending.as_deref_mut())?;
         }
         Ok(())
     }
@@ -291,16 +292,20 @@ impl<M: StateMachine> Store<M> {
     /// Destroys this store's replica of `region`, a region merged away (absorbed by its
     /// merge's target, or found dead inside a newer region), and records that the region
     /// is gone for good (see [`Store::merged_away`]).
-    pub(crate) fn destroy_merged(&mut self, region: RegionId) -> Result<(), StoreError> {
+    pub(crate) fn destroy_merged(
+        &mut self,
+        region: RegionId,
+        pending: Option<&mut PendingWrite>,
+    ) -> Result<(), StoreError> {
         self.tombstones.insert((region, MERGED_AWAY));
-        self.destroy_peer(region, None)?;
+        self.destroy_peer(region, pending)?;
         self.stats.merge_sources_destroyed += 1;
         Ok(())
     }
 
     /// Whether `region` was merged away on this store: its replica here had applied
-    /// everything up to its own freeze, or its state arrived inside a newer region's
-    /// snapshot (see `crate::merge`).
+    /// everything up to its own freeze (absorbed here, or frozen and then found inside its
+    /// target's snapshot; see `crate::merge`).
     pub(crate) fn merged_away(&self, region: RegionId) -> bool {
         self.tombstones.contains(&(region, MERGED_AWAY))
     }

@@ -10,7 +10,9 @@
 //!    accepted (`StoreError::Merging`), no split or membership change applied, and its
 //!    [`MergeState`] recorded (also in its snapshots, so a replica that catches up by one
 //!    stays frozen). A frozen leader serves no read, lease or not, from the moment it applies
-//!    the freeze: the lease ends before the merge can commit.
+//!    the freeze: the lease ends before the merge can commit. The proposal is refused while
+//!    a source replica trails by more than [`MERGE_MAX_LOG_GAP`] entries (the commit waits
+//!    for every replica).
 //! 2. **Commit** (driven by the source's leader, [`Store::drive_merges`]): once every source
 //!    replica's log holds the source's log up to `p` (the leader's match indexes) and `p` is
 //!    committed, the store proposes `CommitMerge` to its replica of the target if that one
@@ -22,11 +24,13 @@
 //!    limit) until *this store's* source replica has applied `p` — if it has not, its commit
 //!    index is raised to `p` from the committed proof ([`raft::RawNode::commit_known`]), since
 //!    it may never hear from a source leader again. Then the target absorbs the source's
-//!    state ([`StateMachine::absorb`]), spans both ranges with `version = max + 1`, and goes
-//!    on applying. Nothing is lost: the source applied everything up to `p` and accepted
-//!    nothing after.
+//!    state ([`StateMachine::absorb`]), spans both ranges with `version = max + 1`, records
+//!    the source among the regions it absorbed, and goes on applying. Nothing is lost: the
+//!    source applied everything up to `p` and accepted nothing after. Until a snapshot at or
+//!    after `i` exists, no older one is sent to a follower (a replica added now would replay
+//!    the commit on a store without a source replica).
 //! 4. The source replica stays (silent, out of the region map) until a snapshot of the target
-//!    at or after `i` is committed — the target's state is rebuilt from its snapshot and log
+//!    at or after `i` is committed or installed — the target's state is rebuilt from its snapshot and log
 //!    after a restart, and replaying `CommitMerge` needs the source — and is then destroyed
 //!    with a tombstone like a removed replica.
 //!
@@ -34,28 +38,50 @@
 //! If the target's epoch changed after the prepare (split, membership change, another merge),
 //! `CommitMerge` is refused at apply everywhere and can never be accepted later (epochs only
 //! grow). The source's leader sees this on its own store's target replica (an epoch newer
-//! than recorded, no merge of this source applied) and proposes `RollbackMerge`: the source
-//! unfreezes with `version + 1`. If the target was itself merged away on this store (it
+//! than recorded, this source not among the regions it absorbed) and proposes
+//! `RollbackMerge`: the source unfreezes with `version + 1`. If the target was itself merged away on this store (it
 //! applied everything up to its own freeze first, so it would have absorbed this source had
 //! the commit been accepted before), the merge is rolled back too. If this store has no
 //! target replica at all (it left this store), the source's leadership moves on to its next
 //! store, which may know.
 //!
 //! ## Stale replicas
-//! A replica whose range lies inside a newer region of this store is dead (a region's range is
-//! covered by regions of growing versions over time; see [`Store::destroy_contained`]): a
-//! lagging store whose target replica received a snapshot taken after the merge destroys its
-//! source replica then, and so does a restart after the target's snapshot was committed but
-//! before the source was destroyed.
+//! A region remembers the regions it absorbed (`Peer::absorbed`, kept in its snapshots). A
+//! source replica that another replica on its store names there, though it was not absorbed
+//! from it, is dead: that store's target replica installed a snapshot taken after the merge
+//! (a lagging store), and nothing here will replay the merge ([`Store::destroy_dead_sources`],
+//! after installs, at open and on ticks). An absorbed source's fate `(target, at)` is written
+//! with the target's descriptor, so after a restart it stays silent while the target may
+//! replay the merge, and goes at once if the target's snapshot already covers it
+//! ([`Store::load_merged_into`]). Range geometry alone is not evidence: the target may have
+//! split since. A source left frozen on a store that the target left before it applied the
+//! merge stays until placement's clean-up (like any replica removed while it was away).
 
 use crate::entry::AdminCommand;
 use crate::error::StoreError;
 use crate::peer::Peer;
+use crate::ready::PendingWrite;
 use crate::region::{Region, RegionEpoch, RegionId, StoreId};
 use crate::state_machine::StateMachine;
-use crate::store::{Completion, Store, Ticket};
+use crate::store::{engine_group, Completion, Store, Ticket, REGION_KEY};
 use raft::{LogIndex, Role, Term};
+use raft_log::LogBatch;
 use std::collections::BTreeSet;
+
+/// Most absorbed regions a region remembers (see `Peer::absorbed`): a source replica left
+/// behind on a lagging store learns from its target's list that it is dead. Older entries
+/// go first; a source that stays behind across more merges into its target than this waits
+/// for placement's clean-up instead.
+pub const MAX_ABSORBED_KEPT: usize = 1024;
+
+/// Engine state key of an absorbed source's group: `(target, at)` (see
+/// [`Store::load_merged_into`]).
+pub(crate) const MERGED_INTO_KEY: &[u8] = b"store/merged_into";
+
+/// How far (in entries) a source replica's log may trail the leader's commit index when a
+/// merge is proposed: the commit waits for every replica to hold the log up to the freeze,
+/// so a replica far behind (or down) would keep the region frozen (TiKV refuses the same way).
+pub const MERGE_MAX_LOG_GAP: u64 = 64;
 
 /// A frozen merge source: what it waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +166,7 @@ fn merged(target: &Region, source: &Region) -> Region {
 }
 
 /// Whether `inner`'s range lies inside `outer`'s.
+#[cfg(test)]
 fn contains_range(outer: &Region, inner: &Region) -> bool {
     outer.start_key <= inner.start_key
         && match (&outer.end_key, &inner.end_key) {
@@ -207,9 +234,26 @@ impl<M: StateMachine> Store<M> {
         if let Some(why) = merge_refusal(&s.region, &t.region) {
             return Err(StoreError::Proposal(why));
         }
+        if s.raw.role() == Role::Leader {
+            let floor = s.raw.commit_index().0.saturating_sub(MERGE_MAX_LOG_GAP);
+            if let Some(behind) = s
+                .region
+                .peers
+                .iter()
+                .find(|p| s.raw.follower_match(p.id).is_none_or(|m| m.0 < floor))
+            {
+                return Err(StoreError::Proposal(format!(
+                    "region {source}'s replica on store {} is not caught up; retry once it is",
+                    behind.store
+                )));
+            }
+        }
+        let target_region = t.region.clone();
+        self.refuse_legacy(source)?;
+        self.refuse_legacy(target)?;
         let data = AdminCommand::PrepareMerge {
             epoch,
-            target: t.region.clone(),
+            target: target_region,
         }
         .encode();
         self.propose_entry(source, data)
@@ -342,8 +386,21 @@ impl<M: StateMachine> Store<M> {
             t.region = region;
             t.merge_wait = None;
             t.raw.set_apply_limit(None);
-            let r = t.region.clone();
-            self.write_region(&r)?;
+            if t.absorbed.len() >= MAX_ABSORBED_KEPT {
+                t.absorbed.remove(0);
+            }
+            t.absorbed.push(w.source.id);
+            // Until a snapshot covering the merge exists, no follower gets an older one: it
+            // would replay the commit on a store that may have no source replica.
+            t.raw.storage_mut().set_snapshot_floor(w.at);
+            // The target's descriptor and the source's fate in one synced write: after a
+            // restart the source stays silent (see `Store::load_merged_into`).
+            let mut b = LogBatch::new();
+            b.put_state(engine_group(target), REGION_KEY, &t.region.encode());
+            let mut fate = target.0.to_le_bytes().to_vec();
+            fate.extend_from_slice(&w.at.0.to_le_bytes());
+            b.put_state(engine_group(w.source.id), MERGED_INTO_KEY, &fate);
+            self.engine.write(&mut b, true)?;
             // The source goes once a snapshot of the target covers the merge.
             self.compact_wanted.insert(target);
             self.stats.merges_applied += 1;
@@ -356,11 +413,12 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Destroys the merge sources whose target's snapshot at `index` now covers the merge
-    /// (see the module docs).
+    /// (see the module docs). `pending`: the round being prepared, if any.
     pub(crate) fn destroy_merged_sources(
         &mut self,
         target: RegionId,
         index: LogIndex,
+        mut pending: Option<&mut PendingWrite>,
     ) -> Result<(), StoreError> {
         let done: Vec<RegionId> = self
             .peers
@@ -372,32 +430,71 @@ impl<M: StateMachine> Store<M> {
             .map(|(id, _)| *id)
             .collect();
         for source in done {
-            self.destroy_merged(source)?;
+            self.destroy_merged(source, pending.as_deref_mut())?;
         }
         Ok(())
     }
 
-    /// Destroys every replica whose range lies inside a newer region's on this store: it is
-    /// dead (see the module docs). Not a merge source absorbed here and waiting for its
-    /// target's snapshot ([`Store::destroy_merged_sources`] handles those).
-    pub(crate) fn destroy_contained(&mut self) -> Result<(), StoreError> {
-        let live: Vec<&Region> = self
+    /// Destroys the source replicas that another replica here names among the regions it
+    /// absorbed, though not from them (it installed a snapshot taken after the merge): they
+    /// are dead, and no replica here needs them (a source merges into one target only, and
+    /// that one is past the merge) (see the module docs). Not one absorbed here and waiting for
+    /// its target's snapshot ([`Store::destroy_merged_sources`] handles those). `pending`: the round being prepared,
+    /// if any.
+    pub(crate) fn destroy_dead_sources(
+        &mut self,
+        mut pending: Option<&mut PendingWrite>,
+    ) -> Result<(), StoreError> {
+        let absorbed: BTreeSet<RegionId> = self
             .peers
             .values()
-            .filter(|p| p.initialized() && p.merged_into.is_none())
-            .map(|p| &p.region)
+            .filter(|t| t.merge_wait.is_none())
+            .flat_map(|t| t.absorbed.iter().copied())
             .collect();
-        let dead: Vec<RegionId> = live
+        let dead: Vec<RegionId> = self
+            .peers
             .iter()
-            .filter(|s| {
-                live.iter().any(|t| {
-                    t.id != s.id && t.epoch.version > s.epoch.version && contains_range(t, s)
-                })
-            })
-            .map(|s| s.id)
+            .filter(|(id, s)| s.merged_into.is_none() && absorbed.contains(id))
+            .map(|(id, _)| *id)
             .collect();
         for id in dead {
-            self.destroy_merged(id)?;
+            self.destroy_merged(id, pending.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// At open: an absorbed source (its fate recorded when it was absorbed) stays silent
+    /// while its target may still replay the merge, and is destroyed if the target's snapshot
+    /// already covers it (a crash came between the two).
+    pub(crate) fn load_merged_into(&mut self) -> Result<(), StoreError> {
+        let mut covered = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let Some(raw) = self.engine.get_state(engine_group(*id), MERGED_INTO_KEY) else {
+                continue;
+            };
+            if raw.len() != 16 {
+                return Err(StoreError::Storage(format!(
+                    "merge record of region {id} has {} bytes, not 16",
+                    raw.len()
+                )));
+            }
+            let target = raft::GroupId(u64::from_le_bytes(raw[..8].try_into().expect("8")));
+            let at = LogIndex(u64::from_le_bytes(raw[8..].try_into().expect("8")));
+            p.merged_into = Some((target, at));
+            covered.push((target, at));
+        }
+        for (target, at) in covered {
+            let snapshot_index = self
+                .peers
+                .get(&target)
+                .map(|t| t.raw.status().first_index.prev());
+            match snapshot_index {
+                Some(i) if i >= at => self.destroy_merged_sources(target, i, None)?,
+                Some(_) => {}
+                // The target left this store (destroyed with its sources, or a crash came
+                // between): nothing will replay the merge here.
+                None => self.destroy_merged_sources(target, LogIndex(u64::MAX), None)?,
+            }
         }
         Ok(())
     }
@@ -405,7 +502,8 @@ impl<M: StateMachine> Store<M> {
     /// The source leader's part (see the module docs): proposes the commit, moves its
     /// leadership to the target leader's store, or rolls the merge back. Each frozen leader
     /// acts at most once per election timeout.
-    pub(crate) fn drive_merges(&mut self) {
+    pub(crate) fn drive_merges(&mut self) -> Result<(), StoreError> {
+        self.destroy_dead_sources(None)?;
         let patience = self.cfg.election_tick as u64;
         let now = self.ticks;
         let mut actions = Vec::new();
@@ -458,7 +556,13 @@ impl<M: StateMachine> Store<M> {
                 } else if let Some(l) = t.region.peer(t.raw.leader()) {
                     actions.push(MergeAction::Transfer(*id, l.store));
                 }
-            } else if te.version >= re.version && te.conf_version >= re.conf_version {
+            } else if te.version >= re.version
+                && te.conf_version >= re.conf_version
+                && !t.absorbed.contains(id)
+            {
+                // The target moved on without this source: no commit was accepted before
+                // (this store's target replica would have absorbed it, or would name it
+                // among the regions it absorbed), and none can be after.
                 actions.push(MergeAction::Rollback(*id, m.prepare_index));
             }
         }
@@ -501,6 +605,7 @@ impl<M: StateMachine> Store<M> {
                 p.merge_driven_at = now;
             }
         }
+        Ok(())
     }
 }
 

@@ -65,6 +65,13 @@ pub(crate) struct Peer<M: StateMachine> {
     pub(crate) merge_wait: Option<crate::merge::MergeWait>,
     /// The tick this frozen source's leader last acted on its merge.
     pub(crate) merge_driven_at: u64,
+    /// The regions merged into this one, latest last (at most
+    /// [`crate::merge::MAX_ABSORBED_KEPT`]); kept in its snapshots.
+    pub(crate) absorbed: Vec<crate::region::RegionId>,
+    /// The latest snapshot predates region descriptors in snapshots (a data directory from
+    /// before 2026-12-03): replaying from it uses the current descriptor, so the region is
+    /// not reshaped until a newer snapshot exists (see `Store::refuse_legacy`).
+    pub(crate) legacy_snapshot: bool,
 }
 
 /// A snapshot serializes the whole state, so past the entry threshold a region also waits
@@ -159,6 +166,7 @@ impl<M: StateMachine> Peer<M> {
         Ok(Some(SnapshotJob::new(
             &self.region,
             self.merging.as_ref(),
+            &self.absorbed,
             self.raw.id(),
             self.applied,
             term,

@@ -161,6 +161,7 @@ impl<M: StateMachine> Store<M> {
         let mut effects = Vec::new();
         // A snapshot installed: its descriptor may differ (see `install_received_snapshot`).
         let mut reshaped = false;
+        let mut installed = Vec::new();
         for (id, p) in self.peers.iter_mut() {
             if !p.raw.has_ready() {
                 continue;
@@ -169,6 +170,7 @@ impl<M: StateMachine> Store<M> {
             Self::receive_snapshot_chunks(*id, p, &rd.snapshot_chunks, &mut self.stats)?;
             if let Some(snap) = &rd.snapshot {
                 reshaped = true;
+                installed.push((*id, snap.metadata.index));
                 // Rare and large: written on its own (file + metadata, synced) before the rest.
                 Self::install_received_snapshot(
                     *id,
@@ -212,8 +214,12 @@ impl<M: StateMachine> Store<M> {
             });
         }
         if reshaped {
-            // A snapshot taken after a merge makes the merged source here dead.
-            self.destroy_contained()?;
+            // A snapshot covering a merge: the source here is dead, absorbed here (its
+            // target's snapshot now holds it) or not (the snapshot names it).
+            for (target, index) in installed {
+                self.destroy_merged_sources(target, index, Some(&mut pending))?;
+            }
+            self.destroy_dead_sources(Some(&mut pending))?;
             self.publish_regions();
         }
         self.apply_effects(effects, &mut pending)?;

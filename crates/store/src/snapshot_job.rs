@@ -96,6 +96,7 @@ impl<M: StateMachine> SnapshotJob<M> {
     pub(crate) fn new(
         descriptor: &Region,
         merging: Option<&crate::merge::MergeState>,
+        absorbed: &[crate::region::RegionId],
         peer: raft::NodeId,
         index: LogIndex,
         term: Term,
@@ -108,7 +109,7 @@ impl<M: StateMachine> SnapshotJob<M> {
         SnapshotJob {
             region: descriptor.id,
             peer,
-            header: crate::snapshot_data::header(descriptor, merging),
+            header: crate::snapshot_data::header(descriptor, merging, absorbed),
             index,
             term,
             conf_state,

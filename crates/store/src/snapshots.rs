@@ -29,6 +29,7 @@ impl<M: StateMachine> Store<M> {
                 let p = &self.peers[&region];
                 if p.applied > p.raw.persisted_index()
                     || p.building_snapshot.is_some()
+                    || p.merge_wait.is_some()
                     || self.snapshots_building >= MAX_SNAPSHOTS_BUILDING
                 {
                     // Not yet possible: next time.
@@ -163,6 +164,7 @@ impl<M: StateMachine> Store<M> {
             }
             p.bytes_since_snapshot = p.bytes_since_snapshot.saturating_sub(base);
             p.last_snapshot_bytes = built.data_bytes;
+            p.legacy_snapshot = false;
             merged_targets.push((built.region, built.index));
             self.stats.snapshots_created += 1;
             // Bounded: a caller that never reads them (the simulations) keeps only the first.
@@ -176,7 +178,7 @@ impl<M: StateMachine> Store<M> {
         // A merge's source goes once its target's snapshot covers the merge (the synced
         // write of its destruction also makes the snapshot's commit durable first).
         for (target, index) in merged_targets {
-            self.destroy_merged_sources(target, index)?;
+            self.destroy_merged_sources(target, index, None)?;
         }
         Ok(())
     }
@@ -261,11 +263,13 @@ impl<M: StateMachine> Store<M> {
         let crate::snapshot_data::Carried {
             region: descriptor,
             merging,
+            absorbed,
             sm_data,
         } = crate::snapshot_data::parse(&installed.data)
             .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
         p.sm = M::restore(sm_data)
             .map_err(|e| StoreError::Storage(format!("received snapshot of region {id}: {e}")))?;
+        let descriptor_missing = descriptor.is_none();
         if let Some(descriptor) = descriptor {
             // The region as of the snapshot's index: this replica may have missed the entries
             // that reshaped it, or (created by a message) had no descriptor at all.
@@ -279,7 +283,9 @@ impl<M: StateMachine> Store<M> {
         }
         // The freeze as of the snapshot's index; a merge this replica was waiting on is in
         // the snapshot already (its source here is then dead, see `crate::merge`).
+        p.legacy_snapshot = descriptor_missing;
         p.merging = merging;
+        p.absorbed = absorbed;
         p.merge_wait = None;
         p.raw.set_apply_limit(None);
         drop(installed);

@@ -135,6 +135,7 @@ impl<M: StateMachine> Store<M> {
             });
         }
         let stores: Vec<StoreId> = p.region.peers.iter().map(|p| p.store).collect();
+        self.refuse_legacy(region)?;
         let new_region = raft::GroupId(self.alloc_id()?);
         let mut new_peers = Vec::with_capacity(stores.len());
         for store in stores {

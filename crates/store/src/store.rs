@@ -312,9 +312,9 @@ impl<M: StateMachine> Store<M> {
             })?;
             store.open_peer(region)?;
         }
-        // A merge source whose target's snapshot already holds it (a crash came between
-        // the two) is dead.
-        store.destroy_contained()?;
+        // Merge sources: silent if absorbed, gone if their target's snapshot holds them.
+        store.load_merged_into()?;
+        store.destroy_dead_sources(None)?;
         store.publish_regions();
         Ok(store)
     }
@@ -368,7 +368,7 @@ impl<M: StateMachine> Store<M> {
             self.fs.clone(),
         )?;
         let prior = storage.hard_state();
-        let mut with_header = crate::snapshot_data::header(r, None);
+        let mut with_header = crate::snapshot_data::header(r, None, &[]);
         with_header.extend_from_slice(&data);
         drop(data);
         storage.apply_snapshot(Snapshot {
@@ -434,6 +434,7 @@ impl<M: StateMachine> Store<M> {
         let crate::snapshot_data::Carried {
             region: carried,
             merging,
+            absorbed,
             sm_data,
         } = crate::snapshot_data::parse(&snap.data)
             .map_err(|e| StoreError::Storage(format!("snapshot of region {}: {e}", stored.id)))?;
@@ -453,6 +454,7 @@ impl<M: StateMachine> Store<M> {
                     stored.id, self.cfg.store_id
                 ))
             })?;
+        let legacy_snapshot = carried.is_none() && !sm_data.is_empty();
         let region = carried.unwrap_or(stored);
         let sm = if sm_data.is_empty() {
             // Uninitialized (no snapshot yet): a placeholder over the whole key space, never
@@ -501,6 +503,8 @@ impl<M: StateMachine> Store<M> {
                 merged_into: None,
                 merge_wait: None,
                 merge_driven_at: 0,
+                absorbed,
+                legacy_snapshot,
             },
         );
         Ok(())
@@ -608,7 +612,7 @@ impl<M: StateMachine> Store<M> {
             }
         }
         self.ticks += 1;
-        self.drive_merges();
+        self.drive_merges()?;
         let every = self.cfg.balance_leaders_every_ticks;
         if every > 0
             && self.bootstrapped
@@ -802,6 +806,20 @@ impl<M: StateMachine> Store<M> {
         query: &M::Query,
     ) -> Result<M::ReadOutput, StoreError> {
         Ok(self.check_route(region, epoch, key)?.sm.read(query))
+    }
+
+    /// Refuses to reshape `region` while its latest snapshot here has no descriptor (a data
+    /// directory from before descriptors were kept in snapshots): a restart would replay the
+    /// log after it with the current descriptor, and commands routed before the change would
+    /// then be refused on replay, diverging this replica. A snapshot is asked for at once.
+    pub(crate) fn refuse_legacy(&mut self, region: RegionId) -> Result<(), StoreError> {
+        if self.peers.get(&region).is_some_and(|p| p.legacy_snapshot) {
+            self.compact_wanted.insert(region);
+            return Err(StoreError::Proposal(format!(
+                "region {region}'s latest snapshot predates region descriptors; a new one is being taken, retry in a moment"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this store's replica of `region` is frozen as a merge's source, and for which

@@ -1422,3 +1422,50 @@ fn a_merge_whose_target_changed_rolls_back() {
         .expect("serves again");
     assert_eq!(c.read(leader, 1, b"h").unwrap().as_ref(), b"v");
 }
+
+/// A replica added to the merged region right after the merge starts from a snapshot that
+/// holds the merge (never an older one: its store has no source replica to replay the merge
+/// with) and ends with every key of both regions.
+#[test]
+fn a_replica_added_to_the_target_after_a_merge_starts_from_a_snapshot_that_holds_it() {
+    use store::ReplicaChange::{AddLearner, Promote, Remove};
+    let mut c = Cluster::new(10_000);
+    c.write(0, 0, b"a", b"left").unwrap();
+    c.write(1, 1, b"h", b"right").unwrap();
+    let source = c.regions[1].id;
+    c.prepare_merge(1, 1, 0).unwrap();
+    c.tick_until_regions(2);
+    let target = c.regions[0].id;
+    c.regions[0] = c
+        .store(0)
+        .live_regions()
+        .load()
+        .get(target)
+        .unwrap()
+        .clone();
+    c.change(0, 0, Remove(StoreId(3))).unwrap();
+    c.tick(3);
+    assert!(
+        c.store(2).state_machine(target).is_none(),
+        "store 3 left the region"
+    );
+    assert!(
+        c.store(2).state_machine(source).is_none(),
+        "and its source replica went with it"
+    );
+    c.change(0, 0, AddLearner(StoreId(3))).unwrap();
+    c.tick(20);
+    c.change(0, 0, Promote(StoreId(3))).unwrap();
+    c.tick(5);
+    let keys: Vec<Vec<u8>> = c
+        .store(2)
+        .state_machine(target)
+        .expect("store 3 holds the merged region")
+        .0
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"h".to_vec()]);
+    assert_eq!(c.store(2).stats.merge_waits_without_source, 0);
+    assert!(c.store(2).state_machine(source).is_none());
+}
