@@ -941,39 +941,44 @@ impl Sim {
                 }
             }
         }
-        // A region that overlaps a newer region is dead (the owner of a key only ever gets
-        // newer; merged away, see `store::merge`) once no live store holds it unfrozen (while
-        // a split spreads, the old region's table entry may still be the wider range, and
-        // it routes the keys of the half nobody reported yet): it leaves the table. A frozen
-        // replica left behind on a store that was removed from the merged region before it
-        // applied the merge never learns it (stale replicas wait for placement's GC).
-        let held: std::collections::BTreeSet<store::RegionId> = self
-            .stores
-            .iter()
-            .filter_map(|s| s.store.as_ref())
-            .flat_map(|s| {
-                s.regions()
-                    .into_iter()
-                    .filter(|r| s.merge_state(r.id).is_none())
-                    .map(|r| r.id)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // A region whose whole range is covered by newer regions is dead (the owner of a key
+        // only ever gets newer; merged away, see `store::merge`): it leaves the table. Only
+        // part of it covered is a split still spreading (the old region's entry may still be
+        // the wider range, and it routes the keys of the half nobody reported yet). Replicas
+        // do not count as evidence: one left behind on a store removed while it was away
+        // never learns it (stale replicas wait for placement's clean-up).
         let all: Vec<Region> = newest.into_values().collect();
-        let overlap = |a: &Region, b: &Region| {
-            a.end_key.as_ref().is_none_or(|e| *e > b.start_key)
-                && b.end_key.as_ref().is_none_or(|e| *e > a.start_key)
+        let covered = |s: &Region| {
+            let mut newer: Vec<&Region> = all
+                .iter()
+                .filter(|t| t.epoch.version > s.epoch.version)
+                .filter(|t| {
+                    t.end_key.as_ref().is_none_or(|e| *e > s.start_key)
+                        && s.end_key.as_ref().is_none_or(|e| *e > t.start_key)
+                })
+                .collect();
+            newer.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+            // Sweep from s's start: each newer region must start at or before what is
+            // covered so far.
+            let mut reach: Option<Vec<u8>> = Some(s.start_key.clone());
+            for t in newer {
+                let Some(r) = reach.as_ref() else { break };
+                if t.start_key > *r {
+                    break;
+                }
+                reach = match (&t.end_key, &reach) {
+                    (None, _) => None,
+                    (Some(e), Some(r)) if e > r => Some(e.clone()),
+                    _ => reach,
+                };
+            }
+            match (&reach, &s.end_key) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(r), Some(e)) => r >= e,
+            }
         };
-        self.regions = all
-            .iter()
-            .filter(|s| {
-                held.contains(&s.id)
-                    || !all
-                        .iter()
-                        .any(|t| t.epoch.version > s.epoch.version && overlap(t, s))
-            })
-            .cloned()
-            .collect();
+        self.regions = all.iter().filter(|s| !covered(s)).cloned().collect();
     }
 
     /// Whether the routing table's regions partition the key space exactly (every key in one
@@ -1751,7 +1756,7 @@ impl Sim {
                                 st.last_index.0,
                                 st.region.epoch.version,
                                 s.merge_state(r.id).map(|m| (m.target, m.prepare_index))
-                            ),
+                            ) + &format!(" [{}]", s.describe_replica(r.id).unwrap_or_default()),
                             _ => format!("s{}: no initialized replica ({:?})", i + 1, s.describe_replica(r.id)),
                         },
                     }

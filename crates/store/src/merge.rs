@@ -68,8 +68,9 @@ use raft::{LogIndex, Role, Term};
 use raft_log::LogBatch;
 use std::collections::BTreeSet;
 
-/// Most absorbed regions a region remembers (see `Peer::absorbed`): a source replica left
-/// behind on a lagging store learns from its target's list that it is dead. Older entries
+/// Most absorbed regions a region remembers (see `Peer::absorbed`; what its sources absorbed
+/// included): a source replica left behind on a lagging store learns from its target's list
+/// (or a later target's) that it is dead. Older entries
 /// go first; a source that stays behind across more merges into its target than this waits
 /// for placement's clean-up instead.
 pub const MAX_ABSORBED_KEPT: usize = 1024;
@@ -378,6 +379,9 @@ impl<M: StateMachine> Store<M> {
                 s.applied
             );
             let source_sm = std::mem::replace(&mut s.sm, M::empty(&s.region));
+            // What the source absorbed is dead too: the list is transitive.
+            let mut gone = std::mem::take(&mut s.absorbed);
+            gone.push(w.source.id);
             s.merged_into = Some((target, w.at));
             fail_requests(s, &mut self.completions);
             let t = self.peers.get_mut(&target).expect("waiting target");
@@ -386,10 +390,9 @@ impl<M: StateMachine> Store<M> {
             t.region = region;
             t.merge_wait = None;
             t.raw.set_apply_limit(None);
-            if t.absorbed.len() >= MAX_ABSORBED_KEPT {
-                t.absorbed.remove(0);
-            }
-            t.absorbed.push(w.source.id);
+            t.absorbed.extend(gone);
+            let excess = t.absorbed.len().saturating_sub(MAX_ABSORBED_KEPT);
+            t.absorbed.drain(..excess);
             // Until a snapshot covering the merge exists, no follower gets an older one: it
             // would replay the commit on a store that may have no source replica.
             t.raw.storage_mut().set_snapshot_floor(w.at);

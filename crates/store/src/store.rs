@@ -534,7 +534,7 @@ impl<M: StateMachine> Store<M> {
         self.peers.get(&region).map(|p| {
             let st = p.raw.status();
             format!(
-                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={} merging={:?} merge_wait={:?} merged_into={:?}",
+                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={} merging={:?} merge_wait={:?} merged_into={:?} absorbed={:?}",
                 p.raw.id(),
                 p.initialized(),
                 st.soft_state.role,
@@ -549,6 +549,7 @@ impl<M: StateMachine> Store<M> {
                 p.merging,
                 p.merge_wait.as_ref().map(|w| (w.source.id, w.prepare_index, w.at)),
                 p.merged_into,
+                p.absorbed,
             )
         })
     }
