@@ -20,8 +20,8 @@ pub enum SplitError {
     /// Regions merge only with a neighbour that shares a boundary.
     #[error("region {other:?} is not adjacent to {region:?}")]
     NotAdjacent {
-        region: RegionRange,
-        other: RegionRange,
+        region: Box<RegionRange>,
+        other: Box<RegionRange>,
     },
 }
 
@@ -260,8 +260,8 @@ impl KvStateMachine {
             }
         } else {
             return Err(SplitError::NotAdjacent {
-                region: self.region.clone(),
-                other: source.region,
+                region: Box::new(self.region.clone()),
+                other: Box::new(source.region),
             });
         };
         for (k, v) in source.data.iter() {
@@ -271,7 +271,7 @@ impl KvStateMachine {
             let newer = self
                 .sessions
                 .get(*client)
-                .is_none_or(|mine| session.last_sequence > mine.last_sequence);
+                .map_or(true, |mine| session.last_sequence > mine.last_sequence);
             if newer {
                 self.sessions.insert(*client, session.clone());
             }

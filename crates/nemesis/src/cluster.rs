@@ -69,6 +69,16 @@ pub enum Placement {
     Host,
 }
 
+/// A region as the cluster's status reports show it (see [`Cluster::region_holding`]).
+#[derive(Clone, Debug)]
+pub struct RegionView {
+    pub id: u64,
+    /// The stores of its replicas.
+    pub stores: Vec<u64>,
+    /// Its end key (None: unbounded).
+    pub end: Option<Vec<u8>>,
+}
+
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
@@ -279,17 +289,15 @@ impl Cluster {
     /// The id and the replicas' stores of the region holding `key`, as its leader (or any
     /// server) reports it.
     pub async fn region_of(&self, key: &[u8]) -> Option<(u64, Vec<u64>)> {
-        self.region_holding(key)
-            .await
-            .map(|(id, stores, _)| (id, stores))
+        self.region_holding(key).await.map(|r| (r.id, r.stores))
     }
 
     /// The region holding `key` (as its leader, else the newest report, describes it): its
     /// id, the stores of its replicas, and its end key (None: unbounded).
-    pub async fn region_holding(&self, key: &[u8]) -> Option<(u64, Vec<u64>, Option<Vec<u8>>)> {
+    pub async fn region_holding(&self, key: &[u8]) -> Option<RegionView> {
         let mut c = client::Client::connect(self.endpoints()).await.ok()?;
         let reports = c.status().await;
-        let mut best: Option<(bool, u64, u64, Vec<u64>, Option<Vec<u8>>)> = None;
+        let mut best: Option<(bool, u64, RegionView)> = None;
         for st in &reports {
             for r in &st.regions {
                 let Some(g) = r.region.as_ref() else { continue };
@@ -302,16 +310,19 @@ impl Cluster {
                 let version = g.epoch.map_or(0, |e| (e.version << 32) | e.conf_version);
                 let better = match &best {
                     None => true,
-                    Some((l, v, _, _, _)) => (from_leader, version) > (*l, *v),
+                    Some((l, v, _)) => (from_leader, version) > (*l, *v),
                 };
                 if better {
-                    let stores = g.peers.iter().map(|p| p.store_id).collect();
-                    let end = g.has_end.then(|| g.end_key.clone());
-                    best = Some((from_leader, version, g.id, stores, end));
+                    let view = RegionView {
+                        id: g.id,
+                        stores: g.peers.iter().map(|p| p.store_id).collect(),
+                        end: g.has_end.then(|| g.end_key.clone()),
+                    };
+                    best = Some((from_leader, version, view));
                 }
             }
         }
-        best.map(|(_, _, id, stores, end)| (id, stores, end))
+        best.map(|(_, _, view)| view)
     }
 
     pub fn stores(&self) -> usize {

@@ -511,10 +511,20 @@ async fn apply_admin(
             Ok(None)
         }
         AdminAction::Merge { letter } => {
-            let Some((left, stores, Some(end))) = cluster.region_holding(&[letter]).await else {
+            let Some(crate::cluster::RegionView {
+                id: left,
+                stores,
+                end: Some(end),
+            }) = cluster.region_holding(&[letter]).await
+            else {
                 return Ok(None); // the last region: no right neighbour
             };
-            let Some((right, right_stores, _)) = cluster.region_holding(&end).await else {
+            let Some(crate::cluster::RegionView {
+                id: right,
+                stores: right_stores,
+                ..
+            }) = cluster.region_holding(&end).await
+            else {
                 return Err(NemesisError::Fault(format!(
                     "no server reports the region holding {:?}",
                     String::from_utf8_lossy(&end)

@@ -219,7 +219,7 @@ impl AdminService {
             Err(resp) => {
                 let fwd = pb::ChangeReplicaRequest {
                     forwarded: true,
-                    ..req.clone()
+                    ..req
                 };
                 self.forward(resp, req.forwarded, |mut c| async move {
                     c.change_replica(fwd).await
