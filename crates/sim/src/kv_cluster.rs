@@ -169,6 +169,11 @@ pub struct KvSimOutcome {
     pub merges_proposed: u64,
     pub merges_applied: u64,
     pub merge_rollbacks: u64,
+    /// Moments at which no two regions could serve the same key was checked (every
+    /// `OWNER_CHECK_EVERY` of simulated time), and the lease-holding leaders those checks
+    /// compared (summed: the check is not vacuous).
+    pub owner_checks: u64,
+    pub owner_leaders_checked: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -318,6 +323,12 @@ impl KvSimOutcome {
                 None,
             ),
             F::new("replicas destroyed", k.moves, self.peers_destroyed, None),
+            F::new(
+                "leaders compared for a single owner",
+                true,
+                self.owner_leaders_checked,
+                None,
+            ),
             F::new("merges proposed", k.merges, self.merges_proposed, None),
             F::new("merges applied", k.merges, self.merges_applied, None),
             F::new(
@@ -335,6 +346,9 @@ impl KvSimOutcome {
         ]
     }
 }
+
+/// How often [`Sim::check_single_owner`] looks at every store's leaders.
+const OWNER_CHECK_EVERY: Micros = 20 * MS;
 
 /// Base tick period; each store's own period differs from it by its drift.
 const TICK: Micros = 20 * MS;
@@ -588,6 +602,8 @@ struct Sim {
     /// The merge schedule's own draws, so that seeds with merges keep every other draw of
     /// the fault schedule.
     merge_rng: SplitMix64,
+    /// When [`Sim::check_single_owner`] last ran.
+    owners_checked_at: Micros,
     /// Workload keys by region index.
     keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
@@ -1332,6 +1348,10 @@ impl Sim {
         self.now = ev.at;
         match ev.ev {
             Ev::Tick(i, g) => {
+                if self.now >= self.owners_checked_at + OWNER_CHECK_EVERY {
+                    self.owners_checked_at = self.now;
+                    self.check_single_owner();
+                }
                 // A paused store's timer does not fire; like the server's store loop, it
                 // replays the missed ticks when it resumes (see `resume`).
                 if self.stores[i].tick_generation != g || !self.up(i) || self.paused(i) {
@@ -1668,6 +1688,37 @@ impl Sim {
             self.trace(|| format!("region {} {change:?} on s{}", r.id, i + 1));
             self.drive(i);
         }
+    }
+
+    /// At this moment, every key has at most one region that could serve it: among the
+    /// replicas that lead under a valid lease, have applied all they know committed, and are
+    /// not frozen for a merge, no two of different regions overlap (a split's new region has
+    /// no replica until its old leader applied the split; a merge's source is frozen before
+    /// its target can absorb it). Panics, naming both, if two do.
+    fn check_single_owner(&mut self) {
+        let mut owners: Vec<(Region, usize)> = Vec::new();
+        for (i, st) in self.stores.iter().enumerate() {
+            let Some(s) = st.store.as_ref() else { continue };
+            for rs in s.status() {
+                if rs.role == Role::Leader && rs.lease && !rs.frozen && rs.applied >= rs.commit {
+                    owners.push((rs.region, i));
+                }
+            }
+        }
+        owners.sort_by(|a, b| a.0.start_key.cmp(&b.0.start_key));
+        for w in owners.windows(2) {
+            let ((a, sa), (b, sb)) = (&w[0], &w[1]);
+            let overlap = a.end_key.as_ref().is_none_or(|e| *e > b.start_key);
+            assert!(
+                !overlap || a.id == b.id,
+                "two regions can serve the same keys at {}us: {a:?} led on s{} and {b:?} led on s{}",
+                self.now,
+                sa + 1,
+                sb + 1
+            );
+        }
+        self.out.owner_checks += 1;
+        self.out.owner_leaders_checked += owners.len() as u64;
     }
 
     /// Asks the leader of a random region to merge it into its left neighbour, when both
@@ -2089,6 +2140,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         regions,
         splits_proposed: 0,
         merge_rng: SplitMix64::new(opts.seed ^ 0x6d72_6e67_7331),
+        owners_checked_at: 0,
         keys,
         cfg,
         links: vec![vec![true; stores]; stores],

@@ -136,6 +136,10 @@ pub struct RegionStatus {
     /// This replica's state machine's count of keys and bytes (see
     /// [`StateMachine::approximate_size`]).
     pub approximate: types::ApproximateSize,
+    /// It leads under a valid lease (it could serve reads on its own now).
+    pub lease: bool,
+    /// Frozen as a merge's source (serves nothing).
+    pub frozen: bool,
 }
 
 pub struct Store<M: StateMachine> {
@@ -572,6 +576,8 @@ impl<M: StateMachine> Store<M> {
                     first_index: st.first_index,
                     last_index: st.last_index,
                     approximate: p.sm.approximate_size(),
+                    lease: p.raw.lease_valid(),
+                    frozen: p.merging.is_some(),
                 }
             })
             .collect()
