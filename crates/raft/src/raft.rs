@@ -956,7 +956,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn committed_in_term(&self) -> bool {
+    pub(crate) fn committed_in_term(&self) -> bool {
         self.log
             .term(self.log.committed)
             .map(|t| t == self.term)

@@ -189,6 +189,12 @@ impl<S: Storage> RawNode<S> {
         true
     }
 
+    /// Whether an entry of the current term is committed (a new leader serves no read
+    /// before: its commit index may be behind).
+    pub fn committed_in_term(&self) -> bool {
+        self.raft.committed_in_term()
+    }
+
     /// Whether this leader's lease currently allows lease reads.
     pub fn lease_valid(&self) -> bool {
         self.raft.lease_valid()

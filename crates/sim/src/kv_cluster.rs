@@ -1691,27 +1691,53 @@ impl Sim {
     }
 
     /// At this moment, every key has at most one region that could serve it: among the
-    /// replicas that lead under a valid lease, have applied all they know committed, and are
-    /// not frozen for a merge, no two of different regions overlap (a split's new region has
+    /// replicas of running (not paused) stores that lead under a valid lease with an entry of
+    /// their term committed, have applied all they know committed, and are not frozen for a
+    /// merge, no two of different regions overlap (a split's new region has
     /// no replica until its old leader applied the split; a merge's source is frozen before
     /// its target can absorb it). Panics, naming both, if two do.
     fn check_single_owner(&mut self) {
-        let mut owners: Vec<(Region, usize)> = Vec::new();
+        let mut owners: Vec<(Region, usize, String)> = Vec::new();
         for (i, st) in self.stores.iter().enumerate() {
-            let Some(s) = st.store.as_ref() else { continue };
+            // A paused store serves nothing, and its clock stands still: it catches up on
+            // the missed ticks (and its lease runs out) before it handles anything else.
+            let Some(s) = st.store.as_ref().filter(|_| !self.paused(i)) else {
+                continue;
+            };
             for rs in s.status() {
                 if rs.role == Role::Leader && rs.lease && !rs.frozen && rs.applied >= rs.commit {
-                    owners.push((rs.region, i));
+                    let what = format!(
+                        "term {} commit {} applied {} ({})",
+                        rs.term.0,
+                        rs.commit.0,
+                        rs.applied.0,
+                        s.describe_replica(rs.region.id).unwrap_or_default()
+                    );
+                    owners.push((rs.region, i, what));
                 }
             }
         }
         owners.sort_by(|a, b| a.0.start_key.cmp(&b.0.start_key));
         for w in owners.windows(2) {
-            let ((a, sa), (b, sb)) = (&w[0], &w[1]);
+            let ((a, sa, wa), (b, sb, wb)) = (&w[0], &w[1]);
             let overlap = a.end_key.as_ref().is_none_or(|e| *e > b.start_key);
+            if overlap && a.id != b.id {
+                for (i, st) in self.stores.iter().enumerate() {
+                    if let Some(s) = st.store.as_ref() {
+                        eprintln!(
+                            "s{}: region {}: {:?}\n    region {}: {:?}",
+                            i + 1,
+                            a.id,
+                            s.describe_replica(a.id),
+                            b.id,
+                            s.describe_replica(b.id)
+                        );
+                    }
+                }
+            }
             assert!(
                 !overlap || a.id == b.id,
-                "two regions can serve the same keys at {}us: {a:?} led on s{} and {b:?} led on s{}",
+                "two regions can serve the same keys at {}us: {a:?} led on s{} [{wa}] and {b:?} led on s{} [{wb}]",
                 self.now,
                 sa + 1,
                 sb + 1

@@ -68,12 +68,11 @@ use raft::{LogIndex, Role, Term};
 use raft_log::LogBatch;
 use std::collections::BTreeSet;
 
-/// Most absorbed regions a region remembers (see `Peer::absorbed`; what its sources absorbed
-/// included): a source replica left behind on a lagging store learns from its target's list
-/// (or a later target's) that it is dead. Older entries
-/// go first; a source that stays behind across more merges into its target than this waits
-/// for placement's clean-up instead.
-pub const MAX_ABSORBED_KEPT: usize = 1024;
+// A region's absorbed list (`Peer::absorbed`) has no cap, unlike every other list here:
+// rollbacks and dead-source destruction decide from a name's *absence*, so dropping old
+// names would make a rollback unsafe, not merely slow. It costs 8 bytes per region ever
+// merged into the region's lineage; placement (which knows when every store has destroyed
+// a source) is the place to prune it.
 
 /// Engine state key of an absorbed source's group: `(target, at)` (see
 /// [`Store::load_merged_into`]).
@@ -391,8 +390,6 @@ impl<M: StateMachine> Store<M> {
             t.merge_wait = None;
             t.raw.set_apply_limit(None);
             t.absorbed.extend(gone);
-            let excess = t.absorbed.len().saturating_sub(MAX_ABSORBED_KEPT);
-            t.absorbed.drain(..excess);
             // Until a snapshot covering the merge exists, no follower gets an older one: it
             // would replay the commit on a store that may have no source replica.
             t.raw.storage_mut().set_snapshot_floor(w.at);
@@ -526,16 +523,7 @@ impl<M: StateMachine> Store<M> {
                 } else if !self.peers.contains_key(&m.target) {
                     // No target here (its replica left this store): another store of the
                     // source may know more; hand it the leadership, in turn.
-                    let me = s.region.peer(s.raw.id()).map(|p| p.store);
-                    let next = s
-                        .region
-                        .peers
-                        .iter()
-                        .map(|p| p.store)
-                        .skip_while(|st| Some(*st) != me)
-                        .nth(1)
-                        .or_else(|| s.region.peers.first().map(|p| p.store));
-                    if let Some(to) = next.filter(|to| Some(*to) != me) {
+                    if let Some(to) = next_store(s) {
                         actions.push(MergeAction::Transfer(*id, to));
                     }
                 }
@@ -558,6 +546,10 @@ impl<M: StateMachine> Store<M> {
                     actions.push(MergeAction::Commit(*id, m.target));
                 } else if let Some(l) = t.region.peer(t.raw.leader()) {
                     actions.push(MergeAction::Transfer(*id, l.store));
+                } else if let Some(to) = next_store(s) {
+                    // This target replica knows no leader (cut off, or left behind by a
+                    // removal it never learned): another store may know more.
+                    actions.push(MergeAction::Transfer(*id, to));
                 }
             } else if te.version >= re.version
                 && te.conf_version >= re.conf_version
@@ -610,6 +602,19 @@ impl<M: StateMachine> Store<M> {
         }
         Ok(())
     }
+}
+
+/// The store after this replica's in its region's replica list (wrapping), if not its own.
+fn next_store<M: StateMachine>(s: &Peer<M>) -> Option<StoreId> {
+    let me = s.region.peer(s.raw.id()).map(|p| p.store);
+    s.region
+        .peers
+        .iter()
+        .map(|p| p.store)
+        .skip_while(|st| Some(*st) != me)
+        .nth(1)
+        .or_else(|| s.region.peers.first().map(|p| p.store))
+        .filter(|to| Some(*to) != me)
 }
 
 enum MergeAction {

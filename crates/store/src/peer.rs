@@ -65,8 +65,8 @@ pub(crate) struct Peer<M: StateMachine> {
     pub(crate) merge_wait: Option<crate::merge::MergeWait>,
     /// The tick this frozen source's leader last acted on its merge.
     pub(crate) merge_driven_at: u64,
-    /// The regions merged into this one, and those merged into them, latest last (at most
-    /// [`crate::merge::MAX_ABSORBED_KEPT`]); kept in its snapshots.
+    /// The regions merged into this one, and those merged into them, latest last; kept in
+    /// its snapshots, never truncated (see `crate::merge`).
     pub(crate) absorbed: Vec<crate::region::RegionId>,
     /// The latest snapshot predates region descriptors in snapshots (a data directory from
     /// before 2026-12-03): replaying from it uses the current descriptor, so the region is

@@ -213,6 +213,9 @@ impl<M: StateMachine> Store<M> {
                 term_vote: rd.hard_state.map(|hs| (hs.term, hs.vote)),
             });
         }
+        // Effects first: a replica destroyed below may have written its descriptor in them,
+        // and the destroy must clean that too.
+        self.apply_effects(effects, &mut pending)?;
         if reshaped {
             // A snapshot covering a merge: the source here is dead, absorbed here (its
             // target's snapshot now holds it) or not (the snapshot names it).
@@ -222,7 +225,6 @@ impl<M: StateMachine> Store<M> {
             self.destroy_dead_sources(Some(&mut pending))?;
             self.publish_regions();
         }
-        self.apply_effects(effects, &mut pending)?;
         self.finish_merges()?;
         Ok(pending)
     }

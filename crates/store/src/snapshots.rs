@@ -101,6 +101,7 @@ impl<M: StateMachine> Store<M> {
             return Ok(());
         }
         let mut merged_targets = Vec::new();
+        let mut retry = Vec::new();
         for built in std::mem::take(&mut self.snapshots_built) {
             assert!(
                 self.snapshots_building > 0,
@@ -139,8 +140,12 @@ impl<M: StateMachine> Store<M> {
             let prepared = match built.file {
                 Ok(prepared) => prepared,
                 // The file did not fit (it was removed; the log is unchanged): the log stays
-                // as it is, and the next round past the thresholds tries again.
-                Err(e) if e.is_no_space() => continue,
+                // as it is, and the next round past the thresholds tries again (a merge's
+                // target, whose sources wait for this snapshot, asks again at once).
+                Err(e) if e.is_no_space() => {
+                    retry.push(built.region);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             match p
@@ -158,6 +163,7 @@ impl<M: StateMachine> Store<M> {
                 }
                 Err(e) if e.is_no_space() => {
                     raft_log::discard_snapshot(self.fs.as_ref(), &prepared);
+                    retry.push(built.region);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -179,6 +185,15 @@ impl<M: StateMachine> Store<M> {
         // write of its destruction also makes the snapshot's commit durable first).
         for (target, index) in merged_targets {
             self.destroy_merged_sources(target, index, None)?;
+        }
+        for region in retry {
+            let has_sources = self
+                .peers
+                .values()
+                .any(|p| p.merged_into.is_some_and(|(t, _)| t == region));
+            if has_sources {
+                self.compact_wanted.insert(region);
+            }
         }
         Ok(())
     }

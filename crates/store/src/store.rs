@@ -136,7 +136,8 @@ pub struct RegionStatus {
     /// This replica's state machine's count of keys and bytes (see
     /// [`StateMachine::approximate_size`]).
     pub approximate: types::ApproximateSize,
-    /// It leads under a valid lease (it could serve reads on its own now).
+    /// It leads under a valid lease and has committed an entry of its term: it could serve
+    /// reads on its own now.
     pub lease: bool,
     /// Frozen as a merge's source (serves nothing).
     pub frozen: bool,
@@ -459,6 +460,12 @@ impl<M: StateMachine> Store<M> {
                 ))
             })?;
         let legacy_snapshot = carried.is_none() && !sm_data.is_empty();
+        if legacy_snapshot {
+            // Replaced by one with a descriptor as soon as may be: until then the region
+            // is not reshaped from here (`refuse_legacy`), and another store's proposal
+            // would find this replica replaying with a newer descriptor after a crash.
+            self.compact_wanted.insert(stored.id);
+        }
         let region = carried.unwrap_or(stored);
         let sm = if sm_data.is_empty() {
             // Uninitialized (no snapshot yet): a placeholder over the whole key space, never
@@ -576,7 +583,7 @@ impl<M: StateMachine> Store<M> {
                     first_index: st.first_index,
                     last_index: st.last_index,
                     approximate: p.sm.approximate_size(),
-                    lease: p.raw.lease_valid(),
+                    lease: p.raw.lease_valid() && p.raw.committed_in_term(),
                     frozen: p.merging.is_some(),
                 }
             })
