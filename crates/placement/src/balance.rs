@@ -127,7 +127,7 @@ fn shift(
                     continue;
                 }
                 let c = cost_a + link;
-                if best.get(&b).is_none_or(|(old, _)| c < *old) {
+                if best.get(&b).map_or(true, |(old, _)| c < *old) {
                     best.insert(b, (c, Some((*region, a))));
                     if link == 0 {
                         queue.push_front(b);

@@ -158,11 +158,11 @@ impl RegionLayout {
         let starts_before_other_ends = other
             .end_key
             .as_ref()
-            .is_none_or(|e| self.start_key.as_slice() < e.as_slice());
+            .map_or(true, |e| self.start_key.as_slice() < e.as_slice());
         let other_starts_before_self_ends = self
             .end_key
             .as_ref()
-            .is_none_or(|e| other.start_key.as_slice() < e.as_slice());
+            .map_or(true, |e| other.start_key.as_slice() < e.as_slice());
         starts_before_other_ends && other_starts_before_self_ends
     }
 }
