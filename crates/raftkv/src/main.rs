@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod playground;
 mod region_cmd;
 
 #[derive(Parser)]
@@ -23,8 +24,9 @@ struct Cli {
 enum Cmd {
     /// Run one store (one process, one data directory).
     Server(ServerArgs),
-    /// Run a local 3-store cluster as child processes on 127.0.0.1 until Ctrl-C.
-    Playground(PlaygroundArgs),
+    /// Run a local cluster of N stores (default 3) as child processes on 127.0.0.1 until
+    /// Ctrl-C.
+    Playground(playground::PlaygroundArgs),
     /// Read a key (linearizable unless --stale).
     Get {
         key: String,
@@ -272,17 +274,6 @@ struct FileConfig {
     worker_threads: Option<usize>,
 }
 
-#[derive(clap::Args)]
-struct PlaygroundArgs {
-    /// Where the stores keep their data (default: a new temporary directory).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Ports: peer = base+1..3, client (gRPC) = base+101..103, metrics = base+201..203,
-    /// Redis (RESP) = base+301..303.
-    #[arg(long, default_value_t = 17000)]
-    base_port: u16,
-}
-
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
 /// mapped block freed so far (up to 32 MiB): after the first region snapshot of tens of MiB
 /// is freed, every later one is carved from the heap arenas, which keep those pages and
@@ -313,6 +304,9 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in a log file or a pipe (the playground reads its
+        // stores' logs through one) they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -328,7 +322,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.command {
             Cmd::Server(a) => run_server(a).await,
-            Cmd::Playground(a) => playground(a).await,
+            Cmd::Playground(a) => playground::run(a).await,
             Cmd::Bench(a) => run_bench(a).await,
             Cmd::DiskProbe {
                 dir,
@@ -484,110 +478,6 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())
-}
-
-async fn playground(a: PlaygroundArgs) -> Result<()> {
-    let (dir, _tmp) = match a.data_dir {
-        Some(d) => (d, None),
-        None => {
-            let t = std::env::temp_dir().join(format!("raftkv-playground-{}", std::process::id()));
-            (t.clone(), Some(t))
-        }
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let exe = std::env::current_exe().context("finding the raftkv binary")?;
-    let b = a.base_port;
-    let cluster: Vec<String> = (1..=3)
-        .map(|i| format!("{i}=127.0.0.1:{}", b + i))
-        .collect();
-    let cluster = cluster.join(",");
-    // Three servers share this machine: give each a third of its CPUs for network I/O
-    // (tokio's default of one worker per CPU in each would oversubscribe the cores three
-    // times over, and cross-thread wake-ups cost latency on every request).
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = (cpus / 3).max(1).to_string();
-    let mut children = Vec::new();
-    let mut endpoints = Vec::new();
-    for i in 1..=3u16 {
-        let client = format!("127.0.0.1:{}", b + 100 + i);
-        let metrics = format!("127.0.0.1:{}", b + 200 + i);
-        let resp = format!("127.0.0.1:{}", b + 300 + i);
-        let child = tokio::process::Command::new(&exe)
-            .arg("server")
-            .args(["--id", &i.to_string()])
-            .arg("--data-dir")
-            .arg(dir.join(format!("store{i}")))
-            .args(["--peer-addr", &format!("127.0.0.1:{}", b + i)])
-            .args(["--client-addr", &client])
-            .args(["--metrics-addr", &metrics])
-            .args(["--resp-addr", &resp])
-            .args(["--initial-cluster", &cluster])
-            // Three regions of about equal size for keys spread over a..z (what the bench
-            // writes): a..i, j..r, s..z.
-            .args(["--split-keys", "j,s"])
-            .args(["--worker-threads", &workers])
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting store {i}"))?;
-        children.push(child);
-        endpoints.push(serde_json_like(
-            i,
-            &client,
-            &metrics,
-            &format!("127.0.0.1:{}", b + i),
-            &resp,
-        ));
-    }
-    let json = format!("{{\n  \"stores\": [\n{}\n  ]\n}}\n", endpoints.join(",\n"));
-    std::fs::write(dir.join("endpoints.json"), &json).context("writing endpoints.json")?;
-    let clients: Vec<String> = (1..=3)
-        .map(|i| format!("127.0.0.1:{}", b + 100 + i))
-        .collect();
-    println!("RaftKV playground: 3 stores, data in {}", dir.display());
-    println!("  client endpoints: {}", clients.join(","));
-    println!(
-        "  redis (RESP) endpoints: {}  (try: redis-cli -p {} set hello world)",
-        (1..=3)
-            .map(|i| format!("127.0.0.1:{}", b + 300 + i))
-            .collect::<Vec<_>>()
-            .join(","),
-        b + 301
-    );
-    println!(
-        "  metrics: http://127.0.0.1:{}/metrics (and +1, +2)",
-        b + 201
-    );
-    println!(
-        "  endpoints written to {}",
-        dir.join("endpoints.json").display()
-    );
-    println!("  try: raftkv put hello world && raftkv get hello && raftkv status");
-    println!("Ctrl-C stops the cluster.");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    println!("stopping...");
-    for c in &children {
-        if let Some(pid) = c.id() {
-            // SAFETY: sending a signal to our own child process by pid.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-    }
-    for mut c in children {
-        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
-    }
-    if let Some(t) = _tmp {
-        let _ = std::fs::remove_dir_all(t);
-    }
-    Ok(())
-}
-
-fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str, resp: &str) -> String {
-    format!("    {{\"id\": {id}, \"client\": \"{client}\", \"peer\": \"{peer}\", \"metrics\": \"{metrics}\", \"resp\": \"{resp}\"}}")
 }
 
 fn show(v: &[u8]) -> String {
