@@ -12,17 +12,24 @@
 //! - [`machine`]: `PlacementState` (configurations, the store id allocator, the verbs Join,
 //!   UpdateStore, ReportRegion, Drain, Move) and the encodings of commands, replies and
 //!   snapshots.
+//! - [`bootstrap`]: a new cluster's regions and placement's first configuration.
 //! - [`balance`]: the minimal-move rebalance that Join and Drain run.
 //! - [`operator`]: the next replica change that takes a region toward its target.
+//! - [`hosted`]: `Hosted`, the state machine of every group a store hosts (a data region's
+//!   kv state or the placement state), and how placement reads and verbs ride the kv types.
 
 pub mod balance;
+pub mod bootstrap;
+pub mod hosted;
 pub mod machine;
 pub mod model;
 pub mod operator;
 
+pub use bootstrap::{bootstrap_regions, derive_cluster_id, with_placement};
+pub use hosted::{decode_answer, query_command, Hosted, QueryAnswer};
 pub use machine::{
     decode_command, decode_reply, encode_command, encode_reply, Command, PlacementError,
-    PlacementState, Reply, HISTORY_LEN,
+    PlacementState, Reply, HISTORY_LEN, MAX_REPLICAS,
 };
 pub use model::{Change, Config, RegionLayout, ReplicaMeta, StoreAddrs, StoreMeta, StoreState};
 pub use operator::{next_step, Operator};

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 /// Configurations kept for `Query(n)`: the latest and the 1,023 before it. Older ones are
 /// folded into the oldest kept; asking for them is an error that names the oldest.
 pub const HISTORY_LEN: usize = 1024;
-/// Most replicas a `Move` may name (a region's Raft group stays small).
-pub const MAX_MOVE_STORES: usize = 7;
+/// Most replicas a region may have (`--replicas`, a `Move`): its Raft group stays small.
+pub const MAX_REPLICAS: usize = 7;
 /// Most labels a store may carry, and the longest label key, value or address.
 pub const MAX_LABELS: usize = 16;
 pub const MAX_FIELD_BYTES: usize = 256;
@@ -279,9 +279,9 @@ impl PlacementState {
                         "a store is named twice in {stores:?}"
                     )));
                 }
-                if target.is_empty() || target.len() > MAX_MOVE_STORES {
+                if target.is_empty() || target.len() > MAX_REPLICAS {
                     return Err(PlacementError::Invalid(format!(
-                        "a region needs 1 to {MAX_MOVE_STORES} replicas, not {}",
+                        "a region needs 1 to {MAX_REPLICAS} replicas, not {}",
                         target.len()
                     )));
                 }
@@ -497,6 +497,11 @@ fn check_store_fields(
         )));
     }
     Ok(())
+}
+
+/// Whether `data` is a placement snapshot (and not a kv one).
+pub fn is_placement_snapshot(data: &[u8]) -> bool {
+    data.first() == Some(&SNAPSHOT_MAGIC)
 }
 
 /// Encodes a verb for the log.

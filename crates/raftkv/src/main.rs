@@ -252,6 +252,14 @@ struct ServerArgs {
     /// and the log writer are extra. Lower it when several servers share a machine.
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Replicas of each region and of the placement group, at bootstrap (default 3; all
+    /// stores when fewer).
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// The cluster's id, checked when a store joins and on every store-to-store connection
+    /// (default: derived from --initial-cluster and --split-keys).
+    #[arg(long)]
+    cluster_id: Option<u64>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -272,6 +280,8 @@ struct FileConfig {
     snapshot_threshold_bytes: Option<u64>,
     log_segment_bytes: Option<u64>,
     worker_threads: Option<usize>,
+    replicas: Option<u64>,
+    cluster_id: Option<u64>,
 }
 
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
@@ -426,6 +436,15 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         cfg.log_segment_bytes = b;
     }
     cfg.resp_password = a.resp_password.or(file.resp_password);
+    if let Some(r) = a.replicas.or(file.replicas) {
+        cfg.replicas = r;
+    }
+    if let Some(c) = a.cluster_id.or(file.cluster_id) {
+        if c == 0 {
+            bail!("--cluster-id must not be 0 (leave it out to derive one)");
+        }
+        cfg.cluster_id = c;
+    }
     if let Some(mode) = a.read_mode.or(file.read_mode) {
         cfg.read_mode = match mode.as_str() {
             "lease" => raft::ReadMode::Lease,

@@ -1,4 +1,5 @@
-//! The state machine of the server's regions: `kv::KvStateMachine`, which implements
-//! `store::StateMachine` in the `kv` crate.
+//! The state machine of the groups a server hosts: `placement::Hosted` (a data region's
+//! `kv::KvStateMachine`, or the placement group's state), which implements
+//! `store::StateMachine`.
 
-pub type KvSm = kv::KvStateMachine;
+pub type HostedSm = placement::Hosted;

@@ -38,7 +38,15 @@ pub struct ServerConfig {
     /// How linearizable reads are confirmed: `Lease` (default; served by the leader while its
     /// lease holds, ReadIndex otherwise) or `Safe` (always ReadIndex).
     pub read_mode: raft::ReadMode,
+    /// Replicas of each region and of the placement group at bootstrap (`--replicas`).
+    pub replicas: u64,
+    /// The cluster's id (`--cluster-id`); 0 = derived from the initial cluster and split
+    /// keys at bootstrap (`placement::derive_cluster_id`).
+    pub cluster_id: u64,
 }
+
+/// Default of `--replicas`.
+pub const DEFAULT_REPLICAS: u64 = 3;
 
 impl ServerConfig {
     pub fn new(store_id: u64, data_dir: PathBuf, initial_cluster: Vec<(u64, String)>) -> Self {
@@ -56,6 +64,17 @@ impl ServerConfig {
             log_segment_bytes: raft_log::DEFAULT_SEGMENT_SIZE_BYTES,
             resp_password: None,
             read_mode: store::DEFAULT_READ_MODE,
+            replicas: DEFAULT_REPLICAS,
+            cluster_id: 0,
+        }
+    }
+
+    /// The cluster id this store bootstraps with (see [`ServerConfig::cluster_id`]).
+    pub fn bootstrap_cluster_id(&self) -> u64 {
+        if self.cluster_id != 0 {
+            self.cluster_id
+        } else {
+            placement::derive_cluster_id(&self.initial_cluster, &self.split_keys)
         }
     }
 
@@ -95,6 +114,13 @@ impl ServerConfig {
         sorted.dedup();
         if sorted != self.split_keys || self.split_keys.iter().any(|k| k.is_empty()) {
             return Err("split keys must be non-empty, distinct and sorted".into());
+        }
+        if !(1..=placement::MAX_REPLICAS as u64).contains(&self.replicas) {
+            return Err(format!(
+                "--replicas must be between 1 and {} (got {})",
+                placement::MAX_REPLICAS as u64,
+                self.replicas
+            ));
         }
         if self.tick_ms == 0 || self.election_tick <= self.heartbeat_tick {
             return Err("tick_ms must be > 0 and election_tick > heartbeat_tick".into());

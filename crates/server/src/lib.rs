@@ -12,7 +12,7 @@
 //!
 //! ## Module map
 //! - [`config`]: `ServerConfig` and the `1=host:port,...` initial-cluster syntax.
-//! - [`adapter`]: `KvSm`, the regions' state machine (`kv::KvStateMachine`).
+//! - [`adapter`]: `HostedSm`, the state machine of every hosted group (`placement::Hosted`).
 //! - `store_loop`: the store thread and its command channel.
 //! - [`service`]: the `Kv` gRPC service, request validation, forwarding, error mapping.
 //! - [`disk`]: bytes of the data directory on disk by kind (log, snapshots).

@@ -1,6 +1,6 @@
 //! Starting and stopping a server on passed-in listeners (tests bind port 0).
 
-use crate::adapter::KvSm;
+use crate::adapter::HostedSm;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::service::{KvGrpc, KvService};
@@ -9,7 +9,7 @@ use api::pb::kv_server::KvServer;
 use raft_log::StdFileSystem;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{Region, Store, StoreConfig, StoreError, StoreId};
+use store::{Store, StoreConfig, StoreError, StoreId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,12 +101,12 @@ impl Server {
             dir: cfg.data_dir.clone(),
             source: e,
         })?;
-        let stores: Vec<StoreId> = cfg
-            .initial_cluster
-            .iter()
-            .map(|(id, _)| StoreId(*id))
-            .collect();
-        let initial = Region::presplit(&cfg.split_keys, 1, &stores);
+        let initial = placement::bootstrap_regions(
+            cfg.bootstrap_cluster_id(),
+            &cfg.initial_cluster,
+            &cfg.split_keys,
+            cfg.replicas,
+        );
         let mut scfg = StoreConfig::new(cfg.store_id);
         scfg.election_tick = cfg.election_tick;
         scfg.heartbeat_tick = cfg.heartbeat_tick;
@@ -118,13 +118,13 @@ impl Server {
         // `balance_leaders_for_ticks` after bootstrap; see `Store::balance_leaders`), checked
         // once per election timeout.
         scfg.balance_leaders_every_ticks = u64::from(cfg.election_tick);
-        let store: Store<KvSm> =
-            Store::open(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial).map_err(|e| {
-                StartError::Store {
+        let store: Store<HostedSm> =
+            Store::open_bootstrap(&cfg.data_dir, Arc::new(StdFileSystem), scfg, &initial).map_err(
+                |e| StartError::Store {
                     dir: cfg.data_dir.clone(),
                     source: e,
-                }
-            })?;
+                },
+            )?;
         let regions = store.live_regions();
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.data_dir.set(cfg.data_dir.clone());

@@ -637,6 +637,7 @@ impl KvService {
             }),
             regions: regions
                 .into_iter()
+                .filter(|s| !s.region.is_placement())
                 .map(|s| pb::RegionStatus {
                     region: Some(region_to_pb(&s.region)),
                     role: format!("{:?}", s.role),

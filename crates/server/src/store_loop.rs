@@ -2,7 +2,7 @@
 //! Ready rounds and answers waiting requests. All access to the store goes through its
 //! bounded command channel, so the store itself needs no locks.
 
-use crate::adapter::KvSm;
+use crate::adapter::HostedSm;
 use crate::metrics::Metrics;
 use kv::{Command, Request};
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
 /// Commands handled between two Ready rounds, so a flood cannot starve ticks.
 const MAX_COMMANDS_PER_ROUND: usize = 4_096;
 
-pub type ReplyTx = oneshot::Sender<Result<Reply<KvSm>, StoreError>>;
+pub type ReplyTx = oneshot::Sender<Result<Reply<HostedSm>, StoreError>>;
 
 pub enum Cmd {
     /// A message and the store it came from.
@@ -171,7 +171,7 @@ impl StoreHandle {
 /// time under 64-client writes, `raftkv_fsync_seconds`), and every message and request that
 /// arrived meanwhile waited for it.
 pub fn run(
-    mut store: Store<KvSm>,
+    mut store: Store<HostedSm>,
     rx: Receiver<Cmd>,
     wake: SyncSender<Cmd>,
     tick: Duration,
@@ -293,7 +293,7 @@ pub fn run(
 
 /// Answers completed requests and sends the store's outbox.
 fn deliver(
-    store: &mut Store<KvSm>,
+    store: &mut Store<HostedSm>,
     transport: &transport::Transport,
     waiting: &mut HashMap<Ticket, ReplyTx>,
 ) {
@@ -321,7 +321,7 @@ fn deliver(
 /// Returns false on shutdown; a storage error (a replica created or destroyed by a message
 /// writes synced) is fatal like a round's.
 fn handle(
-    store: &mut Store<KvSm>,
+    store: &mut Store<HostedSm>,
     cmd: Cmd,
     waiting: &mut HashMap<Ticket, ReplyTx>,
     metrics: &Metrics,

@@ -19,7 +19,7 @@
 use crate::cluster::unit;
 use crate::partition::{shape_links, Shape};
 use bytes::Bytes;
-use kv::{ClientId, Command, KvStateMachine, Request, Response, Sequence};
+use kv::{ClientId, Command, Request, Response, Sequence};
 use lincheck::kv::{KvInput, KvModel, KvOutput};
 use lincheck::Operation;
 use raft::{Message, MessageBody, ReadMode, Role, SplitMix64};
@@ -40,7 +40,7 @@ const MS: Micros = 1_000;
 const SECOND: Micros = 1_000_000;
 
 /// The regions' state machine (it implements `store::StateMachine` in the `kv` crate).
-type SimKv = KvStateMachine;
+type SimKv = placement::Hosted;
 
 #[derive(Clone, Debug)]
 pub struct KvSimOptions {
@@ -592,8 +592,9 @@ struct Sim {
     queue: BinaryHeap<Reverse<Sched>>,
     rng: SplitMix64,
     stores: Vec<SimStore>,
-    /// The layout the stores were bootstrapped with.
-    bootstrap: Vec<Region>,
+    /// The layout the stores were bootstrapped with (the data regions and the placement
+    /// group with its first configuration).
+    bootstrap: Vec<(Region, Option<bytes::Bytes>)>,
     /// The routing table, as a placement service would keep it: per region the newest
     /// descriptor any store reported (see [`Sim::refresh_routes`]); regions split at runtime.
     regions: Vec<Region>,
@@ -682,7 +683,7 @@ impl Sim {
         cfg.store_id = StoreId(i as u64 + 1);
         let fs: Arc<dyn raft_log::FileSystem> = Arc::new(self.stores[i].fs.clone());
         let s = loop {
-            match Store::open(&dir(), fs.clone(), cfg.clone(), &self.bootstrap) {
+            match Store::open_bootstrap(&dir(), fs.clone(), cfg.clone(), &self.bootstrap) {
                 Ok(s) => break s,
                 // The injected sync failure hit recovery itself: crash again and retry.
                 Err(_) if self.stores[i].failure_armed => {
@@ -1704,7 +1705,11 @@ impl Sim {
             let Some(s) = st.store.as_ref().filter(|_| !self.paused(i)) else {
                 continue;
             };
-            for rs in s.status() {
+            for rs in s
+                .status()
+                .into_iter()
+                .filter(|rs| !rs.region.is_placement())
+            {
                 if rs.role == Role::Leader && rs.lease && !rs.frozen && rs.applied >= rs.commit {
                     let what = format!(
                         "term {} commit {} applied {} ({})",
@@ -1820,7 +1825,7 @@ impl Sim {
                     let i = p.store.0 as usize - 1;
                     match self.stores[i].store.as_ref() {
                         None => format!("s{}: down", i + 1),
-                        Some(s) => match (s.state_machine(r.id), s.status().into_iter().find(|st| st.region.id == r.id)) {
+                        Some(s) => match (s.state_machine(r.id).and_then(|m| m.kv()), s.status().into_iter().find(|st| st.region.id == r.id)) {
                             (Some(m), Some(st)) => format!(
                                 "s{}: applied {} hash {:x} {:?} term {} commit {} log {}..{} epoch v{} merging={:?}",
                                 i + 1,
@@ -1862,7 +1867,7 @@ impl Sim {
                 .peers
                 .iter()
                 .filter_map(|p| self.stores[p.store.0 as usize - 1].store.as_ref())
-                .filter_map(|s| s.state_machine(r.id))
+                .filter_map(|s| s.state_machine(r.id).and_then(|m| m.kv()))
                 .map(|m| (m.applied_index(), m.state_hash()))
                 .collect();
             let mut states = states;
@@ -2162,7 +2167,14 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 persist_scheduled: false,
             })
             .collect(),
-        bootstrap: regions.clone(),
+        bootstrap: placement::with_placement(
+            opts.seed.max(1),
+            &(1..=stores as u64)
+                .map(|s| (s, format!("sim-store-{s}")))
+                .collect::<Vec<_>>(),
+            regions.clone(),
+            3,
+        ),
         regions,
         splits_proposed: 0,
         merge_rng: SplitMix64::new(opts.seed ^ 0x6d72_6e67_7331),
@@ -2307,9 +2319,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         return Err(fail(e));
     }
     for st in sim.stores.iter().filter_map(|s| s.store.as_ref()) {
-        for r in st.regions() {
+        for r in st.regions().iter().filter(|r| !r.is_placement()) {
             st.state_machine(r.id)
-                .expect("a replica's state machine")
+                .and_then(|m| m.kv())
+                .expect("a data region's kv state machine")
                 .assert_invariants();
         }
     }

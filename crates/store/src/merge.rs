@@ -210,6 +210,11 @@ impl<M: StateMachine> Store<M> {
         epoch: RegionEpoch,
         target: RegionId,
     ) -> Result<Ticket, StoreError> {
+        if source == types::PLACEMENT_REGION || target == types::PLACEMENT_REGION {
+            return Err(StoreError::Proposal(
+                "the placement group holds no keys and is never merged".into(),
+            ));
+        }
         let s = self
             .peers
             .get(&source)

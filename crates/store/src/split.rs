@@ -126,6 +126,11 @@ impl<M: StateMachine> Store<M> {
         split_key: &[u8],
     ) -> Result<Ticket, StoreError> {
         let p = self.check_route(region, epoch, split_key)?;
+        if p.region.is_placement() {
+            return Err(StoreError::Proposal(
+                "the placement group holds no keys and is never split".into(),
+            ));
+        }
         if split_key == p.region.start_key.as_slice() {
             return Err(StoreError::KeyNotInRegion { region });
         }

@@ -255,6 +255,20 @@ impl<M: StateMachine> Store<M> {
         cfg: StoreConfig,
         initial_regions: &[Region],
     ) -> Result<Store<M>, StoreError> {
+        let initial: Vec<(Region, Option<Bytes>)> =
+            initial_regions.iter().map(|r| (r.clone(), None)).collect();
+        Self::open_bootstrap(dir, fs, cfg, &initial)
+    }
+
+    /// [`Store::open`] where a bootstrap region may start from given state machine data
+    /// (`None`: [`StateMachine::empty`]); the placement group starts from the cluster's
+    /// first configuration this way.
+    pub fn open_bootstrap(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        cfg: StoreConfig,
+        initial_regions: &[(Region, Option<Bytes>)],
+    ) -> Result<Store<M>, StoreError> {
         if cfg.election_tick <= cfg.heartbeat_tick {
             return Err(StoreError::Config(format!(
                 "election_tick ({}) must exceed heartbeat_tick ({})",
@@ -300,9 +314,10 @@ impl<M: StateMachine> Store<M> {
         store.next_id = store.load_next_id();
         let groups = store.engine.groups();
         if groups.is_empty() {
-            for r in initial_regions {
+            for (r, data) in initial_regions {
                 if r.peer_on(store.cfg.store_id).is_some() {
-                    store.bootstrap_region(r, M::empty(r).snapshot())?;
+                    let data = data.clone().unwrap_or_else(|| M::empty(r).snapshot());
+                    store.bootstrap_region(r, data)?;
                     store.bootstrapped = true;
                 }
             }
@@ -335,14 +350,14 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Publishes the current descriptors; called whenever one changes. Uninitialized
-    /// replicas have no range and are left out. Two replicas of this store may overlap for a
-    /// while (a new region's replica created before the old region applied its split here):
-    /// the newer epoch wins the range and the older region is left out until it catches up.
+    /// replicas have no range and are left out, and so is the placement group (it holds no
+    /// keys). Two replicas of this store may overlap for a while (a new region's replica
+    /// created before the old region applied its split here): the newer epoch wins the range and the older region is left out until it catches up.
     pub(crate) fn publish_regions(&self) {
         let mut by_version: Vec<&Region> = self
             .peers
             .values()
-            .filter(|p| p.initialized() && p.merged_into.is_none())
+            .filter(|p| p.initialized() && p.merged_into.is_none() && !p.region.is_placement())
             .map(|p| &p.region)
             .collect();
         by_version.sort_by_key(|r| std::cmp::Reverse(r.epoch.version));

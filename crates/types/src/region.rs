@@ -41,6 +41,13 @@ impl fmt::Display for StoreId {
 /// A region is a Raft group: its id is the group id carried by every Raft message.
 pub type RegionId = raft::GroupId;
 
+/// The placement service's own Raft group. Its id lies outside every data region's: the
+/// bootstrap regions are `1..k` and allocated ids are `store << 40 | n` with store ≥ 1.
+/// It is hosted like a region (same log engine, same replica changes) but holds no keys:
+/// it is in no region map, never split or merged, and its descriptor spans the whole key
+/// space only so that requests addressed to it pass the store's range check.
+pub const PLACEMENT_REGION: RegionId = raft::GroupId((1 << 40) - 1);
+
 /// Versions a region's shape. `conf_version` grows with each membership change, `version`
 /// with each split or merge (key range change). A request routed with an older epoch may
 /// target the wrong replicas or key range, so it is refused.
@@ -83,6 +90,11 @@ pub struct Region {
 }
 
 impl Region {
+    /// The placement service's group (see [`PLACEMENT_REGION`]), not a data region.
+    pub fn is_placement(&self) -> bool {
+        self.id == PLACEMENT_REGION
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start_key.as_slice() && self.end_key.as_ref().is_none_or(|e| key < e.as_slice())
     }

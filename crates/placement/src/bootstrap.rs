@@ -1,0 +1,126 @@
+//! A new cluster's first layout: the data regions of the pre-split key space and the
+//! placement group, each on `replicas` of the bootstrap stores, and placement's first
+//! configuration describing exactly that. Every bootstrap store computes the same from the
+//! same flags, so no store needs to ask another.
+
+use crate::hosted::Hosted;
+use crate::machine::PlacementState;
+use crate::model::{RegionLayout, StoreAddrs, StoreMeta, StoreState};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use types::{PeerMeta, Region, RegionEpoch, StoreId, PLACEMENT_REGION};
+
+/// The regions to bootstrap, with the placement group's first state as its data (data
+/// regions start empty: `None`). `stores` are `(id, peer address)`; the region with id
+/// `i` goes on `replicas` consecutive stores in id order starting at the `i-1`th, so a
+/// cluster bootstrapped with more stores than replicas starts balanced; the placement
+/// group goes on the first `replicas` stores.
+pub fn bootstrap_regions(
+    cluster_id: u64,
+    stores: &[(u64, String)],
+    split_keys: &[Vec<u8>],
+    replicas: u64,
+) -> Vec<(Region, Option<Bytes>)> {
+    let mut ids: Vec<u64> = stores.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    let r = (replicas as usize).clamp(1, ids.len().max(1));
+    let on = |first: usize| -> Vec<StoreId> {
+        (0..r)
+            .map(|j| StoreId(ids[(first + j) % ids.len()]))
+            .collect()
+    };
+    let mut regions = Vec::new();
+    let mut starts: Vec<Vec<u8>> = vec![Vec::new()];
+    starts.extend(split_keys.iter().cloned());
+    for (i, start) in starts.iter().enumerate() {
+        let id = 1 + i as u64;
+        regions.push(Region {
+            id: raft::GroupId(id),
+            start_key: start.clone(),
+            end_key: split_keys.get(i).cloned(),
+            epoch: RegionEpoch {
+                conf_version: 1,
+                version: 1,
+            },
+            peers: on(i)
+                .into_iter()
+                .map(|s| PeerMeta::voter(raft::NodeId(id * 1000 + s.0), s))
+                .collect(),
+        });
+    }
+    with_placement(cluster_id, stores, regions, r as u64)
+}
+
+/// Adds the placement group to the given data regions (on the first `replicas` stores in id
+/// order) with a first configuration that describes them all (the simulator brings its
+/// own layout this way).
+pub fn with_placement(
+    cluster_id: u64,
+    stores: &[(u64, String)],
+    regions: Vec<Region>,
+    replicas: u64,
+) -> Vec<(Region, Option<Bytes>)> {
+    let mut ids: Vec<u64> = stores.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    let r = (replicas as usize).clamp(1, ids.len().max(1));
+    let placement = Region {
+        id: PLACEMENT_REGION,
+        start_key: Vec::new(),
+        end_key: None,
+        epoch: RegionEpoch {
+            conf_version: 1,
+            version: 1,
+        },
+        peers: ids[..r]
+            .iter()
+            .map(|&s| PeerMeta::voter(raft::NodeId(PLACEMENT_REGION.0 * 1000 + s), StoreId(s)))
+            .collect(),
+    };
+    let metas = stores
+        .iter()
+        .map(|(id, peer)| StoreMeta {
+            id: *id,
+            addrs: StoreAddrs {
+                peer: peer.clone(),
+                ..StoreAddrs::default()
+            },
+            state: StoreState::Up,
+            labels: BTreeMap::new(),
+            capacity: 0,
+        })
+        .collect();
+    let layouts = regions
+        .iter()
+        .chain(std::iter::once(&placement))
+        .map(RegionLayout::from_region)
+        .collect();
+    let state = PlacementState::bootstrap(cluster_id, r as u64, metas, layouts);
+    let mut out: Vec<(Region, Option<Bytes>)> = regions.into_iter().map(|r| (r, None)).collect();
+    out.push((placement, Some(Hosted::bootstrap_placement(state))));
+    out
+}
+
+/// A cluster id every bootstrap store derives alike from its flags (FNV-1a over the
+/// sorted initial cluster and the split keys; never 0). Clusters bootstrapped with the
+/// same flags get the same id: give `--cluster-id` to tell them apart.
+pub fn derive_cluster_id(stores: &[(u64, String)], split_keys: &[Vec<u8>]) -> u64 {
+    let mut sorted = stores.to_vec();
+    sorted.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for x in b {
+            h ^= u64::from(*x);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    };
+    for (id, addr) in &sorted {
+        eat(&id.to_le_bytes());
+        eat(addr.as_bytes());
+    }
+    for k in split_keys {
+        eat(k);
+    }
+    h.max(1)
+}
