@@ -15,12 +15,14 @@
 //! - [`bootstrap`]: a new cluster's regions and placement's first configuration.
 //! - [`balance`]: the minimal-move rebalance that Join and Drain run.
 //! - [`operator`]: the next replica change that takes a region toward its target.
+//! - [`live`]: the placement leader's in-memory view of heartbeats (`LiveAnswer`).
 //! - [`hosted`]: `Hosted`, the state machine of every group a store hosts (a data region's
 //!   kv state or the placement state), and how placement reads and verbs ride the kv types.
 
 pub mod balance;
 pub mod bootstrap;
 pub mod hosted;
+pub mod live;
 pub mod machine;
 pub mod model;
 pub mod operator;
@@ -31,5 +33,11 @@ pub use machine::{
     decode_command, decode_reply, encode_command, encode_reply, Command, PlacementError,
     PlacementState, Reply, HISTORY_LEN, MAX_REPLICAS,
 };
+/// The placement group's id as a number (configurations key regions by `u64`).
+pub fn hosted_group_id() -> u64 {
+    types::PLACEMENT_REGION.0
+}
+
+pub use live::{LiveAnswer, LiveRegion, LiveStore};
 pub use model::{Change, Config, RegionLayout, ReplicaMeta, StoreAddrs, StoreMeta, StoreState};
 pub use operator::{next_step, Operator};

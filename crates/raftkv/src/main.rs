@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod placement_cmd;
 mod playground;
 mod region_cmd;
 
@@ -89,6 +90,16 @@ enum Cmd {
     Region {
         #[command(subcommand)]
         cmd: region_cmd::RegionCmd,
+    },
+    /// The placement service: configurations of stores and regions.
+    Placement {
+        #[command(subcommand)]
+        cmd: placement_cmd::PlacementCmd,
+    },
+    /// Stores: list them, drain one out of the cluster.
+    Store {
+        #[command(subcommand)]
+        cmd: placement_cmd::StoreCmd,
     },
     /// Load generator: a workload against RaftKV (gRPC or its Redis port), redis-server or
     /// etcd; prints throughput and latency percentiles (HDR histogram), optionally as JSON.
@@ -348,6 +359,8 @@ fn main() -> Result<()> {
                 write_json(json.as_deref(), &serde_json::to_string_pretty(&r)?)
             }
             Cmd::Region { cmd } => region_cmd::run(cmd).await,
+            Cmd::Placement { cmd } => placement_cmd::run_placement(cmd).await,
+            Cmd::Store { cmd } => placement_cmd::run_store(cmd).await,
             other => run_client(other).await,
         }
     })

@@ -52,6 +52,19 @@ pub(crate) enum RegionCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Put REGION's replicas on exactly the given stores (through placement: add learners,
+    /// let them catch up, promote, remove the others, leadership moved off first); returns
+    /// once they are there.
+    Move {
+        region: u64,
+        /// Store ids, comma separated, e.g. 1,2,4.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Make the replica of REGION on STORE its leader; returns once STORE leads it (waiting
     /// up to 10 s for it to catch up).
     TransferLeader {
@@ -419,6 +432,12 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
             println!("  region {} {}", right.id, range(right));
         }
         RegionCmd::Merge { left, right, conn } => merge(&conn, left, right).await?,
+        RegionCmd::Move {
+            region,
+            to,
+            wait_secs,
+            conn,
+        } => crate::placement_cmd::move_region(&conn, region, &to, wait_secs).await?,
         RegionCmd::TransferLeader {
             region,
             store,

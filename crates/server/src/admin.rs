@@ -62,7 +62,7 @@ impl AdminService {
         &self,
         store: u64,
     ) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, pb::AdminResponse> {
-        let addr = self.cfg.peer_addr_of(store).ok_or_else(|| {
+        let addr = self.handle.cluster.peer_addr(store).ok_or_else(|| {
             refused(
                 Code::NotLeader,
                 format!("leader store {store} has no known address"),
@@ -188,7 +188,7 @@ impl AdminService {
             }
         };
         if matches!(change, store::ReplicaChange::AddLearner(_))
-            && self.cfg.peer_addr_of(req.store_id).is_none()
+            && self.handle.cluster.peer_addr(req.store_id).is_none()
         {
             return refused(
                 Code::InvalidArgument,

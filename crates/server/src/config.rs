@@ -43,7 +43,18 @@ pub struct ServerConfig {
     /// The cluster's id (`--cluster-id`); 0 = derived from the initial cluster and split
     /// keys at bootstrap (`placement::derive_cluster_id`).
     pub cluster_id: u64,
+    /// How often the store reports itself and the regions it leads to placement.
+    pub placement_heartbeat: Duration,
+    /// A store not heard from for this long shows as down (placement's live view).
+    pub store_down_after: Duration,
 }
+
+/// Default of [`ServerConfig::placement_heartbeat`]: every few seconds, like TiKV's
+/// region heartbeats (60 s there for regions, 10 s for stores; ours are one message per
+/// store carrying all its regions).
+pub const DEFAULT_PLACEMENT_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Default of [`ServerConfig::store_down_after`]: five missed heartbeats.
+pub const DEFAULT_STORE_DOWN_AFTER: Duration = Duration::from_secs(10);
 
 /// Default of `--replicas`.
 pub const DEFAULT_REPLICAS: u64 = 3;
@@ -66,6 +77,8 @@ impl ServerConfig {
             read_mode: store::DEFAULT_READ_MODE,
             replicas: DEFAULT_REPLICAS,
             cluster_id: 0,
+            placement_heartbeat: DEFAULT_PLACEMENT_HEARTBEAT,
+            store_down_after: DEFAULT_STORE_DOWN_AFTER,
         }
     }
 

@@ -22,9 +22,12 @@
 //! - [`run`]: starting and stopping a server on passed-in listeners.
 
 pub mod adapter;
+pub mod cluster_view;
+pub mod placement_svc;
 pub mod admin;
 pub mod config;
 pub mod disk;
+pub mod heartbeat;
 pub mod metrics;
 pub mod resp_backend;
 pub mod run;

@@ -28,6 +28,13 @@ fn admin_server(
     api::pb::admin_server::AdminServer::new(crate::admin::AdminGrpc(svc))
 }
 
+fn placement_server(
+    svc: crate::placement_svc::PlacementService,
+) -> api::pb::placement_server::PlacementServer<crate::placement_svc::PlacementGrpc> {
+    api::pb::placement_server::PlacementServer::new(crate::placement_svc::PlacementGrpc(svc))
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
 fn kv_server(svc: KvService) -> KvServer<KvGrpc> {
     KvServer::new(KvGrpc(svc))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -136,14 +143,16 @@ impl Server {
 
         let transport =
             transport::Transport::new(StoreId(cfg.store_id), transport::TransportConfig::default());
-        for (id, addr) in &cfg.initial_cluster {
-            if *id != cfg.store_id {
-                transport.set_peer_address(StoreId(*id), addr.clone());
-            }
-        }
+        // The view gives the transport every store's address: the initial cluster's now,
+        // joined and moved stores' as placement reports them.
+        let cluster = Arc::new(crate::cluster_view::ClusterView::new(
+            cfg.store_id,
+            &cfg.initial_cluster,
+            Some(transport.clone()),
+        ));
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let wake = tx.clone();
-        let handle = StoreHandle::new(tx, regions);
+        let handle = StoreHandle::new(tx, regions, cluster);
         let tick = Duration::from_millis(cfg.tick_ms);
         let loop_metrics = metrics.clone();
         let loop_transport = transport.clone();
@@ -169,6 +178,19 @@ impl Server {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let advertised = crate::heartbeat::Advertised {
+            peer: peer
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            client: client_addr.clone(),
+            resp: resp_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let cluster_id = cfg.bootstrap_cluster_id();
         let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone())
             .with_client_addr(client_addr);
         let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -176,9 +198,12 @@ impl Server {
         };
         let peer_incoming = transport::serve_peer_listener(peer, ingress, shutdown_rx.clone());
         let admin = crate::admin::AdminService::new(handle.clone(), cfg.clone());
+        let placement_svc =
+            crate::placement_svc::PlacementService::new(handle.clone(), cfg.clone());
         let peer_server = tonic::transport::Server::builder()
             .add_service(kv_server(svc.clone()))
             .add_service(admin_server(admin.clone()))
+            .add_service(placement_server(placement_svc.clone()))
             .serve_with_incoming_shutdown(peer_incoming, wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = peer_server.await {
@@ -203,12 +228,21 @@ impl Server {
         let client_server = tonic::transport::Server::builder()
             .add_service(kv_server(svc))
             .add_service(admin_server(admin))
+            .add_service(placement_server(placement_svc.clone()))
             .serve_with_incoming_shutdown(nodelay(client), wait(shutdown_rx.clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = client_server.await {
                 tracing::error!("client server failed: {e}");
             }
         }));
+        tasks.push(tokio::spawn(crate::heartbeat::run(
+            handle.clone(),
+            placement_svc,
+            cfg.clone(),
+            advertised,
+            cluster_id,
+            shutdown_rx.clone(),
+        )));
         if let Some(l) = metrics_listener {
             let m = metrics.clone();
             let mut stop = shutdown_rx.clone();

@@ -87,6 +87,32 @@ pub fn region_to_pb(r: &Region) -> pb::Region {
     }
 }
 
+/// The inverse of [`region_to_pb`]; `None` when fields are missing or out of bounds.
+pub fn region_from_pb(r: &pb::Region) -> Option<Region> {
+    let e = r.epoch.as_ref()?;
+    if r.peers.is_empty() || r.peers.len() as u64 > types::MAX_PEERS {
+        return None;
+    }
+    Some(Region {
+        id: raft::GroupId(r.id),
+        start_key: r.start_key.clone(),
+        end_key: r.has_end.then(|| r.end_key.clone()),
+        epoch: RegionEpoch {
+            conf_version: e.conf_version,
+            version: e.version,
+        },
+        peers: r
+            .peers
+            .iter()
+            .map(|p| store::PeerMeta {
+                id: raft::NodeId(p.id),
+                store: store::StoreId(p.store_id),
+                learner: p.learner,
+            })
+            .collect(),
+    })
+}
+
 /// A refused request: the response to send (boxed, it is large).
 type Refusal = Box<pb::KvResponse>;
 
@@ -550,7 +576,7 @@ impl KvService {
 
     /// Forwards a request once to the leader's store (any server accepts any request).
     async fn forward(&self, store: u64, mut req: pb::KvRequest) -> pb::KvResponse {
-        let Some(addr) = self.cfg.peer_addr_of(store) else {
+        let Some(addr) = self.handle.cluster.peer_addr(store) else {
             return err(
                 Code::NotLeader,
                 format!("leader store {store} has no known address"),

@@ -22,6 +22,13 @@ const MAX_COMMANDS_PER_ROUND: usize = 4_096;
 
 pub type ReplyTx = oneshot::Sender<Result<Reply<HostedSm>, StoreError>>;
 
+/// What a [`Cmd::Placement`] asks of the placement group.
+pub enum PlacementOp {
+    Propose(bytes::Bytes),
+    /// Configuration `n` (`None`: the latest), linearizably (ReadIndex).
+    Query(Option<u64>),
+}
+
 pub enum Cmd {
     /// A message and the store it came from.
     Raft(StoreId, raft::Message),
@@ -75,6 +82,9 @@ pub enum Cmd {
         to: StoreId,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// A verb for the placement group (`placement::encode_command` bytes) or a read of it,
+    /// on this store's replica of it (see `crate::placement_svc`).
+    Placement { op: PlacementOp, reply: ReplyTx },
     /// A log write submitted by this loop finished (sent by the engine's writer thread).
     WriteDone,
     Shutdown,
@@ -107,6 +117,8 @@ pub struct StoreHandle {
     tx: SyncSender<Cmd>,
     /// The store's regions, as its thread last published them (the one region map).
     pub regions: LiveRegions,
+    /// The other stores' addresses and the latest placement configuration seen.
+    pub cluster: Arc<crate::cluster_view::ClusterView>,
     /// Stops the store thread when the last handle is dropped. The thread's queue never
     /// disconnects by itself (the loop's write waker holds a sender of it), so this is how
     /// a server dropped without `shutdown` still stops its store.
@@ -124,11 +136,16 @@ impl Drop for StopOnDrop {
 }
 
 impl StoreHandle {
-    pub fn new(tx: SyncSender<Cmd>, regions: LiveRegions) -> Self {
+    pub fn new(
+        tx: SyncSender<Cmd>,
+        regions: LiveRegions,
+        cluster: Arc<crate::cluster_view::ClusterView>,
+    ) -> Self {
         StoreHandle {
             _stop: Arc::new(StopOnDrop(tx.clone())),
             tx,
             regions,
+            cluster,
         }
     }
 
@@ -381,6 +398,37 @@ fn handle(
         Cmd::Status(tx) => {
             let _ = tx.send(store.status());
         }
+        Cmd::Placement { op, reply } => {
+            // The placement group holds no keys; its descriptor spans the key space, so the
+            // empty key passes the range check.
+            // Only the leader answers: it holds the live view, and a heartbeat's answer
+            // may need proposals.
+            let r = match store.region(store::PLACEMENT_REGION).map(|r| r.epoch) {
+                None => Err(StoreError::RegionNotFound(store::PLACEMENT_REGION)),
+                Some(_) if store.check_leader(store::PLACEMENT_REGION).is_err() => {
+                    store.check_leader(store::PLACEMENT_REGION).map(|()| Ticket(0))
+                }
+                Some(epoch) => match op {
+                    PlacementOp::Propose(data) => {
+                        store.propose(store::PLACEMENT_REGION, epoch, b"", data)
+                    }
+                    PlacementOp::Query(n) => store.read(
+                        store::PLACEMENT_REGION,
+                        epoch,
+                        b"",
+                        placement::query_command(n),
+                    ),
+                },
+            };
+            match r {
+                Ok(t) => {
+                    waiting.insert(t, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
         Cmd::Split {
             region,
             epoch,
@@ -438,7 +486,11 @@ mod tests {
     #[test]
     fn send_reports_a_full_queue_and_a_stopped_store_for_what_they_are() {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let handle = StoreHandle::new(tx, LiveRegions::default());
+        let handle = StoreHandle::new(
+            tx,
+            LiveRegions::default(),
+            Arc::new(crate::cluster_view::ClusterView::new(1, &[], None)),
+        );
         assert_eq!(handle.send(Cmd::WriteDone), Ok(()));
         assert_eq!(
             handle.send(Cmd::WriteDone),

@@ -71,7 +71,7 @@ pub use entry::AdminCommand;
 pub use error::StoreError;
 pub use membership::ReplicaChange;
 pub use merge::MergeState;
-pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
+pub use region::{PeerMeta, Region, RegionEpoch, RegionId, StoreId, PLACEMENT_REGION};
 pub use snapshot_job::{
     BuiltSnapshot, HereBuilder, SnapshotBuilder, SnapshotJob, SnapshotWork, ThreadBuilder,
     MAX_SNAPSHOTS_BUILDING,

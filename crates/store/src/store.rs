@@ -550,6 +550,31 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// The region of this store containing `key`, if any (from the published map).
+    /// Refuses with `NotLeader` (naming the leader it knows) unless this store's replica of
+    /// `region` leads it.
+    pub fn check_leader(&self, region: RegionId) -> Result<(), StoreError> {
+        let p = self
+            .peers
+            .get(&region)
+            .filter(|p| p.initialized())
+            .ok_or(StoreError::RegionNotFound(region))?;
+        if p.raw.role() == raft::Role::Leader {
+            return Ok(());
+        }
+        Err(StoreError::NotLeader {
+            region,
+            leader: p.region.peer(p.raw.leader()),
+        })
+    }
+
+    /// This store's descriptor of `region`, if it has an initialized replica of it.
+    pub fn region(&self, region: RegionId) -> Option<&Region> {
+        self.peers
+            .get(&region)
+            .filter(|p| p.initialized())
+            .map(|p| &p.region)
+    }
+
     pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
         self.live_regions.load().region_for_key(key).cloned()
     }

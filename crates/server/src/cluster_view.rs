@@ -1,0 +1,154 @@
+//! What this server knows of the rest of the cluster: every store's addresses and the
+//! latest placement configuration it has seen. Filled from `--initial-cluster` at start and
+//! from placement afterwards (every heartbeat answer carries the addresses; a changed
+//! configuration number makes the heartbeat loop fetch the configuration), so stores that
+//! joined later, and stores restarted on new addresses, are reachable. Everything that
+//! contacts another store (forwarding, admin calls, the transport) asks here.
+
+use placement::{Config, StoreAddrs};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub struct ClusterView {
+    me: u64,
+    addrs: RwLock<BTreeMap<u64, StoreAddrs>>,
+    config: RwLock<Option<Arc<Config>>>,
+    placement_leader: AtomicU64,
+    transport: Option<transport::Transport>,
+}
+
+impl ClusterView {
+    /// A view of the stores in `initial` (`(id, peer address)`); `transport` (when given)
+    /// learns every address change.
+    pub fn new(
+        me: u64,
+        initial: &[(u64, String)],
+        transport: Option<transport::Transport>,
+    ) -> ClusterView {
+        let v = ClusterView {
+            me,
+            addrs: RwLock::new(BTreeMap::new()),
+            config: RwLock::new(None),
+            placement_leader: AtomicU64::new(0),
+            transport,
+        };
+        for (id, peer) in initial {
+            v.set_addrs(
+                *id,
+                StoreAddrs {
+                    peer: peer.clone(),
+                    ..StoreAddrs::default()
+                },
+            );
+        }
+        v
+    }
+
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    /// Records a store's addresses (an empty client or RESP address keeps the known one).
+    pub fn set_addrs(&self, store: u64, mut a: StoreAddrs) {
+        if a.peer.is_empty() {
+            return;
+        }
+        let mut m = self.addrs.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = m.get(&store) {
+            if a.client.is_empty() {
+                a.client = old.client.clone();
+            }
+            if a.resp.is_empty() {
+                a.resp = old.resp.clone();
+            }
+            if *old == a {
+                return;
+            }
+        }
+        if store != self.me {
+            if let Some(t) = &self.transport {
+                t.set_peer_address(store::StoreId(store), a.peer.clone());
+            }
+        }
+        m.insert(store, a);
+    }
+
+    pub fn peer_addr(&self, store: u64) -> Option<String> {
+        let m = self.addrs.read().unwrap_or_else(|e| e.into_inner());
+        m.get(&store).map(|a| a.peer.clone())
+    }
+
+    /// Every store known, with its addresses.
+    pub fn stores(&self) -> Vec<(u64, StoreAddrs)> {
+        let m = self.addrs.read().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// The latest placement configuration seen (none before the first heartbeat answer).
+    pub fn config(&self) -> Option<Arc<Config>> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps `c` if it is newer than the one held, and learns its stores' addresses.
+    pub fn set_config(&self, c: Config) {
+        for s in c.stores.values() {
+            self.set_addrs(s.id, s.addrs.clone());
+        }
+        let mut held = self.config.write().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_none_or(|h| h.number < c.number) {
+            *held = Some(Arc::new(c));
+        }
+    }
+
+    /// The store last seen leading the placement group (0: unknown).
+    pub fn placement_leader(&self) -> u64 {
+        self.placement_leader.load(Ordering::Relaxed)
+    }
+
+    pub fn set_placement_leader(&self, store: u64) {
+        if store != 0 {
+            self.placement_leader.store(store, Ordering::Relaxed);
+        }
+    }
+
+    /// The stores to ask for placement, best first: the last leader seen, then the placement
+    /// group's replicas in the configuration held, then every store known.
+    pub fn placement_candidates(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut push = |s: u64| {
+            if s != 0 && !out.contains(&s) {
+                out.push(s);
+            }
+        };
+        push(self.placement_leader());
+        if let Some(c) = self.config() {
+            if let Some(r) = c.regions.get(&store::PLACEMENT_REGION.0) {
+                for rep in &r.replicas {
+                    push(rep.store);
+                }
+            }
+        }
+        for (s, _) in self.stores() {
+            push(s);
+        }
+        out
+    }
+
+    /// The region of the latest configuration holding `key`, for a key this store has no
+    /// replica for.
+    pub fn region_for_key(&self, key: &[u8]) -> Option<placement::RegionLayout> {
+        let c = self.config()?;
+        c.regions
+            .values()
+            .filter(|r| r.id != store::PLACEMENT_REGION.0)
+            .find(|r| {
+                key >= r.start_key.as_slice()
+                    && r.end_key.as_ref().is_none_or(|e| key < e.as_slice())
+            })
+            .cloned()
+    }
+}

@@ -1,0 +1,463 @@
+//! The `Placement` gRPC service: the placement group's verbs, queries and heartbeats, on
+//! any server. A call runs on this store's placement replica when it leads the group, and
+//! is otherwise forwarded once to the leader (its hint, then the group's replicas, then
+//! every store known; at most [`MAX_FORWARD_TRIES`]).
+//!
+//! The leader also keeps the live view ([`placement::LiveAnswer`]): every store's and
+//! region leader's latest heartbeat, in memory. A heartbeat's region reports go into the
+//! log only when they are newer than the configuration (`ReportRegion`); each is answered
+//! with the next replica change toward the region's target ([`placement::next_step`]),
+//! decided for the reported epoch, so a change decided twice (a new leader, a retried
+//! heartbeat) is refused by the region the second time instead of done twice.
+
+use crate::config::ServerConfig;
+use crate::service::store_error_pb;
+use crate::store_loop::{Cmd, PlacementOp, StoreHandle};
+use api::pb;
+use api::pb::error::Code;
+use placement::{
+    decode_answer, encode_command, Command, LiveAnswer, LiveRegion, LiveStore, Operator,
+    RegionLayout, StoreAddrs,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use store::{Reply, StoreError};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+
+/// Most stores one call is forwarded to before it is refused.
+pub const MAX_FORWARD_TRIES: usize = 8;
+/// Most region reports in one heartbeat (a store leading more reports the rest next time).
+pub const MAX_HEARTBEAT_REGIONS: usize = 4096;
+
+type Client = pb::placement_client::PlacementClient<Channel>;
+
+/// The leader's memory of heartbeats (bounded by the stores and regions the configuration
+/// names: entries for others are dropped at each heartbeat).
+struct Live {
+    since: Instant,
+    stores: BTreeMap<u64, (Instant, pb::StoreStats)>,
+    regions: BTreeMap<u64, LiveRegion>,
+}
+
+#[derive(Clone)]
+pub struct PlacementService {
+    handle: StoreHandle,
+    cfg: Arc<ServerConfig>,
+    live: Arc<Mutex<Live>>,
+    clients: Arc<Mutex<HashMap<u64, Client>>>,
+}
+
+fn refused(code: Code, message: impl Into<String>) -> pb::Error {
+    pb::Error {
+        code: code as i32,
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+/// Whether an error means "ask another store" (this one does not lead placement).
+fn elsewhere(e: &StoreError) -> Option<Option<u64>> {
+    match e {
+        StoreError::NotLeader { leader, .. } => Some(leader.map(|l| l.store.0)),
+        StoreError::RegionNotFound(_) => Some(None),
+        _ => None,
+    }
+}
+
+impl PlacementService {
+    pub fn new(handle: StoreHandle, cfg: Arc<ServerConfig>) -> PlacementService {
+        PlacementService {
+            handle,
+            cfg,
+            live: Arc::new(Mutex::new(Live {
+                since: Instant::now(),
+                stores: BTreeMap::new(),
+                regions: BTreeMap::new(),
+            })),
+            clients: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Runs `op` on this store's placement replica.
+    async fn local(&self, op: PlacementOp) -> Result<kv::Response, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.handle.send(Cmd::Placement { op, reply: tx })?;
+        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(Ok(Reply::Applied(o)))) => o
+                .result
+                .map_err(|e| StoreError::Proposal(format!("placement entry refused: {e}"))),
+            Ok(Ok(Ok(Reply::Read(r)))) => {
+                r.map_err(|e| StoreError::Proposal(format!("placement read refused: {e}")))
+            }
+            Ok(Ok(Ok(Reply::Empty))) => Err(StoreError::Proposal("no placement answer".into())),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::Dropped),
+        }
+    }
+
+    fn client(&self, store: u64) -> Option<Client> {
+        let addr = self.handle.cluster.peer_addr(store)?;
+        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(&store) {
+            return Some(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .timeout(self.cfg.request_timeout);
+        let c = Client::new(ep.connect_lazy())
+            .max_decoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES);
+        m.insert(store, c.clone());
+        Some(c)
+    }
+
+    /// The stores to forward to: `hint` first, then the view's candidates; never this one.
+    fn forward_targets(&self, hint: Option<u64>) -> Vec<u64> {
+        let me = self.cfg.store_id;
+        let mut out: Vec<u64> = hint.into_iter().collect();
+        for s in self.handle.cluster.placement_candidates() {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out.retain(|s| *s != me);
+        out.truncate(MAX_FORWARD_TRIES);
+        out
+    }
+
+    /// Configuration `n` (`None`: the latest) with the live view, as JSON.
+    pub async fn query(&self, req: pb::PlacementQueryRequest) -> pb::PlacementResponse {
+        let n = u64::try_from(req.config).ok();
+        match self.local(PlacementOp::Query(n)).await {
+            Ok(resp) => match decode_answer(&resp) {
+                Ok(answer) => {
+                    let live = self.live_answer(answer);
+                    pb::PlacementResponse {
+                        leader_store_id: self.cfg.store_id,
+                        json: serde_json::to_vec(&live).expect("serializing to memory"),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => pb::PlacementResponse {
+                    error: Some(refused(Code::InvalidArgument, e.to_string())),
+                    leader_store_id: self.cfg.store_id,
+                    ..Default::default()
+                },
+            },
+            Err(e) => match elsewhere(&e) {
+                Some(hint) if !req.forwarded => {
+                    for s in self.forward_targets(hint) {
+                        let Some(mut c) = self.client(s) else { continue };
+                        let fwd = pb::PlacementQueryRequest {
+                            forwarded: true,
+                            ..req.clone()
+                        };
+                        if let Ok(r) = c.query(fwd).await {
+                            let r = r.into_inner();
+                            if r.error.is_none() {
+                                return r;
+                            }
+                        }
+                    }
+                    no_leader()
+                }
+                _ => pb::PlacementResponse {
+                    error: Some(store_error_pb(e)),
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    /// A verb (JSON of `placement::Command`); the answer is the JSON of its result.
+    pub async fn call(&self, req: pb::PlacementCallRequest) -> pb::PlacementResponse {
+        let cmd: Command = match serde_json::from_slice(&req.command_json) {
+            Ok(c) => c,
+            Err(e) => {
+                return pb::PlacementResponse {
+                    error: Some(refused(
+                        Code::InvalidArgument,
+                        format!("not a placement command: {e}"),
+                    )),
+                    ..Default::default()
+                }
+            }
+        };
+        match self.propose(&cmd).await {
+            Ok(json) => pb::PlacementResponse {
+                leader_store_id: self.cfg.store_id,
+                json,
+                ..Default::default()
+            },
+            Err(e) => match elsewhere(&e) {
+                Some(hint) if !req.forwarded => {
+                    for s in self.forward_targets(hint) {
+                        let Some(mut c) = self.client(s) else { continue };
+                        let fwd = pb::PlacementCallRequest {
+                            forwarded: true,
+                            ..req.clone()
+                        };
+                        if let Ok(r) = c.call(fwd).await {
+                            let r = r.into_inner();
+                            if r.error.is_none() {
+                                return r;
+                            }
+                        }
+                    }
+                    no_leader()
+                }
+                _ => pb::PlacementResponse {
+                    error: Some(store_error_pb(e)),
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    /// Proposes a verb here; its result's JSON.
+    async fn propose(&self, cmd: &Command) -> Result<Vec<u8>, StoreError> {
+        let data = bytes::Bytes::from(encode_command(cmd));
+        match self.local(PlacementOp::Propose(data)).await? {
+            kv::Response::Value(Some(v)) => Ok(v.to_vec()),
+            other => Err(StoreError::Proposal(format!(
+                "unexpected placement answer {other:?}"
+            ))),
+        }
+    }
+
+    /// A store's heartbeat: on the leader, records it, writes newer region descriptors to
+    /// the log, and answers each region with its next replica change.
+    pub async fn heartbeat(&self, req: pb::HeartbeatRequest) -> pb::HeartbeatResponse {
+        let answer = match self.local(PlacementOp::Query(None)).await {
+            Ok(resp) => match decode_answer(&resp) {
+                Ok(a) => a,
+                Err(e) => {
+                    return pb::HeartbeatResponse {
+                        error: Some(refused(Code::Internal, e.to_string())),
+                        ..Default::default()
+                    }
+                }
+            },
+            Err(e) => {
+                return match elsewhere(&e) {
+                    Some(hint) if !req.forwarded => {
+                        for s in self.forward_targets(hint) {
+                            let Some(mut c) = self.client(s) else { continue };
+                            let fwd = pb::HeartbeatRequest {
+                                forwarded: true,
+                                ..req.clone()
+                            };
+                            if let Ok(r) = c.heartbeat(fwd).await {
+                                let r = r.into_inner();
+                                if r.error.is_none() {
+                                    return r;
+                                }
+                            }
+                        }
+                        pb::HeartbeatResponse {
+                            error: no_leader().error,
+                            ..Default::default()
+                        }
+                    }
+                    _ => pb::HeartbeatResponse {
+                        error: Some(store_error_pb(e)),
+                        ..Default::default()
+                    },
+                }
+            }
+        };
+        let config = &answer.config;
+        let Some(st) = req.store.clone() else {
+            return pb::HeartbeatResponse {
+                error: Some(refused(Code::InvalidArgument, "a heartbeat names its store")),
+                ..Default::default()
+            };
+        };
+        if st.cluster_id != answer.cluster_id {
+            return pb::HeartbeatResponse {
+                error: Some(refused(
+                    Code::InvalidArgument,
+                    format!(
+                        "store {} belongs to cluster {}, this is cluster {}",
+                        st.store_id, st.cluster_id, answer.cluster_id
+                    ),
+                )),
+                ..Default::default()
+            };
+        }
+        // A store that restarted on new addresses (or reports its client address for the
+        // first time) updates them through the log.
+        if let Some(meta) = config.stores.get(&st.store_id) {
+            let addrs = StoreAddrs {
+                peer: st.peer_addr.clone(),
+                client: st.client_addr.clone(),
+                resp: st.resp_addr.clone(),
+            };
+            if meta.addrs != addrs && !addrs.peer.is_empty() && !addrs.client.is_empty() {
+                let cmd = Command::UpdateStore {
+                    store: st.store_id,
+                    addrs,
+                    labels: meta.labels.clone(),
+                    capacity: st.capacity_bytes,
+                };
+                if let Err(e) = self.propose(&cmd).await {
+                    tracing::debug!("updating store {}'s addresses: {e}", st.store_id);
+                }
+            }
+        }
+        let mut operators = Vec::new();
+        for rep in req.regions.iter().take(MAX_HEARTBEAT_REGIONS) {
+            let Some(region) = rep.region.as_ref().and_then(crate::service::region_from_pb) else {
+                continue;
+            };
+            let mut layout = RegionLayout::from_region(&region);
+            let held = config.regions.get(&layout.id);
+            if let Some(h) = held {
+                if layout.version < h.version || layout.conf_version < h.conf_version {
+                    continue; // older than placement's: ignored, no operator
+                }
+            }
+            if held.is_none_or(|h| h.epoch() != layout.epoch() || h.replicas != layout.replicas)
+            {
+                if let Err(e) = self
+                    .propose(&Command::ReportRegion {
+                        region: layout.clone(),
+                    })
+                    .await
+                {
+                    tracing::debug!("reporting region {}: {e}", layout.id);
+                    continue;
+                }
+            }
+            {
+                let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                live.regions.insert(
+                    layout.id,
+                    LiveRegion {
+                        id: layout.id,
+                        leader_store: st.store_id,
+                        approximate_keys: rep.approximate_keys,
+                        approximate_bytes: rep.approximate_bytes,
+                    },
+                );
+            }
+            layout.target = held.and_then(|h| h.target.clone());
+            if let Some(op) = placement::next_step(&layout, st.store_id) {
+                let (kind, store) = match op {
+                    Operator::AddLearner { store } => (pb::region_operator::Kind::AddLearner, store),
+                    Operator::Promote { store } => (pb::region_operator::Kind::Promote, store),
+                    Operator::Remove { store } => (pb::region_operator::Kind::Remove, store),
+                    Operator::TransferLeader { store } => {
+                        (pb::region_operator::Kind::TransferLeader, store)
+                    }
+                };
+                operators.push(pb::RegionOperator {
+                    region_id: layout.id,
+                    kind: kind as i32,
+                    store_id: store,
+                    epoch: Some(pb::RegionEpoch {
+                        conf_version: layout.conf_version,
+                        version: layout.version,
+                    }),
+                });
+            }
+        }
+        {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            live.stores.insert(st.store_id, (Instant::now(), st));
+            live.stores.retain(|id, _| config.stores.contains_key(id));
+            live.regions.retain(|id, _| config.regions.contains_key(id));
+        }
+        pb::HeartbeatResponse {
+            error: None,
+            leader_store_id: self.cfg.store_id,
+            config: config.number,
+            operators,
+            stores: config
+                .stores
+                .values()
+                .map(|s| pb::StoreStats {
+                    store_id: s.id,
+                    peer_addr: s.addrs.peer.clone(),
+                    client_addr: s.addrs.client.clone(),
+                    resp_addr: s.addrs.resp.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn live_answer(&self, answer: placement::QueryAnswer) -> LiveAnswer {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let down_after = self.cfg.store_down_after;
+        let stores = answer
+            .config
+            .stores
+            .keys()
+            .map(|id| match live.stores.get(id) {
+                Some((at, s)) => LiveStore {
+                    id: *id,
+                    up: now.duration_since(*at) < down_after,
+                    last_heartbeat_ms_ago: Some(now.duration_since(*at).as_millis() as u64),
+                    capacity_bytes: s.capacity_bytes,
+                    used_bytes: s.used_bytes,
+                    region_count: s.region_count,
+                    leader_count: s.leader_count,
+                },
+                None => LiveStore {
+                    id: *id,
+                    up: now.duration_since(live.since) < down_after,
+                    last_heartbeat_ms_ago: None,
+                    ..LiveStore::default()
+                },
+            })
+            .collect();
+        LiveAnswer {
+            answer,
+            leader_store: self.cfg.store_id,
+            stores,
+            regions: live.regions.values().cloned().collect(),
+        }
+    }
+}
+
+fn no_leader() -> pb::PlacementResponse {
+    pb::PlacementResponse {
+        error: Some(refused(
+            Code::NotLeader,
+            "no store answered for the placement group (its leader may be changing); retry",
+        )),
+        ..Default::default()
+    }
+}
+
+/// The gRPC face of [`PlacementService`].
+pub struct PlacementGrpc(pub PlacementService);
+
+#[tonic::async_trait]
+impl pb::placement_server::Placement for PlacementGrpc {
+    async fn query(
+        &self,
+        req: tonic::Request<pb::PlacementQueryRequest>,
+    ) -> Result<tonic::Response<pb::PlacementResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.query(req.into_inner()).await))
+    }
+
+    async fn call(
+        &self,
+        req: tonic::Request<pb::PlacementCallRequest>,
+    ) -> Result<tonic::Response<pb::PlacementResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.call(req.into_inner()).await))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: tonic::Request<pb::HeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.heartbeat(req.into_inner()).await))
+    }
+}
