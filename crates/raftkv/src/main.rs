@@ -263,6 +263,11 @@ struct ServerArgs {
     /// and the log writer are extra. Lower it when several servers share a machine.
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Join a running cluster through any member's --peer-addr instead of bootstrapping
+    /// one: the store gets its id from placement (kept in the data dir; --id is then
+    /// optional) and its replicas from placement's rebalancing. No --initial-cluster.
+    #[arg(long)]
+    join: Option<String>,
     /// Replicas of each region and of the placement group, at bootstrap (default 3; all
     /// stores when fewer).
     #[arg(long)]
@@ -293,6 +298,7 @@ struct FileConfig {
     worker_threads: Option<usize>,
     replicas: Option<u64>,
     cluster_id: Option<u64>,
+    join: Option<String>,
 }
 
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
@@ -390,6 +396,9 @@ fn worker_threads(a: &ServerArgs) -> Result<Option<usize>> {
     }
 }
 
+/// How long `--join` keeps trying to reach the cluster and get an id.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn run_server(a: ServerArgs) -> Result<()> {
     let file: FileConfig = match &a.config {
         Some(p) => {
@@ -399,7 +408,6 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         }
         None => FileConfig::default(),
     };
-    let id = a.id.or(file.id).context("--id is required")?;
     let data_dir = a
         .data_dir
         .or(file.data_dir)
@@ -414,12 +422,72 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         .context("--client-addr is required")?;
     let metrics_addr = a.metrics_addr.or(file.metrics_addr);
     let resp_addr = a.resp_addr.or(file.resp_addr);
-    let cluster = a
-        .initial_cluster
-        .or(file.initial_cluster)
-        .context("--initial-cluster is required (1=host:port,2=host:port,...)")?;
-    let initial_cluster = server::parse_initial_cluster(&cluster).map_err(anyhow::Error::msg)?;
+    let join = a.join.or(file.join);
+    let want_id = a.id.or(file.id);
+    let want_cluster = a.cluster_id.or(file.cluster_id);
+    // Bound before anything else: a store must not join (or bootstrap) with an address it
+    // cannot serve on.
+    let peer = tokio::net::TcpListener::bind(&peer_addr)
+        .await
+        .with_context(|| format!("binding --peer-addr {peer_addr}"))?;
+    let client = tokio::net::TcpListener::bind(&client_addr)
+        .await
+        .with_context(|| format!("binding --client-addr {client_addr}"))?;
+    let (id, initial_cluster, joined) = match &join {
+        Some(seed) => {
+            let addrs = placement::StoreAddrs {
+                peer: peer.local_addr()?.to_string(),
+                client: client.local_addr()?.to_string(),
+                resp: resp_addr.clone().unwrap_or_default(),
+            };
+            if want_id.is_some()
+                && server::identity::load(&data_dir)
+                    .map_err(anyhow::Error::msg)?
+                    .is_none()
+            {
+                bail!("--id comes from placement when a new store joins: leave it out");
+            }
+            let identity = server::join::join(seed, &data_dir, addrs, want_cluster, JOIN_TIMEOUT)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if let Some(w) = want_id {
+                if w != identity.store_id {
+                    bail!(
+                        "{} holds store {}, not --id {w}",
+                        data_dir.display(),
+                        identity.store_id
+                    );
+                }
+            }
+            let live = server::join::query(seed, std::time::Instant::now() + JOIN_TIMEOUT)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let peers = server::join::peers(&live);
+            if !peers.iter().any(|(s, _)| *s == identity.store_id) {
+                bail!(
+                    "store {} was removed from the cluster; start a new store (an empty --data-dir) to join again",
+                    identity.store_id
+                );
+            }
+            tracing::info!(
+                store = identity.store_id,
+                cluster = identity.cluster_id,
+                "joined the cluster through {seed}"
+            );
+            (identity.store_id, peers, true)
+        }
+        None => {
+            let id = want_id.context("--id is required (or --join to join a running cluster)")?;
+            let cluster = a.initial_cluster.or(file.initial_cluster).context(
+                "--initial-cluster is required (1=host:port,2=host:port,...), or --join PEER_ADDR",
+            )?;
+            let initial_cluster =
+                server::parse_initial_cluster(&cluster).map_err(anyhow::Error::msg)?;
+            (id, initial_cluster, false)
+        }
+    };
     let mut cfg = server::ServerConfig::new(id, data_dir, initial_cluster);
+    cfg.joined = joined;
     cfg.split_keys = match a.split_keys {
         Some(s) => s
             .split(',')
@@ -452,7 +520,7 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     if let Some(r) = a.replicas.or(file.replicas) {
         cfg.replicas = r;
     }
-    if let Some(c) = a.cluster_id.or(file.cluster_id) {
+    if let Some(c) = want_cluster {
         if c == 0 {
             bail!("--cluster-id must not be 0 (leave it out to derive one)");
         }
@@ -469,12 +537,6 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         bail!("--resp-password must not be empty (leave it out to disable AUTH)");
     }
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let peer = tokio::net::TcpListener::bind(&peer_addr)
-        .await
-        .with_context(|| format!("binding --peer-addr {peer_addr}"))?;
-    let client = tokio::net::TcpListener::bind(&client_addr)
-        .await
-        .with_context(|| format!("binding --client-addr {client_addr}"))?;
     let metrics = match &metrics_addr {
         Some(m) => Some(
             tokio::net::TcpListener::bind(m)

@@ -63,7 +63,8 @@ async fn connect(endpoint: &str) -> Option<PlacementClient> {
 async fn ask<F, Fut>(conn: &Conn, mut call: F) -> Result<pb::PlacementResponse>
 where
     F: FnMut(PlacementClient) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
+    Fut:
+        std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
 {
     let deadline = Instant::now() + CALL_RETRY_FOR;
     let mut last = String::from("no endpoints given");
@@ -217,7 +218,10 @@ fn print_config(live: &LiveAnswer) {
         c.number, live.answer.oldest, live.answer.cluster_id, live.answer.replicas, live.leader_store
     );
     print_stores(live);
-    println!("{:>20} {:>24} {:>10} {:>16} {}", "region", "range", "epoch", "replicas", "target");
+    println!(
+        "{:>20} {:>24} {:>10} {:>16} {}",
+        "region", "range", "epoch", "replicas", "target"
+    );
     for r in c.regions.values() {
         let name = if r.id == store_placement_id() {
             "placement".to_string()
@@ -239,7 +243,11 @@ fn print_config(live: &LiveAnswer) {
         println!(
             "{:>20} {:>24} {:>10} {:>16} {}",
             name,
-            if r.id == store_placement_id() { "-".to_string() } else { range },
+            if r.id == store_placement_id() {
+                "-".to_string()
+            } else {
+                range
+            },
             format!("{}/{}", r.conf_version, r.version),
             reps.join(","),
             r.target
@@ -314,15 +322,13 @@ pub(crate) async fn run_store(cmd: StoreCmd) -> Result<()> {
 
 /// `raftkv region move REGION --to S,...`: sets the target and waits until the region's
 /// replicas are exactly there (all voters).
-pub(crate) async fn move_region(
-    conn: &Conn,
-    region: u64,
-    to: &str,
-    wait_secs: u64,
-) -> Result<()> {
+pub(crate) async fn move_region(conn: &Conn, region: u64, to: &str, wait_secs: u64) -> Result<()> {
     let mut stores = Vec::new();
     for s in to.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        stores.push(s.parse::<u64>().with_context(|| format!("--to: {s:?} is not a store id"))?);
+        stores.push(
+            s.parse::<u64>()
+                .with_context(|| format!("--to: {s:?} is not a store id"))?,
+        );
     }
     let mut want = stores.clone();
     want.sort_unstable();

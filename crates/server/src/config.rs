@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// The cluster's id (`--cluster-id`); 0 = derived from the initial cluster and split
     /// keys at bootstrap (`placement::derive_cluster_id`).
     pub cluster_id: u64,
+    /// This store joined a running cluster (`--join`): it bootstraps no regions, and
+    /// `initial_cluster` is only where the other stores were when it started.
+    pub joined: bool,
     /// How often the store reports itself and the regions it leads to placement.
     pub placement_heartbeat: Duration,
     /// A store not heard from for this long shows as down (placement's live view).
@@ -77,6 +80,7 @@ impl ServerConfig {
             read_mode: store::DEFAULT_READ_MODE,
             replicas: DEFAULT_REPLICAS,
             cluster_id: 0,
+            joined: false,
             placement_heartbeat: DEFAULT_PLACEMENT_HEARTBEAT,
             store_down_after: DEFAULT_STORE_DOWN_AFTER,
         }

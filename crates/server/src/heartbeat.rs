@@ -129,7 +129,11 @@ async fn beat(
 }
 
 /// Carries out one operator on this store's replica (it led the region when it reported).
-async fn act(handle: &StoreHandle, cfg: &ServerConfig, op: &pb::RegionOperator) -> Result<(), String> {
+async fn act(
+    handle: &StoreHandle,
+    cfg: &ServerConfig,
+    op: &pb::RegionOperator,
+) -> Result<(), String> {
     let region = raft::GroupId(op.region_id);
     let e = op.epoch.clone().unwrap_or_default();
     let epoch = RegionEpoch {

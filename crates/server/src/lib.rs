@@ -22,13 +22,15 @@
 //! - [`run`]: starting and stopping a server on passed-in listeners.
 
 pub mod adapter;
-pub mod cluster_view;
-pub mod placement_svc;
 pub mod admin;
+pub mod cluster_view;
 pub mod config;
 pub mod disk;
 pub mod heartbeat;
+pub mod identity;
+pub mod join;
 pub mod metrics;
+pub mod placement_svc;
 pub mod resp_backend;
 pub mod run;
 pub mod service;

@@ -150,7 +150,9 @@ impl PlacementService {
             Err(e) => match elsewhere(&e) {
                 Some(hint) if !req.forwarded => {
                     for s in self.forward_targets(hint) {
-                        let Some(mut c) = self.client(s) else { continue };
+                        let Some(mut c) = self.client(s) else {
+                            continue;
+                        };
                         let fwd = pb::PlacementQueryRequest {
                             forwarded: true,
                             ..req.clone()
@@ -195,7 +197,9 @@ impl PlacementService {
             Err(e) => match elsewhere(&e) {
                 Some(hint) if !req.forwarded => {
                     for s in self.forward_targets(hint) {
-                        let Some(mut c) = self.client(s) else { continue };
+                        let Some(mut c) = self.client(s) else {
+                            continue;
+                        };
                         let fwd = pb::PlacementCallRequest {
                             forwarded: true,
                             ..req.clone()
@@ -245,7 +249,9 @@ impl PlacementService {
                 return match elsewhere(&e) {
                     Some(hint) if !req.forwarded => {
                         for s in self.forward_targets(hint) {
-                            let Some(mut c) = self.client(s) else { continue };
+                            let Some(mut c) = self.client(s) else {
+                                continue;
+                            };
                             let fwd = pb::HeartbeatRequest {
                                 forwarded: true,
                                 ..req.clone()
@@ -272,7 +278,10 @@ impl PlacementService {
         let config = &answer.config;
         let Some(st) = req.store.clone() else {
             return pb::HeartbeatResponse {
-                error: Some(refused(Code::InvalidArgument, "a heartbeat names its store")),
+                error: Some(refused(
+                    Code::InvalidArgument,
+                    "a heartbeat names its store",
+                )),
                 ..Default::default()
             };
         };
@@ -320,8 +329,7 @@ impl PlacementService {
                     continue; // older than placement's: ignored, no operator
                 }
             }
-            if held.is_none_or(|h| h.epoch() != layout.epoch() || h.replicas != layout.replicas)
-            {
+            if held.is_none_or(|h| h.epoch() != layout.epoch() || h.replicas != layout.replicas) {
                 if let Err(e) = self
                     .propose(&Command::ReportRegion {
                         region: layout.clone(),
@@ -347,7 +355,9 @@ impl PlacementService {
             layout.target = held.and_then(|h| h.target.clone());
             if let Some(op) = placement::next_step(&layout, st.store_id) {
                 let (kind, store) = match op {
-                    Operator::AddLearner { store } => (pb::region_operator::Kind::AddLearner, store),
+                    Operator::AddLearner { store } => {
+                        (pb::region_operator::Kind::AddLearner, store)
+                    }
                     Operator::Promote { store } => (pb::region_operator::Kind::Promote, store),
                     Operator::Remove { store } => (pb::region_operator::Kind::Remove, store),
                     Operator::TransferLeader { store } => {
@@ -458,6 +468,8 @@ impl pb::placement_server::Placement for PlacementGrpc {
         &self,
         req: tonic::Request<pb::HeartbeatRequest>,
     ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.0.heartbeat(req.into_inner()).await))
+        Ok(tonic::Response::new(
+            self.0.heartbeat(req.into_inner()).await,
+        ))
     }
 }

@@ -108,12 +108,52 @@ impl Server {
             dir: cfg.data_dir.clone(),
             source: e,
         })?;
-        let initial = placement::bootstrap_regions(
-            cfg.bootstrap_cluster_id(),
-            &cfg.initial_cluster,
-            &cfg.split_keys,
-            cfg.replicas,
-        );
+        // The data directory's identity: a first start records it, later ones must match.
+        let identity = match crate::identity::load(&cfg.data_dir).map_err(StartError::Config)? {
+            Some(id) if id.store_id != cfg.store_id => {
+                return Err(StartError::Config(format!(
+                    "{} holds store {}, not store {}",
+                    cfg.data_dir.display(),
+                    id.store_id,
+                    cfg.store_id
+                )))
+            }
+            Some(id) if cfg.cluster_id != 0 && id.cluster_id != cfg.cluster_id => {
+                return Err(StartError::Config(format!(
+                    "{} belongs to cluster {}, not --cluster-id {}",
+                    cfg.data_dir.display(),
+                    id.cluster_id,
+                    cfg.cluster_id
+                )))
+            }
+            Some(id) => id,
+            None if cfg.joined => {
+                return Err(StartError::Config(format!(
+                    "{} has no identity: join the cluster first",
+                    cfg.data_dir.display()
+                )))
+            }
+            None => {
+                let id = crate::identity::Identity {
+                    store_id: cfg.store_id,
+                    cluster_id: cfg.bootstrap_cluster_id(),
+                };
+                crate::identity::save(&cfg.data_dir, &id).map_err(StartError::Config)?;
+                id
+            }
+        };
+        let cluster_id = identity.cluster_id;
+        // A joined store bootstraps nothing: its replicas come from placement's moves.
+        let initial = if cfg.joined {
+            Vec::new()
+        } else {
+            placement::bootstrap_regions(
+                cluster_id,
+                &cfg.initial_cluster,
+                &cfg.split_keys,
+                cfg.replicas,
+            )
+        };
         let mut scfg = StoreConfig::new(cfg.store_id);
         scfg.election_tick = cfg.election_tick;
         scfg.heartbeat_tick = cfg.heartbeat_tick;
@@ -179,10 +219,7 @@ impl Server {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let advertised = crate::heartbeat::Advertised {
-            peer: peer
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            peer: peer.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             client: client_addr.clone(),
             resp: resp_listener
                 .as_ref()
@@ -190,7 +227,6 @@ impl Server {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
         };
-        let cluster_id = cfg.bootstrap_cluster_id();
         let svc = KvService::new(handle.clone(), cfg.clone(), metrics.clone())
             .with_client_addr(client_addr);
         let wait = |mut rx: watch::Receiver<bool>| async move {

@@ -460,6 +460,7 @@ impl KvService {
                     }
                     r
                 }
+                None if !header.forwarded => return self.forward_elsewhere(&key, req).await,
                 None => {
                     return err(
                         Code::RegionNotFound,
@@ -470,6 +471,7 @@ impl KvService {
         } else {
             match self.handle.region_for_key(&key) {
                 Some(r) => r,
+                None if !header.forwarded => return self.forward_elsewhere(&key, req).await,
                 None => {
                     return err(
                         Code::RegionNotFound,
@@ -572,6 +574,52 @@ impl KvService {
         resp.region_id = region.id.0;
         resp.served_by_store = self.cfg.store_id;
         resp
+    }
+
+    /// A request for a region this store has no replica of: forwarded to a store that has
+    /// one, as placement's latest configuration (in the cluster view) places it, and once
+    /// more to the leader that store names. A store that joined, or a cluster that moved
+    /// regions off this store, keeps serving every key through every server.
+    async fn forward_elsewhere(&self, key: &[u8], req: pb::KvRequest) -> pb::KvResponse {
+        let Some(layout) = self.handle.cluster.region_for_key(key) else {
+            return err(
+                Code::RegionNotFound,
+                "no region on this store holds the key, and placement's layout is not known yet",
+            );
+        };
+        let me = self.cfg.store_id;
+        let mut tried = Vec::new();
+        let mut next: Vec<u64> = layout
+            .replicas
+            .iter()
+            .filter(|p| !p.learner && p.store != me)
+            .map(|p| p.store)
+            .collect();
+        next.reverse();
+        let mut last = err(
+            Code::RegionNotFound,
+            format!("region {} has no replica this store can reach", layout.id),
+        );
+        // At most one try per replica plus the leader they name.
+        for _ in 0..=layout.replicas.len() {
+            let Some(store) = next.pop() else { break };
+            if tried.contains(&store) {
+                continue;
+            }
+            tried.push(store);
+            last = self.forward(store, req.clone()).await;
+            match &last.error {
+                None => return last,
+                Some(e) if e.code == Code::NotLeader as i32 && e.leader_store_id != 0 => {
+                    if e.leader_store_id != me && !tried.contains(&e.leader_store_id) {
+                        next.push(e.leader_store_id);
+                    }
+                }
+                Some(e) if e.code == Code::RegionNotFound as i32 => {}
+                Some(_) => return last,
+            }
+        }
+        last
     }
 
     /// Forwards a request once to the leader's store (any server accepts any request).

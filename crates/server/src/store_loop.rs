@@ -84,7 +84,10 @@ pub enum Cmd {
     },
     /// A verb for the placement group (`placement::encode_command` bytes) or a read of it,
     /// on this store's replica of it (see `crate::placement_svc`).
-    Placement { op: PlacementOp, reply: ReplyTx },
+    Placement {
+        op: PlacementOp,
+        reply: ReplyTx,
+    },
     /// A log write submitted by this loop finished (sent by the engine's writer thread).
     WriteDone,
     Shutdown,
@@ -405,9 +408,9 @@ fn handle(
             // may need proposals.
             let r = match store.region(store::PLACEMENT_REGION).map(|r| r.epoch) {
                 None => Err(StoreError::RegionNotFound(store::PLACEMENT_REGION)),
-                Some(_) if store.check_leader(store::PLACEMENT_REGION).is_err() => {
-                    store.check_leader(store::PLACEMENT_REGION).map(|()| Ticket(0))
-                }
+                Some(_) if store.check_leader(store::PLACEMENT_REGION).is_err() => store
+                    .check_leader(store::PLACEMENT_REGION)
+                    .map(|()| Ticket(0)),
                 Some(epoch) => match op {
                     PlacementOp::Propose(data) => {
                         store.propose(store::PLACEMENT_REGION, epoch, b"", data)

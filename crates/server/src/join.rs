@@ -1,0 +1,135 @@
+//! `raftkv server --join PEER_ADDR`: a new store asks a running cluster for its id. Any
+//! member's peer address will do: the peer port also serves the `Placement` gRPC service,
+//! which forwards to placement's leader.
+
+use crate::identity::{self, Identity};
+use api::pb;
+use placement::{Command, LiveAnswer, PlacementError, Reply, StoreAddrs, StoreState};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+type Client = pb::placement_client::PlacementClient<tonic::transport::Channel>;
+
+async fn connect(seed: &str) -> Result<Client, String> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{seed}"))
+        .map_err(|e| format!("--join {seed}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    ep.connect()
+        .await
+        .map(Client::new)
+        .map_err(|e| format!("cannot reach --join {seed}: {e}"))
+}
+
+/// The latest configuration and live view, from the cluster behind `seed`, retried until
+/// `deadline` (placement may be electing a leader).
+pub async fn query(seed: &str, deadline: Instant) -> Result<LiveAnswer, String> {
+    loop {
+        let r = match connect(seed).await {
+            Ok(mut c) => c
+                .query(pb::PlacementQueryRequest {
+                    config: -1,
+                    forwarded: false,
+                })
+                .await
+                .map_err(|s| s.message().to_string())
+                .and_then(|r| {
+                    let r = r.into_inner();
+                    match r.error {
+                        Some(e) => Err(e.message),
+                        None => serde_json::from_slice(&r.json).map_err(|e| e.to_string()),
+                    }
+                }),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(a) => return Ok(a),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("asking {seed} for the cluster's placement: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// Joins the cluster behind `seed` (or finds this data directory's join done already) and
+/// returns the store's identity. `want_cluster` (from `--cluster-id`) must match the
+/// cluster's when given.
+pub async fn join(
+    seed: &str,
+    data_dir: &Path,
+    addrs: StoreAddrs,
+    want_cluster: Option<u64>,
+    timeout: Duration,
+) -> Result<Identity, String> {
+    let deadline = Instant::now() + timeout;
+    if let Some(id) = identity::load(data_dir)? {
+        return Ok(id);
+    }
+    let live = query(seed, deadline).await?;
+    let cluster_id = live.answer.cluster_id;
+    if let Some(w) = want_cluster {
+        if w != cluster_id {
+            return Err(format!(
+                "--join {seed} reaches cluster {cluster_id}, not --cluster-id {w}"
+            ));
+        }
+    }
+    let token = identity::join_token(data_dir)?;
+    let cmd = Command::Join {
+        token,
+        cluster_id,
+        addrs,
+        labels: Default::default(),
+        capacity: 0,
+    };
+    let json = serde_json::to_vec(&cmd).expect("serializing");
+    let store_id = loop {
+        let r = match connect(seed).await {
+            Ok(mut c) => c
+                .call(pb::PlacementCallRequest {
+                    command_json: json.clone(),
+                    forwarded: false,
+                })
+                .await
+                .map_err(|s| s.message().to_string())
+                .and_then(|r| {
+                    let r = r.into_inner();
+                    match r.error {
+                        Some(e) => Err(e.message),
+                        None => serde_json::from_slice::<Result<Reply, PlacementError>>(&r.json)
+                            .map_err(|e| e.to_string()),
+                    }
+                }),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(Ok(Reply::Joined { store, .. })) => break store,
+            Ok(Ok(other)) => return Err(format!("unexpected answer to Join: {other:?}")),
+            // Refused by placement itself (wrong cluster, bad address): final.
+            Ok(Err(e)) => return Err(format!("the cluster refused to let this store join: {e}")),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("joining through {seed}: {e}"))
+            }
+            // Not answered: retried with the same token, so never joined twice.
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    let id = Identity {
+        store_id,
+        cluster_id,
+    };
+    identity::save(data_dir, &id)?;
+    Ok(id)
+}
+
+/// Every store of `live` that has not left, as `(id, peer address)`.
+pub fn peers(live: &LiveAnswer) -> Vec<(u64, String)> {
+    live.answer
+        .config
+        .stores
+        .values()
+        .filter(|s| s.state != StoreState::Removed && !s.addrs.peer.is_empty())
+        .map(|s| (s.id, s.addrs.peer.clone()))
+        .collect()
+}
