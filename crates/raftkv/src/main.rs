@@ -263,6 +263,10 @@ struct ServerArgs {
     /// and the log writer are extra. Lower it when several servers share a machine.
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// How often the store reports to placement, in milliseconds (default 2000); a store
+    /// unheard of for five intervals shows as Down.
+    #[arg(long)]
+    placement_heartbeat_ms: Option<u64>,
     /// Join a running cluster through any member's --peer-addr instead of bootstrapping
     /// one: the store gets its id from placement (kept in the data dir; --id is then
     /// optional) and its replicas from placement's rebalancing. No --initial-cluster.
@@ -299,6 +303,7 @@ struct FileConfig {
     replicas: Option<u64>,
     cluster_id: Option<u64>,
     join: Option<String>,
+    placement_heartbeat_ms: Option<u64>,
 }
 
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
@@ -520,6 +525,13 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     if let Some(r) = a.replicas.or(file.replicas) {
         cfg.replicas = r;
     }
+    if let Some(ms) = a.placement_heartbeat_ms.or(file.placement_heartbeat_ms) {
+        if !(10..=60_000).contains(&ms) {
+            bail!("--placement-heartbeat-ms must be between 10 and 60000, not {ms}");
+        }
+        cfg.placement_heartbeat = Duration::from_millis(ms);
+        cfg.store_down_after = cfg.placement_heartbeat * 5;
+    }
     if let Some(c) = want_cluster {
         if c == 0 {
             bail!("--cluster-id must not be 0 (leave it out to derive one)");
@@ -652,13 +664,30 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                 println!("{}\t{}", show(&k), show(&v));
             }
         }
-        Cmd::Status { json, .. } => {
-            let sts = c.status().await;
+        Cmd::Status { json, conn } => {
+            let mut sts = c.status().await;
+            // Placement knows every store, joined ones too: ask those the endpoints missed.
+            let live = placement_cmd::query_for(&conn, None, Duration::from_secs(3))
+                .await
+                .ok();
+            if let Some(l) = &live {
+                for s in l.answer.config.stores.values() {
+                    if sts.iter().any(|st| st.store_id == s.id)
+                        || s.addrs.client.is_empty()
+                        || s.state == placement::StoreState::Removed
+                    {
+                        continue;
+                    }
+                    if let Ok(mut other) = client::Client::connect(vec![s.addrs.client.clone()]).await {
+                        sts.extend(other.status().await);
+                    }
+                }
+            }
             if sts.is_empty() {
                 bail!("no server answered at {}", c.endpoints().join(","));
             }
             if json {
-                println!("{}", status_json(&sts));
+                println!("{}", status_json(&sts, live.as_ref()));
                 return Ok(());
             }
             println!(
@@ -719,10 +748,22 @@ async fn run_client(cmd: Cmd) -> Result<()> {
 /// answered, `Down` otherwise) and every region once, from its leader's report (from the
 /// report with the newest epoch when no leader is known; `leader_store` is then null). Keys
 /// are UTF-8 strings (lossy), `""` as an end key meaning the end of the key space.
-fn status_json(reports: &[client::pb::StatusResponse]) -> serde_json::Value {
+/// `raftkv status --json`: every store (placement's list when it answered, with each
+/// store's state there; `Down` for one that did not answer), every region once as its
+/// leader describes it, and `"placement": {"leader_store": N, "config": N}` (null when
+/// placement did not answer).
+fn status_json(
+    reports: &[client::pb::StatusResponse],
+    live: Option<&placement::LiveAnswer>,
+) -> serde_json::Value {
     use serde_json::json;
     use std::collections::BTreeMap;
     let mut stores: BTreeMap<u64, (String, String, bool)> = BTreeMap::new();
+    if let Some(l) = live {
+        for s in l.answer.config.stores.values() {
+            stores.insert(s.id, (s.addrs.peer.clone(), s.addrs.client.clone(), false));
+        }
+    }
     for st in reports {
         for s in &st.stores {
             stores
@@ -735,9 +776,15 @@ fn status_json(reports: &[client::pb::StatusResponse]) -> serde_json::Value {
         if e.0.is_empty() {
             e.0 = st.peer_addr.clone();
         }
-        e.1 = st.client_addr.clone();
+        if !st.client_addr.is_empty() {
+            e.1 = st.client_addr.clone();
+        }
         e.2 = true;
     }
+    let placement_state = |id: u64| {
+        live.and_then(|l| l.answer.config.stores.get(&id))
+            .map(|s| s.state)
+    };
     // Per region: (from its leader's report, epoch (version, conf_version), status).
     let mut regions: BTreeMap<u64, (bool, (u64, u64), &client::pb::RegionStatus)> = BTreeMap::new();
     for st in reports {
@@ -760,8 +807,17 @@ fn status_json(reports: &[client::pb::StatusResponse]) -> serde_json::Value {
             "id": id,
             "peer_addr": peer,
             "client_addr": client,
-            "state": if *up { "Up" } else { "Down" },
+            "state": match placement_state(*id) {
+                Some(placement::StoreState::Removed) => "Removed",
+                Some(placement::StoreState::Draining) if *up => "Draining",
+                _ if *up => "Up",
+                _ => "Down",
+            },
         })).collect::<Vec<_>>(),
+        "placement": live.map(|l| json!({
+            "leader_store": l.leader_store,
+            "config": l.answer.config.number,
+        })),
         "regions": regions.values().map(|(_, _, r)| {
             let reg = r.region.clone().unwrap_or_default();
             let epoch = reg.epoch.unwrap_or_default();

@@ -60,13 +60,21 @@ async fn connect(endpoint: &str) -> Option<PlacementClient> {
 }
 
 /// Asks the servers in turn, retrying refusals for up to [`CALL_RETRY_FOR`].
-async fn ask<F, Fut>(conn: &Conn, mut call: F) -> Result<pb::PlacementResponse>
+async fn ask<F, Fut>(conn: &Conn, call: F) -> Result<pb::PlacementResponse>
+where
+    F: FnMut(PlacementClient) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
+{
+    ask_for(conn, CALL_RETRY_FOR, call).await
+}
+
+async fn ask_for<F, Fut>(conn: &Conn, retry_for: Duration, mut call: F) -> Result<pb::PlacementResponse>
 where
     F: FnMut(PlacementClient) -> Fut,
     Fut:
         std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
 {
-    let deadline = Instant::now() + CALL_RETRY_FOR;
+    let deadline = Instant::now() + retry_for;
     let mut last = String::from("no endpoints given");
     loop {
         for ep in conn.list() {
@@ -94,8 +102,17 @@ where
 
 /// Configuration `n` (`None`: the latest) with the leader's live view.
 pub(crate) async fn query(conn: &Conn, n: Option<u64>) -> Result<LiveAnswer> {
+    query_for(conn, n, CALL_RETRY_FOR).await
+}
+
+/// [`query`], retrying refusals for `retry_for` only.
+pub(crate) async fn query_for(
+    conn: &Conn,
+    n: Option<u64>,
+    retry_for: Duration,
+) -> Result<LiveAnswer> {
     let config = n.map_or(-1, |n| n as i64);
-    let r = ask(conn, |mut c| async move {
+    let r = ask_for(conn, retry_for, |mut c| async move {
         c.query(pb::PlacementQueryRequest {
             config,
             forwarded: false,

@@ -86,7 +86,7 @@ impl TestCluster {
 
     /// Every store's log, for failure messages.
     pub fn logs(&self) -> String {
-        (1..=3)
+        (1..=self.procs.len())
             .map(|i| {
                 let path = self.dir.path().join(format!("store{i}.log"));
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -114,26 +114,57 @@ impl TestCluster {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Starts a new store that joins the running cluster through store 1's peer port
+    /// (`raftkv server --join`); returns its index. It gets its id from placement.
+    pub fn join_new_store(&mut self) -> usize {
+        let mut p = (free_port(), free_port(), free_port());
+        while p.0 == p.1 || p.1 == p.2 || p.0 == p.2 {
+            p = (free_port(), free_port(), free_port());
+        }
+        self.ports.push(p);
+        self.resp_ports.push(free_port());
+        self.procs.push(None);
+        self.data_dirs.push(None);
+        let i = self.procs.len() - 1;
+        self.spawn(i);
+        i
+    }
+
+    pub fn stores(&self) -> usize {
+        self.procs.len()
+    }
+
     pub fn spawn(&mut self, i: usize) {
+        // The first three bootstrap the cluster; later ones joined it.
         let cluster: Vec<String> = self
             .ports
             .iter()
+            .take(3)
             .enumerate()
             .map(|(j, p)| format!("{}=127.0.0.1:{}", j + 1, p.0))
             .collect();
+        let membership: Vec<String> = if i < 3 {
+            vec![
+                "--id".into(),
+                (i + 1).to_string(),
+                "--initial-cluster".into(),
+                cluster.join(","),
+            ]
+        } else {
+            vec!["--join".into(), format!("127.0.0.1:{}", self.ports[0].0)]
+        };
         let (peer, client, metrics) = self.ports[i];
         let log = std::fs::File::create(self.dir.path().join(format!("store{}.log", i + 1)))
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_raftkv"))
             .arg("server")
-            .args(["--id", &(i + 1).to_string()])
+            .args(&membership)
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
             .args(["--client-addr", &format!("127.0.0.1:{client}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp_ports[i])])
-            .args(["--initial-cluster", &cluster.join(",")])
             .args(["--split-keys", "g,p", "--tick-ms", "20"])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -231,7 +262,7 @@ impl TestCluster {
         let mut c = client::Client::connect(self.endpoints())
             .await
             .expect("client");
-        let live = (0..3).filter(|&i| self.is_up(i)).count();
+        let live = (0..self.procs.len()).filter(|&i| self.is_up(i)).count();
         c.wait_until_led(live, timeout).await
     }
 
