@@ -56,6 +56,10 @@ pub struct TransportConfig {
     /// partition) would otherwise stall the queue behind a full socket buffer for as long as
     /// TCP keeps retransmitting (many minutes).
     pub keepalive_interval: Duration,
+    /// This store's cluster id, sent in every connection's preface ([`wire`](crate::wire)):
+    /// a store of another cluster refuses the connection. 0 = unknown, accepted by every
+    /// store (tests, callers that do not know it).
+    pub cluster_id: u64,
 }
 
 impl Default for TransportConfig {
@@ -70,6 +74,7 @@ impl Default for TransportConfig {
             snapshot_concurrency: 4,
             connect_timeout: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(10),
+            cluster_id: 0,
         }
     }
 }
@@ -171,6 +176,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
             .field("my_store", &self.inner.my_store)
+            .field("cluster_id", &self.inner.config.cluster_id)
             .field("stats", &self.stats())
             .finish()
     }
@@ -417,7 +423,7 @@ impl TaskCtx {
                 .map_err(|e| fail(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
         stream
-            .write_all(&wire::preface(self.my_store))
+            .write_all(&wire::preface(self.my_store, self.config.cluster_id))
             .await
             .map_err(|e| fail(e.to_string()))?;
         Ok(stream)
@@ -523,6 +529,9 @@ enum StreamEnd {
     Failed,
 }
 
+/// How long a connection must stay open (and carry a frame) to reset the reconnect delay.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
 /// Keeps the normal connection to one destination open for the transport's lifetime.
 async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, direct: Arc<Direct>) {
     let mut batcher = Batcher {
@@ -550,6 +559,7 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, direct: Arc<
             }
         };
         tracing::debug!(to_store = ctx.to_store, %addr, "raft connection open");
+        let opened = tokio::time::Instant::now();
         let mut carried = false;
         let stream = Arc::new(stream);
         let end = run_normal_connection(
@@ -572,10 +582,11 @@ async fn normal_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, direct: Arc<
         match end {
             StreamEnd::Shutdown => return,
             StreamEnd::Failed => {
-                // Only a connection that carried a frame resets the delay: a peer that
-                // accepts and closes at once (an old version refusing our preface) must not
-                // be redialled every 50 ms.
-                if carried {
+                // Only a connection that carried a frame and stayed open a while resets the
+                // delay: a peer that accepts and closes at once (one of another cluster, or
+                // of another version, refusing our preface) must not be redialled every
+                // 50 ms, even when a frame got written before its close arrived.
+                if carried && opened.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }
                 ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);

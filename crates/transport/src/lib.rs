@@ -7,15 +7,22 @@
 //! Module map:
 //! - [`codec`]: the compact, versioned binary encoding of one [`raft::Message`], with a
 //!   decoder that treats its input as hostile (bounded counts, no panics).
-//! - [`wire`]: the connection preface and the frame format (length, CRC-32C, messages).
+//! - [`wire`]: the connection preface (magic `RKVRAFT2`, the dialer's store id and cluster
+//!   id) and the frame format (length, CRC-32C, messages).
 //! - [`client`]: [`Transport`], the sending side. Per destination store: a bounded queue
 //!   (overflow is dropped and counted, since Raft tolerates loss and the caller must never
 //!   block), a task that drains it into frames on one connection (keepalives when idle,
 //!   bounded writes) and reconnects with exponential backoff, and a second task for
 //!   snapshot chunks gated by a semaphore.
 //! - [`server`]: [`serve_peer_listener`] / [`RaftIngress`], the receiving side: tells
-//!   store-to-store connections from gRPC ones on the shared peer port, decodes each
-//!   message, drops and counts the ones that do not decode, and hands the rest to the store.
+//!   store-to-store connections from gRPC ones on the shared peer port, refuses (closes at
+//!   once, counts, logs) those from another cluster or from an older version's preface,
+//!   decodes each message, drops and counts the ones that do not decode, and hands the rest
+//!   to the store.
+//!
+//! Cluster check: the dialer sends [`TransportConfig::cluster_id`] in its preface, the
+//! acceptor compares it with [`RaftIngress::with_cluster_id`]'s; 0 on either side means
+//! unknown and is accepted.
 //!
 //! Delivery contract: best effort, FIFO per destination for non-snapshot messages (one
 //! queue, one connection at a time); messages may be lost on queue overflow or when a

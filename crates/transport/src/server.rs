@@ -6,13 +6,18 @@
 //! that does not decode is dropped and counted, never allowed to end the connection or crash
 //! the server (one bad message must not cut off the healthy traffic of every other region
 //! sharing the connection). A frame that fails its checksum ends the connection.
+//!
+//! The preface carries the dialer's cluster id: a connection from another cluster (both ids
+//! non-zero and different), or from a store of an older version whose preface has no
+//! cluster id, is refused before anything of it is read past the preface, counted in
+//! [`IngressStatsSnapshot::wrong_cluster`] and logged once per connection.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use raft::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use types::StoreId;
@@ -37,6 +42,7 @@ pub struct IngressStats {
     dropped_full: AtomicU64,
     streams: AtomicU64,
     broken: AtomicU64,
+    wrong_cluster: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngressStats`].
@@ -54,6 +60,10 @@ pub struct IngressStatsSnapshot {
     pub streams: u64,
     /// Connections ended by a framing error (bad preface, checksum, length).
     pub broken: u64,
+    /// Connections refused because the dialer belongs to another cluster (its preface's
+    /// cluster id and ours both non-zero and different), or cannot say (it sent the older
+    /// `RKVRAFT1` preface, without a cluster id). Also counted in `streams`.
+    pub wrong_cluster: u64,
 }
 
 impl IngressStats {
@@ -65,6 +75,7 @@ impl IngressStats {
             dropped_full: self.dropped_full.load(Ordering::Relaxed),
             streams: self.streams.load(Ordering::Relaxed),
             broken: self.broken.load(Ordering::Relaxed),
+            wrong_cluster: self.wrong_cluster.load(Ordering::Relaxed),
         }
     }
 }
@@ -93,36 +104,57 @@ enum Sink {
     Direct(Arc<SinkFn>),
 }
 
-/// Where decoded messages go, and the counters of everything received.
+/// Where decoded messages go, the cluster connections must belong to, and the counters of
+/// everything received.
 #[derive(Clone)]
 pub struct RaftIngress {
     sink: Sink,
     stats: Arc<IngressStats>,
+    /// This store's cluster id; 0 = unknown, accepting every cluster.
+    cluster_id: u64,
 }
 
 impl std::fmt::Debug for RaftIngress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftIngress")
+            .field("cluster_id", &self.cluster_id)
             .field("stats", &self.stats.snapshot())
             .finish()
     }
 }
 
 impl RaftIngress {
-    /// Messages go into `inbound`, waiting for space.
+    /// Messages go into `inbound`, waiting for space. Cluster id 0 (accepts every cluster)
+    /// until [`RaftIngress::with_cluster_id`].
     pub fn new(inbound: mpsc::Sender<Message>) -> RaftIngress {
         RaftIngress {
             sink: Sink::Channel(inbound),
             stats: Arc::default(),
+            cluster_id: 0,
         }
     }
 
-    /// Messages go through `sink`, which must not block.
+    /// Messages go through `sink`, which must not block. Cluster id 0 (accepts every
+    /// cluster) until [`RaftIngress::with_cluster_id`].
     pub fn direct(sink: Arc<SinkFn>) -> RaftIngress {
         RaftIngress {
             sink: Sink::Direct(sink),
             stats: Arc::default(),
+            cluster_id: 0,
         }
+    }
+
+    /// Refuse connections from stores of another cluster than `cluster_id`: a connection
+    /// whose preface carries a different, non-zero cluster id is closed at once, nothing of
+    /// it delivered. 0 (the default) accepts every cluster; a dialer's 0 is accepted too.
+    pub fn with_cluster_id(mut self, cluster_id: u64) -> RaftIngress {
+        self.cluster_id = cluster_id;
+        self
+    }
+
+    /// The cluster id connections are checked against; 0 = no check.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// A handle on this ingress's counters; stays valid after the ingress is moved.
@@ -164,6 +196,29 @@ impl RaftIngress {
                 // (a snapshot sender holds its permit until it sees this).
                 let _ = wr.shutdown().await;
             }
+            // Refused: returning drops both halves, which closes the connection at once.
+            Err(wire::FrameError::WrongCluster {
+                from_store,
+                theirs,
+                ours,
+            }) => {
+                self.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    from_store,
+                    their_cluster_id = theirs,
+                    our_cluster_id = ours,
+                    "refusing a raft connection from a store of another cluster"
+                );
+            }
+            Err(wire::FrameError::OldVersion { from_store }) => {
+                self.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    from_store,
+                    our_cluster_id = self.cluster_id,
+                    "refusing a raft connection from a store running an older RaftKV version \
+                     (transport preface RKVRAFT1, without a cluster id): upgrade it"
+                );
+            }
             Err(e) => {
                 if !matches!(e, wire::FrameError::Io(_)) {
                     self.stats.broken.fetch_add(1, Ordering::Relaxed);
@@ -173,15 +228,29 @@ impl RaftIngress {
         }
     }
 
+    /// Reads the preface and checks the dialer's cluster; the dialer's store id.
+    async fn read_preface<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+    ) -> Result<u64, wire::FrameError> {
+        let p = tokio::time::timeout(SNIFF_TIMEOUT, wire::read_preface(rd))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if p.cluster_id != 0 && self.cluster_id != 0 && p.cluster_id != self.cluster_id {
+            return Err(wire::FrameError::WrongCluster {
+                from_store: p.from_store,
+                theirs: p.cluster_id,
+                ours: self.cluster_id,
+            });
+        }
+        Ok(p.from_store)
+    }
+
     async fn read_all<R: tokio::io::AsyncRead + Unpin>(
         &self,
         rd: &mut R,
     ) -> Result<(), wire::FrameError> {
-        let mut preface = [0u8; wire::PREFACE_LEN];
-        tokio::time::timeout(SNIFF_TIMEOUT, rd.read_exact(&mut preface))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let from_store = wire::parse_preface(&preface)?;
+        let from_store = self.read_preface(rd).await?;
         let mut payload = Vec::new();
         loop {
             let more = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame(rd, &mut payload))
@@ -218,16 +287,18 @@ enum Sniffed {
 
 async fn sniff(stream: &TcpStream) -> Sniffed {
     let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
-    let mut buf = [0u8; wire::MAGIC.len()];
+    // Only the magic decides: a preface of either version is ours (the first version's to
+    // be refused with a clear reason by the ingress, not handed to gRPC).
+    let mut buf = [0u8; wire::MAGIC_LEN];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Sniffed::Gone,
             Ok(Ok(n)) => n,
         };
-        if buf[..n] != wire::MAGIC[..n] {
+        if !wire::is_magic_prefix(&buf[..n]) {
             return Sniffed::Other;
         }
-        if n == wire::MAGIC.len() {
+        if n == wire::MAGIC_LEN {
             return Sniffed::Raft;
         }
         // A prefix of the magic so far: wait for the rest (peek does not consume, so

@@ -2,10 +2,18 @@
 //!
 //! ```text
 //! connection := preface frame*
-//! preface    := "RKVRAFT1" from_store:u64le            (16 bytes, sent once by the dialer)
+//! preface    := "RKVRAFT2" from_store:u64le cluster_id:u64le
+//!                                                       (24 bytes, sent once by the dialer)
 //! frame      := len:u32le crc:u32le payload[len]        (crc = CRC-32C of payload)
 //! payload    := (msg_len:u32le msg[msg_len])*           (msg: one `codec` message)
 //! ```
+//!
+//! `cluster_id` keeps a store out of the wrong cluster: the acceptor refuses (closes at
+//! once, delivering nothing) a connection whose cluster id differs from its own. 0 means
+//! "unknown" on either side and is accepted. The first version's preface,
+//! `"RKVRAFT1" from_store:u64le` (16 bytes, no cluster id), is still recognised, only to be
+//! refused with a log naming the old version ([`FrameError::OldVersion`]) rather than
+//! handed on as another protocol.
 //!
 //! An empty payload is a keepalive. Traffic flows one way: the dialer writes frames, the
 //! acceptor only reads; it closes its side after the dialer's end of input, once everything
@@ -29,9 +37,16 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::codec;
 
 /// The first bytes of a store-to-store connection.
-pub const MAGIC: [u8; 8] = *b"RKVRAFT1";
-/// Length of the preface: magic and the dialer's store id.
-pub const PREFACE_LEN: usize = 16;
+pub const MAGIC: [u8; MAGIC_LEN] = *b"RKVRAFT2";
+/// The magic of the first version's preface (`"RKVRAFT1" from_store:u64le`, no cluster
+/// id). Recognised only to refuse such connections with a clear reason.
+pub const MAGIC_V1: [u8; MAGIC_LEN] = *b"RKVRAFT1";
+/// Length of the magic that opens a preface (of either version).
+pub const MAGIC_LEN: usize = 8;
+/// Length of the preface: magic, the dialer's store id and its cluster id.
+pub const PREFACE_LEN: usize = 24;
+/// Length of the first version's preface: magic and the dialer's store id.
+pub const PREFACE_V1_LEN: usize = 16;
 /// Length of a frame header: payload length and CRC.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Largest payload a reader accepts. Senders cut batches far below this (the transport's
@@ -43,6 +58,17 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 pub enum FrameError {
     #[error("connection does not start with the RaftKV transport preface")]
     BadPreface,
+    /// The dialer sent the first version's preface (`RKVRAFT1`, without a cluster id): it
+    /// runs an older RaftKV version, and is refused since its cluster cannot be checked.
+    #[error("store {from_store} sent the old transport preface RKVRAFT1 (no cluster id): it runs an older RaftKV version")]
+    OldVersion { from_store: u64 },
+    /// The dialer's cluster id differs from the acceptor's (both non-zero).
+    #[error("store {from_store} belongs to cluster {theirs}, this store to cluster {ours}")]
+    WrongCluster {
+        from_store: u64,
+        theirs: u64,
+        ours: u64,
+    },
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
     TooLarge(usize),
     #[error("frame checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
@@ -53,22 +79,65 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// The preface a dialer writes.
-pub fn preface(from_store: u64) -> [u8; PREFACE_LEN] {
+/// What a dialer's preface says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preface {
+    /// The dialing store.
+    pub from_store: u64,
+    /// The dialer's cluster id; 0 = unknown.
+    pub cluster_id: u64,
+}
+
+/// The preface a dialer writes: store `from_store` of cluster `cluster_id` (0 = unknown).
+pub fn preface(from_store: u64, cluster_id: u64) -> [u8; PREFACE_LEN] {
     let mut p = [0u8; PREFACE_LEN];
     p[..8].copy_from_slice(&MAGIC);
-    p[8..].copy_from_slice(&from_store.to_le_bytes());
+    p[8..16].copy_from_slice(&from_store.to_le_bytes());
+    p[16..].copy_from_slice(&cluster_id.to_le_bytes());
     p
 }
 
-/// Parses a preface; the dialer's store id.
-pub fn parse_preface(p: &[u8; PREFACE_LEN]) -> Result<u64, FrameError> {
-    if p[..8] != MAGIC {
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Parses a preface. One that starts with the first version's magic is refused as
+/// [`FrameError::OldVersion`] (naming the store from its bytes 8..16); anything else that
+/// does not start with [`MAGIC`] as [`FrameError::BadPreface`].
+pub fn parse_preface(p: &[u8; PREFACE_LEN]) -> Result<Preface, FrameError> {
+    if p[..MAGIC_LEN] == MAGIC_V1 {
+        return Err(FrameError::OldVersion {
+            from_store: u64_at(p, 8),
+        });
+    }
+    if p[..MAGIC_LEN] != MAGIC {
         return Err(FrameError::BadPreface);
     }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&p[8..]);
-    Ok(u64::from_le_bytes(id))
+    Ok(Preface {
+        from_store: u64_at(p, 8),
+        cluster_id: u64_at(p, 16),
+    })
+}
+
+/// Whether `first`, the first bytes of a connection (at most [`MAGIC_LEN`] of them), are
+/// the start of a preface of either version: what the acceptor checks to tell
+/// store-to-store connections from others.
+pub fn is_magic_prefix(first: &[u8]) -> bool {
+    first.len() <= MAGIC_LEN && (MAGIC.starts_with(first) || MAGIC_V1.starts_with(first))
+}
+
+/// Reads a preface from the start of a connection. Reads the magic first and then only as
+/// many bytes as its version's preface has, so a dialer of the first version (16 bytes)
+/// is refused at once as [`FrameError::OldVersion`] instead of being waited on for 24.
+pub async fn read_preface<R: AsyncRead + Unpin>(r: &mut R) -> Result<Preface, FrameError> {
+    let mut p = [0u8; PREFACE_LEN];
+    r.read_exact(&mut p[..MAGIC_LEN]).await?;
+    if p[..MAGIC_LEN] == MAGIC_V1 {
+        r.read_exact(&mut p[MAGIC_LEN..PREFACE_V1_LEN]).await?;
+    } else if p[..MAGIC_LEN] == MAGIC {
+        r.read_exact(&mut p[MAGIC_LEN..]).await?;
+    }
+    parse_preface(&p)
 }
 
 /// Builds one frame in place: messages are encoded straight into the output buffer, and the
@@ -276,9 +345,79 @@ mod tests {
 
     #[test]
     fn preface_round_trips_and_rejects_strangers() {
-        assert_eq!(parse_preface(&preface(42)).unwrap(), 42);
+        let p = preface(42, 0xDEAD_BEEF_0000_0007);
+        assert_eq!(p.len(), 24);
+        assert_eq!(&p[..8], b"RKVRAFT2");
+        assert_eq!(
+            parse_preface(&p).unwrap(),
+            Preface {
+                from_store: 42,
+                cluster_id: 0xDEAD_BEEF_0000_0007
+            }
+        );
+        assert_eq!(
+            parse_preface(&preface(u64::MAX, 0)).unwrap(),
+            Preface {
+                from_store: u64::MAX,
+                cluster_id: 0
+            }
+        );
         let mut h2 = [0u8; PREFACE_LEN];
-        h2.copy_from_slice(b"PRI * HTTP/2.0\r\n");
+        h2.copy_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert!(matches!(parse_preface(&h2), Err(FrameError::BadPreface)));
+        // The first version's preface names its store but is refused.
+        let mut v1 = [0u8; PREFACE_LEN];
+        v1[..8].copy_from_slice(b"RKVRAFT1");
+        v1[8..16].copy_from_slice(&5u64.to_le_bytes());
+        assert!(matches!(
+            parse_preface(&v1),
+            Err(FrameError::OldVersion { from_store: 5 })
+        ));
+    }
+
+    #[test]
+    fn magic_prefixes_of_both_versions_are_recognised() {
+        assert!(is_magic_prefix(b""));
+        assert!(is_magic_prefix(b"RKV"));
+        assert!(is_magic_prefix(b"RKVRAFT"));
+        assert!(is_magic_prefix(b"RKVRAFT2"));
+        assert!(is_magic_prefix(b"RKVRAFT1"));
+        assert!(!is_magic_prefix(b"RKVRAFT3"));
+        assert!(!is_magic_prefix(b"PRI * HT"));
+        assert!(!is_magic_prefix(b"RKVRAFT2+"), "longer than the magic");
+    }
+
+    #[tokio::test]
+    async fn read_preface_reads_only_its_version_s_length() {
+        // Version 2: 24 bytes, then the first frame follows untouched.
+        let mut stream = preface(3, 77).to_vec();
+        stream.extend_from_slice(&KEEPALIVE);
+        let mut r = &stream[..];
+        assert_eq!(
+            read_preface(&mut r).await.unwrap(),
+            Preface {
+                from_store: 3,
+                cluster_id: 77
+            }
+        );
+        assert_eq!(r, &KEEPALIVE[..]);
+        // Version 1: refused after its 16 bytes (no wait for 24 that may never come).
+        let mut v1 = b"RKVRAFT1".to_vec();
+        v1.extend_from_slice(&9u64.to_le_bytes());
+        let mut r = &v1[..];
+        assert!(matches!(
+            read_preface(&mut r).await,
+            Err(FrameError::OldVersion { from_store: 9 })
+        ));
+        // A stranger: refused after the magic.
+        let mut r = &b"PRI * HTTP/2.0\r\n"[..];
+        assert!(matches!(
+            read_preface(&mut r).await,
+            Err(FrameError::BadPreface)
+        ));
+        // Cut short: an i/o error, not a verdict.
+        let p = preface(3, 77);
+        let mut r = &p[..20];
+        assert!(matches!(read_preface(&mut r).await, Err(FrameError::Io(_))));
     }
 }

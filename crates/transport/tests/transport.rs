@@ -39,7 +39,17 @@ struct TestServer {
 impl TestServer {
     /// Binds `addr` (port 0 for any) and serves, forwarding into `inbound`. Retries the bind
     /// until the deadline because a just-closed port may take a moment to be reusable.
+    /// Cluster id 0: accepts dialers of every cluster.
     fn start(addr: SocketAddr, inbound: mpsc::Sender<Message>) -> TestServer {
+        TestServer::start_in_cluster(addr, inbound, 0)
+    }
+
+    /// Like [`TestServer::start`], refusing dialers of clusters other than `cluster_id`.
+    fn start_in_cluster(
+        addr: SocketAddr,
+        inbound: mpsc::Sender<Message>,
+        cluster_id: u64,
+    ) -> TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (others_tx, others) = std::sync::mpsc::channel();
@@ -61,7 +71,7 @@ impl TestServer {
                         Err(e) => panic!("bind {addr}: {e}"),
                     }
                 };
-                let ingress = RaftIngress::new(inbound);
+                let ingress = RaftIngress::new(inbound).with_cluster_id(cluster_id);
                 ready_tx
                     .send((listener.local_addr().unwrap(), ingress.stats(), metrics))
                     .unwrap();
@@ -126,6 +136,7 @@ fn config() -> TransportConfig {
         snapshot_concurrency: 2,
         connect_timeout: Duration::from_secs(2),
         keepalive_interval: Duration::from_secs(5),
+        cluster_id: 0,
     }
 }
 
@@ -488,7 +499,7 @@ async fn snapshot_chunks_beyond_the_queue_capacity_are_dropped() {
 /// Opens a raw store-to-store connection to `server` and writes the preface.
 async fn raw_connection(server: &TestServer) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(&wire::preface(7)).await.unwrap();
+    s.write_all(&wire::preface(7, 0)).await.unwrap();
     s
 }
 
@@ -615,11 +626,166 @@ async fn other_protocols_on_the_peer_port_are_handed_on() {
         !server.others.try_iter().any(|a| a == slow_addr),
         "a prefix of the magic was handed on as another protocol"
     );
-    let p = wire::preface(9);
+    let p = wire::preface(9, 0);
     slow.write_all(&p[3..]).await.unwrap();
     let mut fb = FrameBuilder::new();
     fb.push(&msg(9, 8, 5));
     slow.write_all(fb.finish()).await.unwrap();
     assert_eq!(recv_n(&mut rx, 1).await, vec![msg(9, 8, 5)]);
     assert_eq!(server.stats.snapshot().streams, 1);
+}
+
+/// Opens a connection to `server`, writes `preface` and one frame behind it in a single
+/// write, and waits (bounded) for the server to close it.
+async fn refused_connection(server: &TestServer, preface: &[u8]) -> SocketAddr {
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let local = conn.local_addr().unwrap();
+    let mut fb = FrameBuilder::new();
+    fb.push(&msg(5, 7, 0));
+    let mut bytes = preface.to_vec();
+    bytes.extend_from_slice(fb.finish());
+    conn.write_all(&bytes).await.unwrap();
+    // End of input or a reset: either way closed, which is what is waited for.
+    let mut rest = Vec::new();
+    let closed = timeout(DEADLINE, conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server kept a refused connection open");
+    assert!(rest.is_empty(), "the receiver never writes");
+    local
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_another_cluster_is_refused_and_one_of_the_same_cluster_delivers() {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let server = TestServer::start_in_cluster("127.0.0.1:0".parse().unwrap(), tx, 7);
+
+    // A raw dialer of cluster 8, a frame right behind its preface: closed, nothing delivered.
+    refused_connection(&server, &wire::preface(5, 8)).await;
+    // Counted before the connection is closed (same task), so no wait is needed.
+    assert_eq!(server.stats.snapshot().wrong_cluster, 1);
+
+    // A transport of cluster 8: every connection it opens is refused, and it keeps redialling.
+    let wrong = Transport::new(
+        StoreId(5),
+        TransportConfig {
+            cluster_id: 8,
+            ..config()
+        },
+    );
+    wrong.set_peer_address(StoreId(7), server.url());
+    for seq in 0..10 {
+        wrong.send(StoreId(7), msg(5, 7, seq));
+    }
+    wait_for(
+        "two connections of the other cluster's transport refused",
+        || server.stats.snapshot().wrong_cluster >= 3,
+    )
+    .await;
+    // A refused connection is counted only after its reading ended, before any frame: had
+    // anything of one been handed over, it would be in `rx` and counted by now.
+    let st = server.stats.snapshot();
+    assert_eq!(st.received, 0, "{st:?}");
+    assert_eq!(
+        st.batches, 0,
+        "a frame of a refused connection was read: {st:?}"
+    );
+    assert_eq!(st.broken, 0, "a refusal is not a framing error: {st:?}");
+    assert!(
+        rx.try_recv().is_err(),
+        "a message from another cluster was delivered"
+    );
+    drop(wrong);
+
+    // A transport of the same cluster is served as usual.
+    let right = Transport::new(
+        StoreId(6),
+        TransportConfig {
+            cluster_id: 7,
+            ..config()
+        },
+    );
+    right.set_peer_address(StoreId(7), server.url());
+    for seq in 0..100 {
+        right.send(StoreId(7), msg(6, 7, seq));
+    }
+    let got = recv_n(&mut rx, 100).await;
+    assert_eq!(got, (0..100).map(|seq| msg(6, 7, seq)).collect::<Vec<_>>());
+    wait_for("every message counted", || {
+        server.stats.snapshot().received == 100
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_cluster_id_on_either_side_is_accepted() {
+    // The receiver knows its cluster, the dialer does not (0).
+    let (tx, mut rx) = mpsc::channel(1024);
+    let known = TestServer::start_in_cluster("127.0.0.1:0".parse().unwrap(), tx, 7);
+    let anonymous = Transport::new(StoreId(1), config());
+    anonymous.set_peer_address(StoreId(2), known.url());
+    // The dialer knows its cluster, the receiver does not (0).
+    let (tx0, mut rx0) = mpsc::channel(1024);
+    let unknown = TestServer::start("127.0.0.1:0".parse().unwrap(), tx0);
+    let of_nine = Transport::new(
+        StoreId(3),
+        TransportConfig {
+            cluster_id: 9,
+            ..config()
+        },
+    );
+    of_nine.set_peer_address(StoreId(4), unknown.url());
+
+    for seq in 0..50 {
+        anonymous.send(StoreId(2), msg(1, 2, seq));
+        of_nine.send(StoreId(4), msg(3, 4, seq));
+    }
+    let (got, got0) = tokio::join!(recv_n(&mut rx, 50), recv_n(&mut rx0, 50));
+    assert_eq!(got, (0..50).map(|seq| msg(1, 2, seq)).collect::<Vec<_>>());
+    assert_eq!(got0, (0..50).map(|seq| msg(3, 4, seq)).collect::<Vec<_>>());
+
+    // And a raw preface with 0 to a receiver of cluster 7.
+    let mut conn = tokio::net::TcpStream::connect(known.addr).await.unwrap();
+    let mut fb = FrameBuilder::new();
+    fb.push(&msg(8, 2, 1));
+    let mut bytes = wire::preface(8, 0).to_vec();
+    bytes.extend_from_slice(fb.finish());
+    conn.write_all(&bytes).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1).await, vec![msg(8, 2, 1)]);
+
+    for server in [&known, &unknown] {
+        let st = server.stats.snapshot();
+        assert_eq!(st.wrong_cluster, 0, "{st:?}");
+        assert_eq!(st.broken, 0, "{st:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_version_preface_is_refused_not_handed_on() {
+    // The first version's preface: magic and store id, no cluster id. Refused whether or not
+    // the receiver knows its cluster.
+    let mut v1 = wire::MAGIC_V1.to_vec();
+    v1.extend_from_slice(&5u64.to_le_bytes());
+    assert_eq!(v1.len(), wire::PREFACE_V1_LEN);
+    for cluster_id in [0, 7] {
+        let (tx, mut rx) = mpsc::channel(64);
+        let server = TestServer::start_in_cluster("127.0.0.1:0".parse().unwrap(), tx, cluster_id);
+        let local = refused_connection(&server, &v1).await;
+        let st = server.stats.snapshot();
+        assert_eq!(st.wrong_cluster, 1, "cluster {cluster_id}: {st:?}");
+        assert_eq!(st.streams, 1, "cluster {cluster_id}: {st:?}");
+        assert_eq!(st.received, 0, "cluster {cluster_id}: {st:?}");
+        assert_eq!(st.batches, 0, "cluster {cluster_id}: {st:?}");
+        assert_eq!(st.broken, 0, "cluster {cluster_id}: {st:?}");
+        assert!(rx.try_recv().is_err(), "cluster {cluster_id}: delivered");
+        assert!(
+            !server.others.try_iter().any(|a| a == local),
+            "cluster {cluster_id}: an old preface was handed on as another protocol"
+        );
+        // The server is still serving: a current dialer gets through.
+        let mut conn = raw_connection(&server).await;
+        let mut fb = FrameBuilder::new();
+        fb.push(&msg(7, 8, 3));
+        conn.write_all(fb.finish()).await.unwrap();
+        assert_eq!(recv_n(&mut rx, 1).await, vec![msg(7, 8, 3)]);
+        server.stop();
+    }
 }
