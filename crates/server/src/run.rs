@@ -181,8 +181,15 @@ impl Server {
             metrics.set_recovery(r.bytes_read, r.duration);
         }
 
-        let transport =
-            transport::Transport::new(StoreId(cfg.store_id), transport::TransportConfig::default());
+        // Every store-to-store connection carries the cluster id; a store of another
+        // cluster is refused.
+        let transport = transport::Transport::new(
+            StoreId(cfg.store_id),
+            transport::TransportConfig {
+                cluster_id,
+                ..transport::TransportConfig::default()
+            },
+        );
         // The view gives the transport every store's address: the initial cluster's now,
         // joined and moved stores' as placement reports them.
         let cluster = Arc::new(crate::cluster_view::ClusterView::new(
@@ -213,7 +220,8 @@ impl Server {
         // queue drops the message: Raft retransmits). The peer port also serves gRPC, for
         // requests forwarded by other servers.
         let h = handle.clone();
-        let ingress = transport::RaftIngress::direct(Arc::new(move |from, m| h.send_raft(from, m)));
+        let ingress = transport::RaftIngress::direct(Arc::new(move |from, m| h.send_raft(from, m)))
+            .with_cluster_id(cluster_id);
         let client_addr = client
             .local_addr()
             .map(|a| a.to_string())
