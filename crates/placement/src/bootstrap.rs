@@ -63,6 +63,8 @@ pub fn with_placement(
     let mut ids: Vec<u64> = stores.iter().map(|(id, _)| *id).collect();
     ids.sort_unstable();
     let r = (replicas as usize).clamp(1, ids.len().max(1));
+    // Peer ids as a bootstrap region's (`region * 1000 + store` with region 1): below every
+    // id a later re-addition gets (`types::peer_id`).
     let placement = Region {
         id: PLACEMENT_REGION,
         start_key: Vec::new(),
@@ -73,7 +75,7 @@ pub fn with_placement(
         },
         peers: ids[..r]
             .iter()
-            .map(|&s| PeerMeta::voter(raft::NodeId(PLACEMENT_REGION.0 * 1000 + s), StoreId(s)))
+            .map(|&s| PeerMeta::voter(raft::NodeId(1000 + s), StoreId(s)))
             .collect(),
     };
     let metas = stores

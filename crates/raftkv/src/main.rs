@@ -678,7 +678,9 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                     {
                         continue;
                     }
-                    if let Ok(mut other) = client::Client::connect(vec![s.addrs.client.clone()]).await {
+                    if let Ok(mut other) =
+                        client::Client::connect(vec![s.addrs.client.clone()]).await
+                    {
                         sts.extend(other.status().await);
                     }
                 }

@@ -63,12 +63,17 @@ async fn connect(endpoint: &str) -> Option<PlacementClient> {
 async fn ask<F, Fut>(conn: &Conn, call: F) -> Result<pb::PlacementResponse>
 where
     F: FnMut(PlacementClient) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
+    Fut:
+        std::future::Future<Output = Result<tonic::Response<pb::PlacementResponse>, tonic::Status>>,
 {
     ask_for(conn, CALL_RETRY_FOR, call).await
 }
 
-async fn ask_for<F, Fut>(conn: &Conn, retry_for: Duration, mut call: F) -> Result<pb::PlacementResponse>
+async fn ask_for<F, Fut>(
+    conn: &Conn,
+    retry_for: Duration,
+    mut call: F,
+) -> Result<pb::PlacementResponse>
 where
     F: FnMut(PlacementClient) -> Fut,
     Fut:

@@ -4,14 +4,23 @@
 //! configuration number makes the heartbeat loop fetch the configuration), so stores that
 //! joined later, and stores restarted on new addresses, are reachable. Everything that
 //! contacts another store (forwarding, admin calls, the transport) asks here.
+//!
+//! The addresses are also kept in the data directory (`stores.json`, rewritten when they
+//! change): a store restarted while placement's leader is on a store it only learned of
+//! from placement can still reach it (and everything else it knew) at once.
 
 use placement::{Config, StoreAddrs};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// File in the data directory with the addresses last known.
+const STORES_FILE: &str = "stores.json";
+
 pub struct ClusterView {
     me: u64,
+    /// Where the addresses are kept (none in tests without a data directory).
+    file: Option<std::path::PathBuf>,
     addrs: RwLock<BTreeMap<u64, StoreAddrs>>,
     config: RwLock<Option<Arc<Config>>>,
     placement_leader: AtomicU64,
@@ -26,14 +35,38 @@ impl ClusterView {
         initial: &[(u64, String)],
         transport: Option<transport::Transport>,
     ) -> ClusterView {
+        Self::with_file(me, initial, transport, None)
+    }
+
+    /// [`ClusterView::new`] that also loads and keeps the addresses in `data_dir` (those
+    /// kept there come first; `initial` fills in the rest).
+    pub fn with_file(
+        me: u64,
+        initial: &[(u64, String)],
+        transport: Option<transport::Transport>,
+        data_dir: Option<&std::path::Path>,
+    ) -> ClusterView {
+        let file = data_dir.map(|d| d.join(STORES_FILE));
+        let kept: BTreeMap<u64, StoreAddrs> = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let v = ClusterView {
             me,
+            file,
             addrs: RwLock::new(BTreeMap::new()),
             config: RwLock::new(None),
             placement_leader: AtomicU64::new(0),
             transport,
         };
+        for (id, a) in kept {
+            v.set_addrs(id, a);
+        }
         for (id, peer) in initial {
+            if v.peer_addr(*id).is_some() {
+                continue;
+            }
             v.set_addrs(
                 *id,
                 StoreAddrs {
@@ -72,6 +105,15 @@ impl ClusterView {
             }
         }
         m.insert(store, a);
+        if let Some(f) = &self.file {
+            // Rare (an address changed): a small synchronous write is fine. Losing it costs
+            // only a slower start, so a failure is logged, not fatal.
+            let tmp = f.with_extension("tmp");
+            let json = serde_json::to_vec(&*m).expect("serializing");
+            if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, f)) {
+                tracing::warn!("keeping store addresses in {}: {e}", f.display());
+            }
+        }
     }
 
     pub fn peer_addr(&self, store: u64) -> Option<String> {

@@ -128,6 +128,35 @@ impl PlacementService {
         out
     }
 
+    /// Tries `send` on the stores of [`Self::forward_targets`] in turn, and on a leader one
+    /// of them names (once each, at most [`MAX_FORWARD_TRIES`]); the first answer without
+    /// an error.
+    async fn forward<R, F, Fut>(&self, hint: Option<u64>, send: F) -> Option<R>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Option<Result<R, Option<u64>>>>,
+    {
+        let mut queue = self.forward_targets(hint);
+        queue.reverse();
+        let mut tried = Vec::new();
+        while let Some(s) = queue.pop() {
+            if tried.len() >= MAX_FORWARD_TRIES {
+                break;
+            }
+            if tried.contains(&s) || s == self.cfg.store_id {
+                continue;
+            }
+            tried.push(s);
+            let Some(c) = self.client(s) else { continue };
+            match send(c).await {
+                Some(Ok(r)) => return Some(r),
+                Some(Err(Some(leader))) if !tried.contains(&leader) => queue.push(leader),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Configuration `n` (`None`: the latest) with the live view, as JSON.
     pub async fn query(&self, req: pb::PlacementQueryRequest) -> pb::PlacementResponse {
         let n = u64::try_from(req.config).ok();
@@ -149,22 +178,19 @@ impl PlacementService {
             },
             Err(e) => match elsewhere(&e) {
                 Some(hint) if !req.forwarded => {
-                    for s in self.forward_targets(hint) {
-                        let Some(mut c) = self.client(s) else {
-                            continue;
-                        };
-                        let fwd = pb::PlacementQueryRequest {
-                            forwarded: true,
-                            ..req.clone()
-                        };
-                        if let Ok(r) = c.query(fwd).await {
-                            let r = r.into_inner();
-                            if r.error.is_none() {
-                                return r;
-                            }
+                    let fwd = pb::PlacementQueryRequest {
+                        forwarded: true,
+                        ..req.clone()
+                    };
+                    self.forward(hint, |mut c| {
+                        let fwd = fwd.clone();
+                        async move {
+                            let r = c.query(fwd).await.ok()?.into_inner();
+                            Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
                         }
-                    }
-                    no_leader()
+                    })
+                    .await
+                    .unwrap_or_else(no_leader)
                 }
                 _ => pb::PlacementResponse {
                     error: Some(store_error_pb(e)),
@@ -196,22 +222,19 @@ impl PlacementService {
             },
             Err(e) => match elsewhere(&e) {
                 Some(hint) if !req.forwarded => {
-                    for s in self.forward_targets(hint) {
-                        let Some(mut c) = self.client(s) else {
-                            continue;
-                        };
-                        let fwd = pb::PlacementCallRequest {
-                            forwarded: true,
-                            ..req.clone()
-                        };
-                        if let Ok(r) = c.call(fwd).await {
-                            let r = r.into_inner();
-                            if r.error.is_none() {
-                                return r;
-                            }
+                    let fwd = pb::PlacementCallRequest {
+                        forwarded: true,
+                        ..req.clone()
+                    };
+                    self.forward(hint, |mut c| {
+                        let fwd = fwd.clone();
+                        async move {
+                            let r = c.call(fwd).await.ok()?.into_inner();
+                            Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
                         }
-                    }
-                    no_leader()
+                    })
+                    .await
+                    .unwrap_or_else(no_leader)
                 }
                 _ => pb::PlacementResponse {
                     error: Some(store_error_pb(e)),
@@ -248,25 +271,22 @@ impl PlacementService {
             Err(e) => {
                 return match elsewhere(&e) {
                     Some(hint) if !req.forwarded => {
-                        for s in self.forward_targets(hint) {
-                            let Some(mut c) = self.client(s) else {
-                                continue;
-                            };
-                            let fwd = pb::HeartbeatRequest {
-                                forwarded: true,
-                                ..req.clone()
-                            };
-                            if let Ok(r) = c.heartbeat(fwd).await {
-                                let r = r.into_inner();
-                                if r.error.is_none() {
-                                    return r;
-                                }
+                        let fwd = pb::HeartbeatRequest {
+                            forwarded: true,
+                            ..req.clone()
+                        };
+                        self.forward(hint, |mut c| {
+                            let fwd = fwd.clone();
+                            async move {
+                                let r = c.heartbeat(fwd).await.ok()?.into_inner();
+                                Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
                             }
-                        }
-                        pb::HeartbeatResponse {
+                        })
+                        .await
+                        .unwrap_or_else(|| pb::HeartbeatResponse {
                             error: no_leader().error,
                             ..Default::default()
-                        }
+                        })
                     }
                     _ => pb::HeartbeatResponse {
                         error: Some(store_error_pb(e)),
@@ -432,6 +452,14 @@ impl PlacementService {
             stores,
             regions: live.regions.values().cloned().collect(),
         }
+    }
+}
+
+/// An answer (no error: `None`), or the leader its error names (0: none) for the next try.
+fn hinted<R>(error_leader: Option<u64>, r: R) -> Result<R, Option<u64>> {
+    match error_leader {
+        None => Ok(r),
+        Some(l) => Err((l != 0).then_some(l)),
     }
 }
 

@@ -192,10 +192,11 @@ impl Server {
         );
         // The view gives the transport every store's address: the initial cluster's now,
         // joined and moved stores' as placement reports them.
-        let cluster = Arc::new(crate::cluster_view::ClusterView::new(
+        let cluster = Arc::new(crate::cluster_view::ClusterView::with_file(
             cfg.store_id,
             &cfg.initial_cluster,
             Some(transport.clone()),
+            Some(&cfg.data_dir),
         ));
         let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE_CAPACITY);
         let wake = tx.clone();

@@ -98,7 +98,8 @@ impl<M: StateMachine> Store<M> {
                         "region {region} already has a replica on store {store}"
                     ));
                 }
-                let id = NodeId(self.alloc_id()?);
+                // The id the new configuration gives it (see `types::peer_id`).
+                let id = types::peer_id(conf_version + 1, store);
                 let peer = PeerMeta {
                     id,
                     store,

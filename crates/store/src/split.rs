@@ -140,12 +140,14 @@ impl<M: StateMachine> Store<M> {
             });
         }
         let stores: Vec<StoreId> = p.region.peers.iter().map(|p| p.store).collect();
+        // The new region starts at the parent's conf version (see `types::peer_id`).
+        let conf_version = p.region.epoch.conf_version;
         self.refuse_legacy(region)?;
         let new_region = raft::GroupId(self.alloc_id()?);
-        let mut new_peers = Vec::with_capacity(stores.len());
-        for store in stores {
-            new_peers.push(PeerMeta::voter(NodeId(self.alloc_id()?), store));
-        }
+        let new_peers: Vec<PeerMeta> = stores
+            .into_iter()
+            .map(|store| PeerMeta::voter(types::peer_id(conf_version, store), store))
+            .collect();
         let data = AdminCommand::Split {
             epoch,
             split_key: split_key.to_vec(),

@@ -694,14 +694,21 @@ impl<M: StateMachine> Store<M> {
             self.stats.messages_to_tombstones += 1;
             return Err(StoreError::RegionNotFound(m.group));
         }
-        if self.peers.get(&m.group).is_some_and(|p| {
-            p.raw.id() != m.to && crate::split::is_leader_message(&m) && m.term >= p.raw.term()
-        }) {
-            // The region's leader addresses another replica on this store: ours was removed
-            // without learning it (the change committed without it, and nobody messages a
-            // removed replica), and the region was added back here as a new peer.
-            self.stats.stale_peers_replaced += 1;
-            self.destroy_peer(m.group, None)?;
+        if let Some(mine) = self.peers.get(&m.group).map(|p| p.raw.id()) {
+            if m.to > mine && crate::split::is_leader_message(&m) {
+                // A leader addresses a newer replica on this store (ids grow with each
+                // re-addition, `types::peer_id`): ours was removed without learning it (the
+                // change committed without it, and nobody messages a removed replica), and
+                // the region was added back here as a new peer.
+                self.stats.stale_peers_replaced += 1;
+                self.destroy_peer(m.group, None)?;
+            } else if m.to < mine {
+                // For an older replica of ours: a stale leader (one removed with it, still
+                // campaigning on its old configuration). Replacing ours would destroy a live
+                // replica, and its tombstone would keep the real leader out for good.
+                self.stats.messages_dropped += 1;
+                return Err(StoreError::RegionNotFound(m.group));
+            }
         }
         if !self.peers.contains_key(&m.group) && !self.maybe_create_peer(from, &m)? {
             if self.stash_vote(from, &m)? {

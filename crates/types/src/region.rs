@@ -89,6 +89,24 @@ pub struct Region {
     pub peers: Vec<PeerMeta>,
 }
 
+/// Bits of a peer id below the conf version (store ids are below 2^24).
+pub const PEER_STORE_BITS: u32 = 24;
+
+/// The id of a replica added to a region on `store` by the membership change that takes
+/// the region to conf version `conf_version` (a split's new region: its first conf version).
+/// Ids of one store's replicas in one region grow with every re-addition, so a message for
+/// a higher id than the replica a store holds comes from a newer configuration (the one it
+/// holds was removed), and a lower one from a stale leader (see `Store::step`). Bootstrap
+/// regions use `region * 1000 + store`, below every id made here for their first 16,000
+/// regions.
+pub fn peer_id(conf_version: u64, store: StoreId) -> raft::NodeId {
+    assert!(
+        store.0 < 1 << PEER_STORE_BITS && conf_version < 1 << (64 - PEER_STORE_BITS),
+        "peer id of store {store} at conf version {conf_version} out of range"
+    );
+    raft::NodeId(conf_version << PEER_STORE_BITS | store.0)
+}
+
 impl Region {
     /// The placement service's group (see [`PLACEMENT_REGION`]), not a data region.
     pub fn is_placement(&self) -> bool {

@@ -17,6 +17,9 @@ pub struct TestCluster {
     pub resp_ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     extra: Vec<String>,
+    /// This cluster's own id (`--cluster-id`): stores of another test cluster that reused
+    /// these ports are refused.
+    cluster_id: u64,
     /// Each store's data directory, where not the default `dir/store{i}`
     /// ([`TestCluster::start_with_data_dirs`]).
     data_dirs: Vec<Option<PathBuf>>,
@@ -76,6 +79,12 @@ impl TestCluster {
             resp_ports,
             procs: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            cluster_id: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                h.finish().max(1)
+            },
             data_dirs,
         };
         for i in 0..3 {
@@ -91,8 +100,17 @@ impl TestCluster {
                 let path = self.dir.path().join(format!("store{i}.log"));
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                // A panic's message comes before its (long) backtrace: keep it.
+                let lines: Vec<&str> = text.lines().collect();
+                let panics: Vec<String> = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("panicked at"))
+                    .map(|(n, _)| lines[n..(n + 3).min(lines.len())].join("\n"))
+                    .collect();
                 format!(
-                    "--- store{i}.log (last lines) ---\n{}",
+                    "--- store{i}.log {}(last lines) ---\n{}",
+                    panics.join("\n"),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             })
@@ -149,6 +167,8 @@ impl TestCluster {
                 (i + 1).to_string(),
                 "--initial-cluster".into(),
                 cluster.join(","),
+                "--cluster-id".into(),
+                self.cluster_id.to_string(),
             ]
         } else {
             vec!["--join".into(), format!("127.0.0.1:{}", self.ports[0].0)]
@@ -452,7 +472,9 @@ impl Rng {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for i in 0..3 {
+        // Joined stores too: a leaked store would keep talking to whatever later reuses
+        // these ports.
+        for i in 0..self.procs.len() {
             self.kill(i);
         }
     }
