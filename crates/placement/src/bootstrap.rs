@@ -42,10 +42,16 @@ pub fn bootstrap_regions(
                 conf_version: 1,
                 version: 1,
             },
-            peers: on(i)
-                .into_iter()
-                .map(|s| PeerMeta::voter(raft::NodeId(id * 1000 + s.0), s))
-                .collect(),
+            peers: {
+                // The store the rotation starts at goes to position `i mod r`: the replica
+                // the store's static leader balancing prefers (`Store::balance_leaders`),
+                // so region i+1's leader starts on the (i+1)th store.
+                let mut on = on(i);
+                on.rotate_right(i % r);
+                on.into_iter()
+                    .map(|s| PeerMeta::voter(raft::NodeId(id * 1000 + s.0), s))
+                    .collect()
+            },
         });
     }
     with_placement(cluster_id, stores, regions, r as u64)
@@ -125,4 +131,46 @@ pub fn derive_cluster_id(stores: &[(u64, String)], split_keys: &[Vec<u8>]) -> u6
         eat(k);
     }
     h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stores(n: u64) -> Vec<(u64, String)> {
+        (1..=n).map(|i| (i, format!("127.0.0.1:{}", 7000 + i))).collect()
+    }
+
+    /// Each region on `replicas` distinct stores, rotating over the stores, the one its
+    /// position prefers for leadership being the (id)th store; the placement group on the
+    /// first stores; configuration 1 lists them all.
+    #[test]
+    fn bootstrap_spreads_regions_and_their_preferred_leaders() {
+        for n in 1..=7u64 {
+            let out = bootstrap_regions(9, &stores(n), &[b"g".to_vec(), b"p".to_vec()], 3);
+            let r = 3.min(n as usize);
+            assert_eq!(out.len(), 4);
+            let mut load = vec![0; n as usize + 1];
+            for (i, (region, data)) in out.iter().enumerate().take(3) {
+                assert!(data.is_none());
+                let mut s: Vec<u64> = region.peers.iter().map(|p| p.store.0).collect();
+                let preferred = s[i % r];
+                assert_eq!(preferred, (i as u64 % n) + 1, "region {} on {s:?}", i + 1);
+                s.sort_unstable();
+                s.dedup();
+                assert_eq!(s.len(), r);
+                for x in s {
+                    load[x as usize] += 1;
+                }
+            }
+            let (placement, data) = &out[3];
+            assert!(placement.is_placement());
+            let state = crate::PlacementState::decode(data.as_ref().unwrap()).unwrap();
+            assert_eq!(state.latest().regions.len(), 4);
+            assert_eq!(state.latest().stores.len(), n as usize);
+            assert_eq!(state.cluster_id(), 9);
+            // Every store of the first `r + 2` (the rotations of three regions) holds one.
+            assert!(load[1..].iter().take(r + 2).all(|&l| l > 0), "{n} stores: {load:?}");
+        }
+    }
 }

@@ -350,7 +350,11 @@ impl PlacementState {
         // merged into it. One only partly covered is a split's parent whose own report (with
         // its smaller range) is on its way: it stays until then.
         for old in self.latest.regions.values() {
-            if old.id != r.id && old.version < r.version && old.overlaps(r) && covers(r, old) {
+            // The placement group's layout spans the key space without holding keys: no
+            // data region ever covers it.
+            if old.id != r.id
+                && old.id != types::PLACEMENT_REGION.0
+                && r.id != types::PLACEMENT_REGION.0 && old.version < r.version && old.overlaps(r) && covers(r, old) {
                 changes.push(Change::RegionGone(old.id));
             }
         }

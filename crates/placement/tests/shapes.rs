@@ -421,6 +421,27 @@ fn reports_older_than_held_are_ignored_and_merges_drop_the_source() {
     assert!(p.apply(&Command::ReportRegion { region: empty }).is_err());
 }
 
+/// A data region spanning the whole key space after a merge does not make the placement
+/// group (whose layout also spans it) look merged away.
+#[test]
+fn a_region_covering_everything_leaves_the_placement_group_alone() {
+    let mut p = boot(2);
+    let mut pg = p.latest().regions[&1].clone();
+    pg.id = types::PLACEMENT_REGION.0;
+    pg.start_key = vec![];
+    pg.end_key = None;
+    p.apply(&Command::ReportRegion { region: pg }).unwrap();
+    let mut all = p.latest().regions[&1].clone();
+    all.version = 5;
+    all.end_key = None;
+    p.apply(&Command::ReportRegion { region: all }).unwrap();
+    assert!(!p.latest().regions.contains_key(&2), "the merged source is gone");
+    assert!(
+        p.latest().regions.contains_key(&types::PLACEMENT_REGION.0),
+        "the placement group was dropped"
+    );
+}
+
 #[test]
 fn every_configuration_is_answered_until_it_falls_out_of_the_history() {
     let mut p = boot(4);

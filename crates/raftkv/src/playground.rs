@@ -518,10 +518,7 @@ async fn supervise(
     }
     write_endpoints(&layout, &endpoints_path)?;
     print_banner(&layout, dir, &endpoints_path);
-    // TODO(join): once `raftkv server --join` exists, print here the exact command line that
-    // adds one more store (id N+1, ports base+N+1, base+100+N+1, base+200+N+1, base+300+N+1,
-    // data dir DATA_DIR/store<N+1>; only while N+1 <= 99) to this running cluster. Until then
-    // nothing is printed about joining.
+    print_join_hint(&layout, dir);
     watch(a, &layout, exe, stores, sigint, sigterm).await;
     Ok(())
 }
@@ -619,6 +616,28 @@ fn write_endpoints(layout: &Layout, path: &Path) -> Result<()> {
 
 fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str, resp: &str) -> String {
     format!("    {{\"id\": {id}, \"client\": \"{client}\", \"peer\": \"{peer}\", \"metrics\": \"{metrics}\", \"resp\": \"{resp}\"}}")
+}
+
+/// How to add one more store to the running playground: the ports the next store number
+/// would have in this layout (its id comes from placement), while they fit.
+fn print_join_hint(layout: &Layout, dir: &Path) {
+    let next = u32::from(layout.stores) + 1;
+    let base = u32::from(layout.base);
+    if next > u32::from(MAX_STORES) || base + 300 + next > u32::from(u16::MAX) {
+        return;
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "raftkv".into());
+    println!(
+        "  add a store: {exe} server --join 127.0.0.1:{} --data-dir {} --peer-addr 127.0.0.1:{} --client-addr 127.0.0.1:{} --resp-addr 127.0.0.1:{}",
+        base + 1,
+        dir.join(format!("store{next}")).display(),
+        base + next,
+        base + 100 + next,
+        base + 300 + next
+    );
+    println!("  then: raftkv store list   (and raftkv store drain ID to take one out)");
 }
 
 fn print_banner(layout: &Layout, dir: &Path, endpoints_path: &Path) {
