@@ -138,7 +138,9 @@ mod tests {
     use super::*;
 
     fn stores(n: u64) -> Vec<(u64, String)> {
-        (1..=n).map(|i| (i, format!("127.0.0.1:{}", 7000 + i))).collect()
+        (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", 7000 + i)))
+            .collect()
     }
 
     /// Each region on `replicas` distinct stores, rotating over the stores, the one its
@@ -170,7 +172,10 @@ mod tests {
             assert_eq!(state.latest().stores.len(), n as usize);
             assert_eq!(state.cluster_id(), 9);
             // Every store of the first `r + 2` (the rotations of three regions) holds one.
-            assert!(load[1..].iter().take(r + 2).all(|&l| l > 0), "{n} stores: {load:?}");
+            assert!(
+                load[1..].iter().take(r + 2).all(|&l| l > 0),
+                "{n} stores: {load:?}"
+            );
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct LiveStore {
     pub id: u64,
     /// Heard from within the down timeout (a store never heard from by this leader counts
-    /// as up until the timeout has passed since the leader started listening).
+    /// as up until the timeout has passed since this server started).
     pub up: bool,
     /// Milliseconds since its last heartbeat reached this leader (`None`: never).
     pub last_heartbeat_ms_ago: Option<u64>,

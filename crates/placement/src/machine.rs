@@ -354,7 +354,11 @@ impl PlacementState {
             // data region ever covers it.
             if old.id != r.id
                 && old.id != types::PLACEMENT_REGION.0
-                && r.id != types::PLACEMENT_REGION.0 && old.version < r.version && old.overlaps(r) && covers(r, old) {
+                && r.id != types::PLACEMENT_REGION.0
+                && old.version < r.version
+                && old.overlaps(r)
+                && covers(r, old)
+            {
                 changes.push(Change::RegionGone(old.id));
             }
         }

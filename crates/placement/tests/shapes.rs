@@ -435,7 +435,10 @@ fn a_region_covering_everything_leaves_the_placement_group_alone() {
     all.version = 5;
     all.end_key = None;
     p.apply(&Command::ReportRegion { region: all }).unwrap();
-    assert!(!p.latest().regions.contains_key(&2), "the merged source is gone");
+    assert!(
+        !p.latest().regions.contains_key(&2),
+        "the merged source is gone"
+    );
     assert!(
         p.latest().regions.contains_key(&types::PLACEMENT_REGION.0),
         "the placement group was dropped"

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one store (one process, one data directory).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local cluster of N stores (default 3) as child processes on 127.0.0.1 until
     /// Ctrl-C.
     Playground(playground::PlaygroundArgs),
@@ -353,7 +353,7 @@ fn main() -> Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Cmd::Server(a) => run_server(a).await,
+            Cmd::Server(a) => run_server(*a).await,
             Cmd::Playground(a) => playground::run(a).await,
             Cmd::Bench(a) => run_bench(a).await,
             Cmd::DiskProbe {

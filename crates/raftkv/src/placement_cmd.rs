@@ -37,7 +37,8 @@ pub(crate) enum StoreCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Move every replica off store ID (its leaderships first), then mark it Removed;
+    /// Move every replica off store ID (a leadership it holds is handed over before its
+    /// replica goes), then mark it Removed;
     /// returns once it is removed.
     Drain {
         id: u64,
@@ -241,8 +242,8 @@ fn print_config(live: &LiveAnswer) {
     );
     print_stores(live);
     println!(
-        "{:>20} {:>24} {:>10} {:>16} {}",
-        "region", "range", "epoch", "replicas", "target"
+        "{:>20} {:>24} {:>10} {:>16} target",
+        "region", "range", "epoch", "replicas"
     );
     for r in c.regions.values() {
         let name = if r.id == store_placement_id() {

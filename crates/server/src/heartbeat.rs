@@ -135,7 +135,7 @@ async fn act(
     op: &pb::RegionOperator,
 ) -> Result<(), String> {
     let region = raft::GroupId(op.region_id);
-    let e = op.epoch.clone().unwrap_or_default();
+    let e = op.epoch.unwrap_or_default();
     let epoch = RegionEpoch {
         conf_version: e.conf_version,
         version: e.version,

@@ -180,10 +180,9 @@ impl PlacementService {
                 Some(hint) if !req.forwarded => {
                     let fwd = pb::PlacementQueryRequest {
                         forwarded: true,
-                        ..req.clone()
+                        ..req
                     };
                     self.forward(hint, |mut c| {
-                        let fwd = fwd.clone();
                         async move {
                             let r = c.query(fwd).await.ok()?.into_inner();
                             Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))

@@ -34,8 +34,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct RaftBackend {
     svc: KvService,
-    /// The store's regions: the store thread's one live map (each store hosts a replica of
-    /// every region today; with placement this becomes the routing table).
+    /// The store's regions: the store thread's one live map. A store need not host every
+    /// region (placement moves replicas): keys of regions it lacks are forwarded by the Kv
+    /// service, but multi-region commands (SCAN, DBSIZE, ...) see only these.
     regions: LiveRegions,
 }
 

@@ -5,7 +5,8 @@
 //! ## A change, start to end
 //! 1. [`Store::propose_replica_change`] on the region's leader proposes a `raft::ConfChange`
 //!    whose context ([`ChangeContext`]) names the conf version it was made against and the
-//!    replicas it adds (their stores; a new replica's id comes from [`Store::alloc_id`]).
+//!    replicas it adds (their stores; a new replica's id is `types::peer_id` of the conf
+//!    version the change makes).
 //! 2. Every replica applies it at the same log position (`apply_membership`): refused if the
 //!    conf version changed meanwhile (the same on every replica), otherwise Raft switches to
 //!    the new configuration and the descriptor follows it — its peers are exactly the nodes

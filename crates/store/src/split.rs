@@ -3,8 +3,9 @@
 //! replicas created by a leader's first message.
 //!
 //! ## A split, start to end
-//! 1. [`Store::propose_split`] on the region's leader allocates the new region's id and one
-//!    peer id per store of the region ([`Store::alloc_id`]) and proposes
+//! 1. [`Store::propose_split`] on the region's leader allocates the new region's id
+//!    ([`Store::alloc_id`]), names one peer per store of the region (`types::peer_id` at
+//!    the parent's conf version) and proposes
 //!    [`AdminCommand::Split`] with the epoch it saw.
 //! 2. Every replica applies it at the same log position (`ready::apply_admin`): if the epoch
 //!    still matches and the key is still strictly inside, the state machine is split, the
@@ -33,7 +34,7 @@
 //! Allocated ids are `store_id << 40 | n`, `n` from a counter kept in the store's own state
 //! (persisted in steps of [`ID_BATCH`], so a restart skips at most a batch): unique across
 //! the cluster without asking anyone, never reused, and above every bootstrap id (regions
-//! `1..k`, peers `region * 1000 + store`). The placement service will own allocation.
+//! `1..k`, peers `region * 1000 + store`). Store ids come from placement; region ids stay with each store's allocator.
 
 use crate::entry::AdminCommand;
 use crate::error::StoreError;
