@@ -182,11 +182,9 @@ impl PlacementService {
                         forwarded: true,
                         ..req
                     };
-                    self.forward(hint, |mut c| {
-                        async move {
-                            let r = c.query(fwd).await.ok()?.into_inner();
-                            Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
-                        }
+                    self.forward(hint, |mut c| async move {
+                        let r = c.query(fwd).await.ok()?.into_inner();
+                        Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
                     })
                     .await
                     .unwrap_or_else(no_leader)
