@@ -109,11 +109,14 @@ pub fn with_placement(
 }
 
 /// A cluster id every bootstrap store derives alike from its flags (FNV-1a over the
-/// sorted initial cluster and the split keys; never 0). Clusters bootstrapped with the
-/// same flags get the same id: give `--cluster-id` to tell them apart.
-pub fn derive_cluster_id(stores: &[(u64, String)], split_keys: &[Vec<u8>]) -> u64 {
-    let mut sorted = stores.to_vec();
-    sorted.sort();
+/// sorted store ids, the split keys and the replica count; never 0). Addresses are left
+/// out: stores may list each other under different addresses (proxies, NAT, the nemesis
+/// harness's namespaces). Stores bootstrapped with a different layout get different ids and
+/// refuse each other; clusters of the same shape get the same id: give `--cluster-id` to
+/// tell them apart (the playground and the test clusters do).
+pub fn derive_cluster_id(stores: &[(u64, String)], split_keys: &[Vec<u8>], replicas: u64) -> u64 {
+    let mut sorted: Vec<u64> = stores.iter().map(|(id, _)| *id).collect();
+    sorted.sort_unstable();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
         for x in b {
@@ -123,13 +126,13 @@ pub fn derive_cluster_id(stores: &[(u64, String)], split_keys: &[Vec<u8>]) -> u6
         h ^= 0xff;
         h = h.wrapping_mul(0x100_0000_01b3);
     };
-    for (id, addr) in &sorted {
+    for id in &sorted {
         eat(&id.to_le_bytes());
-        eat(addr.as_bytes());
     }
     for k in split_keys {
         eat(k);
     }
+    eat(&replicas.to_le_bytes());
     h.max(1)
 }
 

@@ -12,6 +12,11 @@ use std::collections::{BTreeMap, VecDeque};
 pub const HISTORY_LEN: usize = 1024;
 /// Most replicas a region may have (`--replicas`, a `Move`): its Raft group stays small.
 pub const MAX_REPLICAS: usize = 7;
+/// Largest store id placement hands out (peer ids keep the store in 24 bits).
+pub const MAX_STORE_ID: u64 = (1 << 24) - 1;
+/// Longest region boundary key a report may carry (the kv state machine's own key limit
+/// is far below it).
+pub const MAX_KEY_BYTES: usize = 64 << 10;
 /// Most labels a store may carry, and the longest label key, value or address.
 pub const MAX_LABELS: usize = 16;
 pub const MAX_FIELD_BYTES: usize = 256;
@@ -209,6 +214,11 @@ impl PlacementState {
                     });
                 }
                 let id = self.next_store_id;
+                if id > MAX_STORE_ID {
+                    return Err(PlacementError::Invalid(format!(
+                        "every store id up to {MAX_STORE_ID} is taken"
+                    )));
+                }
                 self.next_store_id += 1;
                 self.join_tokens.insert(*token, id);
                 let meta = StoreMeta {
@@ -242,7 +252,8 @@ impl PlacementState {
             Command::Drain { store } => {
                 let old = self.store(*store)?.clone();
                 if old.state == StoreState::Draining {
-                    return Ok(Reply::Config(self.latest.number));
+                    // Again: regions reported since (a split's new half) get targets too.
+                    return Ok(Reply::Config(self.commit_with_rebalance(Vec::new())));
                 }
                 let available = self
                     .latest
@@ -325,6 +336,16 @@ impl PlacementState {
                 r.replicas.len()
             )));
         }
+        let key_bytes = r
+            .start_key
+            .len()
+            .max(r.end_key.as_ref().map_or(0, Vec::len));
+        if key_bytes > MAX_KEY_BYTES {
+            return Err(PlacementError::Invalid(format!(
+                "region {} reported with a {key_bytes}-byte boundary (at most {MAX_KEY_BYTES})",
+                r.id
+            )));
+        }
         if r.end_key.as_ref().is_some_and(|e| *e <= r.start_key) {
             return Err(PlacementError::Invalid(format!(
                 "region {} reported with an empty key range",
@@ -342,6 +363,18 @@ impl PlacementState {
             {
                 return Ok(Reply::Config(self.latest.number));
             }
+        }
+        // A late report of a region a newer one has since absorbed or reshaped (a merge's
+        // source reporting after its target): not brought back.
+        if r.id != types::PLACEMENT_REGION.0
+            && self.latest.regions.values().any(|o| {
+                o.id != r.id
+                    && o.id != types::PLACEMENT_REGION.0
+                    && o.version > r.version
+                    && o.overlaps(r)
+            })
+        {
+            return Ok(Reply::Stale);
         }
         let mut layout = r.clone();
         // A report never sets a target: that is placement's own decision.
@@ -362,7 +395,23 @@ impl PlacementState {
                 changes.push(Change::RegionGone(old.id));
             }
         }
+        // A region with a replica on a store that takes none (a split's new half of a region
+        // that was moving off a draining store) gets a target at once.
+        let off_limits = layout.replicas.iter().any(|p| {
+            self.latest
+                .stores
+                .get(&p.store)
+                .map_or(true, |s| s.state != StoreState::Up)
+        });
+        let no_target = self
+            .latest
+            .regions
+            .get(&layout.id)
+            .map_or(true, |h| h.target.is_none());
         changes.insert(0, Change::Region(layout));
+        if off_limits && no_target {
+            return Ok(Reply::Config(self.commit_with_rebalance(changes)));
+        }
         Ok(Reply::Config(self.commit(changes)))
     }
 

@@ -445,6 +445,53 @@ fn a_region_covering_everything_leaves_the_placement_group_alone() {
     );
 }
 
+/// A merge's source reporting after its target's covering report is not brought back, and
+/// a split's new half that still has a replica on a draining store gets a target at once
+/// (else the drain would never end).
+#[test]
+fn late_sources_stay_gone_and_split_halves_of_a_drained_store_move() {
+    let mut p = boot(3);
+    join(&mut p, 4);
+    execute(&mut p);
+    let mut merged = p.latest().regions[&1].clone();
+    merged.version = 3;
+    merged.end_key = Some(b"r2".to_vec());
+    p.apply(&Command::ReportRegion { region: merged }).unwrap();
+    let mut late = p.latest().regions.get(&1).unwrap().clone();
+    late.id = 2;
+    late.version = 2;
+    late.start_key = b"r1".to_vec();
+    late.end_key = Some(b"r2".to_vec());
+    assert_eq!(
+        p.apply(&Command::ReportRegion { region: late }),
+        Ok(Reply::Stale)
+    );
+    assert!(!p.latest().regions.contains_key(&2));
+    // Store 1 drains; before its regions moved, region 3 splits and its new half reports.
+    let holder = *p.latest().regions[&3].stores().first().unwrap();
+    p.apply(&Command::Drain { store: holder }).unwrap();
+    let mut half = p.latest().regions[&3].clone();
+    half.id = 77;
+    half.version = 2;
+    half.start_key = b"r9".to_vec();
+    half.target = None;
+    p.apply(&Command::ReportRegion { region: half }).unwrap();
+    let mut parent = p.latest().regions[&3].clone();
+    parent.version = 2;
+    parent.end_key = Some(b"r9".to_vec());
+    p.apply(&Command::ReportRegion { region: parent }).unwrap();
+    let t = p.latest().regions[&77]
+        .target
+        .clone()
+        .expect("a target for the new half");
+    assert!(
+        !t.contains(&holder),
+        "{t:?} still on the draining store {holder}"
+    );
+    execute(&mut p);
+    assert_eq!(p.latest().stores[&holder].state, StoreState::Removed);
+}
+
 #[test]
 fn every_configuration_is_answered_until_it_falls_out_of_the_history() {
     let mut p = boot(4);

@@ -403,6 +403,9 @@ fn worker_threads(a: &ServerArgs) -> Result<Option<usize>> {
 
 /// How long `--join` keeps trying to reach the cluster and get an id.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a joined store's restart waits for placement's list of stores before starting
+/// with the addresses it kept.
+const RESTART_QUERY_WAIT: Duration = Duration::from_secs(5);
 
 async fn run_server(a: ServerArgs) -> Result<()> {
     let file: FileConfig = match &a.config {
@@ -441,10 +444,16 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     let (id, initial_cluster, joined) = match &join {
         Some(seed) => {
             let addrs = placement::StoreAddrs {
-                peer: peer.local_addr()?.to_string(),
-                client: client.local_addr()?.to_string(),
+                peer: server::heartbeat::reachable(&peer.local_addr()?.to_string()),
+                client: server::heartbeat::reachable(&client.local_addr()?.to_string()),
                 resp: resp_addr.clone().unwrap_or_default(),
             };
+            if addrs.peer.is_empty() || addrs.client.is_empty() {
+                bail!("--peer-addr and --client-addr must be addresses other stores and clients can reach, not a wildcard such as 0.0.0.0");
+            }
+            let restart = server::identity::load(&data_dir)
+                .map_err(anyhow::Error::msg)?
+                .is_some();
             if want_id.is_some()
                 && server::identity::load(&data_dir)
                     .map_err(anyhow::Error::msg)?
@@ -452,9 +461,10 @@ async fn run_server(a: ServerArgs) -> Result<()> {
             {
                 bail!("--id comes from placement when a new store joins: leave it out");
             }
-            let identity = server::join::join(seed, &data_dir, addrs, want_cluster, JOIN_TIMEOUT)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let identity =
+                server::join::join(seed, &data_dir, addrs.clone(), want_cluster, JOIN_TIMEOUT)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
             if let Some(w) = want_id {
                 if w != identity.store_id {
                     bail!(
@@ -464,16 +474,30 @@ async fn run_server(a: ServerArgs) -> Result<()> {
                     );
                 }
             }
-            let live = server::join::query(seed, std::time::Instant::now() + JOIN_TIMEOUT)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let peers = server::join::peers(&live);
-            if !peers.iter().any(|(s, _)| *s == identity.store_id) {
-                bail!(
-                    "store {} was removed from the cluster; start a new store (an empty --data-dir) to join again",
-                    identity.store_id
-                );
-            }
+            // A restart must not depend on placement being up (its quorum may be on stores
+            // restarting too): the addresses kept in the data dir serve until it answers.
+            let wait = if restart {
+                RESTART_QUERY_WAIT
+            } else {
+                JOIN_TIMEOUT
+            };
+            let peers = match server::join::query(seed, std::time::Instant::now() + wait).await {
+                Ok(live) => {
+                    let peers = server::join::peers(&live);
+                    if !peers.iter().any(|(s, _)| *s == identity.store_id) {
+                        bail!(
+                            "store {} was removed from the cluster; start a new store (an empty --data-dir) to join again",
+                            identity.store_id
+                        );
+                    }
+                    peers
+                }
+                Err(e) if restart => {
+                    tracing::warn!("placement did not answer ({e}); starting with the store addresses kept in the data dir");
+                    vec![(identity.store_id, addrs.peer.clone())]
+                }
+                Err(e) => bail!(e),
+            };
             tracing::info!(
                 store = identity.store_id,
                 cluster = identity.cluster_id,

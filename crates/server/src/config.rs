@@ -91,7 +91,7 @@ impl ServerConfig {
         if self.cluster_id != 0 {
             self.cluster_id
         } else {
-            placement::derive_cluster_id(&self.initial_cluster, &self.split_keys)
+            placement::derive_cluster_id(&self.initial_cluster, &self.split_keys, self.replicas)
         }
     }
 

@@ -67,9 +67,9 @@ async fn beat(
     let req = pb::HeartbeatRequest {
         store: Some(pb::StoreStats {
             store_id: cfg.store_id,
-            peer_addr: me.peer.clone(),
-            client_addr: me.client.clone(),
-            resp_addr: me.resp.clone(),
+            peer_addr: reachable(&me.peer),
+            client_addr: reachable(&me.client),
+            resp_addr: reachable(&me.resp),
             capacity_bytes: 0,
             used_bytes: disk.log_bytes + disk.snapshot_bytes + disk.other_bytes,
             region_count: status.iter().filter(|s| !s.region.is_placement()).count() as u64,
@@ -128,6 +128,15 @@ async fn beat(
     Ok(())
 }
 
+/// `addr` if others can dial it; empty (placement keeps what it has) for a wildcard
+/// address such as `0.0.0.0:7001`, which would send other stores' traffic to themselves.
+pub fn reachable(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => String::new(),
+        _ => addr.to_string(),
+    }
+}
+
 /// Carries out one operator on this store's replica (it led the region when it reported).
 async fn act(
     handle: &StoreHandle,
@@ -143,7 +152,10 @@ async fn act(
     let to = StoreId(op.store_id);
     use pb::region_operator::Kind;
     let (tx, rx) = oneshot::channel();
-    let cmd = match op.kind() {
+    let Ok(kind) = Kind::try_from(op.kind) else {
+        return Err(format!("unknown operator kind {}", op.kind));
+    };
+    let cmd = match kind {
         Kind::TransferLeader => {
             let (ttx, trx) = oneshot::channel();
             handle
@@ -158,6 +170,7 @@ async fn act(
                 _ => Err("no answer".into()),
             };
         }
+        Kind::Unspecified => return Err("an operator without a kind".into()),
         Kind::AddLearner => ReplicaChange::AddLearner(to),
         Kind::Promote => ReplicaChange::Promote(to),
         Kind::Remove => ReplicaChange::Remove(to),

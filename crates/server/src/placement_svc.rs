@@ -46,7 +46,9 @@ pub struct PlacementService {
     handle: StoreHandle,
     cfg: Arc<ServerConfig>,
     live: Arc<Mutex<Live>>,
-    clients: Arc<Mutex<HashMap<u64, Client>>>,
+    /// Connections to other stores' servers, by store and address (a store that moved gets
+    /// a new one).
+    clients: Arc<Mutex<HashMap<(u64, String), Client>>>,
 }
 
 fn refused(code: Code, message: impl Into<String>) -> pb::Error {
@@ -101,16 +103,18 @@ impl PlacementService {
     fn client(&self, store: u64) -> Option<Client> {
         let addr = self.handle.cluster.peer_addr(store)?;
         let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get(&store) {
+        if let Some(c) = m.get(&(store, addr.clone())) {
             return Some(c.clone());
         }
+        // One connection per store: an old address's goes.
+        m.retain(|(s, _), _| *s != store);
         let ep = Endpoint::from_shared(format!("http://{addr}"))
             .ok()?
             .connect_timeout(std::time::Duration::from_secs(1))
             .timeout(self.cfg.request_timeout);
         let c = Client::new(ep.connect_lazy())
             .max_decoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES);
-        m.insert(store, c.clone());
+        m.insert((store, addr), c.clone());
         Some(c)
     }
 
@@ -200,7 +204,18 @@ impl PlacementService {
     /// A verb (JSON of `placement::Command`); the answer is the JSON of its result.
     pub async fn call(&self, req: pb::PlacementCallRequest) -> pb::PlacementResponse {
         let cmd: Command = match serde_json::from_slice(&req.command_json) {
-            Ok(c) => c,
+            // Reports and address updates come from heartbeats only: a client cannot make
+            // placement believe a layout.
+            Ok(c @ (Command::Join { .. } | Command::Drain { .. } | Command::Move { .. })) => c,
+            Ok(other) => {
+                return pb::PlacementResponse {
+                    error: Some(refused(
+                        Code::InvalidArgument,
+                        format!("{other:?} is not a verb clients may call"),
+                    )),
+                    ..Default::default()
+                }
+            }
             Err(e) => {
                 return pb::PlacementResponse {
                     error: Some(refused(

@@ -48,7 +48,7 @@ pub struct KvService {
     /// refused at apply on every replica.
     pub(crate) limits: kv::Limits,
     pub(crate) metrics: Arc<Metrics>,
-    forward: Arc<Mutex<HashMap<u64, pb::kv_client::KvClient<Channel>>>>,
+    forward: Arc<Mutex<HashMap<u64, (String, KvClient)>>>,
     /// The address clients reach this server at, as its listener is bound (reported by
     /// `Status`).
     client_addr: String,
@@ -112,6 +112,8 @@ pub fn region_from_pb(r: &pb::Region) -> Option<Region> {
             .collect(),
     })
 }
+
+type KvClient = pb::kv_client::KvClient<Channel>;
 
 /// A refused request: the response to send (boxed, it is large).
 type Refusal = Box<pb::KvResponse>;
@@ -632,8 +634,8 @@ impl KvService {
         };
         let client = {
             let mut m = self.forward.lock().unwrap_or_else(|e| e.into_inner());
-            match m.get(&store) {
-                Some(c) => c.clone(),
+            match m.get(&store).filter(|(a, _)| *a == addr) {
+                Some((_, c)) => c.clone(),
                 None => {
                     let ep = match Endpoint::from_shared(format!("http://{addr}")) {
                         Ok(ep) => ep
@@ -644,7 +646,9 @@ impl KvService {
                     let c = pb::kv_client::KvClient::new(ep.connect_lazy())
                         .max_decoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES)
                         .max_encoding_message_size(crate::run::MAX_GRPC_MESSAGE_BYTES);
-                    m.insert(store, c.clone());
+                    // Keyed by store, with the address it was made for: a store that moved
+                    // (placement gave it a new address) gets a new connection.
+                    m.insert(store, (addr.clone(), c.clone()));
                     c
                 }
             }

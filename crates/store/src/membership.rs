@@ -99,6 +99,9 @@ impl<M: StateMachine> Store<M> {
                         "region {region} already has a replica on store {store}"
                     ));
                 }
+                if store.0 > crate::MAX_STORE_ID {
+                    return refuse(format!("store id {store} is out of range"));
+                }
                 // The id the new configuration gives it (see `types::peer_id`).
                 let id = types::peer_id(conf_version + 1, store);
                 let peer = PeerMeta {

@@ -694,6 +694,12 @@ impl<M: StateMachine> Store<M> {
             self.stats.messages_to_tombstones += 1;
             return Err(StoreError::RegionNotFound(m.group));
         }
+        if from == self.cfg.store_id || !types::peer_on_store(m.to, self.cfg.store_id) {
+            // Not for this store (a stale or wrong address sent another store's traffic
+            // here): acting on it could replace a live replica.
+            self.stats.messages_dropped += 1;
+            return Err(StoreError::RegionNotFound(m.group));
+        }
         if let Some(mine) = self.peers.get(&m.group).map(|p| p.raw.id()) {
             if m.to > mine && crate::split::is_leader_message(&m) {
                 // A leader addresses a newer replica on this store (ids grow with each

@@ -17,8 +17,8 @@ pub mod region_map;
 pub mod state_machine;
 
 pub use region::{
-    peer_id, DecodeError, PeerMeta, Region, RegionEpoch, RegionId, StoreId, MAX_PEERS,
-    PLACEMENT_REGION,
+    peer_id, peer_on_store, DecodeError, PeerMeta, Region, RegionEpoch, RegionId, StoreId,
+    MAX_PEERS, PLACEMENT_REGION,
 };
 pub use region_map::{LiveRegions, RegionMap};
 pub use state_machine::{ApproximateSize, StateMachine};

@@ -107,6 +107,13 @@ pub fn peer_id(conf_version: u64, store: StoreId) -> raft::NodeId {
     raft::NodeId(conf_version << PEER_STORE_BITS | store.0)
 }
 
+/// Whether peer id `id` can name a replica on `store`: an id made by [`peer_id`] carries its
+/// store in its low bits; a bootstrap id (`region * 1000 + store`, below 2^24) cannot be
+/// checked and passes.
+pub fn peer_on_store(id: raft::NodeId, store: StoreId) -> bool {
+    id.0 < 1 << PEER_STORE_BITS || id.0 >= 1 << 40 || id.0 & ((1 << PEER_STORE_BITS) - 1) == store.0
+}
+
 impl Region {
     /// The placement service's group (see [`PLACEMENT_REGION`]), not a data region.
     pub fn is_placement(&self) -> bool {
