@@ -315,12 +315,25 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
             store,
             conn,
         } => {
-            let r = change_replica(&conn, region, store, Kind::AddLearner).await?;
-            if let Some(e) = &r.error {
-                bail!(
-                    "adding a replica of region {region} on store {store} refused: {}",
-                    describe(e)
-                );
+            // No leader known yet (an election under way): retried, bounded.
+            let deadline = Instant::now() + TRANSFER_WAIT;
+            loop {
+                let r = change_replica(&conn, region, store, Kind::AddLearner).await?;
+                match &r.error {
+                    None => break,
+                    Some(e)
+                        // Refused before it was proposed, so a retry cannot add it twice (a
+                        // timeout could have been proposed: not retried).
+                        if Instant::now() < deadline
+                            && e.code == pb::error::Code::NotLeader as i32 =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Some(e) => bail!(
+                        "adding a replica of region {region} on store {store} refused: {}",
+                        describe(e)
+                    ),
+                }
             }
             // Promoted once caught up (the leader refuses before).
             let deadline = Instant::now() + CHANGE_WAIT;
@@ -376,9 +389,10 @@ pub(crate) async fn run(cmd: RegionCmd) -> Result<()> {
                 match &r.error {
                     None => break,
                     Some(e)
+                        // Refused before it was proposed, so a retry cannot add it twice (a
+                        // timeout could have been proposed: not retried).
                         if Instant::now() < deadline
-                            && (e.code == pb::error::Code::NotLeader as i32
-                                || e.code == pb::error::Code::Timeout as i32) =>
+                            && e.code == pb::error::Code::NotLeader as i32 =>
                     {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }

@@ -19,6 +19,10 @@ const STORES_FILE: &str = "stores.json";
 
 pub struct ClusterView {
     me: u64,
+    /// Stores whose peer address this server was given (`--initial-cluster`): that address
+    /// is how this server reaches them (it may differ from the one they advertise: a proxy,
+    /// NAT, the nemesis harness's namespaces), so placement's never replaces it.
+    pinned: std::collections::BTreeSet<u64>,
     /// Where the addresses are kept (none in tests without a data directory).
     file: Option<std::path::PathBuf>,
     addrs: RwLock<BTreeMap<u64, StoreAddrs>>,
@@ -54,19 +58,14 @@ impl ClusterView {
             .unwrap_or_default();
         let v = ClusterView {
             me,
+            pinned: initial.iter().map(|(id, _)| *id).collect(),
             file,
             addrs: RwLock::new(BTreeMap::new()),
             config: RwLock::new(None),
             placement_leader: AtomicU64::new(0),
             transport,
         };
-        for (id, a) in kept {
-            v.set_addrs(id, a);
-        }
         for (id, peer) in initial {
-            if v.peer_addr(*id).is_some() {
-                continue;
-            }
             v.set_addrs(
                 *id,
                 StoreAddrs {
@@ -74,6 +73,9 @@ impl ClusterView {
                     ..StoreAddrs::default()
                 },
             );
+        }
+        for (id, a) in kept {
+            v.set_addrs(id, a);
         }
         v
     }
@@ -89,6 +91,9 @@ impl ClusterView {
         }
         let mut m = self.addrs.write().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = m.get(&store) {
+            if self.pinned.contains(&store) {
+                a.peer = old.peer.clone();
+            }
             if a.client.is_empty() {
                 a.client = old.client.clone();
             }
