@@ -56,14 +56,6 @@ impl Hosted {
         }
     }
 
-    /// The placement state (`None` for a data region).
-    pub fn placement(&self) -> Option<&PlacementState> {
-        match self {
-            Hosted::Kv(_) => None,
-            Hosted::Placement(p) => Some(p),
-        }
-    }
-
     /// The first state of the placement group of a new cluster.
     pub fn bootstrap_placement(state: PlacementState) -> Bytes {
         Bytes::from(state.encode())

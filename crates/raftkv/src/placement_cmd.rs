@@ -176,7 +176,7 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
     let regions: Vec<serde_json::Value> = c
         .regions
         .values()
-        .filter(|r| r.id != store_placement_id())
+        .filter(|r| r.id != placement::hosted_group_id())
         .map(|r| {
             let l = live.regions.iter().find(|l| l.id == r.id);
             serde_json::json!({
@@ -201,15 +201,11 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
         "replicas": live.answer.replicas,
         "placement": {
             "leader_store": live.leader_store,
-            "replicas": c.regions.get(&store_placement_id()).map(|r| r.stores()),
+            "replicas": c.regions.get(&placement::hosted_group_id()).map(|r| r.stores()),
         },
         "stores": stores,
         "regions": regions,
     })
-}
-
-fn store_placement_id() -> u64 {
-    placement::hosted_group_id()
 }
 
 /// A store's state as shown: `Down` when placement has not heard from an `Up` store.
@@ -246,7 +242,7 @@ fn print_config(live: &LiveAnswer) {
         "region", "range", "epoch", "replicas"
     );
     for r in c.regions.values() {
-        let name = if r.id == store_placement_id() {
+        let name = if r.id == placement::hosted_group_id() {
             "placement".to_string()
         } else {
             r.id.to_string()
@@ -266,7 +262,7 @@ fn print_config(live: &LiveAnswer) {
         println!(
             "{:>20} {:>24} {:>10} {:>16} {}",
             name,
-            if r.id == store_placement_id() {
+            if r.id == placement::hosted_group_id() {
                 "-".to_string()
             } else {
                 range

@@ -80,10 +80,6 @@ impl ClusterView {
         v
     }
 
-    pub fn me(&self) -> u64 {
-        self.me
-    }
-
     /// Records a store's addresses (an empty client or RESP address keeps the known one).
     pub fn set_addrs(&self, store: u64, mut a: StoreAddrs) {
         if a.peer.is_empty() {
