@@ -40,4 +40,4 @@ pub fn hosted_group_id() -> u64 {
 
 pub use live::{LiveAnswer, LiveRegion, LiveStore};
 pub use model::{Change, Config, RegionLayout, ReplicaMeta, StoreAddrs, StoreMeta, StoreState};
-pub use operator::{next_step, Operator};
+pub use operator::{next_step, plan_report, Operator, ReportPlan};

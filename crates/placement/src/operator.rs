@@ -2,7 +2,7 @@
 //! time, never below the target's size: add a learner, let it catch up and promote it, then
 //! remove a replica that is not wanted (after moving the leadership off it).
 
-use crate::model::RegionLayout;
+use crate::model::{Config, RegionLayout};
 use serde::{Deserialize, Serialize};
 
 /// One step a region's leader takes for placement.
@@ -54,4 +54,36 @@ pub fn next_step(region: &RegionLayout, leader: u64) -> Option<Operator> {
         .iter()
         .find(|p| !p.learner && wanted(p.store))
         .map(|p| Operator::TransferLeader { store: p.store })
+}
+
+/// What placement does with a region leader's heartbeat report of its region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportPlan {
+    /// The report differs from the layout held (epoch or replicas): record it
+    /// (`Command::ReportRegion`) before anything is asked of the region.
+    pub record: bool,
+    /// The next step toward the region's target, decided for the reported epoch.
+    pub operator: Option<Operator>,
+}
+
+/// Placement's answer to `reported`, the region as its leader (on store `leader`) sees it,
+/// against `config`: `None` when the report is older than what placement holds (ignored,
+/// no operator: the leader is stale, and its successor will report). The server's
+/// heartbeat handler and the simulator both decide with this.
+pub fn plan_report(config: &Config, reported: &RegionLayout, leader: u64) -> Option<ReportPlan> {
+    let held = config.regions.get(&reported.id);
+    if let Some(h) = held {
+        if reported.version < h.version || reported.conf_version < h.conf_version {
+            return None;
+        }
+    }
+    let record = held.map_or(true, |h| {
+        h.epoch() != reported.epoch() || h.replicas != reported.replicas
+    });
+    let mut layout = reported.clone();
+    layout.target = held.and_then(|h| h.target.clone());
+    Some(ReportPlan {
+        record,
+        operator: next_step(&layout, leader),
+    })
 }

@@ -354,14 +354,11 @@ impl PlacementService {
             let Some(region) = rep.region.as_ref().and_then(crate::service::region_from_pb) else {
                 continue;
             };
-            let mut layout = RegionLayout::from_region(&region);
-            let held = config.regions.get(&layout.id);
-            if let Some(h) = held {
-                if layout.version < h.version || layout.conf_version < h.conf_version {
-                    continue; // older than placement's: ignored, no operator
-                }
-            }
-            if held.is_none_or(|h| h.epoch() != layout.epoch() || h.replicas != layout.replicas) {
+            let layout = RegionLayout::from_region(&region);
+            let Some(plan) = placement::plan_report(config, &layout, st.store_id) else {
+                continue; // older than placement's: ignored, no operator
+            };
+            if plan.record {
                 if let Err(e) = self
                     .propose(&Command::ReportRegion {
                         region: layout.clone(),
@@ -384,8 +381,7 @@ impl PlacementService {
                     },
                 );
             }
-            layout.target = held.and_then(|h| h.target.clone());
-            if let Some(op) = placement::next_step(&layout, st.store_id) {
+            if let Some(op) = plan.operator {
                 let (kind, store) = match op {
                     Operator::AddLearner { store } => {
                         (pb::region_operator::Kind::AddLearner, store)
