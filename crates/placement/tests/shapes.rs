@@ -421,6 +421,35 @@ fn reports_older_than_held_are_ignored_and_merges_drop_the_source() {
     assert!(p.apply(&Command::ReportRegion { region: empty }).is_err());
 }
 
+/// A region split and its left half merged into its neighbour before the split region
+/// ever reported its smaller range: newer regions cover its old range only together, and it
+/// is dropped then, not kept forever (the simulator's seed 113).
+#[test]
+fn a_region_covered_by_several_newer_ones_is_gone() {
+    let mut p = boot(3);
+    // Region 2 [r1, r2) splits at r1m: 2 keeps [r1, r1m), 60 gets [r1m, r2).
+    let mut right = p.latest().regions[&2].clone();
+    right.id = 60;
+    right.version = 2;
+    right.start_key = b"r1m".to_vec();
+    p.apply(&Command::ReportRegion { region: right }).unwrap();
+    assert!(
+        p.latest().regions.contains_key(&2),
+        "a split's parent is dropped before its own report"
+    );
+    // Region 1 absorbs 2's left half ([r1, r1m)) without 2 ever reporting it.
+    let mut r1 = p.latest().regions[&1].clone();
+    r1.version = 3;
+    r1.end_key = Some(b"r1m".to_vec());
+    p.apply(&Command::ReportRegion { region: r1 }).unwrap();
+    let ids: Vec<u64> = p.latest().regions.keys().copied().collect();
+    assert_eq!(
+        ids,
+        vec![1, 3, 60],
+        "region 2 is covered by 1 and 60 together"
+    );
+}
+
 /// A data region spanning the whole key space after a merge does not make the placement
 /// group (whose layout also spans it) look merged away.
 #[test]

@@ -1396,6 +1396,13 @@ impl<S: Storage> Raft<S> {
         true
     }
 
+    /// Where the snapshot transfer to `to` is (offset, end of the chunk in flight), if any.
+    pub(crate) fn outgoing_snapshot_at(&self, to: NodeId) -> Option<(u64, Option<u64>)> {
+        self.outgoing_snapshots
+            .get(&to)
+            .map(|o| (o.offset, o.in_flight_end))
+    }
+
     fn send_snapshot_chunk(&mut self, to: NodeId) {
         let Some(out) = self.outgoing_snapshots.get(&to) else {
             // Snapshot state without a transfer (e.g. after a leader change): start over.

@@ -342,6 +342,31 @@ impl<S: Storage> RawNode<S> {
         self.raft.id
     }
 
+    /// A leader's view of each follower (progress state, match, next, a snapshot being
+    /// sent), for failure reports; empty on a follower.
+    pub fn describe_progress(&self) -> String {
+        let r = &self.raft;
+        if r.role != Role::Leader {
+            return String::new();
+        }
+        r.tracker
+            .progress
+            .iter()
+            .map(|(id, pr)| {
+                let out = r.outgoing_snapshot_at(*id);
+                format!(
+                    "{id}: {:?} match {} next {}{}",
+                    pr.state,
+                    pr.matched,
+                    pr.next,
+                    out.map(|(o, e)| format!(" sending {o}..{e:?}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn term(&self) -> Term {
         self.raft.term
     }

@@ -16,6 +16,9 @@
 //! also proves that no acknowledged write was lost. Finally every region's replicas must
 //! reach one applied-state hash.
 
+#[path = "kv_placement.rs"]
+mod kv_placement;
+
 use crate::cluster::unit;
 use crate::partition::{shape_links, Shape};
 use bytes::Bytes;
@@ -174,6 +177,18 @@ pub struct KvSimOutcome {
     /// compared (summed: the check is not vacuous).
     pub owner_checks: u64,
     pub owner_leaders_checked: u64,
+    /// Placement (seeds with `placement`): heartbeat rounds with a placement leader, region
+    /// reports recorded and ignored as older than placement's, operators carried out, and
+    /// verbs proposed (the spare's Join, Drain, Move); virtual milliseconds placement took
+    /// to settle after the final reads.
+    pub placement_rounds: u64,
+    pub placement_reports: u64,
+    pub placement_reports_stale: u64,
+    pub placement_operators: u64,
+    pub placement_joins: u64,
+    pub placement_drains: u64,
+    pub placement_moves: u64,
+    pub placement_settle_ms: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -192,6 +207,7 @@ pub struct KvKinds {
     pub splits: bool,
     pub moves: bool,
     pub merges: bool,
+    pub placement: bool,
     pub torn_write_modes: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
@@ -330,6 +346,27 @@ impl KvSimOutcome {
                 None,
             ),
             F::new("merges proposed", k.merges, self.merges_proposed, None),
+            F::new(
+                "placement heartbeat rounds",
+                k.placement,
+                self.placement_rounds,
+                None,
+            ),
+            F::new(
+                "placement reports recorded",
+                k.placement,
+                self.placement_reports,
+                None,
+            ),
+            F::new(
+                "placement operators carried out",
+                k.placement,
+                self.placement_operators,
+                None,
+            ),
+            F::new("placement joins", k.placement, self.placement_joins, None),
+            F::new("placement drains", k.placement, self.placement_drains, None),
+            F::new("placement moves", k.placement, self.placement_moves, None),
             F::new("merges applied", k.merges, self.merges_applied, None),
             F::new(
                 "replicas created by a vote",
@@ -366,6 +403,9 @@ const RETRY: Micros = 400 * MS;
 pub const LIVENESS_BOUND: Micros = 10 * SECOND;
 /// After the final reads, every region's replicas must reach one state within this bound.
 const CONVERGENCE_BOUND: Micros = 10 * SECOND;
+/// Virtual time placement has, after the final reads, to know every region and finish every
+/// move and drain: a few heartbeats per replica change, for several regions at once.
+const PLACEMENT_SETTLE_BOUND: Micros = 30 * SECOND;
 /// A crashed store stays down at least this long: a restarted replica forgets which leader
 /// lease it acknowledged, so it must not be back (and voting) before that lease ran out
 /// (8 ticks); 300 ms is also a realistic process restart.
@@ -455,6 +495,8 @@ enum Ev {
     Resume(usize, u64),
     /// Deferred writes: some of a store's rounds in flight reach the disk (incarnation).
     Persist(usize, u64),
+    /// Every store reports to placement (see `kv_placement`); seeds with placement verbs.
+    PlacementHeartbeat,
 }
 
 struct Sched {
@@ -581,6 +623,8 @@ struct Faults {
     moves: bool,
     /// Adjacent regions merged at runtime (own stream, and own draws: see `Sim::merge_rng`).
     merges: bool,
+    /// Placement at work: heartbeats, a spare store that joins, drains, moves (own stream).
+    placement: bool,
     /// The largest gap between two fault events (the intensity).
     fault_gap_max: Micros,
     lease_reads: bool,
@@ -605,6 +649,11 @@ struct Sim {
     merge_rng: SplitMix64,
     /// When [`Sim::check_single_owner`] last ran.
     owners_checked_at: Micros,
+    /// The placement verbs' own draws (see `kv_placement`).
+    placement_rng: SplitMix64,
+    /// The last store is a spare: running, empty, outside placement's first configuration
+    /// until it joins.
+    spare: bool,
     /// Workload keys by region index.
     keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
@@ -1400,6 +1449,10 @@ impl Sim {
                     self.resume(i);
                 }
             }
+            Ev::PlacementHeartbeat => {
+                self.placement_heartbeats();
+                self.schedule(kv_placement::HEARTBEAT_EVERY, Ev::PlacementHeartbeat);
+            }
             Ev::Persist(i, n) => {
                 if self.stores[i].incarnation != n || !self.up(i) {
                     return true;
@@ -1563,6 +1616,9 @@ impl Sim {
         }
         if self.faults.merges && self.merge_rng.below(3) == 0 {
             self.merge_random_regions();
+        }
+        if self.faults.placement && self.placement_rng.below(3) == 0 {
+            self.placement_verb();
         }
     }
 
@@ -1957,6 +2013,7 @@ fn choose_faults(rng: &mut SplitMix64) -> Faults {
         splits: false,
         moves: false,
         merges: false,
+        placement: false,
     }
 }
 
@@ -1990,6 +2047,12 @@ pub fn merges_by_seed(seed: u64) -> bool {
     SplitMix64::new(seed ^ 0x6d65_7267_6521).below(2) == 0
 }
 
+/// Whether `seed` runs placement's heartbeats and verbs (a spare store joins, stores are
+/// drained, regions moved) — half of the seeds, own stream.
+pub fn placement_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x706c_6163_6521).below(2) == 0
+}
+
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
 /// prefix, when the options leave it to the seed (half of the seeds, from their own stream).
 pub fn torn_write_modes_by_seed(seed: u64) -> bool {
@@ -2015,6 +2078,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     faults.splits = splits_by_seed(opts.seed);
     faults.moves = moves_by_seed(opts.seed);
     faults.merges = merges_by_seed(opts.seed);
+    faults.placement = placement_by_seed(opts.seed);
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -2027,10 +2091,12 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // Segments are preallocated as on a server, but zeroed by the writer itself: a helper
     // thread would make the disk's state at a crash depend on thread timing.
     cfg.engine.prepare_segments_in_background = false;
-    // Snapshots here are hundreds of bytes to a few KiB: small chunks make a transfer take
-    // several round trips, so that crashes, partitions and leader changes land in the middle
-    // of streamed installs.
-    cfg.snapshot_chunk_bytes = 64;
+    // Data regions' snapshots here are hundreds of bytes to a few KiB: small chunks make a
+    // transfer take several round trips, so that crashes, partitions and leader changes land
+    // in the middle of streamed installs. Not smaller: the placement group's snapshot (its
+    // bounded history of configurations) reaches tens of KiB, and at 64 bytes a chunk its
+    // transfer to a new replica took longer than the settle bound (seed 160).
+    cfg.snapshot_chunk_bytes = 256;
     // The simulator's own timing (a 20 ms tick, see `TICK`, and the lease arithmetic above
     // it), not the server's defaults.
     cfg.election_tick = 10;
@@ -2074,17 +2140,18 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " splits={} moves={} merges={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            " splits={} moves={} merges={} placement={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
             faults.splits,
             faults.moves,
             faults.merges,
+            faults.placement,
             match deferred_writes {
                 None => format!("driver(queued_chance={queued_chance})"),
                 Some(false) => "all-inline".to_string(),
                 Some(true) => "all-queued".to_string(),
             }
         );
-    let tick_periods: Vec<Micros> = (0..stores)
+    let mut tick_periods: Vec<Micros> = (0..stores)
         .map(|_| {
             if faults.drift {
                 let ppm = rng.below(2 * MAX_DRIFT_PPM + 1);
@@ -2094,6 +2161,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             }
         })
         .collect();
+    // Seeds with placement run one more store, the spare that joins (its clock undrifted:
+    // no draw from the shared stream, so the other stores' choices stay as they were).
+    let slots = stores + usize::from(faults.placement);
+    tick_periods.resize(slots, TICK);
     let mut clients: Vec<Client> = (0..workload_clients)
         .map(|i| Client {
             id: 1000 + i as u64,
@@ -2150,7 +2221,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         now: 0,
         seq: 0,
         queue: BinaryHeap::new(),
-        stores: (0..stores)
+        stores: (0..slots)
             .map(|i| SimStore {
                 store: None,
                 fs: FaultyFileSystem::new(opts.seed.wrapping_mul(31).wrapping_add(i as u64)),
@@ -2178,14 +2249,16 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         regions,
         splits_proposed: 0,
         merge_rng: SplitMix64::new(opts.seed ^ 0x6d72_6e67_7331),
+        placement_rng: SplitMix64::new(opts.seed ^ 0x706c_6163_6531),
+        spare: faults.placement,
         owners_checked_at: 0,
         keys,
         cfg,
-        links: vec![vec![true; stores]; stores],
+        links: vec![vec![true; slots]; slots],
         faults: faults.clone(),
         clients,
         workload_clients,
-        waiting: vec![BTreeMap::new(); stores],
+        waiting: vec![BTreeMap::new(); slots],
         history: Vec::new(),
         clock: 0,
         print_trace: opts.print_trace,
@@ -2202,7 +2275,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         rng,
         out: KvSimOutcome {
             seed: opts.seed,
-            stores,
+            stores: slots,
             regions: region_count,
             clients: workload_clients,
             fault_mix: fault_mix.clone(),
@@ -2217,6 +2290,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 splits: faults.splits,
                 moves: faults.moves,
                 merges: faults.merges,
+                placement: faults.placement,
                 torn_write_modes,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
@@ -2224,13 +2298,16 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             ..Default::default()
         },
     };
-    for i in 0..stores {
+    for i in 0..slots {
         if torn_write_modes {
             sim.stores[i].fs.set_torn_writes(&TornWrite::ALL);
         }
         sim.open(i);
     }
     sim.out.restarts = 0;
+    if sim.faults.placement {
+        sim.schedule(kv_placement::HEARTBEAT_EVERY, Ev::PlacementHeartbeat);
+    }
     for ci in 0..workload_clients {
         sim.wake(ci, 200 * MS + ci as u64 * MS);
     }
@@ -2253,7 +2330,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     sim.clients_stopped = true;
     sim.heal_links();
     sim.faults.drop_rate = 0.0;
-    for i in 0..stores {
+    for i in 0..slots {
         if sim.paused(i) {
             sim.resume(i);
         }
@@ -2292,6 +2369,29 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         )));
     }
     sim.out.recovery_ms = (sim.now - healed_at) / MS;
+
+    // ---- placement comes to know every region as the stores have it, and finishes its
+    // moves and drains (heartbeats go on as on a server).
+    if sim.faults.placement {
+        let settle_by = sim.now + PLACEMENT_SETTLE_BOUND;
+        loop {
+            sim.restart_due();
+            let t = sim.now + 100 * MS;
+            sim.run_until(t);
+            sim.refresh_routes();
+            match sim.placement_settled() {
+                Ok(()) => break,
+                Err(why) if sim.now > settle_by => return Err(fail(format!(
+                    "placement did not settle within {}s after the final reads: {why}\n  {}\n  {}",
+                    PLACEMENT_SETTLE_BOUND / SECOND,
+                    sim.placement_report(),
+                    sim.convergence_report()
+                ))),
+                Err(_) => {}
+            }
+        }
+        sim.out.placement_settle_ms = (sim.now - healed_at) / MS - sim.out.recovery_ms;
+    }
 
     // ---- every region's replicas converge to one state.
     let converge_by = sim.now + CONVERGENCE_BOUND;

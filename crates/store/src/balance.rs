@@ -5,7 +5,7 @@ use crate::store::Store;
 use raft::Role;
 
 impl<M: StateMachine> Store<M> {
-    /// Static leader balancing until placement exists: each region prefers the replica at
+    /// Static leader balancing of a new cluster's regions: each region prefers the replica at
     /// position `(region id - 1) mod replicas` of its peer list, which spreads the leaders of
     /// pre-split regions over the stores (region 1 on the first, region 2 on the second, ...).
     /// A store leading a region it is not preferred for transfers leadership to the preferred
@@ -18,6 +18,13 @@ impl<M: StateMachine> Store<M> {
         let mut started = 0;
         for p in self.peers.values_mut() {
             if p.raw.role() != Role::Leader || p.region.peers.is_empty() {
+                continue;
+            }
+            // Only the bootstrap layout (no membership change yet) has a preferred replica: once
+            // placement changed a region's replicas it also decides where its leader goes (it
+            // moves the leader off a replica it is about to remove; sending it back would undo
+            // that forever — the simulator saw a region's term climb past 140 that way).
+            if p.region.epoch.conf_version > 1 {
                 continue;
             }
             let slot = (p.region.id.0.saturating_sub(1) % p.region.peers.len() as u64) as usize;

@@ -585,7 +585,7 @@ impl<M: StateMachine> Store<M> {
         self.peers.get(&region).map(|p| {
             let st = p.raw.status();
             format!(
-                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={} merging={:?} merge_wait={:?} merged_into={:?} absorbed={:?}",
+                "peer {} initialized={} {:?} term {} leader {} commit {} applied {} log {}..{} learned {:?} receiving={} merging={:?} merge_wait={:?} merged_into={:?} absorbed={:?} progress [{}]",
                 p.raw.id(),
                 p.initialized(),
                 st.soft_state.role,
@@ -601,6 +601,7 @@ impl<M: StateMachine> Store<M> {
                 p.merge_wait.as_ref().map(|w| (w.source.id, w.prepare_index, w.at)),
                 p.merged_into,
                 p.absorbed,
+                p.raw.describe_progress(),
             )
         })
     }

@@ -1,0 +1,276 @@
+//! The simulator's placement traffic: what `raftkv server`'s heartbeat loop and a user's
+//! `raftkv server --join`, `store drain` and `region move` do, against the real placement
+//! state machine that the simulated stores host as one more Raft group.
+//!
+//! - **Heartbeats** ([`Sim::placement_heartbeats`], every [`HEARTBEAT_EVERY`]): each live
+//!   store that can reach placement's leader reports the regions it leads; placement decides
+//!   with the server's own rule ([`placement::plan_report`]): a newer descriptor is proposed
+//!   to placement's log (`ReportRegion`), and a region with a target gets its next replica
+//!   change, carried out by its leader under the epoch it was decided for.
+//! - **Verbs** ([`Sim::placement_verb`], drawn on fault events from their own stream): the
+//!   spare store joins (it runs from the start, empty, outside placement's first
+//!   configuration, and must get the next store id), a store is drained, a region (the
+//!   placement group too) is moved to random stores.
+//! - **Settled** ([`Sim::placement_settled`]): after healing, placement must come to know
+//!   every region as the stores have it, reach every target, and remove every drained store.
+//!
+//! Placement is read from its leader's applied state (a replica that leads under a lease
+//! and has applied all it knows committed: what a linearizable read there would answer).
+//! The routing of the workload does not use placement (see `Sim::refresh_routes`), so a
+//! wrong placement decision shows up as a safety failure of the stores, not as a masked one.
+
+use super::{Sim, MS};
+use placement::{Command, Operator, PlacementState, RegionLayout, StoreAddrs, StoreState};
+use raft::Role;
+use store::{RegionEpoch, ReplicaChange, StoreId, PLACEMENT_REGION};
+
+/// How often every store reports to placement (the server's default is 2 s; shorter here,
+/// so that a run's minute sees many rounds).
+pub(super) const HEARTBEAT_EVERY: u64 = 500 * MS;
+
+/// Most drains proposed in one run (each leaves the cluster one store smaller for good).
+const MAX_DRAINS: u64 = 2;
+
+/// The join token of the spare store (any fixed number: a retried Join must get the same id).
+const SPARE_TOKEN: u64 = 0x5350_4152_4531;
+
+impl Sim {
+    /// The store whose placement replica leads under a lease with everything it knows
+    /// committed applied, and that replica's state.
+    pub(super) fn placement_leader(&self) -> Option<(usize, &PlacementState)> {
+        self.stores.iter().enumerate().find_map(|(i, st)| {
+            let s = st.store.as_ref().filter(|_| !self.paused(i))?;
+            let rs = s.status().into_iter().find(|rs| rs.region.is_placement())?;
+            if rs.role != Role::Leader || !rs.lease || rs.applied < rs.commit {
+                return None;
+            }
+            match s.state_machine(PLACEMENT_REGION)? {
+                placement::Hosted::Placement(p) => Some((i, p)),
+                placement::Hosted::Kv(_) => {
+                    panic!("store {} hosts kv state in the placement group", i + 1)
+                }
+            }
+        })
+    }
+
+    /// Proposes a placement verb on store `at`'s replica of the placement group (its
+    /// answer is not awaited: every verb is idempotent, and the next round sees its effect).
+    fn propose_placement(&mut self, at: usize, cmd: &Command) -> bool {
+        let Some(s) = self.stores[at].store.as_mut() else {
+            return false;
+        };
+        let Some(epoch) = s.region(PLACEMENT_REGION).map(|r| r.epoch) else {
+            return false;
+        };
+        let data = bytes::Bytes::from(placement::encode_command(cmd));
+        s.propose(PLACEMENT_REGION, epoch, b"", data).is_ok()
+    }
+
+    /// One heartbeat round (see the module comment). A store cut off from placement's
+    /// leader (either way: the answer must come back) reports nothing.
+    pub(super) fn placement_heartbeats(&mut self) {
+        let Some((pl, state)) = self.placement_leader() else {
+            return;
+        };
+        let config = state.latest().clone();
+        self.out.placement_rounds += 1;
+        // A joined store must have got the spare's id: the simulator knows no other.
+        if let Some(&max) = config.stores.keys().max() {
+            assert!(
+                max as usize <= self.stores.len(),
+                "placement gave out store id {max}, but the simulation has {} stores: {:?}",
+                self.stores.len(),
+                config.stores.keys().collect::<Vec<_>>()
+            );
+        }
+        let mut reports = Vec::new();
+        let mut operators = Vec::new();
+        for i in 0..self.stores.len() {
+            if self.paused(i) || !self.links[i][pl] || !self.links[pl][i] {
+                continue;
+            }
+            let Some(s) = self.stores[i].store.as_ref() else {
+                continue;
+            };
+            let me = i as u64 + 1;
+            for rs in s.status() {
+                if rs.role != Role::Leader {
+                    continue;
+                }
+                let layout = RegionLayout::from_region(&rs.region);
+                let Some(plan) = placement::plan_report(&config, &layout, me) else {
+                    self.out.placement_reports_stale += 1;
+                    continue;
+                };
+                if plan.record {
+                    // Like the server: the operator waits until the report is recorded.
+                    reports.push(layout);
+                } else if let Some(op) = plan.operator {
+                    operators.push((i, rs.region.id, rs.region.epoch, op));
+                }
+            }
+        }
+        for region in reports {
+            let id = region.id;
+            if self.propose_placement(pl, &Command::ReportRegion { region }) {
+                self.out.placement_reports += 1;
+                self.trace(|| format!("placement: region {id} reported"));
+            }
+        }
+        self.drive(pl);
+        for (i, region, epoch, op) in operators {
+            self.carry_out(i, region, epoch, op);
+        }
+    }
+
+    /// Store `i`'s leader of `region` takes `op`, only while the region has `epoch`.
+    fn carry_out(&mut self, i: usize, region: store::RegionId, epoch: RegionEpoch, op: Operator) {
+        let Some(s) = self.stores[i].store.as_mut() else {
+            return;
+        };
+        let done = match op {
+            Operator::TransferLeader { store } => s.transfer_leader(region, StoreId(store)).is_ok(),
+            Operator::AddLearner { store } => s
+                .propose_replica_change(region, epoch, ReplicaChange::AddLearner(StoreId(store)))
+                .is_ok(),
+            Operator::Promote { store } => s
+                .propose_replica_change(region, epoch, ReplicaChange::Promote(StoreId(store)))
+                .is_ok(),
+            Operator::Remove { store } => s
+                .propose_replica_change(region, epoch, ReplicaChange::Remove(StoreId(store)))
+                .is_ok(),
+        };
+        if done {
+            self.out.placement_operators += 1;
+            self.trace(|| format!("placement: region {} {op:?} on s{}", region.0, i + 1));
+            self.drive(i);
+        }
+    }
+
+    /// A verb a user could send (see the module comment), proposed on placement's leader.
+    pub(super) fn placement_verb(&mut self) {
+        let Some((pl, state)) = self.placement_leader() else {
+            return;
+        };
+        let config = state.latest().clone();
+        let cluster_id = state.cluster_id();
+        let replicas = state.replicas() as usize;
+        let up: Vec<u64> = config
+            .stores
+            .values()
+            .filter(|s| s.state == StoreState::Up)
+            .map(|s| s.id)
+            .collect();
+        let spare = self.stores.len() as u64;
+        let cmd = match self.placement_rng.below(4) {
+            0 if self.spare && !config.stores.contains_key(&spare) => Command::Join {
+                token: SPARE_TOKEN,
+                cluster_id,
+                addrs: StoreAddrs {
+                    peer: format!("sim-store-{spare}"),
+                    client: format!("sim-client-{spare}"),
+                    resp: String::new(),
+                },
+                labels: Default::default(),
+                capacity: 0,
+            },
+            1 if self.out.placement_drains < MAX_DRAINS && up.len() > replicas => {
+                let store = up[self.placement_rng.below(up.len() as u64) as usize];
+                Command::Drain { store }
+            }
+            _ if up.len() >= replicas && !config.regions.is_empty() => {
+                let ids: Vec<u64> = config.regions.keys().copied().collect();
+                let region = ids[self.placement_rng.below(ids.len() as u64) as usize];
+                let mut pool = up.clone();
+                let mut stores = Vec::new();
+                while stores.len() < replicas {
+                    let k = self.placement_rng.below(pool.len() as u64) as usize;
+                    stores.push(pool.swap_remove(k));
+                }
+                Command::Move { region, stores }
+            }
+            _ => return,
+        };
+        if !self.propose_placement(pl, &cmd) {
+            return;
+        }
+        match &cmd {
+            Command::Join { .. } => self.out.placement_joins += 1,
+            Command::Drain { .. } => self.out.placement_drains += 1,
+            _ => self.out.placement_moves += 1,
+        }
+        self.trace(|| format!("placement: {cmd:?} on s{}", pl + 1));
+        self.drive(pl);
+    }
+
+    /// Every store's replica of the placement group (for a failure report).
+    pub(super) fn placement_report(&self) -> String {
+        let mut out = Vec::new();
+        for (i, st) in self.stores.iter().enumerate() {
+            let what = match st.store.as_ref() {
+                None => "down".to_string(),
+                Some(s) => s
+                    .describe_replica(PLACEMENT_REGION)
+                    .unwrap_or_else(|| "no replica".into()),
+            };
+            out.push(format!("s{}: {what}", i + 1));
+        }
+        format!("placement group: {}", out.join("; "))
+    }
+
+    /// `Ok(())` once placement knows every region as the routing table has it (same epoch,
+    /// same replicas; nothing else), every target is reached (no learner left) and no store
+    /// is still draining; else what is not there yet. The routing table must be fresh
+    /// ([`Sim::refresh_routes`]).
+    pub(super) fn placement_settled(&self) -> Result<(), String> {
+        let Some((pl, state)) = self.placement_leader() else {
+            return Err("placement has no leader".into());
+        };
+        let config = state.latest();
+        let mut actual: Vec<RegionLayout> =
+            self.regions.iter().map(RegionLayout::from_region).collect();
+        if let Some(r) = self.stores[pl]
+            .store
+            .as_ref()
+            .and_then(|s| s.region(PLACEMENT_REGION))
+        {
+            actual.push(RegionLayout::from_region(r));
+        }
+        for r in &actual {
+            let Some(held) = config.regions.get(&r.id) else {
+                return Err(format!("placement does not know region {}", r.id));
+            };
+            if held.epoch() != r.epoch() || held.replicas != r.replicas {
+                return Err(format!(
+                    "placement holds region {} as {held:?}, the stores have {r:?}",
+                    r.id
+                ));
+            }
+            if let Some(t) = &held.target {
+                let mut on: Vec<u64> = r.replicas.iter().map(|p| p.store).collect();
+                on.sort_unstable();
+                if *t != on || r.replicas.iter().any(|p| p.learner) {
+                    return Err(format!(
+                        "region {} is on {:?}, its target is {t:?}",
+                        r.id, r.replicas
+                    ));
+                }
+            }
+        }
+        if config.regions.len() != actual.len() {
+            let known: Vec<u64> = actual.iter().map(|r| r.id).collect();
+            return Err(format!(
+                "placement holds regions the stores no longer have: {:?} (the stores have {known:?})",
+                config.regions.keys().filter(|id| !known.contains(id)).collect::<Vec<_>>()
+            ));
+        }
+        if let Some(s) = config
+            .stores
+            .values()
+            .find(|s| s.state == StoreState::Draining)
+        {
+            return Err(format!("store {} is still draining", s.id));
+        }
+        Ok(())
+    }
+}
