@@ -1,8 +1,19 @@
 //! # client — the RaftKV Rust client
 //!
-//! - **Routing cache**: on connect (and whenever a server says the routing changed) the client
-//!   asks the servers for their regions and leaders, and sends each request straight to the
-//!   leader of its key's region; any server would also accept it and forward it.
+//! - **Routing cache**: on connect (and whenever a server says the routing changed, or names
+//!   a leader on a store this client has no address for) the client asks placement
+//!   (`Placement/Query`, through any endpoint, which forwards it to placement's leader) for
+//!   every region, its leader and every store's client address, and sends each request
+//!   straight to the leader of its key's region; any server would also accept it and forward
+//!   it. When placement does not answer (no leader, none of the endpoints tried reachable)
+//!   the client asks its endpoints' `Kv/Status` instead, as it did before placement, so the
+//!   data path never depends on placement. Refreshes that errors trigger are at most one per
+//!   [`REFRESH_MIN_INTERVAL`].
+//! - **Endpoints learned**: a store address placement lists that the client was not given is
+//!   added to its endpoints (a connection and a batch stream of its own), so a store that
+//!   joined after the client started is reached directly, and the client keeps working when
+//!   every endpoint it was given is gone. `status` and stale reads stay on the endpoints
+//!   given at connect time (a stale read asks the replicas the caller named).
 //! - **Leader redirects**: a `NOT_LEADER` answer with a hint updates the cache.
 //! - **Retries with backoff**: unavailable servers, timeouts, busy or re-routing answers are
 //!   retried with exponential backoff (bounded) until the operation deadline.
@@ -213,6 +224,20 @@ async fn run_mux_stream(
 /// Largest gRPC message sent or received (the server's value limit plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// A refresh that an error triggers is skipped when the last one ended less than this long
+/// ago: many operations failing at once (a split spreading) need one refresh, not one each.
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How long one endpoint gets to answer a `Status` or a placement query in a refresh.
+const REFRESH_ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Endpoints asked for placement's answer in one refresh: when placement has no leader every
+/// server says so, and asking more would only delay the fallback to `Status`.
+const MAX_PLACEMENT_TRIES: usize = 3;
+/// Most endpoints a client holds (the given ones and those learned from placement); an
+/// address beyond it is not added and its store is reached through forwarding.
+const MAX_ENDPOINTS: usize = 1024;
+
+type PlacementClient = pb::placement_client::PlacementClient<Channel>;
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ClientError {
     #[error("no server answered within the deadline; the outcome is unknown: {0}")]
@@ -259,8 +284,9 @@ impl Default for ClientConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct RegionRoute {
+    id: u64,
     start: Vec<u8>,
     end: Option<Vec<u8>>,
     /// The region's epoch version as reported: stores that have not applied a split yet
@@ -275,15 +301,88 @@ impl RegionRoute {
     }
 }
 
+/// The Kv and Placement clients of one endpoint, over one lazily opened connection.
+fn open_endpoint(
+    endpoint: &str,
+    cfg: &ClientConfig,
+) -> Result<(pb::kv_client::KvClient<Channel>, PlacementClient), ClientError> {
+    let ep = Endpoint::from_shared(grpc_url(endpoint))
+        .map_err(|_| ClientError::BadEndpoint(endpoint.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .timeout(cfg.attempt_timeout);
+    let channel = ep.connect_lazy();
+    let kv = pb::kv_client::KvClient::new(channel.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let placement = PlacementClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok((kv, placement))
+}
+
+/// Placement's answer in a `Placement/Query` response; `None` for a refusal (placement has
+/// no leader) or JSON that does not decode (a server of another version): the caller then
+/// routes with `Status` instead.
+fn decode_placement(resp: &pb::PlacementResponse) -> Option<placement::LiveAnswer> {
+    if resp
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code != Code::Ok as i32)
+    {
+        return None;
+    }
+    serde_json::from_slice(&resp.json).ok()
+}
+
+/// The routes and store addresses in placement's answer: a route per data region (not the
+/// placement group, which no kv request reaches) with its leader as placement's leader last
+/// heard it (0: unknown), and the client address of every store that is not `Removed` and
+/// has one (a bootstrap store has none until its first heartbeat reached placement).
+fn routes_from_placement(live: &placement::LiveAnswer) -> (Vec<RegionRoute>, Vec<(u64, String)>) {
+    let config = &live.answer.config;
+    let leaders: HashMap<u64, u64> = live
+        .regions
+        .iter()
+        .map(|l| (l.id, l.leader_store))
+        .collect();
+    let routes: Vec<RegionRoute> = config
+        .regions
+        .values()
+        .filter(|r| r.id != placement::hosted_group_id())
+        .map(|r| RegionRoute {
+            id: r.id,
+            start: r.start_key.clone(),
+            end: r.end_key.clone(),
+            version: r.version,
+            leader_store: leaders.get(&r.id).copied().unwrap_or(0),
+        })
+        .collect();
+    let stores: Vec<(u64, String)> = config
+        .stores
+        .values()
+        .filter(|s| s.state != placement::StoreState::Removed && !s.addrs.client.is_empty())
+        .map(|s| (s.id, s.addrs.client.clone()))
+        .collect();
+    (routes, stores)
+}
+
 pub struct Client {
+    /// The endpoints given at connect time, then the store addresses learned from
+    /// placement (see [`Client::refresh_routes`]).
     endpoints: Vec<String>,
+    /// How many of `endpoints` were given at connect time: `status` asks only those, and a
+    /// stale read stays on them (see `execute`).
+    given: usize,
     channels: Vec<pb::kv_client::KvClient<Channel>>,
+    /// Per endpoint, the Placement service over the same connection.
+    placement: Vec<PlacementClient>,
     /// Per endpoint, the shared batch stream that carries `execute`.
     muxes: Vec<Mux>,
-    /// store id -> endpoint index, learned from Status.
+    /// store id -> endpoint index, learned from placement's addresses or from Status.
     store_endpoint: HashMap<u64, usize>,
     routes: Vec<RegionRoute>,
     next_endpoint: usize,
+    /// When the last refresh of the routes ended (see [`REFRESH_MIN_INTERVAL`]).
+    last_refresh: Option<Instant>,
     client_id: u64,
     sequence: u64,
     cfg: ClientConfig,
@@ -321,26 +420,23 @@ impl Client {
             return Err(ClientError::BadEndpoint("no endpoints given".into()));
         }
         let mut channels = Vec::new();
+        let mut placement = Vec::new();
         for e in &endpoints {
-            let ep = Endpoint::from_shared(grpc_url(e))
-                .map_err(|_| ClientError::BadEndpoint(e.clone()))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .timeout(cfg.attempt_timeout);
-            channels.push(
-                pb::kv_client::KvClient::new(ep.connect_lazy())
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            );
+            let (kv, p) = open_endpoint(e, &cfg)?;
+            channels.push(kv);
+            placement.push(p);
         }
         let muxes = channels.iter().cloned().map(Mux::new).collect();
         let mut c = Client {
+            given: endpoints.len(),
             endpoints,
             channels,
+            placement,
             muxes,
             store_endpoint: HashMap::new(),
             routes: Vec::new(),
             next_endpoint: 0,
+            last_refresh: None,
             client_id: random_client_id(),
             sequence: 0,
             cfg,
@@ -355,11 +451,14 @@ impl Client {
     pub fn fork(&self) -> Client {
         Client {
             endpoints: self.endpoints.clone(),
+            given: self.given,
             channels: self.channels.clone(),
+            placement: self.placement.clone(),
             muxes: self.muxes.clone(),
             store_endpoint: self.store_endpoint.clone(),
             routes: self.routes.clone(),
             next_endpoint: 0,
+            last_refresh: self.last_refresh,
             client_id: random_client_id(),
             sequence: 0,
             cfg: self.cfg.clone(),
@@ -370,17 +469,113 @@ impl Client {
         self.client_id
     }
 
+    /// Every endpoint this client uses: those given at connect time, then the store
+    /// addresses learned from placement.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
-    /// Asks every endpoint for its status: which store it is and which regions it leads.
+    /// Refreshes the routing cache: regions, their leaders and the stores' client addresses
+    /// from placement (an address not among the endpoints is added to them, so a store that
+    /// joined since is reached directly); when placement does not answer, from each
+    /// endpoint's `Status` (which store it is, the regions it holds and the leaders it
+    /// knows), so routing never depends on placement. `Status` is also asked when placement
+    /// names a leader on a store it has no address for (a bootstrap store whose first
+    /// heartbeat has not reached placement yet): the endpoints say which store they are.
     pub async fn refresh_routes(&mut self) {
+        let placed = self.refresh_from_placement().await;
+        let leader_unplaced = self
+            .routes
+            .iter()
+            .any(|r| r.leader_store != 0 && !self.store_endpoint.contains_key(&r.leader_store));
+        if !placed || leader_unplaced {
+            self.refresh_from_status(!placed).await;
+        }
+        self.last_refresh = Some(Instant::now());
+    }
+
+    /// [`Client::refresh_routes`], unless the last refresh ended within
+    /// [`REFRESH_MIN_INTERVAL`] (its answer is as good).
+    async fn refresh_routes_soon(&mut self) {
+        if self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= REFRESH_MIN_INTERVAL)
+        {
+            self.refresh_routes().await;
+        }
+    }
+
+    /// Routes and store addresses from placement, asked through at most
+    /// [`MAX_PLACEMENT_TRIES`] endpoints in rotation (each forwards the query to
+    /// placement's leader); false when none answered with a layout.
+    async fn refresh_from_placement(&mut self) -> bool {
+        let n = self.placement.len();
+        let start = self.next_endpoint % n;
+        let mut answer = None;
+        for k in 0..n.min(MAX_PLACEMENT_TRIES) {
+            let i = (start + k) % n;
+            let mut pc = self.placement[i].clone();
+            let query = pc.query(pb::PlacementQueryRequest {
+                config: -1,
+                forwarded: false,
+            });
+            if let Ok(Ok(resp)) = tokio::time::timeout(REFRESH_ASK_TIMEOUT, query).await {
+                if let Some(live) = decode_placement(resp.get_ref()) {
+                    // The next rotation starts at an endpoint that answers.
+                    self.next_endpoint = i;
+                    answer = Some(live);
+                    break;
+                }
+            }
+        }
+        let Some(live) = answer else {
+            return false;
+        };
+        let (routes, stores) = routes_from_placement(&live);
+        // A removed store serves nothing again: no request goes to its old address.
+        let config_stores = &live.answer.config.stores;
+        self.store_endpoint.retain(|s, _| {
+            config_stores
+                .get(s)
+                .is_none_or(|m| m.state != placement::StoreState::Removed)
+        });
+        for (store, addr) in stores {
+            if let Some(i) = self.endpoint_index(&addr) {
+                self.store_endpoint.insert(store, i);
+            }
+        }
+        if routes.is_empty() {
+            return false;
+        }
+        // A leader placement has not heard of yet (a placement leader elected since the last
+        // heartbeats) is the one this client knew, if it knew one.
+        let known: HashMap<u64, u64> = self
+            .routes
+            .iter()
+            .filter(|r| r.leader_store != 0)
+            .map(|r| (r.id, r.leader_store))
+            .collect();
+        self.routes = routes
+            .into_iter()
+            .map(|mut r| {
+                if r.leader_store == 0 {
+                    r.leader_store = known.get(&r.id).copied().unwrap_or(0);
+                }
+                r
+            })
+            .collect();
+        true
+    }
+
+    /// Asks every endpoint's `Status` which store it is (what it says overrides an address
+    /// placement holds: this endpoint reaches that store) and, with `routes_too`, rebuilds
+    /// the routes from the regions they hold and the leaders they know.
+    async fn refresh_from_status(&mut self, routes_too: bool) {
         let mut routes: HashMap<u64, RegionRoute> = HashMap::new();
         for i in 0..self.channels.len() {
             let mut ch = self.channels[i].clone();
             let r =
-                tokio::time::timeout(Duration::from_secs(1), ch.status(pb::StatusRequest {})).await;
+                tokio::time::timeout(REFRESH_ASK_TIMEOUT, ch.status(pb::StatusRequest {})).await;
             let Ok(Ok(st)) = r else { continue };
             let st = st.into_inner();
             self.store_endpoint.insert(st.store_id, i);
@@ -388,6 +583,7 @@ impl Client {
                 let Some(region) = rs.region else { continue };
                 let version = region.epoch.map_or(0, |e| e.version);
                 let e = routes.entry(region.id).or_insert(RegionRoute {
+                    id: region.id,
                     start: region.start_key.clone(),
                     end: region.has_end.then(|| region.end_key.clone()),
                     version,
@@ -403,12 +599,34 @@ impl Client {
                 }
             }
         }
-        if !routes.is_empty() {
+        if routes_too && !routes.is_empty() {
             self.routes = routes.into_values().collect();
         }
     }
 
-    fn endpoint_for(&mut self, key: &[u8]) -> usize {
+    /// The index of endpoint `addr`, added (with its own connection and batch stream) if it
+    /// is new; `None` for an address that does not parse, or past [`MAX_ENDPOINTS`].
+    fn endpoint_index(&mut self, addr: &str) -> Option<usize> {
+        let url = grpc_url(addr);
+        if let Some(i) = self.endpoints.iter().position(|e| grpc_url(e) == url) {
+            return Some(i);
+        }
+        if self.endpoints.len() >= MAX_ENDPOINTS {
+            return None;
+        }
+        let (kv, placement) = open_endpoint(addr, &self.cfg).ok()?;
+        self.muxes.push(Mux::new(kv.clone()));
+        self.channels.push(kv);
+        self.placement.push(placement);
+        self.endpoints.push(addr.to_string());
+        Some(self.endpoints.len() - 1)
+    }
+
+    /// The endpoint for a request on `key`: its region leader's, if that is one of the
+    /// first `within` endpoints; else the next of those in rotation (an endpoint that never
+    /// answers is tried only then).
+    fn endpoint_for(&mut self, key: &[u8], within: usize) -> usize {
+        let within = within.min(self.channels.len()).max(1);
         // Ranges may overlap while a split spreads (a route from a store that has not applied
         // it yet): the newest holds the key.
         let leader = self
@@ -417,10 +635,12 @@ impl Client {
             .filter(|r| r.contains(key))
             .max_by_key(|r| r.version)
             .map(|r| r.leader_store);
-        if let Some(i) = leader.and_then(|l| self.store_endpoint.get(&l)) {
-            return *i;
+        if let Some(&i) = leader.and_then(|l| self.store_endpoint.get(&l)) {
+            if i < within {
+                return i;
+            }
         }
-        let i = self.next_endpoint % self.channels.len();
+        let i = self.next_endpoint % within;
         self.next_endpoint += 1;
         i
     }
@@ -459,12 +679,24 @@ impl Client {
         let mut no_space_refusals = 0;
         // Whether an attempt may have reached the log (timeout, lost answer).
         let mut uncertain = false;
+        // A stale read goes to the endpoints the caller gave, reading a replica it chose
+        // (`raftkv get --stale` on a store that just restarted reads that store), until as
+        // many attempts on them failed as there are; then to any endpoint.
+        let mut given_failures = 0;
+        // Whether this operation refreshed the routes for a hinted leader on a store without
+        // a known address (once: a hint may name a store that is gone).
+        let mut refreshed_for_hint = false;
         // Bounded by the deadline; the attempt count bound is a second guard.
         for _attempt in 0..10_000 {
             if Instant::now() >= deadline {
                 break;
             }
-            let i = self.endpoint_for(&key);
+            let within = if stale && given_failures < self.given {
+                self.given
+            } else {
+                self.channels.len()
+            };
+            let i = self.endpoint_for(&key, within);
             let req = pb::KvRequest {
                 header: Some(pb::RequestHeader {
                     client_id,
@@ -503,14 +735,24 @@ impl Client {
                             })
                         }
                         Code::NotLeader if e.leader_store_id != 0 => {
-                            self.note_leader(&key, e.leader_store_id);
-                            let elsewhere = self.store_endpoint.get(&e.leader_store_id) != Some(&i);
+                            let leader = e.leader_store_id;
+                            // A leader on a store this client has no address for (one that
+                            // joined since it refreshed): placement has the address.
+                            if !refreshed_for_hint && !self.store_endpoint.contains_key(&leader) {
+                                refreshed_for_hint = true;
+                                self.refresh_routes_soon().await;
+                            }
+                            // After the refresh: the hint is newer than placement's view.
+                            self.note_leader(&key, leader);
+                            let elsewhere = self.store_endpoint.get(&leader) != Some(&i);
                             if elsewhere && quick_redirects < 3 {
                                 quick_redirects += 1;
                                 continue;
                             }
                         }
-                        Code::EpochNotMatch | Code::RegionNotFound => self.refresh_routes().await,
+                        Code::EpochNotMatch | Code::RegionNotFound => {
+                            self.refresh_routes_soon().await
+                        }
                         // The leader is right but overloaded: back off, same place.
                         Code::Busy => {}
                         // A full disk: a few tries with backoff (a leader change may move the
@@ -537,6 +779,9 @@ impl Client {
                 Err(why) => {
                     uncertain = true;
                     last = why;
+                    if i < self.given {
+                        given_failures += 1;
+                    }
                     self.note_leader(&key, 0);
                     self.next_endpoint = i + 1;
                 }
@@ -623,10 +868,11 @@ impl Client {
         Ok(r.pairs.into_iter().map(|p| (p.key, p.value)).collect())
     }
 
-    /// Fetches the status of every endpoint that answers.
+    /// Fetches the status of every endpoint given at connect time that answers (not of the
+    /// addresses learned from placement: callers ask about the stores they named).
     pub async fn status(&mut self) -> Vec<pb::StatusResponse> {
         let mut out = Vec::new();
-        for ch in &self.channels {
+        for ch in &self.channels[..self.given] {
             let mut ch = ch.clone();
             if let Ok(Ok(r)) =
                 tokio::time::timeout(Duration::from_secs(2), ch.status(pb::StatusRequest {})).await
@@ -637,11 +883,12 @@ impl Client {
         out
     }
 
-    /// Waits (polling `Status`, bounded by `timeout`) until exactly `stores` servers answer,
-    /// the regions they report tile the whole key space (no gap, no overlap) and every
-    /// replica they report knows its region's leader. For tests and tools that must not
-    /// start before the cluster settled. Assumes no layout: a store may hold any subset of
-    /// the regions, and the number of regions is whatever the reports add up to.
+    /// Waits (polling `Status`, bounded by `timeout`) until exactly `stores` of the servers
+    /// given at connect time answer, the regions they report tile the whole key space (no
+    /// gap, no overlap) and every replica they report knows its region's leader. For tests
+    /// and tools that must not start before the cluster settled. Assumes no layout: a store
+    /// may hold any subset of the regions, and the number of regions is whatever the reports
+    /// add up to.
     pub async fn wait_until_led(&mut self, stores: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -747,6 +994,146 @@ mod tests {
             report(&[(1, "", None, 0)])
         ]));
         assert!(!settled(&[]));
+    }
+
+    fn store(id: u64, client: &str, state: placement::StoreState) -> placement::StoreMeta {
+        placement::StoreMeta {
+            id,
+            addrs: placement::StoreAddrs {
+                peer: format!("10.0.0.{id}:7000"),
+                client: client.to_string(),
+                resp: String::new(),
+            },
+            state,
+            labels: Default::default(),
+            capacity: 0,
+        }
+    }
+
+    fn layout(id: u64, start: &str, end: Option<&str>, version: u64) -> placement::RegionLayout {
+        placement::RegionLayout {
+            id,
+            start_key: start.as_bytes().to_vec(),
+            end_key: end.map(|e| e.as_bytes().to_vec()),
+            conf_version: 1,
+            version,
+            replicas: vec![placement::ReplicaMeta {
+                peer: 1,
+                store: 1,
+                learner: false,
+            }],
+            target: None,
+        }
+    }
+
+    /// Stores 1 (Up), 2 (Draining), 3 (Removed) and 4 (no client address yet); regions 1
+    /// and 2 (region 1's leader known, region 2's not) and the placement group (led by 1).
+    fn live_answer() -> placement::LiveAnswer {
+        let stores = [
+            store(1, "10.0.0.1:7001", placement::StoreState::Up),
+            store(2, "10.0.0.2:7001", placement::StoreState::Draining),
+            store(3, "10.0.0.3:7001", placement::StoreState::Removed),
+            store(4, "", placement::StoreState::Up),
+        ];
+        let group = placement::hosted_group_id();
+        let regions = [
+            layout(1, "", Some("g"), 2),
+            layout(2, "g", None, 3),
+            layout(group, "", None, 1),
+        ];
+        placement::LiveAnswer {
+            answer: placement::QueryAnswer {
+                cluster_id: 9,
+                replicas: 3,
+                oldest: 1,
+                config: placement::Config {
+                    number: 5,
+                    stores: stores.into_iter().map(|s| (s.id, s)).collect(),
+                    regions: regions.into_iter().map(|r| (r.id, r)).collect(),
+                },
+            },
+            leader_store: 1,
+            stores: Vec::new(),
+            regions: vec![
+                placement::LiveRegion {
+                    id: 1,
+                    leader_store: 2,
+                    ..Default::default()
+                },
+                placement::LiveRegion {
+                    id: group,
+                    leader_store: 1,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    /// Placement's answer gives a route per data region with the leader its live view
+    /// names (0 when it names none), never the placement group's, and the addresses of the
+    /// stores that are not removed and have one.
+    #[test]
+    fn routes_and_addresses_come_from_placements_answer() {
+        let (mut routes, stores) = routes_from_placement(&live_answer());
+        routes.sort_by_key(|r| r.id);
+        assert_eq!(
+            routes,
+            vec![
+                RegionRoute {
+                    id: 1,
+                    start: Vec::new(),
+                    end: Some(b"g".to_vec()),
+                    version: 2,
+                    leader_store: 2,
+                },
+                RegionRoute {
+                    id: 2,
+                    start: b"g".to_vec(),
+                    end: None,
+                    version: 3,
+                    leader_store: 0,
+                },
+            ]
+        );
+        assert_eq!(
+            stores,
+            vec![
+                (1, "10.0.0.1:7001".to_string()),
+                (2, "10.0.0.2:7001".to_string()),
+            ]
+        );
+    }
+
+    /// The answer is read from the JSON a server sends; a refusal or JSON that does not
+    /// decode gives no answer (the client then routes by `Status`), never a panic.
+    #[test]
+    fn a_refused_or_garbled_placement_answer_is_no_answer() {
+        let live = live_answer();
+        let ok = pb::PlacementResponse {
+            leader_store_id: 1,
+            json: serde_json::to_vec(&live).unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(decode_placement(&ok), Some(live.clone()));
+        let refused = pb::PlacementResponse {
+            error: Some(pb::Error {
+                code: Code::NotLeader as i32,
+                message: "placement has no leader".into(),
+                ..Default::default()
+            }),
+            json: serde_json::to_vec(&live).unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(decode_placement(&refused), None);
+        let mut json = serde_json::to_vec(&live).unwrap();
+        json.truncate(json.len() / 2);
+        for garbled in [Vec::new(), b"{\"answer\": 1}".to_vec(), json] {
+            let resp = pb::PlacementResponse {
+                json: garbled,
+                ..Default::default()
+            };
+            assert_eq!(decode_placement(&resp), None);
+        }
     }
 
     fn put(value_len: usize) -> pb::KvRequest {
