@@ -6,12 +6,10 @@
 
 mod common;
 
-use common::TestCluster;
-use lincheck::kv::{KvInput, KvModel, KvOutput};
+use common::{Load, LoadConfig, TestCluster};
+use lincheck::kv::KvModel;
 use serde_json::Value;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 8;
@@ -67,119 +65,19 @@ async fn stores_join_and_leave_under_load_and_placement_survives_its_leader() {
         c.logs()
     );
     let first_three = c.endpoints().join(",");
-    let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
-    let completed = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
     let t0 = Instant::now();
-    for w in 0..CLIENTS {
-        let cfg = client::ClientConfig {
+    // The clients know only the first three stores (as a client started before the cluster
+    // grew): every key stays reachable through them.
+    let load = Load::start(
+        &c,
+        LoadConfig {
+            clients: CLIENTS,
+            resp_clients: 0,
             op_timeout: Duration::from_secs(20),
-            attempt_timeout: Duration::from_secs(3),
-            ..Default::default()
-        };
-        // The clients know only the first three stores (as a client started before the
-        // cluster grew): every key stays reachable through them.
-        let mut conn = client::Client::with_config(c.endpoints(), cfg)
-            .await
-            .expect("client");
-        let started = t0;
-        let (h, completed, errors, stop) = (
-            history.clone(),
-            completed.clone(),
-            errors.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                // 30 keys over the three regions, retired every 64 operations (bounded
-                // histories).
-                let k = (n * 7 + w as u64) % 30;
-                let key = format!("{}{}g{}", ["c", "k", "t"][(k % 3) as usize], k / 3, n / 64)
-                    .into_bytes();
-                let val = format!("{w}.{n};").into_bytes();
-                let result = match n % 3 {
-                    0 => {
-                        let id = h.invoke(w as u64, KvInput::Get { key: key.clone() });
-                        conn.get(&key)
-                            .await
-                            .map(|v| (id, KvOutput::Get(v.map(|b| b.to_vec()))))
-                            .map_err(|e| (id, false, e.to_string()))
-                    }
-                    1 => {
-                        let input = KvInput::Put {
-                            key: key.clone(),
-                            value: val.clone(),
-                        };
-                        let id = h.invoke(w as u64, input);
-                        conn.put(&key, &val)
-                            .await
-                            .map(|_| (id, KvOutput::Put))
-                            .map_err(|e| (id, true, e.to_string()))
-                    }
-                    _ => {
-                        let input = KvInput::Append {
-                            key: key.clone(),
-                            value: val.clone(),
-                        };
-                        let id = h.invoke(w as u64, input);
-                        conn.append(&key, &val)
-                            .await
-                            .map(|_| (id, KvOutput::Append))
-                            .map_err(|e| (id, true, e.to_string()))
-                    }
-                };
-                match result {
-                    Ok((id, out)) => {
-                        h.complete(id, out);
-                        completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err((id, write, e)) => {
-                        if write {
-                            h.fail_unknown(id);
-                        } else {
-                            h.fail_definite(id);
-                        }
-                        {
-                            let mut errs = errors.lock().unwrap();
-                            if errs.len() < 100 {
-                                errs.push(format!(
-                                    "client {w} at {:?} on {:?}: {e}",
-                                    started.elapsed(),
-                                    String::from_utf8_lossy(&key)
-                                ));
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }));
-    }
-    let done = || completed.load(Ordering::Relaxed);
-    // 100 more operations within 60 s, or a failure with every store's log and the errors.
-    async fn progress(
-        c: &TestCluster,
-        what: &str,
-        completed: &AtomicU64,
-        errors: &std::sync::Mutex<Vec<String>>,
-    ) {
-        let since = completed.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while completed.load(Ordering::Relaxed) < since + 100 {
-            assert!(
-                Instant::now() < deadline,
-                "no 100 operations within 60 s {what}; errors: {:#?}\n{}",
-                errors.lock().unwrap(),
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    progress(&c, "before the joins", &completed, &errors).await;
+        },
+    )
+    .await;
+    load.progress(&c, "before the joins").await;
 
     // Two stores join; placement rebalances onto them.
     eprintln!("joining at {:?}", t0.elapsed());
@@ -207,7 +105,7 @@ async fn stores_join_and_leave_under_load_and_placement_survives_its_leader() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    progress(&c, "after the joins", &completed, &errors).await;
+    load.progress(&c, "after the joins").await;
 
     // Drain one of the first three that does not lead placement, and SIGKILL placement's
     // leader while the drain runs.
@@ -229,10 +127,10 @@ async fn stores_join_and_leave_under_load_and_placement_survives_its_leader() {
             ])
         })
     };
-    progress(&c, "into the drain", &completed, &errors).await;
+    load.progress(&c, "into the drain").await;
     eprintln!("killing store {leader} at {:?}", t0.elapsed());
     c.kill(leader - 1);
-    progress(&c, "with placement's leader dead", &completed, &errors).await;
+    load.progress(&c, "with placement's leader dead").await;
     eprintln!("restarting store {leader} at {:?}", t0.elapsed());
     c.spawn(leader - 1);
     let (ok, out, err) = tokio::task::spawn_blocking(move || drain.join().unwrap())
@@ -244,13 +142,10 @@ async fn stores_join_and_leave_under_load_and_placement_survives_its_leader() {
         c.logs()
     );
     assert!(out.contains("removed"), "{out}");
-    progress(&c, "after the drain", &completed, &errors).await;
+    load.progress(&c, "after the drain").await;
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let errors = errors.lock().unwrap().clone();
+    let outcome = load.finish().await;
+    let errors = outcome.errors;
     assert!(
         errors.is_empty(),
         "{} client errors: {:#?}\n{}",
@@ -292,11 +187,11 @@ async fn stores_join_and_leave_under_load_and_placement_survives_its_leader() {
     );
     assert!(!per.contains_key(&(drained as u64)), "{p}");
 
-    let ops = history.operations();
+    let ops = outcome.operations;
     eprintln!(
         "placement: {} operations, {} completed, final layout {per:?}, config {}",
         ops.len(),
-        done(),
+        outcome.completed,
         p["config"]
     );
     let r = lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default())

@@ -8,18 +8,15 @@
 
 mod common;
 
-use common::{wait_until, TestCluster};
-use lincheck::kv::{KvInput, KvModel, KvOutput};
+use common::{Load, LoadConfig, TestCluster};
+use lincheck::kv::KvModel;
 use serde_json::Value;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 const CLIENTS: usize = 8;
 /// Of them, the ones speaking the Redis protocol.
 const RESP_CLIENTS: usize = 2;
-const PREFIX: [&str; 3] = ["c", "k", "t"];
 
 /// Runs the `raftkv` binary: (success, stdout, stderr).
 fn raftkv(args: &[&str]) -> (bool, String, String) {
@@ -55,57 +52,6 @@ fn region_of(st: &Value, key: &str) -> Value {
         .clone()
 }
 
-enum Conn {
-    Grpc(client::Client),
-    Resp(redis::aio::MultiplexedConnection),
-}
-
-impl Conn {
-    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        match self {
-            Conn::Grpc(c) => c
-                .get(key)
-                .await
-                .map(|v| v.map(|b| b.to_vec()))
-                .map_err(|e| e.to_string()),
-            Conn::Resp(c) => redis::cmd("GET")
-                .arg(key)
-                .query_async(c)
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn put(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
-        match self {
-            Conn::Grpc(c) => c.put(key, val).await.map_err(|e| e.to_string()),
-            Conn::Resp(c) => redis::cmd("SET")
-                .arg(key)
-                .arg(val)
-                .query_async::<()>(c)
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn append(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
-        match self {
-            Conn::Grpc(c) => c
-                .append(key, val)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Conn::Resp(c) => redis::cmd("APPEND")
-                .arg(key)
-                .arg(val)
-                .query_async::<i64>(c)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_error() {
     let mut c = TestCluster::start(&[]);
@@ -115,109 +61,16 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
         c.logs()
     );
     let endpoints = c.endpoints().join(",");
-    let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
-    let completed = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for w in 0..CLIENTS {
-        let mut conn = if w < RESP_CLIENTS {
-            let client = redis::Client::open(c.redis_url(w % 3)).expect("redis url");
-            Conn::Resp(
-                client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .expect("redis connection"),
-            )
-        } else {
-            let cfg = client::ClientConfig {
-                op_timeout: Duration::from_secs(15),
-                attempt_timeout: Duration::from_secs(3),
-                ..Default::default()
-            };
-            Conn::Grpc(
-                client::Client::with_config(c.endpoints(), cfg)
-                    .await
-                    .expect("client"),
-            )
-        };
-        let (h, completed, errors, stop) = (
-            history.clone(),
-            completed.clone(),
-            errors.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                // 30 keys, 10 per bootstrap region and on both sides of each split key
-                // ("c5", "k5"), retired every 64 operations of a client (bounded histories).
-                let k = (n * 7 + w as u64) % 30;
-                let key = format!("{}{}g{}", PREFIX[(k % 3) as usize], k / 3, n / 64).into_bytes();
-                let val = format!("{w}.{n};").into_bytes();
-                let result = match n % 3 {
-                    0 => {
-                        let id = h.invoke(w as u64, KvInput::Get { key: key.clone() });
-                        conn.get(&key)
-                            .await
-                            .map(|v| (id, KvOutput::Get(v)))
-                            .map_err(|e| (id, false, e))
-                    }
-                    1 => {
-                        let input = KvInput::Put {
-                            key: key.clone(),
-                            value: val.clone(),
-                        };
-                        let id = h.invoke(w as u64, input);
-                        conn.put(&key, &val)
-                            .await
-                            .map(|_| (id, KvOutput::Put))
-                            .map_err(|e| (id, true, e))
-                    }
-                    _ => {
-                        let input = KvInput::Append {
-                            key: key.clone(),
-                            value: val.clone(),
-                        };
-                        let id = h.invoke(w as u64, input);
-                        conn.append(&key, &val)
-                            .await
-                            .map(|_| (id, KvOutput::Append))
-                            .map_err(|e| (id, true, e))
-                    }
-                };
-                match result {
-                    Ok((id, out)) => {
-                        h.complete(id, out);
-                        completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err((id, write, e)) => {
-                        if write {
-                            h.fail_unknown(id);
-                        } else {
-                            h.fail_definite(id);
-                        }
-                        // Bounded, and no tight loop on a failing server (each failed
-                        // operation also stays in the history).
-                        {
-                            let mut errs = errors.lock().unwrap();
-                            if errs.len() < 100 {
-                                errs.push(format!("client {w}: {e}"));
-                            }
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }));
-    }
-    let done = || completed.load(Ordering::Relaxed);
-    let progress = |what: &'static str| {
-        let since = done();
-        wait_until(what, Duration::from_secs(60), move || done() >= since + 100)
-    };
-    progress("100 operations before the first split").await;
+    let load = Load::start(
+        &c,
+        LoadConfig {
+            clients: CLIENTS,
+            resp_clients: RESP_CLIENTS,
+            op_timeout: Duration::from_secs(15),
+        },
+    )
+    .await;
+    load.progress(&c, "before the first split").await;
 
     // Split region [..g) at "c5" and [g, p) at "k5", under load.
     for key in ["c5", "k5"] {
@@ -229,7 +82,7 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
             c.logs()
         );
         assert!(out.contains("region"), "{out}");
-        progress("100 operations after a split").await;
+        load.progress(&c, "after a split").await;
     }
     let st = status(&endpoints);
     assert_eq!(st["regions"].as_array().unwrap().len(), 5, "{st}");
@@ -262,7 +115,7 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
         out.contains(&format!("store {to} leads region {id}")),
         "{out}"
     );
-    progress("100 operations after the transfer").await;
+    load.progress(&c, "after the transfer").await;
 
     // Move a replica: off store 3 (its data goes), store 3 restarted, back onto it.
     let moved = region_of(&status(&endpoints), "k5")["id"].as_u64().unwrap();
@@ -281,7 +134,7 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
     let r = region_of(&st, "k5");
     assert_eq!(r["replicas"].as_array().unwrap().len(), 2, "{st}");
     assert_eq!(r["epoch"]["conf_version"], 2, "{st}");
-    progress("100 operations after the removal").await;
+    load.progress(&c, "after the removal").await;
     c.kill(2);
     c.spawn(2);
     assert!(
@@ -306,7 +159,7 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
     assert_eq!(replicas.len(), 3, "{st}");
     assert!(replicas.iter().all(|p| p["role"] == "voter"), "{st}");
     assert_eq!(r["epoch"]["conf_version"], 4, "{st}");
-    progress("100 operations after the replica came back").await;
+    load.progress(&c, "after the replica came back").await;
 
     // Merge the split-off [c5, g) back into [.., c5), under load.
     let st = status(&endpoints);
@@ -327,7 +180,7 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
     let merged = region_of(&st, "c5");
     assert_eq!(merged["id"], left["id"], "{st}");
     assert_eq!(merged["end_key"], "g", "{st}");
-    progress("100 operations after the merge").await;
+    load.progress(&c, "after the merge").await;
 
     // Bad input: refused with a reason, nothing changes.
     for (args, why) in [
@@ -357,14 +210,8 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
     }
     assert_eq!(status(&endpoints)["regions"].as_array().unwrap().len(), 4);
 
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("client finished")
-            .unwrap();
-    }
-    let errors = errors.lock().unwrap().clone();
+    let outcome = load.finish().await;
+    let errors = outcome.errors;
     assert!(
         errors.is_empty(),
         "clients saw errors: {errors:?}\n{}",
@@ -377,8 +224,8 @@ async fn splits_and_leader_transfers_under_load_lose_nothing_and_surface_no_erro
             "a region without a leader: {st}"
         );
     }
-    let ops = history.operations();
-    eprintln!("{} operations, {} completed", ops.len(), done());
+    let ops = outcome.operations;
+    eprintln!("{} operations, {} completed", ops.len(), outcome.completed);
     let r = lincheck::check(&KvModel, &ops, &lincheck::CheckOptions::default())
         .expect("well-formed history");
     assert!(

@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+use lincheck::kv::{KvInput, KvOutput};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct TestCluster {
@@ -29,8 +31,8 @@ pub struct TestCluster {
 /// released before the server binds it, and in the meantime an outgoing connection of another
 /// test may take it as its local port, so the server could not bind. Ports are handed out
 /// from a per-process window (by pid) and checked free before use.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
     const WINDOW: u16 = 400;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 12_000 + (std::process::id() % 40) as u16 * WINDOW;
@@ -150,6 +152,11 @@ impl TestCluster {
 
     pub fn stores(&self) -> usize {
         self.procs.len()
+    }
+
+    /// This cluster's id, as its bootstrap stores were given it (`--cluster-id`).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     pub fn spawn(&mut self, i: usize) {
@@ -396,6 +403,245 @@ pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() ->
             "timed out after {timeout:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How a [`Load`] talks to the cluster.
+pub struct LoadConfig {
+    pub clients: usize,
+    /// Of the clients, how many speak the Redis protocol (to stores 1-3 in turn); the
+    /// others use the gRPC client with every store the cluster has when the load starts.
+    pub resp_clients: usize,
+    /// The gRPC clients' bound on one operation, retries included.
+    pub op_timeout: Duration,
+}
+
+/// A linearizability-checked client load for the tests that reshape a running cluster
+/// (`placement.rs`, `region_admin.rs`): each client runs Get, Put and Append in turn over 30
+/// keys, 10 per bootstrap region (split keys `g`, `p`) and on both sides of `c5` and `k5`
+/// (where `region_admin.rs` splits), every operation recorded in one `lincheck` history. A
+/// client that sees an error records it and goes on (the tests assert there were none).
+pub struct Load {
+    history: Arc<lincheck::History<KvInput, KvOutput>>,
+    completed: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] leaves once stopped.
+pub struct LoadOutcome {
+    pub operations: Vec<lincheck::Operation<KvInput, KvOutput>>,
+    /// The errors the clients saw (the first 100).
+    pub errors: Vec<String>,
+    /// Operations answered.
+    pub completed: u64,
+}
+
+/// One client's connection: gRPC or the Redis port.
+enum LoadConn {
+    Grpc(client::Client),
+    Resp(redis::aio::MultiplexedConnection),
+}
+
+impl LoadConn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            LoadConn::Grpc(c) => c
+                .get(key)
+                .await
+                .map(|v| v.map(|b| b.to_vec()))
+                .map_err(|e| e.to_string()),
+            LoadConn::Resp(c) => redis::cmd("GET")
+                .arg(key)
+                .query_async(c)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn put(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
+        match self {
+            LoadConn::Grpc(c) => c.put(key, val).await.map_err(|e| e.to_string()),
+            LoadConn::Resp(c) => redis::cmd("SET")
+                .arg(key)
+                .arg(val)
+                .query_async::<()>(c)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn append(&mut self, key: &[u8], val: &[u8]) -> Result<(), String> {
+        match self {
+            LoadConn::Grpc(c) => c
+                .append(key, val)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            LoadConn::Resp(c) => redis::cmd("APPEND")
+                .arg(key)
+                .arg(val)
+                .query_async::<i64>(c)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl Load {
+    /// Connects the clients to `c` and starts them.
+    pub async fn start(c: &TestCluster, cfg: LoadConfig) -> Load {
+        let history: Arc<lincheck::History<KvInput, KvOutput>> = Arc::new(lincheck::History::new());
+        let completed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..cfg.clients {
+            let mut conn = if w < cfg.resp_clients {
+                let client = redis::Client::open(c.redis_url(w % 3)).expect("redis url");
+                LoadConn::Resp(
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("redis connection"),
+                )
+            } else {
+                let ccfg = client::ClientConfig {
+                    op_timeout: cfg.op_timeout,
+                    attempt_timeout: Duration::from_secs(3),
+                    ..Default::default()
+                };
+                LoadConn::Grpc(
+                    client::Client::with_config(c.endpoints(), ccfg)
+                        .await
+                        .expect("client"),
+                )
+            };
+            let (h, completed, errors, stop) = (
+                history.clone(),
+                completed.clone(),
+                errors.clone(),
+                stop.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    // Keys retire every 64 operations of a client: per-key histories stay
+                    // small enough to check.
+                    let k = (n * 7 + w as u64) % 30;
+                    let key = format!("{}{}g{}", ["c", "k", "t"][(k % 3) as usize], k / 3, n / 64)
+                        .into_bytes();
+                    let val = format!("{w}.{n};").into_bytes();
+                    let result = match n % 3 {
+                        0 => {
+                            let id = h.invoke(w as u64, KvInput::Get { key: key.clone() });
+                            conn.get(&key)
+                                .await
+                                .map(|v| (id, KvOutput::Get(v)))
+                                .map_err(|e| (id, false, e))
+                        }
+                        1 => {
+                            let input = KvInput::Put {
+                                key: key.clone(),
+                                value: val.clone(),
+                            };
+                            let id = h.invoke(w as u64, input);
+                            conn.put(&key, &val)
+                                .await
+                                .map(|_| (id, KvOutput::Put))
+                                .map_err(|e| (id, true, e))
+                        }
+                        _ => {
+                            let input = KvInput::Append {
+                                key: key.clone(),
+                                value: val.clone(),
+                            };
+                            let id = h.invoke(w as u64, input);
+                            conn.append(&key, &val)
+                                .await
+                                .map(|_| (id, KvOutput::Append))
+                                .map_err(|e| (id, true, e))
+                        }
+                    };
+                    match result {
+                        Ok((id, out)) => {
+                            h.complete(id, out);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err((id, write, e)) => {
+                            // A failed write may still take effect; a failed read had none.
+                            if write {
+                                h.fail_unknown(id);
+                            } else {
+                                h.fail_definite(id);
+                            }
+                            {
+                                let mut errs = errors.lock().unwrap();
+                                if errs.len() < 100 {
+                                    errs.push(format!(
+                                        "client {w} at {:?} on {:?}: {e}",
+                                        started.elapsed(),
+                                        String::from_utf8_lossy(&key)
+                                    ));
+                                }
+                            }
+                            // No tight loop on a failing server.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        Load {
+            history,
+            completed,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Operations answered so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until 100 more operations were answered; after 60 s fails naming `what`, with
+    /// the clients' errors and every store's log.
+    pub async fn progress(&self, c: &TestCluster, what: &str) {
+        let since = self.completed();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.completed() < since + 100 {
+            assert!(
+                Instant::now() < deadline,
+                "no 100 operations within 60 s {what}; errors: {:#?}\n{}",
+                self.errors.lock().unwrap(),
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients, each after its operation in flight (bounded by the clients'
+    /// timeouts; waited for 60 s at most), and returns the history and the errors.
+    pub async fn finish(self) -> LoadOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("client finished")
+                .unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        LoadOutcome {
+            operations: self.history.operations(),
+            errors,
+            completed: self.completed.load(Ordering::Relaxed),
+        }
     }
 }
 
