@@ -280,6 +280,14 @@ struct ServerArgs {
     /// (default: derived from --initial-cluster and --split-keys).
     #[arg(long)]
     cluster_id: Option<u64>,
+    /// This store's labels for placement, e.g. zone=z1,rack=r2: at most 16, each key and
+    /// value 1-64 of A-Z a-z 0-9 . _ - (shown by `raftkv store list`).
+    #[arg(long)]
+    labels: Option<String>,
+    /// The capacity this store reports to placement, in bytes (default: the size of the
+    /// filesystem holding --data-dir).
+    #[arg(long)]
+    capacity_bytes: Option<u64>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -304,6 +312,9 @@ struct FileConfig {
     cluster_id: Option<u64>,
     join: Option<String>,
     placement_heartbeat_ms: Option<u64>,
+    /// As the flag: `labels = "zone=z1,rack=r2"`.
+    labels: Option<String>,
+    capacity_bytes: Option<u64>,
 }
 
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
@@ -433,6 +444,15 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     let join = a.join.or(file.join);
     let want_id = a.id.or(file.id);
     let want_cluster = a.cluster_id.or(file.cluster_id);
+    // Checked before joining: a store must not join with labels it cannot start with.
+    let labels = match a.labels.or(file.labels) {
+        Some(l) => server::config::parse_labels(&l).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
+    };
+    let capacity_bytes = a.capacity_bytes.or(file.capacity_bytes);
+    if capacity_bytes == Some(0) {
+        bail!("--capacity-bytes must be at least 1 (leave it out to report the filesystem's size)");
+    }
     // Bound before anything else: a store must not join (or bootstrap) with an address it
     // cannot serve on.
     let peer = tokio::net::TcpListener::bind(&peer_addr)
@@ -461,10 +481,19 @@ async fn run_server(a: ServerArgs) -> Result<()> {
             {
                 bail!("--id comes from placement when a new store joins: leave it out");
             }
-            let identity =
-                server::join::join(seed, &data_dir, addrs.clone(), want_cluster, JOIN_TIMEOUT)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+            let capacity =
+                capacity_bytes.unwrap_or_else(|| server::disk::filesystem_bytes(&data_dir));
+            let identity = server::join::join(
+                seed,
+                &data_dir,
+                addrs.clone(),
+                labels.clone(),
+                capacity,
+                want_cluster,
+                JOIN_TIMEOUT,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             if let Some(w) = want_id {
                 if w != identity.store_id {
                     bail!(
@@ -517,6 +546,8 @@ async fn run_server(a: ServerArgs) -> Result<()> {
     };
     let mut cfg = server::ServerConfig::new(id, data_dir, initial_cluster);
     cfg.joined = joined;
+    cfg.labels = labels;
+    cfg.capacity_bytes = capacity_bytes;
     cfg.split_keys = match a.split_keys {
         Some(s) => s
             .split(',')

@@ -30,7 +30,8 @@ pub(crate) enum PlacementCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum StoreCmd {
-    /// Every store placement knows: state, regions, leaders, bytes.
+    /// Every store placement knows: state, regions, leaders, bytes, capacity, read and write
+    /// rates (requests per second over the last heartbeat interval), labels.
     List {
         #[arg(long)]
         json: bool,
@@ -170,6 +171,9 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
                 "regions": l.map_or(0, |l| l.region_count),
                 "leaders": l.map_or(0, |l| l.leader_count),
                 "used_bytes": l.map_or(0, |l| l.used_bytes),
+                "capacity_bytes": capacity(s, l),
+                "reads_per_sec": l.map_or(0, |l| l.reads_per_sec),
+                "writes_per_sec": l.map_or(0, |l| l.writes_per_sec),
             })
         })
         .collect();
@@ -191,6 +195,8 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
                 "leader_store": l.map(|l| l.leader_store),
                 "approximate_keys": l.map(|l| l.approximate_keys),
                 "approximate_bytes": l.map(|l| l.approximate_bytes),
+                "reads_per_sec": l.map(|l| l.reads_per_sec),
+                "writes_per_sec": l.map(|l| l.writes_per_sec),
             })
         })
         .collect();
@@ -206,6 +212,26 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
         "stores": stores,
         "regions": regions,
     })
+}
+
+/// A store's capacity in bytes: its latest heartbeat's, else the one placement recorded
+/// (0: unknown).
+fn capacity(s: &placement::StoreMeta, live: Option<&placement::LiveStore>) -> u64 {
+    live.map(|l| l.capacity_bytes)
+        .filter(|c| *c != 0)
+        .unwrap_or(s.capacity)
+}
+
+/// A store's labels as given to `--labels` (`-` when it has none).
+fn show_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A store's state as shown: `Down` when placement has not heard from an `Up` store.
@@ -278,13 +304,22 @@ fn print_config(live: &LiveAnswer) {
 
 fn print_stores(live: &LiveAnswer) {
     println!(
-        "{:>6} {:>9} {:>22} {:>22} {:>8} {:>8} {:>12}",
-        "store", "state", "peer", "client", "regions", "leaders", "bytes"
+        "{:>6} {:>9} {:>22} {:>22} {:>8} {:>8} {:>12} {:>15} {:>8} {:>8} labels",
+        "store",
+        "state",
+        "peer",
+        "client",
+        "regions",
+        "leaders",
+        "bytes",
+        "capacity",
+        "reads/s",
+        "writes/s"
     );
     for s in live.answer.config.stores.values() {
         let l = live.stores.iter().find(|l| l.id == s.id);
         println!(
-            "{:>6} {:>9} {:>22} {:>22} {:>8} {:>8} {:>12}",
+            "{:>6} {:>9} {:>22} {:>22} {:>8} {:>8} {:>12} {:>15} {:>8} {:>8} {}",
             s.id,
             display_state(s.state, l.is_none_or(|l| l.up)),
             s.addrs.peer,
@@ -292,6 +327,10 @@ fn print_stores(live: &LiveAnswer) {
             l.map_or(0, |l| l.region_count),
             l.map_or(0, |l| l.leader_count),
             l.map_or(0, |l| l.used_bytes),
+            capacity(s, l),
+            l.map_or(0, |l| l.reads_per_sec),
+            l.map_or(0, |l| l.writes_per_sec),
+            show_labels(&s.labels),
         );
     }
 }
@@ -372,5 +411,34 @@ pub(crate) async fn move_region(conn: &Conn, region: u64, to: &str, wait_secs: u
             bail!("region {region} is on {now:?}, not yet {want:?}, after {wait_secs} s");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_list_shows_labels_and_the_latest_known_capacity() {
+        let mut meta = placement::StoreMeta {
+            id: 1,
+            addrs: placement::StoreAddrs::default(),
+            state: StoreState::Up,
+            labels: Default::default(),
+            capacity: 100,
+        };
+        assert_eq!(show_labels(&meta.labels), "-");
+        meta.labels.insert("zone".into(), "z1".into());
+        meta.labels.insert("rack".into(), "r2".into());
+        assert_eq!(show_labels(&meta.labels), "rack=r2,zone=z1");
+        let mut l = placement::LiveStore::default();
+        assert_eq!(capacity(&meta, None), 100, "recorded");
+        assert_eq!(
+            capacity(&meta, Some(&l)),
+            100,
+            "a heartbeat that could not tell"
+        );
+        l.capacity_bytes = 200;
+        assert_eq!(capacity(&meta, Some(&l)), 200, "the latest heartbeat's");
     }
 }

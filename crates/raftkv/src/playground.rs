@@ -71,6 +71,15 @@ pub(crate) struct PlaygroundArgs {
     /// exits with status 0 was asked to stop and is never restarted.
     #[arg(long)]
     restart_crashed: bool,
+    /// Spread the stores over N zones: store i gets the label zone=z((i-1) % N + 1)
+    /// (`--labels`), shown by `raftkv store list`. 0 (the default): no labels.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    zones: u16,
+}
+
+/// Store `id`'s zone in a playground of `zones` zones (`None`: zones are off).
+fn zone_of(id: u16, zones: u16) -> Option<String> {
+    (zones > 0).then(|| format!("z{}", id.saturating_sub(1) % zones + 1))
 }
 
 fn parse_stores(s: &str) -> Result<u16, String> {
@@ -144,7 +153,14 @@ struct StoreSpec {
 }
 
 impl StoreSpec {
-    fn new(layout: &Layout, dir: &Path, id: u16, cluster: &str, workers: &str) -> StoreSpec {
+    fn new(
+        layout: &Layout,
+        dir: &Path,
+        id: u16,
+        cluster: &str,
+        workers: &str,
+        zones: u16,
+    ) -> StoreSpec {
         let data_dir = dir.join(format!("store{id}"));
         let mut args: Vec<OsString> = vec!["server".into(), "--id".into(), id.to_string().into()];
         args.push("--data-dir".into());
@@ -166,6 +182,10 @@ impl StoreSpec {
         args.push("j,s".into());
         args.push("--worker-threads".into());
         args.push(workers.into());
+        if let Some(zone) = zone_of(id, zones) {
+            args.push("--labels".into());
+            args.push(format!("zone={zone}").into());
+        }
         StoreSpec { id, data_dir, args }
     }
 
@@ -505,7 +525,7 @@ async fn supervise(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = (cpus / usize::from(layout.stores)).max(1).to_string();
     for i in layout.ids() {
-        let spec = StoreSpec::new(&layout, dir, i, &cluster, &workers);
+        let spec = StoreSpec::new(&layout, dir, i, &cluster, &workers, a.zones);
         let proc = spawn_store(exe, &spec)?;
         stores.push(Store {
             spec,
@@ -518,7 +538,7 @@ async fn supervise(
     }
     write_endpoints(&layout, &endpoints_path)?;
     print_banner(&layout, dir, &endpoints_path);
-    print_join_hint(&layout, dir);
+    print_join_hint(&layout, dir, a.zones);
     watch(a, &layout, exe, stores, sigint, sigterm).await;
     Ok(())
 }
@@ -620,7 +640,7 @@ fn serde_json_like(id: u16, client: &str, metrics: &str, peer: &str, resp: &str)
 
 /// How to add one more store to the running playground: the ports the next store number
 /// would have in this layout (its id comes from placement), while they fit.
-fn print_join_hint(layout: &Layout, dir: &Path) {
+fn print_join_hint(layout: &Layout, dir: &Path, zones: u16) {
     let next = u32::from(layout.stores) + 1;
     let base = u32::from(layout.base);
     if next > u32::from(MAX_STORES) || base + 300 + next > u32::from(u16::MAX) {
@@ -629,8 +649,13 @@ fn print_join_hint(layout: &Layout, dir: &Path) {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "raftkv".into());
+    let labels = u16::try_from(next)
+        .ok()
+        .and_then(|n| zone_of(n, zones))
+        .map(|z| format!(" --labels zone={z}"))
+        .unwrap_or_default();
     println!(
-        "  add a store: {exe} server --join 127.0.0.1:{} --data-dir {} --peer-addr 127.0.0.1:{} --client-addr 127.0.0.1:{} --resp-addr 127.0.0.1:{}",
+        "  add a store: {exe} server --join 127.0.0.1:{} --data-dir {} --peer-addr 127.0.0.1:{} --client-addr 127.0.0.1:{} --resp-addr 127.0.0.1:{}{labels}",
         base + 1,
         dir.join(format!("store{next}")).display(),
         base + next,
@@ -843,6 +868,25 @@ mod tests {
             (l.peer(3), l.client(3), l.metrics(3), l.resp(3)),
             (17003, 17103, 17203, 17303)
         );
+    }
+
+    #[test]
+    fn zones_go_round_the_stores() {
+        assert_eq!(zone_of(1, 0), None);
+        let zones: Vec<_> = (1..=5).map(|i| zone_of(i, 3).unwrap()).collect();
+        assert_eq!(zones, ["z1", "z2", "z3", "z1", "z2"]);
+        assert_eq!(zone_of(7, 1).as_deref(), Some("z1"));
+        let layout = Layout::new(17000, 5).unwrap();
+        let spec = StoreSpec::new(&layout, Path::new("/tmp/p"), 5, "1=a", "1", 3);
+        let args: Vec<String> = spec
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--labels").unwrap();
+        assert_eq!(args[at + 1], "zone=z2");
+        let spec = StoreSpec::new(&layout, Path::new("/tmp/p"), 5, "1=a", "1", 0);
+        assert!(!spec.args.iter().any(|a| a == "--labels"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Server configuration.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +51,12 @@ pub struct ServerConfig {
     pub placement_heartbeat: Duration,
     /// A store not heard from for this long shows as down (placement's live view).
     pub store_down_after: Duration,
+    /// This store's labels (`--labels zone=z1,rack=r2`), sent with its Join and every
+    /// heartbeat; placement records them (see [`parse_labels`] for what is accepted).
+    pub labels: BTreeMap<String, String>,
+    /// The capacity reported to placement (`--capacity-bytes`); `None`: the size of the
+    /// filesystem holding `data_dir`.
+    pub capacity_bytes: Option<u64>,
 }
 
 /// Default of [`ServerConfig::placement_heartbeat`]: every few seconds, like TiKV's
@@ -83,6 +90,8 @@ impl ServerConfig {
             joined: false,
             placement_heartbeat: DEFAULT_PLACEMENT_HEARTBEAT,
             store_down_after: DEFAULT_STORE_DOWN_AFTER,
+            labels: BTreeMap::new(),
+            capacity_bytes: None,
         }
     }
 
@@ -148,6 +157,22 @@ impl ServerConfig {
                 self.log_segment_bytes
             ));
         }
+        // Labels set in code rather than parsed from a flag get the same checks.
+        if self.labels.len() > MAX_LABELS {
+            return Err(format!(
+                "--labels: at most {MAX_LABELS} labels (got {})",
+                self.labels.len()
+            ));
+        }
+        for (k, v) in &self.labels {
+            check_label(k, v)?;
+        }
+        if self.capacity_bytes == Some(0) {
+            return Err(
+                "--capacity-bytes must be at least 1 (leave it out to report the filesystem's size)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -181,9 +206,120 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(u64, String)>, String> {
     Ok(out)
 }
 
+/// Most labels a store may carry (`--labels`); placement holds no more either.
+pub const MAX_LABELS: usize = placement::machine::MAX_LABELS;
+/// Longest label key or value, in bytes (placement would take longer ones; short names keep
+/// `store list` readable and a heartbeat small).
+pub const MAX_LABEL_BYTES: usize = 64;
+
+/// Parses `--labels`: `key=value` pairs separated by commas, e.g. `zone=z1,rack=r2`. A key
+/// and a value are 1 to [`MAX_LABEL_BYTES`] of `A-Z a-z 0-9 . _ -`; at most [`MAX_LABELS`]
+/// labels, each key once. The empty string is no labels. The error names the bad label.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--labels: {part:?} is not key=value"))?;
+        check_label(key, value)?;
+        if out.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("--labels: the key {key:?} is given twice"));
+        }
+        if out.len() > MAX_LABELS {
+            return Err(format!("--labels: at most {MAX_LABELS} labels"));
+        }
+    }
+    Ok(out)
+}
+
+/// Why `key=value` is not an acceptable label (see [`parse_labels`]).
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let label = format!("{key}={value}");
+    for (what, text) in [("key", key), ("value", value)] {
+        if text.is_empty() {
+            return Err(format!("--labels: {label:?} has an empty {what}"));
+        }
+        if text.len() > MAX_LABEL_BYTES {
+            return Err(format!(
+                "--labels: {label:?} has a {what} of {} bytes (at most {MAX_LABEL_BYTES})",
+                text.len()
+            ));
+        }
+        if let Some(c) = text
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "--labels: {label:?} has {c:?} in its {what} (only A-Z a-z 0-9 . _ - are allowed)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels("zone=z1, rack=r-2.a_b").unwrap();
+        assert_eq!(
+            l.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("rack".to_string(), "r-2.a_b".to_string()),
+                ("zone".to_string(), "z1".to_string())
+            ]
+        );
+        assert!(parse_labels("").unwrap().is_empty());
+        // Trailing commas are tolerated, like --initial-cluster's.
+        assert_eq!(parse_labels("zone=z1,").unwrap().len(), 1);
+        let sixteen: Vec<String> = (0..MAX_LABELS).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_labels(&sixteen.join(",")).unwrap().len(), MAX_LABELS);
+        let longest = "x".repeat(MAX_LABEL_BYTES);
+        assert!(parse_labels(&format!("{longest}={longest}")).is_ok());
+    }
+
+    #[test]
+    fn bad_labels_are_refused_naming_the_label() {
+        let long = "x".repeat(MAX_LABEL_BYTES + 1);
+        let (long_key, long_value) = (format!("{long}=v"), format!("k={long}"));
+        let cases = [
+            ("zone", "\"zone\" is not key=value"),
+            ("zone=z1,rack", "\"rack\" is not key=value"),
+            ("=z1", "\"=z1\" has an empty key"),
+            ("zone=", "\"zone=\" has an empty value"),
+            ("zone=z 1", "\"zone=z 1\" has ' ' in its value"),
+            ("zo/ne=z1", "\"zo/ne=z1\" has '/' in its key"),
+            ("zone=z=1", "\"zone=z=1\" has '=' in its value"),
+            ("zone=zé", "has 'é' in its value"),
+            (long_key.as_str(), "has a key of 65 bytes"),
+            (long_value.as_str(), "has a value of 65 bytes"),
+            ("zone=z1,zone=z2", "the key \"zone\" is given twice"),
+        ];
+        for (input, want) in cases {
+            let e = parse_labels(input).unwrap_err();
+            assert!(e.contains(want), "{input:?}: {e}");
+            assert!(e.starts_with("--labels: "), "{input:?}: {e}");
+        }
+        let seventeen: Vec<String> = (0..=MAX_LABELS).map(|i| format!("k{i}=v")).collect();
+        let e = parse_labels(&seventeen.join(",")).unwrap_err();
+        assert!(e.contains("at most 16 labels"), "{e}");
+    }
+
+    #[test]
+    fn validate_checks_labels_and_capacity_set_in_code() {
+        let c = parse_initial_cluster("1=127.0.0.1:7001").unwrap();
+        let mut cfg = ServerConfig::new(1, "/tmp/x".into(), c);
+        cfg.labels = parse_labels("zone=z1").unwrap();
+        cfg.capacity_bytes = Some(1 << 30);
+        assert!(cfg.validate().is_ok());
+        cfg.labels.insert("bad key".into(), "v".into());
+        assert!(cfg.validate().unwrap_err().contains("bad key"));
+        cfg.labels.remove("bad key");
+        cfg.capacity_bytes = Some(0);
+        assert!(cfg.validate().unwrap_err().contains("--capacity-bytes"));
+    }
 
     #[test]
     fn initial_cluster_parses_and_rejects_garbage() {

@@ -1,5 +1,6 @@
 //! What a store's data directory holds on disk, by kind, as `du` counts it (allocated
-//! blocks, so a preallocated segment counts whole): for `/metrics` and `raftkv status`.
+//! blocks, so a preallocated segment counts whole): for `/metrics` and `raftkv status`; and
+//! the size of the filesystem holding it (the capacity a store reports to placement).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -71,6 +72,43 @@ fn on_disk(meta: &std::fs::Metadata) -> u64 {
     meta.blocks() * 512
 }
 
+/// The total size in bytes of the filesystem holding `dir` (as `df` shows it), or of the one
+/// holding its nearest existing ancestor (a data directory not created yet); 0 when none
+/// can be asked. Stable while the filesystem is not resized, so placement records it once.
+pub fn filesystem_bytes(dir: &Path) -> u64 {
+    dir.ancestors()
+        .map(|p| {
+            // `Path::ancestors` of a relative path ends with "": the working directory.
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find_map(statvfs_total_bytes)
+        .unwrap_or(0)
+}
+
+/// `statvfs(2)` of `path`: blocks times fragment size, `None` on any error.
+fn statvfs_total_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string that lives across the call, and `st`
+    // points to writable memory the size and alignment of a `statvfs`, which the call only
+    // writes. Nothing else holds either pointer.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled in the whole struct.
+    let st = unsafe { st.assume_init() };
+    // The field types are u64 on 64-bit Linux but narrower on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, fragment) = (st.f_blocks as u64, st.f_frsize as u64);
+    Some(blocks.saturating_mul(fragment))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +137,15 @@ mod tests {
             u.total_bytes(),
             u.log_bytes + u.snapshot_bytes + u.other_bytes
         );
+    }
+
+    #[test]
+    fn the_filesystem_size_is_found_from_the_nearest_existing_ancestor() {
+        let tmp = std::env::temp_dir();
+        let size = filesystem_bytes(&tmp);
+        assert!(size > 0, "statvfs of {}", tmp.display());
+        // A data directory not created yet lives on its parent's filesystem.
+        assert_eq!(filesystem_bytes(&tmp.join("raftkv-not-there/store1")), size);
+        assert!(filesystem_bytes(Path::new("relative-not-there")) > 0);
     }
 }

@@ -5,6 +5,7 @@
 use crate::identity::{self, Identity};
 use api::pb;
 use placement::{Command, LiveAnswer, PlacementError, Reply, StoreAddrs, StoreState};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -54,11 +55,14 @@ pub async fn query(seed: &str, deadline: Instant) -> Result<LiveAnswer, String> 
 
 /// Joins the cluster behind `seed` (or finds this data directory's join done already) and
 /// returns the store's identity. `want_cluster` (from `--cluster-id`) must match the
-/// cluster's when given.
+/// cluster's when given. The store joins with its `labels` (`--labels`) and `capacity`
+/// recorded from the start, so placement never holds it without them.
 pub async fn join(
     seed: &str,
     data_dir: &Path,
     addrs: StoreAddrs,
+    labels: BTreeMap<String, String>,
+    capacity: u64,
     want_cluster: Option<u64>,
     timeout: Duration,
 ) -> Result<Identity, String> {
@@ -80,8 +84,8 @@ pub async fn join(
         token,
         cluster_id,
         addrs,
-        labels: Default::default(),
-        capacity: 0,
+        labels,
+        capacity,
     };
     let json = serde_json::to_vec(&cmd).expect("serializing");
     let store_id = loop {

@@ -329,23 +329,44 @@ impl PlacementService {
                 ..Default::default()
             };
         }
-        // A store that restarted on new addresses (or reports its client address for the
-        // first time) updates them through the log.
+        // A store that restarted on new addresses, labels or capacity (or reports them for
+        // the first time: bootstrap stores) updates them through the log. Only a difference
+        // costs an entry: capacity is the filesystem's size, which does not drift.
         if let Some(meta) = config.stores.get(&st.store_id) {
-            let addrs = StoreAddrs {
+            let reported = StoreAddrs {
                 peer: st.peer_addr.clone(),
                 client: st.client_addr.clone(),
                 resp: st.resp_addr.clone(),
             };
-            if meta.addrs != addrs && !addrs.peer.is_empty() && !addrs.client.is_empty() {
+            // A wildcard address is reported empty: the one held stays.
+            let addrs = if reported.peer.is_empty() || reported.client.is_empty() {
+                meta.addrs.clone()
+            } else {
+                reported
+            };
+            let labels: BTreeMap<String, String> = st
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            // 0: the store could not tell (statvfs failed); the capacity held stays.
+            let capacity = if st.capacity_bytes == 0 {
+                meta.capacity
+            } else {
+                st.capacity_bytes
+            };
+            let changed = meta.addrs != addrs || meta.labels != labels || meta.capacity != capacity;
+            // Placement refuses a store without both addresses; proposing that again at
+            // every heartbeat would only fill the log.
+            if changed && !addrs.peer.is_empty() && !addrs.client.is_empty() {
                 let cmd = Command::UpdateStore {
                     store: st.store_id,
                     addrs,
-                    labels: meta.labels.clone(),
-                    capacity: st.capacity_bytes,
+                    labels,
+                    capacity,
                 };
                 if let Err(e) = self.propose(&cmd).await {
-                    tracing::debug!("updating store {}'s addresses: {e}", st.store_id);
+                    tracing::debug!("updating store {}'s record: {e}", st.store_id);
                 }
             }
         }
@@ -378,6 +399,8 @@ impl PlacementService {
                         leader_store: st.store_id,
                         approximate_keys: rep.approximate_keys,
                         approximate_bytes: rep.approximate_bytes,
+                        reads_per_sec: rep.reads_per_sec,
+                        writes_per_sec: rep.writes_per_sec,
                     },
                 );
             }
@@ -445,6 +468,8 @@ impl PlacementService {
                     used_bytes: s.used_bytes,
                     region_count: s.region_count,
                     leader_count: s.leader_count,
+                    reads_per_sec: s.reads_per_sec,
+                    writes_per_sec: s.writes_per_sec,
                 },
                 None => LiveStore {
                     id: *id,

@@ -72,6 +72,14 @@ pub(crate) struct Peer<M: StateMachine> {
     /// before 2026-12-03): replaying from it uses the current descriptor, so the region is
     /// not reshaped until a newer snapshot exists (see `Store::refuse_legacy`).
     pub(crate) legacy_snapshot: bool,
+    /// Client requests this replica took since it was opened here (created, or loaded when
+    /// the store started), for placement's read and write rates: proposals accepted by
+    /// `Store::propose`, and reads started by `Store::read` or served by
+    /// `Store::stale_read`. Refused requests are not counted. Plain adds on the store
+    /// thread; a re-created replica or a restarted store starts again from 0 (the
+    /// heartbeat's rate saturates at 0 when a counter goes down).
+    pub(crate) read_count: u64,
+    pub(crate) write_count: u64,
 }
 
 /// A snapshot serializes the whole state, so past the entry threshold a region also waits

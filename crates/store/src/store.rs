@@ -141,6 +141,13 @@ pub struct RegionStatus {
     pub lease: bool,
     /// Frozen as a merge's source (serves nothing).
     pub frozen: bool,
+    /// Reads this replica started or served (`Store::read`, `Store::stale_read`) and
+    /// proposals it accepted (`Store::propose`), cumulative since the replica was opened
+    /// here (created, or loaded when the store started): a restart or a re-created replica
+    /// starts again from 0. Refused requests are not counted. Rates are the caller's
+    /// (differences between two statuses).
+    pub reads: u64,
+    pub writes: u64,
 }
 
 pub struct Store<M: StateMachine> {
@@ -531,6 +538,8 @@ impl<M: StateMachine> Store<M> {
                 merge_driven_at: 0,
                 absorbed,
                 legacy_snapshot,
+                read_count: 0,
+                write_count: 0,
             },
         );
         Ok(())
@@ -626,6 +635,8 @@ impl<M: StateMachine> Store<M> {
                     approximate: p.sm.approximate_size(),
                     lease: p.raw.lease_valid() && p.raw.committed_in_term(),
                     frozen: p.merging.is_some(),
+                    reads: p.read_count,
+                    writes: p.write_count,
                 }
             })
             .collect()
@@ -798,7 +809,13 @@ impl<M: StateMachine> Store<M> {
         self.check_request(region, epoch, key)?;
         // The version travels with the command and is checked again at apply.
         let data = crate::entry::encode_command(epoch.version, &data);
-        self.propose_entry(region, data)
+        let ticket = self.propose_entry(region, data)?;
+        // Counted here, not in `propose_entry`: admin entries (splits, merges, replica
+        // changes) are not client writes.
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.write_count += 1;
+        }
+        Ok(ticket)
     }
 
     /// Proposes an entry (already wrapped, see [`crate::entry`]) on this store's replica of
@@ -844,6 +861,7 @@ impl<M: StateMachine> Store<M> {
                     key: key.to_vec(),
                     index: None,
                 });
+                p.read_count += 1;
                 Ok(ticket)
             }
             Err(raft::ReadError::NoLeader) => Err(StoreError::NotLeader {
@@ -865,15 +883,20 @@ impl<M: StateMachine> Store<M> {
     }
 
     /// Serves a stale read from this replica's state machine without any Raft round (the
-    /// explicit opt-in follower/stale read): it may lag the leader.
+    /// explicit opt-in follower/stale read): it may lag the leader. Takes `&mut self` only to
+    /// count the read (see [`RegionStatus::reads`]).
     pub fn stale_read(
-        &self,
+        &mut self,
         region: RegionId,
         epoch: RegionEpoch,
         key: &[u8],
         query: &M::Query,
     ) -> Result<M::ReadOutput, StoreError> {
-        Ok(self.check_route(region, epoch, key)?.sm.read(query))
+        let out = self.check_route(region, epoch, key)?.sm.read(query);
+        if let Some(p) = self.peers.get_mut(&region) {
+            p.read_count += 1;
+        }
+        Ok(out)
     }
 
     /// Refuses to reshape `region` while its latest snapshot here has no descriptor (a data

@@ -1469,3 +1469,61 @@ fn a_replica_added_to_the_target_after_a_merge_starts_from_a_snapshot_that_holds
     assert_eq!(c.store(2).stats.merge_waits_without_source, 0);
     assert!(c.store(2).state_machine(source).is_none());
 }
+
+#[test]
+fn each_replica_counts_the_reads_and_writes_it_took_and_not_the_refused_ones() {
+    let mut c = Cluster::new(10_000);
+    let r = c.regions[0].clone();
+    let counts = |c: &mut Cluster, s: usize| {
+        let st = c
+            .store(s)
+            .status()
+            .into_iter()
+            .find(|st| st.region.id == r.id)
+            .expect("every store has a replica of region 1");
+        (st.reads, st.writes)
+    };
+    // Store 1 (index 0) leads region 1: three writes and two reads there.
+    for i in 0..3u32 {
+        c.write(0, 0, format!("a{i}").as_bytes(), b"v").unwrap();
+    }
+    c.read(0, 0, b"a0").unwrap();
+    c.read(0, 0, b"a1").unwrap();
+    // A follower's read counts on the follower; a stale read on the replica serving it.
+    c.read(1, 0, b"a2").unwrap();
+    c.store(2)
+        .stale_read(r.id, r.epoch, b"a0", &b"a0".to_vec())
+        .unwrap();
+    // Refusals: a stale epoch, a follower's proposal, a key outside the region.
+    let mut stale = r.epoch;
+    stale.version -= 1;
+    assert!(c
+        .store(0)
+        .propose(r.id, stale, b"a", put(b"a", b"x"))
+        .is_err());
+    assert!(c
+        .store(1)
+        .propose(r.id, r.epoch, b"a", put(b"a", b"x"))
+        .is_err());
+    assert!(c
+        .store(0)
+        .read(r.id, r.epoch, b"zzz", b"zzz".to_vec())
+        .is_err());
+    assert!(c
+        .store(2)
+        .stale_read(r.id, stale, b"a0", &b"a0".to_vec())
+        .is_err());
+    c.pump();
+    assert_eq!(counts(&mut c, 0), (2, 3), "the leader's reads and writes");
+    assert_eq!(counts(&mut c, 1), (1, 0), "a follower's read");
+    assert_eq!(counts(&mut c, 2), (1, 0), "a stale read");
+    // Another region's replica counted nothing.
+    let other = c.regions[1].id;
+    let st = c.store(0).status();
+    let o = st.iter().find(|s| s.region.id == other).unwrap();
+    assert_eq!((o.reads, o.writes), (0, 0));
+    // A restart starts the counters again (the heartbeat's rate saturates at 0).
+    c.stop(0);
+    c.start(0);
+    assert_eq!(counts(&mut c, 0), (0, 0));
+}
