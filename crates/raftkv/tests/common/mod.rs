@@ -440,7 +440,7 @@ pub struct LoadOutcome {
 
 /// One client's connection: gRPC or the Redis port.
 enum LoadConn {
-    Grpc(client::Client),
+    Grpc(Box<client::Client>),
     Resp(redis::aio::MultiplexedConnection),
 }
 
@@ -514,11 +514,11 @@ impl Load {
                     attempt_timeout: Duration::from_secs(3),
                     ..Default::default()
                 };
-                LoadConn::Grpc(
+                LoadConn::Grpc(Box::new(
                     client::Client::with_config(c.endpoints(), ccfg)
                         .await
                         .expect("client"),
-                )
+                ))
             };
             let (h, completed, errors, stop) = (
                 history.clone(),
