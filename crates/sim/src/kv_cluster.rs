@@ -2381,12 +2381,14 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             sim.refresh_routes();
             match sim.placement_settled() {
                 Ok(()) => break,
-                Err(why) if sim.now > settle_by => return Err(fail(format!(
+                Err(why) if sim.now > settle_by => {
+                    return Err(fail(format!(
                     "placement did not settle within {}s after the final reads: {why}\n  {}\n  {}",
                     PLACEMENT_SETTLE_BOUND / SECOND,
                     sim.placement_report(),
                     sim.convergence_report()
-                ))),
+                )))
+                }
                 Err(_) => {}
             }
         }
