@@ -484,11 +484,16 @@ impl Client {
     /// heartbeat has not reached placement yet): the endpoints say which store they are.
     pub async fn refresh_routes(&mut self) {
         let placed = self.refresh_from_placement().await;
-        let leader_unplaced = self
-            .routes
-            .iter()
-            .any(|r| r.leader_store != 0 && !self.store_endpoint.contains_key(&r.leader_store));
-        if !placed || leader_unplaced {
+        // Stores whose client address placement does not hold yet (a new cluster's stores
+        // until their first heartbeat is recorded): their endpoints' `Status` says which
+        // store each endpoint is. Without it no answer's `served_by_store` could be followed
+        // and every request would go round the endpoints.
+        let unmapped = (0..self.given).any(|i| !self.store_endpoint.values().any(|&e| e == i))
+            || self
+                .routes
+                .iter()
+                .any(|r| r.leader_store != 0 && !self.store_endpoint.contains_key(&r.leader_store));
+        if !placed || unmapped {
             self.refresh_from_status(!placed).await;
         }
         self.last_refresh = Some(Instant::now());

@@ -94,6 +94,11 @@ where
                     let r = r.into_inner();
                     match &r.error {
                         None => return Ok(r),
+                        // A final refusal (a configuration no longer kept, a bad verb): no
+                        // other store or later try would answer differently.
+                        Some(e) if e.code == pb::error::Code::InvalidArgument as i32 => {
+                            bail!("{}", e.message)
+                        }
                         Some(e) => last = format!("{ep}: {}", e.message),
                     }
                 }

@@ -181,6 +181,25 @@ impl ClusterView {
         out
     }
 
+    /// Region `id` of the latest configuration (not the placement group).
+    pub fn region(&self, id: u64) -> Option<placement::RegionLayout> {
+        let c = self.config()?;
+        c.regions
+            .get(&id)
+            .filter(|r| r.id != store::PLACEMENT_REGION.0)
+            .cloned()
+    }
+
+    /// How many data regions the latest configuration holds (0 before the first arrives).
+    pub fn region_count(&self) -> usize {
+        self.config().map_or(0, |c| {
+            c.regions
+                .keys()
+                .filter(|id| **id != store::PLACEMENT_REGION.0)
+                .count()
+        })
+    }
+
     /// The region of the latest configuration holding `key`, for a key this store has no
     /// replica for.
     pub fn region_for_key(&self, key: &[u8]) -> Option<placement::RegionLayout> {

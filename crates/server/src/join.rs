@@ -53,6 +53,45 @@ pub async fn query(seed: &str, deadline: Instant) -> Result<LiveAnswer, String> 
     }
 }
 
+/// How long a restart of a joined store waits for `--join`'s seed to confirm the cluster: a
+/// restart must not hang on a cluster that is itself restarting (the store-to-store
+/// connections check the cluster id anyway).
+const REJOIN_CHECK: Duration = Duration::from_secs(3);
+
+/// A data directory that joined before: it keeps its identity, but only in its own cluster.
+/// The seed is asked (briefly, best effort) which cluster it belongs to; a different one is
+/// refused at once, rather than a store that starts and is then turned away by every peer.
+async fn check_rejoin(
+    seed: &str,
+    data_dir: &Path,
+    id: Identity,
+    want_cluster: Option<u64>,
+) -> Result<Identity, String> {
+    if let Some(w) = want_cluster.filter(|w| *w != id.cluster_id) {
+        return Err(format!(
+            "{} holds store {} of cluster {}, not --cluster-id {w}",
+            data_dir.display(),
+            id.store_id,
+            id.cluster_id
+        ));
+    }
+    match query(seed, Instant::now() + REJOIN_CHECK).await {
+        Ok(live) if live.answer.cluster_id != id.cluster_id => Err(format!(
+            "{} holds store {} of cluster {}, but --join {seed} reaches cluster {}; use a new \
+             data directory to join that cluster",
+            data_dir.display(),
+            id.store_id,
+            id.cluster_id,
+            live.answer.cluster_id
+        )),
+        Ok(_) => Ok(id),
+        Err(e) => {
+            tracing::warn!("restarting store {} without confirming its cluster: {e}", id.store_id);
+            Ok(id)
+        }
+    }
+}
+
 /// Joins the cluster behind `seed` (or finds this data directory's join done already) and
 /// returns the store's identity. `want_cluster` (from `--cluster-id`) must match the
 /// cluster's when given. The store joins with its `labels` (`--labels`) and `capacity`
@@ -68,7 +107,7 @@ pub async fn join(
 ) -> Result<Identity, String> {
     let deadline = Instant::now() + timeout;
     if let Some(id) = identity::load(data_dir)? {
-        return Ok(id);
+        return check_rejoin(seed, data_dir, id, want_cluster).await;
     }
     let live = query(seed, deadline).await?;
     let cluster_id = live.answer.cluster_id;

@@ -188,7 +188,7 @@ impl PlacementService {
                     };
                     self.forward(hint, |mut c| async move {
                         let r = c.query(fwd).await.ok()?.into_inner();
-                        Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
+                        Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
                     })
                     .await
                     .unwrap_or_else(no_leader)
@@ -242,7 +242,7 @@ impl PlacementService {
                         let fwd = fwd.clone();
                         async move {
                             let r = c.call(fwd).await.ok()?.into_inner();
-                            Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
+                            Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
                         }
                     })
                     .await
@@ -291,7 +291,7 @@ impl PlacementService {
                             let fwd = fwd.clone();
                             async move {
                                 let r = c.heartbeat(fwd).await.ok()?.into_inner();
-                                Some(hinted(r.error.as_ref().map(|e| e.leader_store_id), r))
+                                Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
                             }
                         })
                         .await
@@ -488,11 +488,28 @@ impl PlacementService {
     }
 }
 
-/// An answer (no error: `None`), or the leader its error names (0: none) for the next try.
-fn hinted<R>(error_leader: Option<u64>, r: R) -> Result<R, Option<u64>> {
-    match error_leader {
+/// A store's answer to a forwarded request: final (`Ok`: an answer, or a refusal such as
+/// a configuration no longer kept, passed on with its reason), or "not here" with the
+/// leader it names, if any, for the next try (it does not lead placement, holds no
+/// replica of it, or could not get an answer in time).
+/// `error` is the answer's error code and the leader it names (0: none).
+fn hinted<R>(error: Option<(i32, u64)>, r: R) -> Result<R, Option<u64>> {
+    match error {
         None => Ok(r),
-        Some(l) => Err((l != 0).then_some(l)),
+        Some((code, leader))
+            if [
+                Code::NotLeader,
+                Code::RegionNotFound,
+                Code::EpochNotMatch,
+                Code::Timeout,
+                Code::Busy,
+            ]
+                .iter()
+                .any(|c| *c as i32 == code) =>
+        {
+            Err((leader != 0).then_some(leader))
+        }
+        Some(_) => Ok(r),
     }
 }
 

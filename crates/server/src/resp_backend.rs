@@ -35,8 +35,10 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 pub struct RaftBackend {
     svc: KvService,
     /// The store's regions: the store thread's one live map. A store need not host every
-    /// region (placement moves replicas): keys of regions it lacks are forwarded by the Kv
-    /// service, but multi-region commands (SCAN, DBSIZE, ...) see only these.
+    /// region (placement moves replicas): for keys of regions it lacks, the region of
+    /// placement's latest configuration (the cluster view) stands in, and the Kv service
+    /// forwards the request to a store holding it — so multi-key commands, SCAN and DBSIZE
+    /// see the whole key space through every server.
     regions: LiveRegions,
 }
 
@@ -46,8 +48,21 @@ impl RaftBackend {
         RaftBackend { svc, regions }
     }
 
+    /// The region holding `key`: this store's own replica's descriptor (the freshest), else
+    /// placement's.
     fn region_for(&self, key: &[u8]) -> Option<Region> {
-        self.regions.load().region_for_key(key).cloned()
+        self.regions.load().region_for_key(key).cloned().or_else(|| {
+            self.svc
+                .handle
+                .cluster
+                .region_for_key(key)
+                .map(|l| l.to_region())
+        })
+    }
+
+    /// A bound on the regions a walk over the key space visits (each step moves to the next).
+    fn walk_bound(&self) -> usize {
+        self.regions.load().len() + self.svc.handle.cluster.region_count() + 1
     }
 
     /// One command to one region (`region_id` 0 = route by key), with retries (module docs).
@@ -137,7 +152,7 @@ impl RaftBackend {
     ) -> Result<kv::Response, BackendError> {
         let mut pairs = Vec::new();
         // Each pass moves to the next region, so this ends after at most one pass per region.
-        for _ in 0..=self.regions.load().len() {
+        for _ in 0..self.walk_bound() {
             let Some(region) = self.region_for(&start) else {
                 break;
             };
@@ -213,8 +228,13 @@ impl Backend for RaftBackend {
     fn dbsize(&self) -> BoxFuture<Result<u64, BackendError>> {
         let this = self.clone();
         Box::pin(async move {
+            // A walk over the key space, region by region (this store's and placement's).
             let mut total = 0u64;
-            for region in this.regions.load().iter() {
+            let mut start: Vec<u8> = Vec::new();
+            for _ in 0..this.walk_bound() {
+                let Some(region) = this.region_for(&start) else {
+                    break;
+                };
                 match this.call(0, 0, region.id.0, &kv::Command::Count).await? {
                     kv::Response::Integer(n) => total += u64::try_from(n).unwrap_or(0),
                     other => {
@@ -222,6 +242,10 @@ impl Backend for RaftBackend {
                             "unexpected count answer {other:?}"
                         )))
                     }
+                }
+                match region.end_key {
+                    Some(end) => start = end,
+                    None => break,
                 }
             }
             Ok(total)

@@ -462,7 +462,10 @@ impl KvService {
                     }
                     r
                 }
-                None if !header.forwarded => return self.forward_elsewhere(&key, req).await,
+                None if !header.forwarded => {
+                    let id = header.region_id;
+                    return self.forward_elsewhere(&key, id, req).await;
+                }
                 None => {
                     return err(
                         Code::RegionNotFound,
@@ -473,7 +476,7 @@ impl KvService {
         } else {
             match self.handle.region_for_key(&key) {
                 Some(r) => r,
-                None if !header.forwarded => return self.forward_elsewhere(&key, req).await,
+                None if !header.forwarded => return self.forward_elsewhere(&key, 0, req).await,
                 None => {
                     return err(
                         Code::RegionNotFound,
@@ -582,8 +585,19 @@ impl KvService {
     /// one, as placement's latest configuration (in the cluster view) places it, and once
     /// more to the leader that store names. A store that joined, or a cluster that moved
     /// regions off this store, keeps serving every key through every server.
-    async fn forward_elsewhere(&self, key: &[u8], req: pb::KvRequest) -> pb::KvResponse {
-        let Some(layout) = self.handle.cluster.region_for_key(key) else {
+    async fn forward_elsewhere(
+        &self,
+        key: &[u8],
+        region_id: u64,
+        req: pb::KvRequest,
+    ) -> pb::KvResponse {
+        // A request naming its region (COUNT has no key) goes to that region's stores.
+        let layout = if region_id != 0 {
+            self.handle.cluster.region(region_id)
+        } else {
+            self.handle.cluster.region_for_key(key)
+        };
+        let Some(layout) = layout else {
             return err(
                 Code::RegionNotFound,
                 "no region on this store holds the key, and placement's layout is not known yet",
