@@ -283,7 +283,10 @@ async fn region_move_puts_replicas_where_asked() {
         .await
         .unwrap_or_else(|e| panic!("MGET {names:?} via store {outside}: {e}\n{}", c.logs()));
     let want: Vec<Option<String>> = moved.iter().map(|(_, v)| Some(v.clone())).collect();
-    assert_eq!(got, want, "MGET via store {outside}, which holds no replica of region {id}");
+    assert_eq!(
+        got, want,
+        "MGET via store {outside}, which holds no replica of region {id}"
+    );
     let _: () = redis::cmd("MSET")
         .arg(names[0])
         .arg("m0")
@@ -522,7 +525,8 @@ async fn a_store_of_another_cluster_is_refused() {
     });
     assert!(!status.success(), "it exited with {status}:\n{stderr}");
     // Refused for what it is (a store of A), not for an accident of ids in B.
-    let why = format!("holds store {a4} of cluster {a_id}, but --join {b_seed} reaches cluster {b_id}");
+    let why =
+        format!("holds store {a4} of cluster {a_id}, but --join {b_seed} reaches cluster {b_id}");
     assert!(stderr.contains(&why), "not refused with {why:?}:\n{stderr}");
     let p = placement(&b_eps, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store_ids(&p), vec![1, 2, 3], "B lists a store of A: {p}");

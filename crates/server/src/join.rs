@@ -86,7 +86,10 @@ async fn check_rejoin(
         )),
         Ok(_) => Ok(id),
         Err(e) => {
-            tracing::warn!("restarting store {} without confirming its cluster: {e}", id.store_id);
+            tracing::warn!(
+                "restarting store {} without confirming its cluster: {e}",
+                id.store_id
+            );
             Ok(id)
         }
     }

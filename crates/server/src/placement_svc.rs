@@ -188,7 +188,10 @@ impl PlacementService {
                     };
                     self.forward(hint, |mut c| async move {
                         let r = c.query(fwd).await.ok()?.into_inner();
-                        Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
+                        Some(hinted(
+                            r.error.as_ref().map(|e| (e.code, e.leader_store_id)),
+                            r,
+                        ))
                     })
                     .await
                     .unwrap_or_else(no_leader)
@@ -242,7 +245,10 @@ impl PlacementService {
                         let fwd = fwd.clone();
                         async move {
                             let r = c.call(fwd).await.ok()?.into_inner();
-                            Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
+                            Some(hinted(
+                                r.error.as_ref().map(|e| (e.code, e.leader_store_id)),
+                                r,
+                            ))
                         }
                     })
                     .await
@@ -291,7 +297,10 @@ impl PlacementService {
                             let fwd = fwd.clone();
                             async move {
                                 let r = c.heartbeat(fwd).await.ok()?.into_inner();
-                                Some(hinted(r.error.as_ref().map(|e| (e.code, e.leader_store_id)), r))
+                                Some(hinted(
+                                    r.error.as_ref().map(|e| (e.code, e.leader_store_id)),
+                                    r,
+                                ))
                             }
                         })
                         .await
@@ -504,8 +513,8 @@ fn hinted<R>(error: Option<(i32, u64)>, r: R) -> Result<R, Option<u64>> {
                 Code::Timeout,
                 Code::Busy,
             ]
-                .iter()
-                .any(|c| *c as i32 == code) =>
+            .iter()
+            .any(|c| *c as i32 == code) =>
         {
             Err((leader != 0).then_some(leader))
         }

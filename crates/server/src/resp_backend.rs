@@ -51,13 +51,17 @@ impl RaftBackend {
     /// The region holding `key`: this store's own replica's descriptor (the freshest), else
     /// placement's.
     fn region_for(&self, key: &[u8]) -> Option<Region> {
-        self.regions.load().region_for_key(key).cloned().or_else(|| {
-            self.svc
-                .handle
-                .cluster
-                .region_for_key(key)
-                .map(|l| l.to_region())
-        })
+        self.regions
+            .load()
+            .region_for_key(key)
+            .cloned()
+            .or_else(|| {
+                self.svc
+                    .handle
+                    .cluster
+                    .region_for_key(key)
+                    .map(|l| l.to_region())
+            })
     }
 
     /// A bound on the regions a walk over the key space visits (each step moves to the next).
