@@ -865,7 +865,7 @@ async fn heartbeats_carry_labels_capacity_and_rates() {
                 .unwrap_or_else(|e| panic!("get {key}: {e}\n{}", c.logs()));
         }
         round += 1;
-        if round % 20 == 0 {
+        if round.is_multiple_of(20) {
             match placement(&endpoints, None) {
                 Ok(p) => {
                     let stores = p["stores"].as_array().cloned().unwrap_or_default();
