@@ -65,6 +65,10 @@ pub struct KvSimOptions {
     /// garbage (`raft_log::faulty::TornWrite`), not only keep a prefix. `None`: chosen by
     /// the seed (half of them; the regression seeds found before keep prefixes only).
     pub torn_write_modes: Option<bool>,
+    /// Whether placement runs (heartbeats, a spare store that joins, drains, moves; see
+    /// `kv_placement`). `None`: chosen by the seed (half of them; the regression seeds
+    /// found before placement ran keep it off, so they replay the run that found the bug).
+    pub placement: Option<bool>,
     /// A deliberate bug for testing the lost-write check: region 0's probe write is
     /// acknowledged to its client without being sent to any store. The final read of the
     /// probe key must then be caught missing it.
@@ -83,6 +87,7 @@ impl KvSimOptions {
             mutant_local_reads: false,
             deferred_writes: None,
             torn_write_modes: None,
+            placement: None,
             mutant_lost_probe_write: false,
             mutant_divergent_replica: false,
         }
@@ -1169,7 +1174,17 @@ impl Sim {
             return;
         }
         // If still waiting, this step is the retry timer: re-send (same sequence); the old
-        // ticket's answer is then ignored.
+        // ticket's answer is then ignored. After healing, a read that got no answer goes to
+        // another replica, as a real client's timed-out request does: the one asked may be a
+        // learner removed without learning it, whose ReadIndex never completes (seed 230,
+        // 300 s, a probe read stuck on such a replica). Only after healing, so the fault
+        // phase of every seed keeps its schedule.
+        if self.healed && op.pending.is_some() && !op.write {
+            let key = op.key.clone();
+            let t = self.random_peer(&key);
+            self.clients[ci].op.as_mut().expect("started").target = t;
+        }
+        let op = self.clients[ci].op.as_ref().expect("started");
         let attempt = Attempt {
             key: op.key.clone(),
             write: op.write.then(|| {
@@ -2078,7 +2093,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     faults.splits = splits_by_seed(opts.seed);
     faults.moves = moves_by_seed(opts.seed);
     faults.merges = merges_by_seed(opts.seed);
-    faults.placement = placement_by_seed(opts.seed);
+    faults.placement = opts
+        .placement
+        .unwrap_or_else(|| placement_by_seed(opts.seed));
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -2093,10 +2110,11 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     cfg.engine.prepare_segments_in_background = false;
     // Data regions' snapshots here are hundreds of bytes to a few KiB: small chunks make a
     // transfer take several round trips, so that crashes, partitions and leader changes land
-    // in the middle of streamed installs. Not smaller: the placement group's snapshot (its
-    // bounded history of configurations) reaches tens of KiB, and at 64 bytes a chunk its
-    // transfer to a new replica took longer than the settle bound (seed 160).
-    cfg.snapshot_chunk_bytes = 256;
+    // in the middle of streamed installs. Larger with placement at work: the placement
+    // group's snapshot (its history of up to 1,024 configurations) reaches a few hundred
+    // KiB in a 300 s run, and in 64- or 256-byte chunks its transfer to a new replica took
+    // longer than the settle bound (seed 160).
+    cfg.snapshot_chunk_bytes = if faults.placement { 4096 } else { 64 };
     // The simulator's own timing (a 20 ms tick, see `TICK`, and the lease arithmetic above
     // it), not the server's defaults.
     cfg.election_tick = 10;

@@ -14,8 +14,8 @@
 //! - **Settled** ([`Sim::placement_settled`]): after healing, placement must come to know
 //!   every region as the stores have it, reach every target, and remove every drained store.
 //!
-//! Placement is read from its leader's applied state (a replica that leads under a lease
-//! and has applied all it knows committed: what a linearizable read there would answer).
+//! Placement is read from its leader's applied state (the replica that leads with the
+//! highest term and has applied all it knows committed).
 //! The routing of the workload does not use placement (see `Sim::refresh_routes`), so a
 //! wrong placement decision shows up as a safety failure of the stores, not as a masked one.
 
@@ -35,22 +35,35 @@ const MAX_DRAINS: u64 = 2;
 const SPARE_TOKEN: u64 = 0x5350_4152_4531;
 
 impl Sim {
-    /// The store whose placement replica leads under a lease with everything it knows
-    /// committed applied, and that replica's state.
+    /// The store whose placement replica leads with the highest term (among running
+    /// stores) and has applied all it knows committed, and that replica's state. Not "under
+    /// a lease": a leader that sent a transfer's TimeoutNow forfeits its lease for the rest
+    /// of its term (the message may arrive late), and when that message is lost it stays
+    /// leader without one (seed 57), serving through ReadIndex as the server does.
     pub(super) fn placement_leader(&self) -> Option<(usize, &PlacementState)> {
-        self.stores.iter().enumerate().find_map(|(i, st)| {
-            let s = st.store.as_ref().filter(|_| !self.paused(i))?;
-            let rs = s.status().into_iter().find(|rs| rs.region.is_placement())?;
-            if rs.role != Role::Leader || !rs.lease || rs.applied < rs.commit {
-                return None;
+        let mut best: Option<(u64, usize)> = None;
+        for (i, st) in self.stores.iter().enumerate() {
+            let Some(s) = st.store.as_ref().filter(|_| !self.paused(i)) else {
+                continue;
+            };
+            let Some(rs) = s.status().into_iter().find(|rs| rs.region.is_placement()) else {
+                continue;
+            };
+            if rs.role == Role::Leader
+                && rs.applied >= rs.commit
+                && best.is_none_or(|(t, _)| rs.term.0 > t)
+            {
+                best = Some((rs.term.0, i));
             }
-            match s.state_machine(PLACEMENT_REGION)? {
-                placement::Hosted::Placement(p) => Some((i, p)),
-                placement::Hosted::Kv(_) => {
-                    panic!("store {} hosts kv state in the placement group", i + 1)
-                }
+        }
+        let (_, i) = best?;
+        let s = self.stores[i].store.as_ref()?;
+        match s.state_machine(PLACEMENT_REGION)? {
+            placement::Hosted::Placement(p) => Some((i, p)),
+            placement::Hosted::Kv(_) => {
+                panic!("store {} hosts kv state in the placement group", i + 1)
             }
-        })
+        }
     }
 
     /// Proposes a placement verb on store `at`'s replica of the placement group (its

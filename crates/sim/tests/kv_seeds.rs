@@ -170,6 +170,7 @@ fn regression_seeds() {
         o.sim_seconds = seconds;
         o.deferred_writes = Some(deferred);
         o.torn_write_modes = Some(false);
+        o.placement = Some(false);
         if let Err(e) = run_kv_seed(&o) {
             panic!("seed {seed} failed:\n{e}");
         }
@@ -186,6 +187,8 @@ fn regression_seeds() {
     for seed in [121u64, 196, 214] {
         let mut o = KvSimOptions::new(seed);
         o.sim_seconds = 300;
+        // Found before placement ran in the simulator: the schedule that found the bug.
+        o.placement = Some(false);
         let out = run_kv_seed(&o).unwrap_or_else(|e| panic!("seed {seed} failed:\n{e}"));
         println!(
             "seed {seed}: {} crashes, {} snapshots built later",
@@ -210,6 +213,8 @@ fn regression_seeds() {
 fn regression_seed_split_regions_converge_after_healing() {
     let mut o = KvSimOptions::new(127);
     o.sim_seconds = 300;
+    // Found before placement ran in the simulator: the schedule that found the bug.
+    o.placement = Some(false);
     let out = run_kv_seed(&o).unwrap_or_else(|e| panic!("seed 127 failed:\n{e}"));
     assert!(
         out.splits_proposed > 0 && out.regions_at_end > out.regions,
@@ -233,6 +238,8 @@ fn regression_seeds_moving_replicas() {
     for seed in [4u64, 27, 43, 232] {
         let mut o = KvSimOptions::new(seed);
         o.sim_seconds = 300;
+        // Found before placement ran in the simulator: the schedule that found the bug.
+        o.placement = Some(false);
         let out = run_kv_seed(&o).unwrap_or_else(|e| panic!("seed {seed} failed:\n{e}"));
         assert!(
             out.moves_proposed > 0,
@@ -293,12 +300,17 @@ fn whole_cluster_checker_catches_a_divergent_replica() {
 /// was moving it off, forever (the region's term passed 140, its move never finished); 160,
 /// the placement group's snapshot took longer to stream in 64-byte chunks than the settle
 /// bound; 113, a region split and then merged into its neighbour before it reported its
-/// smaller range stayed in placement (covered only by two newer regions together).
+/// smaller range stayed in placement (covered only by two newer regions together); 57 (300
+/// s, a harness bug), the simulator looked for placement's leader among replicas under a
+/// lease, and a leader whose transfer's TimeoutNow was lost keeps leading without one; 230
+/// (300 s, a harness bug), a probe's read retried forever on a learner removed without
+/// learning it (its ReadIndex never completes): after healing a timed-out read goes to
+/// another replica, as a real client's does.
 #[test]
 fn regression_seeds_placement() {
-    for seed in [69u64, 113, 160] {
+    for (seed, seconds) in [(69u64, 60), (113, 60), (160, 60), (57, 300), (230, 300)] {
         let mut o = KvSimOptions::new(seed);
-        o.sim_seconds = 60;
+        o.sim_seconds = seconds;
         let out = run_kv_seed(&o).unwrap_or_else(|e| panic!("seed {seed} failed:\n{e}"));
         assert!(
             out.placement_rounds > 0 && out.placement_operators > 0,
