@@ -35,6 +35,9 @@ pub const MAX_SCAN_CURSORS: usize = 10_000;
 pub const DEFAULT_SCAN_COUNT: u32 = 10;
 /// Longest client name (CLIENT SETNAME), so names stay small in memory.
 pub const MAX_CLIENT_NAME_BYTES: usize = 1024;
+/// Longest library name or version (CLIENT SETINFO LIB-NAME / LIB-VER): real ones are a few
+/// bytes ("redis-py", "5.0.1"), and every connection keeps them for CLIENT LIST.
+pub const MAX_CLIENT_LIB_BYTES: usize = 256;
 
 /// Configuration of [`crate::serve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +57,10 @@ pub struct RespConfig {
     /// of the pipeline shares it).
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
-    /// Reported by INFO and HELLO as `redis_version`; some clients gate features on it.
+    /// Reported by INFO (`redis_version`) and HELLO (`version`). Clients key features on it
+    /// (whether to send CLIENT SETINFO or CLIENT NO-TOUCH, which COMMAND DOCS shape to
+    /// expect), so it names the Redis release whose connection commands this front end
+    /// answers, not one whose data types it has (see the crate docs for what is missing).
     pub redis_version: String,
 }
 
@@ -68,7 +74,9 @@ impl Default for RespConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_key_bytes: kv::config::DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: kv::config::DEFAULT_MAX_VALUE_BYTES,
-            redis_version: "7.0.0".to_string(),
+            // 7.2: HELLO 3, CLIENT SETINFO (new in 7.2), CLIENT NO-TOUCH (7.2), CLIENT
+            // INFO/LIST with lib-name and lib-ver, and COMMAND DOCS are answered as 7.2 does.
+            redis_version: "7.2.0".to_string(),
         }
     }
 }

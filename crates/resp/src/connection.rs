@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::OUTPUT_FLUSH_BYTES;
-use crate::frame::{parse_request, Frame, ProtocolError, RequestLimits};
+use crate::frame::{parse_request, Frame, Protocol, ProtocolError, RequestLimits};
 
 /// Initial read buffer size; it grows only as request bytes actually arrive.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -36,6 +36,8 @@ pub struct Connection {
     output: Vec<u8>,
     /// How much of `output` is already written (see [`Connection::flush`]).
     written: usize,
+    /// What queued frames are encoded in (see [`Connection::set_protocol`]).
+    protocol: Protocol,
 }
 
 impl Connection {
@@ -45,7 +47,14 @@ impl Connection {
             input: BytesMut::with_capacity(READ_BUFFER_BYTES),
             output: Vec::new(),
             written: 0,
+            protocol: Protocol::Resp2,
         }
+    }
+
+    /// Encodes the frames queued from now on in `protocol` (after HELLO or RESET, starting
+    /// with their own reply, as Redis does).
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
     }
 
     /// Reads the next request's arguments. `Ok(None)` when the client closed cleanly between
@@ -107,9 +116,10 @@ impl Connection {
         self.stream.try_read_buf(&mut self.input).unwrap_or(0)
     }
 
-    /// Queues a reply; flushes at once only if the output buffer is large.
+    /// Queues a reply, encoded in the connection's protocol; flushes at once only if the
+    /// output buffer is large.
     pub async fn queue(&mut self, frame: &Frame) -> std::io::Result<()> {
-        frame.encode(&mut self.output);
+        frame.encode_with(self.protocol, &mut self.output);
         if self.output.len() >= OUTPUT_FLUSH_BYTES {
             self.flush().await?;
         }

@@ -1,13 +1,14 @@
-//! # resp — RaftKV's Redis (RESP2) front end
+//! # resp — RaftKV's Redis (RESP2 and RESP3) front end
 //!
-//! A RESP2 server laid out like mini-redis: a task per connection, a listener and a shutdown
-//! future passed in, and everything it executes going through one trait, [`Backend`], so this
-//! crate does not depend on the server. Multi-key commands whose keys span regions are refused
-//! with `CROSSSLOT`, never half applied.
+//! A Redis protocol server laid out like mini-redis: a task per connection, a listener and a
+//! shutdown future passed in, and everything it executes going through one trait, [`Backend`],
+//! so this crate does not depend on the server. Multi-key commands whose keys span regions are
+//! refused with `CROSSSLOT`, never half applied.
 //!
 //! ## Module map
-//! - [`frame`]: [`Frame`] (encode, general parse) and [`frame::parse_request`], the bounded
-//!   request parser (multibulk and inline), with Redis's protocol error texts.
+//! - [`frame`]: [`Frame`] (encode in RESP2 or RESP3, see [`Protocol`]; general parse) and
+//!   [`frame::parse_request`], the bounded request parser (multibulk and inline), with Redis's
+//!   protocol error texts.
 //! - [`connection`]: [`connection::Connection`], buffered reads for pipelining, one write per
 //!   drained pipeline.
 //! - `cmd::pipeline`: the requests a client pipelined run together, one
@@ -15,6 +16,8 @@
 //! - [`backend`]: the [`Backend`] trait and its contract, [`BackendError`].
 //! - [`config`]: [`RespConfig`] and every limit as a named constant.
 //! - `server`: [`serve`] — accept loop, connection limit, sessions, graceful shutdown.
+//! - `clients`: what CLIENT INFO / CLIENT LIST show, and the bounded registry of this front
+//!   end's open connections.
 //! - `cmd`: the command table and dispatch, one module per group (`connection`, `server`,
 //!   `keys`, `strings`); Redis's error texts live there.
 //!
@@ -30,12 +33,25 @@
 //!   remembers the newest 10,000 and a forgotten one answers `ERR invalid cursor`.
 //! - Multi-key commands (MGET, MSET, MSETNX, DEL, UNLINK, EXISTS) must keep their keys in one
 //!   region: they are then one atomic step, otherwise they are refused with CROSSSLOT.
-//! - Only RESP2: `HELLO 3` answers NOPROTO. Only database 0.
+//! - RESP3 after `HELLO 3` (RESP2 by default, and again after RESET): replies use RESP3's
+//!   types where Redis 7 does (nulls, maps for HELLO, CONFIG GET and COMMAND DOCS, sets in
+//!   COMMAND's entries, verbatim strings for INFO and CLIENT INFO/LIST). No push messages:
+//!   there is no pub/sub and no client tracking (CLIENT TRACKING is an unknown subcommand).
+//!   HELLO reports `version` 7.2.0 (`RespConfig::redis_version`), `mode` standalone, `role`
+//!   master, no modules.
+//! - The only user is `default` (no ACL users): `AUTH`/`HELLO AUTH` with another name is
+//!   WRONGPASS. A HELLO that fails changes nothing (Redis keeps an AUTH that succeeded before
+//!   a bad SETNAME).
+//! - CLIENT LIST lists the connections of this server's front end only, not the cluster's;
+//!   its memory and buffer fields are 0. CLIENT NO-EVICT / NO-TOUCH are accepted and change
+//!   nothing. COMMAND DOCS gives each command's summary, since and group only; COMMAND INFO
+//!   has no tips, key specs or subcommands. Only database 0.
 //! - Commands of one pipeline on different regions run concurrently: the client sees its own
 //!   commands take effect in order, but another client may see two of them (on different keys)
 //!   in either order — as with a pipeline spread over Redis Cluster's nodes.
 
 pub mod backend;
+mod clients;
 mod cmd;
 pub mod config;
 pub mod connection;
@@ -44,5 +60,5 @@ mod server;
 
 pub use backend::{Backend, BackendError, BoxFuture};
 pub use config::RespConfig;
-pub use frame::{Frame, ProtocolError};
+pub use frame::{Frame, Protocol, ProtocolError};
 pub use server::serve;

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::backend::Backend;
+use crate::clients::{ClientRecord, ClientRegistry};
 use crate::cmd::{
     self, CursorTable, Job, Outcome, Pipeline, Segment, Session, MAX_SEGMENTS_IN_FLIGHT,
 };
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub connection_limit: Arc<Semaphore>,
     /// SCAN cursors of all connections (bounded; see `cmd::keys`).
     pub cursors: Mutex<CursorTable>,
+    /// The open connections, for CLIENT LIST (bounded by the connection limit).
+    pub clients: ClientRegistry,
     next_connection_id: AtomicU64,
 }
 
@@ -51,9 +54,9 @@ impl Shared {
     }
 }
 
-/// Serves RESP2 on `listener` until `shutdown` completes (see the module docs for what
-/// happens then). Accept errors are logged and retried, never fatal: a transient EMFILE must
-/// not take the front end down.
+/// Serves the Redis protocol (RESP2, and RESP3 after `HELLO 3`) on `listener` until `shutdown`
+/// completes (see the module docs for what happens then). Accept errors are logged and
+/// retried, never fatal: a transient EMFILE must not take the front end down.
 pub async fn serve(
     listener: TcpListener,
     backend: Arc<dyn Backend>,
@@ -64,6 +67,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         backend,
         connection_limit: Arc::new(Semaphore::new(config.max_connections)),
+        clients: ClientRegistry::new(config.max_connections),
         config,
         started: Instant::now(),
         port,
@@ -178,15 +182,38 @@ async fn report_read_error(
     }
 }
 
+/// The socket's file descriptor, for CLIENT LIST's `fd=` (-1 where there is none).
+#[cfg(unix)]
+fn socket_fd(socket: &TcpStream) -> i64 {
+    use std::os::unix::io::AsRawFd;
+    i64::from(socket.as_raw_fd())
+}
+
+#[cfg(not(unix))]
+fn socket_fd(_socket: &TcpStream) -> i64 {
+    -1
+}
+
 async fn handle_connection(
     shared: &Shared,
     socket: TcpStream,
     connection_id: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let shown = |address: std::io::Result<std::net::SocketAddr>| {
+        address.map(|a| a.to_string()).unwrap_or_default()
+    };
+    let client = Arc::new(ClientRecord::new(
+        connection_id,
+        shown(socket.peer_addr()),
+        shown(socket.local_addr()),
+        socket_fd(&socket),
+    ));
+    // Listed in CLIENT LIST until this function returns (or its task is dropped).
+    let _registration = shared.clients.register(client.clone());
     let mut connection = Connection::new(socket);
     let mut session = Session::new(
-        connection_id,
+        client,
         new_session_client_id(connection_id),
         shared.config.password.is_none(),
     );
@@ -272,6 +299,8 @@ async fn handle_connection(
                         break 'connection;
                     }
                     let outcome = cmd::execute(shared, &mut session, request).await;
+                    // HELLO and RESET switch the protocol, their own reply included.
+                    connection.set_protocol(session.protocol);
                     if !answer(&mut connection, vec![outcome]).await {
                         drain = false;
                         break 'connection;

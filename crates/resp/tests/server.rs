@@ -308,11 +308,578 @@ async fn connection_commands() {
         "ERR wrong number of arguments for 'get' command"
     );
     assert_eq!(
-        error_text::<()>(&mut c, cmd("HELLO").arg(3)).await,
-        "NOPROTO sorry, this protocol version is not supported"
+        error_text::<()>(&mut c, cmd("HELLO").arg(4)).await,
+        "NOPROTO unsupported protocol version"
     );
     let hello: Vec<redis::Value> = cmd("HELLO").arg(2).query_async(&mut c).await.unwrap();
     assert_eq!(hello.len(), 14);
+}
+
+/// Sends `request` (inline commands or RESP arrays) and returns the raw bytes of the next
+/// `count` replies, failing if more arrive with them.
+async fn reply_bytes(stream: &mut TcpStream, request: &[u8], count: usize) -> Vec<u8> {
+    stream.write_all(request).await.expect("write");
+    let mut buffer = Vec::new();
+    loop {
+        let (mut position, mut complete) = (0, 0);
+        while complete < count {
+            match Frame::parse(&buffer[position..]) {
+                Ok(Some((_, used))) => {
+                    position += used;
+                    complete += 1;
+                }
+                Ok(None) => break,
+                Err(error) => panic!("{error}: {:?}", String::from_utf8_lossy(&buffer)),
+            }
+        }
+        if complete == count {
+            assert_eq!(position, buffer.len(), "more than {count} replies");
+            return buffer;
+        }
+        let more = read_some(stream).await;
+        assert!(!more.is_empty(), "server closed early");
+        buffer.extend_from_slice(&more);
+    }
+}
+
+/// Sends one request and returns its reply.
+async fn ask(stream: &mut TcpStream, request: &[u8]) -> Frame {
+    let bytes = reply_bytes(stream, request, 1).await;
+    Frame::parse(&bytes).unwrap().unwrap().0
+}
+
+/// Sends one request and returns its reply's bytes as text.
+async fn ask_text(stream: &mut TcpStream, request: &[u8]) -> String {
+    String::from_utf8(reply_bytes(stream, request, 1).await).expect("UTF-8 reply")
+}
+
+fn bulk(text: &str) -> Frame {
+    Frame::bulk(text.as_bytes().to_vec())
+}
+
+/// The value of `key` in a map reply.
+fn map_value<'a>(frame: &'a Frame, key: &str) -> Option<&'a Frame> {
+    match frame {
+        Frame::Map(pairs) => pairs.iter().find(|(k, _)| *k == bulk(key)).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// The text of a bulk or verbatim string reply.
+fn text_of(frame: Frame) -> String {
+    match frame {
+        Frame::Bulk(bytes) | Frame::Verbatim { text: bytes, .. } => {
+            String::from_utf8(bytes.to_vec()).expect("UTF-8 text")
+        }
+        other => panic!("expected a string, got {other:?}"),
+    }
+}
+
+async fn client_id(stream: &mut TcpStream) -> i64 {
+    match ask(stream, b"CLIENT ID\r\n").await {
+        Frame::Integer(id) => id,
+        other => panic!("CLIENT ID answered {other:?}"),
+    }
+}
+
+/// HELLO answers what Redis 7 answers, switches between RESP2 and RESP3 (nils are `$-1` or
+/// `_`), and a HELLO that fails changes nothing.
+#[tokio::test]
+async fn hello_switches_between_resp2_and_resp3() {
+    let server = start(RespConfig::default()).await;
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    assert_eq!(ask_text(&mut stream, b"GET missing\r\n").await, "$-1\r\n");
+    let id = client_id(&mut stream).await;
+    assert_eq!(
+        ask(&mut stream, b"HELLO\r\n").await,
+        Frame::Array(vec![
+            bulk("server"),
+            bulk("redis"),
+            bulk("version"),
+            bulk("7.2.0"),
+            bulk("proto"),
+            Frame::Integer(2),
+            bulk("id"),
+            Frame::Integer(id),
+            bulk("mode"),
+            bulk("standalone"),
+            bulk("role"),
+            bulk("master"),
+            bulk("modules"),
+            Frame::Array(vec![]),
+        ])
+    );
+    let hello = reply_bytes(&mut stream, b"HELLO 3\r\n", 1).await;
+    assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n"), "{hello:?}");
+    assert_eq!(
+        Frame::parse(&hello).unwrap().unwrap().0,
+        Frame::Map(vec![
+            (bulk("server"), bulk("redis")),
+            (bulk("version"), bulk("7.2.0")),
+            (bulk("proto"), Frame::Integer(3)),
+            (bulk("id"), Frame::Integer(id)),
+            (bulk("mode"), bulk("standalone")),
+            (bulk("role"), bulk("master")),
+            (bulk("modules"), Frame::Array(vec![])),
+        ])
+    );
+    // RESP3 nils; other replies as in RESP2 (INCRBYFLOAT is a bulk string in Redis 7 too).
+    let cases: &[(&[u8], &str)] = &[
+        (b"GET missing\r\n", "_\r\n"),
+        (b"MGET missing other\r\n", "*2\r\n_\r\n_\r\n"),
+        (b"SET k v\r\n", "+OK\r\n"),
+        (b"SET k w NX\r\n", "_\r\n"),
+        (b"GET k\r\n", "$1\r\nv\r\n"),
+        (b"INCRBYFLOAT f 1.5\r\n", "$3\r\n1.5\r\n"),
+        (b"CLIENT GETNAME\r\n", "_\r\n"),
+        (b"PING\r\n", "+PONG\r\n"),
+        (b"DBSIZE\r\n", ":2\r\n"),
+    ];
+    for (request, reply) in cases {
+        assert_eq!(
+            ask_text(&mut stream, request).await,
+            *reply,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let errors: &[(&[u8], &str)] = &[
+        (b"HELLO 4\r\n", "-NOPROTO unsupported protocol version\r\n"),
+        (b"HELLO 1\r\n", "-NOPROTO unsupported protocol version\r\n"),
+        (
+            b"HELLO x\r\n",
+            "-ERR Protocol version is not an integer or out of range\r\n",
+        ),
+        (
+            b"HELLO 2 FOO\r\n",
+            "-ERR Syntax error in HELLO option 'FOO'\r\n",
+        ),
+        (
+            b"HELLO 2 AUTH default\r\n",
+            "-ERR Syntax error in HELLO option 'AUTH'\r\n",
+        ),
+        (
+            b"HELLO 2 SETNAME\r\n",
+            "-ERR Syntax error in HELLO option 'SETNAME'\r\n",
+        ),
+        (
+            b"HELLO 2 SETNAME \"a b\"\r\n",
+            "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+        ),
+        (
+            b"HELLO 2 AUTH bob pw\r\n",
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        ),
+    ];
+    for (request, error) in errors {
+        assert_eq!(
+            ask_text(&mut stream, request).await,
+            *error,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // None of them changed the protocol or the name.
+    assert_eq!(ask_text(&mut stream, b"GET missing\r\n").await, "_\r\n");
+    assert_eq!(ask_text(&mut stream, b"CLIENT GETNAME\r\n").await, "_\r\n");
+    // Back to RESP2, naming the connection on the way.
+    let hello = ask(&mut stream, b"HELLO 2 SETNAME me\r\n").await;
+    assert!(
+        matches!(&hello, Frame::Array(items) if items.len() == 14 && items[5] == Frame::Integer(2)),
+        "{hello:?}"
+    );
+    assert_eq!(ask_text(&mut stream, b"GET missing\r\n").await, "$-1\r\n");
+    assert_eq!(
+        ask_text(&mut stream, b"CLIENT GETNAME\r\n").await,
+        "$2\r\nme\r\n"
+    );
+    // Without a password the default user takes any password (Redis's `nopass`).
+    let hello = ask(&mut stream, b"HELLO 3 AUTH default anything\r\n").await;
+    assert_eq!(
+        map_value(&hello, "proto"),
+        Some(&Frame::Integer(3)),
+        "{hello:?}"
+    );
+    // RESET goes back to RESP2 and forgets the name.
+    assert_eq!(ask_text(&mut stream, b"RESET\r\n").await, "+RESET\r\n");
+    assert_eq!(ask_text(&mut stream, b"GET missing\r\n").await, "$-1\r\n");
+    assert_eq!(
+        ask_text(&mut stream, b"CLIENT GETNAME\r\n").await,
+        "$-1\r\n"
+    );
+}
+
+/// With a password, HELLO must authenticate (HELLO 3 AUTH) or come after AUTH, with Redis 7's
+/// texts; a wrong password or another user is refused and changes nothing.
+#[tokio::test]
+async fn hello_authenticates_when_a_password_is_set() {
+    let config = RespConfig {
+        password: Some("secret".into()),
+        ..RespConfig::default()
+    };
+    let server = start(config).await;
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let noauth = "-NOAUTH HELLO must be called with the client already authenticated, \
+                  otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                  authenticate the client and select the RESP protocol version at the same \
+                  time\r\n";
+    for request in [
+        &b"HELLO\r\n"[..],
+        b"HELLO 3\r\n",
+        b"HELLO 2 SETNAME app\r\n",
+    ] {
+        assert_eq!(ask_text(&mut stream, request).await, noauth);
+    }
+    let wrongpass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    for request in [
+        &b"HELLO 3 AUTH default wrong\r\n"[..],
+        b"HELLO 3 AUTH bob secret\r\n",
+    ] {
+        assert_eq!(ask_text(&mut stream, request).await, wrongpass);
+    }
+    // A good password with a bad name: refused as a whole, the password not taken either.
+    assert_eq!(
+        ask_text(
+            &mut stream,
+            b"HELLO 3 AUTH default secret SETNAME \"a b\"\r\n"
+        )
+        .await,
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
+    assert_eq!(
+        ask_text(&mut stream, b"GET a\r\n").await,
+        "-NOAUTH Authentication required.\r\n"
+    );
+    let hello = ask(&mut stream, b"HELLO 3 AUTH default secret SETNAME app\r\n").await;
+    assert_eq!(
+        map_value(&hello, "proto"),
+        Some(&Frame::Integer(3)),
+        "{hello:?}"
+    );
+    assert_eq!(ask_text(&mut stream, b"GET a\r\n").await, "_\r\n");
+    assert_eq!(
+        ask_text(&mut stream, b"CLIENT GETNAME\r\n").await,
+        "$3\r\napp\r\n"
+    );
+    // After AUTH, a plain HELLO is fine.
+    let mut other = TcpStream::connect(server.address).await.unwrap();
+    assert_eq!(ask_text(&mut other, b"AUTH secret\r\n").await, "+OK\r\n");
+    let hello = ask(&mut other, b"HELLO 3\r\n").await;
+    assert_eq!(
+        map_value(&hello, "proto"),
+        Some(&Frame::Integer(3)),
+        "{hello:?}"
+    );
+    // A client library connecting with RESP3 and a password sends HELLO 3 AUTH.
+    let url = format!("redis://:secret@{}/?protocol=resp3", server.address);
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_tokio_connection()
+        .await
+        .unwrap();
+    let missing: Option<String> = cmd("GET").arg("a").query_async(&mut c).await.unwrap();
+    assert_eq!(missing, None);
+    let wrong = format!("redis://:nope@{}/?protocol=resp3", server.address);
+    assert!(redis::Client::open(wrong)
+        .unwrap()
+        .get_multiplexed_tokio_connection()
+        .await
+        .is_err());
+}
+
+/// Replies Redis 7 sends as RESP3 maps, sets, verbatim strings and nulls use them after
+/// HELLO 3, and are exactly as before in RESP2.
+#[tokio::test]
+async fn resp3_replies_use_redis_7_types() {
+    let server = start(RespConfig::default()).await;
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let info = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+    let get_info = "*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
+                    *1\r\n+@string\r\n*0\r\n*0\r\n*0\r\n";
+    let docs = Frame::Map(vec![(
+        bulk("get"),
+        Frame::Map(vec![
+            (bulk("summary"), bulk("Returns the string value of a key.")),
+            (bulk("since"), bulk("1.0.0")),
+            (bulk("group"), bulk("string")),
+        ]),
+    )]);
+    // RESP2: Redis's RESP2 forms.
+    assert_eq!(
+        ask_text(&mut stream, b"CONFIG GET appendonly\r\n").await,
+        "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+    );
+    assert_eq!(
+        ask_text(&mut stream, b"INFO replication\r\n").await,
+        format!("${}\r\n{info}\r\n", info.len())
+    );
+    assert_eq!(
+        ask_text(&mut stream, b"COMMAND INFO get nosuch\r\n").await,
+        format!("*2\r\n{get_info}$-1\r\n")
+    );
+    let mut flat = Vec::new();
+    docs.encode(&mut flat);
+    assert_eq!(
+        reply_bytes(&mut stream, b"COMMAND DOCS get nosuch\r\n", 1).await,
+        flat
+    );
+    assert!(flat.starts_with(b"*2\r\n$3\r\nget\r\n*6\r\n"));
+    assert_eq!(
+        ask_text(&mut stream, b"COMMAND DOCS nosuch\r\n").await,
+        "*0\r\n"
+    );
+    // RESP3.
+    let hello = ask(&mut stream, b"HELLO 3\r\n").await;
+    assert_eq!(map_value(&hello, "proto"), Some(&Frame::Integer(3)));
+    assert_eq!(
+        ask_text(&mut stream, b"CONFIG GET appendonly\r\n").await,
+        "%1\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+    );
+    assert_eq!(
+        ask_text(&mut stream, b"INFO replication\r\n").await,
+        format!("={}\r\ntxt:{info}\r\n", info.len() + 4)
+    );
+    let get_info3 = get_info
+        .replace("*2\r\n+readonly", "~2\r\n+readonly")
+        .replace("*1\r\n+@", "~1\r\n+@");
+    assert_eq!(
+        ask_text(&mut stream, b"COMMAND INFO get nosuch\r\n").await,
+        format!("*2\r\n{get_info3}_\r\n")
+    );
+    assert_eq!(ask(&mut stream, b"COMMAND DOCS get nosuch\r\n").await, docs);
+    assert_eq!(
+        ask_text(&mut stream, b"COMMAND DOCS nosuch\r\n").await,
+        "%0\r\n"
+    );
+    let Frame::Integer(count) = ask(&mut stream, b"COMMAND COUNT\r\n").await else {
+        panic!("COMMAND COUNT answers an integer");
+    };
+    let Frame::Array(all) = ask(&mut stream, b"COMMAND\r\n").await else {
+        panic!("COMMAND answers an array");
+    };
+    let Frame::Array(names) = ask(&mut stream, b"COMMAND LIST\r\n").await else {
+        panic!("COMMAND LIST answers an array");
+    };
+    assert_eq!(all.len() as i64, count);
+    assert_eq!(names.len() as i64, count);
+    assert!(names.contains(&bulk("hello")) && names.contains(&bulk("client")));
+    assert!(
+        all.iter().all(
+            |entry| matches!(entry, Frame::Array(fields) if matches!(fields[2], Frame::Set(_)))
+        ),
+        "COMMAND's flags are sets in RESP3"
+    );
+}
+
+/// What client libraries send on connect, as redis-py 8 does by default (HELLO 3, then CLIENT
+/// SETINFO, pipelined), and CLIENT ID / INFO / LIST / SETINFO / NO-EVICT / NO-TOUCH.
+#[tokio::test]
+async fn client_commands_for_connecting_libraries() {
+    let server = start(RespConfig::default()).await;
+    let requests: Vec<Vec<&str>> = vec![
+        vec!["HELLO", "3"],
+        vec!["CLIENT", "SETINFO", "LIB-NAME", "redis-py"],
+        vec!["CLIENT", "SETINFO", "LIB-VER", "8.1.0"],
+        vec!["SELECT", "0"],
+        vec!["GET", "missing"],
+        vec!["PING"],
+    ];
+    let replies = replies_pipelined(&server, &requests).await;
+    assert_eq!(
+        map_value(&replies[0], "proto"),
+        Some(&Frame::Integer(3)),
+        "{replies:?}"
+    );
+    assert_eq!(
+        replies[1..],
+        [
+            Frame::simple("OK"),
+            Frame::simple("OK"),
+            Frame::simple("OK"),
+            Frame::Null,
+            Frame::simple("PONG")
+        ]
+    );
+
+    let mut first = TcpStream::connect(server.address).await.unwrap();
+    let first_id = client_id(&mut first).await;
+    for request in [
+        &b"CLIENT SETINFO LIB-NAME redis-py(django_v5)\r\n"[..],
+        b"CLIENT SETINFO lib-ver 8.1.0\r\n",
+        b"CLIENT NO-EVICT on\r\n",
+        b"CLIENT NO-TOUCH OFF\r\n",
+        b"CLIENT SETNAME first\r\n",
+    ] {
+        assert_eq!(
+            ask_text(&mut first, request).await,
+            "+OK\r\n",
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let long = format!("CLIENT SETINFO LIB-VER {}\r\n", "v".repeat(300));
+    let errors: &[(&[u8], &str)] = &[
+        (
+            b"CLIENT SETINFO LIB-NAME \"a b\"\r\n",
+            "-ERR LIB-NAME cannot contain spaces, newlines or special characters.\r\n",
+        ),
+        (
+            b"CLIENT SETINFO LIB-FOO x\r\n",
+            "-ERR Unrecognized option 'LIB-FOO'\r\n",
+        ),
+        (
+            b"CLIENT SETINFO LIB-NAME\r\n",
+            "-ERR wrong number of arguments for 'client|setinfo' command\r\n",
+        ),
+        (long.as_bytes(), "-ERR LIB-VER is longer than 256 bytes\r\n"),
+        (b"CLIENT NO-EVICT maybe\r\n", "-ERR syntax error\r\n"),
+        (
+            b"CLIENT INFO extra\r\n",
+            "-ERR wrong number of arguments for 'client|info' command\r\n",
+        ),
+        (b"CLIENT LIST ID x\r\n", "-ERR Invalid client ID\r\n"),
+        (
+            b"CLIENT LIST TYPE nope\r\n",
+            "-ERR Unknown client type 'nope'\r\n",
+        ),
+        (b"CLIENT LIST EXTRA\r\n", "-ERR syntax error\r\n"),
+        (
+            b"CLIENT TRACKING on\r\n",
+            "-ERR unknown subcommand 'TRACKING'. Try CLIENT HELP.\r\n",
+        ),
+    ];
+    for (request, error) in errors {
+        assert_eq!(
+            ask_text(&mut first, request).await,
+            *error,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // RESP2: a bulk string of one line; the refused SETINFOs changed nothing.
+    let info = ask(&mut first, b"CLIENT INFO\r\n").await;
+    assert!(matches!(info, Frame::Bulk(_)), "{info:?}");
+    let line = text_of(info);
+    assert!(
+        line.starts_with(&format!("id={first_id} addr=127.0.0.1:")),
+        "{line}"
+    );
+    for field in [
+        format!(" laddr={} ", server.address),
+        " name=first ".to_string(),
+        " db=0 ".to_string(),
+        " cmd=client ".to_string(),
+        " user=default ".to_string(),
+        " resp=2 ".to_string(),
+        " lib-name=redis-py(django_v5) ".to_string(),
+        " lib-ver=8.1.0\n".to_string(),
+    ] {
+        assert!(line.contains(&field), "{field:?} missing from {line}");
+    }
+    assert!(
+        line.ends_with('\n') && line.matches('\n').count() == 1,
+        "{line}"
+    );
+
+    // CLIENT LIST: every connection of this front end, oldest first.
+    let mut second = TcpStream::connect(server.address).await.unwrap();
+    assert_eq!(
+        ask_text(&mut second, b"CLIENT SETNAME second\r\n").await,
+        "+OK\r\n"
+    );
+    let second_id = client_id(&mut second).await;
+    let list = text_of(ask(&mut first, b"CLIENT LIST\r\n").await);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with(&format!("id={first_id} ")) && lines[0].contains(" name=first "),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("id={second_id} "))
+            && lines[1].contains(" name=second ")
+            && lines[1].contains(" cmd=client ")
+            && lines[1].ends_with(" resp=2 lib-name= lib-ver="),
+        "{list}"
+    );
+    let by_id = format!("CLIENT LIST ID {second_id} 999999 -1\r\n");
+    let only = text_of(ask(&mut first, by_id.as_bytes()).await);
+    assert!(
+        only.lines().count() == 1 && only.starts_with(&format!("id={second_id} ")),
+        "{only}"
+    );
+    let normal = text_of(ask(&mut first, b"CLIENT LIST TYPE normal\r\n").await);
+    assert_eq!(normal.lines().count(), 2, "{normal}");
+    assert_eq!(
+        ask_text(&mut first, b"CLIENT LIST TYPE pubsub\r\n").await,
+        "$0\r\n\r\n"
+    );
+    // In RESP3 the same texts are verbatim strings.
+    ask(&mut first, b"HELLO 3\r\n").await;
+    let info = ask(&mut first, b"CLIENT INFO\r\n").await;
+    assert!(
+        matches!(&info, Frame::Verbatim { format, .. } if format == b"txt"),
+        "{info:?}"
+    );
+    assert!(text_of(info).contains(" resp=3 "));
+    // A closed connection leaves the list.
+    drop(second);
+    let mut remaining = 0;
+    for _ in 0..200 {
+        let list = text_of(ask(&mut first, b"CLIENT LIST\r\n").await);
+        remaining = list.lines().count();
+        if remaining == 1 {
+            assert!(list.starts_with(&format!("id={first_id} ")), "{list}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(remaining, 1, "the closed connection is still listed");
+}
+
+/// A client library speaking RESP3 (redis-rs with `protocol=resp3`: HELLO 3 and CLIENT
+/// SETINFO on connect) gets typed replies it understands.
+#[tokio::test]
+async fn a_resp3_client_library_works() {
+    let server = start(RespConfig::default()).await;
+    let url = format!("redis://{}/?protocol=resp3", server.address);
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_tokio_connection()
+        .await
+        .unwrap();
+    let missing: Option<String> = cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(missing, None);
+    let _: () = cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let value: String = cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(value, "v");
+    let config: std::collections::HashMap<String, String> = cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        config.get("appendfsync").map(String::as_str),
+        Some("always")
+    );
+    let info: String = cmd("INFO").arg("server").query_async(&mut c).await.unwrap();
+    assert!(
+        info.starts_with("# Server\r\n") && info.contains("redis_version:7.2.0\r\n"),
+        "{info}"
+    );
+    let client_info: String = cmd("CLIENT").arg("INFO").query_async(&mut c).await.unwrap();
+    assert!(
+        client_info.contains(" resp=3 ") && client_info.contains(" lib-name=redis-rs "),
+        "{client_info}"
+    );
+    let hello: redis::Value = cmd("HELLO").arg(3).query_async(&mut c).await.unwrap();
+    assert!(matches!(hello, redis::Value::Map(_)), "{hello:?}");
 }
 
 #[tokio::test]

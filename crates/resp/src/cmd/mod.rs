@@ -1,14 +1,17 @@
 //! Command dispatch: the command table, the per-connection [`Session`], the checks every
 //! command goes through (unknown command, arity, authentication — in Redis's order), and one
 //! module per command group, each with its handlers:
-//! - [`connection`]: PING, ECHO, QUIT, RESET, SELECT, AUTH, CLIENT, HELLO.
+//! - [`connection`]: PING, ECHO, QUIT, RESET, SELECT, AUTH, CLIENT, HELLO (RESP3).
 //! - [`server`]: COMMAND, INFO, DBSIZE, CONFIG GET.
 //! - [`keys`]: TYPE, TTL, PTTL, EXISTS, DEL, UNLINK, SCAN.
 //! - [`strings`]: GET, SET, SETNX, GETSET, GETDEL, MGET, MSET, MSETNX, APPEND, STRLEN,
 //!   GETRANGE, SETRANGE, INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT.
 //! - [`pipeline`]: pipelined requests executed together, one log entry per region.
 //!
-//! Every handler gets the arguments after the command name, already arity-checked.
+//! Every handler gets the arguments after the command name, already arity-checked, and
+//! answers with one [`Frame`] whatever protocol the connection speaks: a reply Redis 7 sends
+//! as a RESP3 map, set, double or verbatim string is built as that type, and the connection
+//! downgrades it to Redis's RESP2 form when it speaks RESP2 (see [`crate::frame`]).
 
 mod connection;
 mod keys;
@@ -20,15 +23,18 @@ pub(crate) use keys::CursorTable;
 mod server;
 mod strings;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::backend::BackendError;
+use crate::clients::ClientRecord;
 use crate::config::{RespConfig, UNAUTHENTICATED_MAX_ARRAY_LEN, UNAUTHENTICATED_MAX_BULK_BYTES};
-use crate::frame::{parse_i64, Frame, RequestLimits};
+use crate::frame::{parse_i64, Frame, Protocol, RequestLimits};
 use crate::server::Shared;
 
 /// What the connection does after a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
     Reply(Frame),
     /// QUIT: send the reply, then close.
@@ -50,19 +56,32 @@ pub(crate) struct Session {
     pub session_client_id: u64,
     /// The sequence the next write will carry; starts at 1.
     pub next_sequence: u64,
-    pub name: Option<Bytes>,
     pub authenticated: bool,
+    /// What replies are encoded in: RESP2 until HELLO 3, again after RESET. Only barrier
+    /// commands (HELLO, RESET) change it, so the connection reads it after each of them.
+    /// Kept in `client`'s state too, for CLIENT LIST.
+    pub protocol: Protocol,
+    /// What CLIENT INFO and CLIENT LIST show about this connection (its name among them),
+    /// shared with the server's registry and with this session's copies in pipeline segments.
+    pub client: Arc<ClientRecord>,
 }
 
 impl Session {
-    pub fn new(connection_id: u64, session_client_id: u64, authenticated: bool) -> Self {
+    pub fn new(client: Arc<ClientRecord>, session_client_id: u64, authenticated: bool) -> Self {
         Session {
-            connection_id,
+            connection_id: client.id,
             session_client_id,
             next_sequence: 1,
-            name: None,
             authenticated,
+            protocol: Protocol::Resp2,
+            client,
         }
+    }
+
+    /// Switches the protocol replies are encoded in.
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
+        self.client.update(|state| state.protocol = protocol);
     }
 
     /// The parse limits for the next request: tiny until the client has authenticated, so an
@@ -192,7 +211,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         CONNECTION,
         NO_KEYS,
         "connection",
-        "Handshakes with the server (RESP2 only).",
+        "Handshakes with the server and selects RESP2 or RESP3.",
     ),
     spec(
         "client",
@@ -200,7 +219,7 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         ADMIN,
         NO_KEYS,
         "connection",
-        "CLIENT SETNAME, GETNAME, ID, SETINFO.",
+        "CLIENT ID, INFO, LIST, SETNAME, GETNAME, SETINFO, NO-EVICT, NO-TOUCH.",
     ),
     spec(
         "command",
@@ -429,9 +448,19 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
 ];
 
 fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    lookup_index(name).map(|index| &COMMANDS[index])
+}
+
+/// The position of the command called `name` (any case) in [`COMMANDS`].
+fn lookup_index(name: &[u8]) -> Option<usize> {
     COMMANDS
         .iter()
-        .find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+        .position(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The name of the command at `index` in [`COMMANDS`] (CLIENT LIST's `cmd=`).
+pub(crate) fn command_name(index: usize) -> Option<&'static str> {
+    COMMANDS.get(index).map(|spec| spec.name)
 }
 
 // Redis's exact error texts, shared by several handlers.
@@ -582,9 +611,12 @@ async fn execute_in(
     arguments: Vec<Bytes>,
     deferred: Option<(&pipeline::Deferred, usize)>,
 ) -> Outcome {
-    let Some(spec) = lookup(&arguments[0]) else {
+    let Some(index) = lookup_index(&arguments[0]) else {
         return unknown_command(&arguments).into();
     };
+    let spec = &COMMANDS[index];
+    // Before the arity and AUTH checks, as Redis sets a client's last command.
+    session.client.touch(index);
     let count = arguments.len() as i64;
     if !spec.arity_allows(count) {
         return wrong_arity(spec.name).into();

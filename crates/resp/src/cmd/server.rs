@@ -1,8 +1,14 @@
-//! Server commands: COMMAND (list, COUNT, DOCS, INFO), INFO, DBSIZE, CONFIG GET.
+//! Server commands: COMMAND (bare, COUNT, DOCS, INFO, LIST), INFO, DBSIZE, CONFIG GET.
+//!
+//! Replies use the RESP3 types Redis 7 uses for them (CONFIG GET and COMMAND DOCS: maps;
+//! COMMAND's flags and ACL categories: sets; INFO: a verbatim string), which a RESP2
+//! connection gets in Redis's RESP2 form.
 
 use bytes::Bytes;
 
-use super::{backend_error_frame, lookup, wrong_arity, CommandSpec, Context, COMMANDS};
+use super::{
+    backend_error_frame, lookup, wrong_arity, CommandSpec, Context, COMMANDS, SYNTAX_ERROR,
+};
 use crate::frame::Frame;
 
 /// CONFIG GET: a fixed set of parameters describing RaftKV in Redis's terms. Durability is
@@ -35,47 +41,44 @@ pub(super) fn config(context: &Context<'_>, arguments: &[Bytes]) -> Result<Frame
             .iter()
             .any(|pattern| super::keys::glob_match(&pattern.to_ascii_lowercase(), name.as_bytes()))
         {
-            reply.push(bulk(name));
-            reply.push(bulk(value));
+            reply.push((bulk(name), bulk(value)));
         }
     }
-    Ok(Frame::Array(reply))
+    Ok(Frame::Map(reply))
 }
 
 fn bulk(text: &str) -> Frame {
     Frame::bulk(Bytes::copy_from_slice(text.as_bytes()))
 }
 
-/// One COMMAND entry, Redis 7 shape: name, arity, flags, first key, last key, step,
-/// ACL categories, tips, key specs, subcommands.
+/// One COMMAND entry, Redis 7 shape: name, arity, flags (a set), first key, last key, step,
+/// ACL categories (a set), tips, key specs, subcommands.
 fn command_entry(spec: &CommandSpec) -> Frame {
     Frame::Array(vec![
         bulk(spec.name),
         Frame::Integer(spec.arity),
-        Frame::Array(spec.flags.iter().map(|f| Frame::simple(f)).collect()),
+        Frame::Set(spec.flags.iter().map(|f| Frame::simple(f)).collect()),
         Frame::Integer(spec.first_key),
         Frame::Integer(spec.last_key),
         Frame::Integer(spec.step),
-        Frame::Array(vec![Frame::simple(&format!("@{}", spec.group))]),
+        Frame::Set(vec![Frame::simple(&format!("@{}", spec.group))]),
         Frame::Array(vec![]),
         Frame::Array(vec![]),
         Frame::Array(vec![]),
     ])
 }
 
-/// One COMMAND DOCS entry: in RESP2 a map is a flat array of alternating keys and values.
-fn docs_entry(spec: &CommandSpec) -> [Frame; 2] {
-    [
+/// One COMMAND DOCS entry: the name and a map of its docs (in RESP2 a map is a flat array of
+/// alternating keys and values).
+fn docs_entry(spec: &CommandSpec) -> (Frame, Frame) {
+    (
         bulk(spec.name),
-        Frame::Array(vec![
-            bulk("summary"),
-            bulk(spec.summary),
-            bulk("since"),
-            bulk("1.0.0"),
-            bulk("group"),
-            bulk(spec.group),
+        Frame::Map(vec![
+            (bulk("summary"), bulk(spec.summary)),
+            (bulk("since"), bulk("1.0.0")),
+            (bulk("group"), bulk(spec.group)),
         ]),
-    ]
+    )
 }
 
 pub(super) fn command(arguments: &[Bytes]) -> Result<Frame, Frame> {
@@ -101,10 +104,13 @@ pub(super) fn command(arguments: &[Bytes]) -> Result<Frame, Frame> {
             } else {
                 rest.iter().filter_map(|name| lookup(name)).collect()
             };
-            Ok(Frame::Array(
-                specs.into_iter().flat_map(docs_entry).collect(),
-            ))
+            Ok(Frame::Map(specs.into_iter().map(docs_entry).collect()))
         }
+        // Without Redis's FILTERBY: every command is listed.
+        "list" if rest.is_empty() => Ok(Frame::Array(
+            COMMANDS.iter().map(|spec| bulk(spec.name)).collect(),
+        )),
+        "list" => Err(Frame::error(SYNTAX_ERROR)),
         _ => Err(Frame::error(format!(
             "ERR unknown subcommand '{}'. Try COMMAND HELP.",
             String::from_utf8_lossy(&arguments[0])
@@ -125,7 +131,8 @@ pub(super) async fn dbsize(context: &mut Context<'_>) -> Result<Frame, Frame> {
 const SECTIONS: &[&str] = &["server", "clients", "replication", "keyspace", "raftkv"];
 
 /// INFO [section ...]: "default", "all" and "everything" (or no argument) give every section;
-/// unknown sections are ignored, as in Redis.
+/// unknown sections are ignored, as in Redis. A verbatim string, as Redis 7 answers it (a
+/// bulk string in RESP2).
 pub(super) async fn info(context: &mut Context<'_>, arguments: &[Bytes]) -> Frame {
     let requested: Vec<String> = arguments
         .iter()
@@ -191,5 +198,5 @@ pub(super) async fn info(context: &mut Context<'_>, arguments: &[Bytes]) -> Fram
             text.push_str(&format!("{name}:{value}\r\n"));
         }
     }
-    Frame::bulk(text)
+    Frame::verbatim(text)
 }
