@@ -1071,6 +1071,8 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            operators: Vec::new(),
+            history: Vec::new(),
         }
     }
 

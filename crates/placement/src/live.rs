@@ -3,6 +3,7 @@
 //! worth a log entry); a new leader learns it again within one heartbeat interval.
 
 use crate::hosted::QueryAnswer;
+use crate::scheduler::OperatorRecord;
 use serde::{Deserialize, Serialize};
 
 /// A store as its heartbeats show it.
@@ -50,6 +51,14 @@ pub struct LiveAnswer {
     pub leader_store: u64,
     pub stores: Vec<LiveStore>,
     pub regions: Vec<LiveRegion>,
+    /// The scheduler's operators in flight (decided, not yet seen done). (Defaulted:
+    /// answers from servers before the scheduler decode.)
+    #[serde(default)]
+    pub operators: Vec<OperatorRecord>,
+    /// Its recent operators, finished, oldest first (at most
+    /// [`crate::scheduler::HISTORY_OPS`]).
+    #[serde(default)]
+    pub history: Vec<OperatorRecord>,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 mod placement_cmd;
 mod playground;
 mod region_cmd;
+mod scheduling;
 
 #[derive(Parser)]
 #[command(
@@ -288,6 +289,8 @@ struct ServerArgs {
     /// filesystem holding --data-dir).
     #[arg(long)]
     capacity_bytes: Option<u64>,
+    #[command(flatten)]
+    scheduling: scheduling::SchedulingArgs,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -315,6 +318,9 @@ struct FileConfig {
     /// As the flag: `labels = "zone=z1,rack=r2"`.
     labels: Option<String>,
     capacity_bytes: Option<u64>,
+    /// The scheduler's settings, as the flags: `[scheduling]` with `region_max_bytes = ...`.
+    #[serde(default)]
+    scheduling: scheduling::SchedulingArgs,
 }
 
 /// Fixes glibc's mmap threshold. By default glibc raises it to the size of the largest
@@ -587,6 +593,9 @@ async fn run_server(a: ServerArgs) -> Result<()> {
         cfg.placement_heartbeat = Duration::from_millis(ms);
         cfg.store_down_after = cfg.placement_heartbeat * 5;
     }
+    a.scheduling
+        .or(file.scheduling)
+        .apply(&mut cfg.scheduling)?;
     if let Some(c) = want_cluster {
         if c == 0 {
             bail!("--cluster-id must not be 0 (leave it out to derive one)");

@@ -216,7 +216,48 @@ pub(crate) fn config_json(live: &LiveAnswer) -> serde_json::Value {
         },
         "stores": stores,
         "regions": regions,
+        "operators": live.operators,
+        "history": live.history,
     })
+}
+
+/// How many finished operators `store list` shows (the JSON has all placement keeps).
+const SHOWN_HISTORY: usize = 10;
+
+/// One scheduler operator as a line: what, on which region, why, how long, how it ended.
+fn show_operator(o: &placement::scheduler::OperatorRecord) -> String {
+    let took = match o.finished_ms {
+        Some(f) => format!("{:.1}s", f.saturating_sub(o.started_ms) as f64 / 1000.0),
+        None => "running".to_string(),
+    };
+    let outcome = o
+        .outcome
+        .as_ref()
+        .map_or("in flight".to_string(), |x| format!("{x:?}"));
+    format!(
+        "region {:>16}  {:<28} reason {:<16} {:>8}  {}",
+        o.region,
+        format!("{:?}", o.action),
+        format!("{:?}", o.reason),
+        took,
+        outcome
+    )
+}
+
+/// The scheduler's operators in flight and its latest finished ones.
+fn print_operators(live: &LiveAnswer) {
+    println!(
+        "scheduler: {} operator(s) in flight, {} finished kept",
+        live.operators.len(),
+        live.history.len()
+    );
+    for o in &live.operators {
+        println!("  now   {}", show_operator(o));
+    }
+    let skip = live.history.len().saturating_sub(SHOWN_HISTORY);
+    for o in live.history.iter().skip(skip) {
+        println!("  done  {}", show_operator(o));
+    }
 }
 
 /// A store's capacity in bytes: its latest heartbeat's, else the one placement recorded
@@ -268,6 +309,7 @@ fn print_config(live: &LiveAnswer) {
         c.number, live.answer.oldest, live.answer.cluster_id, live.answer.replicas, live.leader_store
     );
     print_stores(live);
+    print_operators(live);
     println!(
         "{:>20} {:>24} {:>10} {:>16} target",
         "region", "range", "epoch", "replicas"
@@ -351,6 +393,7 @@ pub(crate) async fn run_store(cmd: StoreCmd) -> Result<()> {
                 );
             } else {
                 print_stores(&live);
+                print_operators(&live);
             }
             Ok(())
         }

@@ -75,6 +75,9 @@ pub(crate) struct PlaygroundArgs {
     /// (`--labels`), shown by `raftkv store list`. 0 (the default): no labels.
     #[arg(long, value_name = "N", default_value_t = 0)]
     zones: u16,
+    /// The scheduler's flags, passed to every store (see `raftkv server --help`).
+    #[command(flatten)]
+    scheduling: crate::scheduling::SchedulingArgs,
 }
 
 /// Store `id`'s zone in a playground of `zones` zones (`None`: zones are off).
@@ -461,6 +464,10 @@ fn what_to_do(layout: &Layout, spec: &StoreSpec, tail: &[String]) -> String {
 /// Runs the playground until Ctrl-C or SIGTERM; an error when it could not start.
 pub(crate) async fn run(a: PlaygroundArgs) -> Result<()> {
     let layout = Layout::new(a.base_port, a.stores)?;
+    // Checked here so a bad value stops the playground before any store starts.
+    let mut check = server::Scheduling::default();
+    a.scheduling.apply(&mut check)?;
+    check.validate().map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("finding the raftkv binary")?;
     // Registered before any store starts, so a Ctrl-C or SIGTERM during startup still stops
     // them all (and unlike `tokio::signal::ctrl_c()`, stays registered between polls).
@@ -525,7 +532,8 @@ async fn supervise(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = (cpus / usize::from(layout.stores)).max(1).to_string();
     for i in layout.ids() {
-        let spec = StoreSpec::new(&layout, dir, i, &cluster, &workers, a.zones);
+        let mut spec = StoreSpec::new(&layout, dir, i, &cluster, &workers, a.zones);
+        spec.args.extend(a.scheduling.to_args());
         let proc = spawn_store(exe, &spec)?;
         stores.push(Store {
             spec,

@@ -57,6 +57,88 @@ pub struct ServerConfig {
     /// The capacity reported to placement (`--capacity-bytes`); `None`: the size of the
     /// filesystem holding `data_dir`.
     pub capacity_bytes: Option<u64>,
+    /// The automatic scheduler's settings (used while this store leads placement) and the
+    /// store's snapshot bandwidth.
+    pub scheduling: Scheduling,
+}
+
+/// What the automatic scheduler does (see `placement::scheduler`). Every store has these
+/// settings; the store that leads placement schedules with its own, so where stores
+/// disagree placement's value wins (the playground passes the same to every store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduling {
+    /// `--scheduler on|off`: off decides nothing automatically (hand verbs still work).
+    pub enabled: bool,
+    /// `--region-max-bytes`: a region larger than this is split near its middle.
+    pub region_max_bytes: u64,
+    /// `--region-split-qps`: a region serving more reads + writes per second than this for
+    /// the scheduler's window is split where its sampled load divides (0 = never).
+    pub region_split_qps: u64,
+    /// `--store-down-timeout` (seconds): a store silent this long has its replicas
+    /// re-created elsewhere.
+    pub store_down_timeout: Duration,
+    /// `--scheduler-quiet-secs`: a region changed by hand is left alone this long.
+    pub quiet: Duration,
+    /// `--snapshot-max-bytes-per-sec`: snapshot bytes this store sends, and receives, per
+    /// second (0 = unlimited).
+    pub snapshot_max_bytes_per_sec: u64,
+}
+
+impl Default for Scheduling {
+    fn default() -> Scheduling {
+        let d = placement::scheduler::ScheduleConfig::default();
+        Scheduling {
+            enabled: d.enabled,
+            region_max_bytes: d.region_max_bytes,
+            region_split_qps: d.region_split_qps,
+            store_down_timeout: Duration::from_millis(d.store_down_timeout_ms),
+            quiet: Duration::from_millis(d.quiet_ms),
+            snapshot_max_bytes_per_sec: transport::DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC,
+        }
+    }
+}
+
+/// Smallest accepted `--region-max-bytes`: below this a region of a few keys would split.
+pub const MIN_REGION_MAX_BYTES: u64 = 4 << 10;
+
+impl Scheduling {
+    /// The placement scheduler's settings for a cluster of `replicas` replicas per region
+    /// whose stores heartbeat every `heartbeat`.
+    pub fn schedule_config(
+        &self,
+        replicas: usize,
+        heartbeat: Duration,
+    ) -> placement::scheduler::ScheduleConfig {
+        let d = placement::scheduler::ScheduleConfig::default();
+        let ms = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        placement::scheduler::ScheduleConfig {
+            enabled: self.enabled,
+            replicas,
+            region_max_bytes: self.region_max_bytes,
+            region_split_qps: self.region_split_qps,
+            store_down_timeout_ms: ms(self.store_down_timeout),
+            quiet_ms: ms(self.quiet),
+            // Windows shorter than a few heartbeats cannot be observed: each rate covers
+            // one heartbeat interval.
+            split_qps_window_ms: d.split_qps_window_ms.max(3 * ms(heartbeat)),
+            merge_cold_ms: d.merge_cold_ms.max(10 * ms(heartbeat)),
+            ..d
+        }
+    }
+
+    /// Checks the settings; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.region_max_bytes < MIN_REGION_MAX_BYTES {
+            return Err(format!(
+                "--region-max-bytes must be at least {MIN_REGION_MAX_BYTES} (got {})",
+                self.region_max_bytes
+            ));
+        }
+        if self.store_down_timeout.is_zero() {
+            return Err("--store-down-timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
 }
 
 /// Default of [`ServerConfig::placement_heartbeat`]: every few seconds, like TiKV's
@@ -92,6 +174,7 @@ impl ServerConfig {
             store_down_after: DEFAULT_STORE_DOWN_AFTER,
             labels: BTreeMap::new(),
             capacity_bytes: None,
+            scheduling: Scheduling::default(),
         }
     }
 
@@ -173,7 +256,7 @@ impl ServerConfig {
                     .into(),
             );
         }
-        Ok(())
+        self.scheduling.validate()
     }
 
     pub fn peer_addr_of(&self, store: u64) -> Option<&str> {

@@ -41,6 +41,7 @@ pub async fn run(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut config_seen = 0u64;
     let mut rate_state = RateState::default();
+    let mut failures = Vec::new();
     loop {
         tokio::select! {
             _ = stop.wait_for(|v| *v) => return,
@@ -54,6 +55,7 @@ pub async fn run(
             cluster_id,
             &mut config_seen,
             &mut rate_state,
+            &mut failures,
         )
         .await
         {
@@ -137,10 +139,15 @@ async fn beat(
     cluster_id: u64,
     config_seen: &mut u64,
     rate_state: &mut RateState,
+    failures: &mut Vec<pb::OperatorFailure>,
 ) -> Result<(), String> {
     let (tx, rx) = oneshot::channel();
     handle.send(Cmd::Status(tx)).map_err(|e| e.to_string())?;
     let status = rx.await.map_err(|_| "the store stopped".to_string())?;
+    // Load samples cover about two heartbeat intervals (this one and the last).
+    handle
+        .send(Cmd::RotateLoadSamples)
+        .map_err(|e| e.to_string())?;
     let mine = StoreId(cfg.store_id);
     let leading: Vec<_> = status
         .iter()
@@ -208,6 +215,18 @@ async fn beat(
             })
             .collect(),
         forwarded: false,
+        // Only replicas that know themselves members: a replica still waiting for its
+        // first snapshot has no descriptor yet and must not be mistaken for a removed one.
+        replicas: status
+            .iter()
+            .filter(|s| s.region.peer_on(mine).is_some())
+            .take(MAX_HEARTBEAT_REGIONS)
+            .map(|s| pb::ReplicaEpoch {
+                region_id: s.region.id.0,
+                conf_version: s.region.epoch.conf_version,
+            })
+            .collect(),
+        failed: std::mem::take(failures),
     };
     let resp = svc.heartbeat(req).await;
     if let Some(e) = resp.error {
@@ -245,6 +264,31 @@ async fn beat(
                 op.kind(),
                 op.region_id
             );
+            if failures.len() < crate::placement_svc::MAX_OPERATOR_FAILURES {
+                failures.push(pb::OperatorFailure {
+                    region_id: op.region_id,
+                    message: e,
+                });
+            }
+        }
+    }
+    for r in resp.stale_replicas.iter().take(MAX_HEARTBEAT_REGIONS) {
+        let Some(current) = crate::service::region_from_pb(r) else {
+            continue;
+        };
+        let (tx, rx) = oneshot::channel();
+        let id = current.id;
+        if handle
+            .send(Cmd::DestroyStale { current, reply: tx })
+            .is_err()
+        {
+            break;
+        }
+        match rx.await {
+            Ok(Ok(true)) => tracing::info!("region {id}: removed while this store was away; its replica here is destroyed"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("region {id}: destroying a removed replica: {e}"),
+            Err(_) => break,
         }
     }
     Ok(())
@@ -293,6 +337,39 @@ async fn act(
             };
         }
         Kind::Unspecified => return Err("an operator without a kind".into()),
+        Kind::SplitBySize | Kind::SplitByLoad => {
+            let by = if kind == Kind::SplitBySize {
+                crate::store_loop::SplitBy::Size
+            } else {
+                crate::store_loop::SplitBy::Load
+            };
+            handle
+                .send(Cmd::SplitBy {
+                    region,
+                    epoch,
+                    by,
+                    reply: tx,
+                })
+                .map_err(|e| e.to_string())?;
+            return match tokio::time::timeout(cfg.request_timeout, rx).await {
+                Ok(Ok(r)) => r.map(|_| ()).map_err(|e| e.to_string()),
+                _ => Err("no answer in time".into()),
+            };
+        }
+        Kind::Merge => {
+            handle
+                .send(Cmd::Merge {
+                    source: region,
+                    epoch,
+                    target: raft::GroupId(op.merge_into),
+                    reply: tx,
+                })
+                .map_err(|e| e.to_string())?;
+            return match tokio::time::timeout(cfg.request_timeout, rx).await {
+                Ok(Ok(r)) => r.map(|_| ()).map_err(|e| e.to_string()),
+                _ => Err("no answer in time".into()),
+            };
+        }
         Kind::AddLearner => ReplicaChange::AddLearner(to),
         Kind::Promote => ReplicaChange::Promote(to),
         Kind::Remove => ReplicaChange::Remove(to),

@@ -36,5 +36,5 @@ pub mod run;
 pub mod service;
 mod store_loop;
 
-pub use config::{parse_initial_cluster, ServerConfig};
+pub use config::{parse_initial_cluster, Scheduling, ServerConfig};
 pub use run::{Server, ServerHandle, StartError};

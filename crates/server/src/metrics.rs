@@ -174,6 +174,9 @@ impl Metrics {
 
     pub fn set_regions(&self, status: &[store::RegionStatus]) {
         let mut m = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        // `status` lists every replica the store holds: one destroyed since (moved away,
+        // merged) must not linger on the page.
+        m.clear();
         for st in status {
             m.insert(
                 st.region.id.0,
@@ -337,5 +340,18 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Appends the scheduler's operators by kind and outcome (`raftkv_scheduler_operators_total`;
+/// counted on the store that led placement when they were decided, so sum over stores).
+pub fn render_operators(out: &mut String, counts: &std::collections::BTreeMap<(String, String), u64>) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# TYPE raftkv_scheduler_operators_total counter");
+    for ((kind, outcome), n) in counts {
+        let _ = writeln!(
+            out,
+            "raftkv_scheduler_operators_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+        );
     }
 }

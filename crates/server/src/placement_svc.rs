@@ -15,8 +15,9 @@ use crate::service::store_error_pb;
 use crate::store_loop::{Cmd, PlacementOp, StoreHandle};
 use api::pb;
 use api::pb::error::Code;
+use placement::scheduler::{Action, Decision, Scheduler, SplitReason};
 use placement::{
-    decode_answer, encode_command, Command, LiveAnswer, LiveRegion, LiveStore, Operator,
+    decode_answer, encode_command, Command, Config, LiveAnswer, LiveRegion, LiveStore, Operator,
     RegionLayout, StoreAddrs,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,16 @@ pub const MAX_HEARTBEAT_REGIONS: usize = 4096;
 
 type Client = pb::placement_client::PlacementClient<Channel>;
 
+/// The scheduler of this store's placement leadership (see [`placement::scheduler`]).
+struct Sched {
+    scheduler: Scheduler,
+    /// When its last round ran (`None`: never).
+    last_round: Option<Instant>,
+    /// Split, merge and leader-transfer decisions waiting for their region's leader to
+    /// heartbeat (bounded by the regions of the configuration: one per region).
+    pending: BTreeMap<u64, Decision>,
+}
+
 /// The leader's memory of heartbeats (bounded by the stores and regions the configuration
 /// names: entries for others are dropped at each heartbeat).
 struct Live {
@@ -46,6 +57,7 @@ pub struct PlacementService {
     handle: StoreHandle,
     cfg: Arc<ServerConfig>,
     live: Arc<Mutex<Live>>,
+    sched: Arc<Mutex<Sched>>,
     /// Connections to other stores' servers, by store and address (a store that moved gets
     /// a new one).
     clients: Arc<Mutex<HashMap<(u64, String), Client>>>,
@@ -72,14 +84,28 @@ impl PlacementService {
     pub fn new(handle: StoreHandle, cfg: Arc<ServerConfig>) -> PlacementService {
         PlacementService {
             handle,
-            cfg,
             live: Arc::new(Mutex::new(Live {
                 since: Instant::now(),
                 stores: BTreeMap::new(),
                 regions: BTreeMap::new(),
             })),
+            sched: Arc::new(Mutex::new(Sched {
+                scheduler: Scheduler::new(
+                    cfg.scheduling
+                        .schedule_config(cfg.replicas as usize, cfg.placement_heartbeat),
+                ),
+                last_round: None,
+                pending: BTreeMap::new(),
+            })),
             clients: Arc::new(Mutex::new(HashMap::new())),
+            cfg,
         }
+    }
+
+    /// Milliseconds since this service started: the scheduler's clock.
+    fn now_ms(&self) -> u64 {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        u64::try_from(live.since.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Runs `op` on this store's placement replica.
@@ -230,11 +256,19 @@ impl PlacementService {
             }
         };
         match self.propose(&cmd).await {
-            Ok(json) => pb::PlacementResponse {
-                leader_store_id: self.cfg.store_id,
-                json,
-                ..Default::default()
-            },
+            Ok(json) => {
+                if let Command::Move { region, .. } = &cmd {
+                    // A region moved by hand is left alone by the scheduler for a while.
+                    let now = self.now_ms();
+                    let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+                    sched.scheduler.hand_changed(*region, now);
+                }
+                pb::PlacementResponse {
+                    leader_store_id: self.cfg.store_id,
+                    json,
+                    ..Default::default()
+                }
+            }
             Err(e) => match elsewhere(&e) {
                 Some(hint) if !req.forwarded => {
                     let fwd = pb::PlacementCallRequest {
@@ -432,19 +466,35 @@ impl PlacementService {
                         conf_version: layout.conf_version,
                         version: layout.version,
                     }),
+                    merge_into: 0,
                 });
             }
         }
+        let store_id = st.store_id;
         {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
             live.stores.insert(st.store_id, (Instant::now(), st));
             live.stores.retain(|id, _| config.stores.contains_key(id));
             live.regions.retain(|id, _| config.regions.contains_key(id));
         }
+        self.schedule(config, &req, store_id, &mut operators).await;
+        // Replicas this store holds that were removed while it was away: it cannot learn
+        // of that from the region (it is no longer sent anything), so placement tells it.
+        let stale_replicas = req
+            .replicas
+            .iter()
+            .take(MAX_HEARTBEAT_REGIONS)
+            .filter_map(|rep| {
+                let held = config.regions.get(&rep.region_id)?;
+                (held.conf_version > rep.conf_version && !held.stores().contains(&store_id))
+                    .then(|| crate::service::region_to_pb(&held.to_region()))
+            })
+            .collect();
         pb::HeartbeatResponse {
             error: None,
             leader_store_id: self.cfg.store_id,
             config: config.number,
+            stale_replicas,
             operators,
             stores: config
                 .stores
@@ -460,12 +510,85 @@ impl PlacementService {
         }
     }
 
-    fn live_answer(&self, answer: placement::QueryAnswer) -> LiveAnswer {
+    /// The scheduler's part of a heartbeat from `store`: the failures it reports, a round
+    /// when one is due (targets proposed at once; splits, merges and transfers kept for
+    /// their region's leader), and the kept decisions for the regions this heartbeat
+    /// reports, if still for the reported epoch, added to `operators`.
+    async fn schedule(
+        &self,
+        config: &Config,
+        req: &pb::HeartbeatRequest,
+        store: u64,
+        operators: &mut Vec<pb::RegionOperator>,
+    ) {
+        let now = self.now_ms();
+        let mut targets = Vec::new();
+        {
+            let (stores, regions, view_age_ms) = self.live_view(config);
+            let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+            for f in req.failed.iter().take(MAX_OPERATOR_FAILURES) {
+                sched.scheduler.failed(f.region_id, f.message.clone(), now);
+                sched.pending.remove(&f.region_id);
+            }
+            let every = self.cfg.placement_heartbeat;
+            let due = sched.last_round.map_or(true, |t| t.elapsed() >= every);
+            if due {
+                // A long gap means this store did not lead placement meanwhile: what it
+                // had in flight is stale (another leader may have decided since).
+                if sched.last_round.is_some_and(|t| t.elapsed() > every * 5) {
+                    let c = sched.scheduler.config().clone();
+                    sched.scheduler = Scheduler::new(c);
+                    sched.pending.clear();
+                }
+                sched.last_round = Some(Instant::now());
+                let decisions = sched
+                    .scheduler
+                    .round(config, &stores, &regions, now, view_age_ms);
+                for d in decisions {
+                    match &d.action {
+                        Action::Target { stores } => targets.push((d.region, stores.clone())),
+                        _ => {
+                            sched.pending.insert(d.region, d);
+                        }
+                    }
+                }
+                sched.pending.retain(|id, _| config.regions.contains_key(id));
+            }
+            for rep in &req.regions {
+                let Some(r) = rep.region.as_ref() else {
+                    continue;
+                };
+                let Some(d) = sched.pending.remove(&r.id) else {
+                    continue;
+                };
+                let epoch = r.epoch.unwrap_or_default();
+                if (epoch.conf_version, epoch.version) != (d.conf_version, d.version) {
+                    // Decided for an epoch the region left: the round that follows decides
+                    // again from what it is now.
+                    continue;
+                }
+                if let Some(op) = operator_pb(&d) {
+                    operators.push(op);
+                }
+            }
+        }
+        for (region, stores) in targets {
+            if let Err(e) = self.propose(&Command::Move { region, stores }).await {
+                tracing::debug!("scheduler: moving region {region}: {e}");
+                let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+                sched
+                    .scheduler
+                    .failed(region, format!("placement refused: {e}"), now);
+            }
+        }
+    }
+
+    /// The live stores and regions for `config`, and how long this view has been kept.
+    fn live_view(&self, config: &Config) -> (Vec<LiveStore>, Vec<LiveRegion>, u64) {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let down_after = self.cfg.store_down_after;
-        let stores = answer
-            .config
+        let stores = config
             .stores
             .keys()
             .map(|id| match live.stores.get(id) {
@@ -488,11 +611,30 @@ impl PlacementService {
                 },
             })
             .collect();
+        let age = u64::try_from(now.duration_since(live.since).as_millis()).unwrap_or(u64::MAX);
+        (stores, live.regions.values().cloned().collect(), age)
+    }
+
+    /// Operators by kind and outcome, for the metrics page (empty unless this store has
+    /// led placement).
+    pub fn operator_counts(&self) -> BTreeMap<(String, String), u64> {
+        let sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        sched.scheduler.counts()
+    }
+
+    fn live_answer(&self, answer: placement::QueryAnswer) -> LiveAnswer {
+        let (stores, regions, _) = self.live_view(&answer.config);
+        let (operators, history) = {
+            let sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+            (sched.scheduler.in_flight(), sched.scheduler.history())
+        };
         LiveAnswer {
             answer,
             leader_store: self.cfg.store_id,
             stores,
-            regions: live.regions.values().cloned().collect(),
+            regions,
+            operators,
+            history,
         }
     }
 }
@@ -520,6 +662,36 @@ fn hinted<R>(error: Option<(i32, u64)>, r: R) -> Result<R, Option<u64>> {
         }
         Some(_) => Ok(r),
     }
+}
+
+/// Most operator failures one heartbeat reports (a store keeps the latest).
+pub const MAX_OPERATOR_FAILURES: usize = 64;
+
+/// A scheduler decision for a region's leader as the heartbeat answer carries it (`None`
+/// for a target: those are proposed to placement, not sent).
+fn operator_pb(d: &Decision) -> Option<pb::RegionOperator> {
+    use pb::region_operator::Kind;
+    let (kind, store_id, merge_into) = match &d.action {
+        Action::Split {
+            reason: SplitReason::Size,
+        } => (Kind::SplitBySize, 0, 0),
+        Action::Split {
+            reason: SplitReason::Load,
+        } => (Kind::SplitByLoad, 0, 0),
+        Action::Merge { into } => (Kind::Merge, 0, *into),
+        Action::TransferLeader { store } => (Kind::TransferLeader, *store, 0),
+        Action::Target { .. } => return None,
+    };
+    Some(pb::RegionOperator {
+        region_id: d.region,
+        kind: kind as i32,
+        store_id,
+        epoch: Some(pb::RegionEpoch {
+            conf_version: d.conf_version,
+            version: d.version,
+        }),
+        merge_into,
+    })
 }
 
 fn no_leader() -> pb::PlacementResponse {

@@ -280,6 +280,7 @@ impl Server {
                 tracing::error!("client server failed: {e}");
             }
         }));
+        let metrics_placement = placement_svc.clone();
         tasks.push(tokio::spawn(crate::heartbeat::run(
             handle.clone(),
             placement_svc,
@@ -297,7 +298,11 @@ impl Server {
                         _ = stop.wait_for(|v| *v) => return,
                         accepted = l.accept() => {
                             let Ok((mut sock, _)) = accepted else { continue };
-                            let body = m.render();
+                            let mut body = m.render();
+                            crate::metrics::render_operators(
+                                &mut body,
+                                &metrics_placement.operator_counts(),
+                            );
                             tokio::spawn(async move {
                                 let mut buf = vec![0u8; METRICS_REQUEST_MAX_BYTES];
                                 let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;

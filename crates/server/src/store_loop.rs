@@ -29,6 +29,15 @@ pub enum PlacementOp {
     Query(Option<u64>),
 }
 
+/// Where a scheduler split cuts a region (the region's leader picks the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitBy {
+    /// Near the middle of its bytes (`Store::size_split_key`).
+    Size,
+    /// Where its sampled requests divide (`Store::load_split_key`).
+    Load,
+}
+
 pub enum Cmd {
     /// A message and the store it came from.
     Raft(StoreId, raft::Message),
@@ -61,6 +70,22 @@ pub enum Cmd {
         key: Vec<u8>,
         reply: ReplyTx,
     },
+    /// Split a region at a key its leader picks (`by`); answered once applied here, or
+    /// with why no key was found.
+    SplitBy {
+        region: RegionId,
+        epoch: RegionEpoch,
+        by: SplitBy,
+        reply: ReplyTx,
+    },
+    /// Placement says the region is now `current`, without a replica here: destroy this
+    /// store's replica if it is an older one (`Store::destroy_stale_replica`).
+    DestroyStale {
+        current: store::Region,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Start a new window of the regions' load samples (every heartbeat).
+    RotateLoadSamples,
     /// A replica change (see `Store::propose_replica_change`); answered once applied here.
     ChangeReplica {
         region: RegionId,
@@ -445,6 +470,29 @@ fn handle(
                 let _ = reply.send(Err(e));
             }
         },
+        Cmd::SplitBy {
+            region,
+            epoch,
+            by,
+            reply,
+        } => {
+            let key = match by {
+                SplitBy::Size => store.size_split_key(region),
+                SplitBy::Load => store.load_split_key(region),
+            };
+            match key.and_then(|k| store.propose_split(region, epoch, &k)) {
+                Ok(t) => {
+                    waiting.insert(t, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        Cmd::DestroyStale { current, reply } => {
+            let _ = reply.send(store.destroy_stale_replica(current.id, &current));
+        }
+        Cmd::RotateLoadSamples => store.rotate_load_samples(),
         Cmd::ChangeReplica {
             region,
             epoch,
