@@ -50,6 +50,24 @@ impl StateMachine for KvStateMachine {
         }
     }
 
+    /// The better of the table's two halving keys (see [`crate::table::Table::halving_keys`])
+    /// that, moved out of any hash tag by [`types::split_boundary`], still has keys on both
+    /// sides (so lies strictly inside the region): walks half the table, copies only the key.
+    fn size_split_key(&self) -> Option<Vec<u8>> {
+        let first = self.data.first_key()?;
+        self.data
+            .halving_keys()
+            .into_iter()
+            .map(types::split_boundary)
+            .find(|at| {
+                // Keys on the left (`first < at`) and on the right (`at` is at most the
+                // halving key it came from, which is in the table).
+                first < at.as_slice()
+                    && at.as_slice() > self.region.start.as_ref()
+                    && self.region.contains(at)
+            })
+    }
+
     /// A clone: O(1), the table and the sessions are persistent maps.
     type View = KvStateMachine;
 
@@ -65,5 +83,104 @@ impl StateMachine for KvStateMachine {
 
     fn restore(data: &[u8]) -> Result<Self, crate::SnapshotError> {
         KvStateMachine::restore(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{KvStateMachine, RegionRange};
+    use bytes::Bytes;
+    use types::StateMachine;
+
+    fn machine(range: RegionRange, pairs: &[(Vec<u8>, usize)]) -> KvStateMachine {
+        let mut m = KvStateMachine::with_region(range);
+        for (key, value_len) in pairs {
+            m.data.insert(key, &vec![b'v'; *value_len]);
+        }
+        m
+    }
+
+    fn split_key(m: &KvStateMachine) -> Option<String> {
+        StateMachine::size_split_key(m).map(|k| String::from_utf8(k).expect("ascii keys"))
+    }
+
+    #[test]
+    fn equal_pairs_split_in_the_middle() {
+        let pairs: Vec<_> = (0..100u32)
+            .map(|i| (format!("key{i:03}").into_bytes(), 20))
+            .collect();
+        let m = machine(RegionRange::full(), &pairs);
+        assert_eq!(split_key(&m).as_deref(), Some("key050"));
+    }
+
+    #[test]
+    fn an_empty_region_has_no_split_key() {
+        assert_eq!(split_key(&machine(RegionRange::full(), &[])), None);
+        let one = machine(RegionRange::full(), &[(b"k".to_vec(), 5)]);
+        assert_eq!(split_key(&one), None, "one key cannot be split");
+    }
+
+    #[test]
+    fn a_huge_pair_ends_up_on_a_side_of_its_own() {
+        let small = |prefix: &str| -> Vec<(Vec<u8>, usize)> {
+            (0..50u32)
+                .map(|i| (format!("{prefix}{i:02}").into_bytes(), 8))
+                .collect()
+        };
+        let huge = (b"m".to_vec(), 100_000);
+        // In the middle: split right before it or right after it.
+        let mut pairs = small("a");
+        pairs.push(huge.clone());
+        pairs.extend(small("z"));
+        let m = machine(RegionRange::full(), &pairs);
+        let at = split_key(&m).expect("a split key");
+        assert!(at == "m" || at == "z00", "{at}");
+        // First: right after it (a split before the first key would leave nothing left).
+        let mut pairs = vec![(b"0".to_vec(), 100_000)];
+        pairs.extend(small("a"));
+        let m = machine(RegionRange::full(), &pairs);
+        assert_eq!(split_key(&m).as_deref(), Some("a00"));
+        // Last: right before it.
+        let mut pairs = small("a");
+        pairs.push(huge);
+        let m = machine(RegionRange::full(), &pairs);
+        assert_eq!(split_key(&m).as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn keys_of_one_hash_tag_stay_together() {
+        let tagged = |tag: &str, n: u32| -> Vec<(Vec<u8>, usize)> {
+            (0..n)
+                .map(|i| (format!("{{{tag}}}:{i:03}").into_bytes(), 10))
+                .collect()
+        };
+        let m = machine(RegionRange::full(), &tagged("user1", 100));
+        assert_eq!(split_key(&m), None, "every key shares one tag");
+        // Two tags: the boundary is the second tag, whatever the sizes.
+        let mut pairs = tagged("a", 10);
+        pairs.extend(tagged("b", 90));
+        let m = machine(RegionRange::full(), &pairs);
+        assert_eq!(split_key(&m).as_deref(), Some("{b}"));
+    }
+
+    #[test]
+    fn the_split_key_is_strictly_inside_the_region() {
+        // The region starts at the tag itself: cutting the halving key back to its tag
+        // would land on the region's start.
+        let range = RegionRange::new(Bytes::from_static(b"{t}"), Some(Bytes::from_static(b"{u}")));
+        let pairs: Vec<_> = (0..10u32)
+            .map(|i| (format!("{{t}}{i}").into_bytes(), 10))
+            .collect();
+        assert_eq!(split_key(&machine(range.clone(), &pairs)), None);
+        let pairs: Vec<_> = (0..10u32)
+            .map(|i| (format!("{{t}}{i}x").into_bytes(), 10))
+            .collect();
+        assert_eq!(split_key(&machine(range, &pairs)), None);
+        // A plain region: the key comes back as it is.
+        let range = RegionRange::new(Bytes::from_static(b"k"), Some(Bytes::from_static(b"l")));
+        let pairs: Vec<_> = (0..10u32)
+            .map(|i| (format!("k{i}").into_bytes(), 10))
+            .collect();
+        assert_eq!(split_key(&machine(range, &pairs)).as_deref(), Some("k5"));
     }
 }

@@ -198,6 +198,37 @@ impl Table {
         }
     }
 
+    /// Where a split would halve the table's bytes (a split key goes to the right side):
+    /// the key whose pair crosses the halfway point and the key after it, best first (the
+    /// one whose left side is closer to half the bytes; the first on a tie). At most two
+    /// keys, none for an empty table. Walks the pairs in key order up to the key after the
+    /// crossing, in place (no copy); the caller decides which of them may be used (one at
+    /// the table's first key would leave the left side empty).
+    pub fn halving_keys(&self) -> Vec<&[u8]> {
+        let total = self.bytes;
+        let mut before: u64 = 0;
+        let mut pairs = self.pairs.iter().peekable();
+        while let Some(pair) = pairs.next() {
+            let through = before + pair_bytes(pair);
+            if through.saturating_mul(2) < total {
+                before = through;
+                continue;
+            }
+            // `pair` crosses the halfway point: split before it (left = `before`) or after
+            // it (left = `through`), whichever is closer to half.
+            let Some(next) = pairs.peek() else {
+                return vec![pair.key()];
+            };
+            let off_half = |left: u64| total.abs_diff(left.saturating_mul(2));
+            return if off_half(through) < off_half(before) {
+                vec![next.key(), pair.key()]
+            } else {
+                vec![pair.key(), next.key()]
+            };
+        }
+        Vec::new()
+    }
+
     pub fn first_key(&self) -> Option<&[u8]> {
         self.pairs.get_min().map(Pair::key)
     }
@@ -308,6 +339,28 @@ mod tests {
         assert_eq!(t.get(b""), Some(&b""[..]));
         assert_eq!(t.get(b"a"), Some(&b""[..]));
         assert_eq!(t.first_key(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn halving_keys_are_where_the_running_size_crosses_half() {
+        assert!(Table::new().halving_keys().is_empty());
+        let mut t = Table::new();
+        for i in 0..100u32 {
+            t.insert(format!("k{i:03}").as_bytes(), b"0123456789");
+        }
+        // 100 equal pairs: 50 on each side when split at the 51st key.
+        assert_eq!(t.halving_keys(), [&b"k050"[..], b"k049"]);
+        let mut one = Table::new();
+        one.insert(b"only", b"v");
+        assert_eq!(one.halving_keys(), [&b"only"[..]]);
+        // A huge pair in the middle: either side of it is as far from half.
+        let mut t = Table::new();
+        for i in 0..10u32 {
+            t.insert(format!("a{i}").as_bytes(), b"x");
+            t.insert(format!("c{i}").as_bytes(), b"x");
+        }
+        t.insert(b"b", &[0u8; 1000]);
+        assert_eq!(t.halving_keys(), [&b"b"[..], b"c0"]);
     }
 
     #[test]

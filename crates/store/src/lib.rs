@@ -29,7 +29,13 @@
 //!   - `merge`: merging a region into its neighbour (`Store::propose_merge`; prepare,
 //!     commit, rollback, destroying the absorbed source).
 //!   - `membership`: replica changes (`Store::propose_replica_change`), applying them to
-//!     the descriptor, destroying a removed replica (tombstone, data deleted).
+//!     the descriptor, destroying a removed replica (tombstone, data deleted), and one
+//!     removed while its store was away once placement names it
+//!     (`Store::destroy_stale_replica`).
+//!   - `split_check`: where to split a region, on its leader: by size
+//!     (`Store::size_split_key`, asking the state machine) or by load
+//!     (`Store::load_split_key`, the median of a bounded sample of its requests' keys;
+//!     `Store::rotate_load_samples` ends a sampling window).
 //!   - `entry`: what a normal log entry carries (a command with the region version it was
 //!     routed with, or an admin command); `snapshot_data`: a snapshot's descriptor + state.
 //! - [`snapshot_job`]: snapshots built off the store thread — a point-in-time view taken on
@@ -59,6 +65,7 @@ mod reclaim;
 mod snapshot_data;
 mod snapshots;
 mod split;
+mod split_check;
 
 pub mod driver;
 pub mod error;
@@ -77,6 +84,9 @@ pub use snapshot_job::{
     MAX_SNAPSHOTS_BUILDING,
 };
 pub use split::{ID_BATCH, ID_COUNTER_BITS, MAX_STORE_ID};
+pub use split_check::{
+    LOAD_SAMPLES_PER_WINDOW, LOAD_WINDOW_REQUESTS, MAX_SAMPLED_KEY_BYTES, MIN_LOAD_SAMPLES,
+};
 pub use state_machine::StateMachine;
 pub use store::{
     Completion, PendingWrite, RegionStatus, Reply, Store, StoreConfig, StoreStats, Ticket,

@@ -26,9 +26,13 @@
 //! come back to the store as a new peer (a new id). Files of groups the log no longer has
 //! (a crash between the clean and the deletion) are deleted when the store opens.
 //!
-//! Not yet: a replica removed while its store was down does not learn it (nobody messages a
-//! removed peer); it keeps its data until the placement service tells its store (TiKV's PD
-//! does the same for such stale peers).
+//! ## A replica removed while its store was away
+//! It never learns it: the change committed without it, and nobody messages a removed peer.
+//! It keeps its data until placement, which knows the region as it is now, tells its store:
+//! [`Store::destroy_stale_replica`] then destroys it as applying its own removal would have
+//! (TiKV's PD does the same for such stale peers). Only a replica provably older than
+//! placement's descriptor goes: a lower conf version than it, and no replica on this store in
+//! it; a merge's source is left to the merge.
 
 use crate::entry::ChangeContext;
 use crate::error::StoreError;
@@ -46,6 +50,21 @@ use raft_log::LogBatch;
 /// it: ids are allocated far below).
 pub(crate) const MERGED_AWAY: NodeId = NodeId(u64::MAX);
 const TOMBSTONES_KEY: &[u8] = b"store/tombstones";
+
+/// The conf version whose change added the replica `id` (see `types::peer_id`); 0 for a
+/// bootstrap id (`region * 1000 + store`, a founding replica); `u64::MAX` (newer than
+/// anything) for an id `types::peer_id` cannot have made, so such a replica is never taken
+/// for a stale one.
+fn added_at_conf_version(id: NodeId) -> u64 {
+    let store_bits = types::region::PEER_STORE_BITS;
+    if id.0 < 1 << store_bits {
+        0
+    } else if id.0 >= 1 << 40 {
+        u64::MAX
+    } else {
+        id.0 >> store_bits
+    }
+}
 
 /// A change to a region's replicas, named by store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +249,47 @@ impl<M: StateMachine> Store<M> {
             removed_here: was_member && p.region.peer(p.raw.id()).is_none(),
         });
         Ok(Reply::Empty)
+    }
+
+    /// Destroys this store's replica of `region` if `current` (placement's descriptor of the
+    /// region as it is now) shows it was removed while this store was away (see the module
+    /// docs): the replica's conf version is lower than `current`'s and `current` has no
+    /// replica on this store. It goes as applying its own removal would have made it go (its
+    /// requests fail, a tombstone keeps stale messages and log replays from re-creating it,
+    /// its log and snapshot files are deleted, it leaves the region map). Returns whether it
+    /// was destroyed; otherwise nothing changed: no replica here, `current` is not `region`,
+    /// it is still a member, it is as new as `current` or newer, or it is part of a merge.
+    ///
+    /// A replica without a descriptor yet (created by a leader's message, waiting for its
+    /// snapshot) has no conf version: the one its peer id was made at (`types::peer_id`)
+    /// stands for it, so one added after `current` was made is kept.
+    pub fn destroy_stale_replica(
+        &mut self,
+        region: RegionId,
+        current: &crate::region::Region,
+    ) -> Result<bool, StoreError> {
+        let Some(p) = self.peers.get(&region) else {
+            return Ok(false);
+        };
+        let conf_version = if p.initialized() {
+            p.region.epoch.conf_version
+        } else {
+            added_at_conf_version(p.raw.id())
+        };
+        let stale = current.id == region
+            && current.peer_on(self.cfg.store_id).is_none()
+            && current.peer(p.raw.id()).is_none()
+            && conf_version < current.epoch.conf_version
+            && p.merging.is_none()
+            && p.merged_into.is_none()
+            && p.merge_wait.is_none();
+        if !stale {
+            return Ok(false);
+        }
+        self.destroy_peer(region, None)?;
+        self.publish_regions();
+        self.stats.stale_replicas_destroyed += 1;
+        Ok(true)
     }
 
     /// Destroys this store's replica of `region` (see the module docs). `pending`: the round

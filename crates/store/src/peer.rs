@@ -80,6 +80,9 @@ pub(crate) struct Peer<M: StateMachine> {
     /// heartbeat's rate saturates at 0 when a counter goes down).
     pub(crate) read_count: u64,
     pub(crate) write_count: u64,
+    /// The keys of the requests this replica took while leading, sampled (see
+    /// [`crate::split_check`]): where a split by load would go.
+    pub(crate) load: crate::split_check::LoadSampler,
 }
 
 /// A snapshot serializes the whole state, so past the entry threshold a region also waits
@@ -108,6 +111,14 @@ pub(crate) fn uninitialized_region(id: crate::region::RegionId, me: PeerMeta) ->
 }
 
 impl<M: StateMachine> Peer<M> {
+    /// Offers the key of a request this replica took to its load sampler, if it leads
+    /// (followers' reads are not the leader's load to split).
+    pub(crate) fn sample_load(&mut self, key: &[u8]) {
+        if self.raw.role() == raft::Role::Leader {
+            self.load.record(key);
+        }
+    }
+
     /// Whether the replica has a descriptor (bootstrapped, created by a split, or installed
     /// from a snapshot); an uninitialized one serves nothing and is not in the region map.
     pub(crate) fn initialized(&self) -> bool {

@@ -108,6 +108,9 @@ pub struct StoreStats {
     /// Of them, replicas destroyed because the region's leader addressed a newer replica
     /// on this store (see [`Store::step`]).
     pub stale_peers_replaced: u64,
+    /// Of them, replicas removed while this store was away, destroyed when placement named
+    /// the region as it is now (see [`Store::destroy_stale_replica`]).
+    pub stale_replicas_destroyed: u64,
     /// Membership changes applied here (per replica).
     pub replica_changes_applied: u64,
     pub messages_to_tombstones: u64,
@@ -517,6 +520,7 @@ impl<M: StateMachine> Store<M> {
         rc.seed = me.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cfg.store_id.0;
         let durable = storage.hard_state();
         let raw = RawNode::new(&rc, storage).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let load = crate::split_check::LoadSampler::new(region.id);
         self.peers.insert(
             region.id,
             Peer {
@@ -540,6 +544,7 @@ impl<M: StateMachine> Store<M> {
                 legacy_snapshot,
                 read_count: 0,
                 write_count: 0,
+                load,
             },
         );
         Ok(())
@@ -814,6 +819,7 @@ impl<M: StateMachine> Store<M> {
         // changes) are not client writes.
         if let Some(p) = self.peers.get_mut(&region) {
             p.write_count += 1;
+            p.sample_load(key);
         }
         Ok(ticket)
     }
@@ -862,6 +868,7 @@ impl<M: StateMachine> Store<M> {
                     index: None,
                 });
                 p.read_count += 1;
+                p.sample_load(key);
                 Ok(ticket)
             }
             Err(raft::ReadError::NoLeader) => Err(StoreError::NotLeader {
@@ -895,6 +902,7 @@ impl<M: StateMachine> Store<M> {
         let out = self.check_route(region, epoch, key)?.sm.read(query);
         if let Some(p) = self.peers.get_mut(&region) {
             p.read_count += 1;
+            p.sample_load(key);
         }
         Ok(out)
     }

@@ -1527,3 +1527,141 @@ fn each_replica_counts_the_reads_and_writes_it_took_and_not_the_refused_ones() {
     c.start(0);
     assert_eq!(counts(&mut c, 0), (0, 0));
 }
+
+/// A replica removed while its store was down never hears of it (nobody messages a removed
+/// peer). Placement's descriptor of the region as it is now lets its store destroy it, as
+/// its removal would have: gone from the store, its log group and the region map, and it
+/// stays gone across a restart and a late message. Members, replicas as new as the
+/// descriptor, and other regions' replicas are never destroyed.
+#[test]
+fn a_replica_removed_while_its_store_was_away_goes_when_placement_names_the_region() {
+    use store::ReplicaChange::Remove;
+    let mut c = Cluster::new(10_000);
+    for i in 0..10u32 {
+        c.write(0, 0, format!("a{i}").as_bytes(), b"v").unwrap();
+    }
+    c.tick(3);
+    let before = c.regions[0].clone();
+    let old_peer = before.peer_on(StoreId(3)).unwrap().id;
+    // Store 3 is away while its replica is removed.
+    c.stop(2);
+    c.change(0, 0, Remove(StoreId(3))).unwrap();
+    let current = c.regions[0].clone();
+    assert!(current.peer_on(StoreId(3)).is_none(), "{current:?}");
+    assert!(current.epoch.conf_version > before.epoch.conf_version);
+    c.start(2);
+    c.tick(30);
+    // Nobody told it: it still holds the region at its old configuration.
+    assert_eq!(
+        c.store(2).region(before.id).map(|r| r.epoch),
+        Some(before.epoch)
+    );
+    // Refused, changing nothing: a descriptor that still names this store, one no newer
+    // than the replica, a member's store, another region.
+    assert!(!c
+        .store(2)
+        .destroy_stale_replica(before.id, &before)
+        .unwrap());
+    let mut not_newer = current.clone();
+    not_newer.epoch.conf_version = before.epoch.conf_version;
+    assert!(!c
+        .store(2)
+        .destroy_stale_replica(before.id, &not_newer)
+        .unwrap());
+    assert!(!c
+        .store(0)
+        .destroy_stale_replica(current.id, &current)
+        .unwrap());
+    assert!(!c
+        .store(1)
+        .destroy_stale_replica(current.id, &current)
+        .unwrap());
+    let other = c.regions[1].id;
+    assert!(!c.store(2).destroy_stale_replica(other, &current).unwrap());
+    assert_eq!(c.store(2).stats.peers_destroyed, 0);
+    assert!(c.store(2).state_machine(before.id).is_some());
+    // Placement's descriptor: destroyed, once.
+    assert!(c
+        .store(2)
+        .destroy_stale_replica(before.id, &current)
+        .unwrap());
+    assert!(!c
+        .store(2)
+        .destroy_stale_replica(before.id, &current)
+        .unwrap());
+    assert!(c.regions_on(2).iter().all(|r| r.id != before.id));
+    assert!(c.store(2).state_machine(before.id).is_none());
+    assert!(c.store(2).live_regions().load().get(before.id).is_none());
+    assert!(!c
+        .store(2)
+        .engine()
+        .groups()
+        .contains(&raft_log::GroupId(before.id.0)));
+    let stats = c.store(2).stats;
+    assert_eq!(
+        (stats.peers_destroyed, stats.stale_replicas_destroyed),
+        (1, 1)
+    );
+    // Gone for good: a restart does not bring it back, nor does a late message for it.
+    c.stop(2);
+    c.start(2);
+    c.tick(30);
+    assert!(
+        c.regions_on(2).iter().all(|r| r.id != before.id),
+        "{:?}",
+        c.regions_on(2)
+    );
+    assert!(c.store(2).state_machine(before.id).is_none());
+    let late = raft::Message {
+        group: before.id,
+        from: before.peer_on(StoreId(1)).unwrap().id,
+        to: old_peer,
+        term: raft::Term(1),
+        body: raft::MessageBody::Heartbeat {
+            commit: raft::LogIndex(0),
+            read_context: None,
+            lease_tick: 0,
+        },
+    };
+    assert!(c.store(2).step(StoreId(1), late).is_err());
+    assert!(c.store(2).state_machine(before.id).is_none());
+    // The region serves on with its two replicas; store 3's other regions too.
+    c.write(0, 0, b"b", b"two").unwrap();
+    assert_eq!(c.read(2, 2, b"q").unwrap().as_ref(), b"");
+}
+
+/// The region's leader names a load split key from the keys of the requests it took (the
+/// median), followers refuse, and a state machine that cannot tell its size split key
+/// (this test's map) is refused with the reason.
+#[test]
+fn the_leader_names_a_load_split_key_from_its_requests() {
+    let mut c = Cluster::new(10_000);
+    let r = c.regions[0].clone();
+    let refused = |e: StoreError| match e {
+        StoreError::Proposal(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let why = refused(c.store(0).load_split_key(r.id).unwrap_err());
+    assert!(why.contains("only 0 request keys sampled"), "{why}");
+    for i in 0..40u32 {
+        c.write(0, 0, format!("a{i:02}").as_bytes(), b"v").unwrap();
+    }
+    // 40 keys sampled (fewer than a window holds): the 21st is the median.
+    assert_eq!(c.store(0).load_split_key(r.id).unwrap(), b"a20");
+    assert!(matches!(
+        c.store(1).load_split_key(r.id),
+        Err(StoreError::NotLeader { .. })
+    ));
+    assert!(matches!(
+        c.store(1).size_split_key(r.id),
+        Err(StoreError::NotLeader { .. })
+    ));
+    let why = refused(c.store(0).size_split_key(r.id).unwrap_err());
+    assert!(why.contains("no size split key"), "{why}");
+    // Two windows end with no requests: nothing is left to split by.
+    c.store(0).rotate_load_samples();
+    assert_eq!(c.store(0).load_split_key(r.id).unwrap(), b"a20");
+    c.store(0).rotate_load_samples();
+    let why = refused(c.store(0).load_split_key(r.id).unwrap_err());
+    assert!(why.contains("only 0 request keys sampled"), "{why}");
+}

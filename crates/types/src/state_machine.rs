@@ -61,6 +61,20 @@ pub trait StateMachine: Sized {
     /// The number of keys and their bytes (keys plus values), cheaply (it is asked for on
     /// every status request): what `raftkv status` reports as the region's approximate size.
     fn approximate_size(&self) -> ApproximateSize;
+    /// Where to split the region by size: a key that leaves about half of the state's bytes
+    /// on each side, passed through [`crate::split_boundary`] (no split inside a hash tag),
+    /// and strictly inside the region with keys on both sides of it; None when there is no
+    /// such key (no state, or every key in one hash tag). Asked for on the leader by the
+    /// store when placement wants a large region split.
+    ///
+    /// To ensure correctness and keep the store responsive, an implementation must:
+    /// 1. read the state in place (walk it, never copy it): it runs on the store thread;
+    /// 2. return a key `k` with `start < k` and `k < end` of its region, or None.
+    ///
+    /// The default is None: a state machine that cannot tell is never split by size.
+    fn size_split_key(&self) -> Option<Vec<u8>> {
+        None
+    }
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
     fn restore(data: &[u8]) -> Result<Self, Self::RestoreError>;
 }
