@@ -2,6 +2,13 @@
 //! long-lived TCP connection open and ships the messages of all regions in frames
 //! ([`wire`](crate::wire)); snapshot chunks take a second, separately throttled connection.
 //!
+//! **Snapshot throttling.** Two limits, both transport-wide (over all destinations), as
+//! TiKV's `concurrent-send-snap-limit` and `snap-io-max-bytes-per-sec`: at most
+//! [`TransportConfig::snapshot_concurrency`] snapshot connections open at once (a semaphore),
+//! and at most [`TransportConfig::snapshot_max_bytes_per_sec`] of snapshot frames written
+//! (one [`TokenBucket`] that every snapshot connection pays, before writing, for each frame
+//! of chunks it writes).
+//!
 //! **Direct path.** While a connection's task has nothing queued or half-written, a caller
 //! of [`Transport::send_batch`] (the store thread) writes its frame to the socket itself with
 //! one non-blocking `write`, instead of queueing it and waking the task: on the write path
@@ -21,8 +28,17 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use types::StoreId;
 
+use crate::throttle::TokenBucket;
 use crate::wire::{self, FrameBuilder};
 use crate::TransportError;
+
+/// The default of [`TransportConfig::snapshot_max_bytes_per_sec`], also the receiving side's
+/// default ([`RaftIngress`](crate::RaftIngress)): 100 MiB/s.
+pub const DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC: u64 = 100 << 20;
+
+/// The default of [`TransportConfig::max_batch_bytes`]: the largest frame a default sender
+/// writes (one larger message still goes alone).
+pub(crate) const DEFAULT_MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Tuning of a [`Transport`].
 #[derive(Debug, Clone)]
@@ -49,6 +65,21 @@ pub struct TransportConfig {
     /// Most snapshot streams open at once across all destinations. Snapshots are large;
     /// sending many at once starves heartbeats of bandwidth and the receivers of disk.
     pub snapshot_concurrency: usize,
+    /// Most bytes of snapshot frames written per second, over all destinations together
+    /// (one token bucket, paid for each frame of chunks before it is written; TiKV's
+    /// `snap-io-max-bytes-per-sec`). 0 = unlimited.
+    ///
+    /// The default, [`DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC`] (100 MiB/s), leaves room for
+    /// client traffic and heartbeats on a 1 GbE or faster link: about 15% of 1 GbE (some
+    /// 117 MiB/s of TCP payload), 90% of 10 GbE. On a busy 1 GbE link, lower it.
+    ///
+    /// The bucket holds one second's worth, at least one `max_batch_bytes` frame
+    /// ([`throttle::default_burst_bytes`](crate::throttle::default_burst_bytes)), which goes
+    /// out at once after an idle spell. A non-zero rate must let `snapshot_concurrency`
+    /// frames of `max_batch_bytes` through within the receiver's idle timeout
+    /// ([`IDLE_TIMEOUT`](crate::server::IDLE_TIMEOUT), 60 s), or a stream waiting behind the
+    /// others would be closed by its receiver: with the other defaults, at least 274 KiB/s.
+    pub snapshot_max_bytes_per_sec: u64,
     /// Bound on establishing a TCP connection.
     pub connect_timeout: Duration,
     /// An idle connection sends a keepalive frame this often, and a write that cannot finish
@@ -68,10 +99,11 @@ impl Default for TransportConfig {
             queue_capacity: 4096,
             snapshot_queue_capacity: 16,
             max_batch_messages: 256,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(5),
             snapshot_concurrency: 4,
+            snapshot_max_bytes_per_sec: DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC,
             connect_timeout: Duration::from_secs(3),
             keepalive_interval: Duration::from_secs(10),
             cluster_id: 0,
@@ -102,6 +134,12 @@ pub struct TransportStats {
     pub snapshot_streams_active: u64,
     /// Most snapshot connections ever open at once; never above `snapshot_concurrency`.
     pub snapshot_streams_peak: u64,
+    /// Bytes of snapshot frames written (framing included): what
+    /// `snapshot_max_bytes_per_sec` meters.
+    pub snapshot_bytes_sent: u64,
+    /// Milliseconds snapshot connections spent waiting for the byte-rate limit, summed over
+    /// connections (two waiting at once count twice).
+    pub snapshot_throttled_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +153,9 @@ struct Counters {
     snapshot_sent: AtomicU64,
     snapshot_streams_active: AtomicU64,
     snapshot_streams_peak: AtomicU64,
+    snapshot_bytes_sent: AtomicU64,
+    /// Microseconds, so that many sub-millisecond waits still add up.
+    snapshot_throttled_us: AtomicU64,
 }
 
 /// A handle on the transport of one store. Cheap to clone; the background tasks stop once
@@ -131,6 +172,8 @@ struct Inner {
     peers: Mutex<HashMap<u64, Peer>>,
     counters: Arc<Counters>,
     snapshot_permits: Arc<Semaphore>,
+    /// The byte-rate limit of snapshot frames, shared by every destination.
+    snapshot_bucket: Arc<TokenBucket>,
 }
 
 /// The sending ends of one destination's queues and its address.
@@ -211,15 +254,32 @@ impl Transport {
                 "queue_capacity, snapshot_queue_capacity, max_batch_messages, max_batch_bytes and snapshot_concurrency must be positive",
             ));
         }
+        if config.snapshot_concurrency > Semaphore::MAX_PERMITS {
+            return Err(TransportError::InvalidConfig(
+                "snapshot_concurrency exceeds tokio's semaphore limit",
+            ));
+        }
         if config.reconnect_backoff_min > config.reconnect_backoff_max {
             return Err(TransportError::InvalidConfig(
                 "reconnect_backoff_min exceeds reconnect_backoff_max",
             ));
         }
+        let rate = u128::from(config.snapshot_max_bytes_per_sec);
+        let queued_bytes = config.snapshot_concurrency as u128 * config.max_batch_bytes as u128;
+        if rate != 0 && rate * u128::from(crate::server::IDLE_TIMEOUT.as_secs()) < queued_bytes {
+            return Err(TransportError::InvalidConfig(
+                "snapshot_max_bytes_per_sec is too low: it must pass snapshot_concurrency frames of max_batch_bytes within the receiver's 60 s idle timeout (or be 0, unlimited)",
+            ));
+        }
+        let snapshot_bucket = Arc::new(TokenBucket::with_default_burst(
+            config.snapshot_max_bytes_per_sec,
+            config.max_batch_bytes as u64,
+        ));
         Ok(Transport {
             inner: Arc::new(Inner {
                 my_store,
                 snapshot_permits: Arc::new(Semaphore::new(config.snapshot_concurrency)),
+                snapshot_bucket,
                 config,
                 runtime,
                 peers: Mutex::new(HashMap::new()),
@@ -347,6 +407,8 @@ impl Transport {
             snapshot_sent: c.snapshot_sent.load(Ordering::Relaxed),
             snapshot_streams_active: c.snapshot_streams_active.load(Ordering::Relaxed),
             snapshot_streams_peak: c.snapshot_streams_peak.load(Ordering::Relaxed),
+            snapshot_bytes_sent: c.snapshot_bytes_sent.load(Ordering::Relaxed),
+            snapshot_throttled_ms: c.snapshot_throttled_us.load(Ordering::Relaxed) / 1000,
         }
     }
 
@@ -378,9 +440,12 @@ impl Transport {
             inner
                 .runtime
                 .spawn(normal_task(ctx.clone(), normal_rx, direct.clone()));
-            inner
-                .runtime
-                .spawn(snapshot_task(ctx, snap_rx, inner.snapshot_permits.clone()));
+            inner.runtime.spawn(snapshot_task(
+                ctx,
+                snap_rx,
+                inner.snapshot_permits.clone(),
+                inner.snapshot_bucket.clone(),
+            ));
             Peer {
                 normal: normal_tx,
                 snapshot: snap_tx,
@@ -701,8 +766,14 @@ async fn write_all_shared(
 /// Sends snapshot chunks to one destination on their own connection, so a multi-megabyte
 /// transfer never queues heartbeats and appends behind it (head-of-line blocking on one
 /// TCP connection). A connection is opened only while chunks are queued and only with a
-/// permit of the transport-wide snapshot semaphore.
-async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: Arc<Semaphore>) {
+/// permit of the transport-wide snapshot semaphore; every frame is paid for in `bucket`, the
+/// transport-wide byte-rate limit, before it is written.
+async fn snapshot_task(
+    mut ctx: TaskCtx,
+    rx: mpsc::Receiver<Message>,
+    permits: Arc<Semaphore>,
+    bucket: Arc<TokenBucket>,
+) {
     let mut batcher = Batcher {
         rx,
         carry: None,
@@ -731,7 +802,9 @@ async fn snapshot_task(mut ctx: TaskCtx, rx: mpsc::Receiver<Message>, permits: A
             .fetch_max(active, Ordering::Relaxed);
 
         let ok = match ctx.connect(&addr).await {
-            Ok(stream) => run_snapshot_connection(&ctx, &mut batcher, &mut fb, stream).await,
+            Ok(stream) => {
+                run_snapshot_connection(&ctx, &mut batcher, &mut fb, stream, &bucket).await
+            }
             Err(e) => {
                 tracing::debug!(to_store = ctx.to_store, error = %e, "snapshot connection failed");
                 // Holding chunks for an unreachable store would hold a permit other
@@ -767,20 +840,37 @@ const SNAPSHOT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const SNAPSHOT_LINGER: Duration = Duration::from_secs(1);
 
 /// Writes the frame in `fb` and every chunk that follows within [`SNAPSHOT_LINGER`] of the
-/// previous one, then ends the input and waits for the receiver to close its side (it does
-/// once it handed every message to its store), so the permit covers the whole transfer.
+/// previous one, each once `bucket` allowed its bytes, then ends the input and waits for the
+/// receiver to close its side (it does once it handed every message to its store), so the
+/// permit covers the whole transfer.
 async fn run_snapshot_connection(
     ctx: &TaskCtx,
     batcher: &mut Batcher,
     fb: &mut FrameBuilder,
     stream: TcpStream,
+    bucket: &TokenBucket,
 ) -> bool {
     let (mut rd, mut wr) = stream.into_split();
     let interval = ctx.config.keepalive_interval;
     loop {
         let n = fb.messages();
-        match tokio::time::timeout(interval, wr.write_all(fb.finish())).await {
-            Ok(Ok(())) => ctx.count_batch(n, true),
+        let frame = fb.finish();
+        let frame_bytes = frame.len() as u64;
+        // Not under the write timeout: waiting for the rate is not a stalled peer.
+        let waited = bucket.acquire(frame_bytes).await;
+        if !waited.is_zero() {
+            let waited_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+            ctx.counters
+                .snapshot_throttled_us
+                .fetch_add(waited_us, Ordering::Relaxed);
+        }
+        match tokio::time::timeout(interval, wr.write_all(frame)).await {
+            Ok(Ok(())) => {
+                ctx.count_batch(n, true);
+                ctx.counters
+                    .snapshot_bytes_sent
+                    .fetch_add(frame_bytes, Ordering::Relaxed);
+            }
             _ => {
                 tracing::debug!(to_store = ctx.to_store, "snapshot connection failed");
                 return false;

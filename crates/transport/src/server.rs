@@ -11,18 +11,32 @@
 //! non-zero and different), or from a store of an older version whose preface has no
 //! cluster id, is refused before anything of it is read past the preface, counted in
 //! [`IngressStatsSnapshot::wrong_cluster`] and logged once per connection.
+//!
+//! **Snapshot throttling** (TiKV's `concurrent-recv-snap-limit` and
+//! `snap-io-max-bytes-per-sec`, per receiving store; [`RaftIngress::with_snapshot_limits`]).
+//! A connection becomes a snapshot connection at its first snapshot message (senders give
+//! snapshot chunks a connection of their own and send nothing else on it) and stays one
+//! until it ends. Before handing that message on it takes one of the store's snapshot
+//! permits, held until the connection ends; a connection over the cap **waits** for a permit
+//! without reading further (the frame it read stays in memory, the rest of the sender's
+//! chunks back up over TCP; Raft only sends the next chunk of a transfer after the previous
+//! one arrived). Every frame of a snapshot connection is paid for in the store's receiving
+//! token bucket (separate from the sending one, same rate) before its messages are handed
+//! on and the next frame is read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::Message;
+use raft::{Message, MessageBody};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use types::StoreId;
 
-use crate::{codec, wire};
+use crate::client::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC};
+use crate::throttle::TokenBucket;
+use crate::{codec, wire, TransportError};
 
 /// How long an accepted connection may take to show its first bytes.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +46,13 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Accepted connections waiting for the gRPC server to take them.
 const HANDOFF_QUEUE: usize = 128;
+/// Most snapshot connections a store reads at once unless
+/// [`RaftIngress::with_snapshot_limits`] says otherwise (TiKV's `concurrent-recv-snap-limit`).
+pub const DEFAULT_SNAPSHOT_RECV_CONCURRENCY: usize = 4;
+/// The smallest burst of the receiving token bucket: the largest frame a sender with the
+/// default config writes (`TransportConfig::max_batch_bytes`), so that after an idle spell
+/// one frame is read without waiting even at a low rate.
+pub const SNAPSHOT_RECV_MIN_BURST_BYTES: u64 = DEFAULT_MAX_BATCH_BYTES as u64;
 
 /// Counters of the receiving side, shared by every connection of one [`RaftIngress`].
 #[derive(Debug, Default)]
@@ -43,6 +64,12 @@ pub struct IngressStats {
     streams: AtomicU64,
     broken: AtomicU64,
     wrong_cluster: AtomicU64,
+    snapshot_recv_active: AtomicU64,
+    snapshot_recv_peak: AtomicU64,
+    snapshot_recv_waiting: AtomicU64,
+    snapshot_bytes_received: AtomicU64,
+    /// Microseconds, so that many sub-millisecond waits still add up.
+    snapshot_recv_throttled_us: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngressStats`].
@@ -64,6 +91,19 @@ pub struct IngressStatsSnapshot {
     /// cluster id and ours both non-zero and different), or cannot say (it sent the older
     /// `RKVRAFT1` preface, without a cluster id). Also counted in `streams`.
     pub wrong_cluster: u64,
+    /// Snapshot connections being read right now (each holds a snapshot permit).
+    pub snapshot_recv_active: u64,
+    /// Most snapshot connections ever read at once; never above the ingress's snapshot
+    /// concurrency.
+    pub snapshot_recv_peak: u64,
+    /// Snapshot connections waiting for a permit right now (over the cap, not reading).
+    pub snapshot_recv_waiting: u64,
+    /// Bytes of frames read on snapshot connections (framing included): what the
+    /// receiving byte-rate limit meters.
+    pub snapshot_bytes_received: u64,
+    /// Milliseconds snapshot connections spent waiting for the receiving byte-rate limit,
+    /// summed over connections.
+    pub snapshot_recv_throttled_ms: u64,
 }
 
 impl IngressStats {
@@ -76,8 +116,62 @@ impl IngressStats {
             streams: self.streams.load(Ordering::Relaxed),
             broken: self.broken.load(Ordering::Relaxed),
             wrong_cluster: self.wrong_cluster.load(Ordering::Relaxed),
+            snapshot_recv_active: self.snapshot_recv_active.load(Ordering::Relaxed),
+            snapshot_recv_peak: self.snapshot_recv_peak.load(Ordering::Relaxed),
+            snapshot_recv_waiting: self.snapshot_recv_waiting.load(Ordering::Relaxed),
+            snapshot_bytes_received: self.snapshot_bytes_received.load(Ordering::Relaxed),
+            snapshot_recv_throttled_ms: self.snapshot_recv_throttled_us.load(Ordering::Relaxed)
+                / 1000,
         }
     }
+}
+
+/// The counters of [`IngressStats`] that go up and down.
+#[derive(Debug, Clone, Copy)]
+enum Gauge {
+    SnapshotRecvWaiting,
+    SnapshotRecvActive,
+}
+
+impl IngressStats {
+    fn gauge(&self, gauge: Gauge) -> &AtomicU64 {
+        match gauge {
+            Gauge::SnapshotRecvWaiting => &self.snapshot_recv_waiting,
+            Gauge::SnapshotRecvActive => &self.snapshot_recv_active,
+        }
+    }
+}
+
+/// One unit of a gauge, given back when dropped: the gauge stays right when the future
+/// holding it is cancelled (shutdown, a broken connection).
+struct GaugeGuard {
+    stats: Arc<IngressStats>,
+    gauge: Gauge,
+}
+
+impl GaugeGuard {
+    /// Adds one to `gauge`: the new value, and the guard that takes it back.
+    fn raise(stats: &Arc<IngressStats>, gauge: Gauge) -> (u64, GaugeGuard) {
+        let value = stats.gauge(gauge).fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = GaugeGuard {
+            stats: stats.clone(),
+            gauge,
+        };
+        (value, guard)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.stats.gauge(self.gauge).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a snapshot connection holds while it is read: one of the store's snapshot permits,
+/// and its place in `snapshot_recv_active`.
+struct SnapshotReceiving {
+    _active: GaugeGuard,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Why a message could not be handed to the store.
@@ -104,20 +198,31 @@ enum Sink {
     Direct(Arc<SinkFn>),
 }
 
-/// Where decoded messages go, the cluster connections must belong to, and the counters of
-/// everything received.
+/// Where decoded messages go, the cluster connections must belong to, the limits on
+/// snapshot connections, and the counters of everything received. Clones share the
+/// counters and the snapshot limits: one ingress per store.
 #[derive(Clone)]
 pub struct RaftIngress {
     sink: Sink,
     stats: Arc<IngressStats>,
     /// This store's cluster id; 0 = unknown, accepting every cluster.
     cluster_id: u64,
+    /// Most snapshot connections read at once: the permits of `snapshot_permits`.
+    snapshot_recv_concurrency: usize,
+    snapshot_permits: Arc<Semaphore>,
+    /// The byte-rate limit of snapshot connections, shared by all of them.
+    snapshot_bucket: Arc<TokenBucket>,
 }
 
 impl std::fmt::Debug for RaftIngress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftIngress")
             .field("cluster_id", &self.cluster_id)
+            .field("snapshot_recv_concurrency", &self.snapshot_recv_concurrency)
+            .field(
+                "snapshot_recv_bytes_per_sec",
+                &self.snapshot_bucket.bytes_per_sec(),
+            )
             .field("stats", &self.stats.snapshot())
             .finish()
     }
@@ -125,23 +230,88 @@ impl std::fmt::Debug for RaftIngress {
 
 impl RaftIngress {
     /// Messages go into `inbound`, waiting for space. Cluster id 0 (accepts every cluster)
-    /// until [`RaftIngress::with_cluster_id`].
+    /// until [`RaftIngress::with_cluster_id`]; the default snapshot limits until
+    /// [`RaftIngress::with_snapshot_limits`].
     pub fn new(inbound: mpsc::Sender<Message>) -> RaftIngress {
-        RaftIngress {
-            sink: Sink::Channel(inbound),
-            stats: Arc::default(),
-            cluster_id: 0,
-        }
+        RaftIngress::with_sink(Sink::Channel(inbound))
     }
 
     /// Messages go through `sink`, which must not block. Cluster id 0 (accepts every
-    /// cluster) until [`RaftIngress::with_cluster_id`].
+    /// cluster) until [`RaftIngress::with_cluster_id`]; the default snapshot limits until
+    /// [`RaftIngress::with_snapshot_limits`].
     pub fn direct(sink: Arc<SinkFn>) -> RaftIngress {
+        RaftIngress::with_sink(Sink::Direct(sink))
+    }
+
+    fn with_sink(sink: Sink) -> RaftIngress {
         RaftIngress {
-            sink: Sink::Direct(sink),
+            sink,
             stats: Arc::default(),
             cluster_id: 0,
+            snapshot_recv_concurrency: DEFAULT_SNAPSHOT_RECV_CONCURRENCY,
+            snapshot_permits: Arc::new(Semaphore::new(DEFAULT_SNAPSHOT_RECV_CONCURRENCY)),
+            snapshot_bucket: Arc::new(TokenBucket::with_default_burst(
+                DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC,
+                SNAPSHOT_RECV_MIN_BURST_BYTES,
+            )),
         }
+    }
+
+    /// Limits the snapshot connections this store reads: at most `concurrency` at once
+    /// (TiKV's `concurrent-recv-snap-limit`; default [`DEFAULT_SNAPSHOT_RECV_CONCURRENCY`],
+    /// 4), and `bytes_per_sec` of their frames over all of them (default
+    /// [`DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC`](crate::client::DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC),
+    /// 100 MiB/s; 0 = unlimited), with a burst of one second's worth, at least
+    /// [`SNAPSHOT_RECV_MIN_BURST_BYTES`]. A connection over the cap waits for a permit
+    /// without reading (see the module docs).
+    ///
+    /// The rate is this store's alone; keep it near the senders' `snapshot_max_bytes_per_sec`.
+    /// A rate far below it backs chunks up in the senders' writes, which give up after their
+    /// `keepalive_interval` (the transfer is retried): at the senders' defaults (4 MiB frames,
+    /// 10 s) keep it at or above `concurrency` × 4 MiB / 10 s, 1.6 MiB/s for 4.
+    ///
+    /// Call it before serving: connections already accepted keep the limits they had.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidConfig`] if `concurrency` is 0 (no snapshot could ever be
+    /// received) or above tokio's semaphore limit.
+    pub fn with_snapshot_limits(
+        mut self,
+        concurrency: usize,
+        bytes_per_sec: u64,
+    ) -> Result<RaftIngress, TransportError> {
+        if concurrency == 0 {
+            return Err(TransportError::InvalidConfig(
+                "snapshot_recv_concurrency must be positive: with 0 no snapshot is ever received",
+            ));
+        }
+        if concurrency > Semaphore::MAX_PERMITS {
+            return Err(TransportError::InvalidConfig(
+                "snapshot_recv_concurrency exceeds tokio's semaphore limit",
+            ));
+        }
+        self.snapshot_recv_concurrency = concurrency;
+        self.snapshot_permits = Arc::new(Semaphore::new(concurrency));
+        self.snapshot_bucket = Arc::new(TokenBucket::with_default_burst(
+            bytes_per_sec,
+            SNAPSHOT_RECV_MIN_BURST_BYTES,
+        ));
+        Ok(self)
+    }
+
+    /// Most snapshot connections read at once.
+    pub fn snapshot_recv_concurrency(&self) -> usize {
+        self.snapshot_recv_concurrency
+    }
+
+    /// The receiving byte-rate limit of snapshot connections; 0 = unlimited.
+    pub fn snapshot_recv_bytes_per_sec(&self) -> u64 {
+        self.snapshot_bucket.bytes_per_sec()
+    }
+
+    /// The burst of the receiving byte-rate limit.
+    pub fn snapshot_recv_burst_bytes(&self) -> u64 {
+        self.snapshot_bucket.burst_bytes()
     }
 
     /// Refuse connections from stores of another cluster than `cluster_id`: a connection
@@ -246,12 +416,49 @@ impl RaftIngress {
         Ok(p.from_store)
     }
 
+    /// Waits for one of the store's snapshot permits (counted in `snapshot_recv_waiting`
+    /// meanwhile), then counts the connection in `snapshot_recv_active` until the returned
+    /// value is dropped.
+    async fn start_receiving_snapshot(&self) -> Result<SnapshotReceiving, wire::FrameError> {
+        let (_, waiting) = GaugeGuard::raise(&self.stats, Gauge::SnapshotRecvWaiting);
+        let permit = self.snapshot_permits.clone().acquire_owned().await;
+        drop(waiting);
+        // The semaphore is never closed; should it be, the connection ends like a broken one.
+        let permit =
+            permit.map_err(|_| std::io::Error::other("the snapshot semaphore was closed"))?;
+        let (active, active_guard) = GaugeGuard::raise(&self.stats, Gauge::SnapshotRecvActive);
+        self.stats
+            .snapshot_recv_peak
+            .fetch_max(active, Ordering::Relaxed);
+        Ok(SnapshotReceiving {
+            _active: active_guard,
+            _permit: permit,
+        })
+    }
+
+    /// Counts a frame of a snapshot connection and waits until the receiving byte-rate
+    /// limit allows its bytes.
+    async fn pay_snapshot_frame(&self, frame_bytes: u64) {
+        self.stats
+            .snapshot_bytes_received
+            .fetch_add(frame_bytes, Ordering::Relaxed);
+        let waited = self.snapshot_bucket.acquire(frame_bytes).await;
+        if !waited.is_zero() {
+            let waited_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+            self.stats
+                .snapshot_recv_throttled_us
+                .fetch_add(waited_us, Ordering::Relaxed);
+        }
+    }
+
     async fn read_all<R: tokio::io::AsyncRead + Unpin>(
         &self,
         rd: &mut R,
     ) -> Result<(), wire::FrameError> {
         let from_store = self.read_preface(rd).await?;
         let mut payload = Vec::new();
+        // Set at the first snapshot message; held until the connection ends.
+        let mut receiving: Option<SnapshotReceiving> = None;
         loop {
             let more = tokio::time::timeout(IDLE_TIMEOUT, wire::read_frame(rd, &mut payload))
                 .await
@@ -260,10 +467,19 @@ impl RaftIngress {
                 return Ok(());
             }
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            let frame_bytes = (wire::FRAME_HEADER_LEN + payload.len()) as u64;
+            if receiving.is_some() {
+                self.pay_snapshot_frame(frame_bytes).await;
+            }
             for raw in wire::messages(&payload) {
                 let raw = raw?;
                 match codec::decode(raw) {
                     Ok(msg) => {
+                        if receiving.is_none() && matches!(msg.body, MessageBody::Snapshot { .. }) {
+                            // Over the cap this waits, reading nothing more meanwhile.
+                            receiving = Some(self.start_receiving_snapshot().await?);
+                            self.pay_snapshot_frame(frame_bytes).await;
+                        }
                         if self.deliver(StoreId(from_store), msg).await.is_err() {
                             return Err(std::io::Error::other("the store is shutting down").into());
                         }

@@ -14,9 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 use tokio_stream::StreamExt;
+use transport::server::SNAPSHOT_RECV_MIN_BURST_BYTES;
+use transport::throttle::default_burst_bytes;
 use transport::wire::{self, FrameBuilder};
 use transport::{
     codec, serve_peer_listener, IngressStats, RaftIngress, Transport, TransportConfig,
+    TransportError, DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC, DEFAULT_SNAPSHOT_RECV_CONCURRENCY,
 };
 use types::StoreId;
 
@@ -50,6 +53,17 @@ impl TestServer {
         inbound: mpsc::Sender<Message>,
         cluster_id: u64,
     ) -> TestServer {
+        TestServer::start_with(addr, inbound, move |ingress| {
+            ingress.with_cluster_id(cluster_id)
+        })
+    }
+
+    /// Like [`TestServer::start`], with the ingress set up by `configure`.
+    fn start_with(
+        addr: SocketAddr,
+        inbound: mpsc::Sender<Message>,
+        configure: impl FnOnce(RaftIngress) -> RaftIngress + Send + 'static,
+    ) -> TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (others_tx, others) = std::sync::mpsc::channel();
@@ -71,7 +85,7 @@ impl TestServer {
                         Err(e) => panic!("bind {addr}: {e}"),
                     }
                 };
-                let ingress = RaftIngress::new(inbound).with_cluster_id(cluster_id);
+                let ingress = configure(RaftIngress::new(inbound));
                 ready_tx
                     .send((listener.local_addr().unwrap(), ingress.stats(), metrics))
                     .unwrap();
@@ -134,6 +148,7 @@ fn config() -> TransportConfig {
         reconnect_backoff_min: Duration::from_millis(5),
         reconnect_backoff_max: Duration::from_millis(100),
         snapshot_concurrency: 2,
+        snapshot_max_bytes_per_sec: 0,
         connect_timeout: Duration::from_secs(2),
         keepalive_interval: Duration::from_secs(5),
         cluster_id: 0,
@@ -196,6 +211,38 @@ fn snapshot_msg(to: u64, chunk: u64) -> Message {
             done: chunk == 2,
         },
     }
+}
+
+/// Chunk `chunk` of a snapshot from Raft node `from` to `to`, carrying `data_bytes` bytes.
+fn chunk_msg(from: u64, to: u64, chunk: u64, data_bytes: usize) -> Message {
+    Message {
+        group: GroupId(to),
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(3),
+        body: MessageBody::Snapshot {
+            metadata: SnapshotMetadata {
+                index: LogIndex(100),
+                term: Term(3),
+                conf_state: ConfState {
+                    voters: vec![NodeId(from), NodeId(to)],
+                    ..Default::default()
+                },
+            },
+            offset: chunk * data_bytes as u64,
+            total_bytes: 1 << 30,
+            checksum: 0x1234_5678,
+            data: Bytes::from(vec![chunk as u8; data_bytes]),
+            done: false,
+        },
+    }
+}
+
+/// Whether `bytes` handed out over `elapsed` stay within a token bucket's bound,
+/// `burst + rate × elapsed`.
+fn within_rate(bytes: u64, elapsed: Duration, rate: u64, burst: u64) -> bool {
+    const NANOS: u128 = 1_000_000_000;
+    u128::from(bytes) * NANOS <= u128::from(rate) * elapsed.as_nanos() + u128::from(burst) * NANOS
 }
 
 /// Receives `n` messages or panics at the deadline.
@@ -788,4 +835,211 @@ async fn an_old_version_preface_is_refused_not_handed_on() {
         assert_eq!(recv_n(&mut rx, 1).await, vec![msg(7, 8, 3)]);
         server.stop();
     }
+}
+
+/// The sending store paces its snapshot frames with its token bucket: by the time the last
+/// chunk arrived, at most `burst + rate × elapsed` bytes went out. Planted bug caught: frames
+/// written without paying (the 512 KiB would arrive within milliseconds, about twice what
+/// the bound allows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sending_stays_within_its_byte_rate() {
+    const RATE: u64 = 256 << 10;
+    const CHUNKS: u64 = 32;
+    const CHUNK_BYTES: usize = 16 << 10;
+    let data_bytes = CHUNKS * CHUNK_BYTES as u64;
+    let (tx, mut rx) = mpsc::channel(CHUNKS as usize);
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), tx);
+    let mut cfg = config();
+    cfg.snapshot_queue_capacity = CHUNKS as usize;
+    cfg.snapshot_max_bytes_per_sec = RATE;
+    let burst = default_burst_bytes(RATE, cfg.max_batch_bytes as u64);
+    assert_eq!(burst, RATE, "one second's worth");
+    let t = Transport::new(StoreId(1), cfg);
+    t.set_peer_address(StoreId(2), server.url());
+    // The bucket was created full and nothing has drawn from it: from here on it hands out
+    // at most `burst + RATE × elapsed`.
+    let start = Instant::now();
+    for c in 0..CHUNKS {
+        t.send(StoreId(2), chunk_msg(1, 2, c, CHUNK_BYTES));
+    }
+    let got = recv_n(&mut rx, CHUNKS as usize).await;
+    let elapsed = start.elapsed();
+    let want: Vec<Message> = (0..CHUNKS)
+        .map(|c| chunk_msg(1, 2, c, CHUNK_BYTES))
+        .collect();
+    assert_eq!(got, want);
+    // The counter follows each write; the last may land just after its chunk arrived.
+    wait_for("the sent-bytes counter", || {
+        t.stats().snapshot_bytes_sent >= data_bytes
+    })
+    .await;
+    let st = t.stats();
+    assert!(
+        within_rate(st.snapshot_bytes_sent, elapsed, RATE, burst),
+        "{} bytes in {elapsed:?} at {RATE} B/s with a {burst}-byte burst: {st:?}",
+        st.snapshot_bytes_sent
+    );
+    // Twice the burst cannot go without waiting (unless the sender stalled for a second).
+    assert!(st.snapshot_throttled_ms > 0, "{st:?}");
+    assert_eq!(st.snapshot_sent, CHUNKS);
+    assert_eq!(st.dropped_queue_full, 0);
+}
+
+/// The receiving store paces the frames it reads from snapshot connections with its own
+/// token bucket, even from a sender that does not limit itself. Planted bug caught: frames
+/// read without paying (6 MiB in well under the 0.5 s the bound requires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_receiving_stays_within_its_byte_rate() {
+    const RATE: u64 = 4 << 20;
+    const CHUNKS: u64 = 96;
+    const CHUNK_BYTES: usize = 64 << 10;
+    let data_bytes = CHUNKS * CHUNK_BYTES as u64;
+    let (tx, mut rx) = mpsc::channel(CHUNKS as usize);
+    let server = TestServer::start_with("127.0.0.1:0".parse().unwrap(), tx, |ingress| {
+        ingress
+            .with_snapshot_limits(DEFAULT_SNAPSHOT_RECV_CONCURRENCY, RATE)
+            .expect("valid snapshot limits")
+    });
+    let burst = default_burst_bytes(RATE, SNAPSHOT_RECV_MIN_BURST_BYTES);
+    let mut cfg = config();
+    cfg.snapshot_queue_capacity = CHUNKS as usize;
+    cfg.snapshot_max_bytes_per_sec = 0; // unlimited: only the receiver paces
+    let t = Transport::new(StoreId(1), cfg);
+    t.set_peer_address(StoreId(2), server.url());
+    // The receiver's bucket was created full at its start and nothing has drawn from it.
+    let start = Instant::now();
+    for c in 0..CHUNKS {
+        t.send(StoreId(2), chunk_msg(1, 2, c, CHUNK_BYTES));
+    }
+    let got = recv_n(&mut rx, CHUNKS as usize).await;
+    let elapsed = start.elapsed();
+    let want: Vec<Message> = (0..CHUNKS)
+        .map(|c| chunk_msg(1, 2, c, CHUNK_BYTES))
+        .collect();
+    assert_eq!(got, want);
+    // Every frame is counted and paid for before its messages are handed on.
+    let st = server.stats.snapshot();
+    assert!(st.snapshot_bytes_received >= data_bytes, "{st:?}");
+    assert!(
+        within_rate(st.snapshot_bytes_received, elapsed, RATE, burst),
+        "{} bytes in {elapsed:?} at {RATE} B/s with a {burst}-byte burst: {st:?}",
+        st.snapshot_bytes_received
+    );
+    assert!(st.snapshot_recv_throttled_ms > 0, "{st:?}");
+    assert_eq!(st.snapshot_recv_peak, 1);
+    assert_eq!(
+        t.stats().snapshot_throttled_ms,
+        0,
+        "the sender is unlimited"
+    );
+}
+
+/// A receiving store reads at most its cap of snapshot connections at once: four senders,
+/// a cap of two, and a store that is not taking messages yet, so the two admitted
+/// connections stay open. The other two wait (not read) until those end, and then deliver
+/// everything, in order. Planted bug caught: a missing or per-connection permit (peak 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_receiving_never_exceeds_its_concurrency_cap() {
+    const SENDERS: u64 = 4;
+    const CAP: usize = 2;
+    const CHUNKS: u64 = 3;
+    const CHUNK_BYTES: usize = 1024;
+    const RECEIVER: u64 = 9;
+    let (tx, mut rx) = mpsc::channel(1);
+    let server = TestServer::start_with("127.0.0.1:0".parse().unwrap(), tx, |ingress| {
+        ingress
+            .with_snapshot_limits(CAP, 0)
+            .expect("valid snapshot limits")
+    });
+    let senders: Vec<Transport> = (1..=SENDERS)
+        .map(|store| {
+            let t = Transport::new(StoreId(store), config());
+            t.set_peer_address(StoreId(RECEIVER), server.url());
+            t
+        })
+        .collect();
+    for (from, t) in (1..=SENDERS).zip(&senders) {
+        for c in 0..CHUNKS {
+            t.send(StoreId(RECEIVER), chunk_msg(from, RECEIVER, c, CHUNK_BYTES));
+        }
+    }
+
+    wait_for("two snapshot connections read and two waiting", || {
+        let st = server.stats.snapshot();
+        st.snapshot_recv_active == CAP as u64 && st.snapshot_recv_waiting == SENDERS - CAP as u64
+    })
+    .await;
+    assert_eq!(server.stats.snapshot().snapshot_recv_peak, CAP as u64);
+
+    // Release the store: every sender's chunks arrive, each sender's in order.
+    let got = recv_n(&mut rx, (SENDERS * CHUNKS) as usize).await;
+    for from in 1..=SENDERS {
+        let mine: Vec<Message> = got
+            .iter()
+            .filter(|m| m.from == NodeId(from))
+            .cloned()
+            .collect();
+        let want: Vec<Message> = (0..CHUNKS)
+            .map(|c| chunk_msg(from, RECEIVER, c, CHUNK_BYTES))
+            .collect();
+        assert_eq!(mine, want, "sender {from}");
+    }
+    wait_for("every snapshot connection closed", || {
+        senders
+            .iter()
+            .all(|t| t.stats().snapshot_streams_active == 0)
+            && server.stats.snapshot().snapshot_recv_active == 0
+    })
+    .await;
+    let st = server.stats.snapshot();
+    assert_eq!(st.snapshot_recv_peak, CAP as u64, "{st:?}");
+    assert_eq!(st.snapshot_recv_waiting, 0, "{st:?}");
+    let sent: u64 = senders.iter().map(|t| t.stats().snapshot_bytes_sent).sum();
+    assert_eq!(st.snapshot_bytes_received, sent, "{st:?}");
+}
+
+#[tokio::test]
+async fn snapshot_limits_are_validated_and_default_on() {
+    let (tx, _rx) = mpsc::channel(1);
+    // Receiving side.
+    let ingress = RaftIngress::new(tx.clone());
+    assert_eq!(ingress.snapshot_recv_concurrency(), 4);
+    assert_eq!(ingress.snapshot_recv_bytes_per_sec(), 100 << 20);
+    assert_eq!(ingress.snapshot_recv_burst_bytes(), 100 << 20);
+    assert!(matches!(
+        RaftIngress::new(tx.clone()).with_snapshot_limits(0, 1 << 20),
+        Err(TransportError::InvalidConfig(_))
+    ));
+    let ingress = RaftIngress::new(tx)
+        .with_snapshot_limits(3, 0)
+        .expect("valid snapshot limits");
+    assert_eq!(ingress.snapshot_recv_concurrency(), 3);
+    assert_eq!(ingress.snapshot_recv_bytes_per_sec(), 0);
+
+    // Sending side.
+    assert_eq!(DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC, 100 << 20);
+    assert_eq!(
+        TransportConfig::default().snapshot_max_bytes_per_sec,
+        DEFAULT_SNAPSHOT_MAX_BYTES_PER_SEC
+    );
+    let with = |f: &dyn Fn(&mut TransportConfig)| {
+        let mut cfg = TransportConfig::default();
+        f(&mut cfg);
+        Transport::try_new(StoreId(1), cfg)
+    };
+    assert!(matches!(
+        with(&|c| c.snapshot_concurrency = 0),
+        Err(TransportError::InvalidConfig(_))
+    ));
+    // 4 streams × 4 MiB frames must get through within the receiver's 60 s idle timeout:
+    // at least 16 MiB / 60 s ≈ 273 KiB/s.
+    assert!(matches!(
+        with(&|c| c.snapshot_max_bytes_per_sec = 256 << 10),
+        Err(TransportError::InvalidConfig(_))
+    ));
+    assert!(with(&|c| c.snapshot_max_bytes_per_sec = 280 << 10).is_ok());
+    assert!(
+        with(&|c| c.snapshot_max_bytes_per_sec = 0).is_ok(),
+        "unlimited"
+    );
 }
