@@ -98,6 +98,11 @@ impl Default for Scheduling {
     }
 }
 
+/// Smallest non-zero `--snapshot-max-bytes-per-sec` (the transport refuses rates that cannot
+/// pass its queued snapshot frames within the receiver's idle timeout; 1 MiB/s is well
+/// above that).
+pub const MIN_SNAPSHOT_BYTES_PER_SEC: u64 = 1 << 20;
+
 /// Smallest accepted `--region-max-bytes`: below this a region of a few keys would split.
 pub const MIN_REGION_MAX_BYTES: u64 = 4 << 10;
 
@@ -132,6 +137,14 @@ impl Scheduling {
             return Err(format!(
                 "--region-max-bytes must be at least {MIN_REGION_MAX_BYTES} (got {})",
                 self.region_max_bytes
+            ));
+        }
+        if self.snapshot_max_bytes_per_sec != 0
+            && self.snapshot_max_bytes_per_sec < MIN_SNAPSHOT_BYTES_PER_SEC
+        {
+            return Err(format!(
+                "--snapshot-max-bytes-per-sec must be 0 (unlimited) or at least {MIN_SNAPSHOT_BYTES_PER_SEC} (got {}): slower snapshot streams would be closed as idle",
+                self.snapshot_max_bytes_per_sec
             ));
         }
         if self.store_down_timeout.is_zero() {

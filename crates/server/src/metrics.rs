@@ -92,6 +92,8 @@ pub struct Metrics {
     /// The transport's counters (`transport::TransportStats`), set once per tick.
     pub transport_sent: AtomicU64,
     pub transport_snapshot_sent: AtomicU64,
+    pub transport_snapshot_bytes_sent: AtomicU64,
+    pub transport_snapshot_throttled_ms: AtomicU64,
     pub transport_dropped_queue_full: AtomicU64,
     pub transport_dropped_unreachable: AtomicU64,
     /// What opening the log read at startup, and how long it took.
@@ -160,6 +162,10 @@ impl Metrics {
         self.transport_sent.store(s.sent, Ordering::Relaxed);
         self.transport_snapshot_sent
             .store(s.snapshot_sent, Ordering::Relaxed);
+        self.transport_snapshot_bytes_sent
+            .store(s.snapshot_bytes_sent, Ordering::Relaxed);
+        self.transport_snapshot_throttled_ms
+            .store(s.snapshot_throttled_ms, Ordering::Relaxed);
         self.transport_dropped_queue_full
             .store(s.dropped_queue_full, Ordering::Relaxed);
         self.transport_dropped_unreachable
@@ -230,6 +236,14 @@ impl Metrics {
             (
                 "raftkv_transport_snapshot_chunks_sent_total",
                 &self.transport_snapshot_sent,
+            ),
+            (
+                "raftkv_transport_snapshot_bytes_sent_total",
+                &self.transport_snapshot_bytes_sent,
+            ),
+            (
+                "raftkv_transport_snapshot_throttled_ms_total",
+                &self.transport_snapshot_throttled_ms,
             ),
             (
                 "raftkv_transport_dropped_queue_full_total",

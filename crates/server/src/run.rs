@@ -183,13 +183,15 @@ impl Server {
 
         // Every store-to-store connection carries the cluster id; a store of another
         // cluster is refused.
-        let transport = transport::Transport::new(
+        let transport = transport::Transport::try_new(
             StoreId(cfg.store_id),
             transport::TransportConfig {
                 cluster_id,
+                snapshot_max_bytes_per_sec: cfg.scheduling.snapshot_max_bytes_per_sec,
                 ..transport::TransportConfig::default()
             },
-        );
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
         // The view gives the transport every store's address: the initial cluster's now,
         // joined and moved stores' as placement reports them.
         let cluster = Arc::new(crate::cluster_view::ClusterView::with_file(
@@ -222,7 +224,12 @@ impl Server {
         // requests forwarded by other servers.
         let h = handle.clone();
         let ingress = transport::RaftIngress::direct(Arc::new(move |from, m| h.send_raft(from, m)))
-            .with_cluster_id(cluster_id);
+            .with_cluster_id(cluster_id)
+            .with_snapshot_limits(
+                transport::server::DEFAULT_SNAPSHOT_RECV_CONCURRENCY,
+                cfg.scheduling.snapshot_max_bytes_per_sec,
+            )
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let client_addr = client
             .local_addr()
             .map(|a| a.to_string())
