@@ -16,6 +16,9 @@
 //! - [`balance`]: the minimal-move rebalance that Join and Drain run.
 //! - [`operator`]: the next replica change that takes a region toward its target.
 //! - [`live`]: the placement leader's in-memory view of heartbeats (`LiveAnswer`).
+//! - [`scheduler`]: the automatic scheduler's decisions over that view (split, merge,
+//!   repair of Down stores, zone spread, replica and leader balance), operators in flight
+//!   limited per store.
 //! - [`hosted`]: `Hosted`, the state machine of every group a store hosts (a data region's
 //!   kv state or the placement state), and how placement reads and verbs ride the kv types.
 
@@ -26,6 +29,7 @@ pub mod live;
 pub mod machine;
 pub mod model;
 pub mod operator;
+pub mod scheduler;
 
 pub use bootstrap::{bootstrap_regions, derive_cluster_id, with_placement};
 pub use hosted::{decode_answer, query_command, Hosted, QueryAnswer};
@@ -41,3 +45,6 @@ pub fn hosted_group_id() -> u64 {
 pub use live::{LiveAnswer, LiveRegion, LiveStore};
 pub use model::{Change, Config, RegionLayout, ReplicaMeta, StoreAddrs, StoreMeta, StoreState};
 pub use operator::{next_step, plan_report, Operator, ReportPlan};
+pub use scheduler::{
+    Action, Decision, OperatorRecord, Outcome, Reason, ScheduleConfig, Scheduler, SplitReason,
+};
