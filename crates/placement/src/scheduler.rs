@@ -315,6 +315,11 @@ pub struct Scheduler {
     cold_since: BTreeMap<u64, u64>,
     /// When the region's range last changed (split, merge): no merge for `merge_cold_ms`.
     range_changed_ms: BTreeMap<u64, u64>,
+    /// Region boundaries this scheduler made (the split key of each split of ours seen
+    /// done): the only ones it merges away. A boundary from `--split-keys` or a split by
+    /// hand is kept (CockroachDB's sticky split bit): whoever made it meant it. Bounded by
+    /// the regions: a boundary no region starts at any more is forgotten.
+    own_boundaries: BTreeSet<Vec<u8>>,
 }
 
 /// Whether a store is Down: silent (since its last heartbeat, or since the caller began
@@ -338,6 +343,7 @@ impl Scheduler {
             hot_since: BTreeMap::new(),
             cold_since: BTreeMap::new(),
             range_changed_ms: BTreeMap::new(),
+            own_boundaries: BTreeSet::new(),
         }
     }
 
@@ -535,6 +541,16 @@ impl Scheduler {
             .filter_map(|(id, op)| judge(op, config, live, now_ms, timeout_ms).map(|o| (*id, o)))
             .collect();
         for (region, outcome) in ended {
+            let split = matches!(
+                self.in_flight.get(&region).map(|op| &op.decision.action),
+                Some(Action::Split { .. })
+            );
+            if split && outcome == Outcome::Done {
+                // The left half keeps the id; its new end is the boundary this split made.
+                if let Some(end) = config.regions.get(&region).and_then(|r| r.end_key.clone()) {
+                    self.own_boundaries.insert(end);
+                }
+            }
             self.finish(region, outcome, now_ms);
         }
         self.note_epochs(config, &explained, now_ms);
@@ -599,6 +615,13 @@ impl Scheduler {
         self.cold_since.retain(|id, _| known(id));
         self.range_changed_ms
             .retain(|id, t| known(id) && now_ms.saturating_sub(*t) < cold_ms);
+        let starts: BTreeSet<&[u8]> = config
+            .regions
+            .values()
+            .map(|r| r.start_key.as_slice())
+            .collect();
+        self.own_boundaries
+            .retain(|b| starts.contains(b.as_slice()));
     }
 
     /// Hot and cold spells, for load splits and merges. A region without a live report is
@@ -1078,7 +1101,8 @@ impl<'a> Plan<'a> {
                 .get(&id)
                 .map_or(true, |&t| now.saturating_sub(t) >= cfg.merge_cold_ms)
         };
-        bytes_ok
+        sched.own_boundaries.contains(&right.start_key)
+            && bytes_ok
             && load_ok
             && cold_long(left.id)
             && cold_long(right.id)
@@ -1791,6 +1815,37 @@ mod tests {
         );
     }
 
+    /// The model's region boundaries, as if this scheduler had split there (it merges
+    /// only boundaries it made).
+    fn adopt_boundaries(s: &mut Scheduler, m: &Model) {
+        for r in m.config.regions.values() {
+            if !r.start_key.is_empty() {
+                s.own_boundaries.insert(r.start_key.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn boundaries_the_scheduler_did_not_make_are_never_merged() {
+        // Three small cold regions from `--split-keys` (or split by hand): kept.
+        let mut m = Model::new(stores(3), 3, on_123, MIB);
+        m.live_mut(2).leader_store = 2;
+        m.live_mut(3).leader_store = 3;
+        let mut s = sched();
+        for k in 0..10 {
+            let d = m.round_at(&mut s, k * DEFAULT_MERGE_COLD_MS);
+            assert!(
+                d.iter()
+                    .all(|d| d.reason != Reason::Merge && d.reason != Reason::AlignForMerge),
+                "merged a boundary it did not make: {d:?}"
+            );
+        }
+        // The same regions, had the scheduler split them: merged.
+        adopt_boundaries(&mut s, &m);
+        let d = m.round_at(&mut s, 11 * DEFAULT_MERGE_COLD_MS);
+        assert!(d.iter().any(|d| d.reason == Reason::Merge), "{d:?}");
+    }
+
     #[test]
     fn small_cold_neighbours_on_the_same_stores_merge() {
         let mut m = Model::new(stores(3), 3, on_123, MIB);
@@ -1799,6 +1854,7 @@ mod tests {
         m.live_mut(2).leader_store = 2;
         m.live_mut(3).leader_store = 3;
         let mut s = sched();
+        adopt_boundaries(&mut s, &m);
         assert_eq!(m.round_at(&mut s, 0), none());
         assert_eq!(m.round_at(&mut s, DEFAULT_MERGE_COLD_MS - 1), none());
         let d = m.round_at(&mut s, DEFAULT_MERGE_COLD_MS);
@@ -1820,6 +1876,7 @@ mod tests {
         let mut m = Model::new(stores(4), 2, on, MIB);
         m.live_mut(1).approximate_bytes = 2 * MIB;
         let mut s = sched();
+        adopt_boundaries(&mut s, &m);
         assert_eq!(m.step(&mut s), none());
         m.now_ms = DEFAULT_MERGE_COLD_MS;
         let d = m.step(&mut s);

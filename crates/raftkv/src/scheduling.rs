@@ -148,10 +148,7 @@ mod tests {
         .unwrap();
         let args = t.s.to_args();
         let back = T::try_parse_from(std::iter::once(OsString::from("t")).chain(args)).unwrap();
-        let (mut a, mut b) = (
-            server::Scheduling::default(),
-            server::Scheduling::default(),
-        );
+        let (mut a, mut b) = (server::Scheduling::default(), server::Scheduling::default());
         t.s.apply(&mut a).unwrap();
         back.s.apply(&mut b).unwrap();
         assert_eq!(a, b);

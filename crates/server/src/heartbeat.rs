@@ -285,7 +285,9 @@ async fn beat(
             break;
         }
         match rx.await {
-            Ok(Ok(true)) => tracing::info!("region {id}: removed while this store was away; its replica here is destroyed"),
+            Ok(Ok(true)) => tracing::info!(
+                "region {id}: removed while this store was away; its replica here is destroyed"
+            ),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!("region {id}: destroying a removed replica: {e}"),
             Err(_) => break,

@@ -359,7 +359,10 @@ impl Metrics {
 
 /// Appends the scheduler's operators by kind and outcome (`raftkv_scheduler_operators_total`;
 /// counted on the store that led placement when they were decided, so sum over stores).
-pub fn render_operators(out: &mut String, counts: &std::collections::BTreeMap<(String, String), u64>) {
+pub fn render_operators(
+    out: &mut String,
+    counts: &std::collections::BTreeMap<(String, String), u64>,
+) {
     use std::fmt::Write;
     let _ = writeln!(out, "# TYPE raftkv_scheduler_operators_total counter");
     for ((kind, outcome), n) in counts {

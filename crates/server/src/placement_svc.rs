@@ -477,7 +477,7 @@ impl PlacementService {
             live.stores.retain(|id, _| config.stores.contains_key(id));
             live.regions.retain(|id, _| config.regions.contains_key(id));
         }
-        self.schedule(config, &req, store_id, &mut operators).await;
+        self.schedule(config, &req, &mut operators).await;
         // Replicas this store holds that were removed while it was away: it cannot learn
         // of that from the region (it is no longer sent anything), so placement tells it.
         let stale_replicas = req
@@ -510,7 +510,7 @@ impl PlacementService {
         }
     }
 
-    /// The scheduler's part of a heartbeat from `store`: the failures it reports, a round
+    /// The scheduler's part of a heartbeat: the failures it reports, a round
     /// when one is due (targets proposed at once; splits, merges and transfers kept for
     /// their region's leader), and the kept decisions for the regions this heartbeat
     /// reports, if still for the reported epoch, added to `operators`.
@@ -518,7 +518,6 @@ impl PlacementService {
         &self,
         config: &Config,
         req: &pb::HeartbeatRequest,
-        store: u64,
         operators: &mut Vec<pb::RegionOperator>,
     ) {
         let now = self.now_ms();
@@ -552,7 +551,9 @@ impl PlacementService {
                         }
                     }
                 }
-                sched.pending.retain(|id, _| config.regions.contains_key(id));
+                sched
+                    .pending
+                    .retain(|id, _| config.regions.contains_key(id));
             }
             for rep in &req.regions {
                 let Some(r) = rep.region.as_ref() else {
