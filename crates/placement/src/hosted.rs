@@ -179,6 +179,14 @@ impl StateMachine for Hosted {
         }
     }
 
+    fn size_split_key(&self) -> Option<Vec<u8>> {
+        match self {
+            Hosted::Kv(k) => StateMachine::size_split_key(k),
+            // Never split (the store refuses it too).
+            Hosted::Placement(_) => None,
+        }
+    }
+
     fn approximate_size(&self) -> ApproximateSize {
         match self {
             Hosted::Kv(k) => StateMachine::approximate_size(k),

@@ -71,10 +71,9 @@ pub trait StateMachine: Sized {
     /// 1. read the state in place (walk it, never copy it): it runs on the store thread;
     /// 2. return a key `k` with `start < k` and `k < end` of its region, or None.
     ///
-    /// The default is None: a state machine that cannot tell is never split by size.
-    fn size_split_key(&self) -> Option<Vec<u8>> {
-        None
-    }
+    /// No default: a wrapper that forgot to forward it would never be split (the server's
+    /// `placement::Hosted` did, once). A state machine that cannot tell returns None.
+    fn size_split_key(&self) -> Option<Vec<u8>>;
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
     fn restore(data: &[u8]) -> Result<Self, Self::RestoreError>;
 }
