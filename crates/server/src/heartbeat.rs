@@ -39,9 +39,7 @@ pub async fn run(
 ) {
     let mut every = tokio::time::interval(cfg.placement_heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut config_seen = 0u64;
-    let mut rate_state = RateState::default();
-    let mut failures = Vec::new();
+    let mut state = BeatState::default();
     loop {
         tokio::select! {
             _ = stop.wait_for(|v| *v) => return,
@@ -53,9 +51,7 @@ pub async fn run(
             &cfg,
             &me,
             cluster_id,
-            &mut config_seen,
-            &mut rate_state,
-            &mut failures,
+            &mut state,
         )
         .await
         {
@@ -131,16 +127,29 @@ impl RateState {
     }
 }
 
+/// What one heartbeat leaves for the next.
+#[derive(Default)]
+struct BeatState {
+    /// The configuration number last fetched.
+    config_seen: u64,
+    rate_state: RateState,
+    /// Operators this store could not carry out, reported with the next heartbeat.
+    failures: Vec<pb::OperatorFailure>,
+}
+
 async fn beat(
     handle: &StoreHandle,
     svc: &PlacementService,
     cfg: &ServerConfig,
     me: &Advertised,
     cluster_id: u64,
-    config_seen: &mut u64,
-    rate_state: &mut RateState,
-    failures: &mut Vec<pb::OperatorFailure>,
+    state: &mut BeatState,
 ) -> Result<(), String> {
+    let BeatState {
+        config_seen,
+        rate_state,
+        failures,
+    } = state;
     let (tx, rx) = oneshot::channel();
     handle.send(Cmd::Status(tx)).map_err(|e| e.to_string())?;
     let status = rx.await.map_err(|_| "the store stopped".to_string())?;

@@ -530,7 +530,7 @@ impl PlacementService {
                 sched.pending.remove(&f.region_id);
             }
             let every = self.cfg.placement_heartbeat;
-            let due = sched.last_round.map_or(true, |t| t.elapsed() >= every);
+            let due = sched.last_round.is_none_or(|t| t.elapsed() >= every);
             if due {
                 // A long gap means this store did not lead placement meanwhile: what it
                 // had in flight is stale (another leader may have decided since).
