@@ -45,16 +45,7 @@ pub async fn run(
             _ = stop.wait_for(|v| *v) => return,
             _ = every.tick() => {}
         }
-        if let Err(e) = beat(
-            &handle,
-            &svc,
-            &cfg,
-            &me,
-            cluster_id,
-            &mut state,
-        )
-        .await
-        {
+        if let Err(e) = beat(&handle, &svc, &cfg, &me, cluster_id, &mut state).await {
             tracing::debug!("placement heartbeat: {e}");
         }
     }

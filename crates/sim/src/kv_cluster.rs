@@ -69,6 +69,11 @@ pub struct KvSimOptions {
     /// `kv_placement`). `None`: chosen by the seed (half of them; the regression seeds
     /// found before placement ran keep it off, so they replay the run that found the bug).
     pub placement: Option<bool>,
+    /// Whether placement's leader also runs the automatic scheduler (splits by size and
+    /// load, merges, balancing, repair; small thresholds, see `kv_placement`), on seeds that
+    /// run placement. `None`: chosen by the seed (half of them; the regression seeds found
+    /// before the scheduler ran keep it off).
+    pub scheduler: Option<bool>,
     /// A deliberate bug for testing the lost-write check: region 0's probe write is
     /// acknowledged to its client without being sent to any store. The final read of the
     /// probe key must then be caught missing it.
@@ -88,6 +93,7 @@ impl KvSimOptions {
             deferred_writes: None,
             torn_write_modes: None,
             placement: None,
+            scheduler: None,
             mutant_lost_probe_write: false,
             mutant_divergent_replica: false,
         }
@@ -194,6 +200,16 @@ pub struct KvSimOutcome {
     pub placement_drains: u64,
     pub placement_moves: u64,
     pub placement_settle_ms: u64,
+    /// The scheduler (seeds with `scheduler`): rounds run, operators carried out by kind
+    /// (a target proposed to placement counts as a move), operators refused or failed, and
+    /// replicas destroyed because placement named them removed.
+    pub scheduler_rounds: u64,
+    pub scheduler_splits: u64,
+    pub scheduler_merges: u64,
+    pub scheduler_moves: u64,
+    pub scheduler_transfers: u64,
+    pub scheduler_refused: u64,
+    pub stale_replicas_destroyed: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -213,6 +229,7 @@ pub struct KvKinds {
     pub moves: bool,
     pub merges: bool,
     pub placement: bool,
+    pub scheduler: bool,
     pub torn_write_modes: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
@@ -372,6 +389,14 @@ impl KvSimOutcome {
             F::new("placement joins", k.placement, self.placement_joins, None),
             F::new("placement drains", k.placement, self.placement_drains, None),
             F::new("placement moves", k.placement, self.placement_moves, None),
+            F::new("scheduler rounds", k.scheduler, self.scheduler_rounds, None),
+            F::new("scheduler splits", k.scheduler, self.scheduler_splits, None),
+            F::new(
+                "scheduler moves and transfers",
+                k.scheduler,
+                self.scheduler_moves + self.scheduler_transfers,
+                None,
+            ),
             F::new("merges applied", k.merges, self.merges_applied, None),
             F::new(
                 "replicas created by a vote",
@@ -659,6 +684,8 @@ struct Sim {
     /// The last store is a spare: running, empty, outside placement's first configuration
     /// until it joins.
     spare: bool,
+    /// Placement's scheduler, on seeds that run it (see `kv_placement`).
+    scheduler: Option<kv_placement::SimScheduler>,
     /// Workload keys by region index.
     keys: Vec<Vec<Vec<u8>>>,
     cfg: StoreConfig,
@@ -2068,6 +2095,12 @@ pub fn placement_by_seed(seed: u64) -> bool {
     SplitMix64::new(seed ^ 0x706c_6163_6521).below(2) == 0
 }
 
+/// Whether `seed`, when it runs placement, runs the automatic scheduler too (half of those
+/// seeds, own stream).
+pub fn scheduler_by_seed(seed: u64) -> bool {
+    SplitMix64::new(seed ^ 0x7363_6865_6421).below(2) == 0
+}
+
 /// Whether `seed` lets torn crashes reorder sectors and write garbage, not only keep a
 /// prefix, when the options leave it to the seed (half of the seeds, from their own stream).
 pub fn torn_write_modes_by_seed(seed: u64) -> bool {
@@ -2096,6 +2129,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     faults.placement = opts
         .placement
         .unwrap_or_else(|| placement_by_seed(opts.seed));
+    let scheduler = faults.placement
+        && opts
+            .scheduler
+            .unwrap_or_else(|| scheduler_by_seed(opts.seed));
     let mut cfg = StoreConfig::new(0);
     cfg.snapshot_threshold_entries = if rng.below(2) == 0 {
         10 + rng.below(100)
@@ -2158,7 +2195,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         .unwrap_or_else(|| torn_write_modes_by_seed(opts.seed));
     let fault_mix = fault_mix
         + &format!(
-            " splits={} moves={} merges={} placement={} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
+            " splits={} moves={} merges={} placement={} scheduler={scheduler} writes={} torn_write_modes={torn_write_modes} snapshot_build_chance={snapshot_build_chance}",
             faults.splits,
             faults.moves,
             faults.merges,
@@ -2269,6 +2306,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         merge_rng: SplitMix64::new(opts.seed ^ 0x6d72_6e67_7331),
         placement_rng: SplitMix64::new(opts.seed ^ 0x706c_6163_6531),
         spare: faults.placement,
+        scheduler: scheduler.then(|| kv_placement::SimScheduler::new(opts.seed, slots)),
         owners_checked_at: 0,
         keys,
         cfg,
@@ -2309,6 +2347,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 moves: faults.moves,
                 merges: faults.merges,
                 placement: faults.placement,
+                scheduler,
                 torn_write_modes,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
@@ -2323,6 +2362,9 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         sim.open(i);
     }
     sim.out.restarts = 0;
+    if let Some(s) = &sim.scheduler {
+        sim.out.fault_mix += &format!(" scheduler_cfg={}", s.describe());
+    }
     if sim.faults.placement {
         sim.schedule(kv_placement::HEARTBEAT_EVERY, Ev::PlacementHeartbeat);
     }

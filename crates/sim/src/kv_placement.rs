@@ -14,15 +14,30 @@
 //! - **Settled** ([`Sim::placement_settled`]): after healing, placement must come to know
 //!   every region as the stores have it, reach every target, and remove every drained store.
 //!
+//! - **Scheduler** (half of the placement seeds, [`SimScheduler`]): after each heartbeat
+//!   round placement's leader runs the server's scheduler ([`placement::scheduler`]) with
+//!   small thresholds drawn per seed, so regions split by size and by load, merge, move
+//!   and change leaders all run long under every fault; its decisions are carried out as a
+//!   server does (a target proposed to placement as `Move`, a split, merge or leader
+//!   transfer by the region's leader under the decided epoch; a refusal is reported back
+//!   as `failed`). Stores rotate their load samples each round, and a replica placement
+//!   names removed (an older conf version, no replica on that store) is destroyed
+//!   (`Store::destroy_stale_replica`), as the server's heartbeat does.
+//!
 //! Placement is read from its leader's applied state (the replica that leads with the
 //! highest term and has applied all it knows committed).
 //! The routing of the workload does not use placement (see `Sim::refresh_routes`), so a
 //! wrong placement decision shows up as a safety failure of the stores, not as a masked one.
 
-use super::{Sim, MS};
-use placement::{Command, Operator, PlacementState, RegionLayout, StoreAddrs, StoreState};
-use raft::Role;
-use store::{RegionEpoch, ReplicaChange, StoreId, PLACEMENT_REGION};
+use super::{Micros, Sim, MS};
+use placement::scheduler::{Action, Decision, ScheduleConfig, Scheduler, SplitReason};
+use placement::{
+    Command, Config, LiveRegion, LiveStore, Operator, PlacementState, RegionLayout, StoreAddrs,
+    StoreState,
+};
+use raft::{Role, SplitMix64};
+use std::collections::BTreeMap;
+use store::{RegionEpoch, ReplicaChange, StoreError, StoreId, PLACEMENT_REGION};
 
 /// How often every store reports to placement (the server's default is 2 s; shorter here,
 /// so that a run's minute sees many rounds).
@@ -34,7 +49,249 @@ const MAX_DRAINS: u64 = 2;
 /// The join token of the spare store (any fixed number: a retried Join must get the same id).
 const SPARE_TOKEN: u64 = 0x5350_4152_4531;
 
+/// Most splits the scheduler carries out in one run: regions multiply, each costs a few KiB
+/// of snapshot (the simulator's own random splits stop at 12 too).
+const MAX_SCHEDULER_SPLITS: u64 = 24;
+
+/// Placement's leader's scheduler in a simulation: the server's [`Scheduler`] and what the
+/// server's heartbeat handler keeps around it (when each store was last heard from, each
+/// region's request counters at the previous round, for its rates).
+pub(super) struct SimScheduler {
+    cfg: ScheduleConfig,
+    sched: Scheduler,
+    /// The store (index) whose placement leadership this scheduler belongs to: a new leader
+    /// starts a fresh one, as a server does.
+    leader: Option<usize>,
+    /// When this leadership's view started (for stores never heard from).
+    since: Micros,
+    /// Per store index, when its heartbeat last reached the leader.
+    last_beat: Vec<Option<Micros>>,
+    /// Per region, the leader's cumulative (reads, writes) at the previous round and when.
+    counts: BTreeMap<u64, (u64, u64, Micros)>,
+}
+
+impl SimScheduler {
+    /// Small thresholds drawn from the seed's own stream, so that the scheduler splits,
+    /// merges and moves a lot within a run.
+    pub(super) fn new(seed: u64, stores: usize) -> SimScheduler {
+        let mut rng = SplitMix64::new(seed ^ 0x7363_6865_6475);
+        let cfg = ScheduleConfig {
+            enabled: true,
+            replicas: 3,
+            region_max_bytes: 256 + rng.below(2_048),
+            region_split_qps: 10 + rng.below(200),
+            split_qps_window_ms: 1_000 + rng.below(2_000),
+            merge_cold_ms: 2_000 + rng.below(4_000),
+            store_down_timeout_ms: 3_000 + rng.below(6_000),
+            quiet_ms: 2_000 + rng.below(8_000),
+            max_ops_per_store: 1 + rng.below(4) as usize,
+            op_timeout_ms: 5_000 + rng.below(10_000),
+        };
+        SimScheduler {
+            sched: Scheduler::new(cfg.clone()),
+            cfg,
+            leader: None,
+            since: 0,
+            last_beat: vec![None; stores],
+            counts: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!("{:?}", self.cfg)
+    }
+}
+
+/// `per` requests over `elapsed` microseconds, per second.
+fn per_sec(per: u64, elapsed: Micros) -> u64 {
+    if elapsed == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(per) * 1_000_000 / u128::from(elapsed)).unwrap_or(u64::MAX)
+}
+
 impl Sim {
+    /// The scheduler's round on placement's leader `pl` (after a heartbeat round that read
+    /// `config`): the live view from the stores that reach the leader, a scheduler round,
+    /// its decisions carried out, and removed replicas destroyed.
+    fn scheduler_round(&mut self, pl: usize, config: &Config) {
+        let Some(mut ss) = self.scheduler.take() else {
+            return;
+        };
+        let now = self.now;
+        if ss.leader != Some(pl) {
+            ss.sched = Scheduler::new(ss.cfg.clone());
+            ss.leader = Some(pl);
+            ss.since = now;
+            ss.last_beat.iter_mut().for_each(|b| *b = None);
+            ss.counts.clear();
+        }
+        self.out.scheduler_rounds += 1;
+        let mut live: Vec<LiveRegion> = Vec::new();
+        for i in 0..self.stores.len() {
+            if self.paused(i) || !self.links[i][pl] || !self.links[pl][i] {
+                continue;
+            }
+            let me = StoreId(i as u64 + 1);
+            let Some(s) = self.stores[i].store.as_mut() else {
+                continue;
+            };
+            s.rotate_load_samples();
+            ss.last_beat[i] = Some(now);
+            let status = s.status();
+            for rs in &status {
+                if rs.role != Role::Leader || rs.region.is_placement() {
+                    continue;
+                }
+                let id = rs.region.id.0;
+                let (r0, w0, t0) = ss
+                    .counts
+                    .get(&id)
+                    .copied()
+                    .unwrap_or((rs.reads, rs.writes, now));
+                ss.counts.insert(id, (rs.reads, rs.writes, now));
+                live.push(LiveRegion {
+                    id,
+                    leader_store: me.0,
+                    approximate_keys: rs.approximate.keys,
+                    approximate_bytes: rs.approximate.bytes,
+                    reads_per_sec: per_sec(rs.reads.saturating_sub(r0), now - t0),
+                    writes_per_sec: per_sec(rs.writes.saturating_sub(w0), now - t0),
+                });
+            }
+            // The server's heartbeat: replicas placement names removed are destroyed.
+            for rs in &status {
+                if rs.region.peer_on(me).is_none() {
+                    continue;
+                }
+                let Some(held) = config.regions.get(&rs.region.id.0) else {
+                    continue;
+                };
+                if held.conf_version > rs.region.epoch.conf_version
+                    && !held.stores().contains(&me.0)
+                {
+                    match s.destroy_stale_replica(rs.region.id, &held.to_region()) {
+                        Ok(true) => {
+                            self.out.stale_replicas_destroyed += 1;
+                            let id = rs.region.id.0;
+                            self.trace(|| {
+                                format!("scheduler: s{} destroyed stale replica of {id}", i + 1)
+                            });
+                        }
+                        Ok(false) => {}
+                        Err(e @ StoreError::Storage(_)) => {
+                            self.scheduler = Some(ss);
+                            self.storage_failed(i, e);
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        ss.counts.retain(|id, _| config.regions.contains_key(id));
+        let stores: Vec<LiveStore> = config
+            .stores
+            .keys()
+            .map(|&id| LiveStore {
+                id,
+                up: true,
+                last_heartbeat_ms_ago: ss
+                    .last_beat
+                    .get(id as usize - 1)
+                    .copied()
+                    .flatten()
+                    .map(|t| (now - t) / MS),
+                ..LiveStore::default()
+            })
+            .collect();
+        let leaders: BTreeMap<u64, usize> = live
+            .iter()
+            .map(|l| (l.id, l.leader_store as usize - 1))
+            .collect();
+        let decisions = ss
+            .sched
+            .round(config, &stores, &live, now / MS, (now - ss.since) / MS);
+        for d in decisions {
+            if let Err(why) = self.carry_out_decision(pl, &leaders, &d) {
+                self.out.scheduler_refused += 1;
+                self.trace(|| format!("scheduler: {d:?} refused: {why}"));
+                ss.sched.failed(d.region, why, now / MS);
+            }
+        }
+        self.scheduler = Some(ss);
+    }
+
+    /// Carries out one decision as a server does (see the module comment).
+    fn carry_out_decision(
+        &mut self,
+        pl: usize,
+        leaders: &BTreeMap<u64, usize>,
+        d: &Decision,
+    ) -> Result<(), String> {
+        let region = raft::GroupId(d.region);
+        let epoch = RegionEpoch {
+            conf_version: d.conf_version,
+            version: d.version,
+        };
+        if let Action::Target { stores } = &d.action {
+            let cmd = Command::Move {
+                region: d.region,
+                stores: stores.clone(),
+            };
+            if !self.propose_placement(pl, &cmd) {
+                return Err("placement refused the move".into());
+            }
+            self.out.scheduler_moves += 1;
+            self.trace(|| format!("scheduler: {cmd:?}"));
+            self.drive(pl);
+            return Ok(());
+        }
+        let Some(&i) = leaders.get(&d.region) else {
+            return Err("no leader reported".into());
+        };
+        if matches!(d.action, Action::Split { .. })
+            && self.out.scheduler_splits >= MAX_SCHEDULER_SPLITS
+        {
+            return Err("the simulation's split budget is spent".into());
+        }
+        let Some(s) = self.stores[i].store.as_mut() else {
+            return Err("the leader's store is down".into());
+        };
+        let result = match &d.action {
+            Action::Split { reason } => {
+                let key = match reason {
+                    SplitReason::Size => s.size_split_key(region),
+                    SplitReason::Load => s.load_split_key(region),
+                };
+                key.and_then(|k| s.propose_split(region, epoch, &k).map(|_| ()))
+            }
+            Action::Merge { into } => s
+                .propose_merge(region, epoch, raft::GroupId(*into))
+                .map(|_| ()),
+            Action::TransferLeader { store } => s.transfer_leader(region, StoreId(*store)),
+            Action::Target { .. } => unreachable!("handled above"),
+        };
+        match result {
+            Ok(()) => {
+                match d.action {
+                    Action::Split { .. } => self.out.scheduler_splits += 1,
+                    Action::Merge { .. } => self.out.scheduler_merges += 1,
+                    _ => self.out.scheduler_transfers += 1,
+                }
+                self.trace(|| format!("scheduler: {:?} on s{}", d, i + 1));
+                self.drive(i);
+                Ok(())
+            }
+            Err(e @ StoreError::Storage(_)) => {
+                let why = e.to_string();
+                self.storage_failed(i, e);
+                Err(why)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The store whose placement replica leads with the highest term (among running
     /// stores) and has applied all it knows committed, and that replica's state. Not "under
     /// a lease": a leader that sent a transfer's TimeoutNow forfeits its lease for the rest
@@ -133,6 +390,9 @@ impl Sim {
         self.drive(pl);
         for (i, region, epoch, op) in operators {
             self.carry_out(i, region, epoch, op);
+        }
+        if self.scheduler.is_some() {
+            self.scheduler_round(pl, &config);
         }
     }
 

@@ -311,6 +311,8 @@ fn regression_seeds_placement() {
     for (seed, seconds) in [(69u64, 60), (113, 60), (160, 60), (57, 300), (230, 300)] {
         let mut o = KvSimOptions::new(seed);
         o.sim_seconds = seconds;
+        // Found before the scheduler ran in the simulator: the schedule that found the bug.
+        o.scheduler = Some(false);
         let out = run_kv_seed(&o).unwrap_or_else(|e| panic!("seed {seed} failed:\n{e}"));
         assert!(
             out.placement_rounds > 0 && out.placement_operators > 0,

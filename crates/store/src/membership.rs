@@ -271,11 +271,15 @@ impl<M: StateMachine> Store<M> {
         let Some(p) = self.peers.get(&region) else {
             return Ok(false);
         };
-        let conf_version = if p.initialized() {
-            p.region.epoch.conf_version
-        } else {
-            added_at_conf_version(p.raw.id())
-        };
+        // When this peer was added (its id says, `types::peer_id`), not the conf version of
+        // the descriptor it holds: a learner may start from a snapshot older than its own
+        // addition (taken before it), and destroying it then would tombstone a replica the
+        // region is waiting for. A peer added before `current`'s conf version and missing
+        // from `current` was removed since.
+        let mut conf_version = added_at_conf_version(p.raw.id());
+        if p.initialized() {
+            conf_version = conf_version.max(p.region.epoch.conf_version);
+        }
         let stale = current.id == region
             && current.peer_on(self.cfg.store_id).is_none()
             && current.peer(p.raw.id()).is_none()
