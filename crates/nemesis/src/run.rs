@@ -103,11 +103,22 @@ pub fn snapshot_threshold(cfg: &RunConfig) -> u64 {
     })
 }
 
+/// The servers' flags: the run's snapshot threshold, and placement heartbeats and a load
+/// split threshold low enough that the automatic scheduler splits hot regions and moves
+/// leaders during the run, on top of the schedule's own admin actions (issue 19: scheduling
+/// as one more fault).
 fn server_args(cfg: &RunConfig) -> Vec<String> {
-    vec![
-        "--snapshot-threshold-entries".to_string(),
-        snapshot_threshold(cfg).to_string(),
+    [
+        "--snapshot-threshold-entries",
+        &snapshot_threshold(cfg).to_string(),
+        "--placement-heartbeat-ms",
+        "500",
+        "--region-split-qps",
+        "150",
     ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,10 @@
 //!    together, below half the split load together, have been so for `merge_cold_ms`, and
 //!    whose ranges did not change in that time. Merging needs the same voters on both: when
 //!    they differ, the smaller region is first moved onto the other's stores
-//!    (`AlignForMerge`); once aligned, the right one merges into the left.
+//!    (`AlignForMerge`); once aligned, the right one merges into the left. Only a boundary
+//!    this scheduler made (a split of its own, seen done) is merged away: one from
+//!    `--split-keys` or a split by hand was meant (CockroachDB's sticky split bit), and a
+//!    new placement leader, which knows none, merges nothing until it has split.
 //! 5. **Zones.** A region with two replicas in one zone while an eligible store in a zone it
 //!    lacks has room moves one of them there. A store without a `zone` label is a zone of
 //!    its own, so without labels the rule is just "distinct stores".
@@ -950,6 +953,17 @@ impl<'a> Plan<'a> {
     fn repair(&mut self) {
         let config = self.config;
         let want = self.cfg().replicas.clamp(1, MAX_REPLICAS);
+        // When as many stores are Down as are heard from, the view is what is wrong (this
+        // leader is cut off, or its heartbeats are stale): moving replicas onto the few it
+        // hears from would shrink regions onto them. Repair waits for a view it can trust.
+        let counted = config
+            .stores
+            .values()
+            .filter(|m| m.state != StoreState::Removed)
+            .count();
+        if self.down.len() * 2 >= counted {
+            return;
+        }
         for r in config.regions.values() {
             if self.full() {
                 return;
@@ -980,7 +994,12 @@ impl<'a> Plan<'a> {
                 }
             }
             // No store to take the replica: wait for one rather than shrink the region.
-            if next.is_empty() || (next.len() == kept && kept < want) {
+            // Repair replaces replicas, never drops one: a region keeps at least as many as
+            // it had (up to the replica count).
+            if next.is_empty()
+                || (next.len() == kept && kept < want)
+                || next.len() < wanted.len().min(want)
+            {
                 continue;
             }
             next.sort_unstable();
@@ -2042,6 +2061,37 @@ mod tests {
         }
         let down = s.down_stores(&m.config, &m.live_stores, m.now_ms);
         assert_eq!(down, BTreeSet::from([3]));
+    }
+
+    #[test]
+    fn repair_never_shrinks_a_region_and_waits_when_most_stores_seem_down() {
+        // Four stores, two Down: regions on {1,2,3} have one replacement (4), not two.
+        let mut m = Model::new(stores(5), 2, |_| vec![1, 2, 3], 20 * MIB);
+        m.heartbeat_ago(2, Some(DEFAULT_STORE_DOWN_TIMEOUT_MS + 1));
+        m.heartbeat_ago(3, Some(DEFAULT_STORE_DOWN_TIMEOUT_MS + 1));
+        let mut s = sched();
+        let d = m.round(&mut s);
+        for one in with_reason(&d, Reason::Repair) {
+            if let Action::Target { stores } = &one.action {
+                assert_eq!(
+                    stores.len(),
+                    3,
+                    "repair shrank region {}: {one:?}",
+                    one.region
+                );
+            }
+        }
+        // Three of five Down (a leader whose view is stale or cut off): no repair at all.
+        let mut m = Model::new(stores(5), 2, |_| vec![1, 2, 3], 20 * MIB);
+        for st in [2, 3, 4] {
+            m.heartbeat_ago(st, Some(DEFAULT_STORE_DOWN_TIMEOUT_MS + 1));
+        }
+        let mut s = sched();
+        let d = m.round(&mut s);
+        assert!(
+            with_reason(&d, Reason::Repair).is_empty(),
+            "repaired with most stores Down: {d:?}"
+        );
     }
 
     #[test]

@@ -168,14 +168,15 @@ async fn stores_join_drain_and_die_under_load_and_the_cluster_rebalances() {
                             .push(started.elapsed().as_micros() as u64);
                     }
                     Err(e) => {
-                        let mut errs = rec.errors.lock().unwrap();
-                        if errs.len() < 50 {
-                            errs.push(format!(
-                                "client {w} on {:?}: {e}",
-                                String::from_utf8_lossy(&key)
-                            ));
+                        {
+                            let mut errs = rec.errors.lock().unwrap();
+                            if errs.len() < 50 {
+                                errs.push(format!(
+                                    "client {w} on {:?}: {e}",
+                                    String::from_utf8_lossy(&key)
+                                ));
+                            }
                         }
-                        drop(errs);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -333,7 +334,8 @@ async fn stores_join_drain_and_die_under_load_and_the_cluster_rebalances() {
         }
         assert!(
             killed_at.elapsed() < Duration::from_secs(90),
-            "store 3's replicas not re-created within 90 s\n{}",
+            "store 3's replicas not re-created within 90 s: {}\n{}",
+            placement(&alive).map_or("no placement answer".to_string(), |p| p.to_string()),
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;

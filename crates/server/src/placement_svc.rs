@@ -47,7 +47,11 @@ struct Sched {
 /// The leader's memory of heartbeats (bounded by the stores and regions the configuration
 /// names: entries for others are dropped at each heartbeat).
 struct Live {
+    /// When this view started: the server's start, or the moment it led placement again
+    /// after a gap (a store never heard from since counts as silent since then).
     since: Instant,
+    /// When this server last handled a heartbeat as placement's leader.
+    last_local: Option<Instant>,
     stores: BTreeMap<u64, (Instant, pb::StoreStats)>,
     regions: BTreeMap<u64, LiveRegion>,
 }
@@ -86,6 +90,7 @@ impl PlacementService {
             handle,
             live: Arc::new(Mutex::new(Live {
                 since: Instant::now(),
+                last_local: None,
                 stores: BTreeMap::new(),
                 regions: BTreeMap::new(),
             })),
@@ -351,6 +356,7 @@ impl PlacementService {
             }
         };
         let config = &answer.config;
+        self.renew_view_after_a_gap();
         let Some(st) = req.store.clone() else {
             return pb::HeartbeatResponse {
                 error: Some(refused(
@@ -510,6 +516,37 @@ impl PlacementService {
         }
     }
 
+    /// Called for each heartbeat handled here as placement's leader. At the first, or after a
+    /// gap of more
+    /// than [`LEADERSHIP_GAP_BEATS`] intervals this server did not lead placement meanwhile:
+    /// its heartbeat times are from its earlier leadership and would make every store look
+    /// Down (the scheduler would then "repair" healthy stores), and its scheduler's
+    /// operators may have been overtaken by another leader's. Both start afresh.
+    fn renew_view_after_a_gap(&self) {
+        let gap = self.cfg.placement_heartbeat * LEADERSHIP_GAP_BEATS;
+        let now = Instant::now();
+        let renewed = {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            // The first heartbeat led here starts the view too: before it this server heard
+            // from nobody, and a store would look silent since the server started.
+            let renew = live.last_local.is_none_or(|t| now.duration_since(t) > gap);
+            if renew {
+                live.since = now;
+                live.stores.clear();
+                live.regions.clear();
+            }
+            live.last_local = Some(now);
+            renew
+        };
+        if renewed {
+            let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+            let c = sched.scheduler.config().clone();
+            sched.scheduler = Scheduler::new(c);
+            sched.pending.clear();
+            sched.last_round = None;
+        }
+    }
+
     /// The scheduler's part of a heartbeat: the failures it reports, a round
     /// when one is due (targets proposed at once; splits, merges and transfers kept for
     /// their region's leader), and the kept decisions for the regions this heartbeat
@@ -532,13 +569,6 @@ impl PlacementService {
             let every = self.cfg.placement_heartbeat;
             let due = sched.last_round.is_none_or(|t| t.elapsed() >= every);
             if due {
-                // A long gap means this store did not lead placement meanwhile: what it
-                // had in flight is stale (another leader may have decided since).
-                if sched.last_round.is_some_and(|t| t.elapsed() > every * 5) {
-                    let c = sched.scheduler.config().clone();
-                    sched.scheduler = Scheduler::new(c);
-                    sched.pending.clear();
-                }
                 sched.last_round = Some(Instant::now());
                 let decisions = sched
                     .scheduler
@@ -664,6 +694,10 @@ fn hinted<R>(error: Option<(i32, u64)>, r: R) -> Result<R, Option<u64>> {
         Some(_) => Ok(r),
     }
 }
+
+/// Heartbeat intervals without a heartbeat handled here after which this server is taken
+/// to have not led placement meanwhile (every store beats once an interval).
+pub const LEADERSHIP_GAP_BEATS: u32 = 3;
 
 /// Most operator failures one heartbeat reports (a store keeps the latest).
 pub const MAX_OPERATOR_FAILURES: usize = 64;

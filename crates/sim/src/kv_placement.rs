@@ -78,8 +78,8 @@ impl SimScheduler {
         let cfg = ScheduleConfig {
             enabled: true,
             replicas: 3,
-            region_max_bytes: 256 + rng.below(2_048),
-            region_split_qps: 10 + rng.below(200),
+            region_max_bytes: 32 + rng.below(512),
+            region_split_qps: 2 + rng.below(30),
             split_qps_window_ms: 1_000 + rng.below(2_000),
             merge_cold_ms: 2_000 + rng.below(4_000),
             store_down_timeout_ms: 3_000 + rng.below(6_000),
@@ -160,6 +160,7 @@ impl Sim {
                 });
             }
             // The server's heartbeat: replicas placement names removed are destroyed.
+            let mut destroyed = Vec::new();
             for rs in &status {
                 if rs.region.peer_on(me).is_none() {
                     continue;
@@ -173,10 +174,7 @@ impl Sim {
                     match s.destroy_stale_replica(rs.region.id, &held.to_region()) {
                         Ok(true) => {
                             self.out.stale_replicas_destroyed += 1;
-                            let id = rs.region.id.0;
-                            self.trace(|| {
-                                format!("scheduler: s{} destroyed stale replica of {id}", i + 1)
-                            });
+                            destroyed.push(rs.region.id.0);
                         }
                         Ok(false) => {}
                         Err(e @ StoreError::Storage(_)) => {
@@ -187,6 +185,14 @@ impl Sim {
                         Err(_) => {}
                     }
                 }
+            }
+            for id in destroyed {
+                self.trace(|| {
+                    format!(
+                        "scheduler: s{} destroyed its removed replica of {id}",
+                        i + 1
+                    )
+                });
             }
         }
         ss.counts.retain(|id, _| config.regions.contains_key(id));

@@ -111,6 +111,20 @@ impl<M: StateMachine> Store<M> {
         let on = |store: StoreId| p.region.peer_on(store);
         let conf_version = p.region.epoch.conf_version;
         let refuse = |why: String| Err(StoreError::Proposal(why));
+        // A leader never removes its own replica (TiKV refuses it too): it would destroy the
+        // replica on applying the change, possibly before any follower learned the change
+        // committed, and followers left in the joint configuration (a swap) or the old one
+        // could then never win its half (simulator seed 1066 at 120 s). Transfer first.
+        let removed = match change {
+            ReplicaChange::Remove(s) | ReplicaChange::Swap { remove: s, .. } => Some(s),
+            _ => None,
+        };
+        if removed == Some(self.cfg.store_id) {
+            return refuse(format!(
+                "region {region}'s replica on store {} leads it: transfer the leadership before removing it",
+                self.cfg.store_id
+            ));
+        }
         let (cc, added) = match change {
             ReplicaChange::AddLearner(store) => {
                 if on(store).is_some() {

@@ -1176,6 +1176,15 @@ fn a_replica_removed_and_added_back_moves_its_data_and_leaves_nothing_behind() {
             .propose_replica_change(r.id, r.epoch, Remove(StoreId(9))),
         Err(StoreError::Proposal(_))
     ));
+    // A leader does not remove its own replica (it would destroy it on applying the change,
+    // maybe before a follower learned the change committed): transfer first.
+    let own = c
+        .store(0)
+        .propose_replica_change(r.id, r.epoch, Remove(StoreId(1)));
+    assert!(
+        matches!(&own, Err(StoreError::Proposal(why)) if why.contains("transfer the leadership")),
+        "{own:?}"
+    );
 }
 
 /// A replica of a split-off region removed from a store stays removed when that store
