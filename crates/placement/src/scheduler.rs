@@ -350,6 +350,17 @@ impl Scheduler {
         }
     }
 
+    /// Starts afresh for a new leadership (what was in flight and what it remembered of
+    /// each region may have been overtaken by another leader's), keeping the history and
+    /// the counts (metrics counters never go back).
+    pub fn restart(&mut self) {
+        let history = std::mem::take(&mut self.history);
+        let counts = std::mem::take(&mut self.counts);
+        *self = Scheduler::new(self.cfg.clone());
+        self.history = history;
+        self.counts = counts;
+    }
+
     pub fn set_config(&mut self, cfg: ScheduleConfig) {
         self.cfg = cfg;
     }
@@ -972,10 +983,17 @@ impl<'a> Plan<'a> {
             if !wanted.iter().any(|s| self.down.contains(s)) {
                 continue;
             }
-            // A move of ours is replaced; a split, merge or transfer ends or times out first.
+            // A move of ours is replaced, and so is anything waiting on a Down store (a
+            // leader transfer to it would hold the region until it timed out); a split or
+            // merge among live stores ends or times out first.
             let superseding = match self.sched.in_flight.get(&r.id) {
                 None => false,
-                Some(op) if matches!(op.decision.action, Action::Target { .. }) => true,
+                Some(op)
+                    if matches!(op.decision.action, Action::Target { .. })
+                        || op.touches.iter().any(|s| self.down.contains(s)) =>
+                {
+                    true
+                }
                 Some(_) => continue,
             };
             if !superseding && self.taken.contains(&r.id) {
@@ -2092,6 +2110,46 @@ mod tests {
             with_reason(&d, Reason::Repair).is_empty(),
             "repaired with most stores Down: {d:?}"
         );
+    }
+
+    #[test]
+    fn a_transfer_to_a_store_that_went_down_does_not_hold_up_its_repair() {
+        let mut m = Model::new(stores(4), 1, |_| vec![1, 2, 3], 20 * MIB);
+        let mut s = sched();
+        // A leader transfer to store 3 is in flight (leaders: 1 on store 1; give store 3
+        // fewer by hand-placing the decision).
+        let d = Decision {
+            region: 1,
+            conf_version: 1,
+            version: 1,
+            action: Action::TransferLeader { store: 3 },
+            reason: Reason::BalanceLeaders,
+        };
+        s.in_flight.insert(
+            1,
+            InFlight {
+                decision: d,
+                started_ms: 0,
+                touches: vec![1, 3],
+                partner: None,
+            },
+        );
+        m.heartbeat_ago(3, Some(DEFAULT_STORE_DOWN_TIMEOUT_MS + 1));
+        let d = m.round(&mut s);
+        assert_eq!(
+            with_reason(&d, Reason::Repair)
+                .into_iter()
+                .map(|d| d.action)
+                .collect::<Vec<_>>(),
+            vec![Action::Target {
+                stores: vec![1, 2, 4]
+            }],
+            "{d:?}"
+        );
+        assert!(s
+            .history()
+            .iter()
+            .any(|h| h.region == 1 && h.outcome == Some(Outcome::Superseded)));
     }
 
     #[test]

@@ -804,6 +804,10 @@ async fn run_client(cmd: Cmd) -> Result<()> {
                     d.snapshot_files
                 );
             }
+            if let Some(l) = &live {
+                println!();
+                placement_cmd::print_operators(l);
+            }
         }
         _ => unreachable!(),
     }
@@ -816,7 +820,8 @@ async fn run_client(cmd: Cmd) -> Result<()> {
 /// are UTF-8 strings (lossy), `""` as an end key meaning the end of the key space.
 /// `raftkv status --json`: every store (placement's list when it answered, with each
 /// store's state there; `Down` for one that did not answer), every region once as its
-/// leader describes it, and `"placement": {"leader_store": N, "config": N}` (null when
+/// leader describes it, and `"placement": {"leader_store": N, "config": N, "operators":
+/// [...], "history": [...]}` (the scheduler's operators in flight and finished; null when
 /// placement did not answer).
 fn status_json(
     reports: &[client::pb::StatusResponse],
@@ -883,6 +888,8 @@ fn status_json(
         "placement": live.map(|l| json!({
             "leader_store": l.leader_store,
             "config": l.answer.config.number,
+            "operators": l.operators,
+            "history": l.history,
         })),
         "regions": regions.values().map(|(_, _, r)| {
             let reg = r.region.clone().unwrap_or_default();

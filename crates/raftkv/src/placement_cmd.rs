@@ -245,7 +245,7 @@ fn show_operator(o: &placement::scheduler::OperatorRecord) -> String {
 }
 
 /// The scheduler's operators in flight and its latest finished ones.
-fn print_operators(live: &LiveAnswer) {
+pub(crate) fn print_operators(live: &LiveAnswer) {
     println!(
         "scheduler: {} operator(s) in flight, {} finished kept",
         live.operators.len(),

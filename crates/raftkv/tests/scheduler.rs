@@ -178,6 +178,35 @@ async fn growing_data_is_split_and_a_joined_store_takes_its_share() {
         p["history"]
     );
 
+    // Visible: `raftkv store list` and `raftkv status` list the scheduler's splits, and the
+    // store leading placement counts them on its metrics page.
+    for cmd in ["store list", "status"] {
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.extend(["--endpoints", &endpoints]);
+        let out = Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .args(&args)
+            .output()
+            .expect("run raftkv");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("scheduler:") && text.contains("reason Size"),
+            "`raftkv {cmd}` does not show the scheduler's splits:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // (Counted by the store that led placement when they were decided.)
+    let splits_done = (0..3).any(|i| {
+        c.metrics(i).lines().any(|l| {
+            l.starts_with("raftkv_scheduler_operators_total{kind=\"split\",outcome=\"done\"}")
+                && !l.ends_with(" 0")
+        })
+    });
+    assert!(
+        splits_done,
+        "no store counts a split done:\n{}",
+        c.metrics(p["placement"]["leader_store"].as_u64().unwrap() as usize - 1)
+    );
+
     let s4 = c.join_new_store();
     let new_id = 4u64;
     let (p, took) = wait_placement(

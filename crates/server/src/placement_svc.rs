@@ -540,8 +540,7 @@ impl PlacementService {
         };
         if renewed {
             let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
-            let c = sched.scheduler.config().clone();
-            sched.scheduler = Scheduler::new(c);
+            sched.scheduler.restart();
             sched.pending.clear();
             sched.last_round = None;
         }
