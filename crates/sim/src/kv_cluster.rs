@@ -1760,17 +1760,13 @@ impl Sim {
             .filter(|s| r.peer_on(*s).is_none())
             .collect();
         let pick = |v: &[StoreId], rng: &mut SplitMix64| v[rng.below(v.len() as u64) as usize];
-        // The leader's own replica is never removed (the store refuses it: transfer first).
-        let removable: Vec<StoreId> = voters
-            .iter()
-            .copied()
-            .filter(|s| *s != StoreId(i as u64 + 1))
-            .collect();
+        // A pick of the leader's own replica is refused by the store (transfer first) and
+        // then proposes nothing: drawing from all voters keeps every seed's other draws.
         let change = if let Some(&l) = learners.first() {
             if voters.len() >= 3 && self.rng.below(2) == 0 {
                 Swap {
                     promote: l,
-                    remove: pick(&removable, &mut self.rng),
+                    remove: pick(&voters, &mut self.rng),
                 }
             } else {
                 Promote(l)
@@ -1778,7 +1774,7 @@ impl Sim {
         } else if voters.len() > 3
             || (voters.len() == 3 && free.is_empty() && self.rng.below(3) == 0)
         {
-            Remove(pick(&removable, &mut self.rng))
+            Remove(pick(&voters, &mut self.rng))
         } else if !free.is_empty() && voters.len() >= 2 {
             AddLearner(pick(&free, &mut self.rng))
         } else {
