@@ -1470,6 +1470,13 @@ impl<S: Storage> Raft<S> {
         } else if out.in_flight_end == Some(next_offset) {
             out.offset = next_offset;
             out.in_flight_end = None;
+        } else if next_offset > out.offset && next_offset < total {
+            // The follower holds more of this snapshot than we are sending: a stale reject
+            // (duplicated or reordered) sent us back to 0 after it had moved on, and it
+            // answers every resend of an earlier chunk with where it is. Continue from there,
+            // or the transfer never ends (simulator seed 55 with duplication).
+            out.offset = next_offset;
+            out.in_flight_end = None;
         } else {
             // The answer to a copy of a chunk already acknowledged: the chunk in flight is
             // the newer one, and sending again here would add a copy per duplicate.
@@ -1533,6 +1540,18 @@ impl<S: Storage> Raft<S> {
                 && s.total_bytes == total_bytes
                 && s.checksum == checksum
         });
+        let gap = same
+            && self
+                .incoming_snapshot
+                .as_ref()
+                .is_some_and(|s| offset > s.received);
+        if gap {
+            // Past what we hold of this transfer (the sender went ahead on a stale answer):
+            // we can never fill the gap, so both start over.
+            self.incoming_snapshot = None;
+            self.snapshot_response(from, index, 0, true);
+            return;
+        }
         if !same {
             if offset != 0 {
                 // A chunk of a transfer we are not receiving: make the sender restart.
