@@ -167,6 +167,9 @@ pub(crate) struct OutgoingSnapshot {
     in_flight_end: Option<u64>,
     /// Heartbeat responses since the chunk in flight was sent.
     heartbeats_waiting: u32,
+    /// Where the follower last said it was, when that was before `offset` (it restarted
+    /// the transfer, or we went ahead on a stale answer): the next resend goes from there.
+    follower_behind: Option<u64>,
 }
 
 /// Heartbeat responses a leader waits, without an acknowledgement of the snapshot chunk in
@@ -1390,6 +1393,7 @@ impl<S: Storage> Raft<S> {
                 offset: 0,
                 in_flight_end: None,
                 heartbeats_waiting: 0,
+                follower_behind: None,
             },
         );
         self.send_snapshot_chunk(to);
@@ -1465,11 +1469,18 @@ impl<S: Storage> Raft<S> {
             return; // A response to an older transfer.
         }
         let total = out.total_bytes;
+        out.follower_behind = None;
         if reject {
             out.offset = 0;
         } else if out.in_flight_end == Some(next_offset) {
             out.offset = next_offset;
             out.in_flight_end = None;
+        } else if next_offset < out.offset {
+            // Behind the chunk we send: a copy of an old answer, or the follower holds less
+            // than we thought. Not acted on at once (a duplicate would add a copy in
+            // flight); the next resend starts from there if nothing newer came.
+            out.follower_behind = Some(next_offset);
+            return;
         } else if next_offset > out.offset && next_offset < total {
             // The follower holds more of this snapshot than we are sending: a stale reject
             // (duplicated or reordered) sent us back to 0 after it had moved on, and it
@@ -1493,7 +1504,18 @@ impl<S: Storage> Raft<S> {
         let resend = match self.outgoing_snapshots.get_mut(&from) {
             Some(out) => {
                 out.heartbeats_waiting += 1;
-                out.in_flight_end.is_none() || out.heartbeats_waiting >= SNAPSHOT_RESEND_HEARTBEATS
+                let due = out.in_flight_end.is_none()
+                    || out.heartbeats_waiting >= SNAPSHOT_RESEND_HEARTBEATS;
+                if due {
+                    if let Some(at) = out.follower_behind.take() {
+                        // The chunk in flight went unanswered but for "I am at `at`": resend
+                        // from there, or a follower that holds less than we think (we went
+                        // ahead on a stale answer) would answer the same forever.
+                        out.offset = at;
+                        out.in_flight_end = None;
+                    }
+                }
+                due
             }
             // Snapshot state without a transfer: send_snapshot_chunk starts over.
             None => true,
@@ -1540,18 +1562,6 @@ impl<S: Storage> Raft<S> {
                 && s.total_bytes == total_bytes
                 && s.checksum == checksum
         });
-        let gap = same
-            && self
-                .incoming_snapshot
-                .as_ref()
-                .is_some_and(|s| offset > s.received);
-        if gap {
-            // Past what we hold of this transfer (the sender went ahead on a stale answer):
-            // we can never fill the gap, so both start over.
-            self.incoming_snapshot = None;
-            self.snapshot_response(from, index, 0, true);
-            return;
-        }
         if !same {
             if offset != 0 {
                 // A chunk of a transfer we are not receiving: make the sender restart.
