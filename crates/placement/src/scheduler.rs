@@ -521,7 +521,9 @@ impl Scheduler {
                     .saturating_mul(LOAD_SPLIT_RETRY_WINDOWS);
                 self.load_split_after
                     .insert(region, now_ms.saturating_add(wait));
-            } else {
+            } else if !matches!(op.decision.action, Action::TransferLeader { .. }) {
+                // (A failed leader transfer does not hold the region back: leader balance
+                // has its own hysteresis, and a split or repair must not wait for it.)
                 self.retry_after
                     .insert(region, now_ms.saturating_add(self.cfg.op_timeout_ms));
             }
@@ -707,10 +709,20 @@ fn judge(
             .is_some_and(|l| l.leader_store == *store)
             .then_some(Outcome::Done),
     };
+    // A leader transfer is done within an election or not at all (a store's own static
+    // leader balancing of a new cluster may take it back): waiting the whole operator
+    // timeout would keep the region from splitting or repair meanwhile.
+    let timeout_ms = match d.action {
+        Action::TransferLeader { .. } => timeout_ms.min(LEADER_TRANSFER_TIMEOUT_MS),
+        _ => timeout_ms,
+    };
     ended.or_else(|| {
         (now_ms.saturating_sub(op.started_ms) >= timeout_ms).then_some(Outcome::TimedOut)
     })
 }
+
+/// How long a leader transfer may take before it counts as timed out.
+pub const LEADER_TRANSFER_TIMEOUT_MS: u64 = 10_000;
 
 /// A decision with what it holds while in flight.
 struct Planned {
@@ -2150,6 +2162,48 @@ mod tests {
             .history()
             .iter()
             .any(|h| h.region == 1 && h.outcome == Some(Outcome::Superseded)));
+    }
+
+    #[test]
+    fn a_leader_transfer_that_never_lands_does_not_hold_a_split_back() {
+        let mut m = Model::new(stores(3), 1, on_123, MIB);
+        let mut s = sched();
+        s.in_flight.insert(
+            1,
+            InFlight {
+                decision: Decision {
+                    region: 1,
+                    conf_version: 1,
+                    version: 1,
+                    action: Action::TransferLeader { store: 2 },
+                    reason: Reason::BalanceLeaders,
+                },
+                started_ms: 0,
+                touches: vec![1, 2],
+                partner: None,
+            },
+        );
+        // Hot from the start; the transfer never shows (the leader stays on store 1).
+        m.live_mut(1).reads_per_sec = 2 * DEFAULT_REGION_SPLIT_QPS;
+        let mut split_at = None;
+        let mut t = 0;
+        while t <= LEADER_TRANSFER_TIMEOUT_MS + 2 * DEFAULT_SPLIT_QPS_WINDOW_MS {
+            let d = m.round_at(&mut s, t);
+            if d.iter().any(|d| d.reason == Reason::Load) {
+                split_at = Some(t);
+                break;
+            }
+            t += 500;
+        }
+        let split_at = split_at.expect("the hot region never split");
+        assert!(
+            split_at >= LEADER_TRANSFER_TIMEOUT_MS,
+            "split at {split_at} ms while the transfer was in flight"
+        );
+        assert!(s
+            .history()
+            .iter()
+            .any(|h| h.region == 1 && h.outcome == Some(Outcome::TimedOut)));
     }
 
     #[test]
