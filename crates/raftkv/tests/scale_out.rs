@@ -244,7 +244,7 @@ async fn stores_join_drain_and_die_under_load_and_the_cluster_rebalances() {
     let before = mean_ops(1.0, t0.elapsed().as_secs_f64());
 
     // Stores 4 and 5 join; within 120 s every store holds its share of replicas and leaders.
-    *phase.lock().unwrap() = "stores 4, 5 joining";
+    *phase.lock().unwrap() = "stores 4 and 5 joining";
     c.join_new_store();
     c.join_new_store();
     let joined_at = Instant::now();
