@@ -73,7 +73,10 @@ async fn a_large_snapshot_is_streamed_without_growing_either_store() {
     // sender grow by 89 MiB with 64 MiB segments and a 512 MiB load).
     let threshold = ((region_mib / 8).max(1) * MIB).to_string();
     let segment = (region_mib / 4).clamp(64, 1024) * MIB;
+    // One big region is the point: the automatic scheduler would split it at 64 MiB.
     let mut c = TestCluster::start(&[
+        "--scheduler",
+        "off",
         "--snapshot-threshold-entries",
         "1000000000",
         "--snapshot-threshold-bytes",
