@@ -149,7 +149,7 @@ async fn stores_join_drain_and_die_under_load_and_the_cluster_rebalances() {
                 let k = (n * 7919 + w * 31) % KEYS_PER_CLIENT;
                 let key = format!("{}{w:02}k{k:04}", (b'a' + (k % 26) as u8) as char).into_bytes();
                 let started = Instant::now();
-                let outcome = if n % 2 == 0 {
+                let outcome = if n.is_multiple_of(2) {
                     let value = format!("{w}.{n}.").repeat(VALUE_BYTES / 8).into_bytes();
                     let r = cl.put(&key, &value).await;
                     if r.is_ok() {

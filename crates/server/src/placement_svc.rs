@@ -483,7 +483,8 @@ impl PlacementService {
             live.stores.retain(|id, _| config.stores.contains_key(id));
             live.regions.retain(|id, _| config.regions.contains_key(id));
         }
-        self.schedule(config, &req, &mut operators).await;
+        self.schedule(config, answer.replicas, &req, &mut operators)
+            .await;
         // Replicas this store holds that were removed while it was away: it cannot learn
         // of that from the region (it is no longer sent anything), so placement tells it.
         let stale_replicas = req
@@ -553,6 +554,7 @@ impl PlacementService {
     async fn schedule(
         &self,
         config: &Config,
+        replicas: u64,
         req: &pb::HeartbeatRequest,
         operators: &mut Vec<pb::RegionOperator>,
     ) {
@@ -561,6 +563,14 @@ impl PlacementService {
         {
             let (stores, regions, view_age_ms) = self.live_view(config);
             let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+            // Placement's recorded replica count, not this store's `--replicas`: they differ
+            // on a cluster bootstrapped on fewer stores, or a store started with another.
+            let replicas = replicas as usize;
+            if sched.scheduler.config().replicas != replicas {
+                let mut c = sched.scheduler.config().clone();
+                c.replicas = replicas;
+                sched.scheduler.set_config(c);
+            }
             for f in req.failed.iter().take(MAX_OPERATOR_FAILURES) {
                 sched.scheduler.failed(f.region_id, f.message.clone(), now);
                 sched.pending.remove(&f.region_id);
