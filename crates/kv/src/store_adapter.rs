@@ -39,8 +39,12 @@ impl StateMachine for KvStateMachine {
         debug_assert_eq!(self.region().start.as_ref(), merged.start_key.as_slice());
     }
 
-    fn read(&self, query: &Command) -> Result<Response, CommandError> {
+    fn read(&self, query: &Command, _now_ms: u64) -> Result<Response, CommandError> {
         KvStateMachine::read(self, query)
+    }
+
+    fn housekeeping(&self, _now_ms: u64) -> Option<Bytes> {
+        None
     }
 
     fn approximate_size(&self) -> types::ApproximateSize {

@@ -132,9 +132,17 @@ impl StateMachine for Hosted {
         }
     }
 
-    fn read(&self, query: &Command) -> Result<Response, CommandError> {
+    fn housekeeping(&self, now_ms: u64) -> Option<Bytes> {
         match self {
-            Hosted::Kv(k) => StateMachine::read(k, query),
+            Hosted::Kv(k) => StateMachine::housekeeping(k, now_ms),
+            // Placement's own state does not expire.
+            Hosted::Placement(_) => None,
+        }
+    }
+
+    fn read(&self, query: &Command, now_ms: u64) -> Result<Response, CommandError> {
+        match self {
+            Hosted::Kv(k) => StateMachine::read(k, query, now_ms),
             Hosted::Placement(p) => {
                 let n = match query {
                     Command::Get { key } if key.starts_with(QUERY_KEY_PREFIX) => {

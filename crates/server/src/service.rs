@@ -169,7 +169,7 @@ fn command_error(e: &CommandError) -> pb::KvResponse {
     err(code, e.to_string())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -263,6 +263,9 @@ pub fn run(
         };
         // Time first (see `Driver::catch_up`): the ticks that came due, before the messages
         // that queued up meanwhile.
+        // The wall clock reads and expiry housekeeping are judged at (Unix ms, as the
+        // `proposed_at_ms` of this store's proposals).
+        store.set_clock_ms(crate::service::now_ms());
         let ticked = driver.catch_up(&mut store, micros(Instant::now()))? > 0;
         let mut handled = 0;
         let mut next = first;

@@ -1454,6 +1454,7 @@ impl Sim {
                 let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) else {
                     return true;
                 };
+                s.set_clock_ms(now / MS);
                 if let Err(e) = d.catch_up(s, now) {
                     self.storage_failed(i, e);
                     return true;
@@ -1541,6 +1542,7 @@ impl Sim {
         let now = self.now;
         let st = &mut self.stores[i];
         if let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) {
+            s.set_clock_ms(now / MS);
             if let Err(e) = d.catch_up(s, now) {
                 self.storage_failed(i, e);
                 return;

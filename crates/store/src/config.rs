@@ -24,6 +24,9 @@ pub const DEFAULT_SNAPSHOT_THRESHOLD_BYTES: u64 = 32 << 20;
 /// segments fill, the log overshoots its budget by at most a tick's writes.
 pub const DEFAULT_LOG_PURGE_EVERY_TICKS: u64 = 1;
 
+/// Default of [`StoreConfig::housekeeping_every_ticks`]: once a second at the default tick.
+pub const DEFAULT_HOUSEKEEPING_EVERY_TICKS: u64 = 20;
+
 /// Tunables of a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -61,6 +64,10 @@ pub struct StoreConfig {
     ///
     /// [`Store::reclaim_log`]: crate::Store::reclaim_log
     pub log_purge_every_ticks: u64,
+    /// Every this many ticks a leader asks each region's state machine for housekeeping
+    /// (`StateMachine::housekeeping`: the KV machine deletes expired keys through the log) and
+    /// proposes what it returns; 0 = never.
+    pub housekeeping_every_ticks: u64,
     /// Chunk size of snapshots sent to followers (the core's default; the simulator makes it
     /// small so that transfers take many round trips and crashes cut them).
     pub snapshot_chunk_bytes: u64,
@@ -80,6 +87,7 @@ impl StoreConfig {
             balance_leaders_every_ticks: DEFAULT_ELECTION_TICK as u64,
             balance_leaders_for_ticks: DEFAULT_BALANCE_LEADERS_FOR_TICKS,
             log_purge_every_ticks: DEFAULT_LOG_PURGE_EVERY_TICKS,
+            housekeeping_every_ticks: DEFAULT_HOUSEKEEPING_EVERY_TICKS,
             snapshot_chunk_bytes: Config::new(1, 1).snapshot_chunk_bytes,
         }
     }

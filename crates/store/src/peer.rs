@@ -22,6 +22,9 @@ pub(crate) struct PendingRead<Q> {
     pub(crate) key: Vec<u8>,
     /// Set once the ReadIndex round answered: serve when applied reaches it.
     pub(crate) index: Option<LogIndex>,
+    /// The store's wall clock when the read arrived: what the state machine judges expiry
+    /// by (see `StateMachine::read`).
+    pub(crate) at_ms: u64,
 }
 
 /// One region replica.

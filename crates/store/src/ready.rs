@@ -524,7 +524,7 @@ impl<M: StateMachine> Store<M> {
                 let result = if frozen {
                     Err(StoreError::Merging { region: region.id })
                 } else if region.contains(&r.key) {
-                    Ok(Reply::Read(sm.read(&r.query)))
+                    Ok(Reply::Read(sm.read(&r.query, r.at_ms)))
                 } else {
                     Err(StoreError::EpochNotMatch {
                         current: Box::new(region.clone()),

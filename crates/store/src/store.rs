@@ -123,6 +123,8 @@ pub struct StoreStats {
     pub merge_rollbacks_proposed: u64,
     pub merge_sources_destroyed: u64,
     pub merge_waits_without_source: u64,
+    /// Housekeeping entries proposed by leaders (see `StateMachine::housekeeping`).
+    pub housekeeping_proposed: u64,
 }
 
 /// Status of one region replica, for `raftkv status`.
@@ -163,6 +165,8 @@ pub struct Store<M: StateMachine> {
     pub(crate) completions: Vec<Completion<M>>,
     pub(crate) outbox: Vec<(StoreId, Message)>,
     pub(crate) ticks: u64,
+    /// The driver's wall clock, ms since the Unix epoch (see [`Store::set_clock_ms`]).
+    pub(crate) clock_ms: u64,
     /// Rounds submitted with [`Store::submit_ready`], oldest first.
     pub(crate) in_flight: VecDeque<InFlight>,
     /// A round was prepared and its write not yet started or queued.
@@ -300,6 +304,7 @@ impl<M: StateMachine> Store<M> {
             completions: Vec::new(),
             outbox: Vec::new(),
             ticks: 0,
+            clock_ms: 0,
             in_flight: VecDeque::new(),
             round_prepared: false,
             write_latencies: Vec::new(),
@@ -692,6 +697,10 @@ impl<M: StateMachine> Store<M> {
         {
             self.balance_leaders();
         }
+        let every = self.cfg.housekeeping_every_ticks;
+        if every > 0 && self.ticks.is_multiple_of(every) {
+            self.housekeeping();
+        }
         let every = self.cfg.log_purge_every_ticks;
         if every > 0
             && self.ticks.is_multiple_of(every)
@@ -701,6 +710,46 @@ impl<M: StateMachine> Store<M> {
             self.reclaim_log()?;
         }
         Ok(())
+    }
+
+    /// Sets the wall clock (ms since the Unix epoch) that reads arriving from now on are judged
+    /// at and that housekeeping is asked with. The driver calls it on every wake-up: the
+    /// server with the system clock, the simulator with its virtual time. It never goes back
+    /// (a clock stepped backwards leaves it where it was).
+    pub fn set_clock_ms(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+    }
+
+    /// The clock set by [`Store::set_clock_ms`].
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Proposes, on every region this store leads (and that is not being merged), what its
+    /// state machine asks for at the current clock. Failures are not errors: the next round
+    /// asks again.
+    fn housekeeping(&mut self) {
+        let now_ms = self.clock_ms;
+        let due: Vec<(RegionId, Bytes)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.raw.role() == Role::Leader
+                    && p.merging.is_none()
+                    && p.merged_into.is_none()
+                    && !p.region.peers.is_empty()
+            })
+            .filter_map(|(id, p)| {
+                let data = p.sm.housekeeping(now_ms)?;
+                Some((*id, crate::entry::encode_command(p.region.epoch.version, &data)))
+            })
+            .collect();
+        for (region, data) in due {
+            // Its completion has no waiter: the driver drops answers to unknown tickets.
+            if self.propose_entry(region, data).is_ok() {
+                self.stats.housekeeping_proposed += 1;
+            }
+        }
     }
 
     /// Routes a message from store `from` to the replica of its region; a leader's message
@@ -866,6 +915,7 @@ impl<M: StateMachine> Store<M> {
                     query,
                     key: key.to_vec(),
                     index: None,
+                    at_ms: self.clock_ms,
                 });
                 p.read_count += 1;
                 p.sample_load(key);
@@ -899,7 +949,8 @@ impl<M: StateMachine> Store<M> {
         key: &[u8],
         query: &M::Query,
     ) -> Result<M::ReadOutput, StoreError> {
-        let out = self.check_route(region, epoch, key)?.sm.read(query);
+        let now_ms = self.clock_ms;
+        let out = self.check_route(region, epoch, key)?.sm.read(query, now_ms);
         if let Some(p) = self.peers.get_mut(&region) {
             p.read_count += 1;
             p.sample_load(key);

@@ -57,8 +57,11 @@ impl StateMachine for MapSm {
     fn absorb(&mut self, source: Self, _: &Region) {
         self.0.extend(source.0);
     }
-    fn read(&self, q: &Vec<u8>) -> Bytes {
+    fn read(&self, q: &Vec<u8>, _now_ms: u64) -> Bytes {
         Bytes::from(self.0.get(q).cloned().unwrap_or_default())
+    }
+    fn housekeeping(&self, _now_ms: u64) -> Option<Bytes> {
+        None
     }
     // A test state machine: the view is a full copy (the kv crate's is O(1)).
     type View = BTreeMap<Vec<u8>, Vec<u8>>;

@@ -39,8 +39,18 @@ pub trait StateMachine: Sized {
     /// caller checked adjacency); `merged` is the region after the merge. Deterministic like
     /// `apply`: every replica absorbs the same source state at the same entry.
     fn absorb(&mut self, source: Self, merged: &Region);
-    /// Answers a read-only query against the current state.
-    fn read(&self, query: &Self::Query) -> Self::ReadOutput;
+    /// Answers a read-only query against the current state, judged at `now_ms` (the serving
+    /// replica's wall clock when the read arrived, ms since the Unix epoch): a state machine
+    /// whose data can expire (Redis TTLs) treats what is due by then as gone, and never judges
+    /// earlier than the time of the last entry it applied. No default: a wrapper must forward
+    /// the time (a forgotten forward would serve expired keys).
+    fn read(&self, query: &Self::Query, now_ms: u64) -> Self::ReadOutput;
+    /// A command the region's leader should propose to keep the state tidy at `now_ms` (the
+    /// KV state machine: delete keys whose deadline passed, so their memory comes back), as an
+    /// entry payload for [`StateMachine::apply`], or None when there is nothing to do. Asked
+    /// on the leader every few ticks (`StoreConfig::housekeeping_every_ticks`); the payload
+    /// must be harmless if applied twice or after a newer one. No default, as for `read`.
+    fn housekeeping(&self, now_ms: u64) -> Option<Bytes>;
     /// Why [`StateMachine::restore`] refused its input (a store reports it, with the region,
     /// as a storage failure).
     type RestoreError: std::fmt::Display;
