@@ -87,11 +87,16 @@ mod store_adapter;
 pub mod table;
 
 pub use codec::DecodeError;
-pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};
+pub use command::{
+    ClientId, Command, ExpireCondition, Expiry, GetExExpiry, PutOptions, Request, Sequence,
+    SetExpiry, CODEC_VERSION,
+};
 pub use config::{Limits, RegionRange, SessionPolicy};
 pub use machine::{KvStateMachine, SplitError, MAX_KEPT_PIPELINE_RESULT_BYTES};
 pub use response::{
-    decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, Response,
+    decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, KeyInfo,
+    Response,
 };
 pub use session::Session;
 pub use snapshot::SnapshotError;
+pub use table::KeyType;

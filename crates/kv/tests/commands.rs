@@ -126,6 +126,7 @@ fn put_options_nx_xx_get() {
         if_absent: true,
         if_present: true,
         return_previous: false,
+        ..PutOptions::default()
     };
     assert_refused(
         &mut m,

@@ -468,6 +468,7 @@ impl Model {
                 data.insert(key, text.clone());
                 Response::Value(Some(text))
             }
+            other => unreachable!("the model does not generate {other:?}"),
         })
     }
 }
@@ -495,6 +496,7 @@ fn first_key_outside_region(command: &Command) -> Option<Bytes> {
         Command::Pipeline { commands } => {
             return commands.iter().find_map(first_key_outside_region);
         }
+        other => other.keys().into_iter().cloned().collect(),
     };
     keys.into_iter().find(|k| !inside(k))
 }
