@@ -92,6 +92,11 @@ pub struct KvStateMachine {
     pub(crate) sessions: SessionTable,
     /// Index of the last entry that removed any key (delete, purge, lazy drop); 0 if none.
     pub(crate) deleted_version: u64,
+    /// Added to the applied index to make a version (0 until a split or merge): a region
+    /// created by a split starts a new log at a small index, and a merge brings keys versioned
+    /// by another log, so versions continue from the largest one the region may hold and a
+    /// WATCHed version can never be given again to a later change.
+    pub(crate) version_offset: u64,
 }
 
 impl KvStateMachine {
@@ -115,6 +120,7 @@ impl KvStateMachine {
             data: Table::new(),
             sessions: SessionTable::default(),
             deleted_version: 0,
+            version_offset: 0,
         }
     }
 
@@ -178,8 +184,24 @@ impl KvStateMachine {
         &self.data
     }
 
-    /// Index of the last entry that deleted or expired any key of the region (0 if none):
-    /// the WATCH version of an absent key.
+    /// The version the entry being applied gives the keys it changes: its log index, plus an
+    /// offset that a split or merge sets so versions never repeat in a region's lineage
+    /// (see [`Self::reset_applied_index`]). Equal to the applied index until then.
+    pub fn version_now(&self) -> u64 {
+        self.applied_index.saturating_add(self.version_offset)
+    }
+
+    /// Sets the applied index of a machine that starts a new log (the right side of a split,
+    /// whose region's log starts over), keeping versions increasing: later changes get
+    /// versions above every version already held.
+    pub fn reset_applied_index(&mut self, applied: u64) {
+        let clock = self.version_now();
+        self.applied_index = applied;
+        self.version_offset = clock.saturating_sub(applied);
+    }
+
+    /// The last version that deleted or expired any key of the region (0 if none): the
+    /// WATCH version of an absent key.
     pub fn deleted_version(&self) -> u64 {
         self.deleted_version
     }
@@ -293,6 +315,7 @@ impl KvStateMachine {
             data: moved,
             sessions: self.sessions.clone(),
             deleted_version: self.deleted_version,
+            version_offset: self.version_offset,
         })
     }
 
@@ -322,6 +345,9 @@ impl KvStateMachine {
             self.data.put(entry.clone());
         }
         self.deleted_version = self.deleted_version.max(source.deleted_version);
+        // Later changes get versions above every version either side handed out.
+        let clock = self.version_now().max(source.version_now());
+        self.version_offset = clock - self.applied_index;
         for (client, session) in source.sessions.iter() {
             let newer = self
                 .sessions
@@ -368,16 +394,16 @@ impl KvStateMachine {
         self.data.assert_consistent();
         for entry in self.data.entries() {
             assert!(
-                entry.version() <= self.applied_index,
-                "{entry:?} has a version after the applied index {}",
-                self.applied_index
+                entry.version() <= self.version_now(),
+                "{entry:?} has a version after the version clock {}",
+                self.version_now()
             );
         }
         assert!(
-            self.deleted_version <= self.applied_index,
-            "deleted_version {} after the applied index {}",
+            self.deleted_version <= self.version_now(),
+            "deleted_version {} after the version clock {}",
             self.deleted_version,
-            self.applied_index
+            self.version_now()
         );
         assert!(
             self.sessions.len() <= self.session_policy.max_sessions,
@@ -552,21 +578,21 @@ impl KvStateMachine {
     fn store(&mut self, entry: Entry) {
         if let Some(old) = self.data.put(entry) {
             if old.is_expired(self.clock_ms) {
-                self.deleted_version = self.applied_index;
+                self.deleted_version = self.version_now();
             }
         }
     }
 
     /// Stores a string at the applying entry's version.
     fn store_string(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
-        self.store(Entry::string(key, value, deadline, self.applied_index));
+        self.store(Entry::string(key, value, deadline, self.version_now()));
     }
 
     /// Removes `key` (write path), expired or not, and returns its entry if it was present.
     /// Any removal sets `deleted_version`.
     fn delete(&mut self, key: &[u8]) -> Option<Entry> {
         let old = self.data.remove(key)?;
-        self.deleted_version = self.applied_index;
+        self.deleted_version = self.version_now();
         (!old.is_expired(self.clock_ms)).then_some(old)
     }
 
@@ -575,7 +601,7 @@ impl KvStateMachine {
     /// has checked that the key is not a string. Copies O(log fields) when a table clone
     /// shares the hash, nothing otherwise (see `table`).
     fn change_hash<R>(&mut self, key: &Bytes, change: impl FnOnce(&mut HashFields) -> R) -> R {
-        let index = self.applied_index;
+        let index = self.version_now();
         let mut entry = match self.data.remove(key) {
             Some(entry) if !entry.is_expired(self.clock_ms) && entry.as_hash().is_some() => entry,
             old => {
@@ -774,7 +800,7 @@ impl KvStateMachine {
     /// first and mutates last, so an error leaves the state untouched.
     fn execute(&mut self, command: &Command) -> Result<Response, CommandError> {
         let now = self.clock_ms;
-        let index = self.applied_index;
+        let index = self.version_now();
         match command {
             Command::Get { .. }
             | Command::Scan { .. }

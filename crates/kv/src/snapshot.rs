@@ -11,13 +11,14 @@
 //!   limits: max_key_bytes:varint max_value_bytes:varint max_batch_keys:varint
 //!           max_scan_limit:varint
 //!   session policy: ttl_ms:varint max_sessions:varint
-//!   deleted_version:varint                         (<= applied_index)
+//!   deleted_version:varint  version_offset:varint  (deleted_version <= applied_index +
+//!                                                  version_offset, the version clock)
 //!   data: list<Entry>                              keys strictly increasing, in region
 //!   sessions: list<(client_id:varint last_sequence:varint last_seen_ms:varint result)>
 //!                                                  client ids strictly increasing, non-zero
 //! crc32c: u32 little endian, over everything before it (magic through body)
 //!
-//! Entry := key:bytes type:u8 (1 string, 2 hash) version:varint (<= applied_index)
+//! Entry := key:bytes type:u8 (1 string, 2 hash) version:varint (<= the version clock)
 //!          has_deadline:u8 (0/1) [deadline_ms:varint]
 //!          string: value:bytes
 //!          hash:   fields:list<(field:bytes value:bytes)>  at least one, strictly increasing
@@ -25,7 +26,7 @@
 //! `result` is the cached reply (see `response.rs`): `0 response` or `1 error`. Expired keys
 //! not yet purged are written like any other (purging is a logged command).
 //!
-//! Version 1 (still restored): no `deleted_version`, and `data` is
+//! Version 1 (still restored): no `deleted_version` nor `version_offset`, and `data` is
 //! `list<(key:bytes value:bytes)>`: strings without deadlines, restored with version 0.
 //!
 //! The configuration travels with the data because replicas that disagree on limits would
@@ -172,6 +173,7 @@ impl KvStateMachine {
         out.put_varint(self.session_policy.ttl_ms);
         out.put_varint(self.session_policy.max_sessions as u64);
         out.put_varint(self.deleted_version);
+        out.put_varint(self.version_offset);
         encode_data(out, &self.data, true);
         out.put_varint(self.sessions.len() as u64);
         for (client, session) in self.sessions.iter() {
@@ -210,14 +212,18 @@ impl KvStateMachine {
             return Err(SnapshotError::Inconsistent("max_sessions is 0"));
         }
 
-        let deleted_version = if version == SNAPSHOT_VERSION_1 {
-            0
+        let (deleted_version, version_offset) = if version == SNAPSHOT_VERSION_1 {
+            (0, 0)
         } else {
-            reader.varint("deleted_version")?
+            (
+                reader.varint("deleted_version")?,
+                reader.varint("version_offset")?,
+            )
         };
-        if deleted_version > applied_index {
+        let version_clock = applied_index.saturating_add(version_offset);
+        if deleted_version > version_clock {
             return Err(SnapshotError::Inconsistent(
-                "deleted_version after the applied index",
+                "deleted_version after the version clock",
             ));
         }
 
@@ -234,9 +240,9 @@ impl KvStateMachine {
             } else {
                 decode_entry(&mut reader, &key)?
             };
-            if entry.version() > applied_index {
+            if entry.version() > version_clock {
                 return Err(SnapshotError::Inconsistent(
-                    "a key's version is after the applied index",
+                    "a key's version is after the version clock",
                 ));
             }
             if previous_key
@@ -303,6 +309,7 @@ impl KvStateMachine {
             data,
             sessions,
             deleted_version,
+            version_offset,
         })
     }
 }

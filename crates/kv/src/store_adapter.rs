@@ -29,7 +29,7 @@ impl StateMachine for KvStateMachine {
         let mut r = KvStateMachine::split_off(self, Bytes::copy_from_slice(at_key))
             .unwrap_or_else(|e| panic!("split of a region the store checked: {e}"));
         debug_assert_eq!(r.region().end.as_deref(), right.end_key.as_deref());
-        r.applied_index = applied;
+        r.reset_applied_index(applied);
         r
     }
 

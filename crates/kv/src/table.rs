@@ -453,13 +453,16 @@ impl Table {
     /// plus one per deadline involved).
     pub fn put(&mut self, entry: Entry) -> Option<Entry> {
         self.bytes += entry.weight();
-        if let Some(deadline) = entry.deadline() {
-            self.deadlines
-                .insert((deadline, Bytes::copy_from_slice(entry.key())));
-        }
+        let indexed = entry
+            .deadline()
+            .map(|deadline| (deadline, Bytes::copy_from_slice(entry.key())));
         let old = self.entries.insert(entry);
+        // The old entry's index item first: it may be the same (deadline, key).
         if let Some(old) = &old {
             self.forget(old);
+        }
+        if let Some(item) = indexed {
+            self.deadlines.insert(item);
         }
         old
     }
