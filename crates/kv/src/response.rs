@@ -4,6 +4,30 @@
 //!
 //! Responses and command errors are also cached in the session table and therefore written
 //! into snapshots; their encoding lives here (`encode_result` / `decode_result`).
+//!
+//! # Encoding
+//! ```text
+//! Result   := 0 Response | 1 Error
+//! Response := tag:u8 fields...
+//!   0 Done   1 Value option<bytes>   2 Values list<option<bytes>>
+//!   3 Scan list<(key:bytes value:bytes)> more:bool   4 Deleted bool   5 Length varint
+//!   6 Integer zigzag-varint   7 Cas swapped:bool previous:option<bytes>
+//!   8 Put written:bool previous:option<bytes>   9 Written bool
+//!  10 Pipeline list<Result> (no Pipeline result inside)
+//!  11 Pairs list<(field:bytes value:bytes)>
+//!  12 HScan list<(field:bytes value:bytes)> more:bool
+//!  13 Keys list<(key:bytes type:u8 (1 string, 2 hash))> more:bool
+//!  14 KeyInfo present:bool [type:u8 has_deadline:bool [deadline:varint] len:varint
+//!             memory_bytes:varint is_integer:bool] version:varint now_ms:varint
+//!  15 Exec applied:bool [list<Result>] (no Pipeline or Exec result inside)
+//! Error := tag:u8 fields...
+//!   0 KeyTooLarge size max   1 ValueTooLarge size max   2 BatchTooLarge size max
+//!   3 ScanLimitTooLarge limit max   4 OutOfRange key:bytes   5 NotAnInteger   6 NotAFloat
+//!   7 Overflow   8 NotFinite   9 ConflictingOptions   10 NotReadOnly
+//!  11 ResultNotKept size   12 WrongType   13 NoSuchKey   14 HashValueNotAnInteger
+//!  15 HashValueNotAFloat   16 InvalidExpireTime
+//! ```
+//! Tags are never renumbered: snapshots hold cached results.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -32,9 +56,10 @@ pub struct KeyInfo {
 pub enum Response {
     /// The command succeeded and has nothing to return (`BatchPut`).
     Done,
-    /// One value or its absence (`Get`, `GetSet`, `GetDel`, `IncrByFloat`).
+    /// One value or its absence (`Get`, `GetSet`, `GetDel`, `IncrByFloat`, `GetEx`,
+    /// `HIncrByFloat`).
     Value(Option<Bytes>),
-    /// One entry per requested key, in request order (`BatchGet`).
+    /// One entry per requested key or field, in request order (`BatchGet`, `HGet`).
     Values(Vec<Option<Bytes>>),
     /// `Scan`: the pairs in key order; `more` is true when `limit` stopped the scan before
     /// the end of the (clamped) range, so the caller should continue after the last key.
@@ -46,7 +71,9 @@ pub enum Response {
     Deleted(bool),
     /// The value's length after the command (`Append`, `SetRange`), as Redis returns it.
     Length(u64),
-    /// `Incr`: the new value.
+    /// `Incr`, `HIncrBy`: the new value. Also the counts and 0/1 answers of `DeleteMany`,
+    /// `Count`, `Expire`, `Persist`, `DelIfEq`, `PurgeExpired`, `HSet`, `HDel`, `Rename`,
+    /// `Copy`.
     Integer(i64),
     /// `CompareAndSwap`: whether the swap happened, and the value before the command (on
     /// failure this tells the caller what it raced with).
@@ -79,7 +106,10 @@ pub enum Response {
     /// `Inspect`: the key's info (`None` if absent), its WATCH `version` (the log index of
     /// the entry that last changed it; for an absent key, the region's `deleted_version`,
     /// the index of the last entry that deleted or expired any key of the region, 0 if
-    /// none), and `now_ms`, the time the read was judged at.
+    /// none), and `now_ms`, the time the read was judged at. After a split or merge,
+    /// versions continue from the largest the region held (see
+    /// [`crate::KvStateMachine::version_now`]) rather than equal the new log's index; only
+    /// equality matters to a watch.
     KeyInfo {
         info: Option<KeyInfo>,
         version: u64,
@@ -118,7 +148,9 @@ pub enum CommandError {
     /// Redis: "increment would produce NaN or Infinity".
     #[error("increment would produce NaN or Infinity")]
     NotFinite,
-    /// `Put` with both `if_absent` (NX) and `if_present` (XX).
+    /// `Put` with both `if_absent` (NX) and `if_present` (XX). Also: an `HSet` with no field
+    /// or an HSETNX with other than one field, and an `Exec` holding a `Pipeline` or `Exec`
+    /// (shapes the front end never sends and the codec cannot carry).
     #[error("if_absent (NX) and if_present (XX) are mutually exclusive")]
     ConflictingOptions,
     /// A write was passed to [`crate::KvStateMachine::read`]; writes must go through the log.
@@ -142,7 +174,8 @@ pub enum CommandError {
     /// `HIncrByFloat` on a field that is not a finite float.
     #[error("hash value is not a float")]
     HashValueNotAFloat,
-    /// `Put` or `GetEx` with a relative expiry of 0 ms (Redis refuses `EX 0` / `PX 0`).
+    /// `Put` or `GetEx` with a relative expiry of 0 ms (Redis refuses `EX 0` / `PX 0`); the
+    /// front end picks the exact text.
     #[error("invalid expire time")]
     InvalidExpireTime,
 }
