@@ -3,6 +3,10 @@
 //! one entry at a time, into a table that already holds the keys (overwrites). Two table
 //! sizes: 3,334 keys (a third of `bench/compare`'s 10,000, one region of three) and 333,334
 //! (a third of the memory measurement's 1M keys). `cargo bench -p kv --bench apply`.
+//!
+//! `hset_one_field_in_100k_hash`: applying an `HSet` of one field to a hash of 100,000
+//! fields while a clone of the machine (a snapshot being written) shares the hash: the
+//! persistent field map copies the field's path, O(log n), not the hash.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -81,5 +85,68 @@ fn apply_puts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_puts);
+fn hset_one_field_in_100k_hash(c: &mut Criterion) {
+    const FIELDS: usize = 100_000;
+    let limits = kv::Limits {
+        max_batch_keys: FIELDS,
+        ..kv::Limits::default()
+    };
+    let mut sm = KvStateMachine::new(RegionRange::full(), limits, kv::SessionPolicy::default());
+    let hset = |sequence: u64, fields: Vec<(Bytes, Bytes)>| {
+        Request {
+            client_id: ClientId(1),
+            sequence: Sequence(sequence),
+            command: Command::HSet {
+                key: Bytes::from_static(b"big"),
+                fields,
+                if_absent: false,
+            },
+            proposed_at_ms: sequence,
+        }
+        .encode()
+    };
+    let fields = (0..FIELDS)
+        .map(|i| {
+            (
+                Bytes::from(format!("field{i:06}")),
+                Bytes::from_static(b"value"),
+            )
+        })
+        .collect();
+    let mut index = 1;
+    assert!(sm.apply(index, &hset(index, fields)).result.is_ok());
+    // A clone shares the hash, as a snapshot in progress would, for the whole measurement.
+    let view = sm.clone();
+    let mut group = c.benchmark_group("hset_one_field_in_100k_hash");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("shared_with_a_clone", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(PAYLOADS as u64);
+                let payloads: Vec<Bytes> = (0..n)
+                    .map(|i| {
+                        let field =
+                            Bytes::from(format!("field{:06}", (index + i) * 7919 % 100_000));
+                        hset(index + i + 1, vec![(field, Bytes::from_static(b"changed"))])
+                    })
+                    .collect();
+                let start = std::time::Instant::now();
+                for p in &payloads {
+                    index += 1;
+                    let out = sm.apply(index, p);
+                    assert!(out.result.is_ok(), "apply failed: {:?}", out.result);
+                }
+                elapsed += start.elapsed();
+                left -= n;
+            }
+            elapsed
+        })
+    });
+    group.finish();
+    assert_eq!(view.len(), 1);
+}
+
+criterion_group!(benches, apply_puts, hset_one_field_in_100k_hash);
 criterion_main!(benches);

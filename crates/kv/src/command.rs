@@ -8,7 +8,10 @@
 //! CommandBody := tag:u8 fields...
 //!   1 Get            key:bytes
 //!   2 Put            key:bytes value:bytes flags:u8 (bit0 if_absent, bit1 if_present,
-//!                    bit2 return_previous; other bits must be 0)
+//!                    bit2 return_previous, bits3-4 expiry: 0 Clear, 1 Keep, 2 Set(In),
+//!                    3 Set(At); other bits must be 0) [ms:varint, only for 2 and 3]
+//!                    (entries written before expiries existed have bits 3-4 clear and
+//!                    decode exactly as before: SetExpiry::Clear)
 //!   3 Delete         key:bytes
 //!   4 Append         key:bytes value:bytes
 //!   5 CompareAndSwap key:bytes expected:option<bytes> new:bytes
@@ -25,6 +28,27 @@
 //!  16 DeleteMany     keys:list<bytes>
 //!  17 Count          (no fields)
 //!  18 Pipeline       commands:list<CommandBody> (at least one; none may be a Pipeline)
+//!  19 Expire         key:bytes when:Expiry condition:u8 (0 Always 1 NX 2 XX 3 GT 4 LT)
+//!  20 Persist        key:bytes
+//!  21 GetEx          key:bytes expiry:u8 (0 Unchanged, 1 Persist, 2 In, 3 At) [ms:varint]
+//!  22 DelIfEq        key:bytes value:bytes
+//!  23 PurgeExpired   limit:varint (u32)
+//!  24 Inspect        key:bytes
+//!  25 HSet           key:bytes fields:list<(field:bytes value:bytes)> if_absent:bool
+//!  26 HGet           key:bytes fields:list<bytes>
+//!  27 HGetAll        key:bytes
+//!  28 HDel           key:bytes fields:list<bytes>
+//!  29 HIncrBy        key:bytes field:bytes delta:zigzag-varint
+//!  30 HIncrByFloat   key:bytes field:bytes delta_bits:u64 fixed LE
+//!  31 HScan          key:bytes after:option<bytes> limit:varint (u32)
+//!  32 ScanKeys       start:bytes end:option<bytes> limit:varint (u32)
+//!                    key_type:u8 (0 any, 1 string, 2 hash)
+//!  33 Rename         from:bytes to:bytes if_absent:bool
+//!  34 Copy           from:bytes to:bytes replace:bool
+//!  35 Exec           watches:list<(key:bytes version:varint)> commands:list<CommandBody>
+//!                    (may be empty; none may be a Pipeline or an Exec. An Exec may sit
+//!                    in a Pipeline, so nesting is at most Pipeline > Exec > command)
+//! Expiry := kind:u8 (0 In, 1 At) ms:varint
 //! ```
 //! Primitives are described in the `codec` module. Tags are never reused: a retired command
 //! keeps its number so old log entries still decode to the same thing.
@@ -32,6 +56,7 @@
 use bytes::Bytes;
 
 use crate::codec::{DecodeError, Reader, Sink};
+pub use crate::table::KeyType;
 
 /// Version byte that starts every [`Request`] and standalone [`Command`] encoding. Bump it
 /// (and keep decoding the old one) when a field changes meaning.
@@ -52,7 +77,94 @@ impl ClientId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Sequence(pub u64);
 
-/// Options of [`Command::Put`], mirroring Redis `SET ... [NX|XX] [GET]`.
+/// When a key expires, as a command asks. Relative times are resolved against the log
+/// clock of the entry that applies them (`clock_ms + ms`), saturating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `ms` after the applying entry's log time (EX / PX / EXPIRE / PEXPIRE).
+    In { ms: u64 },
+    /// At absolute log time `ms` since the Unix epoch (EXAT / PXAT / EXPIREAT).
+    At { ms: u64 },
+}
+
+impl Expiry {
+    /// The absolute deadline at log time `now_ms`.
+    pub fn resolve(self, now_ms: u64) -> u64 {
+        match self {
+            Expiry::In { ms } => now_ms.saturating_add(ms),
+            Expiry::At { ms } => ms,
+        }
+    }
+
+    fn encode<S: Sink>(self, out: &mut S) {
+        match self {
+            Expiry::In { ms } => {
+                out.put_u8(0);
+                out.put_varint(ms);
+            }
+            Expiry::At { ms } => {
+                out.put_u8(1);
+                out.put_varint(ms);
+            }
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match reader.u8("expiry kind")? {
+            0 => Ok(Expiry::In {
+                ms: reader.varint("expiry ms")?,
+            }),
+            1 => Ok(Expiry::At {
+                ms: reader.varint("expiry ms")?,
+            }),
+            tag => Err(DecodeError::UnknownTag {
+                what: "expiry",
+                tag,
+            }),
+        }
+    }
+}
+
+/// What a SET does to the key's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetExpiry {
+    /// Drop any deadline (Redis SET without options).
+    #[default]
+    Clear,
+    /// `KEEPTTL`: keep the key's deadline.
+    Keep,
+    /// `EX` / `PX` / `EXAT` / `PXAT`.
+    Set(Expiry),
+}
+
+/// `EXPIRE ... [NX|XX|GT|LT]` (Redis 7: a key without a deadline counts as an infinite one
+/// for GT and LT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpireCondition {
+    #[default]
+    Always,
+    /// Only if the key has no deadline.
+    Nx,
+    /// Only if the key has a deadline.
+    Xx,
+    /// Only if the new deadline is later than the current one.
+    Gt,
+    /// Only if the new deadline is earlier than the current one.
+    Lt,
+}
+
+/// What `GETEX` does to the key's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GetExExpiry {
+    #[default]
+    Unchanged,
+    /// `PERSIST`: drop the deadline.
+    Persist,
+    /// `EX` / `PX` / `EXAT` / `PXAT`.
+    Set(Expiry),
+}
+
+/// Options of [`Command::Put`], mirroring Redis `SET ... [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PutOptions {
     /// `NX`: write only if the key is absent.
@@ -61,15 +173,24 @@ pub struct PutOptions {
     pub if_present: bool,
     /// `GET`: return the value the key held before (whether or not the write happened).
     pub return_previous: bool,
+    /// What happens to the key's deadline (default: cleared, as Redis SET does).
+    pub expiry: SetExpiry,
 }
 
 impl PutOptions {
     const IF_ABSENT: u8 = 1;
     const IF_PRESENT: u8 = 1 << 1;
     const RETURN_PREVIOUS: u8 = 1 << 2;
+    const EXPIRY_SHIFT: u8 = 3;
+    const EXPIRY_MASK: u8 = 0b11 << Self::EXPIRY_SHIFT;
 
     fn to_flags(self) -> u8 {
-        let mut flags = 0;
+        let mut flags = match self.expiry {
+            SetExpiry::Clear => 0,
+            SetExpiry::Keep => 1,
+            SetExpiry::Set(Expiry::In { .. }) => 2,
+            SetExpiry::Set(Expiry::At { .. }) => 3,
+        } << Self::EXPIRY_SHIFT;
         if self.if_absent {
             flags |= Self::IF_ABSENT;
         }
@@ -82,17 +203,37 @@ impl PutOptions {
         flags
     }
 
-    fn from_flags(flags: u8) -> Result<Self, DecodeError> {
-        if flags & !(Self::IF_ABSENT | Self::IF_PRESENT | Self::RETURN_PREVIOUS) != 0 {
+    /// The expiry's payload, written after the flags byte (nothing for Clear / Keep).
+    fn encode_expiry_payload<S: Sink>(self, out: &mut S) {
+        if let SetExpiry::Set(Expiry::In { ms } | Expiry::At { ms }) = self.expiry {
+            out.put_varint(ms);
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let flags = reader.u8("put flags")?;
+        let known = Self::IF_ABSENT | Self::IF_PRESENT | Self::RETURN_PREVIOUS | Self::EXPIRY_MASK;
+        if flags & !known != 0 {
             return Err(DecodeError::Invalid {
                 what: "put flags",
                 reason: "unknown flag bits set",
             });
         }
+        let expiry = match (flags & Self::EXPIRY_MASK) >> Self::EXPIRY_SHIFT {
+            0 => SetExpiry::Clear,
+            1 => SetExpiry::Keep,
+            2 => SetExpiry::Set(Expiry::In {
+                ms: reader.varint("put expiry ms")?,
+            }),
+            _ => SetExpiry::Set(Expiry::At {
+                ms: reader.varint("put expiry ms")?,
+            }),
+        };
         Ok(PutOptions {
             if_absent: flags & Self::IF_ABSENT != 0,
             if_present: flags & Self::IF_PRESENT != 0,
             return_previous: flags & Self::RETURN_PREVIOUS != 0,
+            expiry,
         })
     }
 }
@@ -170,6 +311,96 @@ pub enum Command {
     /// one region into one of these. At least one command, none of them a `Pipeline`.
     /// → `Response::Pipeline` with one result per command, in order.
     Pipeline { commands: Vec<Command> },
+    /// Redis `EXPIRE`/`PEXPIRE`/`EXPIREAT`/`PEXPIREAT` with `NX|XX|GT|LT`. → `Response::Integer(1)`
+    /// if the deadline was set (or the key deleted because the time is already past),
+    /// `Integer(0)` if the key is absent or the condition failed.
+    Expire {
+        key: Bytes,
+        when: Expiry,
+        condition: ExpireCondition,
+    },
+    /// Redis `PERSIST`. → `Response::Integer(1)` if a deadline was removed, else 0.
+    Persist { key: Bytes },
+    /// Redis `GETEX`. → `Response::Value(current value)`. `WrongType` on a hash;
+    /// `InvalidExpireTime` for `Set(In { ms: 0 })`.
+    GetEx { key: Bytes, expiry: GetExExpiry },
+    /// Valkey `DELIFEQ`: delete only if the string value equals `value`.
+    /// → `Response::Integer(1/0)`. `WrongType` on a hash.
+    DelIfEq { key: Bytes, value: Bytes },
+    /// Internal (the leader's background expiry): deletes up to `limit` keys whose deadline is
+    /// `<=` the log time of this entry, earliest deadline first. → `Response::Integer(deleted)`.
+    PurgeExpired { limit: u32 },
+    /// Read: the key's type, deadline, size and WATCH version.
+    /// → `Response::KeyInfo { info, version, now_ms }` (see [`crate::Response::KeyInfo`]).
+    Inspect { key: Bytes },
+    /// Redis `HSET` (`if_absent = false`) → `Integer(number of new fields)`; `HSETNX`
+    /// (`if_absent = true`, exactly one pair) → `Integer(1/0)`. A repeated field: the last
+    /// wins. Keeps the key's deadline. No field, or `if_absent` with other than one field, is
+    /// `ConflictingOptions` (the front end never sends them).
+    HSet {
+        key: Bytes,
+        fields: Vec<(Bytes, Bytes)>,
+        if_absent: bool,
+    },
+    /// Read: Redis `HMGET`/`HGET`. → `Response::Values`, one per field.
+    HGet { key: Bytes, fields: Vec<Bytes> },
+    /// Read: Redis `HGETALL`. → `Response::Pairs` in field order (`[]` for an absent key).
+    HGetAll { key: Bytes },
+    /// Redis `HDEL`. → `Integer(fields removed)`; the key goes when no field remains.
+    HDel { key: Bytes, fields: Vec<Bytes> },
+    /// Redis `HINCRBY`. → `Integer(new)`. `HashValueNotAnInteger` / `Overflow`.
+    HIncrBy {
+        key: Bytes,
+        field: Bytes,
+        delta: i64,
+    },
+    /// Redis `HINCRBYFLOAT`. → `Value(Some(new as stored))`. `HashValueNotAFloat` / `NotFinite`.
+    HIncrByFloat {
+        key: Bytes,
+        field: Bytes,
+        delta_bits: u64,
+    },
+    /// Read: one page of Redis `HSCAN`: fields strictly after `after` (`None`: from the
+    /// first), at most `limit` (`<= max_scan_limit`). → `Response::HScan { pairs, more }`.
+    HScan {
+        key: Bytes,
+        after: Option<Bytes>,
+        limit: u32,
+    },
+    /// Read: keys with `start <= key < end` (`end` clamped to the region, `None` = region end),
+    /// at most `limit`, only of `key_type` if given, expired keys skipped.
+    /// → `Response::Keys { keys, more }` (`more` as `Scan`'s).
+    ScanKeys {
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: u32,
+        key_type: Option<KeyType>,
+    },
+    /// Redis `RENAME` / `RENAMENX` (`if_absent`): value, type and deadline move.
+    /// → `Integer(1)` renamed, `Integer(0)` RENAMENX target existed. `NoSuchKey` if `from`
+    /// is absent. To itself: 1 (RENAMENX: 0), nothing changes.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        if_absent: bool,
+    },
+    /// Redis `COPY [REPLACE]`: the copy keeps type and deadline. → `Integer(1/0)` (0 also
+    /// when `from` is absent or `from == to`; Redis errors on the latter, the front end checks).
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
+    /// Redis `MULTI`/`EXEC` with `WATCH`: every `(key, version)` watch is compared with the
+    /// version [`Command::Inspect`] would return now; any difference → `Response::Exec(None)`
+    /// and nothing is applied. Otherwise `commands` run in order like a `Pipeline` (a failing
+    /// command changes nothing and the next one still runs) → `Exec(Some(results))`. None of
+    /// `commands` may be a `Pipeline` or `Exec` (refused at decode; `ConflictingOptions` if
+    /// built in memory). Empty `commands` is allowed.
+    Exec {
+        watches: Vec<(Bytes, u64)>,
+        commands: Vec<Command>,
+    },
 }
 
 // Tags: see the module docs. Never renumber.
@@ -191,6 +422,31 @@ const TAG_MSET_NX: u8 = 15;
 const TAG_DELETE_MANY: u8 = 16;
 const TAG_COUNT: u8 = 17;
 const TAG_PIPELINE: u8 = 18;
+const TAG_EXPIRE: u8 = 19;
+const TAG_PERSIST: u8 = 20;
+const TAG_GET_EX: u8 = 21;
+const TAG_DEL_IF_EQ: u8 = 22;
+const TAG_PURGE_EXPIRED: u8 = 23;
+const TAG_INSPECT: u8 = 24;
+const TAG_HSET: u8 = 25;
+const TAG_HGET: u8 = 26;
+const TAG_HGET_ALL: u8 = 27;
+const TAG_HDEL: u8 = 28;
+const TAG_HINCR_BY: u8 = 29;
+const TAG_HINCR_BY_FLOAT: u8 = 30;
+const TAG_HSCAN: u8 = 31;
+const TAG_SCAN_KEYS: u8 = 32;
+const TAG_RENAME: u8 = 33;
+const TAG_COPY: u8 = 34;
+const TAG_EXEC: u8 = 35;
+
+/// Where a command body is being decoded: nesting is bounded (Pipeline > Exec > command).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nesting {
+    Top,
+    InPipeline,
+    InExec,
+}
 
 /// Smallest encoding of one `bytes` field (an empty one: its length byte).
 const MIN_BYTES_FIELD: u64 = 1;
@@ -203,14 +459,21 @@ impl Command {
             Command::Get { .. }
             | Command::Scan { .. }
             | Command::BatchGet { .. }
-            | Command::Count => true,
+            | Command::Count
+            | Command::Inspect { .. }
+            | Command::HGet { .. }
+            | Command::HGetAll { .. }
+            | Command::HScan { .. }
+            | Command::ScanKeys { .. } => true,
             Command::Pipeline { commands } => commands.iter().all(Command::is_read_only),
             _ => false,
         }
     }
 
-    /// Every key the command names, in order (`Scan`: its start; `Count`: none). Routing and
-    /// front-end validation use this; the state machine checks the same keys again.
+    /// Every key the command names, in order (`Scan`, `ScanKeys`: the start; `Count`,
+    /// `PurgeExpired`: none; `Rename`, `Copy`: from then to; `Exec`: the watched keys, then
+    /// the commands' keys). Hash fields are not keys. Routing and front-end validation use
+    /// this; the state machine checks the same keys again.
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             Command::Get { key }
@@ -223,8 +486,27 @@ impl Command {
             | Command::SetRange { key, .. }
             | Command::GetSet { key, .. }
             | Command::GetDel { key }
-            | Command::SetNx { key, .. } => vec![key],
-            Command::Scan { start, .. } => vec![start],
+            | Command::SetNx { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key }
+            | Command::GetEx { key, .. }
+            | Command::DelIfEq { key, .. }
+            | Command::Inspect { key }
+            | Command::HSet { key, .. }
+            | Command::HGet { key, .. }
+            | Command::HGetAll { key }
+            | Command::HDel { key, .. }
+            | Command::HIncrBy { key, .. }
+            | Command::HIncrByFloat { key, .. }
+            | Command::HScan { key, .. } => vec![key],
+            Command::Scan { start, .. } | Command::ScanKeys { start, .. } => vec![start],
+            Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => vec![from, to],
+            Command::PurgeExpired { .. } => vec![],
+            Command::Exec { watches, commands } => watches
+                .iter()
+                .map(|(key, _)| key)
+                .chain(commands.iter().flat_map(Command::keys))
+                .collect(),
             Command::BatchGet { keys } | Command::DeleteMany { keys } => keys.iter().collect(),
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
                 pairs.iter().map(|(key, _)| key).collect()
@@ -234,22 +516,40 @@ impl Command {
         }
     }
 
-    /// Every value the command would write (the CAS expected value included), for front-end
-    /// size checks.
+    /// Every value the command would write or compare (the CAS expected value, the DelIfEq
+    /// value and HSet's field values included), for size checks against `max_value_bytes`.
     pub fn values(&self) -> Vec<&Bytes> {
         match self {
             Command::Put { value, .. }
             | Command::Append { value, .. }
             | Command::SetRange { value, .. }
             | Command::GetSet { value, .. }
-            | Command::SetNx { value, .. } => vec![value],
+            | Command::SetNx { value, .. }
+            | Command::DelIfEq { value, .. } => vec![value],
+            Command::HSet { fields, .. } => fields.iter().map(|(_, value)| value).collect(),
             Command::CompareAndSwap { expected, new, .. } => {
                 expected.iter().chain(std::iter::once(new)).collect()
             }
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => {
                 pairs.iter().map(|(_, value)| value).collect()
             }
-            Command::Pipeline { commands } => commands.iter().flat_map(Command::values).collect(),
+            Command::Pipeline { commands } | Command::Exec { commands, .. } => {
+                commands.iter().flat_map(Command::values).collect()
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Every hash field the command names (checked against `max_key_bytes`, like keys).
+    pub fn fields(&self) -> Vec<&Bytes> {
+        match self {
+            Command::HSet { fields, .. } => fields.iter().map(|(field, _)| field).collect(),
+            Command::HGet { fields, .. } | Command::HDel { fields, .. } => fields.iter().collect(),
+            Command::HIncrBy { field, .. } | Command::HIncrByFloat { field, .. } => vec![field],
+            Command::HScan { after, .. } => after.iter().collect(),
+            Command::Pipeline { commands } | Command::Exec { commands, .. } => {
+                commands.iter().flat_map(Command::fields).collect()
+            }
             _ => vec![],
         }
     }
@@ -271,9 +571,47 @@ impl Command {
         Ok(command)
     }
 
-    fn approximate_payload_len(&self) -> usize {
+    /// Roughly the encoded size of the command's fields (a buffer capacity hint).
+    pub fn approximate_payload_len(&self) -> usize {
         match self {
-            Command::Get { key } | Command::Delete { key } | Command::GetDel { key } => key.len(),
+            Command::Get { key }
+            | Command::Delete { key }
+            | Command::GetDel { key }
+            | Command::Persist { key }
+            | Command::Inspect { key }
+            | Command::HGetAll { key } => key.len(),
+            Command::Expire { key, .. } | Command::GetEx { key, .. } => key.len() + 12,
+            Command::DelIfEq { key, value } => key.len() + value.len(),
+            Command::PurgeExpired { .. } => 5,
+            Command::HSet { key, fields, .. } => {
+                key.len()
+                    + fields
+                        .iter()
+                        .map(|(f, v)| f.len() + v.len() + 4)
+                        .sum::<usize>()
+            }
+            Command::HGet { key, fields } | Command::HDel { key, fields } => {
+                key.len() + fields.iter().map(|f| f.len() + 2).sum::<usize>()
+            }
+            Command::HIncrBy { key, field, .. } | Command::HIncrByFloat { key, field, .. } => {
+                key.len() + field.len() + 10
+            }
+            Command::HScan { key, after, .. } => {
+                key.len() + after.as_ref().map_or(0, Bytes::len) + 6
+            }
+            Command::ScanKeys { start, end, .. } => {
+                start.len() + end.as_ref().map_or(0, Bytes::len) + 7
+            }
+            Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => {
+                from.len() + to.len() + 3
+            }
+            Command::Exec { watches, commands } => {
+                watches.iter().map(|(k, _)| k.len() + 10).sum::<usize>()
+                    + commands
+                        .iter()
+                        .map(|c| c.approximate_payload_len() + 4)
+                        .sum::<usize>()
+            }
             Command::Put { key, value, .. }
             | Command::Append { key, value }
             | Command::SetRange { key, value, .. }
@@ -313,6 +651,7 @@ impl Command {
                 out.put_bytes(key);
                 out.put_bytes(value);
                 out.put_u8(options.to_flags());
+                options.encode_expiry_payload(out);
             }
             Command::Delete { key } => {
                 out.put_u8(TAG_DELETE);
@@ -395,16 +734,152 @@ impl Command {
                     command.encode_body(out);
                 }
             }
+            Command::Expire {
+                key,
+                when,
+                condition,
+            } => {
+                out.put_u8(TAG_EXPIRE);
+                out.put_bytes(key);
+                when.encode(out);
+                out.put_u8(match condition {
+                    ExpireCondition::Always => 0,
+                    ExpireCondition::Nx => 1,
+                    ExpireCondition::Xx => 2,
+                    ExpireCondition::Gt => 3,
+                    ExpireCondition::Lt => 4,
+                });
+            }
+            Command::Persist { key } => {
+                out.put_u8(TAG_PERSIST);
+                out.put_bytes(key);
+            }
+            Command::GetEx { key, expiry } => {
+                out.put_u8(TAG_GET_EX);
+                out.put_bytes(key);
+                match expiry {
+                    GetExExpiry::Unchanged => out.put_u8(0),
+                    GetExExpiry::Persist => out.put_u8(1),
+                    GetExExpiry::Set(Expiry::In { ms }) => {
+                        out.put_u8(2);
+                        out.put_varint(*ms);
+                    }
+                    GetExExpiry::Set(Expiry::At { ms }) => {
+                        out.put_u8(3);
+                        out.put_varint(*ms);
+                    }
+                }
+            }
+            Command::DelIfEq { key, value } => {
+                out.put_u8(TAG_DEL_IF_EQ);
+                out.put_bytes(key);
+                out.put_bytes(value);
+            }
+            Command::PurgeExpired { limit } => {
+                out.put_u8(TAG_PURGE_EXPIRED);
+                out.put_varint(u64::from(*limit));
+            }
+            Command::Inspect { key } => {
+                out.put_u8(TAG_INSPECT);
+                out.put_bytes(key);
+            }
+            Command::HSet {
+                key,
+                fields,
+                if_absent,
+            } => {
+                out.put_u8(TAG_HSET);
+                out.put_bytes(key);
+                encode_pairs(out, fields);
+                out.put_bool(*if_absent);
+            }
+            Command::HGet { key, fields } => {
+                out.put_u8(TAG_HGET);
+                out.put_bytes(key);
+                encode_list(out, fields);
+            }
+            Command::HGetAll { key } => {
+                out.put_u8(TAG_HGET_ALL);
+                out.put_bytes(key);
+            }
+            Command::HDel { key, fields } => {
+                out.put_u8(TAG_HDEL);
+                out.put_bytes(key);
+                encode_list(out, fields);
+            }
+            Command::HIncrBy { key, field, delta } => {
+                out.put_u8(TAG_HINCR_BY);
+                out.put_bytes(key);
+                out.put_bytes(field);
+                out.put_i64(*delta);
+            }
+            Command::HIncrByFloat {
+                key,
+                field,
+                delta_bits,
+            } => {
+                out.put_u8(TAG_HINCR_BY_FLOAT);
+                out.put_bytes(key);
+                out.put_bytes(field);
+                out.put_u64_fixed(*delta_bits);
+            }
+            Command::HScan { key, after, limit } => {
+                out.put_u8(TAG_HSCAN);
+                out.put_bytes(key);
+                out.put_opt_bytes(after.as_ref());
+                out.put_varint(u64::from(*limit));
+            }
+            Command::ScanKeys {
+                start,
+                end,
+                limit,
+                key_type,
+            } => {
+                out.put_u8(TAG_SCAN_KEYS);
+                out.put_bytes(start);
+                out.put_opt_bytes(end.as_ref());
+                out.put_varint(u64::from(*limit));
+                out.put_u8(encode_opt_key_type(*key_type));
+            }
+            Command::Rename {
+                from,
+                to,
+                if_absent,
+            } => {
+                out.put_u8(TAG_RENAME);
+                out.put_bytes(from);
+                out.put_bytes(to);
+                out.put_bool(*if_absent);
+            }
+            Command::Copy { from, to, replace } => {
+                out.put_u8(TAG_COPY);
+                out.put_bytes(from);
+                out.put_bytes(to);
+                out.put_bool(*replace);
+            }
+            Command::Exec { watches, commands } => {
+                out.put_u8(TAG_EXEC);
+                out.put_varint(watches.len() as u64);
+                for (key, version) in watches {
+                    out.put_bytes(key);
+                    out.put_varint(*version);
+                }
+                out.put_varint(commands.len() as u64);
+                for command in commands {
+                    command.encode_body(out);
+                }
+            }
         }
     }
 
     pub(crate) fn decode_body(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Self::decode_body_in(reader, false)
+        Self::decode_body_in(reader, Nesting::Top)
     }
 
-    /// `in_pipeline`: a command inside a pipeline, which may not be a pipeline itself. Checked
-    /// on the tag, before decoding further, so a crafted input cannot recurse deeply.
-    fn decode_body_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Self, DecodeError> {
+    /// `nesting`: a command inside a pipeline may not be a pipeline; one inside an Exec may
+    /// be neither a pipeline nor an Exec. Checked on the tag, before decoding further, so a
+    /// crafted input cannot recurse deeply.
+    fn decode_body_in(reader: &mut Reader<'_>, nesting: Nesting) -> Result<Self, DecodeError> {
         let tag = reader.u8("command tag")?;
         let command = match tag {
             TAG_GET => Command::Get {
@@ -413,7 +888,7 @@ impl Command {
             TAG_PUT => Command::Put {
                 key: reader.bytes("key")?,
                 value: reader.bytes("value")?,
-                options: PutOptions::from_flags(reader.u8("put flags")?)?,
+                options: PutOptions::decode(reader)?,
             },
             TAG_DELETE => Command::Delete {
                 key: reader.bytes("key")?,
@@ -484,8 +959,11 @@ impl Command {
                 Command::DeleteMany { keys }
             }
             TAG_COUNT => Command::Count,
-            TAG_PIPELINE if in_pipeline => {
+            TAG_PIPELINE if nesting != Nesting::Top => {
                 return Err(DecodeError::NestedPipeline { what: "pipeline" })
+            }
+            TAG_EXEC if nesting == Nesting::InExec => {
+                return Err(DecodeError::NestedPipeline { what: "exec" })
             }
             TAG_PIPELINE => {
                 // Smallest command body: its tag byte (Count).
@@ -498,9 +976,120 @@ impl Command {
                 }
                 let mut commands = Vec::with_capacity(count);
                 for _ in 0..count {
-                    commands.push(Self::decode_body_in(reader, true)?);
+                    commands.push(Self::decode_body_in(reader, Nesting::InPipeline)?);
                 }
                 Command::Pipeline { commands }
+            }
+            TAG_EXPIRE => Command::Expire {
+                key: reader.bytes("key")?,
+                when: Expiry::decode(reader)?,
+                condition: match reader.u8("expire condition")? {
+                    0 => ExpireCondition::Always,
+                    1 => ExpireCondition::Nx,
+                    2 => ExpireCondition::Xx,
+                    3 => ExpireCondition::Gt,
+                    4 => ExpireCondition::Lt,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "expire condition",
+                            tag,
+                        })
+                    }
+                },
+            },
+            TAG_PERSIST => Command::Persist {
+                key: reader.bytes("key")?,
+            },
+            TAG_GET_EX => Command::GetEx {
+                key: reader.bytes("key")?,
+                expiry: match reader.u8("getex expiry")? {
+                    0 => GetExExpiry::Unchanged,
+                    1 => GetExExpiry::Persist,
+                    2 => GetExExpiry::Set(Expiry::In {
+                        ms: reader.varint("expiry ms")?,
+                    }),
+                    3 => GetExExpiry::Set(Expiry::At {
+                        ms: reader.varint("expiry ms")?,
+                    }),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "getex expiry",
+                            tag,
+                        })
+                    }
+                },
+            },
+            TAG_DEL_IF_EQ => Command::DelIfEq {
+                key: reader.bytes("key")?,
+                value: reader.bytes("value")?,
+            },
+            TAG_PURGE_EXPIRED => Command::PurgeExpired {
+                limit: decode_u32(reader, "purge limit")?,
+            },
+            TAG_INSPECT => Command::Inspect {
+                key: reader.bytes("key")?,
+            },
+            TAG_HSET => Command::HSet {
+                key: reader.bytes("key")?,
+                fields: decode_pairs(reader)?,
+                if_absent: reader.bool("hset if_absent")?,
+            },
+            TAG_HGET => Command::HGet {
+                key: reader.bytes("key")?,
+                fields: decode_list(reader, "hash fields")?,
+            },
+            TAG_HGET_ALL => Command::HGetAll {
+                key: reader.bytes("key")?,
+            },
+            TAG_HDEL => Command::HDel {
+                key: reader.bytes("key")?,
+                fields: decode_list(reader, "hash fields")?,
+            },
+            TAG_HINCR_BY => Command::HIncrBy {
+                key: reader.bytes("key")?,
+                field: reader.bytes("field")?,
+                delta: reader.i64("delta")?,
+            },
+            TAG_HINCR_BY_FLOAT => Command::HIncrByFloat {
+                key: reader.bytes("key")?,
+                field: reader.bytes("field")?,
+                delta_bits: reader.u64_fixed("float delta")?,
+            },
+            TAG_HSCAN => Command::HScan {
+                key: reader.bytes("key")?,
+                after: reader.opt_bytes("hscan after")?,
+                limit: decode_u32(reader, "hscan limit")?,
+            },
+            TAG_SCAN_KEYS => Command::ScanKeys {
+                start: reader.bytes("scan start")?,
+                end: reader.opt_bytes("scan end")?,
+                limit: decode_u32(reader, "scan limit")?,
+                key_type: decode_opt_key_type(reader)?,
+            },
+            TAG_RENAME => Command::Rename {
+                from: reader.bytes("rename from")?,
+                to: reader.bytes("rename to")?,
+                if_absent: reader.bool("rename if_absent")?,
+            },
+            TAG_COPY => Command::Copy {
+                from: reader.bytes("copy from")?,
+                to: reader.bytes("copy to")?,
+                replace: reader.bool("copy replace")?,
+            },
+            TAG_EXEC => {
+                // Smallest watch: an empty key and a one-byte version.
+                let count = reader.count("exec watches", 2)?;
+                let mut watches = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let key = reader.bytes("watched key")?;
+                    watches.push((key, reader.varint("watched version")?));
+                }
+                let count = reader.count("exec commands", 1)?;
+                let mut commands = Vec::with_capacity(count);
+                for _ in 0..count {
+                    commands.push(Self::decode_body_in(reader, Nesting::InExec)?);
+                }
+                Command::Exec { watches, commands }
             }
             tag => {
                 return Err(DecodeError::UnknownTag {
@@ -510,6 +1099,62 @@ impl Command {
             }
         };
         Ok(command)
+    }
+}
+
+fn encode_list<S: Sink>(out: &mut S, items: &[Bytes]) {
+    out.put_varint(items.len() as u64);
+    for item in items {
+        out.put_bytes(item);
+    }
+}
+
+fn decode_list(reader: &mut Reader<'_>, what: &'static str) -> Result<Vec<Bytes>, DecodeError> {
+    let count = reader.count(what, MIN_BYTES_FIELD)?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(reader.bytes(what)?);
+    }
+    Ok(items)
+}
+
+fn decode_u32(reader: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError> {
+    u32::try_from(reader.varint(what)?).map_err(|_| DecodeError::Invalid {
+        what,
+        reason: "exceeds u32",
+    })
+}
+
+pub(crate) fn encode_key_type(key_type: KeyType) -> u8 {
+    match key_type {
+        KeyType::String => 1,
+        KeyType::Hash => 2,
+    }
+}
+
+fn encode_opt_key_type(key_type: Option<KeyType>) -> u8 {
+    key_type.map_or(0, encode_key_type)
+}
+
+pub(crate) fn decode_key_type(reader: &mut Reader<'_>) -> Result<KeyType, DecodeError> {
+    match decode_opt_key_type(reader)? {
+        Some(key_type) => Ok(key_type),
+        None => Err(DecodeError::Invalid {
+            what: "key type",
+            reason: "must be 1 (string) or 2 (hash)",
+        }),
+    }
+}
+
+fn decode_opt_key_type(reader: &mut Reader<'_>) -> Result<Option<KeyType>, DecodeError> {
+    match reader.u8("key type")? {
+        0 => Ok(None),
+        1 => Ok(Some(KeyType::String)),
+        2 => Ok(Some(KeyType::Hash)),
+        tag => Err(DecodeError::UnknownTag {
+            what: "key type",
+            tag,
+        }),
     }
 }
 

@@ -29,9 +29,10 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest value, in bytes, including values grown by `Append` / `SetRange`.
     pub max_value_bytes: usize,
-    /// Most keys in one `BatchGet` / `BatchPut` / `MSetNx`.
+    /// Most keys in one `BatchGet` / `BatchPut` / `MSetNx` / `DeleteMany`, commands in one
+    /// `Pipeline` / `Exec`, watches in one `Exec`, and fields in one `HSet` / `HGet` / `HDel`.
     pub max_batch_keys: usize,
-    /// Largest `Scan` limit.
+    /// Largest `Scan` / `HScan` / `ScanKeys` limit.
     pub max_scan_limit: u32,
 }
 
@@ -47,8 +48,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The checks of a command that need no state: every key, value, batch and pipeline
-    /// length, and the scan limit. The front end runs them before proposing, so a command the
+    /// The checks of a command that need no state: every key and hash field (against
+    /// `max_key_bytes`), value, batch, field-list, pipeline and Exec length, and scan limit. The front end runs them before proposing, so a command the
     /// state machine would refuse for its size never reaches the log; the state machine runs
     /// the same ones when applying (entries written by an older build), plus the checks that
     /// depend on the state (a value grown by `Append`/`SetRange`).
@@ -57,6 +58,14 @@ impl Limits {
             if key.len() > self.max_key_bytes {
                 return Err(CommandError::KeyTooLarge {
                     size: key.len() as u64,
+                    max: self.max_key_bytes as u64,
+                });
+            }
+        }
+        for field in command.fields() {
+            if field.len() > self.max_key_bytes {
+                return Err(CommandError::KeyTooLarge {
+                    size: field.len() as u64,
                     max: self.max_key_bytes as u64,
                 });
             }
@@ -77,7 +86,14 @@ impl Limits {
             Command::BatchGet { keys } | Command::DeleteMany { keys } => keys.len(),
             Command::BatchPut { pairs } | Command::MSetNx { pairs } => pairs.len(),
             Command::Pipeline { commands } => commands.len(),
-            Command::Scan { limit, .. } if *limit > self.max_scan_limit => {
+            Command::Exec { watches, commands } => watches.len().max(commands.len()),
+            Command::HSet { fields, .. } => fields.len(),
+            Command::HGet { fields, .. } | Command::HDel { fields, .. } => fields.len(),
+            Command::Scan { limit, .. }
+            | Command::HScan { limit, .. }
+            | Command::ScanKeys { limit, .. }
+                if *limit > self.max_scan_limit =>
+            {
                 return Err(CommandError::ScanLimitTooLarge {
                     limit: u64::from(*limit),
                     max: u64::from(self.max_scan_limit),
@@ -91,7 +107,7 @@ impl Limits {
                 max: self.max_batch_keys as u64,
             });
         }
-        if let Command::Pipeline { commands } = command {
+        if let Command::Pipeline { commands } | Command::Exec { commands, .. } = command {
             commands.iter().try_for_each(|c| self.check_counts(c))?;
         }
         Ok(())

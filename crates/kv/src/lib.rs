@@ -6,17 +6,23 @@
 //! [`KvStateMachine::snapshot`]s on every replica.
 //!
 //! ## Module map
-//! - [`command`]: [`Command`] (Get, Put with NX/XX/GET, Delete, Append, CompareAndSwap,
-//!   Scan, batches, and the atomic read-modify-write ops the Redis front end needs),
-//!   the [`Request`] envelope that is a Raft entry's payload, [`ClientId`] and [`Sequence`],
-//!   and their versioned binary codec.
-//! - [`response`]: [`Response`], [`CommandError`] (the command was refused),
+//! - [`command`]: [`Command`] (Get, Put with NX/XX/GET and an expiry, Delete, Append,
+//!   CompareAndSwap, Scan, batches, the atomic read-modify-write ops the Redis front end
+//!   needs, key expiry (Expire, Persist, GetEx, PurgeExpired), Inspect (type, TTL, WATCH
+//!   version), hashes (HSet, HGet, HGetAll, HDel, HIncrBy, HIncrByFloat, HScan), ScanKeys,
+//!   Rename, Copy, DelIfEq and Exec (MULTI/EXEC with WATCH)), [`Expiry`], [`SetExpiry`],
+//!   [`ExpireCondition`], [`GetExExpiry`], the [`Request`] envelope that is a Raft entry's
+//!   payload, [`ClientId`] and [`Sequence`], and their versioned binary codec.
+//! - [`response`]: [`Response`], [`KeyInfo`], [`CommandError`] (the command was refused),
 //!   [`ApplyError`] (the request around it was refused) and [`ApplyOutcome`].
 //! - [`config`]: [`RegionRange`], [`Limits`], [`SessionPolicy`] (session expiry and eviction
 //!   rules are documented there).
-//! - `machine`: [`KvStateMachine`] itself: `apply`, `read`, `split_off`, and the
-//!   exactly-once rules.
-//! - [`table`]: [`table::Table`], the region's pairs, one allocation per pair (memory).
+//! - `machine`: [`KvStateMachine`] itself: `apply`, `read`/`read_at`, `split_off`, the
+//!   exactly-once rules, and the rules for time (expiry judged at the log clock for writes,
+//!   at `max(now, log clock)` for reads), versions and WATCH.
+//! - [`table`]: [`table::Table`], the region's entries: a string in one allocation, a hash
+//!   as a persistent field map, each with its type, deadline and version; plus the
+//!   `(deadline, key)` index that expiry purges walk. [`KeyType`].
 //! - `session`: the session table (client → last sequence, cached reply, last seen).
 //! - [`snapshot`]: the checksummed snapshot format, `restore`, and the state hash.
 //! - `store_adapter`: `KvStateMachine` implements `types::StateMachine`, so a store hosts
@@ -31,9 +37,12 @@
 //!    entry or [`KvStateMachine::apply_noop`] for any other entry, and reply to the waiting
 //!    client with the [`ApplyOutcome`]. Indexes must increase (it panics otherwise: that
 //!    would be a store bug).
-//! 3. Serve linearizable reads with [`KvStateMachine::read`] once `applied_index` has
-//!    reached the read index.
-//! 4. To snapshot, store [`KvStateMachine::snapshot`]; on restart or InstallSnapshot,
+//! 3. Serve linearizable reads with [`KvStateMachine::read_at`] (passing the wall clock, so
+//!    a key is absent from its deadline on even if no entry was applied since) once
+//!    `applied_index` has reached the read index.
+//! 4. Expire keys: when [`KvStateMachine::next_deadline_ms`] has passed, the leader proposes
+//!    `Command::PurgeExpired` (every replica then drops the same keys, in deadline order).
+//! 5. To snapshot, store [`KvStateMachine::snapshot`]; on restart or InstallSnapshot,
 //!    [`KvStateMachine::restore`] it and replay the log after its `applied_index`.
 //!
 //! ```
@@ -74,7 +83,12 @@
 //! ## Known deviations from Redis
 //! `IncrByFloat` computes in `f64` and stores Rust's shortest round-trip decimal, where Redis
 //! uses `long double` and `%.17Lg`; results can differ in the last digits (e.g. Redis prints
-//! `0.1 + 0.2` as `0.3`, we store `0.30000000000000004`). There are no key expiries (TTL).
+//! `0.1 + 0.2` as `0.3`, we store `0.30000000000000004`); `HIncrByFloat` likewise.
+//!
+//! A WATCHed key that is absent compares the region's `deleted_version`, so its EXEC aborts
+//! when any other key of the region was deleted or expired in between (conservative; Redis
+//! tracks the key itself). Present keys are compared exactly. Deadlines are judged at the
+//! log clock for writes (the leader's wall clock at proposal time), not at apply time.
 
 mod codec;
 pub mod command;
@@ -87,11 +101,16 @@ mod store_adapter;
 pub mod table;
 
 pub use codec::DecodeError;
-pub use command::{ClientId, Command, PutOptions, Request, Sequence, CODEC_VERSION};
+pub use command::{
+    ClientId, Command, ExpireCondition, Expiry, GetExExpiry, PutOptions, Request, Sequence,
+    SetExpiry, CODEC_VERSION,
+};
 pub use config::{Limits, RegionRange, SessionPolicy};
 pub use machine::{KvStateMachine, SplitError, MAX_KEPT_PIPELINE_RESULT_BYTES};
 pub use response::{
-    decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, Response,
+    decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, KeyInfo,
+    Response,
 };
 pub use session::Session;
 pub use snapshot::SnapshotError;
+pub use table::KeyType;

@@ -4,12 +4,51 @@
 //!
 //! Responses and command errors are also cached in the session table and therefore written
 //! into snapshots; their encoding lives here (`encode_result` / `decode_result`).
+//!
+//! # Encoding
+//! ```text
+//! Result   := 0 Response | 1 Error
+//! Response := tag:u8 fields...
+//!   0 Done   1 Value option<bytes>   2 Values list<option<bytes>>
+//!   3 Scan list<(key:bytes value:bytes)> more:bool   4 Deleted bool   5 Length varint
+//!   6 Integer zigzag-varint   7 Cas swapped:bool previous:option<bytes>
+//!   8 Put written:bool previous:option<bytes>   9 Written bool
+//!  10 Pipeline list<Result> (no Pipeline result inside)
+//!  11 Pairs list<(field:bytes value:bytes)>
+//!  12 HScan list<(field:bytes value:bytes)> more:bool
+//!  13 Keys list<(key:bytes type:u8 (1 string, 2 hash))> more:bool
+//!  14 KeyInfo present:bool [type:u8 has_deadline:bool [deadline:varint] len:varint
+//!             memory_bytes:varint is_integer:bool] version:varint now_ms:varint
+//!  15 Exec applied:bool [list<Result>] (no Pipeline or Exec result inside)
+//! Error := tag:u8 fields...
+//!   0 KeyTooLarge size max   1 ValueTooLarge size max   2 BatchTooLarge size max
+//!   3 ScanLimitTooLarge limit max   4 OutOfRange key:bytes   5 NotAnInteger   6 NotAFloat
+//!   7 Overflow   8 NotFinite   9 ConflictingOptions   10 NotReadOnly
+//!  11 ResultNotKept size   12 WrongType   13 NoSuchKey   14 HashValueNotAnInteger
+//!  15 HashValueNotAFloat   16 InvalidExpireTime
+//! ```
+//! Tags are never renumbered: snapshots hold cached results.
 
 use bytes::Bytes;
 use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Sink};
-use crate::command::{decode_pairs, ClientId, Sequence};
+use crate::command::{decode_key_type, decode_pairs, encode_key_type, ClientId, Sequence};
+use crate::table::KeyType;
+
+/// What [`crate::Command::Inspect`] tells about a present key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_type: KeyType,
+    /// The key's deadline (log time, ms since the Unix epoch), if it has one.
+    pub expires_at_ms: Option<u64>,
+    /// String: value length in bytes. Hash: number of fields.
+    pub len: u64,
+    /// Approximate bytes this key costs (key + value/fields + per-entry overhead).
+    pub memory_bytes: u64,
+    /// The string value is a canonical i64 (Redis `OBJECT ENCODING` "int").
+    pub is_integer: bool,
+}
 
 /// The successful result of a command. Which command yields which variant is documented on
 /// [`crate::Command`].
@@ -17,9 +56,10 @@ use crate::command::{decode_pairs, ClientId, Sequence};
 pub enum Response {
     /// The command succeeded and has nothing to return (`BatchPut`).
     Done,
-    /// One value or its absence (`Get`, `GetSet`, `GetDel`, `IncrByFloat`).
+    /// One value or its absence (`Get`, `GetSet`, `GetDel`, `IncrByFloat`, `GetEx`,
+    /// `HIncrByFloat`).
     Value(Option<Bytes>),
-    /// One entry per requested key, in request order (`BatchGet`).
+    /// One entry per requested key or field, in request order (`BatchGet`, `HGet`).
     Values(Vec<Option<Bytes>>),
     /// `Scan`: the pairs in key order; `more` is true when `limit` stopped the scan before
     /// the end of the (clamped) range, so the caller should continue after the last key.
@@ -31,7 +71,9 @@ pub enum Response {
     Deleted(bool),
     /// The value's length after the command (`Append`, `SetRange`), as Redis returns it.
     Length(u64),
-    /// `Incr`: the new value.
+    /// `Incr`, `HIncrBy`: the new value. Also the counts and 0/1 answers of `DeleteMany`,
+    /// `Count`, `Expire`, `Persist`, `DelIfEq`, `PurgeExpired`, `HSet`, `HDel`, `Rename`,
+    /// `Copy`.
     Integer(i64),
     /// `CompareAndSwap`: whether the swap happened, and the value before the command (on
     /// failure this tells the caller what it raced with).
@@ -49,6 +91,32 @@ pub enum Response {
     Written(bool),
     /// `Pipeline`: each command's own result, in the order of the commands.
     Pipeline(Vec<Result<Response, CommandError>>),
+    /// `HGetAll`: field/value pairs in field order.
+    Pairs(Vec<(Bytes, Bytes)>),
+    /// `HScan`: one page of fields in order; `more` when fields remain after the last one.
+    HScan {
+        pairs: Vec<(Bytes, Bytes)>,
+        more: bool,
+    },
+    /// `ScanKeys`: keys in order with their types; `more` as `Scan`'s.
+    Keys {
+        keys: Vec<(Bytes, KeyType)>,
+        more: bool,
+    },
+    /// `Inspect`: the key's info (`None` if absent), its WATCH `version` (the log index of
+    /// the entry that last changed it; for an absent key, the region's `deleted_version`,
+    /// the index of the last entry that deleted or expired any key of the region, 0 if
+    /// none), and `now_ms`, the time the read was judged at. After a split or merge,
+    /// versions continue from the largest the region held (see
+    /// [`crate::KvStateMachine::version_now`]) rather than equal the new log's index; only
+    /// equality matters to a watch.
+    KeyInfo {
+        info: Option<KeyInfo>,
+        version: u64,
+        now_ms: u64,
+    },
+    /// `Exec`: `None` when a watch failed (nothing applied), else each command's result.
+    Exec(Option<Vec<Result<Response, CommandError>>>),
 }
 
 /// Why a command was refused. A refused command changes no key. These errors are
@@ -80,7 +148,9 @@ pub enum CommandError {
     /// Redis: "increment would produce NaN or Infinity".
     #[error("increment would produce NaN or Infinity")]
     NotFinite,
-    /// `Put` with both `if_absent` (NX) and `if_present` (XX).
+    /// `Put` with both `if_absent` (NX) and `if_present` (XX). Also: an `HSet` with no field
+    /// or an HSETNX with other than one field, and an `Exec` holding a `Pipeline` or `Exec`
+    /// (shapes the front end never sends and the codec cannot carry).
     #[error("if_absent (NX) and if_present (XX) are mutually exclusive")]
     ConflictingOptions,
     /// A write was passed to [`crate::KvStateMachine::read`]; writes must go through the log.
@@ -92,6 +162,22 @@ pub enum CommandError {
         "the pipeline was applied, but its answer ({size} bytes) was too large to keep for a retry"
     )]
     ResultNotKept { size: u64 },
+    /// Redis WRONGTYPE: a string command on a hash or a hash command on a string.
+    #[error("Operation against a key holding the wrong kind of value")]
+    WrongType,
+    /// `Rename` of an absent key.
+    #[error("no such key")]
+    NoSuchKey,
+    /// `HIncrBy` on a field that is not a canonical i64.
+    #[error("hash value is not an integer")]
+    HashValueNotAnInteger,
+    /// `HIncrByFloat` on a field that is not a finite float.
+    #[error("hash value is not a float")]
+    HashValueNotAFloat,
+    /// `Put` or `GetEx` with a relative expiry of 0 ms (Redis refuses `EX 0` / `PX 0`); the
+    /// front end picks the exact text.
+    #[error("invalid expire time")]
+    InvalidExpireTime,
 }
 
 /// Why an applied entry produced no command result.
@@ -150,6 +236,11 @@ const RESPONSE_CAS: u8 = 7;
 const RESPONSE_PUT: u8 = 8;
 const RESPONSE_WRITTEN: u8 = 9;
 const RESPONSE_PIPELINE: u8 = 10;
+const RESPONSE_PAIRS: u8 = 11;
+const RESPONSE_HSCAN: u8 = 12;
+const RESPONSE_KEYS: u8 = 13;
+const RESPONSE_KEY_INFO: u8 = 14;
+const RESPONSE_EXEC: u8 = 15;
 
 // CommandError tags. Never renumber: snapshots store them.
 const ERROR_KEY_TOO_LARGE: u8 = 0;
@@ -164,6 +255,20 @@ const ERROR_NOT_FINITE: u8 = 8;
 const ERROR_CONFLICTING_OPTIONS: u8 = 9;
 const ERROR_NOT_READ_ONLY: u8 = 10;
 const ERROR_RESULT_NOT_KEPT: u8 = 11;
+const ERROR_WRONG_TYPE: u8 = 12;
+const ERROR_NO_SUCH_KEY: u8 = 13;
+const ERROR_HASH_VALUE_NOT_AN_INTEGER: u8 = 14;
+const ERROR_HASH_VALUE_NOT_A_FLOAT: u8 = 15;
+const ERROR_INVALID_EXPIRE_TIME: u8 = 16;
+
+/// Where a result is being decoded: nesting is bounded (Pipeline > Exec > result), as for
+/// commands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nesting {
+    Top,
+    InPipeline,
+    InExec,
+}
 
 /// Encodes a command's result on its own (version byte + result), for carrying it between
 /// servers (a forwarded request's answer). Inverse: [`decode_command_result`].
@@ -205,16 +310,17 @@ pub(crate) fn encode_result<S: Sink>(out: &mut S, result: &Result<Response, Comm
 pub(crate) fn decode_result(
     reader: &mut Reader<'_>,
 ) -> Result<Result<Response, CommandError>, DecodeError> {
-    decode_result_in(reader, false)
+    decode_result_in(reader, Nesting::Top)
 }
 
-/// `in_pipeline`: one of a pipeline's results, which may not be a pipeline's itself.
+/// `nesting`: one of a pipeline's results may not be a pipeline's; one of an Exec's may be
+/// neither a pipeline's nor an Exec's.
 fn decode_result_in(
     reader: &mut Reader<'_>,
-    in_pipeline: bool,
+    nesting: Nesting,
 ) -> Result<Result<Response, CommandError>, DecodeError> {
     match reader.u8("result tag")? {
-        RESULT_OK => Ok(Ok(decode_response_in(reader, in_pipeline)?)),
+        RESULT_OK => Ok(Ok(decode_response_in(reader, nesting)?)),
         RESULT_ERR => Ok(Err(decode_error(reader)?)),
         tag => Err(DecodeError::UnknownTag {
             what: "result",
@@ -279,12 +385,76 @@ fn encode_response<S: Sink>(out: &mut S, response: &Response) {
                 encode_result(out, result);
             }
         }
+        Response::Pairs(pairs) => {
+            out.put_u8(RESPONSE_PAIRS);
+            encode_pairs(out, pairs);
+        }
+        Response::HScan { pairs, more } => {
+            out.put_u8(RESPONSE_HSCAN);
+            encode_pairs(out, pairs);
+            out.put_bool(*more);
+        }
+        Response::Keys { keys, more } => {
+            out.put_u8(RESPONSE_KEYS);
+            out.put_varint(keys.len() as u64);
+            for (key, key_type) in keys {
+                out.put_bytes(key);
+                out.put_u8(encode_key_type(*key_type));
+            }
+            out.put_bool(*more);
+        }
+        Response::KeyInfo {
+            info,
+            version,
+            now_ms,
+        } => {
+            out.put_u8(RESPONSE_KEY_INFO);
+            match info {
+                None => out.put_u8(0),
+                Some(info) => {
+                    out.put_u8(1);
+                    out.put_u8(encode_key_type(info.key_type));
+                    match info.expires_at_ms {
+                        None => out.put_u8(0),
+                        Some(ms) => {
+                            out.put_u8(1);
+                            out.put_varint(ms);
+                        }
+                    }
+                    out.put_varint(info.len);
+                    out.put_varint(info.memory_bytes);
+                    out.put_bool(info.is_integer);
+                }
+            }
+            out.put_varint(*version);
+            out.put_varint(*now_ms);
+        }
+        Response::Exec(results) => {
+            out.put_u8(RESPONSE_EXEC);
+            match results {
+                None => out.put_u8(0),
+                Some(results) => {
+                    out.put_u8(1);
+                    out.put_varint(results.len() as u64);
+                    for result in results {
+                        encode_result(out, result);
+                    }
+                }
+            }
+        }
     }
 }
 
-/// `in_pipeline`: a response inside a pipeline's, which may not be a pipeline's itself
-/// (checked on the tag, so a crafted input cannot recurse deeply).
-fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Response, DecodeError> {
+fn encode_pairs<S: Sink>(out: &mut S, pairs: &[(Bytes, Bytes)]) {
+    out.put_varint(pairs.len() as u64);
+    for (key, value) in pairs {
+        out.put_bytes(key);
+        out.put_bytes(value);
+    }
+}
+
+/// `nesting`: see [`Nesting`] (checked on the tag, so a crafted input cannot recurse deeply).
+fn decode_response_in(reader: &mut Reader<'_>, nesting: Nesting) -> Result<Response, DecodeError> {
     let response = match reader.u8("response tag")? {
         RESPONSE_DONE => Response::Done,
         RESPONSE_VALUE => Response::Value(reader.opt_bytes("value")?),
@@ -314,9 +484,14 @@ fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Resp
             previous: reader.opt_bytes("previous")?,
         },
         RESPONSE_WRITTEN => Response::Written(reader.bool("written")?),
-        RESPONSE_PIPELINE if in_pipeline => {
+        RESPONSE_PIPELINE if nesting != Nesting::Top => {
             return Err(DecodeError::NestedPipeline {
                 what: "pipeline result",
+            })
+        }
+        RESPONSE_EXEC if nesting == Nesting::InExec => {
+            return Err(DecodeError::NestedPipeline {
+                what: "exec result",
             })
         }
         RESPONSE_PIPELINE => {
@@ -324,9 +499,62 @@ fn decode_response_in(reader: &mut Reader<'_>, in_pipeline: bool) -> Result<Resp
             let count = reader.count("pipeline results", 2)?;
             let mut results = Vec::with_capacity(count);
             for _ in 0..count {
-                results.push(decode_result_in(reader, true)?);
+                results.push(decode_result_in(reader, Nesting::InPipeline)?);
             }
             Response::Pipeline(results)
+        }
+        RESPONSE_PAIRS => Response::Pairs(decode_pairs(reader)?),
+        RESPONSE_HSCAN => {
+            let pairs = decode_pairs(reader)?;
+            let more = reader.bool("hscan more")?;
+            Response::HScan { pairs, more }
+        }
+        RESPONSE_KEYS => {
+            // Smallest item: an empty key and its type byte.
+            let count = reader.count("keys", 2)?;
+            let mut keys = Vec::with_capacity(count);
+            for _ in 0..count {
+                let key = reader.bytes("key")?;
+                keys.push((key, decode_key_type(reader)?));
+            }
+            let more = reader.bool("keys more")?;
+            Response::Keys { keys, more }
+        }
+        RESPONSE_KEY_INFO => {
+            let info = if reader.bool("key info present")? {
+                let key_type = decode_key_type(reader)?;
+                let expires_at_ms = if reader.bool("key info deadline present")? {
+                    Some(reader.varint("key info deadline")?)
+                } else {
+                    None
+                };
+                Some(KeyInfo {
+                    key_type,
+                    expires_at_ms,
+                    len: reader.varint("key info len")?,
+                    memory_bytes: reader.varint("key info memory")?,
+                    is_integer: reader.bool("key info is_integer")?,
+                })
+            } else {
+                None
+            };
+            Response::KeyInfo {
+                info,
+                version: reader.varint("key version")?,
+                now_ms: reader.varint("key info now_ms")?,
+            }
+        }
+        RESPONSE_EXEC => {
+            if reader.bool("exec applied")? {
+                let count = reader.count("exec results", 2)?;
+                let mut results = Vec::with_capacity(count);
+                for _ in 0..count {
+                    results.push(decode_result_in(reader, Nesting::InExec)?);
+                }
+                Response::Exec(Some(results))
+            } else {
+                Response::Exec(None)
+            }
         }
         tag => {
             return Err(DecodeError::UnknownTag {
@@ -374,6 +602,11 @@ fn encode_error<S: Sink>(out: &mut S, error: &CommandError) {
             out.put_u8(ERROR_RESULT_NOT_KEPT);
             out.put_varint(*size);
         }
+        CommandError::WrongType => out.put_u8(ERROR_WRONG_TYPE),
+        CommandError::NoSuchKey => out.put_u8(ERROR_NO_SUCH_KEY),
+        CommandError::HashValueNotAnInteger => out.put_u8(ERROR_HASH_VALUE_NOT_AN_INTEGER),
+        CommandError::HashValueNotAFloat => out.put_u8(ERROR_HASH_VALUE_NOT_A_FLOAT),
+        CommandError::InvalidExpireTime => out.put_u8(ERROR_INVALID_EXPIRE_TIME),
     }
 }
 
@@ -407,6 +640,11 @@ fn decode_error(reader: &mut Reader<'_>) -> Result<CommandError, DecodeError> {
         ERROR_RESULT_NOT_KEPT => CommandError::ResultNotKept {
             size: reader.varint("size")?,
         },
+        ERROR_WRONG_TYPE => CommandError::WrongType,
+        ERROR_NO_SUCH_KEY => CommandError::NoSuchKey,
+        ERROR_HASH_VALUE_NOT_AN_INTEGER => CommandError::HashValueNotAnInteger,
+        ERROR_HASH_VALUE_NOT_A_FLOAT => CommandError::HashValueNotAFloat,
+        ERROR_INVALID_EXPIRE_TIME => CommandError::InvalidExpireTime,
         tag => return Err(DecodeError::UnknownTag { what: "error", tag }),
     };
     Ok(error)

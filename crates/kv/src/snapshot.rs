@@ -1,6 +1,6 @@
 //! Snapshots of a [`KvStateMachine`] and its deterministic state hash.
 //!
-//! # Format (version [`SNAPSHOT_VERSION`])
+//! # Format (version [`SNAPSHOT_VERSION`] = 2)
 //! ```text
 //! magic "RKVS" (4 bytes)
 //! version: u8
@@ -11,12 +11,23 @@
 //!   limits: max_key_bytes:varint max_value_bytes:varint max_batch_keys:varint
 //!           max_scan_limit:varint
 //!   session policy: ttl_ms:varint max_sessions:varint
-//!   data: list<(key:bytes value:bytes)>            keys strictly increasing, in region
+//!   deleted_version:varint  version_offset:varint  (deleted_version <= applied_index +
+//!                                                  version_offset, the version clock)
+//!   data: list<Entry>                              keys strictly increasing, in region
 //!   sessions: list<(client_id:varint last_sequence:varint last_seen_ms:varint result)>
 //!                                                  client ids strictly increasing, non-zero
 //! crc32c: u32 little endian, over everything before it (magic through body)
+//!
+//! Entry := key:bytes type:u8 (1 string, 2 hash) version:varint (<= the version clock)
+//!          has_deadline:u8 (0/1) [deadline_ms:varint]
+//!          string: value:bytes
+//!          hash:   fields:list<(field:bytes value:bytes)>  at least one, strictly increasing
 //! ```
-//! `result` is the cached reply (see `response.rs`): `0 response` or `1 error`.
+//! `result` is the cached reply (see `response.rs`): `0 response` or `1 error`. Expired keys
+//! not yet purged are written like any other (purging is a logged command).
+//!
+//! Version 1 (still restored): no `deleted_version` nor `version_offset`, and `data` is
+//! `list<(key:bytes value:bytes)>`: strings without deadlines, restored with version 0.
 //!
 //! The configuration travels with the data because replicas that disagree on limits would
 //! accept different commands and diverge.
@@ -24,7 +35,7 @@
 //! The state hash is 64-bit FNV-1a over exactly the body bytes, so two machines have the same
 //! hash iff (barring collisions) they have the same snapshot body.
 
-use crate::table::Table;
+use crate::table::{Entry, HashFields, Table, Value};
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -38,8 +49,10 @@ use crate::session::{Session, SessionTable};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
-/// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// The snapshot format version this build writes (it also reads [`SNAPSHOT_VERSION_1`]).
+pub const SNAPSHOT_VERSION: u8 = 2;
+/// The first format: string pairs only, no deadlines, versions or `deleted_version`.
+pub const SNAPSHOT_VERSION_1: u8 = 1;
 const HEADER_LEN: usize = 4 + 1 + 8;
 const CHECKSUM_LEN: usize = 4;
 
@@ -97,7 +110,8 @@ impl KvStateMachine {
         if bytes[..4] != SNAPSHOT_MAGIC {
             return Err(SnapshotError::BadMagic);
         }
-        if bytes[4] != SNAPSHOT_VERSION {
+        let version = bytes[4];
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
             return Err(SnapshotError::UnsupportedVersion {
                 found: bytes[4],
                 supported: SNAPSHOT_VERSION,
@@ -118,7 +132,7 @@ impl KvStateMachine {
         if stored != computed {
             return Err(SnapshotError::ChecksumMismatch { stored, computed });
         }
-        Self::decode_body(&covered[HEADER_LEN..])
+        Self::decode_body(&covered[HEADER_LEN..], version)
     }
 
     /// A deterministic 64-bit hash of the applied index, log time, region, configuration,
@@ -130,19 +144,21 @@ impl KvStateMachine {
         hasher.finish()
     }
 
-    /// A hash of the region and its key/value pairs only, without the applied index, log time
-    /// or sessions: lets a test check that a refused command changed no key.
+    /// A hash of the region and its entries only (keys, types, values, deadlines), without
+    /// versions (log indexes), the applied index, log time, `deleted_version` or sessions:
+    /// lets a test check that a refused command changed no key, or that two histories of
+    /// different lengths left the same data.
     pub fn data_hash(&self) -> u64 {
         let mut hasher = Fnv64::new();
         hasher.put_bytes(&self.region.start);
         hasher.put_opt_bytes(self.region.end.as_ref());
-        encode_data(&mut hasher, &self.data);
+        encode_data(&mut hasher, &self.data, false);
         hasher.finish()
     }
 
     fn approximate_body_len(&self) -> usize {
-        let data: usize = self.data.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-        64 + data + self.sessions.len() * 32
+        // Capacity hint: weights plus a few bytes of framing per entry (not per field).
+        64 + self.data.bytes() as usize + self.data.len() * 16 + self.sessions.len() * 32
     }
 
     fn encode_body<S: Sink>(&self, out: &mut S) {
@@ -156,7 +172,9 @@ impl KvStateMachine {
         out.put_varint(u64::from(self.limits.max_scan_limit));
         out.put_varint(self.session_policy.ttl_ms);
         out.put_varint(self.session_policy.max_sessions as u64);
-        encode_data(out, &self.data);
+        out.put_varint(self.deleted_version);
+        out.put_varint(self.version_offset);
+        encode_data(out, &self.data, true);
         out.put_varint(self.sessions.len() as u64);
         for (client, session) in self.sessions.iter() {
             out.put_varint(client.0);
@@ -166,7 +184,7 @@ impl KvStateMachine {
         }
     }
 
-    fn decode_body(body: &[u8]) -> Result<KvStateMachine, SnapshotError> {
+    fn decode_body(body: &[u8], version: u8) -> Result<KvStateMachine, SnapshotError> {
         let mut reader = Reader::new(body);
         let applied_index = reader.varint("applied index")?;
         let clock_ms = reader.varint("clock_ms")?;
@@ -194,12 +212,39 @@ impl KvStateMachine {
             return Err(SnapshotError::Inconsistent("max_sessions is 0"));
         }
 
-        let pair_count = reader.count("data pairs", 2)?;
+        let (deleted_version, version_offset) = if version == SNAPSHOT_VERSION_1 {
+            (0, 0)
+        } else {
+            (
+                reader.varint("deleted_version")?,
+                reader.varint("version_offset")?,
+            )
+        };
+        let version_clock = applied_index.saturating_add(version_offset);
+        if deleted_version > version_clock {
+            return Err(SnapshotError::Inconsistent(
+                "deleted_version after the version clock",
+            ));
+        }
+
+        // Smallest entry: v1 two empty byte fields; v2 a key, type, version, deadline flag
+        // and an empty value.
+        let min_entry = if version == SNAPSHOT_VERSION_1 { 2 } else { 5 };
+        let entry_count = reader.count("data entries", min_entry)?;
         let mut data = Table::new();
         let mut previous_key: Option<Bytes> = None;
-        for _ in 0..pair_count {
+        for _ in 0..entry_count {
             let key = reader.bytes("key")?;
-            let value = reader.bytes_ref("value")?;
+            let entry = if version == SNAPSHOT_VERSION_1 {
+                Entry::string(&key, reader.bytes_ref("value")?, None, 0)
+            } else {
+                decode_entry(&mut reader, &key)?
+            };
+            if entry.version() > version_clock {
+                return Err(SnapshotError::Inconsistent(
+                    "a key's version is after the version clock",
+                ));
+            }
             if previous_key
                 .as_ref()
                 .is_some_and(|previous| *previous >= key)
@@ -211,7 +256,7 @@ impl KvStateMachine {
             if !region.contains(&key) {
                 return Err(SnapshotError::Inconsistent("a key lies outside the region"));
             }
-            data.insert(&key, value);
+            data.put(entry);
             previous_key = Some(key);
         }
 
@@ -263,14 +308,84 @@ impl KvStateMachine {
             clock_ms,
             data,
             sessions,
+            deleted_version,
+            version_offset,
         })
     }
 }
 
-fn encode_data<S: Sink>(out: &mut S, data: &Table) {
+const ENTRY_STRING: u8 = 1;
+const ENTRY_HASH: u8 = 2;
+
+/// `with_versions`: false only for [`KvStateMachine::data_hash`] (it then writes 0).
+fn encode_data<S: Sink>(out: &mut S, data: &Table, with_versions: bool) {
     out.put_varint(data.len() as u64);
-    for (key, value) in data.iter() {
-        out.put_bytes(key);
-        out.put_bytes(value);
+    for entry in data.entries() {
+        out.put_bytes(entry.key());
+        out.put_u8(match entry.value() {
+            Value::String(_) => ENTRY_STRING,
+            Value::Hash(_) => ENTRY_HASH,
+        });
+        out.put_varint(if with_versions { entry.version() } else { 0 });
+        match entry.deadline() {
+            None => out.put_u8(0),
+            Some(deadline) => {
+                out.put_u8(1);
+                out.put_varint(deadline);
+            }
+        }
+        match entry.value() {
+            Value::String(value) => out.put_bytes(value),
+            Value::Hash(fields) => {
+                out.put_varint(fields.len() as u64);
+                for (field, value) in fields.iter() {
+                    out.put_bytes(field);
+                    out.put_bytes(value);
+                }
+            }
+        }
+    }
+}
+
+/// One v2 entry after its key.
+fn decode_entry(reader: &mut Reader<'_>, key: &Bytes) -> Result<Entry, SnapshotError> {
+    let kind = reader.u8("entry type")?;
+    let version = reader.varint("entry version")?;
+    let deadline = if reader.bool("entry has deadline")? {
+        Some(reader.varint("entry deadline")?)
+    } else {
+        None
+    };
+    match kind {
+        ENTRY_STRING => Ok(Entry::string(
+            key,
+            reader.bytes_ref("value")?,
+            deadline,
+            version,
+        )),
+        ENTRY_HASH => {
+            let count = reader.count("hash fields", 2)?;
+            if count == 0 {
+                return Err(SnapshotError::Inconsistent("a hash has no field"));
+            }
+            let mut fields = HashFields::new();
+            let mut previous: Option<Bytes> = None;
+            for _ in 0..count {
+                let field = reader.bytes("field")?;
+                let value = reader.bytes("field value")?;
+                if previous.as_ref().is_some_and(|p| *p >= field) {
+                    return Err(SnapshotError::Inconsistent(
+                        "hash fields are not strictly increasing",
+                    ));
+                }
+                previous = Some(field.clone());
+                fields.insert(field, value);
+            }
+            Ok(Entry::hash(key.clone(), fields, deadline, version))
+        }
+        tag => Err(SnapshotError::Malformed(DecodeError::UnknownTag {
+            what: "entry type",
+            tag,
+        })),
     }
 }

@@ -29,7 +29,7 @@ impl StateMachine for KvStateMachine {
         let mut r = KvStateMachine::split_off(self, Bytes::copy_from_slice(at_key))
             .unwrap_or_else(|e| panic!("split of a region the store checked: {e}"));
         debug_assert_eq!(r.region().end.as_deref(), right.end_key.as_deref());
-        r.applied_index = applied;
+        r.reset_applied_index(applied);
         r
     }
 
@@ -106,6 +106,49 @@ mod tests {
 
     fn split_key(m: &KvStateMachine) -> Option<String> {
         StateMachine::size_split_key(m).map(|k| String::from_utf8(k).expect("ascii keys"))
+    }
+
+    #[test]
+    fn a_split_side_starting_a_new_log_keeps_versions_increasing() {
+        use crate::{ClientId, Command, Request, Response, Sequence};
+        let mut m = KvStateMachine::with_region(RegionRange::full());
+        let put = |key: &str, sequence: u64| Request {
+            client_id: ClientId(1),
+            sequence: Sequence(sequence),
+            command: Command::Put {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from_static(b"v"),
+                options: Default::default(),
+            },
+            proposed_at_ms: 0,
+        };
+        for i in 1..=100 {
+            m.apply_request(i, &put("z", i));
+        }
+        let right_region = types::Region {
+            id: types::PLACEMENT_REGION,
+            start_key: b"m".to_vec(),
+            end_key: None,
+            epoch: types::RegionEpoch::default(),
+            peers: vec![],
+        };
+        // The right side's log starts over at a small index.
+        let mut right = StateMachine::split_off(&mut m, b"m", &right_region, 5);
+        right.assert_invariants();
+        let inspect = |m: &KvStateMachine| match m.read(&Command::Inspect {
+            key: Bytes::from_static(b"z"),
+        }) {
+            Ok(Response::KeyInfo { version, .. }) => version,
+            other => panic!("{other:?}"),
+        };
+        let watched = inspect(&right);
+        assert_eq!(watched, 100);
+        // Its entries 6..=100 change the key; none may hand out version 100 again.
+        for i in 6..=100 {
+            right.apply_request(i, &put("z", 100 + i));
+            assert_ne!(inspect(&right), watched);
+        }
+        right.assert_invariants();
     }
 
     #[test]
