@@ -50,7 +50,16 @@ fn error(text: &str) -> Frame {
 async fn lock_recipe_set_nx_px_and_delifeq_release() {
     let server = start(RespConfig::default()).await;
     let mut c = client(&server).await;
-    ok(&mut c, cmd("SET").arg("lock").arg("token-1").arg("NX").arg("PX").arg(30_000)).await;
+    ok(
+        &mut c,
+        cmd("SET")
+            .arg("lock")
+            .arg("token-1")
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000),
+    )
+    .await;
     let taken: Option<String> = cmd("SET")
         .arg("lock")
         .arg("token-2")
@@ -64,13 +73,37 @@ async fn lock_recipe_set_nx_px_and_delifeq_release() {
     let pttl = int(&mut c, cmd("PTTL").arg("lock")).await;
     assert!((29_000..=30_000).contains(&pttl), "{pttl}");
     // Releasing with the wrong token changes nothing; with the right one deletes.
-    assert_eq!(int(&mut c, cmd("DELIFEQ").arg("lock").arg("token-2")).await, 0);
-    assert_eq!(int(&mut c, cmd("DELIFEQ").arg("lock").arg("token-1")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("DELIFEQ").arg("lock").arg("token-2")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("DELIFEQ").arg("lock").arg("token-1")).await,
+        1
+    );
     assert_eq!(int(&mut c, cmd("EXISTS").arg("lock")).await, 0);
     // A lock whose holder died frees itself at its deadline.
-    ok(&mut c, cmd("SET").arg("lock").arg("token-3").arg("NX").arg("PX").arg(1_000)).await;
+    ok(
+        &mut c,
+        cmd("SET")
+            .arg("lock")
+            .arg("token-3")
+            .arg("NX")
+            .arg("PX")
+            .arg(1_000),
+    )
+    .await;
     server.backend.advance(1_001);
-    ok(&mut c, cmd("SET").arg("lock").arg("token-4").arg("NX").arg("PX").arg(1_000)).await;
+    ok(
+        &mut c,
+        cmd("SET")
+            .arg("lock")
+            .arg("token-4")
+            .arg("NX")
+            .arg("PX")
+            .arg(1_000),
+    )
+    .await;
     assert_eq!(
         text(&mut c, cmd("GET").arg("lock")).await.as_deref(),
         Some("token-4")
@@ -143,7 +176,11 @@ async fn ttl_family_persist_getex_and_set_options() {
         for option in &options {
             command.arg(*option);
         }
-        assert_eq!(error_text::<()>(&mut c, &command).await, syntax, "{options:?}");
+        assert_eq!(
+            error_text::<()>(&mut c, &command).await,
+            syntax,
+            "{options:?}"
+        );
     }
     assert_eq!(
         error_text::<()>(&mut c, cmd("SET").arg("k").arg("v").arg("EX").arg("x")).await,
@@ -154,7 +191,11 @@ async fn ttl_family_persist_getex_and_set_options() {
         "ERR invalid expire time in 'setex' command"
     );
     assert_eq!(
-        error_text::<()>(&mut c, cmd("GETEX").arg("k").arg("EX").arg(1).arg("PERSIST")).await,
+        error_text::<()>(
+            &mut c,
+            cmd("GETEX").arg("k").arg("EX").arg(1).arg("PERSIST")
+        )
+        .await,
         syntax
     );
     assert_eq!(
@@ -169,17 +210,44 @@ async fn expire_conditions_nx_xx_gt_lt() {
     let mut c = client(&server).await;
     ok(&mut c, cmd("SET").arg("k").arg("v")).await;
     // No deadline: XX and GT fail, NX and LT apply (no TTL counts as infinite).
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("XX")).await, 0);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("GT")).await, 0);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("NX")).await, 1);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(200).arg("NX")).await, 0);
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("XX")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("GT")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(100).arg("NX")).await,
+        1
+    );
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(200).arg("NX")).await,
+        0
+    );
     assert_eq!(int(&mut c, cmd("TTL").arg("k")).await, 100);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(50).arg("GT")).await, 0);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(150).arg("GT")).await, 1);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(200).arg("LT")).await, 0);
-    assert_eq!(int(&mut c, cmd("PEXPIRE").arg("k").arg(120_000).arg("LT")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(50).arg("GT")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(150).arg("GT")).await,
+        1
+    );
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(200).arg("LT")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("PEXPIRE").arg("k").arg(120_000).arg("LT")).await,
+        1
+    );
     assert_eq!(int(&mut c, cmd("PTTL").arg("k")).await, 120_000);
-    assert_eq!(int(&mut c, cmd("EXPIRE").arg("k").arg(300).arg("XX")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("EXPIRE").arg("k").arg(300).arg("XX")).await,
+        1
+    );
     assert_eq!(int(&mut c, cmd("TTL").arg("k")).await, 300);
     let at = server.backend.now() + 7_000;
     assert_eq!(int(&mut c, cmd("PEXPIREAT").arg("k").arg(at)).await, 1);
@@ -224,7 +292,10 @@ async fn a_key_is_gone_once_its_deadline_passes() {
     assert_eq!(int(&mut c, cmd("HSET").arg("h").arg("f").arg("v")).await, 1);
     assert_eq!(int(&mut c, cmd("PEXPIRE").arg("h").arg(2_000)).await, 1);
     server.backend.advance(999);
-    assert_eq!(text(&mut c, cmd("GET").arg("s")).await.as_deref(), Some("v"));
+    assert_eq!(
+        text(&mut c, cmd("GET").arg("s")).await.as_deref(),
+        Some("v")
+    );
     server.backend.advance(1);
     // At the deadline the key is absent to every read, with nothing written since.
     assert_eq!(text(&mut c, cmd("GET").arg("s")).await, None);
@@ -246,14 +317,34 @@ async fn hash_commands() {
     let server = start(RespConfig::default()).await;
     let mut c = client(&server).await;
     assert_eq!(
-        int(&mut c, cmd("HSET").arg("h").arg("a").arg("1").arg("b").arg("2")).await,
+        int(
+            &mut c,
+            cmd("HSET").arg("h").arg("a").arg("1").arg("b").arg("2")
+        )
+        .await,
         2
     );
-    assert_eq!(int(&mut c, cmd("HSET").arg("h").arg("a").arg("10").arg("c").arg("3")).await, 1);
+    assert_eq!(
+        int(
+            &mut c,
+            cmd("HSET").arg("h").arg("a").arg("10").arg("c").arg("3")
+        )
+        .await,
+        1
+    );
     ok(&mut c, cmd("HMSET").arg("h").arg("d").arg("4")).await;
-    assert_eq!(int(&mut c, cmd("HSETNX").arg("h").arg("a").arg("x")).await, 0);
-    assert_eq!(int(&mut c, cmd("HSETNX").arg("h").arg("e").arg("5")).await, 1);
-    assert_eq!(text(&mut c, cmd("HGET").arg("h").arg("a")).await.as_deref(), Some("10"));
+    assert_eq!(
+        int(&mut c, cmd("HSETNX").arg("h").arg("a").arg("x")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("HSETNX").arg("h").arg("e").arg("5")).await,
+        1
+    );
+    assert_eq!(
+        text(&mut c, cmd("HGET").arg("h").arg("a")).await.as_deref(),
+        Some("10")
+    );
     assert_eq!(text(&mut c, cmd("HGET").arg("h").arg("zz")).await, None);
     assert_eq!(text(&mut c, cmd("HGET").arg("nohash").arg("a")).await, None);
     let values: Vec<Option<String>> = cmd("HMGET")
@@ -266,10 +357,11 @@ async fn hash_commands() {
         .unwrap();
     assert_eq!(values, vec![Some("10".into()), None, Some("2".into())]);
     let all: Vec<(String, String)> = cmd("HGETALL").arg("h").query_async(&mut c).await.unwrap();
-    let expected: Vec<(String, String)> = [("a", "10"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]
-        .iter()
-        .map(|(f, v)| (f.to_string(), v.to_string()))
-        .collect();
+    let expected: Vec<(String, String)> =
+        [("a", "10"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect();
     assert_eq!(all, expected);
     let fields: Vec<String> = cmd("HKEYS").arg("h").query_async(&mut c).await.unwrap();
     assert_eq!(fields, vec!["a", "b", "c", "d", "e"]);
@@ -280,11 +372,20 @@ async fn hash_commands() {
     assert_eq!(int(&mut c, cmd("HEXISTS").arg("h").arg("zz")).await, 0);
     assert_eq!(int(&mut c, cmd("HSTRLEN").arg("h").arg("a")).await, 2);
     assert_eq!(int(&mut c, cmd("HSTRLEN").arg("h").arg("zz")).await, 0);
-    assert_eq!(int(&mut c, cmd("HINCRBY").arg("h").arg("a").arg(5)).await, 15);
-    assert_eq!(int(&mut c, cmd("HINCRBY").arg("h").arg("new").arg(-2)).await, -2);
+    assert_eq!(
+        int(&mut c, cmd("HINCRBY").arg("h").arg("a").arg(5)).await,
+        15
+    );
+    assert_eq!(
+        int(&mut c, cmd("HINCRBY").arg("h").arg("new").arg(-2)).await,
+        -2
+    );
     let float = text(&mut c, cmd("HINCRBYFLOAT").arg("h").arg("b").arg("0.5")).await;
     assert_eq!(float.as_deref(), Some("2.5"));
-    assert_eq!(int(&mut c, cmd("HSET").arg("h").arg("word").arg("abc")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("HSET").arg("h").arg("word").arg("abc")).await,
+        1
+    );
     assert_eq!(
         error_text::<()>(&mut c, cmd("HINCRBY").arg("h").arg("word").arg(1)).await,
         "ERR hash value is not an integer"
@@ -306,16 +407,38 @@ async fn hash_commands() {
         "ERR wrong number of arguments for 'hset' command"
     );
     // HRANDFIELD: distinct fields for a positive count, repeats for a negative one.
-    let one: String = cmd("HRANDFIELD").arg("h").query_async(&mut c).await.unwrap();
-    assert!(fields.contains(&one) || one == "new" || one == "word", "{one}");
-    let three: Vec<String> = cmd("HRANDFIELD").arg("h").arg(3).query_async(&mut c).await.unwrap();
+    let one: String = cmd("HRANDFIELD")
+        .arg("h")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        fields.contains(&one) || one == "new" || one == "word",
+        "{one}"
+    );
+    let three: Vec<String> = cmd("HRANDFIELD")
+        .arg("h")
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut distinct = three.clone();
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3);
-    let many: Vec<String> = cmd("HRANDFIELD").arg("h").arg(-20).query_async(&mut c).await.unwrap();
+    let many: Vec<String> = cmd("HRANDFIELD")
+        .arg("h")
+        .arg(-20)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(many.len(), 20);
-    let everything: Vec<String> = cmd("HRANDFIELD").arg("h").arg(100).query_async(&mut c).await.unwrap();
+    let everything: Vec<String> = cmd("HRANDFIELD")
+        .arg("h")
+        .arg(100)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(everything.len(), 7);
     let pairs: Vec<String> = cmd("HRANDFIELD")
         .arg("h")
@@ -355,11 +478,17 @@ async fn hash_commands() {
         .await
         .unwrap();
     assert_eq!(matched, vec!["word"]);
-    assert_eq!(int(&mut c, cmd("HDEL").arg("h").arg("a").arg("zz").arg("b")).await, 2);
+    assert_eq!(
+        int(&mut c, cmd("HDEL").arg("h").arg("a").arg("zz").arg("b")).await,
+        2
+    );
     let kind: String = cmd("TYPE").arg("h").query_async(&mut c).await.unwrap();
     assert_eq!(kind, "hash");
     // Deleting the last field deletes the key.
-    assert_eq!(int(&mut c, cmd("HSET").arg("tiny").arg("f").arg("v")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("HSET").arg("tiny").arg("f").arg("v")).await,
+        1
+    );
     assert_eq!(int(&mut c, cmd("HDEL").arg("tiny").arg("f")).await, 1);
     assert_eq!(int(&mut c, cmd("EXISTS").arg("tiny")).await, 0);
 }
@@ -369,7 +498,13 @@ async fn wrongtype_both_ways() {
     let server = start(RespConfig::default()).await;
     let mut c = client(&server).await;
     ok(&mut c, cmd("SET").arg("s").arg("1")).await;
-    let _: i64 = cmd("HSET").arg("h").arg("f").arg("v").query_async(&mut c).await.unwrap();
+    let _: i64 = cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value";
     for command in [
         cmd("HGET").arg("s").arg("f").clone(),
@@ -386,7 +521,12 @@ async fn wrongtype_both_ways() {
         assert_eq!(error_text::<()>(&mut c, &command).await, wrongtype);
     }
     // MGET answers nil for a hash; SET overwrites any type; DEL deletes any type.
-    let values: Vec<Option<String>> = cmd("MGET").arg("h").arg("s").query_async(&mut c).await.unwrap();
+    let values: Vec<Option<String>> = cmd("MGET")
+        .arg("h")
+        .arg("s")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(values, vec![None, Some("1".into())]);
     ok(&mut c, cmd("SET").arg("h").arg("now a string")).await;
     let kind: String = cmd("TYPE").arg("h").query_async(&mut c).await.unwrap();
@@ -407,13 +547,22 @@ async fn hgetall_is_a_map_in_resp3_and_a_flat_array_in_resp2() {
         Frame::Array(vec![bulk("f1"), bulk("v1"), bulk("f2"), bulk("v2")])
     );
     let pairs = ask(&mut stream, &["HRANDFIELD", "h", "5", "WITHVALUES"]).await;
-    assert_eq!(pairs, Frame::Array(vec![bulk("f1"), bulk("v1"), bulk("f2"), bulk("v2")]));
-    assert!(matches!(ask(&mut stream, &["HELLO", "3"]).await, Frame::Map(_)));
+    assert_eq!(
+        pairs,
+        Frame::Array(vec![bulk("f1"), bulk("v1"), bulk("f2"), bulk("v2")])
+    );
+    assert!(matches!(
+        ask(&mut stream, &["HELLO", "3"]).await,
+        Frame::Map(_)
+    ));
     assert_eq!(
         ask(&mut stream, &["HGETALL", "h"]).await,
         Frame::Map(vec![(bulk("f1"), bulk("v1")), (bulk("f2"), bulk("v2"))])
     );
-    assert_eq!(ask(&mut stream, &["HGETALL", "missing"]).await, Frame::Map(vec![]));
+    assert_eq!(
+        ask(&mut stream, &["HGETALL", "missing"]).await,
+        Frame::Map(vec![])
+    );
     let pairs = ask(&mut stream, &["HRANDFIELD", "h", "5", "WITHVALUES"]).await;
     assert_eq!(
         pairs,
@@ -439,8 +588,14 @@ async fn hgetall_is_a_map_in_resp3_and_a_flat_array_in_resp2() {
 async fn multi_exec_and_discard() {
     let server = start(RespConfig::default()).await;
     let mut s = TcpStream::connect(server.address).await.unwrap();
-    assert_eq!(ask(&mut s, &["EXEC"]).await, error("ERR EXEC without MULTI"));
-    assert_eq!(ask(&mut s, &["DISCARD"]).await, error("ERR DISCARD without MULTI"));
+    assert_eq!(
+        ask(&mut s, &["EXEC"]).await,
+        error("ERR EXEC without MULTI")
+    );
+    assert_eq!(
+        ask(&mut s, &["DISCARD"]).await,
+        error("ERR DISCARD without MULTI")
+    );
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
     assert_eq!(
         ask(&mut s, &["MULTI"]).await,
@@ -490,7 +645,10 @@ async fn multi_exec_and_discard() {
     // RESET leaves the transaction.
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
     assert_eq!(ask(&mut s, &["RESET"]).await, Frame::simple("RESET"));
-    assert_eq!(ask(&mut s, &["EXEC"]).await, error("ERR EXEC without MULTI"));
+    assert_eq!(
+        ask(&mut s, &["EXEC"]).await,
+        error("ERR EXEC without MULTI")
+    );
 }
 
 #[tokio::test]
@@ -498,7 +656,10 @@ async fn an_error_queued_inside_multi_aborts_exec() {
     let server = start(RespConfig::default()).await;
     let mut s = TcpStream::connect(server.address).await.unwrap();
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["SET", "a", "1"]).await, Frame::simple("QUEUED"));
+    assert_eq!(
+        ask(&mut s, &["SET", "a", "1"]).await,
+        Frame::simple("QUEUED")
+    );
     let unknown = ask(&mut s, &["NOSUCHCOMMAND", "x"]).await;
     assert!(
         matches!(&unknown, Frame::Error(e) if e.starts_with("ERR unknown command 'NOSUCHCOMMAND'")),
@@ -508,7 +669,11 @@ async fn an_error_queued_inside_multi_aborts_exec() {
         ask(&mut s, &["EXEC"]).await,
         error("EXECABORT Transaction discarded because of previous errors.")
     );
-    assert_eq!(ask(&mut s, &["GET", "a"]).await, Frame::Null, "nothing applied");
+    assert_eq!(
+        ask(&mut s, &["GET", "a"]).await,
+        Frame::Null,
+        "nothing applied"
+    );
     // A wrong arity aborts the same way; so does a command RaftKV cannot queue.
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
     assert_eq!(
@@ -533,34 +698,73 @@ async fn watch_aborts_exec_when_the_key_changes_and_only_then() {
     let mut other = client(&server).await;
     ok(&mut other, cmd("SET").arg("counter").arg("1")).await;
     let mut s = TcpStream::connect(server.address).await.unwrap();
-    assert_eq!(ask(&mut s, &["WATCH", "counter"]).await, Frame::simple("OK"));
+    assert_eq!(
+        ask(&mut s, &["WATCH", "counter"]).await,
+        Frame::simple("OK")
+    );
     ok(&mut other, cmd("SET").arg("counter").arg("5")).await;
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["INCR", "counter"]).await, Frame::simple("QUEUED"));
+    assert_eq!(
+        ask(&mut s, &["INCR", "counter"]).await,
+        Frame::simple("QUEUED")
+    );
     assert_eq!(ask(&mut s, &["EXEC"]).await, Frame::NullArray);
     assert_eq!(ask(&mut s, &["GET", "counter"]).await, bulk("5"));
     // EXEC forgot the watch: the next transaction applies.
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["INCR", "counter"]).await, Frame::simple("QUEUED"));
-    assert_eq!(ask(&mut s, &["EXEC"]).await, Frame::Array(vec![Frame::Integer(6)]));
+    assert_eq!(
+        ask(&mut s, &["INCR", "counter"]).await,
+        Frame::simple("QUEUED")
+    );
+    assert_eq!(
+        ask(&mut s, &["EXEC"]).await,
+        Frame::Array(vec![Frame::Integer(6)])
+    );
     // A change to another key does not abort it.
-    assert_eq!(ask(&mut s, &["WATCH", "counter"]).await, Frame::simple("OK"));
+    assert_eq!(
+        ask(&mut s, &["WATCH", "counter"]).await,
+        Frame::simple("OK")
+    );
     ok(&mut other, cmd("SET").arg("another").arg("x")).await;
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["INCR", "counter"]).await, Frame::simple("QUEUED"));
-    assert_eq!(ask(&mut s, &["EXEC"]).await, Frame::Array(vec![Frame::Integer(7)]));
+    assert_eq!(
+        ask(&mut s, &["INCR", "counter"]).await,
+        Frame::simple("QUEUED")
+    );
+    assert_eq!(
+        ask(&mut s, &["EXEC"]).await,
+        Frame::Array(vec![Frame::Integer(7)])
+    );
     // UNWATCH forgets it.
-    assert_eq!(ask(&mut s, &["WATCH", "counter"]).await, Frame::simple("OK"));
+    assert_eq!(
+        ask(&mut s, &["WATCH", "counter"]).await,
+        Frame::simple("OK")
+    );
     assert_eq!(ask(&mut s, &["UNWATCH"]).await, Frame::simple("OK"));
     ok(&mut other, cmd("SET").arg("counter").arg("0")).await;
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["INCR", "counter"]).await, Frame::simple("QUEUED"));
-    assert_eq!(ask(&mut s, &["EXEC"]).await, Frame::Array(vec![Frame::Integer(1)]));
+    assert_eq!(
+        ask(&mut s, &["INCR", "counter"]).await,
+        Frame::simple("QUEUED")
+    );
+    assert_eq!(
+        ask(&mut s, &["EXEC"]).await,
+        Frame::Array(vec![Frame::Integer(1)])
+    );
     // A deadline change counts as a change.
-    assert_eq!(ask(&mut s, &["WATCH", "counter"]).await, Frame::simple("OK"));
-    assert_eq!(int(&mut other, cmd("EXPIRE").arg("counter").arg(100)).await, 1);
+    assert_eq!(
+        ask(&mut s, &["WATCH", "counter"]).await,
+        Frame::simple("OK")
+    );
+    assert_eq!(
+        int(&mut other, cmd("EXPIRE").arg("counter").arg(100)).await,
+        1
+    );
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["INCR", "counter"]).await, Frame::simple("QUEUED"));
+    assert_eq!(
+        ask(&mut s, &["INCR", "counter"]).await,
+        Frame::simple("QUEUED")
+    );
     assert_eq!(ask(&mut s, &["EXEC"]).await, Frame::NullArray);
 }
 
@@ -587,9 +791,9 @@ async fn pipelined_multi_set_exec_is_one_transaction() {
     );
     let executed = server.backend.executed();
     assert!(
-        executed.iter().any(
-            |c| matches!(c, kv::Command::Exec { commands, .. } if commands.len() == 2)
-        ),
+        executed
+            .iter()
+            .any(|c| matches!(c, kv::Command::Exec { commands, .. } if commands.len() == 2)),
         "{executed:?}"
     );
     assert!(
@@ -607,7 +811,13 @@ async fn key_space_commands() {
     for key in ["user:1", "user:2", "session:1"] {
         ok(&mut c, cmd("SET").arg(key).arg("v")).await;
     }
-    let _: i64 = cmd("HSET").arg("user:h").arg("f").arg("v").query_async(&mut c).await.unwrap();
+    let _: i64 = cmd("HSET")
+        .arg("user:h")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut users: Vec<String> = cmd("KEYS").arg("user:*").query_async(&mut c).await.unwrap();
     users.sort();
     assert_eq!(users, vec!["user:1", "user:2", "user:h"]);
@@ -635,33 +845,59 @@ async fn key_space_commands() {
         .await
         .unwrap();
     assert_eq!(strings.len(), 3);
-    let (_, lists): (String, Vec<String>) =
-        cmd("SCAN").arg(0).arg("TYPE").arg("list").query_async(&mut c).await.unwrap();
+    let (_, lists): (String, Vec<String>) = cmd("SCAN")
+        .arg(0)
+        .arg("TYPE")
+        .arg("list")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(lists.is_empty());
-    assert_eq!(int(&mut c, cmd("EXISTS").arg("user:1").arg("user:h").arg("nope")).await, 2);
+    assert_eq!(
+        int(
+            &mut c,
+            cmd("EXISTS").arg("user:1").arg("user:h").arg("nope")
+        )
+        .await,
+        2
+    );
     // RENAME moves value, type and deadline.
     assert_eq!(int(&mut c, cmd("EXPIRE").arg("user:h").arg(100)).await, 1);
     ok(&mut c, cmd("RENAME").arg("user:h").arg("user:hash")).await;
     assert_eq!(int(&mut c, cmd("EXISTS").arg("user:h")).await, 0);
     assert_eq!(int(&mut c, cmd("TTL").arg("user:hash")).await, 100);
     assert_eq!(
-        text(&mut c, cmd("HGET").arg("user:hash").arg("f")).await.as_deref(),
+        text(&mut c, cmd("HGET").arg("user:hash").arg("f"))
+            .await
+            .as_deref(),
         Some("v")
     );
     assert_eq!(
         error_text::<()>(&mut c, cmd("RENAME").arg("nope").arg("x")).await,
         "ERR no such key"
     );
-    assert_eq!(int(&mut c, cmd("RENAMENX").arg("user:1").arg("user:2")).await, 0);
-    assert_eq!(int(&mut c, cmd("RENAMENX").arg("user:1").arg("user:3")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("RENAMENX").arg("user:1").arg("user:2")).await,
+        0
+    );
+    assert_eq!(
+        int(&mut c, cmd("RENAMENX").arg("user:1").arg("user:3")).await,
+        1
+    );
     // COPY, with and without REPLACE.
-    assert_eq!(int(&mut c, cmd("COPY").arg("user:hash").arg("copy")).await, 1);
+    assert_eq!(
+        int(&mut c, cmd("COPY").arg("user:hash").arg("copy")).await,
+        1
+    );
     assert_eq!(int(&mut c, cmd("COPY").arg("user:2").arg("copy")).await, 0);
     assert_eq!(
         int(&mut c, cmd("COPY").arg("user:2").arg("copy").arg("REPLACE")).await,
         1
     );
-    assert_eq!(text(&mut c, cmd("GET").arg("copy")).await.as_deref(), Some("v"));
+    assert_eq!(
+        text(&mut c, cmd("GET").arg("copy")).await.as_deref(),
+        Some("v")
+    );
     assert_eq!(
         error_text::<()>(&mut c, cmd("COPY").arg("copy").arg("copy")).await,
         "ERR source and destination objects are the same"
@@ -679,7 +915,13 @@ async fn object_encoding_and_memory_usage() {
     ok(&mut c, cmd("SET").arg("int").arg("12345")).await;
     ok(&mut c, cmd("SET").arg("short").arg("hello")).await;
     ok(&mut c, cmd("SET").arg("long").arg("x".repeat(45))).await;
-    let _: i64 = cmd("HSET").arg("h").arg("f").arg("v").query_async(&mut c).await.unwrap();
+    let _: i64 = cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     for (key, encoding) in [
         ("int", "int"),
         ("short", "embstr"),
@@ -687,12 +929,17 @@ async fn object_encoding_and_memory_usage() {
         ("h", "listpack"),
     ] {
         assert_eq!(
-            text(&mut c, cmd("OBJECT").arg("ENCODING").arg(key)).await.as_deref(),
+            text(&mut c, cmd("OBJECT").arg("ENCODING").arg(key))
+                .await
+                .as_deref(),
             Some(encoding),
             "{key}"
         );
     }
-    assert_eq!(text(&mut c, cmd("OBJECT").arg("ENCODING").arg("nope")).await, None);
+    assert_eq!(
+        text(&mut c, cmd("OBJECT").arg("ENCODING").arg("nope")).await,
+        None
+    );
     let usage: Option<i64> = cmd("MEMORY")
         .arg("USAGE")
         .arg("long")
@@ -733,8 +980,14 @@ async fn keys_in_two_regions_are_crossslot_and_nothing_is_applied() {
     );
     let mut s = TcpStream::connect(server.address).await.unwrap();
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["SET", "b", "2"]).await, Frame::simple("QUEUED"));
-    assert_eq!(ask(&mut s, &["SET", "y", "2"]).await, Frame::simple("QUEUED"));
+    assert_eq!(
+        ask(&mut s, &["SET", "b", "2"]).await,
+        Frame::simple("QUEUED")
+    );
+    assert_eq!(
+        ask(&mut s, &["SET", "y", "2"]).await,
+        Frame::simple("QUEUED")
+    );
     assert_eq!(ask(&mut s, &["EXEC"]).await, error(crossslot));
     assert_eq!(ask(&mut s, &["GET", "b"]).await, Frame::Null);
     assert_eq!(ask(&mut s, &["GET", "y"]).await, Frame::Null);
@@ -744,8 +997,14 @@ async fn keys_in_two_regions_are_crossslot_and_nothing_is_applied() {
     assert_eq!(keys, vec!["a", "z"]);
     // A transaction within one region applies.
     assert_eq!(ask(&mut s, &["MULTI"]).await, Frame::simple("OK"));
-    assert_eq!(ask(&mut s, &["SET", "b", "2"]).await, Frame::simple("QUEUED"));
-    assert_eq!(ask(&mut s, &["RENAME", "b", "c"]).await, Frame::simple("QUEUED"));
+    assert_eq!(
+        ask(&mut s, &["SET", "b", "2"]).await,
+        Frame::simple("QUEUED")
+    );
+    assert_eq!(
+        ask(&mut s, &["RENAME", "b", "c"]).await,
+        Frame::simple("QUEUED")
+    );
     assert_eq!(
         ask(&mut s, &["EXEC"]).await,
         Frame::Array(vec![Frame::simple("OK"), Frame::simple("OK")])

@@ -293,7 +293,10 @@ pub(super) async fn ttl(
     Ok(Frame::Integer(i64::try_from(value).unwrap_or(i64::MAX)))
 }
 
-pub(super) async fn persist(context: &mut Context<'_>, arguments: &[Bytes]) -> Result<Frame, Frame> {
+pub(super) async fn persist(
+    context: &mut Context<'_>,
+    arguments: &[Bytes],
+) -> Result<Frame, Frame> {
     let command = kv::Command::Persist {
         key: arguments[0].clone(),
     };
@@ -302,7 +305,10 @@ pub(super) async fn persist(context: &mut Context<'_>, arguments: &[Bytes]) -> R
 
 /// DELIFEQ key value (Valkey 9): deletes the key only if it holds exactly `value`, in one log
 /// entry: the safe release of a `SET key token NX PX ms` lock.
-pub(super) async fn delifeq(context: &mut Context<'_>, arguments: &[Bytes]) -> Result<Frame, Frame> {
+pub(super) async fn delifeq(
+    context: &mut Context<'_>,
+    arguments: &[Bytes],
+) -> Result<Frame, Frame> {
     let command = kv::Command::DelIfEq {
         key: arguments[0].clone(),
         value: arguments[1].clone(),

@@ -32,7 +32,9 @@ use bytes::Bytes;
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{backend_error_frame, integer_argument, unexpected, wrong_arity, Context, SYNTAX_ERROR};
+use super::{
+    backend_error_frame, integer_argument, unexpected, wrong_arity, Context, SYNTAX_ERROR,
+};
 use crate::config::{
     DEFAULT_SCAN_COUNT, KEYS_TOO_MANY, MAX_KEYS_EXAMINED, MAX_SCAN_COUNT, MAX_SCAN_CURSORS,
 };
@@ -66,7 +68,11 @@ fn inspected(response: kv::Response) -> Result<Inspected, Frame> {
 
 /// One `Inspect` read.
 pub(super) async fn inspect(context: &mut Context<'_>, key: &Bytes) -> Result<Inspected, Frame> {
-    inspected(context.read(kv::Command::Inspect { key: key.clone() }).await?)
+    inspected(
+        context
+            .read(kv::Command::Inspect { key: key.clone() })
+            .await?,
+    )
 }
 
 /// `Inspect` of each key, as one read: a lone `Inspect`, or one `Pipeline` of them (judged at

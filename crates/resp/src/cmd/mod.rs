@@ -1042,13 +1042,27 @@ async fn dispatch(
         "pexpiretime" => expiry::ttl(&mut context, arguments, true, true).await,
         "expire" => expiry::expire(&mut context, arguments, Unit::Seconds, false, "expire").await,
         "pexpire" => {
-            expiry::expire(&mut context, arguments, Unit::Milliseconds, false, "pexpire").await
+            expiry::expire(
+                &mut context,
+                arguments,
+                Unit::Milliseconds,
+                false,
+                "pexpire",
+            )
+            .await
         }
         "expireat" => {
             expiry::expire(&mut context, arguments, Unit::Seconds, true, "expireat").await
         }
         "pexpireat" => {
-            expiry::expire(&mut context, arguments, Unit::Milliseconds, true, "pexpireat").await
+            expiry::expire(
+                &mut context,
+                arguments,
+                Unit::Milliseconds,
+                true,
+                "pexpireat",
+            )
+            .await
         }
         "persist" => expiry::persist(&mut context, arguments).await,
         "exists" => keys::exists(&mut context, arguments).await,

@@ -492,9 +492,9 @@ pub(super) fn unflatten(
         .iter()
         .map(|span| match *span {
             Span::One(at) => results[at].clone().map_err(BackendError::from),
-            Span::Many(start, len) => Ok(kv::Response::Pipeline(
-                results[start..start + len].to_vec(),
-            )),
+            Span::Many(start, len) => {
+                Ok(kv::Response::Pipeline(results[start..start + len].to_vec()))
+            }
         })
         .collect()
 }

@@ -78,7 +78,11 @@ fn queueable(name: &str) -> bool {
 
 /// Queues a request inside MULTI: `+QUEUED`, or the error refusing it (the caller then aborts
 /// the transaction).
-pub(super) fn queue(session: &mut Session, name: &str, arguments: &[Bytes]) -> Result<Frame, Frame> {
+pub(super) fn queue(
+    session: &mut Session,
+    name: &str,
+    arguments: &[Bytes],
+) -> Result<Frame, Frame> {
     if !queueable(name) {
         return Err(Frame::error(format!(
             "ERR {} inside MULTI is not supported by RaftKV",
