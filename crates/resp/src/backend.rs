@@ -22,9 +22,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 ///    recognises the retry. The RESP layer never reuses a sequence for a different command.
 /// 3. `BackendError::Unavailable` means the command was certainly not applied (safe for the
 ///    client to retry); `BackendError::Timeout` means the outcome is unknown.
-/// 4. For `Command::Scan { end: None, .. }` the backend scans the whole keyspace from `start`,
-///    crossing region boundaries as needed, and sets `more` whenever keys may remain after the
-///    last pair it returned. A reply with `more == true` carries at least one pair.
+/// 4. For `Command::Scan { end: None, .. }` and `Command::ScanKeys { end: None, .. }` the
+///    backend scans the whole keyspace from `start`, crossing region boundaries as needed, and
+///    sets `more` whenever keys may remain after the last pair (key) it returned. A reply with
+///    `more == true` carries at least one pair (key). SCAN and KEYS rely on this.
 /// 5. Multi-key commands are only sent when [`Backend::same_region`] said yes for their keys;
 ///    the backend may still refuse them (a split in between) with `Unavailable`.
 /// 6. A pipeline's commands for one region (as [`Backend::region_of`] names it) arrive as one
@@ -36,6 +37,13 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 ///    (a larger one is sent alone), so a backend refusing a whole `Pipeline` for a size limit
 ///    means those two are set wrong. `region_of` should name a small set (the regions):
 ///    a connection remembers its last group per region.
+/// 7. Reads are judged at the serving leader's current clock (`KvStateMachine::read_at` with
+///    the leader's wall clock, never earlier than the last applied entry's time), so a key read
+///    after its deadline is absent at once; writes carry the proposing leader's clock in
+///    `proposed_at_ms`. TTL, PTTL and friends compute from the `now_ms` an `Inspect` returns.
+/// 8. `Command::Exec` (MULTI/EXEC) is a write like any other: one log entry, at most once per
+///    `(client_id, sequence)`. It is only sent when `same_region` said yes for every key it
+///    names (watched keys included), so it can be routed by its first key.
 pub trait Backend: Send + Sync + 'static {
     /// Executes one state-machine command. Writes carry the connection's session (client id,
     /// sequences from 1, increasing, with gaps; at most one in flight per region; retries of
@@ -83,6 +91,18 @@ pub enum BackendError {
     /// INCRBYFLOAT would store NaN or an infinity.
     #[error("increment would produce NaN or Infinity")]
     NotFinite,
+    /// A command for one type (string, hash) on a key holding the other.
+    #[error("Operation against a key holding the wrong kind of value")]
+    WrongType,
+    /// RENAME / RENAMENX of an absent key.
+    #[error("no such key")]
+    NoSuchKey,
+    /// HINCRBY on a field whose value is not an integer.
+    #[error("hash value is not an integer")]
+    HashValueNotAnInteger,
+    /// HINCRBYFLOAT on a field whose value is not a float.
+    #[error("hash value is not a float")]
+    HashValueNotAFloat,
     /// Not applied (no leader, region unavailable); safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -107,6 +127,10 @@ impl From<kv::CommandError> for BackendError {
             E::NotAFloat => BackendError::NotAFloat,
             E::Overflow => BackendError::Overflow,
             E::NotFinite => BackendError::NotFinite,
+            E::WrongType => BackendError::WrongType,
+            E::NoSuchKey => BackendError::NoSuchKey,
+            E::HashValueNotAnInteger => BackendError::HashValueNotAnInteger,
+            E::HashValueNotAFloat => BackendError::HashValueNotAFloat,
             // Stale routing: the caller should have refreshed and retried; nothing applied.
             E::OutOfRange { .. } => BackendError::Unavailable(error.to_string()),
             other => BackendError::Other(other.to_string()),

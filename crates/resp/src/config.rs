@@ -33,6 +33,24 @@ pub const MAX_SCAN_COUNT: u32 = 1_000;
 pub const MAX_SCAN_CURSORS: usize = 10_000;
 /// SCAN's COUNT when none is given (Redis's default).
 pub const DEFAULT_SCAN_COUNT: u32 = 10;
+/// KEYS stops with an error once it has examined this many keys (the keys under the
+/// pattern's literal prefix, or every key when the pattern starts with a wildcard): KEYS is
+/// answered in one reply built in memory, and a whole-cluster KEYS must not make the front end
+/// read an unbounded key space. Past it, clients are told to use SCAN.
+pub const MAX_KEYS_EXAMINED: usize = 100_000;
+/// The error KEYS answers past [`MAX_KEYS_EXAMINED`].
+pub const KEYS_TOO_MANY: &str = "ERR KEYS examined more than 100000 keys; use SCAN instead";
+/// Most commands queued in one MULTI: EXEC is one log entry holding all of them (and each
+/// EXISTS key counts as one), within the state machine's batch limit. The next one is refused
+/// and the transaction is aborted (EXECABORT).
+pub const MAX_TRANSACTION_COMMANDS: usize = kv::config::DEFAULT_MAX_BATCH_KEYS;
+/// Most request bytes queued in one MULTI (the EXEC entry's size, roughly).
+pub const MAX_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
+/// Most keys one connection WATCHes at once (each is carried in the EXEC entry).
+pub const MAX_WATCHED_KEYS: usize = kv::config::DEFAULT_MAX_BATCH_KEYS;
+/// Most fields HRANDFIELD with a negative count (repeats allowed) answers; Redis has no bound,
+/// but the reply is built in memory.
+pub const MAX_RANDOM_FIELDS: u64 = 100_000;
 /// Longest client name (CLIENT SETNAME), so names stay small in memory.
 pub const MAX_CLIENT_NAME_BYTES: usize = 1024;
 /// Longest library name or version (CLIENT SETINFO LIB-NAME / LIB-VER): real ones are a few

@@ -19,7 +19,7 @@
 //! - `clients`: what CLIENT INFO / CLIENT LIST show, and the bounded registry of this front
 //!   end's open connections.
 //! - `cmd`: the command table and dispatch, one module per group (`connection`, `server`,
-//!   `keys`, `strings`); Redis's error texts live there.
+//!   `keys`, `expiry`, `strings`, `hashes`, `transactions`); Redis's error texts live there.
 //!
 //! ## Contract with the server
 //! 1. Implement [`Backend`] (see its "to ensure correctness" section).
@@ -27,12 +27,24 @@
 //!    connection has finished its current command.
 //!
 //! ## Known deviations from Redis
-//! - Only strings exist (TYPE is `string` or `none`; no WRONGTYPE), keys never expire (TTL is
-//!   -1/-2; SET EX/PX/EXAT/PXAT/KEEPTTL is refused with an explicit error).
+//! - Strings and hashes exist (TYPE is `string`, `hash` or `none`; WRONGTYPE across them);
+//!   no lists, sets, sorted sets or streams. Expiry is Redis's (SET EX/PX/EXAT/PXAT/KEEPTTL,
+//!   EXPIRE & co. with NX/XX/GT/LT, TTL, PERSIST, GETEX), with deadlines in log time: a
+//!   relative time is resolved by the log entry that applies it and TTL is computed at the
+//!   serving leader's clock (see `cmd::expiry`). EXPIRE's `XX LT` together is refused.
+//!   DELIFEQ (Valkey 9) deletes a key only if it holds a given value.
 //! - SCAN cursors are integers naming server-side resume keys (see `cmd::keys`); a front end
-//!   remembers the newest 10,000 and a forgotten one answers `ERR invalid cursor`.
-//! - Multi-key commands (MGET, MSET, MSETNX, DEL, UNLINK, EXISTS) must keep their keys in one
-//!   region: they are then one atomic step, otherwise they are refused with CROSSSLOT.
+//!   remembers the newest 10,000 (SCAN and HSCAN together) and a forgotten one answers
+//!   `ERR invalid cursor`. KEYS is bounded: past 100,000 keys examined it answers an error
+//!   (use SCAN). OBJECT ENCODING and MEMORY USAGE are estimates in Redis's terms; OBJECT
+//!   FREQ/IDLETIME/REFCOUNT are refused.
+//! - Multi-key commands (MGET, MSET, MSETNX, DEL, UNLINK, EXISTS, RENAME, RENAMENX, COPY, WATCH
+//!   and a whole MULTI/EXEC) must keep their keys in one region: they are then one atomic
+//!   step, otherwise they are refused with CROSSSLOT.
+//! - MULTI/EXEC (see `cmd::transactions`): EXEC is one log entry; only key commands that are
+//!   one state-machine command can be queued (KEYS, SCAN, INFO, CLIENT, ... inside MULTI are
+//!   refused and abort the transaction). WATCH of an absent key may also abort EXEC when
+//!   another key of its region was deleted meanwhile. HRANDFIELD's negative count is bounded.
 //! - RESP3 after `HELLO 3` (RESP2 by default, and again after RESET): replies use RESP3's
 //!   types where Redis 7 does (nulls, maps for HELLO, CONFIG GET and COMMAND DOCS, sets in
 //!   COMMAND's entries, verbatim strings for INFO and CLIENT INFO/LIST). No push messages:

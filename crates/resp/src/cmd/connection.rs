@@ -24,8 +24,11 @@ pub(super) fn ping(arguments: &[Bytes]) -> Result<Frame, Frame> {
 /// password is set), as Redis's RESET; the library name and version stay, as in Redis (they
 /// still describe the library behind the connection). The write session keeps its id and
 /// sequence: they are not client-visible state and restarting the sequence would make new
-/// writes look like stale retries.
+/// writes look like stale retries. An open transaction is discarded and the watches
+/// forgotten, as in Redis.
 pub(super) fn reset(context: &mut Context<'_>) -> Frame {
+    context.session.transaction = None;
+    context.session.watches.clear();
     context.session.client.update(|state| state.name = None);
     context.session.set_protocol(Protocol::Resp2);
     context.session.authenticated = context.shared.config.password.is_none();

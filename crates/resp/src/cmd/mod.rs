@@ -3,9 +3,15 @@
 //! module per command group, each with its handlers:
 //! - [`connection`]: PING, ECHO, QUIT, RESET, SELECT, AUTH, CLIENT, HELLO (RESP3).
 //! - [`server`]: COMMAND, INFO, DBSIZE, CONFIG GET.
-//! - [`keys`]: TYPE, TTL, PTTL, EXISTS, DEL, UNLINK, SCAN.
+//! - [`keys`]: TYPE, EXISTS, DEL, UNLINK, SCAN, KEYS, RENAME, RENAMENX, COPY, OBJECT,
+//!   MEMORY USAGE.
+//! - [`expiry`]: SETEX, PSETEX, GETEX, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, TTL, PTTL,
+//!   EXPIRETIME, PEXPIRETIME, PERSIST, DELIFEQ, and SET's expiry options.
 //! - [`strings`]: GET, SET, SETNX, GETSET, GETDEL, MGET, MSET, MSETNX, APPEND, STRLEN,
 //!   GETRANGE, SETRANGE, INCR, INCRBY, DECR, DECRBY, INCRBYFLOAT.
+//! - [`hashes`]: HSET, HMSET, HSETNX, HGET, HMGET, HGETALL, HDEL, HLEN, HEXISTS, HKEYS, HVALS,
+//!   HINCRBY, HINCRBYFLOAT, HSTRLEN, HRANDFIELD, HSCAN.
+//! - [`transactions`]: MULTI, EXEC, DISCARD, WATCH, UNWATCH (queueing happens in [`admit`]).
 //! - [`pipeline`]: pipelined requests executed together, one log entry per region.
 //!
 //! Every handler gets the arguments after the command name, already arity-checked, and
@@ -14,12 +20,16 @@
 //! downgrades it to Redis's RESP2 form when it speaks RESP2 (see [`crate::frame`]).
 
 mod connection;
+mod expiry;
+mod hashes;
 mod keys;
 mod pipeline;
+mod transactions;
 
 pub(crate) use pipeline::{request_bytes, Job, Pipeline, Segment, MAX_SEGMENTS_IN_FLIGHT};
 
 pub(crate) use keys::CursorTable;
+pub(crate) use transactions::Transaction;
 mod server;
 mod strings;
 
@@ -32,6 +42,7 @@ use crate::clients::ClientRecord;
 use crate::config::{RespConfig, UNAUTHENTICATED_MAX_ARRAY_LEN, UNAUTHENTICATED_MAX_BULK_BYTES};
 use crate::frame::{parse_i64, Frame, Protocol, RequestLimits};
 use crate::server::Shared;
+use expiry::Unit;
 
 /// What the connection does after a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +75,11 @@ pub(crate) struct Session {
     /// What CLIENT INFO and CLIENT LIST show about this connection (its name among them),
     /// shared with the server's registry and with this session's copies in pipeline segments.
     pub client: Arc<ClientRecord>,
+    /// Inside MULTI: the queued requests (see [`transactions`]); `None` outside.
+    pub transaction: Option<Transaction>,
+    /// WATCHed keys with the version `Inspect` gave for each, until EXEC, DISCARD, UNWATCH or
+    /// RESET.
+    pub watches: Vec<(Bytes, u64)>,
 }
 
 impl Session {
@@ -75,6 +91,8 @@ impl Session {
             authenticated,
             protocol: Protocol::Resp2,
             client,
+            transaction: None,
+            watches: Vec::new(),
         }
     }
 
@@ -149,9 +167,12 @@ const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
 const ONE_KEY: (i64, i64, i64) = (1, 1, 1);
 const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
 const PAIRS: (i64, i64, i64) = (1, -1, 2);
+const TWO_KEYS: (i64, i64, i64) = (1, 2, 1);
 const READ: &[&str] = &["readonly", "fast"];
 const WRITE: &[&str] = &["write", "denyoom"];
 const FAST_WRITE: &[&str] = &["write", "denyoom", "fast"];
+const FAST_WRITE_NO_OOM: &[&str] = &["write", "fast"];
+const TRANSACTION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 const CONNECTION: &[&str] = &["fast", "no_auth", "loading", "stale"];
 const ADMIN: &[&str] = &["loading", "stale"];
 
@@ -278,6 +299,62 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "Returns the expiration time in milliseconds of a key.",
     ),
     spec(
+        "expiretime",
+        2,
+        READ,
+        ONE_KEY,
+        "generic",
+        "Returns the expiration time of a key as a Unix timestamp.",
+    ),
+    spec(
+        "pexpiretime",
+        2,
+        READ,
+        ONE_KEY,
+        "generic",
+        "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+    ),
+    spec(
+        "expire",
+        -3,
+        FAST_WRITE_NO_OOM,
+        ONE_KEY,
+        "generic",
+        "Sets the expiration time of a key in seconds.",
+    ),
+    spec(
+        "pexpire",
+        -3,
+        FAST_WRITE_NO_OOM,
+        ONE_KEY,
+        "generic",
+        "Sets the expiration time of a key in milliseconds.",
+    ),
+    spec(
+        "expireat",
+        -3,
+        FAST_WRITE_NO_OOM,
+        ONE_KEY,
+        "generic",
+        "Sets the expiration time of a key to a Unix timestamp.",
+    ),
+    spec(
+        "pexpireat",
+        -3,
+        FAST_WRITE_NO_OOM,
+        ONE_KEY,
+        "generic",
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+    ),
+    spec(
+        "persist",
+        2,
+        FAST_WRITE_NO_OOM,
+        ONE_KEY,
+        "generic",
+        "Removes the expiration time of a key.",
+    ),
+    spec(
         "exists",
         -2,
         READ,
@@ -308,6 +385,54 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         NO_KEYS,
         "generic",
         "Iterates over the key names.",
+    ),
+    spec(
+        "keys",
+        2,
+        &["readonly"],
+        NO_KEYS,
+        "generic",
+        "Returns all key names that match a pattern (bounded; see SCAN).",
+    ),
+    spec(
+        "rename",
+        3,
+        &["write"],
+        TWO_KEYS,
+        "generic",
+        "Renames a key and overwrites the destination.",
+    ),
+    spec(
+        "renamenx",
+        3,
+        &["write", "fast"],
+        TWO_KEYS,
+        "generic",
+        "Renames a key only when the target key name doesn't exist.",
+    ),
+    spec(
+        "copy",
+        -3,
+        WRITE,
+        TWO_KEYS,
+        "generic",
+        "Copies the value of a key to a new key.",
+    ),
+    spec(
+        "object",
+        -2,
+        &[],
+        NO_KEYS,
+        "generic",
+        "OBJECT ENCODING and HELP: the internal encoding of a key's value.",
+    ),
+    spec(
+        "memory",
+        -2,
+        &[],
+        NO_KEYS,
+        "server",
+        "MEMORY USAGE: estimates the memory usage of a key.",
     ),
     spec(
         "get",
@@ -445,6 +570,206 @@ pub(crate) const COMMANDS: &[CommandSpec] = &[
         "string",
         "Increment the floating point value of a key by a number.",
     ),
+    spec(
+        "setex",
+        4,
+        WRITE,
+        ONE_KEY,
+        "string",
+        "Sets the string value and expiration time of a key.",
+    ),
+    spec(
+        "psetex",
+        4,
+        WRITE,
+        ONE_KEY,
+        "string",
+        "Sets both string value and expiration time in milliseconds of a key.",
+    ),
+    spec(
+        "getex",
+        -2,
+        &["write", "fast"],
+        ONE_KEY,
+        "string",
+        "Returns the string value of a key after setting its expiration time.",
+    ),
+    spec(
+        "delifeq",
+        3,
+        &["write", "fast"],
+        ONE_KEY,
+        "string",
+        "Deletes the key if its value equals the given value (Valkey 9).",
+    ),
+    spec(
+        "hset",
+        -4,
+        FAST_WRITE,
+        ONE_KEY,
+        "hash",
+        "Creates or modifies the value of a field in a hash.",
+    ),
+    spec(
+        "hmset",
+        -4,
+        FAST_WRITE,
+        ONE_KEY,
+        "hash",
+        "Sets the values of multiple fields.",
+    ),
+    spec(
+        "hsetnx",
+        4,
+        FAST_WRITE,
+        ONE_KEY,
+        "hash",
+        "Sets the value of a field in a hash only when the field doesn't exist.",
+    ),
+    spec(
+        "hget",
+        3,
+        READ,
+        ONE_KEY,
+        "hash",
+        "Returns the value of a field in a hash.",
+    ),
+    spec(
+        "hmget",
+        -3,
+        READ,
+        ONE_KEY,
+        "hash",
+        "Returns the values of all fields in a hash.",
+    ),
+    spec(
+        "hgetall",
+        2,
+        &["readonly"],
+        ONE_KEY,
+        "hash",
+        "Returns all fields and values in a hash.",
+    ),
+    spec(
+        "hdel",
+        -3,
+        &["write", "fast"],
+        ONE_KEY,
+        "hash",
+        "Deletes one or more fields and their values from a hash.",
+    ),
+    spec(
+        "hlen",
+        2,
+        READ,
+        ONE_KEY,
+        "hash",
+        "Returns the number of fields in a hash.",
+    ),
+    spec(
+        "hexists",
+        3,
+        READ,
+        ONE_KEY,
+        "hash",
+        "Determines whether a field exists in a hash.",
+    ),
+    spec(
+        "hkeys",
+        2,
+        &["readonly"],
+        ONE_KEY,
+        "hash",
+        "Returns all fields in a hash.",
+    ),
+    spec(
+        "hvals",
+        2,
+        &["readonly"],
+        ONE_KEY,
+        "hash",
+        "Returns all values in a hash.",
+    ),
+    spec(
+        "hincrby",
+        4,
+        FAST_WRITE,
+        ONE_KEY,
+        "hash",
+        "Increments the integer value of a field in a hash by a number.",
+    ),
+    spec(
+        "hincrbyfloat",
+        4,
+        FAST_WRITE,
+        ONE_KEY,
+        "hash",
+        "Increments the floating point value of a field by a number.",
+    ),
+    spec(
+        "hstrlen",
+        3,
+        READ,
+        ONE_KEY,
+        "hash",
+        "Returns the length of the value of a field.",
+    ),
+    spec(
+        "hrandfield",
+        -2,
+        &["readonly"],
+        ONE_KEY,
+        "hash",
+        "Returns one or more random fields from a hash.",
+    ),
+    spec(
+        "hscan",
+        -3,
+        &["readonly"],
+        ONE_KEY,
+        "hash",
+        "Iterates over fields and values of a hash.",
+    ),
+    spec(
+        "multi",
+        1,
+        TRANSACTION,
+        NO_KEYS,
+        "transactions",
+        "Starts a transaction.",
+    ),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NO_KEYS,
+        "transactions",
+        "Executes all commands in a transaction.",
+    ),
+    spec(
+        "discard",
+        1,
+        TRANSACTION,
+        NO_KEYS,
+        "transactions",
+        "Discards a transaction.",
+    ),
+    spec(
+        "watch",
+        -2,
+        TRANSACTION,
+        ALL_KEYS,
+        "transactions",
+        "Monitors changes to keys to determine the execution of a transaction.",
+    ),
+    spec(
+        "unwatch",
+        1,
+        TRANSACTION,
+        NO_KEYS,
+        "transactions",
+        "Forgets about watched keys of a transaction.",
+    ),
 ];
 
 fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
@@ -469,6 +794,8 @@ pub(crate) const NOT_A_FLOAT: &str = "ERR value is not a valid float";
 pub(crate) const SYNTAX_ERROR: &str = "ERR syntax error";
 pub(crate) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 pub(crate) const NOAUTH: &str = "NOAUTH Authentication required.";
+pub(crate) const WRONGTYPE: &str =
+    "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 pub(crate) fn wrong_arity(name: &str) -> Frame {
     Frame::error(format!(
@@ -515,6 +842,10 @@ pub(crate) fn backend_error_frame(error: BackendError) -> Frame {
         BackendError::NotAFloat => NOT_A_FLOAT.to_string(),
         BackendError::Overflow => "ERR increment or decrement would overflow".to_string(),
         BackendError::NotFinite => "ERR increment would produce NaN or Infinity".to_string(),
+        BackendError::WrongType => WRONGTYPE.to_string(),
+        BackendError::NoSuchKey => "ERR no such key".to_string(),
+        BackendError::HashValueNotAnInteger => "ERR hash value is not an integer".to_string(),
+        BackendError::HashValueNotAFloat => "ERR hash value is not a float".to_string(),
         // TRYAGAIN is what Redis Cluster answers when a command may be retried as is.
         BackendError::Unavailable(reason) => format!("TRYAGAIN {reason}"),
         BackendError::Timeout => {
@@ -594,36 +925,97 @@ pub(crate) fn unexpected(response: &kv::Response) -> Frame {
     Frame::error("ERR internal error: unexpected backend response")
 }
 
-/// Runs one request (`arguments[0]` is the command name; never empty).
+/// Runs one request (`arguments[0]` is the command name; never empty). EXEC runs only here
+/// (not in [`execute_in`]): it runs the queued commands through `execute_in`, and keeping it
+/// out of there keeps the futures from being recursive.
 pub(crate) async fn execute(
     shared: &Shared,
     session: &mut Session,
     arguments: Vec<Bytes>,
 ) -> Outcome {
-    execute_in(shared, session, arguments, None).await
+    let index = match admit(session, &arguments) {
+        Admission::Answer(outcome) => return outcome,
+        Admission::Run(index) => index,
+    };
+    if COMMANDS[index].name == "exec" {
+        let mut context = Context {
+            shared,
+            session,
+            deferred: None,
+        };
+        return match transactions::exec(&mut context).await {
+            Ok(frame) | Err(frame) => frame.into(),
+        };
+    }
+    dispatch(shared, session, index, arguments, None).await
+}
+
+/// What [`admit`] decided about a request.
+enum Admission {
+    /// Answered already: refused, or queued inside MULTI.
+    Answer(Outcome),
+    /// Run the command at this index of [`COMMANDS`].
+    Run(usize),
+}
+
+/// The checks every request goes through, in Redis's order (unknown command, arity,
+/// authentication), then MULTI's queueing: inside a transaction every command but EXEC,
+/// DISCARD, MULTI, WATCH, QUIT and RESET is queued and answered `+QUEUED`; a request refused
+/// by a check (or one RaftKV cannot run inside a transaction, see [`transactions`]) is
+/// answered with its error and aborts the transaction (EXEC answers EXECABORT).
+fn admit(session: &mut Session, arguments: &[Bytes]) -> Admission {
+    let Some(index) = lookup_index(&arguments[0]) else {
+        return refuse(session, unknown_command(arguments));
+    };
+    let spec = &COMMANDS[index];
+    // Before the arity and AUTH checks, as Redis sets a client's last command.
+    session.client.touch(index);
+    if !spec.arity_allows(arguments.len() as i64) {
+        return refuse(session, wrong_arity(spec.name));
+    }
+    if !session.authenticated && !spec.flags.contains(&"no_auth") {
+        return refuse(session, Frame::error(NOAUTH));
+    }
+    if session.transaction.is_some() && !transactions::runs_inside_multi(spec.name) {
+        return match transactions::queue(session, spec.name, arguments) {
+            Ok(frame) => Admission::Answer(frame.into()),
+            Err(frame) => refuse(session, frame),
+        };
+    }
+    Admission::Run(index)
+}
+
+/// A refusal: inside MULTI it also aborts the transaction, as Redis's `rejectCommand` does.
+fn refuse(session: &mut Session, frame: Frame) -> Admission {
+    if let Some(transaction) = session.transaction.as_mut() {
+        transaction.aborted = true;
+    }
+    Admission::Answer(frame.into())
 }
 
 /// [`execute`], with the backend call collected by `deferred` (for request number `.1` of a
-/// segment) when it is set.
+/// segment or of a transaction) when it is set.
 async fn execute_in(
     shared: &Shared,
     session: &mut Session,
     arguments: Vec<Bytes>,
     deferred: Option<(&pipeline::Deferred, usize)>,
 ) -> Outcome {
-    let Some(index) = lookup_index(&arguments[0]) else {
-        return unknown_command(&arguments).into();
-    };
+    match admit(session, &arguments) {
+        Admission::Answer(outcome) => outcome,
+        Admission::Run(index) => dispatch(shared, session, index, arguments, deferred).await,
+    }
+}
+
+/// Runs the admitted command at `index` of [`COMMANDS`].
+async fn dispatch(
+    shared: &Shared,
+    session: &mut Session,
+    index: usize,
+    arguments: Vec<Bytes>,
+    deferred: Option<(&pipeline::Deferred, usize)>,
+) -> Outcome {
     let spec = &COMMANDS[index];
-    // Before the arity and AUTH checks, as Redis sets a client's last command.
-    session.client.touch(index);
-    let count = arguments.len() as i64;
-    if !spec.arity_allows(count) {
-        return wrong_arity(spec.name).into();
-    }
-    if !session.authenticated && !spec.flags.contains(&"no_auth") {
-        return Frame::error(NOAUTH).into();
-    }
     let mut context = Context {
         shared,
         session,
@@ -644,10 +1036,44 @@ async fn execute_in(
         "dbsize" => server::dbsize(&mut context).await,
         "config" => server::config(&context, arguments),
         "type" => keys::key_type(&mut context, arguments).await,
-        "ttl" | "pttl" => keys::ttl(&mut context, arguments).await,
+        "ttl" => expiry::ttl(&mut context, arguments, false, false).await,
+        "pttl" => expiry::ttl(&mut context, arguments, true, false).await,
+        "expiretime" => expiry::ttl(&mut context, arguments, false, true).await,
+        "pexpiretime" => expiry::ttl(&mut context, arguments, true, true).await,
+        "expire" => expiry::expire(&mut context, arguments, Unit::Seconds, false, "expire").await,
+        "pexpire" => {
+            expiry::expire(
+                &mut context,
+                arguments,
+                Unit::Milliseconds,
+                false,
+                "pexpire",
+            )
+            .await
+        }
+        "expireat" => {
+            expiry::expire(&mut context, arguments, Unit::Seconds, true, "expireat").await
+        }
+        "pexpireat" => {
+            expiry::expire(
+                &mut context,
+                arguments,
+                Unit::Milliseconds,
+                true,
+                "pexpireat",
+            )
+            .await
+        }
+        "persist" => expiry::persist(&mut context, arguments).await,
         "exists" => keys::exists(&mut context, arguments).await,
         "del" | "unlink" => keys::del(&mut context, arguments).await,
         "scan" => keys::scan(&mut context, arguments).await,
+        "keys" => keys::keys(&mut context, arguments).await,
+        "rename" => keys::rename(&mut context, arguments, false).await,
+        "renamenx" => keys::rename(&mut context, arguments, true).await,
+        "copy" => keys::copy(&mut context, arguments).await,
+        "object" => keys::object(&mut context, arguments).await,
+        "memory" => keys::memory(&mut context, arguments).await,
         "get" => strings::get(&mut context, arguments).await,
         "set" => strings::set(&mut context, arguments).await,
         "setnx" => strings::setnx(&mut context, arguments).await,
@@ -665,6 +1091,32 @@ async fn execute_in(
         "incrby" => strings::incrby(&mut context, arguments, false).await,
         "decrby" => strings::incrby(&mut context, arguments, true).await,
         "incrbyfloat" => strings::incrbyfloat(&mut context, arguments).await,
+        "setex" => expiry::setex(&mut context, arguments, Unit::Seconds, "setex").await,
+        "psetex" => expiry::setex(&mut context, arguments, Unit::Milliseconds, "psetex").await,
+        "getex" => expiry::getex(&mut context, arguments).await,
+        "delifeq" => expiry::delifeq(&mut context, arguments).await,
+        "hset" => hashes::hset(&mut context, arguments, "hset").await,
+        "hmset" => hashes::hset(&mut context, arguments, "hmset").await,
+        "hsetnx" => hashes::hsetnx(&mut context, arguments).await,
+        "hget" => hashes::hget(&mut context, arguments).await,
+        "hmget" => hashes::hmget(&mut context, arguments).await,
+        "hgetall" => hashes::hgetall(&mut context, arguments).await,
+        "hkeys" => hashes::hkeys_or_hvals(&mut context, arguments, true).await,
+        "hvals" => hashes::hkeys_or_hvals(&mut context, arguments, false).await,
+        "hdel" => hashes::hdel(&mut context, arguments).await,
+        "hlen" => hashes::hlen(&mut context, arguments).await,
+        "hexists" => hashes::hexists(&mut context, arguments).await,
+        "hstrlen" => hashes::hstrlen(&mut context, arguments).await,
+        "hincrby" => hashes::hincrby(&mut context, arguments).await,
+        "hincrbyfloat" => hashes::hincrbyfloat(&mut context, arguments).await,
+        "hrandfield" => hashes::hrandfield(&mut context, arguments).await,
+        "hscan" => hashes::hscan(&mut context, arguments).await,
+        "multi" => transactions::multi(&mut context),
+        "discard" => transactions::discard(&mut context),
+        "watch" => transactions::watch(&mut context, arguments).await,
+        "unwatch" => Ok(transactions::unwatch(&mut context)),
+        // EXEC runs in `execute` only; a queued or pipelined EXEC never reaches here.
+        "exec" => Err(Frame::error("ERR EXEC without MULTI")),
         // Unreachable while every table row has an arm above; answering beats panicking.
         _ => Err(unknown_command(&[Bytes::from_static(spec.name.as_bytes())])),
     };

@@ -24,6 +24,12 @@
 //! one [`kv::Command::Pipeline`] (one log entry, or one linearizable read when all are reads;
 //! a lone call is sent as itself), and answers each handler with its own result.
 //!
+//! A call that is itself a `Pipeline` (EXISTS of several keys: one `Inspect` per key) is
+//! spliced into its group's `Pipeline` ([`flatten`]), since the state machine does not nest
+//! them. MULTI, EXEC, DISCARD, WATCH and UNWATCH are barriers, and so is every request while
+//! the session is inside MULTI: it is queued by `cmd::admit`, never grouped into a region's
+//! `Pipeline`, so `MULTI; SET a 1; EXEC` in one write is one transaction, as sent one by one.
+//!
 //! What a client observes is what Redis gives: its commands take effect in order (within a
 //! region the chain orders the groups and a group is one entry applied in order; commands on
 //! different regions touch different keys), each command succeeds or fails on its own, and
@@ -60,7 +66,7 @@ pub(crate) const MAX_SEGMENTS_IN_FLIGHT: usize = 2;
 /// first key argument, and changes no session state: only these can be collected. (A handler
 /// making two calls would see its second run after later commands' first.) PING and ECHO make
 /// no call at all.
-const SEGMENT_COMMANDS: &[&str] = &[
+pub(super) const SEGMENT_COMMANDS: &[&str] = &[
     "ping",
     "echo",
     "get",
@@ -86,14 +92,43 @@ const SEGMENT_COMMANDS: &[&str] = &[
     "exists",
     "del",
     "unlink",
+    "setex",
+    "psetex",
+    "getex",
+    "delifeq",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "persist",
+    "expiretime",
+    "pexpiretime",
+    "hset",
+    "hmset",
+    "hsetnx",
+    "hget",
+    "hmget",
+    "hgetall",
+    "hdel",
+    "hlen",
+    "hexists",
+    "hkeys",
+    "hvals",
+    "hincrby",
+    "hincrbyfloat",
+    "hstrlen",
+    "hrandfield",
+    "rename",
+    "renamenx",
+    "copy",
 ];
 
 /// One handler's collected backend call.
-struct Call {
-    /// Which request of the segment made it.
-    request: usize,
-    command: kv::Command,
-    reply: oneshot::Sender<Result<kv::Response, BackendError>>,
+pub(super) struct Call {
+    /// Which request of the segment (or transaction) made it.
+    pub(super) request: usize,
+    pub(super) command: kv::Command,
+    pub(super) reply: oneshot::Sender<Result<kv::Response, BackendError>>,
 }
 
 /// Collects the backend calls of a segment's handlers (see the module docs).
@@ -122,7 +157,7 @@ impl Deferred {
         })
     }
 
-    fn take(&self) -> Vec<Call> {
+    pub(super) fn take(&self) -> Vec<Call> {
         std::mem::take(&mut *self.lock())
     }
 
@@ -260,6 +295,11 @@ fn joins_segment(
     session: &Session,
     arguments: &[Bytes],
 ) -> Option<Option<u64>> {
+    // Inside MULTI every request runs alone, in order, so it is queued (not executed) and
+    // MULTI; SET a 1; EXEC sent in one write behaves as sent one by one.
+    if session.transaction.is_some() {
+        return None;
+    }
     let Some(spec) = lookup(&arguments[0]) else {
         return Some(None);
     };
@@ -269,8 +309,10 @@ fn joins_segment(
     if !spec.arity_allows(arguments.len() as i64) || !session.authenticated || spec.first_key == 0 {
         return Some(None);
     }
+    // A hash's fields are checked against the key limit by the state machine: every argument
+    // of a hash command is held to it here (a larger value just runs alone).
     let oversized = arguments.iter().enumerate().skip(1).any(|(i, argument)| {
-        let limit = if is_key(spec, i, arguments.len()) {
+        let limit = if spec.group == "hash" || is_key(spec, i, arguments.len()) {
             shared.config.max_key_bytes
         } else {
             shared.config.max_value_bytes
@@ -303,7 +345,7 @@ fn is_key(spec: &super::CommandSpec, index: usize, count: usize) -> bool {
     first > 0 && index >= first && index <= last && (index - first) % step == 0
 }
 
-type Handler<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+pub(super) type Handler<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 type Running<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A segment's future (module docs).
@@ -376,7 +418,7 @@ async fn run_segment(
 
 /// Polls every unfinished handler once, in order; with `until_progress`, again whenever woken
 /// until at least one has finished.
-async fn poll_handlers(
+pub(super) async fn poll_handlers(
     handlers: &mut [Handler<'_>],
     done: &mut [Option<Outcome>],
     until_progress: bool,
@@ -398,6 +440,63 @@ async fn poll_handlers(
         }
     })
     .await;
+}
+
+/// Where one call's results sit among those of a flattened list of commands (see
+/// [`flatten`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Span {
+    /// A plain command: its one result, at this position.
+    One(usize),
+    /// A call that was itself a `Pipeline`: `.1` results from position `.0`.
+    Many(usize, usize),
+}
+
+/// The commands of several calls as one flat list, a call whose command is a `Pipeline`
+/// (EXISTS of several keys: one `Inspect` each) contributing its commands; and each call's
+/// [`Span`] in it. Used for a region's group and for EXEC, which cannot nest pipelines.
+pub(super) fn flatten(commands: Vec<kv::Command>) -> (Vec<kv::Command>, Vec<Span>) {
+    let mut flat = Vec::with_capacity(commands.len());
+    let mut spans = Vec::with_capacity(commands.len());
+    for command in commands {
+        match command {
+            kv::Command::Pipeline { commands } => {
+                spans.push(Span::Many(flat.len(), commands.len()));
+                flat.extend(commands);
+            }
+            command => {
+                spans.push(Span::One(flat.len()));
+                flat.push(command);
+            }
+        }
+    }
+    (flat, spans)
+}
+
+/// Whether `count` results are exactly what `spans` (from [`flatten`]) expect.
+pub(super) fn spans_fit(spans: &[Span], count: usize) -> bool {
+    let expected = spans.last().map_or(0, |span| match *span {
+        Span::One(start) => start + 1,
+        Span::Many(start, len) => start + len,
+    });
+    expected == count
+}
+
+/// Each call's result from the results of the flattened list (checked with [`spans_fit`]):
+/// a spliced `Pipeline` gets its results back as one `Response::Pipeline`.
+pub(super) fn unflatten(
+    results: Vec<Result<kv::Response, kv::CommandError>>,
+    spans: &[Span],
+) -> Vec<Result<kv::Response, BackendError>> {
+    spans
+        .iter()
+        .map(|span| match *span {
+            Span::One(at) => results[at].clone().map_err(BackendError::from),
+            Span::Many(start, len) => {
+                Ok(kv::Response::Pipeline(results[start..start + len].to_vec()))
+            }
+        })
+        .collect()
 }
 
 /// Waits for the region's previous group, sends this group's calls, answers them, and then
@@ -438,14 +537,16 @@ async fn run_group(shared: &ServerShared, group: Group, mut calls: Vec<Call>) {
             } else {
                 Vec::new()
             };
+            // A call that is itself a Pipeline (EXISTS of several keys) is spliced in: the
+            // state machine does not nest pipelines.
+            let (commands, spans) = flatten(commands);
             let answer = backend
                 .execute(client_id, sequence, kv::Command::Pipeline { commands })
                 .await;
             let results: Vec<Result<kv::Response, BackendError>> = match answer {
-                Ok(kv::Response::Pipeline(results)) if results.len() == count => results
-                    .into_iter()
-                    .map(|result| result.map_err(BackendError::from))
-                    .collect(),
+                Ok(kv::Response::Pipeline(results)) if spans_fit(&spans, results.len()) => {
+                    unflatten(results, &spans)
+                }
                 Ok(other) => {
                     tracing::error!(?other, count, "unexpected answer to a pipeline");
                     let error = BackendError::Other(

@@ -1,8 +1,11 @@
 //! String commands. Each read-modify-write command is exactly one state-machine command, so it
-//! is atomic and applied once even when the backend retries it.
+//! is atomic and applied once even when the backend retries it. On a hash key they answer
+//! WRONGTYPE (the state machine decides), except SET, which overwrites any type, and MGET,
+//! which answers nil for it, as in Redis.
 
 use bytes::Bytes;
 
+use super::expiry::ExpiryOption;
 use super::keys::get as read_value;
 use super::{integer_argument, unexpected, wrong_arity, Context, NOT_A_FLOAT, SYNTAX_ERROR};
 use crate::frame::Frame;
@@ -10,7 +13,7 @@ use crate::frame::Frame;
 /// Redis refuses float arguments longer than this (`MAX_LONG_DOUBLE_CHARS`).
 const MAX_FLOAT_ARGUMENT_BYTES: usize = 5 * 1024;
 
-fn value_frame(value: Option<Bytes>) -> Frame {
+pub(super) fn value_frame(value: Option<Bytes>) -> Frame {
     value.map_or(Frame::Null, Frame::Bulk)
 }
 
@@ -41,37 +44,39 @@ pub(super) async fn get(context: &mut Context<'_>, arguments: &[Bytes]) -> Resul
     Ok(value_frame(read_value(context, &arguments[0]).await?))
 }
 
-/// SET key value [NX|XX] [GET]. Expiry options are refused with a clear error rather than
-/// ignored: a client that asked for a TTL must not believe it got one.
+/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts|KEEPTTL], with Redis 7's option
+/// rules (`parseExtendedStringArgumentsOrReply`): NX with XX, or two different expiry options
+/// (KEEPTTL included), are a syntax error; the same expiry option twice takes the last. A SET
+/// without an expiry option drops the key's deadline, as in Redis.
 pub(super) async fn set(context: &mut Context<'_>, arguments: &[Bytes]) -> Result<Frame, Frame> {
     let mut options = kv::PutOptions::default();
-    let mut wants_expiry = false;
-    let mut options_left = arguments[2..].iter();
-    while let Some(option) = options_left.next() {
-        match option.to_ascii_lowercase().as_slice() {
-            b"nx" => options.if_absent = true,
-            b"xx" => options.if_present = true,
-            b"get" => options.return_previous = true,
-            b"keepttl" => wants_expiry = true,
-            b"ex" | b"px" | b"exat" | b"pxat" => {
-                // The option's time argument; a missing one is a syntax error as in Redis.
-                if options_left.next().is_none() {
-                    return Err(Frame::error(SYNTAX_ERROR));
-                }
-                wants_expiry = true;
+    let mut chosen: Option<(ExpiryOption, &Bytes)> = None;
+    let mut keep_ttl = false;
+    let mut index = 2;
+    while index < arguments.len() {
+        let option = arguments[index].to_ascii_lowercase();
+        let next = arguments.get(index + 1);
+        match (option.as_slice(), ExpiryOption::parse(&option), next) {
+            (b"nx", ..) if !options.if_present => options.if_absent = true,
+            (b"xx", ..) if !options.if_absent => options.if_present = true,
+            (b"get", ..) => options.return_previous = true,
+            (b"keepttl", ..) if chosen.is_none() => keep_ttl = true,
+            (_, Some(kind), Some(time))
+                if !keep_ttl && chosen.map_or(true, |(earlier, _)| earlier == kind) =>
+            {
+                chosen = Some((kind, time));
+                index += 1;
             }
             _ => return Err(Frame::error(SYNTAX_ERROR)),
         }
+        index += 1;
     }
-    if options.if_absent && options.if_present {
-        return Err(Frame::error(SYNTAX_ERROR));
-    }
-    if wants_expiry {
-        return Err(Frame::error(
-            "ERR SET expiry options (EX, PX, EXAT, PXAT, KEEPTTL) are not supported: \
-             RaftKV keys do not expire",
-        ));
-    }
+    options.expiry = match chosen {
+        Some((kind, time)) => kv::SetExpiry::Set(kind.expiry(time, "set")?),
+        None if keep_ttl => kv::SetExpiry::Keep,
+        None => kv::SetExpiry::Clear,
+    };
+    let return_previous = options.return_previous;
     let response = context
         .write(kv::Command::Put {
             key: arguments[0].clone(),
@@ -80,7 +85,7 @@ pub(super) async fn set(context: &mut Context<'_>, arguments: &[Bytes]) -> Resul
         })
         .await?;
     match response {
-        kv::Response::Put { previous, .. } if options.return_previous => Ok(value_frame(previous)),
+        kv::Response::Put { previous, .. } if return_previous => Ok(value_frame(previous)),
         kv::Response::Put { written: true, .. } => Ok(Frame::simple("OK")),
         kv::Response::Put { written: false, .. } => Ok(Frame::Null),
         other => Err(unexpected(&other)),
@@ -251,7 +256,7 @@ pub(super) async fn incrby(
 }
 
 /// Parses a float like Redis's `string2ld`: no surrounding spaces, no NaN, bounded length.
-fn parse_float(text: &[u8]) -> Option<f64> {
+pub(super) fn parse_float(text: &[u8]) -> Option<f64> {
     if text.is_empty() || text.len() > MAX_FLOAT_ARGUMENT_BYTES {
         return None;
     }
