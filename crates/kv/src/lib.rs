@@ -106,7 +106,7 @@ pub use command::{
     SetExpiry, CODEC_VERSION,
 };
 pub use config::{Limits, RegionRange, SessionPolicy};
-pub use machine::{KvStateMachine, SplitError, MAX_KEPT_PIPELINE_RESULT_BYTES};
+pub use machine::{KvStateMachine, SplitError, MAX_KEPT_PIPELINE_RESULT_BYTES, PURGE_BATCH_KEYS};
 pub use response::{
     decode_command_result, encode_command_result, ApplyError, ApplyOutcome, CommandError, KeyInfo,
     Response,

@@ -36,6 +36,10 @@ type StringView<'a> = (&'a [u8], Option<u64>);
 /// a larger answer gets [`CommandError::ResultNotKept`] (it was applied once all the same).
 pub const MAX_KEPT_PIPELINE_RESULT_BYTES: usize = 64 * 1024;
 
+/// Most expired keys one housekeeping entry (`Command::PurgeExpired`, proposed by the leader)
+/// deletes: bounded so an entry stays small and applying it short; more are left for the next.
+pub const PURGE_BATCH_KEYS: u32 = 1_000;
+
 /// The replicated state of one region: an ordered map of keys to values, the client session
 /// table, and the index of the last applied entry.
 ///
@@ -435,6 +439,13 @@ impl KvStateMachine {
         let client = request.client_id;
         let command = &request.command;
         if client == ClientId::NONE {
+            // The leader's expiry housekeeping carries no session: it is idempotent (it
+            // deletes only what is due at this entry's log time), so a duplicate is harmless
+            // and nothing needs to be remembered.
+            if let Command::PurgeExpired { .. } = command {
+                let result = self.execute(command);
+                return (result.map_err(ApplyError::from), false);
+            }
             if !command.is_read_only() {
                 return (Err(ApplyError::SessionRequired), false);
             }

@@ -39,12 +39,28 @@ impl StateMachine for KvStateMachine {
         debug_assert_eq!(self.region().start.as_ref(), merged.start_key.as_slice());
     }
 
-    fn read(&self, query: &Command, _now_ms: u64) -> Result<Response, CommandError> {
-        KvStateMachine::read(self, query)
+    fn read(&self, query: &Command, now_ms: u64) -> Result<Response, CommandError> {
+        KvStateMachine::read_at(self, query, now_ms)
     }
 
-    fn housekeeping(&self, _now_ms: u64) -> Option<Bytes> {
-        None
+    /// Deletes keys whose deadline passed, through the log (so every replica frees them at
+    /// the same entry), at most [`crate::PURGE_BATCH_KEYS`] per entry. Proposed only when a
+    /// deadline is due by `now_ms`; the entry's log time is `now_ms`, so what it deletes is
+    /// what this leader's clock says is due.
+    fn housekeeping(&self, now_ms: u64) -> Option<Bytes> {
+        let due = self.next_deadline_ms()?;
+        if due > now_ms {
+            return None;
+        }
+        let request = crate::Request {
+            client_id: crate::ClientId::NONE,
+            sequence: crate::Sequence(0),
+            command: Command::PurgeExpired {
+                limit: crate::PURGE_BATCH_KEYS,
+            },
+            proposed_at_ms: now_ms,
+        };
+        Some(request.encode())
     }
 
     fn approximate_size(&self) -> types::ApproximateSize {

@@ -80,7 +80,10 @@ fn key_name(slot: usize, generation: u64) -> String {
 /// A connection to one RESP port, or None if it does not accept one now.
 async fn try_connect(url: &str) -> Option<MultiplexedConnection> {
     let client = redis::Client::open(url).ok()?;
-    let connecting = client.get_multiplexed_async_connection_with_timeouts(OP_TIMEOUT, OP_TIMEOUT);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(OP_TIMEOUT)
+        .set_response_timeout(OP_TIMEOUT);
+    let connecting = client.get_multiplexed_async_connection_with_config(&config);
     tokio::time::timeout(OP_TIMEOUT + Duration::from_millis(500), connecting)
         .await
         .ok()?
@@ -757,7 +760,7 @@ async fn write_until_acked(
 ) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut store = 0;
-    let mut last_error = String::new();
+    let mut last_error;
     loop {
         if conn.is_none() {
             *conn = try_connect(&urls[store % urls.len()]).await;

@@ -47,12 +47,12 @@ async fn redis_py_with_default_settings_and_both_protocols() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/redis_py/check.py");
     let ports: Vec<String> = c.resp_ports.iter().map(u16::to_string).collect();
     // Bounded: the script's own waits are bounded, and this kills it past 240 s.
-    let mut child = tokio::process::Command::new(&python)
+    let child = tokio::process::Command::new(&python)
         .arg(&script)
         .args(&ports)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), &mut child)
+    let out = tokio::time::timeout(Duration::from_secs(240), child)
         .await
         .expect("check.py ran over 240 s")
         .expect("run check.py");

@@ -59,7 +59,10 @@ type History = lincheck::History<KvInput, KvOutput>;
 /// A connection to one RESP port, or None if it does not accept one now.
 async fn try_connect(url: &str) -> Option<MultiplexedConnection> {
     let client = redis::Client::open(url).ok()?;
-    let connecting = client.get_multiplexed_async_connection_with_timeouts(OP_TIMEOUT, OP_TIMEOUT);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(OP_TIMEOUT)
+        .set_response_timeout(OP_TIMEOUT);
+    let connecting = client.get_multiplexed_async_connection_with_config(&config);
     tokio::time::timeout(OP_TIMEOUT + Duration::from_millis(500), connecting)
         .await
         .ok()?
@@ -407,7 +410,7 @@ async fn client_task(
 async fn read_i64(urls: &[String], conn: &mut Option<MultiplexedConnection>, key: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut store = 0;
-    let mut last_error = String::new();
+    let mut last_error;
     loop {
         if conn.is_none() {
             *conn = try_connect(&urls[store % urls.len()]).await;

@@ -804,9 +804,14 @@ fn response(command: &Command, r: Response) -> pb::KvResponse {
             out.value = previous.map(|b| b.to_vec()).unwrap_or_default();
         }
         Response::Written(b) => out.swapped = b,
-        // Only an ENCODED `Pipeline` yields it, and ENCODED answers go through
-        // `encoded_response`; no typed kind can ask for one.
-        Response::Pipeline(_) => {}
+        // Only ENCODED commands (pipelines, transactions, hashes, expiry) yield these, and
+        // ENCODED answers go through `encoded_response`; no typed kind can ask for one.
+        Response::Pipeline(_)
+        | Response::Pairs(_)
+        | Response::HScan { .. }
+        | Response::Keys { .. }
+        | Response::KeyInfo { .. }
+        | Response::Exec(_) => {}
     }
     out
 }
