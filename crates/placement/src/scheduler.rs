@@ -31,10 +31,21 @@
 //!    together, below half the split load together, have been so for `merge_cold_ms`, and
 //!    whose ranges did not change in that time. Merging needs the same voters on both: when
 //!    they differ, the smaller region is first moved onto the other's stores
-//!    (`AlignForMerge`); once aligned, the right one merges into the left. Only a boundary
-//!    this scheduler made (a split of its own, seen done) is merged away: one from
-//!    `--split-keys` or a split by hand was meant (CockroachDB's sticky split bit), and a
-//!    new placement leader, which knows none, merges nothing until it has split.
+//!    (`AlignForMerge`); once aligned, the right one merges into the left. Any boundary
+//!    may be merged away except a sticky one (CockroachDB's sticky split bit): those in
+//!    the configuration's replicated [`Config::sticky`] (the `--split-keys` boundaries, put
+//!    there at bootstrap, and splits by hand, recorded by `Command::Stick`) and the splits
+//!    by hand this scheduler saw and has not seen recorded yet. A split by hand is seen as
+//!    a region appearing next to one whose range moved with no operator of ours to explain
+//!    it (step 1); the caller proposes [`Scheduler::sticky_to_record`] as `Command::Stick`
+//!    after each round until the configuration has them. So merging survives a placement
+//!    leader change (every leader reads the same sticky set), and the scheduler's own
+//!    splits are merged once cold whoever made them. The window: a split by hand that
+//!    lands while placement's leadership changes (before the new leader's first round, which
+//!    only learns epochs) is not seen, so not sticky, and may be merged once small and cold
+//!    (after its quiet period, if it got one); and a split of the old leader's landing
+//!    after the new leader's first round looks like one by hand and becomes sticky. A
+//!    merge (by anyone) drops the boundary's stickiness with the boundary.
 //! 5. **Zones.** A region with two replicas in one zone while an eligible store in a zone it
 //!    lacks has room moves one of them there. A store without a `zone` label is a zone of
 //!    its own, so without labels the rule is just "distinct stores".
@@ -343,11 +354,11 @@ pub struct Scheduler {
     cold_since: BTreeMap<u64, u64>,
     /// When the region's range last changed (split, merge): no merge for `merge_cold_ms`.
     range_changed_ms: BTreeMap<u64, u64>,
-    /// Region boundaries this scheduler made (the split key of each split of ours seen
-    /// done): the only ones it merges away. A boundary from `--split-keys` or a split by
-    /// hand is kept (CockroachDB's sticky split bit): whoever made it meant it. Bounded by
-    /// the regions: a boundary no region starts at any more is forgotten.
-    own_boundaries: BTreeSet<Vec<u8>>,
+    /// Boundaries of splits by hand this scheduler saw, not yet sticky in the
+    /// configuration: the caller records them ([`Scheduler::sticky_to_record`] →
+    /// `Command::Stick`), and they are not merged meanwhile. Bounded by the regions: one
+    /// that is sticky, or no boundary any more, is forgotten.
+    hand_boundaries: BTreeSet<Vec<u8>>,
 }
 
 /// Whether a store is Down: silent (since its last heartbeat, or since the caller began
@@ -371,7 +382,7 @@ impl Scheduler {
             hot_since: BTreeMap::new(),
             cold_since: BTreeMap::new(),
             range_changed_ms: BTreeMap::new(),
-            own_boundaries: BTreeSet::new(),
+            hand_boundaries: BTreeSet::new(),
         }
     }
 
@@ -401,6 +412,17 @@ impl Scheduler {
         let until = now_ms.saturating_add(self.cfg.quiet_ms);
         let at = self.quiet_until.entry(region).or_insert(until);
         *at = (*at).max(until);
+    }
+
+    /// Boundaries of splits by hand seen and not yet sticky in the configuration (at most
+    /// [`crate::machine::MAX_STICK_KEYS`], lowest first): the caller proposes them as
+    /// `Command::Stick` after each round, until the configuration has them.
+    pub fn sticky_to_record(&self) -> Vec<Vec<u8>> {
+        self.hand_boundaries
+            .iter()
+            .take(crate::machine::MAX_STICK_KEYS)
+            .cloned()
+            .collect()
     }
 
     /// Whether the region is left alone (changed by hand lately).
@@ -582,16 +604,6 @@ impl Scheduler {
             .filter_map(|(id, op)| judge(op, config, live, now_ms, timeout_ms).map(|o| (*id, o)))
             .collect();
         for (region, outcome) in ended {
-            let split = matches!(
-                self.in_flight.get(&region).map(|op| &op.decision.action),
-                Some(Action::Split { .. })
-            );
-            if split && outcome == Outcome::Done {
-                // The left half keeps the id; its new end is the boundary this split made.
-                if let Some(end) = config.regions.get(&region).and_then(|r| r.end_key.clone()) {
-                    self.own_boundaries.insert(end);
-                }
-            }
             self.finish(region, outcome, now_ms);
         }
         self.note_epochs(config, &explained, now_ms);
@@ -631,11 +643,14 @@ impl Scheduler {
         }
         for id in appeared {
             // A new region is the other half of a split: just split, and quiet when the
-            // split was by hand.
+            // split was by hand. Its start is then a boundary someone meant: sticky.
             self.range_changed_ms.insert(id, now_ms);
             if let Some(r) = config.regions.get(&id) {
                 if neighbours(config, r).iter().any(|n| by_hand.contains(n)) {
                     by_hand.insert(id);
+                    if !r.start_key.is_empty() && !config.sticky.contains(&r.start_key) {
+                        self.hand_boundaries.insert(r.start_key.clone());
+                    }
                 }
             }
         }
@@ -656,13 +671,15 @@ impl Scheduler {
         self.cold_since.retain(|id, _| known(id));
         self.range_changed_ms
             .retain(|id, t| known(id) && now_ms.saturating_sub(*t) < cold_ms);
+        let placement = crate::hosted_group_id();
         let starts: BTreeSet<&[u8]> = config
             .regions
             .values()
+            .filter(|r| r.id != placement)
             .map(|r| r.start_key.as_slice())
             .collect();
-        self.own_boundaries
-            .retain(|b| starts.contains(b.as_slice()));
+        self.hand_boundaries
+            .retain(|b| starts.contains(b.as_slice()) && !config.sticky.contains(b));
     }
 
     /// Hot and cold spells, for load splits and merges. A region without a live report is
@@ -1249,7 +1266,8 @@ impl<'a> Plan<'a> {
                 .get(&id)
                 .map_or(true, |&t| now.saturating_sub(t) >= cfg.merge_cold_ms)
         };
-        sched.own_boundaries.contains(&right.start_key)
+        !self.config.sticky.contains(&right.start_key)
+            && !sched.hand_boundaries.contains(&right.start_key)
             && bytes_ok
             && load_ok
             && cold_long(left.id)
@@ -1683,7 +1701,7 @@ fn bounded(mut why: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ReplicaMeta, StoreAddrs, StoreMeta};
+    use crate::model::{Change, ReplicaMeta, StoreAddrs, StoreMeta};
 
     const MIB: u64 = 1 << 20;
     const STEP_MS: u64 = 10_000;
@@ -2022,35 +2040,107 @@ mod tests {
         );
     }
 
-    /// The model's region boundaries, as if this scheduler had split there (it merges
-    /// only boundaries it made).
-    fn adopt_boundaries(s: &mut Scheduler, m: &Model) {
-        for r in m.config.regions.values() {
-            if !r.start_key.is_empty() {
-                s.own_boundaries.insert(r.start_key.clone());
-            }
-        }
+    /// The model's region boundaries, made sticky (as `--split-keys` or splits by hand
+    /// make them).
+    fn stick_boundaries(m: &mut Model) {
+        let keys: Vec<Vec<u8>> = m
+            .config
+            .regions
+            .values()
+            .filter(|r| !r.start_key.is_empty())
+            .map(|r| r.start_key.clone())
+            .collect();
+        m.config.apply(&Change::Stick(keys));
+    }
+
+    fn merges(d: &[Decision]) -> Vec<Decision> {
+        d.iter()
+            .filter(|d| d.reason == Reason::Merge || d.reason == Reason::AlignForMerge)
+            .cloned()
+            .collect()
     }
 
     #[test]
-    fn boundaries_the_scheduler_did_not_make_are_never_merged() {
+    fn sticky_boundaries_are_never_merged() {
         // Three small cold regions from `--split-keys` (or split by hand): kept.
         let mut m = Model::new(stores(3), 3, on_123, MIB);
         m.live_mut(2).leader_store = 2;
         m.live_mut(3).leader_store = 3;
+        stick_boundaries(&mut m);
         let mut s = sched();
         for k in 0..10 {
             let d = m.round_at(&mut s, k * DEFAULT_MERGE_COLD_MS);
-            assert!(
-                d.iter()
-                    .all(|d| d.reason != Reason::Merge && d.reason != Reason::AlignForMerge),
-                "merged a boundary it did not make: {d:?}"
-            );
+            assert_eq!(merges(&d), none(), "merged a sticky boundary");
         }
-        // The same regions, had the scheduler split them: merged.
-        adopt_boundaries(&mut s, &m);
-        let d = m.round_at(&mut s, 11 * DEFAULT_MERGE_COLD_MS);
+        // Nor does a new placement leader's scheduler.
+        let mut s = sched();
+        for k in 10..20 {
+            let d = m.round_at(&mut s, k * DEFAULT_MERGE_COLD_MS);
+            assert_eq!(merges(&d), none(), "merged a sticky boundary");
+        }
+        // The same regions with boundaries nobody meant (the scheduler's splits): merged.
+        m.config.sticky.clear();
+        let d = m.round_at(&mut s, 21 * DEFAULT_MERGE_COLD_MS);
         assert!(d.iter().any(|d| d.reason == Reason::Merge), "{d:?}");
+    }
+
+    #[test]
+    fn a_split_of_the_scheduler_is_merged_by_the_next_placement_leader() {
+        let mut m = Model::new(stores(3), 1, on_123, MIB);
+        m.live_mut(1).reads_per_sec = 2 * DEFAULT_REGION_SPLIT_QPS;
+        let mut s = sched();
+        m.step(&mut s);
+        assert_eq!(m.step(&mut s), vec![split_of(1, SplitReason::Load)]);
+        assert_eq!(m.config.regions.len(), 2);
+        assert!(m.config.sticky.is_empty(), "a split of ours is not sticky");
+        assert_eq!(s.sticky_to_record(), Vec::<Vec<u8>>::new());
+        // Placement's leader changes: a new scheduler, the same replicated configuration.
+        let mut s = sched();
+        m.live_mut(1).reads_per_sec = 0;
+        m.live_mut(2).reads_per_sec = 0;
+        let mut merged = false;
+        for _ in 0..20 {
+            if m.step(&mut s).iter().any(|d| d.reason == Reason::Merge) {
+                merged = true;
+                break;
+            }
+        }
+        assert!(merged, "the new leader merged the cold halves");
+        assert_eq!(m.config.regions.len(), 1);
+    }
+
+    #[test]
+    fn a_split_by_hand_is_recorded_sticky_and_never_merged() {
+        let mut m = Model::new(stores(3), 1, on_123, MIB);
+        let mut s = sched();
+        assert_eq!(m.step(&mut s), none());
+        // Split by hand (the region admin CLI): the scheduler did not ask for it.
+        m.split(1);
+        let boundary = m.config.regions[&2].start_key.clone();
+        m.step(&mut s);
+        assert!(s.is_quiet(2, m.now_ms) && s.is_quiet(1, m.now_ms));
+        assert_eq!(s.sticky_to_record(), vec![boundary.clone()]);
+        // Not merged while unrecorded, long past the quiet period.
+        for k in 1..=12 {
+            let d = m.round_at(&mut s, k * DEFAULT_QUIET_MS);
+            assert_eq!(merges(&d), none());
+        }
+        // The caller proposes `Command::Stick`; once the configuration has it, the
+        // scheduler forgets its own note, and no leader merges it.
+        m.config.apply(&Change::Stick(s.sticky_to_record()));
+        assert!(m.config.sticky.contains(&boundary));
+        m.round(&mut s);
+        assert_eq!(s.sticky_to_record(), Vec::<Vec<u8>>::new());
+        let mut s = sched();
+        for k in 13..=20 {
+            let d = m.round_at(&mut s, k * DEFAULT_QUIET_MS);
+            assert_eq!(merges(&d), none());
+        }
+        // Merged by hand: the boundary is gone, and so is its stickiness.
+        m.merge(2, 1);
+        let r = m.config.regions[&1].clone();
+        m.config.apply(&Change::Region(r));
+        assert!(m.config.sticky.is_empty(), "{:?}", m.config.sticky);
     }
 
     #[test]
@@ -2061,7 +2151,6 @@ mod tests {
         m.live_mut(2).leader_store = 2;
         m.live_mut(3).leader_store = 3;
         let mut s = sched();
-        adopt_boundaries(&mut s, &m);
         assert_eq!(m.round_at(&mut s, 0), none());
         assert_eq!(m.round_at(&mut s, DEFAULT_MERGE_COLD_MS - 1), none());
         let d = m.round_at(&mut s, DEFAULT_MERGE_COLD_MS);
@@ -2083,7 +2172,6 @@ mod tests {
         let mut m = Model::new(stores(4), 2, on, MIB);
         m.live_mut(1).approximate_bytes = 2 * MIB;
         let mut s = sched();
-        adopt_boundaries(&mut s, &m);
         assert_eq!(m.step(&mut s), none());
         m.now_ms = DEFAULT_MERGE_COLD_MS;
         let d = m.step(&mut s);
