@@ -195,6 +195,17 @@ impl StateMachine for Hosted {
         }
     }
 
+    /// The kv state machine's: a data region's load sampler sees every key of a batch.
+    /// (A placement command is not a kv payload: kv names its routing key, and the
+    /// placement group is never split anyway.)
+    fn payload_keys(data: &[u8], routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        <KvStateMachine as StateMachine>::payload_keys(data, routing_key, key)
+    }
+
+    fn query_keys(query: &Command, routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        <KvStateMachine as StateMachine>::query_keys(query, routing_key, key)
+    }
+
     fn approximate_size(&self) -> ApproximateSize {
         match self {
             Hosted::Kv(k) => StateMachine::approximate_size(k),

@@ -35,7 +35,7 @@ pub use bootstrap::{bootstrap_regions, derive_cluster_id, with_placement};
 pub use hosted::{decode_answer, query_command, Hosted, QueryAnswer};
 pub use machine::{
     decode_command, decode_reply, encode_command, encode_reply, Command, PlacementError,
-    PlacementState, Reply, HISTORY_LEN, MAX_REPLICAS,
+    PlacementState, Reply, HISTORY_LEN, MAX_REPLICAS, MAX_STICK_KEYS,
 };
 /// The placement group's id as a number (configurations key regions by `u64`).
 pub fn hosted_group_id() -> u64 {

@@ -17,6 +17,8 @@ pub const MAX_STORE_ID: u64 = (1 << 24) - 1;
 /// Longest region boundary key a report may carry (the kv state machine's own key limit
 /// is far below it).
 pub const MAX_KEY_BYTES: usize = 64 << 10;
+/// Most keys one `Stick` names.
+pub const MAX_STICK_KEYS: usize = 64;
 /// Most labels a store may carry, and the longest label key, value or address.
 pub const MAX_LABELS: usize = 16;
 pub const MAX_FIELD_BYTES: usize = 256;
@@ -46,6 +48,11 @@ pub enum Command {
     Drain { store: u64 },
     /// Put a region's replicas on exactly these stores.
     Move { region: u64, stores: Vec<u64> },
+    /// These region boundaries were made by hand: the scheduler never merges them away
+    /// ([`Config::sticky`]). Placement's leader proposes it for splits its scheduler saw
+    /// and did not make; keys that are not a data region's start (any more), or already
+    /// sticky, are left out; at most [`MAX_STICK_KEYS`].
+    Stick { keys: Vec<Vec<u8>> },
 }
 
 /// What an applied verb answers.
@@ -137,6 +144,14 @@ impl PlacementState {
         for r in regions {
             base.regions.insert(r.id, r);
         }
+        // The boundaries of the first regions (`--split-keys`) were meant: sticky.
+        let starts: Vec<Vec<u8>> = base
+            .regions
+            .values()
+            .filter(|r| r.id != types::PLACEMENT_REGION.0 && !r.start_key.is_empty())
+            .map(|r| r.start_key.clone())
+            .collect();
+        base.sticky.extend(starts);
         PlacementState {
             cluster_id,
             replicas,
@@ -312,6 +327,25 @@ impl PlacementState {
                     region: *region,
                     stores: Some(target),
                 }])))
+            }
+            Command::Stick { keys } => {
+                if keys.len() > MAX_STICK_KEYS {
+                    return Err(PlacementError::Invalid(format!(
+                        "{} keys to make sticky (at most {MAX_STICK_KEYS})",
+                        keys.len()
+                    )));
+                }
+                let mut new: Vec<Vec<u8>> = keys
+                    .iter()
+                    .filter(|k| !self.latest.sticky.contains(*k) && self.latest.is_boundary(k))
+                    .cloned()
+                    .collect();
+                new.sort_unstable();
+                new.dedup();
+                if new.is_empty() {
+                    return Ok(Reply::Config(self.latest.number));
+                }
+                Ok(Reply::Config(self.commit(vec![Change::Stick(new)])))
             }
         }
     }

@@ -2,7 +2,7 @@
 //! configuration to the next.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use types::{PeerMeta, Region, RegionEpoch, RegionId, StoreId};
 
 /// A store's place in the cluster. `Down` is not recorded here: it is judged from live
@@ -182,6 +182,8 @@ pub enum Change {
         region: u64,
         stores: Option<Vec<u64>>,
     },
+    /// Region boundaries someone meant (split by hand): added to [`Config::sticky`].
+    Stick(Vec<Vec<u8>>),
 }
 
 /// A configuration: the numbered layout of stores and regions. Every change to it gets a
@@ -191,6 +193,13 @@ pub struct Config {
     pub number: u64,
     pub stores: BTreeMap<u64, StoreMeta>,
     pub regions: BTreeMap<u64, RegionLayout>,
+    /// Sticky region boundaries (CockroachDB's sticky split bit): the start keys of regions
+    /// made by `--split-keys` at bootstrap or split by hand, which the scheduler never
+    /// merges away (it may merge any other boundary). A boundary that is gone (a region
+    /// reported covering it: merged) is dropped, so this never outgrows the regions.
+    /// (Defaulted: configurations from before stickiness have none.)
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sticky: BTreeSet<Vec<u8>>,
 }
 
 impl Config {
@@ -215,6 +224,24 @@ impl Config {
                 }) {
                     r.target = None;
                 }
+                let nonempty = r.end_key.as_ref().map_or(true, |e| *e > r.start_key);
+                if r.id != types::PLACEMENT_REGION.0 && nonempty && !self.sticky.is_empty() {
+                    // A key strictly inside a data region's range is no boundary any more.
+                    let inside: Vec<Vec<u8>> = self
+                        .sticky
+                        .range::<[u8], _>((
+                            std::ops::Bound::Excluded(r.start_key.as_slice()),
+                            match &r.end_key {
+                                Some(e) => std::ops::Bound::Excluded(e.as_slice()),
+                                None => std::ops::Bound::Unbounded,
+                            },
+                        ))
+                        .cloned()
+                        .collect();
+                    for k in inside {
+                        self.sticky.remove(&k);
+                    }
+                }
                 self.regions.insert(r.id, r);
             }
             Change::RegionGone(id) => {
@@ -225,7 +252,19 @@ impl Config {
                     r.target = stores.clone();
                 }
             }
+            Change::Stick(keys) => {
+                self.sticky.extend(keys.iter().cloned());
+            }
         }
+    }
+
+    /// Whether a data region starts at `key` (the key is a region boundary).
+    pub fn is_boundary(&self, key: &[u8]) -> bool {
+        !key.is_empty()
+            && self
+                .regions
+                .values()
+                .any(|r| r.id != types::PLACEMENT_REGION.0 && r.start_key == key)
     }
 
     /// Replicas each store holds or is meant to hold (its targets), for every store that

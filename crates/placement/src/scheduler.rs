@@ -31,17 +31,40 @@
 //!    together, below half the split load together, have been so for `merge_cold_ms`, and
 //!    whose ranges did not change in that time. Merging needs the same voters on both: when
 //!    they differ, the smaller region is first moved onto the other's stores
-//!    (`AlignForMerge`); once aligned, the right one merges into the left. Only a boundary
-//!    this scheduler made (a split of its own, seen done) is merged away: one from
-//!    `--split-keys` or a split by hand was meant (CockroachDB's sticky split bit), and a
-//!    new placement leader, which knows none, merges nothing until it has split.
+//!    (`AlignForMerge`); once aligned, the right one merges into the left. Any boundary
+//!    may be merged away except a sticky one (CockroachDB's sticky split bit): those in
+//!    the configuration's replicated [`Config::sticky`] (the `--split-keys` boundaries, put
+//!    there at bootstrap, and splits by hand, recorded by `Command::Stick`) and the splits
+//!    by hand this scheduler saw and has not seen recorded yet. A split by hand is seen as
+//!    a region appearing next to one whose range moved with no operator of ours to explain
+//!    it (step 1); the caller proposes [`Scheduler::sticky_to_record`] as `Command::Stick`
+//!    after each round until the configuration has them. So merging survives a placement
+//!    leader change (every leader reads the same sticky set), and the scheduler's own
+//!    splits are merged once cold whoever made them. The window: a split by hand that
+//!    lands while placement's leadership changes (before the new leader's first round, which
+//!    only learns epochs) is not seen, so not sticky, and may be merged once small and cold
+//!    (after its quiet period, if it got one); and a split of the old leader's landing
+//!    after the new leader's first round looks like one by hand and becomes sticky. A
+//!    merge (by anyone) drops the boundary's stickiness with the boundary.
 //! 5. **Zones.** A region with two replicas in one zone while an eligible store in a zone it
 //!    lacks has room moves one of them there. A store without a `zone` label is a zone of
 //!    its own, so without labels the rule is just "distinct stores".
-//! 6. **Balance replicas** by count: one replica moves from a store holding the most to one
-//!    holding the fewest. Capacity, where known (the configuration's, else the heartbeat's),
-//!    bounds it: a store at [`ACCEPT_PERCENT`] used or more takes no replica, and one at
-//!    [`FULL_PERCENT`] or more gives replicas away whatever the counts.
+//! 6. **Balance replicas** by a score of replica count and bytes per capacity (TiKV PD's
+//!    region score, which sums region sizes per store weight, with the count kept in so
+//!    many small regions still spread): one replica moves from a store scoring highest to
+//!    one scoring lowest. A store's score, in thousandths of its fair share
+//!    ([`SCORE_FAIR`]), is `w·count/mean_count + (1−w)·(bytes/capacity)/(all bytes/all
+//!    capacity)` with `w` = [`SCORE_COUNT_WEIGHT_PERCENT`] %. `bytes` are the live sizes of
+//!    the regions the store holds or is meant to hold (they move with this round's
+//!    decisions; the heartbeat's used bytes lag a move by minutes); capacity is the
+//!    configuration's, else the heartbeat's, else the mean of the known ones, so without
+//!    any capacity known the bytes part is plain bytes against the mean. So a store of a
+//!    quarter of the others' capacity ends up with about half their replicas, and a store
+//!    whose regions are big gives replicas away though its count is even. Repair and zone
+//!    moves add the replica to the lowest-scoring store that fits. Disk use, where known,
+//!    bounds it all as PD's low-space stage does: a store at [`ACCEPT_PERCENT`] used or more
+//!    takes no replica, and one at [`FULL_PERCENT`] or more gives replicas away whatever the
+//!    scores.
 //! 7. **Balance leaders** by count (then by the load they serve): the store leading most
 //!    hands one region to a voter on the store leading fewest.
 //!
@@ -52,12 +75,19 @@
 //! scheduler runs on its leader); its replicas are repaired and balanced like any region's.
 //!
 //! ## Hysteresis: why nothing flaps
-//! - Replica balance moves only when the two counts differ by at least
-//!   [`BALANCE_MIN_DIFF`] and by at least [`BALANCE_MIN_DIFF_PERCENT_OF_MEAN`] % of the
-//!   mean. Such a move strictly lowers the sum of squared counts, so balancing stops. A
-//!   move never lowers the number of zones a region spans, and a zone move raises it, so
-//!   those stop too. The capacity rules leave a gap between 70 % (takes none) and 80 %
-//!   (gives away): a store emptied below 80 % is not refilled until below 70 %.
+//! - Replica balance moves only when the two scores differ by at least
+//!   [`BALANCE_MIN_SCORE_GAP`] (5 % of the fair share), and only a region whose move leaves
+//!   the source scoring at least as high as the destination (no overshoot: the cheapest
+//!   such region, fewest bytes). The score of a store is a function of what it holds, and
+//!   the totals it is measured against do not change as replicas move, so such a move
+//!   lowers the higher of the two scores and leaves both below it: the scores sorted from
+//!   highest down fall lexicographically with every move, and as there are finitely many
+//!   placements, balancing stops (with even sizes and capacities this is the count rule
+//!   "differ by at least 2 and 5 % of the mean"). A move never lowers the number of zones
+//!   a region spans, and a zone move raises it, so those stop too. The capacity rules
+//!   leave a gap between 70 % (takes none) and 80 % (gives away): a store emptied below
+//!   80 % is not refilled until below 70 %. A region's size changing (it grows, it splits)
+//!   changes the scores, and may rightly start a move.
 //! - Leader balance needs a difference of [`LEADER_MIN_DIFF`]; each transfer lowers the sum
 //!   of squared leader counts.
 //! - Merging needs the pair below half the split size and half the split load, so the
@@ -111,10 +141,16 @@ pub const MAX_BALANCE_MOVES_PER_ROUND: usize = 2;
 pub const MAX_ZONE_MOVES_PER_ROUND: usize = 4;
 /// Leader transfers per round.
 pub const MAX_LEADER_MOVES_PER_ROUND: usize = 4;
-/// Replica balance moves only across a count difference of at least this...
-pub const BALANCE_MIN_DIFF: usize = 2;
-/// ...and of at least this percentage of the mean count.
-pub const BALANCE_MIN_DIFF_PERCENT_OF_MEAN: usize = 5;
+/// A store's replica score ([`store_score`]) weighs its replica count this much (in
+/// percent) and its bytes per capacity the rest.
+pub const SCORE_COUNT_WEIGHT_PERCENT: u64 = 50;
+/// A store's score where it holds exactly its share (of replicas and of bytes per
+/// capacity): scores are in thousandths of the fair share.
+pub const SCORE_FAIR: u64 = 1_000;
+/// Replica balance moves only across a score gap of at least this (5 % of the fair
+/// share), and only by a move that leaves the source's score at or above the
+/// destination's (see the module doc's hysteresis).
+pub const BALANCE_MIN_SCORE_GAP: u64 = 50;
 /// Leader balance moves only across a leader-count difference of at least this.
 pub const LEADER_MIN_DIFF: usize = 2;
 /// A store this full (used bytes in percent of capacity) takes no replica from balancing.
@@ -318,11 +354,11 @@ pub struct Scheduler {
     cold_since: BTreeMap<u64, u64>,
     /// When the region's range last changed (split, merge): no merge for `merge_cold_ms`.
     range_changed_ms: BTreeMap<u64, u64>,
-    /// Region boundaries this scheduler made (the split key of each split of ours seen
-    /// done): the only ones it merges away. A boundary from `--split-keys` or a split by
-    /// hand is kept (CockroachDB's sticky split bit): whoever made it meant it. Bounded by
-    /// the regions: a boundary no region starts at any more is forgotten.
-    own_boundaries: BTreeSet<Vec<u8>>,
+    /// Boundaries of splits by hand this scheduler saw, not yet sticky in the
+    /// configuration: the caller records them ([`Scheduler::sticky_to_record`] →
+    /// `Command::Stick`), and they are not merged meanwhile. Bounded by the regions: one
+    /// that is sticky, or no boundary any more, is forgotten.
+    hand_boundaries: BTreeSet<Vec<u8>>,
 }
 
 /// Whether a store is Down: silent (since its last heartbeat, or since the caller began
@@ -346,7 +382,7 @@ impl Scheduler {
             hot_since: BTreeMap::new(),
             cold_since: BTreeMap::new(),
             range_changed_ms: BTreeMap::new(),
-            own_boundaries: BTreeSet::new(),
+            hand_boundaries: BTreeSet::new(),
         }
     }
 
@@ -376,6 +412,17 @@ impl Scheduler {
         let until = now_ms.saturating_add(self.cfg.quiet_ms);
         let at = self.quiet_until.entry(region).or_insert(until);
         *at = (*at).max(until);
+    }
+
+    /// Boundaries of splits by hand seen and not yet sticky in the configuration (at most
+    /// [`crate::machine::MAX_STICK_KEYS`], lowest first): the caller proposes them as
+    /// `Command::Stick` after each round, until the configuration has them.
+    pub fn sticky_to_record(&self) -> Vec<Vec<u8>> {
+        self.hand_boundaries
+            .iter()
+            .take(crate::machine::MAX_STICK_KEYS)
+            .cloned()
+            .collect()
     }
 
     /// Whether the region is left alone (changed by hand lately).
@@ -557,16 +604,6 @@ impl Scheduler {
             .filter_map(|(id, op)| judge(op, config, live, now_ms, timeout_ms).map(|o| (*id, o)))
             .collect();
         for (region, outcome) in ended {
-            let split = matches!(
-                self.in_flight.get(&region).map(|op| &op.decision.action),
-                Some(Action::Split { .. })
-            );
-            if split && outcome == Outcome::Done {
-                // The left half keeps the id; its new end is the boundary this split made.
-                if let Some(end) = config.regions.get(&region).and_then(|r| r.end_key.clone()) {
-                    self.own_boundaries.insert(end);
-                }
-            }
             self.finish(region, outcome, now_ms);
         }
         self.note_epochs(config, &explained, now_ms);
@@ -606,11 +643,14 @@ impl Scheduler {
         }
         for id in appeared {
             // A new region is the other half of a split: just split, and quiet when the
-            // split was by hand.
+            // split was by hand. Its start is then a boundary someone meant: sticky.
             self.range_changed_ms.insert(id, now_ms);
             if let Some(r) = config.regions.get(&id) {
                 if neighbours(config, r).iter().any(|n| by_hand.contains(n)) {
                     by_hand.insert(id);
+                    if !r.start_key.is_empty() && !config.sticky.contains(&r.start_key) {
+                        self.hand_boundaries.insert(r.start_key.clone());
+                    }
                 }
             }
         }
@@ -631,13 +671,15 @@ impl Scheduler {
         self.cold_since.retain(|id, _| known(id));
         self.range_changed_ms
             .retain(|id, t| known(id) && now_ms.saturating_sub(*t) < cold_ms);
+        let placement = crate::hosted_group_id();
         let starts: BTreeSet<&[u8]> = config
             .regions
             .values()
+            .filter(|r| r.id != placement)
             .map(|r| r.start_key.as_slice())
             .collect();
-        self.own_boundaries
-            .retain(|b| starts.contains(b.as_slice()));
+        self.hand_boundaries
+            .retain(|b| starts.contains(b.as_slice()) && !config.sticky.contains(b));
     }
 
     /// Hot and cold spells, for load splits and merges. A region without a live report is
@@ -747,6 +789,12 @@ struct Plan<'a> {
     busy: BTreeMap<u64, usize>,
     /// Regions given nothing more this round: in flight, partners, decided.
     taken: BTreeSet<u64>,
+    /// Region bytes (live sizes) each eligible store holds or is meant to hold, kept up
+    /// to date like `replicas`.
+    bytes: BTreeMap<u64, u64>,
+    /// Each eligible store's capacity for the score: the configuration's, else the
+    /// heartbeat's, else the mean of the known ones (1 each when none is known).
+    capacity: BTreeMap<u64, u64>,
     /// Used bytes in percent of capacity, for stores whose capacity is known.
     used_percent: BTreeMap<u64, u64>,
     zones: BTreeMap<u64, String>,
@@ -771,10 +819,15 @@ impl<'a> Plan<'a> {
             .map(|s| s.id)
             .collect();
         let mut replicas: BTreeMap<u64, usize> = eligible.iter().map(|&s| (s, 0)).collect();
+        let mut bytes: BTreeMap<u64, u64> = eligible.iter().map(|&s| (s, 0)).collect();
         for r in config.regions.values() {
+            let size = live.get(&r.id).map_or(0, |l| l.approximate_bytes);
             for s in r.wanted() {
                 if let Some(n) = replicas.get_mut(&s) {
                     *n += 1;
+                }
+                if let Some(b) = bytes.get_mut(&s) {
+                    *b = b.saturating_add(size);
                 }
             }
         }
@@ -800,6 +853,30 @@ impl<'a> Plan<'a> {
                 used_percent.insert(l.id, percent.min(u128::from(u64::MAX)) as u64);
             }
         }
+        let heard_capacity: BTreeMap<u64, u64> =
+            stores.iter().map(|l| (l.id, l.capacity_bytes)).collect();
+        let known: BTreeMap<u64, u64> = eligible
+            .iter()
+            .filter_map(|&s| {
+                let c = config
+                    .stores
+                    .get(&s)
+                    .map(|m| m.capacity)
+                    .filter(|c| *c > 0)
+                    .or_else(|| heard_capacity.get(&s).copied().filter(|c| *c > 0))?;
+                Some((s, c))
+            })
+            .collect();
+        let fallback = if known.is_empty() {
+            1
+        } else {
+            let sum: u128 = known.values().map(|c| u128::from(*c)).sum();
+            (sum / known.len() as u128).max(1) as u64
+        };
+        let capacity = eligible
+            .iter()
+            .map(|&s| (s, known.get(&s).copied().unwrap_or(fallback)))
+            .collect();
         let zones = config
             .stores
             .values()
@@ -818,6 +895,8 @@ impl<'a> Plan<'a> {
             replicas,
             busy,
             taken,
+            bytes,
+            capacity,
             used_percent,
             zones,
             out: Vec::new(),
@@ -846,6 +925,35 @@ impl<'a> Plan<'a> {
 
     fn count(&self, store: u64) -> usize {
         self.replicas.get(&store).copied().unwrap_or(0)
+    }
+
+    fn bytes_on(&self, store: u64) -> u64 {
+        self.bytes.get(&store).copied().unwrap_or(0)
+    }
+
+    /// The totals scores are measured against (they do not change as replicas move).
+    fn totals(&self) -> Totals {
+        Totals {
+            stores: self.replicas.len() as u64,
+            replicas: self.replicas.values().map(|n| *n as u64).sum(),
+            bytes: self.bytes.values().map(|b| u128::from(*b)).sum(),
+            capacity: self.capacity.values().map(|c| u128::from(*c)).sum(),
+        }
+    }
+
+    /// The store's score were it to hold `count` replicas of `bytes` bytes.
+    fn score_as(&self, t: &Totals, store: u64, count: usize, bytes: u64) -> u64 {
+        let capacity = self.capacity.get(&store).copied().unwrap_or(1);
+        store_score(t, count as u64, bytes, capacity)
+    }
+
+    /// The store's score as things stand (this round's decisions included).
+    fn score(&self, t: &Totals, store: u64) -> u64 {
+        self.score_as(t, store, self.count(store), self.bytes_on(store))
+    }
+
+    fn region_bytes(&self, region: u64) -> u64 {
+        self.live.get(&region).map_or(0, |l| l.approximate_bytes)
     }
 
     /// Not too full to take a replica from balancing (unknown capacity: yes).
@@ -891,9 +999,10 @@ impl<'a> Plan<'a> {
 
     /// The best eligible store to add to a region on `existing`: with room, in a zone the
     /// region lacks if any, not too full (`repair` may take a full one as a last resort),
-    /// holding the fewest replicas, the lowest id.
+    /// with the lowest score, the lowest id.
     fn best_store(&self, existing: &[u64], repair: bool) -> Option<u64> {
         let used: BTreeSet<String> = existing.iter().map(|s| self.zone_of(*s)).collect();
+        let totals = self.totals();
         self.eligible
             .iter()
             .copied()
@@ -903,7 +1012,7 @@ impl<'a> Plan<'a> {
                 (
                     used.contains(&self.zone_of(*s)),
                     !self.accepts(*s),
-                    self.count(*s),
+                    self.score(&totals, *s),
                     *s,
                 )
             })
@@ -939,10 +1048,14 @@ impl<'a> Plan<'a> {
                 self.eligible
             );
             let before = r.wanted();
+            let size = self.region_bytes(r.id);
             for s in &before {
                 if !stores.contains(s) {
                     if let Some(n) = self.replicas.get_mut(s) {
                         *n = n.saturating_sub(1);
+                    }
+                    if let Some(b) = self.bytes.get_mut(s) {
+                        *b = b.saturating_sub(size);
                     }
                 }
             }
@@ -950,6 +1063,9 @@ impl<'a> Plan<'a> {
                 if !before.contains(s) {
                     if let Some(n) = self.replicas.get_mut(s) {
                         *n += 1;
+                    }
+                    if let Some(b) = self.bytes.get_mut(s) {
+                        *b = b.saturating_add(size);
                     }
                 }
             }
@@ -1150,7 +1266,8 @@ impl<'a> Plan<'a> {
                 .get(&id)
                 .map_or(true, |&t| now.saturating_sub(t) >= cfg.merge_cold_ms)
         };
-        sched.own_boundaries.contains(&right.start_key)
+        !self.config.sticky.contains(&right.start_key)
+            && !sched.hand_boundaries.contains(&right.start_key)
             && bytes_ok
             && load_ok
             && cold_long(left.id)
@@ -1262,11 +1379,12 @@ impl<'a> Plan<'a> {
         if per_zone.contains_key(&self.zone_of(to)) {
             return None;
         }
+        let totals = self.totals();
         let from = crowded
             .iter()
             .copied()
             .filter(|s| self.room(*s))
-            .max_by_key(|s| (self.count(*s), Reverse(*s)))?;
+            .max_by_key(|s| (self.score(&totals, *s), Reverse(*s)))?;
         Some(replace(stores, from, to))
     }
 
@@ -1290,41 +1408,42 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The first (source, destination) pair, sources most loaded first and destinations
-    /// least loaded first, that is far enough apart and has a region to move.
+    /// The first (source, destination) pair, sources with the highest score first (a store
+    /// too full gives first of all) and destinations with the lowest first, that is far
+    /// enough apart and has a region whose move does not reverse their order.
     fn balance_move(&self) -> Option<(&'a RegionLayout, Vec<u64>)> {
-        let stores = self.replicas.len();
-        if stores < 2 {
+        if self.replicas.len() < 2 {
             return None;
         }
-        let total: usize = self.replicas.values().sum();
+        let totals = self.totals();
         let mut sources: Vec<u64> = self
             .replicas
             .keys()
             .copied()
             .filter(|s| self.room(*s))
             .collect();
-        sources.sort_by_key(|s| (!self.gives(*s), Reverse(self.count(*s)), *s));
+        sources.sort_by_key(|s| (!self.gives(*s), Reverse(self.score(&totals, *s)), *s));
         let mut destinations: Vec<u64> = self
             .replicas
             .keys()
             .copied()
             .filter(|s| self.room(*s) && self.accepts(*s))
             .collect();
-        destinations.sort_by_key(|s| (self.count(*s), *s));
+        destinations.sort_by_key(|s| (self.score(&totals, *s), *s));
         for &from in &sources {
             for &to in &destinations {
                 if from == to {
                     continue;
                 }
-                let diff = self.count(from).saturating_sub(self.count(to));
-                let by_count = diff >= BALANCE_MIN_DIFF
-                    && diff * 100 * stores >= BALANCE_MIN_DIFF_PERCENT_OF_MEAN * total;
-                if !by_count && !self.gives(from) {
-                    // Destinations only get fuller from here on.
+                let gap = self
+                    .score(&totals, from)
+                    .saturating_sub(self.score(&totals, to));
+                let gives = self.gives(from);
+                if gap < BALANCE_MIN_SCORE_GAP && !gives {
+                    // Destinations only score higher from here on.
                     break;
                 }
-                if let Some(found) = self.region_to_move(from, to) {
+                if let Some(found) = self.region_to_move(&totals, from, to, gives) {
                     return Some(found);
                 }
             }
@@ -1333,10 +1452,19 @@ impl<'a> Plan<'a> {
     }
 
     /// The region cheapest to move from `from` to `to` (data regions before the placement
-    /// group, fewest bytes, lowest id) that keeps as many zones as it spans.
-    fn region_to_move(&self, from: u64, to: u64) -> Option<(&'a RegionLayout, Vec<u64>)> {
+    /// group, fewest bytes, lowest id) that keeps as many zones as it spans and, unless
+    /// `from` is too full (`any`), leaves `from` scoring at least as high as `to`.
+    fn region_to_move(
+        &self,
+        totals: &Totals,
+        from: u64,
+        to: u64,
+        any: bool,
+    ) -> Option<(&'a RegionLayout, Vec<u64>)> {
         let config = self.config;
         let placement = crate::hosted_group_id();
+        let (from_n, from_b) = (self.count(from), self.bytes_on(from));
+        let (to_n, to_b) = (self.count(to), self.bytes_on(to));
         config
             .regions
             .values()
@@ -1349,16 +1477,28 @@ impl<'a> Plan<'a> {
                 if !before.iter().all(|s| self.eligible.contains(s)) {
                     return None;
                 }
+                let size = self.region_bytes(r.id);
+                if !any {
+                    let source_after = self.score_as(
+                        totals,
+                        from,
+                        from_n.saturating_sub(1),
+                        from_b.saturating_sub(size),
+                    );
+                    let destination_after =
+                        self.score_as(totals, to, to_n + 1, to_b.saturating_add(size));
+                    if source_after < destination_after {
+                        return None;
+                    }
+                }
                 let next = replace(&before, from, to);
                 if self.distinct_zones(&next) < self.distinct_zones(&before) {
                     return None;
                 }
-                Some((r, next))
+                Some((r, next, size))
             })
-            .min_by_key(|(r, _)| {
-                let bytes = self.live.get(&r.id).map_or(0, |l| l.approximate_bytes);
-                (r.id == placement, bytes, r.id)
-            })
+            .min_by_key(|(r, _, size)| (r.id == placement, *size, r.id))
+            .map(|(r, next, _)| (r, next))
     }
 
     /// Rule 7: a few leader transfers from the store leading most to the one leading fewest.
@@ -1453,6 +1593,42 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// What store scores are measured against: the eligible stores and the replicas, region
+/// bytes and capacity over them all.
+#[derive(Clone, Copy, Debug)]
+struct Totals {
+    stores: u64,
+    replicas: u64,
+    bytes: u128,
+    capacity: u128,
+}
+
+/// A store's replica score, in thousandths of its fair share ([`SCORE_FAIR`]): a weighted
+/// sum of its replica count against the mean count and of its bytes per capacity against
+/// the cluster's (all region bytes over all capacity). A store of half the mean capacity
+/// holding the mean bytes scores 2,000 on the bytes part. With no bytes known the bytes
+/// part is the count part.
+fn store_score(t: &Totals, count: u64, bytes: u64, capacity: u64) -> u64 {
+    let fair = u128::from(SCORE_FAIR);
+    let count_part = if t.replicas == 0 {
+        0
+    } else {
+        u128::from(count) * fair * u128::from(t.stores) / u128::from(t.replicas)
+    };
+    let bytes_part = if t.bytes == 0 || t.capacity == 0 {
+        count_part
+    } else {
+        // bytes / capacity against total bytes / total capacity.
+        let num = u128::from(bytes)
+            .saturating_mul(t.capacity)
+            .saturating_mul(fair);
+        num / t.bytes.saturating_mul(u128::from(capacity.max(1)))
+    };
+    let w = u128::from(SCORE_COUNT_WEIGHT_PERCENT);
+    let score = (w * count_part + (100 - w) * bytes_part) / 100;
+    score.min(u128::from(u64::MAX)) as u64
+}
+
 fn qps(l: &LiveRegion) -> u64 {
     l.reads_per_sec.saturating_add(l.writes_per_sec)
 }
@@ -1525,7 +1701,7 @@ fn bounded(mut why: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ReplicaMeta, StoreAddrs, StoreMeta};
+    use crate::model::{Change, ReplicaMeta, StoreAddrs, StoreMeta};
 
     const MIB: u64 = 1 << 20;
     const STEP_MS: u64 = 10_000;
@@ -1864,35 +2040,107 @@ mod tests {
         );
     }
 
-    /// The model's region boundaries, as if this scheduler had split there (it merges
-    /// only boundaries it made).
-    fn adopt_boundaries(s: &mut Scheduler, m: &Model) {
-        for r in m.config.regions.values() {
-            if !r.start_key.is_empty() {
-                s.own_boundaries.insert(r.start_key.clone());
-            }
-        }
+    /// The model's region boundaries, made sticky (as `--split-keys` or splits by hand
+    /// make them).
+    fn stick_boundaries(m: &mut Model) {
+        let keys: Vec<Vec<u8>> = m
+            .config
+            .regions
+            .values()
+            .filter(|r| !r.start_key.is_empty())
+            .map(|r| r.start_key.clone())
+            .collect();
+        m.config.apply(&Change::Stick(keys));
+    }
+
+    fn merges(d: &[Decision]) -> Vec<Decision> {
+        d.iter()
+            .filter(|d| d.reason == Reason::Merge || d.reason == Reason::AlignForMerge)
+            .cloned()
+            .collect()
     }
 
     #[test]
-    fn boundaries_the_scheduler_did_not_make_are_never_merged() {
+    fn sticky_boundaries_are_never_merged() {
         // Three small cold regions from `--split-keys` (or split by hand): kept.
         let mut m = Model::new(stores(3), 3, on_123, MIB);
         m.live_mut(2).leader_store = 2;
         m.live_mut(3).leader_store = 3;
+        stick_boundaries(&mut m);
         let mut s = sched();
         for k in 0..10 {
             let d = m.round_at(&mut s, k * DEFAULT_MERGE_COLD_MS);
-            assert!(
-                d.iter()
-                    .all(|d| d.reason != Reason::Merge && d.reason != Reason::AlignForMerge),
-                "merged a boundary it did not make: {d:?}"
-            );
+            assert_eq!(merges(&d), none(), "merged a sticky boundary");
         }
-        // The same regions, had the scheduler split them: merged.
-        adopt_boundaries(&mut s, &m);
-        let d = m.round_at(&mut s, 11 * DEFAULT_MERGE_COLD_MS);
+        // Nor does a new placement leader's scheduler.
+        let mut s = sched();
+        for k in 10..20 {
+            let d = m.round_at(&mut s, k * DEFAULT_MERGE_COLD_MS);
+            assert_eq!(merges(&d), none(), "merged a sticky boundary");
+        }
+        // The same regions with boundaries nobody meant (the scheduler's splits): merged.
+        m.config.sticky.clear();
+        let d = m.round_at(&mut s, 21 * DEFAULT_MERGE_COLD_MS);
         assert!(d.iter().any(|d| d.reason == Reason::Merge), "{d:?}");
+    }
+
+    #[test]
+    fn a_split_of_the_scheduler_is_merged_by_the_next_placement_leader() {
+        let mut m = Model::new(stores(3), 1, on_123, MIB);
+        m.live_mut(1).reads_per_sec = 2 * DEFAULT_REGION_SPLIT_QPS;
+        let mut s = sched();
+        m.step(&mut s);
+        assert_eq!(m.step(&mut s), vec![split_of(1, SplitReason::Load)]);
+        assert_eq!(m.config.regions.len(), 2);
+        assert!(m.config.sticky.is_empty(), "a split of ours is not sticky");
+        assert_eq!(s.sticky_to_record(), Vec::<Vec<u8>>::new());
+        // Placement's leader changes: a new scheduler, the same replicated configuration.
+        let mut s = sched();
+        m.live_mut(1).reads_per_sec = 0;
+        m.live_mut(2).reads_per_sec = 0;
+        let mut merged = false;
+        for _ in 0..20 {
+            if m.step(&mut s).iter().any(|d| d.reason == Reason::Merge) {
+                merged = true;
+                break;
+            }
+        }
+        assert!(merged, "the new leader merged the cold halves");
+        assert_eq!(m.config.regions.len(), 1);
+    }
+
+    #[test]
+    fn a_split_by_hand_is_recorded_sticky_and_never_merged() {
+        let mut m = Model::new(stores(3), 1, on_123, MIB);
+        let mut s = sched();
+        assert_eq!(m.step(&mut s), none());
+        // Split by hand (the region admin CLI): the scheduler did not ask for it.
+        m.split(1);
+        let boundary = m.config.regions[&2].start_key.clone();
+        m.step(&mut s);
+        assert!(s.is_quiet(2, m.now_ms) && s.is_quiet(1, m.now_ms));
+        assert_eq!(s.sticky_to_record(), vec![boundary.clone()]);
+        // Not merged while unrecorded, long past the quiet period.
+        for k in 1..=12 {
+            let d = m.round_at(&mut s, k * DEFAULT_QUIET_MS);
+            assert_eq!(merges(&d), none());
+        }
+        // The caller proposes `Command::Stick`; once the configuration has it, the
+        // scheduler forgets its own note, and no leader merges it.
+        m.config.apply(&Change::Stick(s.sticky_to_record()));
+        assert!(m.config.sticky.contains(&boundary));
+        m.round(&mut s);
+        assert_eq!(s.sticky_to_record(), Vec::<Vec<u8>>::new());
+        let mut s = sched();
+        for k in 13..=20 {
+            let d = m.round_at(&mut s, k * DEFAULT_QUIET_MS);
+            assert_eq!(merges(&d), none());
+        }
+        // Merged by hand: the boundary is gone, and so is its stickiness.
+        m.merge(2, 1);
+        let r = m.config.regions[&1].clone();
+        m.config.apply(&Change::Region(r));
+        assert!(m.config.sticky.is_empty(), "{:?}", m.config.sticky);
     }
 
     #[test]
@@ -1903,7 +2151,6 @@ mod tests {
         m.live_mut(2).leader_store = 2;
         m.live_mut(3).leader_store = 3;
         let mut s = sched();
-        adopt_boundaries(&mut s, &m);
         assert_eq!(m.round_at(&mut s, 0), none());
         assert_eq!(m.round_at(&mut s, DEFAULT_MERGE_COLD_MS - 1), none());
         let d = m.round_at(&mut s, DEFAULT_MERGE_COLD_MS);
@@ -1925,7 +2172,6 @@ mod tests {
         let mut m = Model::new(stores(4), 2, on, MIB);
         m.live_mut(1).approximate_bytes = 2 * MIB;
         let mut s = sched();
-        adopt_boundaries(&mut s, &m);
         assert_eq!(m.step(&mut s), none());
         m.now_ms = DEFAULT_MERGE_COLD_MS;
         let d = m.step(&mut s);
@@ -2450,6 +2696,171 @@ mod tests {
             s.counts()[&("split".to_string(), "failed".to_string())],
             regions
         );
+    }
+
+    /// Region bytes each store holds or is meant to hold in the model.
+    fn bytes_per_store(m: &Model) -> BTreeMap<u64, u64> {
+        let mut b: BTreeMap<u64, u64> = m.config.stores.keys().map(|&s| (s, 0)).collect();
+        for r in m.config.regions.values() {
+            let size = m.live.get(&r.id).map_or(0, |l| l.approximate_bytes);
+            for s in r.wanted() {
+                *b.entry(s).or_insert(0) += size;
+            }
+        }
+        b
+    }
+
+    /// Steps until a round decides nothing, at most `rounds`; then `quiet` more rounds must
+    /// decide nothing either. Returns the rounds it took.
+    fn converge(m: &mut Model, s: &mut Scheduler, rounds: usize, quiet: usize) -> usize {
+        let mut taken = None;
+        for i in 0..rounds {
+            if m.step(s).is_empty() && s.in_flight().is_empty() {
+                taken = Some(i);
+                break;
+            }
+        }
+        let taken = taken.unwrap_or_else(|| panic!("still deciding after {rounds} rounds"));
+        for _ in 0..quiet {
+            let d = m.step(s);
+            assert_eq!(d, none(), "after convergence at {} ms", m.now_ms);
+        }
+        taken
+    }
+
+    #[test]
+    fn a_store_with_as_many_replicas_but_far_more_bytes_gives_replicas_away() {
+        // One replica per region, four regions a store: store 1's are 48 MiB, the others'
+        // 10 MiB. Counts are even; bytes are not.
+        let mut m = Model::new(stores(3), 12, |i| vec![(i - 1) % 3 + 1], 10 * MIB);
+        for i in (1..=12).filter(|i| (i - 1) % 3 == 0) {
+            m.live_mut(i).approximate_bytes = 48 * MIB;
+        }
+        assert_eq!(m.config.load(), BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
+        let mut s = sched();
+        let d = m.round(&mut s);
+        let moves = with_reason(&d, Reason::BalanceReplicas);
+        assert!(
+            !moves.is_empty(),
+            "store 1 holds 192 MiB, the others 40: {d:?}"
+        );
+        // The first move is store 1's (later ones in the round may even out the stores it
+        // gave to).
+        assert_eq!(
+            m.config.regions[&moves[0].region].stores(),
+            vec![1],
+            "{d:?}"
+        );
+        for one in &d {
+            m.apply(one);
+        }
+        converge(&mut m, &mut s, 40, 50);
+        let bytes = bytes_per_store(&m);
+        let load = m.config.load();
+        assert!(load[&1] < 4, "store 1 gave replicas away: {load:?}");
+        assert!(
+            bytes[&1] <= 2 * bytes[&2].max(bytes[&3]),
+            "store 1 holds {bytes:?} bytes"
+        );
+    }
+
+    #[test]
+    fn a_small_store_gets_fewer_bytes() {
+        // Four stores, even counts and bytes, but store 4 has a quarter of the capacity.
+        let layouts = [vec![1, 2, 3], vec![1, 2, 4], vec![1, 3, 4], vec![2, 3, 4]];
+        let mut m = Model::new(
+            stores(4),
+            24,
+            |i| layouts[(i as usize - 1) % 4].clone(),
+            20 * MIB,
+        );
+        for (id, st) in m.config.stores.iter_mut() {
+            st.capacity = if *id == 4 { 100 << 30 } else { 400 << 30 };
+        }
+        let before = bytes_per_store(&m);
+        assert!(before.values().all(|b| *b == before[&1]), "{before:?}");
+        let mut s = sched();
+        converge(&mut m, &mut s, 60, 50);
+        let bytes = bytes_per_store(&m);
+        let others = (bytes[&1] + bytes[&2] + bytes[&3]) / 3;
+        assert!(
+            bytes[&4] * 10 <= others * 6,
+            "the small store holds {} MiB, the others {} MiB each",
+            bytes[&4] / MIB,
+            others / MIB
+        );
+        assert!(bytes[&4] > 0, "{bytes:?}");
+        // Replicas stay on distinct stores.
+        for r in m.config.regions.values() {
+            assert_eq!(r.wanted().len(), 3, "{r:?}");
+        }
+    }
+
+    /// A deterministic stream of numbers for the shapes below.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn uneven_sizes_and_capacities_converge_and_nothing_flaps() {
+        for seed in 1..=12u64 {
+            let mut rng = Lcg(seed);
+            let n_stores = 4 + rng.below(3);
+            let zoned = seed % 2 == 0;
+            let zones = ["a", "b", "c"];
+            let metas: Vec<StoreMeta> = (1..=n_stores)
+                .map(|id| {
+                    let zone = zoned.then(|| zones[(id as usize - 1) % 3]);
+                    let mut st = store(id, zone);
+                    // 0 = unknown (the mean of the known ones is assumed).
+                    st.capacity = [0, 100, 200, 400][rng.below(4) as usize] << 30;
+                    st
+                })
+                .collect();
+            let regions = 20 + rng.below(20);
+            // Everything on the first three stores, as before stores joined.
+            let mut m = Model::new(metas, regions, on_123, 10 * MIB);
+            for i in 1..=regions {
+                // 9..63 MiB: above the merge size, below the split size.
+                m.live_mut(i).approximate_bytes = (9 + rng.below(55)) * MIB;
+                m.live_mut(i).leader_store = 1 + rng.below(3);
+            }
+            let mut s = sched();
+            let rounds = converge(&mut m, &mut s, 200, 50);
+            assert!(rounds > 0, "seed {seed}: nothing moved");
+            assert!(s.in_flight().is_empty(), "seed {seed}");
+            let counts = s.counts();
+            let started = counts[&("move".to_string(), "started".to_string())];
+            assert_eq!(
+                counts[&("move".to_string(), "done".to_string())],
+                started,
+                "seed {seed}"
+            );
+            let load = m.config.load();
+            assert!(
+                load.values().all(|n| *n > 0),
+                "seed {seed}: a store left empty: {load:?}"
+            );
+            for r in m.config.regions.values() {
+                let w = r.wanted();
+                assert_eq!(w.len(), 3, "seed {seed}: {r:?}");
+                if zoned {
+                    let z: BTreeSet<String> = w
+                        .iter()
+                        .map(|s| m.config.stores[s].labels[ZONE_LABEL].clone())
+                        .collect();
+                    assert_eq!(z.len(), 3, "seed {seed}: {r:?} not over three zones");
+                }
+            }
+        }
     }
 
     #[test]

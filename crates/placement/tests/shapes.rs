@@ -676,3 +676,66 @@ proptest! {
         }
     }
 }
+
+/// Bootstrap boundaries (`--split-keys`) are sticky; `Stick` adds boundaries made by hand,
+/// only real ones, once; a merge reported drops the boundary it removed; all of it survives
+/// a snapshot, and a snapshot from before stickiness decodes with none.
+#[test]
+fn sticky_boundaries_are_replicated_and_dropped_when_merged() {
+    let mut p = boot(3);
+    let sticky = |p: &PlacementState| p.latest().sticky.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(sticky(&p), vec![b"r1".to_vec(), b"r2".to_vec()]);
+    // Region 2 [r1, r2) split by hand at r1m.
+    let mut left = p.latest().regions[&2].clone();
+    left.version = 2;
+    left.end_key = Some(b"r1m".to_vec());
+    let mut right = left.clone();
+    right.id = 60;
+    right.start_key = b"r1m".to_vec();
+    right.end_key = Some(b"r2".to_vec());
+    p.apply(&Command::ReportRegion { region: left }).unwrap();
+    p.apply(&Command::ReportRegion { region: right }).unwrap();
+    let n = p.latest().number;
+    // Only a data region's start is a boundary; an already sticky key changes nothing.
+    assert_eq!(
+        p.apply(&Command::Stick {
+            keys: vec![b"nowhere".to_vec(), b"r1".to_vec(), Vec::new()]
+        }),
+        Ok(Reply::Config(n))
+    );
+    assert_eq!(
+        p.apply(&Command::Stick {
+            keys: vec![b"r1m".to_vec(), b"r1m".to_vec()]
+        }),
+        Ok(Reply::Config(n + 1))
+    );
+    assert_eq!(
+        sticky(&p),
+        vec![b"r1".to_vec(), b"r1m".to_vec(), b"r2".to_vec()]
+    );
+    assert!(p
+        .apply(&Command::Stick {
+            keys: vec![b"r1m".to_vec(); MAX_STICK_KEYS + 1]
+        })
+        .is_err());
+    // Every configuration from then on answers it, and a snapshot keeps it.
+    assert_eq!(p.query(Some(n)).unwrap().sticky.len(), 2);
+    let back = PlacementState::decode(&p.encode()).unwrap();
+    assert_eq!(back, p);
+    // Region 60 merged into 2 ([r1, r2) again): r1m is no boundary, nor sticky, any more.
+    let mut merged = p.latest().regions[&2].clone();
+    merged.version = 4;
+    merged.end_key = Some(b"r2".to_vec());
+    p.apply(&Command::ReportRegion { region: merged }).unwrap();
+    assert!(!p.latest().regions.contains_key(&60));
+    assert_eq!(sticky(&p), vec![b"r1".to_vec(), b"r2".to_vec()]);
+    // A snapshot written before stickiness (no `sticky` in its configurations) decodes.
+    let body: serde_json::Value = serde_json::from_slice(&p.encode()[1..]).unwrap();
+    let mut old = body.clone();
+    old["base"].as_object_mut().unwrap().remove("sticky");
+    assert!(old["base"].get("sticky").is_none() && body["base"].get("sticky").is_some());
+    let mut bytes = p.encode()[..1].to_vec();
+    bytes.extend(serde_json::to_vec(&old).unwrap());
+    let decoded = PlacementState::decode(&bytes).unwrap();
+    assert_eq!(decoded.query(Some(1)).unwrap().sticky.len(), 0);
+}

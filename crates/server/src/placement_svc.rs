@@ -560,6 +560,7 @@ impl PlacementService {
     ) {
         let now = self.now_ms();
         let mut targets = Vec::new();
+        let mut sticky = Vec::new();
         {
             let (stores, regions, view_age_ms) = self.live_view(config);
             let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
@@ -593,6 +594,9 @@ impl PlacementService {
                 sched
                     .pending
                     .retain(|id, _| config.regions.contains_key(id));
+                // Splits by hand it saw: sticky in the replicated configuration, so no
+                // placement leader merges them away.
+                sticky = sched.scheduler.sticky_to_record();
             }
             for rep in &req.regions {
                 let Some(r) = rep.region.as_ref() else {
@@ -610,6 +614,13 @@ impl PlacementService {
                 if let Some(op) = operator_pb(&d) {
                     operators.push(op);
                 }
+            }
+        }
+        if !sticky.is_empty() {
+            if let Err(e) = self.propose(&Command::Stick { keys: sticky }).await {
+                // Proposed again after the next round: the scheduler keeps them until the
+                // configuration has them.
+                tracing::debug!("scheduler: recording sticky boundaries: {e}");
             }
         }
         for (region, stores) in targets {

@@ -20,7 +20,7 @@
 //!   and change leaders all run long under every fault; its decisions are carried out as a
 //!   server does (a target proposed to placement as `Move`, a split, merge or leader
 //!   transfer by the region's leader under the decided epoch; a refusal is reported back
-//!   as `failed`). Stores rotate their load samples each round, and a replica placement
+//!   as `failed`; splits by hand it saw are recorded sticky with `Stick`). Stores rotate their load samples each round, and a replica placement
 //!   names removed (an older conf version, no replica on that store) is destroyed
 //!   (`Store::destroy_stale_replica`), as the server's heartbeat does.
 //!
@@ -223,6 +223,16 @@ impl Sim {
                 self.out.scheduler_refused += 1;
                 self.trace(|| format!("scheduler: {d:?} refused: {why}"));
                 ss.sched.failed(d.region, why, now / MS);
+            }
+        }
+        // Splits by hand (the workload's random splits) it saw: recorded sticky, as the
+        // server does, so no placement leader merges them away.
+        let keys = ss.sched.sticky_to_record();
+        if !keys.is_empty() {
+            let cmd = Command::Stick { keys };
+            if self.propose_placement(pl, &cmd) {
+                self.trace(|| format!("scheduler: {cmd:?}"));
+                self.drive(pl);
             }
         }
         self.scheduler = Some(ss);

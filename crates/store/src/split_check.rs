@@ -5,9 +5,15 @@
 //!
 //! ## Load sampling
 //! Every request the leader accepts (`Store::propose`, `Store::read`, `Store::stale_read`:
-//! where `RegionStatus::reads` / `writes` are counted) offers its key to the replica's
+//! where `RegionStatus::reads` / `writes` are counted) offers its keys to the replica's
 //! [`LoadSampler`]: a reservoir of at most [`LOAD_SAMPLES_PER_WINDOW`] keys, a uniform sample
-//! of the window's requests. Windows rotate after [`LOAD_WINDOW_REQUESTS`] requests, or when
+//! of the window's keys. A request's keys are the ones its state machine names
+//! ([`StateMachine::payload_keys`], [`StateMachine::query_keys`]; by default the routing key
+//! alone): a batch (a kv `Pipeline`, `BatchGet`, `BatchPut`, `DeleteMany`: the RESP port's
+//! pipelines and MGET) offers each of its keys, at most [`MAX_SAMPLED_KEYS_PER_REQUEST`] of
+//! them (its first ones), so a hot range read in batches is a range, not one hot key at
+//! the batch's first key. A key served is one unit of load, whatever the request it came
+//! in. Windows rotate after [`LOAD_WINDOW_REQUESTS`] keys offered, or when
 //! the caller says so (`Store::rotate_load_samples`, which the server calls every
 //! heartbeat); the current and the previous window are kept, so a split key reflects the
 //! last one or two windows. The random choices come from an xorshift seeded with the region
@@ -25,8 +31,12 @@ use crate::store::Store;
 
 /// Most keys a window samples.
 pub const LOAD_SAMPLES_PER_WINDOW: usize = 256;
-/// Requests after which a window ends by itself.
+/// Keys offered (requests' keys) after which a window ends by itself.
 pub const LOAD_WINDOW_REQUESTS: u64 = 8192;
+/// Most keys of one request offered to the sampler (its first ones): bounds the sampling
+/// work per request (a batch of thousands of keys costs 64 offers) while a batch still
+/// counts as the range it spans. A request naming no key offers its routing key.
+pub const MAX_SAMPLED_KEYS_PER_REQUEST: usize = 64;
 /// Fewest samples (both windows) a load split key is chosen from.
 pub const MIN_LOAD_SAMPLES: usize = 32;
 /// Longest prefix of a key that is sampled: bounds a replica's samples to
@@ -171,6 +181,38 @@ impl LoadSampler {
 
 /// A key for an error message: printable ASCII as is, other bytes escaped, at most 64 bytes
 /// of it.
+/// Passes the keys `keys` names (to the callback it is given) to `record`, at most
+/// [`MAX_SAMPLED_KEYS_PER_REQUEST`] of them, or `routing_key` when it names none.
+pub(crate) fn offer_request_keys(
+    routing_key: &[u8],
+    keys: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool),
+    mut record: impl FnMut(&[u8]),
+) {
+    let mut offered = 0usize;
+    keys(&mut |k: &[u8]| {
+        if offered < MAX_SAMPLED_KEYS_PER_REQUEST {
+            record(k);
+            offered += 1;
+        }
+        offered < MAX_SAMPLED_KEYS_PER_REQUEST
+    });
+    if offered == 0 {
+        record(routing_key);
+    }
+}
+
+/// Offers the keys of a request `p` took to its load sampler, if it leads (followers'
+/// reads are not the leader's load to split; the keys are not even asked for).
+pub(crate) fn sample_request<M: StateMachine>(
+    p: &mut crate::peer::Peer<M>,
+    routing_key: &[u8],
+    keys: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool),
+) {
+    if p.raw.role() == raft::Role::Leader {
+        offer_request_keys(routing_key, keys, |k| p.sample_load(k));
+    }
+}
+
 fn printable(key: &[u8]) -> String {
     const SHOWN: usize = 64;
     let shown = key[..key.len().min(SHOWN)].escape_ascii().to_string();
@@ -271,6 +313,73 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             s.record(&key(x >> 33));
         }
+    }
+
+    /// Requests that are batches of `width` distinct keys each, all routed by the batch's
+    /// first key `b100` (as a MGET of a hot range is).
+    fn offer_batches(s: &mut LoadSampler, batches: u64, width: u64, each_key: bool) {
+        for _ in 0..batches {
+            let keys: Vec<Vec<u8>> = (0..width)
+                .map(|i| format!("b{}", 100 + i).into_bytes())
+                .collect();
+            let offered = |offer: &mut dyn FnMut(&[u8]) -> bool| {
+                if each_key {
+                    for k in &keys {
+                        if !offer(k) {
+                            return;
+                        }
+                    }
+                } else {
+                    // A state machine that names only the routing key (the default).
+                    offer(&keys[0]);
+                }
+            };
+            offer_request_keys(&keys[0], offered, |k| s.record(k));
+        }
+    }
+
+    #[test]
+    fn a_batch_of_distinct_keys_splits_inside_its_range() {
+        // Sampled by their routing key alone, the batches look like one hot key.
+        let mut one = LoadSampler::new(whole().id);
+        offer_batches(&mut one, 200, 50, false);
+        let why = split_key(&one, &whole()).unwrap_err();
+        assert!(why.contains("single hot key"), "{why}");
+        // Each key sampled: the median lies inside the batch's range, strictly after its
+        // first key.
+        let mut each = LoadSampler::new(whole().id);
+        offer_batches(&mut each, 200, 50, true);
+        let at = split_key(&each, &whole()).unwrap();
+        assert!(
+            at.as_slice() > b"b100".as_slice() && at.as_slice() <= b"b149".as_slice(),
+            "{}",
+            printable(&at)
+        );
+    }
+
+    #[test]
+    fn a_request_offers_at_most_its_first_64_keys_or_else_its_routing_key() {
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut asked = 0;
+        offer_request_keys(
+            b"r",
+            |offer| {
+                for i in 0..1_000u32 {
+                    asked += 1;
+                    if !offer(&i.to_be_bytes()) {
+                        return;
+                    }
+                }
+            },
+            |k| got.push(k.to_vec()),
+        );
+        assert_eq!(got.len(), MAX_SAMPLED_KEYS_PER_REQUEST);
+        assert_eq!(asked, MAX_SAMPLED_KEYS_PER_REQUEST, "asked to stop");
+        assert_eq!(got[63], 63u32.to_be_bytes());
+        // A request naming no key (a count) is sampled at its routing key.
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        offer_request_keys(b"r", |_| {}, |k| got.push(k.to_vec()));
+        assert_eq!(got, vec![b"r".to_vec()]);
     }
 
     #[test]

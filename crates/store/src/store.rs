@@ -862,13 +862,16 @@ impl<M: StateMachine> Store<M> {
     ) -> Result<Ticket, StoreError> {
         self.check_request(region, epoch, key)?;
         // The version travels with the command and is checked again at apply.
-        let data = crate::entry::encode_command(epoch.version, &data);
+        let payload = data;
+        let data = crate::entry::encode_command(epoch.version, &payload);
         let ticket = self.propose_entry(region, data)?;
         // Counted here, not in `propose_entry`: admin entries (splits, merges, replica
         // changes) are not client writes.
         if let Some(p) = self.peers.get_mut(&region) {
             p.write_count += 1;
-            p.sample_load(key);
+            crate::split_check::sample_request(p, key, |offer| {
+                M::payload_keys(&payload, key, offer)
+            });
         }
         Ok(ticket)
     }
@@ -910,6 +913,9 @@ impl<M: StateMachine> Store<M> {
         let ctx = Bytes::copy_from_slice(&ticket.0.to_le_bytes());
         match p.raw.read_index(ctx, mode) {
             Ok(()) => {
+                crate::split_check::sample_request(p, key, |offer| {
+                    M::query_keys(&query, key, offer)
+                });
                 p.reads.push(PendingRead {
                     ticket,
                     query,
@@ -918,7 +924,6 @@ impl<M: StateMachine> Store<M> {
                     at_ms: self.clock_ms,
                 });
                 p.read_count += 1;
-                p.sample_load(key);
                 Ok(ticket)
             }
             Err(raft::ReadError::NoLeader) => Err(StoreError::NotLeader {
@@ -953,7 +958,7 @@ impl<M: StateMachine> Store<M> {
         let out = self.check_route(region, epoch, key)?.sm.read(query, now_ms);
         if let Some(p) = self.peers.get_mut(&region) {
             p.read_count += 1;
-            p.sample_load(key);
+            crate::split_check::sample_request(p, key, |offer| M::query_keys(query, key, offer));
         }
         Ok(out)
     }

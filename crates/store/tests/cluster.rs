@@ -11,7 +11,8 @@ use store::{
     StoreError, StoreId, Ticket,
 };
 
-/// A map state machine: `P <u32 key len> key value` puts; a read query is a key.
+/// A map state machine: `P <u32 key len> key value` puts, `B (<u32 key len> key)*` puts
+/// an empty value at each key; a read query is a key.
 #[derive(Default, Debug, PartialEq)]
 struct MapSm(BTreeMap<Vec<u8>, Vec<u8>>);
 
@@ -23,7 +24,43 @@ fn put(key: &[u8], value: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
+/// A batch put of `keys` (empty values).
+fn batch(keys: &[Vec<u8>]) -> Bytes {
+    let mut v = vec![b'B'];
+    for k in keys {
+        v.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        v.extend_from_slice(k);
+    }
+    Bytes::from(v)
+}
+
+/// The keys of a `B` payload (None: not one, or malformed).
+fn batch_keys(mut d: &[u8]) -> Option<Vec<&[u8]>> {
+    d = d.strip_prefix(b"B")?;
+    let mut keys = Vec::new();
+    while !d.is_empty() {
+        let n = u32::from_le_bytes(d.get(..4)?.try_into().unwrap()) as usize;
+        keys.push(d.get(4..4 + n)?);
+        d = &d[4 + n..];
+    }
+    Some(keys)
+}
+
 impl StateMachine for MapSm {
+    fn payload_keys(data: &[u8], routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        match batch_keys(data) {
+            Some(keys) => {
+                for k in keys {
+                    if !key(k) {
+                        return;
+                    }
+                }
+            }
+            None => {
+                key(routing_key);
+            }
+        }
+    }
     fn approximate_size(&self) -> store::state_machine::ApproximateSize {
         store::state_machine::ApproximateSize {
             keys: self.0.len() as u64,
@@ -41,6 +78,12 @@ impl StateMachine for MapSm {
         MapSm::default()
     }
     fn apply(&mut self, _index: u64, d: &[u8]) -> Bytes {
+        if let Some(keys) = batch_keys(d) {
+            for k in keys {
+                self.0.insert(k.to_vec(), Vec::new());
+            }
+            return Bytes::from_static(b"OK");
+        }
         if d.len() < 5 || d[0] != b'P' {
             return Bytes::from_static(b"ERR");
         }
@@ -1643,6 +1686,27 @@ fn a_replica_removed_while_its_store_was_away_goes_when_placement_names_the_regi
     // The region serves on with its two replicas; store 3's other regions too.
     c.write(0, 0, b"b", b"two").unwrap();
     assert_eq!(c.read(2, 2, b"q").unwrap().as_ref(), b"");
+}
+
+/// Batches of distinct keys, all routed by their first key, are sampled key by key: the
+/// load split key falls inside the batches' range, not at the routing key.
+#[test]
+fn a_batch_of_keys_is_sampled_by_each_key() {
+    let mut c = Cluster::new(10_000);
+    let r = c.regions[0].clone();
+    let keys: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| format!("a{i:02}").into_bytes())
+        .collect();
+    for _ in 0..3 {
+        let t = c
+            .store(0)
+            .propose(r.id, r.epoch, &keys[0], batch(&keys))
+            .unwrap();
+        c.pump();
+        assert!(matches!(c.done.remove(&t), Some(Ok(Reply::Applied(_)))));
+    }
+    // 120 keys sampled, 3 of each: the median is the 21st key, not the routing key a00.
+    assert_eq!(c.store(0).load_split_key(r.id).unwrap(), b"a20");
 }
 
 /// The region's leader names a load split key from the keys of the requests it took (the

@@ -86,4 +86,25 @@ pub trait StateMachine: Sized {
     fn size_split_key(&self) -> Option<Vec<u8>>;
     /// Restores from [`StateMachine::snapshot`] output; refuses corrupt input with a reason.
     fn restore(data: &[u8]) -> Result<Self, Self::RestoreError>;
+
+    /// The keys a proposed payload (what [`StateMachine::apply`] will be given) is for, in
+    /// order, each passed to `key` until it returns false: what the leader's load sampler
+    /// samples, so a batch (a pipeline, a multi-key get, put or delete) counts each of its
+    /// keys, and a hot range read or written in batches splits by load instead of looking
+    /// like one hot key. Called on the leader's store thread for every proposal: it must not
+    /// copy more than the keys. `routing_key` is the key the request was routed by.
+    ///
+    /// Default: `routing_key` alone (a state machine whose payloads name one key each). A
+    /// wrapper must forward it, or its batches are sampled by their routing key only.
+    fn payload_keys(data: &[u8], routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        let _ = data;
+        key(routing_key);
+    }
+
+    /// The keys a read query is for, like [`StateMachine::payload_keys`]. Default:
+    /// `routing_key` alone.
+    fn query_keys(query: &Self::Query, routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        let _ = query;
+        key(routing_key);
+    }
 }
