@@ -1215,6 +1215,30 @@ impl Request {
     }
 
     /// Decodes a Raft entry payload. Never panics, whatever the input.
+    /// Whether an encoded request's command may name more than one key (a batch, pipeline,
+    /// transaction, rename or copy), read from its header and tag alone, without decoding
+    /// the rest: the leader's load sampler decodes only those to sample each key. False for
+    /// input that does not decode that far.
+    pub fn names_several_keys(input: &[u8]) -> bool {
+        let mut reader = Reader::new(input);
+        let tag = check_version(&mut reader)
+            .and_then(|()| reader.varint("client id"))
+            .and_then(|_| reader.varint("sequence"))
+            .and_then(|_| reader.varint("proposed_at_ms"))
+            .and_then(|_| reader.u8("command tag"));
+        matches!(
+            tag,
+            Ok(TAG_BATCH_GET
+                | TAG_BATCH_PUT
+                | TAG_MSET_NX
+                | TAG_DELETE_MANY
+                | TAG_PIPELINE
+                | TAG_RENAME
+                | TAG_COPY
+                | TAG_EXEC)
+        )
+    }
+
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(input);
         check_version(&mut reader)?;

@@ -39,6 +39,40 @@ impl StateMachine for KvStateMachine {
         debug_assert_eq!(self.region().start.as_ref(), merged.start_key.as_slice());
     }
 
+    /// Every key of a multi-key request (decoded only when its tag says it names several,
+    /// see [`crate::Request::names_several_keys`]); the routing key otherwise.
+    fn payload_keys(data: &[u8], routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        if !crate::Request::names_several_keys(data) {
+            key(routing_key);
+            return;
+        }
+        match crate::Request::decode(data) {
+            Ok(request) => {
+                for k in request.command.keys() {
+                    if !key(k) {
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                key(routing_key);
+            }
+        }
+    }
+
+    fn query_keys(query: &Command, routing_key: &[u8], key: &mut dyn FnMut(&[u8]) -> bool) {
+        let keys = query.keys();
+        if keys.is_empty() {
+            key(routing_key);
+            return;
+        }
+        for k in keys {
+            if !key(k) {
+                return;
+            }
+        }
+    }
+
     fn read(&self, query: &Command, now_ms: u64) -> Result<Response, CommandError> {
         KvStateMachine::read_at(self, query, now_ms)
     }

@@ -16,6 +16,26 @@ proptest! {
         prop_assert_eq!(Request::decode(&encoded), Ok(request));
     }
 
+    /// The sampler's peek agrees with the decoded command: several keys exactly for the
+    /// multi-key kinds, and never a panic on the way.
+    #[test]
+    fn names_several_keys_agrees_with_the_command(request in any_request()) {
+        let encoded = request.encode();
+        let multi = matches!(
+            request.command,
+            Command::BatchGet { .. }
+                | Command::BatchPut { .. }
+                | Command::MSetNx { .. }
+                | Command::DeleteMany { .. }
+                | Command::Pipeline { .. }
+                | Command::Rename { .. }
+                | Command::Copy { .. }
+                | Command::Exec { .. }
+        );
+        prop_assert_eq!(Request::names_several_keys(&encoded), multi);
+        prop_assert!(!Request::names_several_keys(&encoded[..encoded.len().min(3)]));
+    }
+
     #[test]
     fn command_round_trips(command in any_command()) {
         let encoded = command.encode();
