@@ -96,10 +96,22 @@ async fn every_command_works_through_any_store() {
         .await
         .unwrap();
     assert_eq!(old, "v1");
-    let expiry = error_of(a, cmd("SET").arg("k").arg("v").arg("EX").arg(10)).await;
-    assert!(
-        expiry.starts_with("ERR SET expiry options") && expiry.contains("not supported"),
-        "{expiry}"
+    // Expiry (issue 20): a TTL set on one store is seen through another.
+    let _: () = cmd("SET")
+        .arg("k")
+        .arg("v")
+        .arg("EX")
+        .arg(10)
+        .query_async(a)
+        .await
+        .unwrap();
+    let ttl: i64 = cmd("TTL").arg("k").query_async(b).await.unwrap();
+    assert!((1..=10).contains(&ttl), "TTL after SET EX 10: {ttl}");
+    let deleted: i64 = cmd("DEL").arg("k").query_async(a).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        error_of(a, cmd("SET").arg("k").arg("v").arg("EX").arg(0)).await,
+        "ERR invalid expire time in 'set' command"
     );
     let n: i64 = cmd("SETNX")
         .arg("house")
@@ -546,7 +558,12 @@ async fn redis_cli_works() {
     assert_eq!(matched, 30);
     assert_eq!(cli(&["DBSIZE"]), "32");
     assert!(cli(&["INFO", "keyspace"]).contains("db0:keys=32"));
-    assert!(cli(&["SET", "k", "v", "EX", "5"]).contains("not supported"));
+    assert_eq!(cli(&["SET", "k", "v", "EX", "5"]), "OK");
+    let ttl: i64 = cli(&["TTL", "k"]).parse().expect("TTL is an integer");
+    assert!((1..=5).contains(&ttl), "TTL after SET EX 5: {ttl}");
+    assert_eq!(cli(&["-3", "HSET", "h", "f", "v"]), "(integer) 1".replace("(integer) ", ""));
+    let map = cli(&["-3", "HGETALL", "h"]);
+    assert!(map.contains('f') && map.contains('v'), "HGETALL over RESP3: {map}");
 }
 
 /// In a pipeline, a command the server refuses for its size (a 9 KiB key; keys are limited

@@ -148,53 +148,99 @@ impl RaftBackend {
         }
     }
 
-    /// `Scan { end: None }` across region boundaries (the `Backend` contract, rule 4).
+    /// `Scan { end: None }` and `ScanKeys { end: None }` across region boundaries (the
+    /// `Backend` contract, rule 4): one page per region from `start` on, until `limit` items.
+    /// `key_type` is `None` for `Scan` (pairs of string keys and values) and `Some(filter)`
+    /// for `ScanKeys` (keys of every type, or of one).
     async fn scan_keyspace(
         &self,
         mut start: Bytes,
         limit: u32,
+        key_type: Option<Option<kv::KeyType>>,
     ) -> Result<kv::Response, BackendError> {
-        let mut pairs = Vec::new();
+        let mut page = ScanPage::new(key_type.is_some());
         // Each pass moves to the next region, so this ends after at most one pass per region.
         for _ in 0..self.walk_bound() {
             let Some(region) = self.region_for(&start) else {
                 break;
             };
-            let want = limit - pairs.len() as u32;
-            let page = self
-                .call(
-                    0,
-                    0,
-                    region.id.0,
-                    &kv::Command::Scan {
-                        start: start.clone(),
-                        end: region.end_key.clone().map(Bytes::from),
-                        limit: want,
-                    },
-                )
-                .await?;
-            let kv::Response::Scan { pairs: found, more } = page else {
-                return Err(BackendError::Other(format!(
-                    "unexpected scan answer {page:?}"
-                )));
+            let want = limit - page.len() as u32;
+            let end = region.end_key.clone().map(Bytes::from);
+            let command = match key_type {
+                None => kv::Command::Scan {
+                    start: start.clone(),
+                    end,
+                    limit: want,
+                },
+                Some(key_type) => kv::Command::ScanKeys {
+                    start: start.clone(),
+                    end,
+                    limit: want,
+                    key_type,
+                },
             };
-            pairs.extend(found);
-            if more {
-                return Ok(kv::Response::Scan { pairs, more: true });
+            let answer = self.call(0, 0, region.id.0, &command).await?;
+            if page.extend(answer)? {
+                return Ok(page.into_response(true));
             }
             match region.end_key {
-                Some(end) if (pairs.len() as u32) < limit => start = Bytes::from(end),
+                Some(end) if (page.len() as u32) < limit => start = Bytes::from(end),
                 // The page is full at a region boundary: the caller resumes after its last key.
                 Some(_) => {
-                    return Ok(kv::Response::Scan {
-                        more: !pairs.is_empty(),
-                        pairs,
-                    })
+                    let more = page.len() > 0;
+                    return Ok(page.into_response(more));
                 }
                 None => break,
             }
         }
-        Ok(kv::Response::Scan { pairs, more: false })
+        Ok(page.into_response(false))
+    }
+}
+
+/// What a walk over the key space collected: `Scan`'s pairs or `ScanKeys`' typed keys.
+enum ScanPage {
+    Pairs(Vec<(Bytes, Bytes)>),
+    Keys(Vec<(Bytes, kv::KeyType)>),
+}
+
+impl ScanPage {
+    fn new(keys: bool) -> ScanPage {
+        if keys {
+            ScanPage::Keys(Vec::new())
+        } else {
+            ScanPage::Pairs(Vec::new())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ScanPage::Pairs(p) => p.len(),
+            ScanPage::Keys(k) => k.len(),
+        }
+    }
+
+    /// Adds one region's answer; returns its `more`.
+    fn extend(&mut self, answer: kv::Response) -> Result<bool, BackendError> {
+        match (self, answer) {
+            (ScanPage::Pairs(all), kv::Response::Scan { pairs, more }) => {
+                all.extend(pairs);
+                Ok(more)
+            }
+            (ScanPage::Keys(all), kv::Response::Keys { keys, more }) => {
+                all.extend(keys);
+                Ok(more)
+            }
+            (_, other) => Err(BackendError::Other(format!(
+                "unexpected scan answer {other:?}"
+            ))),
+        }
+    }
+
+    fn into_response(self, more: bool) -> kv::Response {
+        match self {
+            ScanPage::Pairs(pairs) => kv::Response::Scan { pairs, more },
+            ScanPage::Keys(keys) => kv::Response::Keys { keys, more },
+        }
     }
 }
 
@@ -212,7 +258,13 @@ impl Backend for RaftBackend {
                     start,
                     end: None,
                     limit,
-                } if limit > 0 => this.scan_keyspace(start, limit).await,
+                } if limit > 0 => this.scan_keyspace(start, limit, None).await,
+                kv::Command::ScanKeys {
+                    start,
+                    end: None,
+                    limit,
+                    key_type,
+                } if limit > 0 => this.scan_keyspace(start, limit, Some(key_type)).await,
                 command => this.call(client_id, sequence, 0, &command).await,
             }
         })
