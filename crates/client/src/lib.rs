@@ -1055,6 +1055,7 @@ mod tests {
                     number: 5,
                     stores: stores.into_iter().map(|s| (s.id, s)).collect(),
                     regions: regions.into_iter().map(|r| (r.id, r)).collect(),
+                    sticky: Default::default(),
                 },
             },
             leader_store: 1,

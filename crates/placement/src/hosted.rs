@@ -79,7 +79,7 @@ pub fn decode_answer(r: &Response) -> Result<QueryAnswer, PlacementError> {
 /// A point-in-time copy for a snapshot (the placement state is serialized at once: it is
 /// small next to the regions' data).
 pub enum HostedView {
-    Kv(KvStateMachine),
+    Kv(Box<KvStateMachine>),
     Placement(Bytes),
 }
 
@@ -175,7 +175,7 @@ impl StateMachine for Hosted {
 
     fn view(&self) -> HostedView {
         match self {
-            Hosted::Kv(k) => HostedView::Kv(StateMachine::view(k)),
+            Hosted::Kv(k) => HostedView::Kv(Box::new(StateMachine::view(k))),
             Hosted::Placement(p) => HostedView::Placement(Bytes::from(p.encode())),
         }
     }

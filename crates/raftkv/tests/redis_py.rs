@@ -17,9 +17,7 @@ use std::time::Duration;
 fn python() -> Option<PathBuf> {
     let env = std::env::var_os("RAFTKV_PYENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv"));
     let python = env.join("bin/python");
     let ok = std::process::Command::new(&python)
         .args(["-c", "import redis"])
@@ -66,7 +64,10 @@ async fn redis_py_with_default_settings_and_both_protocols() {
     );
     for protocol in ["default (RESP3)", "protocol=3", "protocol=2"] {
         assert!(
-            stdout.contains(&format!("ok protocol={}", protocol.trim_start_matches("protocol="))),
+            stdout.contains(&format!(
+                "ok protocol={}",
+                protocol.trim_start_matches("protocol=")
+            )),
             "no passing run for {protocol}:\n{stdout}"
         );
     }

@@ -741,7 +741,10 @@ impl<M: StateMachine> Store<M> {
             })
             .filter_map(|(id, p)| {
                 let data = p.sm.housekeeping(now_ms)?;
-                Some((*id, crate::entry::encode_command(p.region.epoch.version, &data)))
+                Some((
+                    *id,
+                    crate::entry::encode_command(p.region.epoch.version, &data),
+                ))
             })
             .collect();
         for (region, data) in due {

@@ -229,7 +229,7 @@ pub(super) async fn expire(
     let condition = expire_condition(&arguments[2..])?;
     let mut when = integer_argument(&arguments[1])?;
     if unit == Unit::Seconds {
-        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
             return Err(invalid_expire_time(command));
         }
         when *= 1000;
