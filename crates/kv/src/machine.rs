@@ -345,12 +345,19 @@ impl KvStateMachine {
                 other: Box::new(source.region),
             });
         };
+        let mut source_versions = source.deleted_version;
         for entry in source.data.entries() {
+            source_versions = source_versions.max(entry.version());
             self.data.put(entry.clone());
         }
         self.deleted_version = self.deleted_version.max(source.deleted_version);
-        // Later changes get versions above every version either side handed out.
-        let clock = self.version_now().max(source.version_now());
+        // Later changes get versions above every version either side's data carries. Not
+        // above the source's version clock: that counts the source replica's applied index,
+        // which differs between replicas (one applied an empty entry of a new source leader
+        // that another never saw before the merge), and every replica must absorb to the same
+        // state. A version is only ever compared for equality with one a client read, and
+        // every version a client could have read is in the data or is `deleted_version`.
+        let clock = self.version_now().max(source_versions);
         self.version_offset = clock - self.applied_index;
         for (client, session) in source.sessions.iter() {
             let newer = self
