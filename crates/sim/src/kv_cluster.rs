@@ -18,6 +18,10 @@
 
 #[path = "kv_placement.rs"]
 mod kv_placement;
+#[path = "kv_ttl.rs"]
+mod kv_ttl;
+
+pub use kv_ttl::ttl_by_seed;
 
 use crate::cluster::unit;
 use crate::partition::{shape_links, Shape};
@@ -81,6 +85,13 @@ pub struct KvSimOptions {
     /// A deliberate bug for testing the convergence check: one replica's state hash is
     /// reported off by one. Runs with it must fail.
     pub mutant_divergent_replica: bool,
+    /// Whether the seed writes keys with deadlines while the stores' wall clocks drift
+    /// (see `kv_ttl`). `None`: chosen by the seed (half of them, [`ttl_by_seed`]).
+    pub ttl: Option<bool>,
+    /// A deliberate bug for testing the TTL oracle: every store is fed a clock 1,000 s behind
+    /// its wall clock (and stamps its proposals with it), so it serves keys long after their
+    /// deadline. Runs with it (on TTL seeds) must fail.
+    pub mutant_ttl_clock_behind: bool,
 }
 
 impl KvSimOptions {
@@ -96,6 +107,8 @@ impl KvSimOptions {
             scheduler: None,
             mutant_lost_probe_write: false,
             mutant_divergent_replica: false,
+            ttl: None,
+            mutant_ttl_clock_behind: false,
         }
     }
 }
@@ -210,6 +223,13 @@ pub struct KvSimOutcome {
     pub scheduler_transfers: u64,
     pub scheduler_refused: u64,
     pub stale_replicas_destroyed: u64,
+    /// TTL seeds (see `kv_ttl`): TTL writes answered, TTL reads the oracle judged and those
+    /// of them that found the key present; housekeeping entries (`PurgeExpired`) proposed by
+    /// leaders, over every store's lives.
+    pub ttl_writes: u64,
+    pub ttl_reads_judged: u64,
+    pub ttl_live_values_judged: u64,
+    pub housekeeping_proposed: u64,
     pub fault_mix: String,
     /// The seed's swarm choices, for [`KvSimOutcome::fault_counts`].
     pub enabled: KvKinds,
@@ -231,6 +251,8 @@ pub struct KvKinds {
     pub placement: bool,
     pub scheduler: bool,
     pub torn_write_modes: bool,
+    /// TTL operations with drifting wall clocks (`kv_ttl`).
+    pub ttl: bool,
     /// `drop_rate` and `dup_rate`, for the expected counts.
     pub drop_rate: f64,
     pub dup_rate: f64,
@@ -399,6 +421,19 @@ impl KvSimOutcome {
             ),
             F::new("merges applied", k.merges, self.merges_applied, None),
             F::new(
+                "housekeeping proposed",
+                k.ttl,
+                self.housekeeping_proposed,
+                None,
+            ),
+            F::new("ttl reads judged", k.ttl, self.ttl_reads_judged, None),
+            F::new(
+                "ttl live values judged",
+                k.ttl,
+                self.ttl_live_values_judged,
+                None,
+            ),
+            F::new(
                 "replicas created by a vote",
                 k.splits && k.crashes,
                 self.peers_created_by_vote,
@@ -566,8 +601,9 @@ enum Deferred {
 #[derive(Clone)]
 struct Attempt {
     key: Vec<u8>,
-    /// The encoded session request of a write; `None` for a read.
-    write: Option<Bytes>,
+    /// The session request of a write (stamped with the clock of the store it reaches, see
+    /// [`Sim::submit`]); `None` for a read.
+    write: Option<Request>,
     command: Command,
 }
 
@@ -610,6 +646,10 @@ struct InFlight {
     /// Where it waits for a completion, if anywhere.
     pending: Option<(usize, Ticket)>,
     target: usize,
+    /// A TTL operation (outside the history; see `kv_ttl`).
+    ttl: Option<kv_ttl::TtlOp>,
+    /// The store a read was last handed to, and when.
+    arrived: Option<(usize, Micros)>,
 }
 
 /// An operation a probe client must run (the final phase).
@@ -718,6 +758,8 @@ struct Sim {
     mutant_local_reads: bool,
     mutant_lost_probe_write: bool,
     mutant_divergent_replica: bool,
+    /// TTL keys, the stores' wall clocks and the expiry oracle (see `kv_ttl`).
+    ttl: kv_ttl::Ttl,
     out: KvSimOutcome,
 }
 
@@ -789,6 +831,8 @@ impl Sim {
                 },
             }
         };
+        let mut s = s;
+        s.set_clock_ms(self.store_clock_ms(i));
         self.stores[i].store = Some(s);
         let period = self.stores[i].tick_period;
         let first = self.now + 1 + self.rng.below(period);
@@ -847,6 +891,7 @@ impl Sim {
         self.out.merge_rollbacks += ended.stats.merge_rollbacks_proposed;
         self.out.peers_created_by_message += ended.stats.peers_created_by_message;
         self.out.peers_created_by_vote += ended.stats.peers_created_by_vote;
+        self.out.housekeeping_proposed += ended.stats.housekeeping_proposed;
         drop(ended);
         if let Some(d) = self.stores[i].driver.take() {
             self.driver_stats.add(&d.stats);
@@ -1122,12 +1167,12 @@ impl Sim {
         }
         let output = match result {
             Ok(Reply::Applied(outcome)) => match outcome.result {
-                Ok(r) => Some(to_output(&op.input, r)),
+                Ok(r) => Some(r),
                 // Refused by the state machine: our workload never sends oversized input and
                 // a client's current sequence is never stale, so this is a bug.
                 Err(e) => panic!("state machine refused {:?}: {e}", op.command),
             },
-            Ok(Reply::Read(Ok(r))) => Some(to_output(&op.input, r)),
+            Ok(Reply::Read(Ok(r))) => Some(r),
             Ok(Reply::Read(Err(e))) => panic!("read refused: {e}"),
             Ok(Reply::Empty) => None,
             Err(e) => {
@@ -1138,12 +1183,31 @@ impl Sim {
         let op = self.clients[ci].op.as_mut().expect("checked above");
         op.pending = None;
         match output {
-            Some(out) => self.finish(ci, out),
+            Some(r) => {
+                let out = self.output(ci, r);
+                self.finish(ci, out);
+            }
             None => {
                 // Retry soon (same sequence for writes).
                 let d = 5 * MS + self.rng.below(30 * MS);
                 self.wake(ci, d);
             }
+        }
+    }
+
+    /// The history's output for the answer `r` to client `ci`'s operation. A TTL operation's
+    /// answer goes to the expiry oracle instead (its history slot is empty).
+    fn output(&mut self, ci: usize, r: Response) -> KvOutput {
+        let op = self.clients[ci]
+            .op
+            .as_ref()
+            .expect("an operation in flight");
+        match op.ttl {
+            Some(t) => {
+                self.ttl.judge(t, &op.key, &r, op.started, op.arrived);
+                KvOutput::Put
+            }
+            None => to_output(&op.input, r),
         }
     }
 
@@ -1214,14 +1278,11 @@ impl Sim {
         let op = self.clients[ci].op.as_ref().expect("started");
         let attempt = Attempt {
             key: op.key.clone(),
-            write: op.write.then(|| {
-                Request {
-                    client_id: ClientId(self.clients[ci].id),
-                    sequence: Sequence(op.sequence),
-                    command: op.command.clone(),
-                    proposed_at_ms: self.now / MS,
-                }
-                .encode()
+            write: op.write.then(|| Request {
+                client_id: ClientId(self.clients[ci].id),
+                sequence: Sequence(op.sequence),
+                command: op.command.clone(),
+                proposed_at_ms: 0,
             }),
             command: op.command.clone(),
         };
@@ -1268,10 +1329,16 @@ impl Sim {
             return;
         }
         let mutant = self.mutant_local_reads;
+        if current && attempt.write.is_none() {
+            self.clients[ci].op.as_mut().expect("current").arrived = Some((target, self.now));
+        }
+        let clock_ms = self.store_clock_ms(target);
         let s = self.stores[target]
             .store
             .as_mut()
             .expect("submit to a live store");
+        // A request wakes the store's loop, which reads its clock first (the server's does).
+        s.set_clock_ms(clock_ms);
         let r = self
             .regions
             .iter()
@@ -1280,7 +1347,13 @@ impl Sim {
             .expect("the routing table covers the key space");
         let (region, epoch, key) = (r.id, r.epoch, &attempt.key);
         let r = match &attempt.write {
-            Some(data) => s.propose(region, epoch, key, data.clone()),
+            Some(request) => {
+                // Stamped by the store that proposes it, with its own clock, as the server's
+                // service does.
+                let mut request = request.clone();
+                request.proposed_at_ms = s.clock_ms();
+                s.propose(region, epoch, key, request.encode())
+            }
             None if mutant => {
                 let r = s.stale_read(region, epoch, key, &attempt.command);
                 self.finish_local_read(ci, r);
@@ -1315,7 +1388,7 @@ impl Sim {
     ) {
         match r {
             Ok(Ok(resp)) => {
-                let out = to_output(&self.clients[ci].op.as_ref().expect("current").input, resp);
+                let out = self.output(ci, resp);
                 self.finish(ci, out);
             }
             _ => self.wake(ci, 10 * MS),
@@ -1333,7 +1406,7 @@ impl Sim {
         let busy = self.clients[..self.workload_clients]
             .iter()
             .any(|c| c.op.is_some());
-        let (input, command, key) = if let Some(script) = self.clients[ci].script.as_mut() {
+        let (input, command, key, ttl) = if let Some(script) = self.clients[ci].script.as_mut() {
             let Some(next) = script.front() else {
                 return false;
             };
@@ -1342,14 +1415,23 @@ impl Sim {
                 return false;
             }
             let s = script.pop_front().expect("checked");
-            (s.input, s.command, s.key)
+            (s.input, s.command, s.key, None)
         } else {
             if self.clients_stopped || self.history.len() >= MAX_HISTORY_OPS {
                 return false;
             }
-            self.random_op(ci)
+            match self.ttl.maybe_op(self.now) {
+                // Outside the history: its input is a placeholder.
+                Some((t, command, key)) => {
+                    (KvInput::Get { key: key.clone() }, command, key, Some(t))
+                }
+                None => {
+                    let (input, command, key) = self.random_op(ci);
+                    (input, command, key, None)
+                }
+            }
         };
-        let write = !matches!(input, KvInput::Get { .. });
+        let write = !command.is_read_only();
         let sequence = if write {
             self.clients[ci].next_sequence += 1;
             self.clients[ci].next_sequence
@@ -1357,11 +1439,10 @@ impl Sim {
             0
         };
         self.clock += 1;
-        self.history.push(Some(Operation::unknown(
-            self.clients[ci].id,
-            input.clone(),
-            self.clock,
-        )));
+        self.history.push(
+            ttl.is_none()
+                .then(|| Operation::unknown(self.clients[ci].id, input.clone(), self.clock)),
+        );
         let target = self.random_peer(&key);
         self.clients[ci].op = Some(InFlight {
             input,
@@ -1373,6 +1454,8 @@ impl Sim {
             started: self.now,
             pending: None,
             target,
+            ttl,
+            arrived: None,
         });
         true
     }
@@ -1450,11 +1533,12 @@ impl Sim {
                     return true;
                 }
                 let now = self.now;
+                let clock_ms = self.store_clock_ms(i);
                 let st = &mut self.stores[i];
                 let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) else {
                     return true;
                 };
-                s.set_clock_ms(now / MS);
+                s.set_clock_ms(clock_ms);
                 if let Err(e) = d.catch_up(s, now) {
                     self.storage_failed(i, e);
                     return true;
@@ -1540,9 +1624,10 @@ impl Sim {
     fn resume(&mut self, i: usize) {
         self.stores[i].paused_until = None;
         let now = self.now;
+        let clock_ms = self.store_clock_ms(i);
         let st = &mut self.stores[i];
         if let (Some(s), Some(d)) = (st.store.as_mut(), st.driver.as_mut()) {
-            s.set_clock_ms(now / MS);
+            s.set_clock_ms(clock_ms);
             if let Err(e) = d.catch_up(s, now) {
                 self.storage_failed(i, e);
                 return;
@@ -2224,6 +2309,18 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
     // no draw from the shared stream, so the other stores' choices stay as they were).
     let slots = stores + usize::from(faults.placement);
     tick_periods.resize(slots, TICK);
+    // TTL writes under clock drift: own stream (flag and draws), so the other seeds' runs
+    // stay exactly what they were.
+    let ttl_on = opts.ttl.unwrap_or_else(|| ttl_by_seed(opts.seed));
+    let ttl = kv_ttl::Ttl::new(
+        opts.seed,
+        ttl_on,
+        slots,
+        region_count,
+        opts.sim_seconds,
+        opts.mutant_ttl_clock_behind,
+    );
+    let fault_mix = fault_mix + &ttl.describe();
     let mut clients: Vec<Client> = (0..workload_clients)
         .map(|i| Client {
             id: 1000 + i as u64,
@@ -2327,6 +2424,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         mutant_local_reads: opts.mutant_local_reads,
         mutant_lost_probe_write: opts.mutant_lost_probe_write,
         mutant_divergent_replica: opts.mutant_divergent_replica,
+        ttl,
         deferred_writes,
         queued_chance,
         snapshot_build_chance,
@@ -2353,6 +2451,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
                 placement: faults.placement,
                 scheduler,
                 torn_write_modes,
+                ttl: ttl_on,
                 drop_rate: faults.drop_rate,
                 dup_rate: faults.dup_rate,
             },
@@ -2386,6 +2485,10 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
             next_fault = sim.now + 100 * MS + sim.rng.below(sim.faults.fault_gap_max);
             sim.fault();
         }
+    }
+
+    if let Some(v) = sim.ttl.violation() {
+        return Err(fail(v));
     }
 
     // ---- heal everything; workload clients finish (or give up on) what they started.
@@ -2480,6 +2583,15 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         }
     }
 
+    // ---- no replica served a TTL key after its deadline (the workload's last reads
+    // included).
+    if let Some(v) = sim.ttl.violation() {
+        return Err(fail(v));
+    }
+    sim.out.ttl_writes = sim.ttl.counts.writes;
+    sim.out.ttl_reads_judged = sim.ttl.counts.reads_judged;
+    sim.out.ttl_live_values_judged = sim.ttl.counts.live_values_judged;
+
     // ---- each key in exactly one region, and each region's replicas hold only its keys.
     if let Err(e) = sim.routes_partition() {
         return Err(fail(e));
@@ -2545,6 +2657,7 @@ pub fn run_kv_seed(opts: &KvSimOptions) -> Result<KvSimOutcome, String> {
         sim.out.log_purges += s.stats.log_purges;
         sim.out.log_segments_deleted += s.stats.log_segments_deleted;
         sim.out.snapshots_for_log_space += s.stats.snapshots_for_log_space;
+        sim.out.housekeeping_proposed += s.stats.housekeeping_proposed;
     }
     sim.out.virtual_micros = sim.now;
     Ok(sim.out)

@@ -167,6 +167,8 @@ fn regression_seeds() {
     ];
     for &(seed, seconds, deferred) in cases {
         let mut o = KvSimOptions::new(seed);
+        // Found before TTL keys ran in the simulator: the schedule that found the bug.
+        o.ttl = Some(false);
         o.sim_seconds = seconds;
         o.deferred_writes = Some(deferred);
         o.torn_write_modes = Some(false);
@@ -186,6 +188,8 @@ fn regression_seeds() {
     // round, all three passed (same day).
     for seed in [121u64, 196, 214] {
         let mut o = KvSimOptions::new(seed);
+        // Found before TTL keys ran in the simulator: the schedule that found the bug.
+        o.ttl = Some(false);
         o.sim_seconds = 300;
         // Found before placement ran in the simulator: the schedule that found the bug.
         o.placement = Some(false);
@@ -212,6 +216,8 @@ fn regression_seeds() {
 #[test]
 fn regression_seed_split_regions_converge_after_healing() {
     let mut o = KvSimOptions::new(127);
+    // Found before TTL keys ran in the simulator: the schedule that found the bug.
+    o.ttl = Some(false);
     o.sim_seconds = 300;
     // Found before placement ran in the simulator: the schedule that found the bug.
     o.placement = Some(false);
@@ -237,6 +243,8 @@ fn regression_seed_split_regions_converge_after_healing() {
 fn regression_seeds_moving_replicas() {
     for seed in [4u64, 27, 43, 232] {
         let mut o = KvSimOptions::new(seed);
+        // Found before TTL keys ran in the simulator: the schedule that found the bug.
+        o.ttl = Some(false);
         o.sim_seconds = 300;
         // Found before placement ran in the simulator: the schedule that found the bug.
         o.placement = Some(false);
@@ -310,6 +318,8 @@ fn whole_cluster_checker_catches_a_divergent_replica() {
 fn regression_seeds_placement() {
     for (seed, seconds) in [(69u64, 60), (113, 60), (160, 60), (57, 300), (230, 300)] {
         let mut o = KvSimOptions::new(seed);
+        // Found before TTL keys ran in the simulator: the schedule that found the bug.
+        o.ttl = Some(false);
         o.sim_seconds = seconds;
         // Found before the scheduler ran in the simulator: the schedule that found the bug.
         o.scheduler = Some(false);
