@@ -49,10 +49,19 @@ pub struct KvService {
     pub(crate) limits: kv::Limits,
     pub(crate) metrics: Arc<Metrics>,
     forward: Arc<Mutex<HashMap<u64, (String, KvClient)>>>,
+    /// Region id → the store its leader was last said to be on, learned from this store's
+    /// `NotLeader` answers: a write for such a region is forwarded there at once instead of
+    /// first asking this store's thread (which would only answer `NotLeader` again). A wrong
+    /// hint costs one refused forward, after which the request takes the usual path and the
+    /// hint is dropped. Bounded by [`MAX_LEADER_HINTS`].
+    leader_hints: Arc<Mutex<HashMap<u64, u64>>>,
     /// The address clients reach this server at, as its listener is bound (reported by
     /// `Status`).
     client_addr: String,
 }
+
+/// Most leader hints a service keeps (see `KvService::leader_hints`).
+pub const MAX_LEADER_HINTS: usize = 100_000;
 
 fn err(code: Code, message: impl Into<String>) -> pb::KvResponse {
     pb::KvResponse {
@@ -198,6 +207,7 @@ impl KvService {
             cfg,
             metrics,
             forward: Arc::new(Mutex::new(HashMap::new())),
+            leader_hints: Arc::new(Mutex::new(HashMap::new())),
             limits: kv::Limits::default(),
             client_addr: String::new(),
         }
@@ -489,8 +499,25 @@ impl KvService {
             // Keyless: route by the region's own first key, which it always contains.
             key = region.start_key.clone();
         }
-        let (tx, rx) = oneshot::channel();
         let read_only = command.is_read_only();
+        // Writes only: a follower serves reads itself (ReadIndex), cheaper than a forward.
+        if !header.forwarded && !read_only {
+            if let Some(store) = self.leader_hint(region.id.0) {
+                let answer = self.forward(store, req.clone()).await;
+                match answer.error.as_ref().map(|e| e.code) {
+                    // Not applied there (that store does not lead it, or is unreachable):
+                    // forget the hint and ask this store as if there had been none.
+                    Some(code)
+                        if code == Code::NotLeader as i32
+                            || code == Code::RegionNotFound as i32 =>
+                    {
+                        self.forget_leader_hint(region.id.0, store);
+                    }
+                    _ => return answer,
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
         let cmd = if read_only && header.stale_read {
             Cmd::StaleRead {
                 region: region.id,
@@ -560,6 +587,7 @@ impl KvService {
             Err(StoreError::NotLeader {
                 leader: Some(l), ..
             }) if !header.forwarded && l.store.0 != self.cfg.store_id => {
+                self.remember_leader_hint(region.id.0, l.store.0);
                 return self.forward(l.store.0, req).await;
             }
             Err(e @ StoreError::EpochNotMatch { .. }) => {
@@ -636,6 +664,31 @@ impl KvService {
             }
         }
         last
+    }
+
+    fn leader_hint(&self, region: u64) -> Option<u64> {
+        let hints = self.leader_hints.lock().unwrap_or_else(|e| e.into_inner());
+        hints
+            .get(&region)
+            .copied()
+            .filter(|&s| s != self.cfg.store_id)
+    }
+
+    fn remember_leader_hint(&self, region: u64, store: u64) {
+        let mut hints = self.leader_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.len() >= MAX_LEADER_HINTS && !hints.contains_key(&region) {
+            // Regions come and go; rather than track which, start over (a hint is only an
+            // optimisation).
+            hints.clear();
+        }
+        hints.insert(region, store);
+    }
+
+    fn forget_leader_hint(&self, region: u64, store: u64) {
+        let mut hints = self.leader_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.get(&region) == Some(&store) {
+            hints.remove(&region);
+        }
     }
 
     /// Forwards a request once to the leader's store (any server accepts any request).
