@@ -293,11 +293,22 @@ async fn stores_join_drain_and_die_under_load_and_the_cluster_rebalances() {
                 );
                 break joined_at.elapsed();
             }
-            assert!(
-                joined_at.elapsed() < Duration::from_secs(120),
-                "not balanced within 120 s of the joins: replicas {replicas:?}, leaders {leaders:?}\n{}",
-                c.logs()
-            );
+            if joined_at.elapsed() >= Duration::from_secs(120) {
+                let targets: Vec<String> = p["regions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| !r["target"].is_null())
+                    .map(|r| format!("region {} -> {}", r["id"], r["target"]))
+                    .collect();
+                panic!(
+                    "not balanced within 120 s of the joins: replicas {replicas:?}, leaders \
+                     {leaders:?}, moving {targets:?}, scheduler {} {}\n{}",
+                    p["operators"],
+                    p["history"],
+                    c.logs()
+                );
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
