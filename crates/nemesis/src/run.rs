@@ -564,16 +564,48 @@ async fn apply_admin(
             if !stores.contains(&store) {
                 return Ok(None); // no replica there (moved off earlier and not back yet)
             }
-            let (verb, moved) = match action {
-                AdminAction::TransferLeader { .. } => ("transfer-leader", None),
-                _ => ("remove-replica", Some(region)),
-            };
-            admin_command(
+            if let AdminAction::TransferLeader { .. } = action {
+                admin_command(
+                    cluster,
+                    vec![
+                        "transfer-leader".into(),
+                        region.to_string(),
+                        store.to_string(),
+                    ],
+                )
+                .await?;
+                return Ok(None);
+            }
+            // A store refuses to remove the replica that leads the region (it could destroy
+            // itself before the others learn the change committed): hand the leadership to
+            // another replica first, as an operator would. That transfer may fail under the
+            // step's own faults (a partitioned replica); then the removal is refused for that
+            // reason and the step is skipped, like a replica already moved off.
+            if let Some(&other) = stores.iter().find(|&&s| s != store) {
+                let _ = admin_command(
+                    cluster,
+                    vec![
+                        "transfer-leader".into(),
+                        region.to_string(),
+                        other.to_string(),
+                    ],
+                )
+                .await;
+            }
+            match admin_command(
                 cluster,
-                vec![verb.into(), region.to_string(), store.to_string()],
+                vec![
+                    "remove-replica".into(),
+                    region.to_string(),
+                    store.to_string(),
+                ],
             )
-            .await?;
-            Ok(moved)
+            .await
+            {
+                Ok(()) => Ok(Some(region)),
+                Err(NemesisError::Fault(m)) if m.contains("leads it") => Ok(None),
+                Err(e) => Err(e),
+            }
         }
     }
 }
